@@ -1,0 +1,128 @@
+/**
+ * The one error table. Domain code throws CairnError with a stable `code`;
+ * code branches on `code`, never on the message. gRPC handlers translate with
+ * `toServiceError`, clients translate back with `fromServiceError`.
+ *
+ * Routing details travel as trailing metadata so any gRPC client can read
+ * them: `cairn-epoch`, `cairn-owner`, `cairn-owner-address`,
+ * `cairn-retry-after-ms`, and `cairn-error-code` (the domain code).
+ */
+import { Metadata, status as Status, type ServiceError } from '@grpc/grpc-js';
+
+export type ErrorCode =
+  | 'WRONG_SHARD' // the key is owned by another shard, or the epoch is stale
+  | 'FENCED' // the range is fenced for a move; retry shortly
+  | 'NOT_READY' // no map yet, shard not registered, or a peer is unreachable
+  | 'INVALID_ARGUMENT' // bad input; the message names the field
+  | 'LIMIT_EXCEEDED' // a per-call limit; the message names the limit and the value
+  | 'CONFLICT' // lease held by another, move already running, …
+  | 'NOT_FOUND' // unknown lease, move, shard or user
+  | 'UNAUTHENTICATED' // missing, malformed, expired or badly signed token
+  | 'PERMISSION_DENIED' // role too low
+  | 'CANCELLED' // the caller went away
+  | 'DEADLINE_EXCEEDED' // the caller's deadline passed
+  | 'INTERNAL'; // anything unexpected
+
+const TO_STATUS: Record<ErrorCode, Status> = {
+  WRONG_SHARD: Status.FAILED_PRECONDITION,
+  FENCED: Status.UNAVAILABLE,
+  NOT_READY: Status.UNAVAILABLE,
+  INVALID_ARGUMENT: Status.INVALID_ARGUMENT,
+  LIMIT_EXCEEDED: Status.RESOURCE_EXHAUSTED,
+  CONFLICT: Status.ABORTED,
+  NOT_FOUND: Status.NOT_FOUND,
+  UNAUTHENTICATED: Status.UNAUTHENTICATED,
+  PERMISSION_DENIED: Status.PERMISSION_DENIED,
+  CANCELLED: Status.CANCELLED,
+  DEADLINE_EXCEEDED: Status.DEADLINE_EXCEEDED,
+  INTERNAL: Status.INTERNAL,
+};
+
+const FROM_STATUS: Partial<Record<Status, ErrorCode>> = {
+  [Status.FAILED_PRECONDITION]: 'WRONG_SHARD',
+  [Status.UNAVAILABLE]: 'NOT_READY',
+  [Status.INVALID_ARGUMENT]: 'INVALID_ARGUMENT',
+  [Status.RESOURCE_EXHAUSTED]: 'LIMIT_EXCEEDED',
+  [Status.ABORTED]: 'CONFLICT',
+  [Status.NOT_FOUND]: 'NOT_FOUND',
+  [Status.UNAUTHENTICATED]: 'UNAUTHENTICATED',
+  [Status.PERMISSION_DENIED]: 'PERMISSION_DENIED',
+  [Status.CANCELLED]: 'CANCELLED',
+  [Status.DEADLINE_EXCEEDED]: 'DEADLINE_EXCEEDED',
+};
+
+export interface ErrorDetails {
+  /** The answering process's current map epoch (WRONG_SHARD). */
+  epoch?: bigint;
+  /** Current owner of the key (WRONG_SHARD). */
+  owner?: string;
+  ownerAddress?: string;
+  /** Suggested pause before a retry (FENCED, NOT_READY). */
+  retryAfterMs?: number;
+}
+
+export class CairnError extends Error {
+  readonly code: ErrorCode;
+  readonly details: ErrorDetails;
+  constructor(code: ErrorCode, message: string, details: ErrorDetails = {}) {
+    super(message);
+    this.name = 'CairnError';
+    this.code = code;
+    this.details = details;
+  }
+
+  /** Safe to retry whatever the call: nothing was applied, or it is idempotent by request id. */
+  get retryable(): boolean {
+    return RETRYABLE.has(this.code);
+  }
+}
+
+/** The one set of codes a client retries (with a refreshed map for WRONG_SHARD). */
+export const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['WRONG_SHARD', 'FENCED', 'NOT_READY']);
+
+export const invalidArgument = (msg: string): CairnError => new CairnError('INVALID_ARGUMENT', msg);
+export const limitExceeded = (msg: string): CairnError => new CairnError('LIMIT_EXCEEDED', msg);
+
+export function grpcStatusOf(code: ErrorCode): Status {
+  return TO_STATUS[code];
+}
+
+/** Domain error → the object a grpc-js callback or `call.destroy` takes. Unknown errors become a generic INTERNAL. */
+export function toServiceError(err: unknown): Partial<ServiceError> & { code: Status; details: string; metadata: Metadata } {
+  const metadata = new Metadata();
+  if (err instanceof CairnError) {
+    metadata.set('cairn-error-code', err.code);
+    const d = err.details;
+    if (d.epoch !== undefined) metadata.set('cairn-epoch', d.epoch.toString());
+    if (d.owner !== undefined) metadata.set('cairn-owner', d.owner);
+    if (d.ownerAddress !== undefined) metadata.set('cairn-owner-address', d.ownerAddress);
+    if (d.retryAfterMs !== undefined) metadata.set('cairn-retry-after-ms', String(d.retryAfterMs));
+    return { code: TO_STATUS[err.code], details: err.message, message: err.message, metadata };
+  }
+  metadata.set('cairn-error-code', 'INTERNAL');
+  return { code: Status.INTERNAL, details: 'internal error (see the server log)', message: 'internal error', metadata };
+}
+
+function meta(md: Metadata | undefined, key: string): string | undefined {
+  const v = md?.get(key)[0];
+  return v === undefined ? undefined : String(v);
+}
+
+/** A grpc-js client error → CairnError, reading the domain code and details from trailers. */
+export function fromServiceError(err: unknown): CairnError {
+  if (err instanceof CairnError) return err;
+  const e = err as Partial<ServiceError>;
+  if (typeof e?.code !== 'number') return new CairnError('INTERNAL', String((err as Error)?.message ?? err));
+  const md = e.metadata;
+  const named = meta(md, 'cairn-error-code') as ErrorCode | undefined;
+  const code: ErrorCode = named && named in TO_STATUS ? named : FROM_STATUS[e.code as Status] ?? 'INTERNAL';
+  const epoch = meta(md, 'cairn-epoch');
+  const retry = meta(md, 'cairn-retry-after-ms');
+  const details: ErrorDetails = {
+    ...(epoch !== undefined ? { epoch: BigInt(epoch) } : {}),
+    ...(meta(md, 'cairn-owner') !== undefined ? { owner: meta(md, 'cairn-owner') } : {}),
+    ...(meta(md, 'cairn-owner-address') !== undefined ? { ownerAddress: meta(md, 'cairn-owner-address') } : {}),
+    ...(retry !== undefined ? { retryAfterMs: Number(retry) } : {}),
+  };
+  return new CairnError(code, e.details || e.message || 'unknown error', details);
+}

@@ -1,0 +1,44 @@
+/**
+ * Row hashing. A row's position in the hash space is the first 8 bytes of
+ * SHA-1 of its key, read as a big-endian unsigned 64-bit integer (as GRR did,
+ * so the seed's range numbers mean the same here).
+ *
+ * 64-bit hashes and epochs are `bigint` everywhere in TypeScript.
+ */
+import { createHash } from 'node:crypto';
+
+/** 2^64: the exclusive end of the hash space. */
+export const HASH_SPACE_END = 1n << 64n;
+
+/** The 8 big-endian hash bytes of a row key: the prefix of every stored key of the row. */
+export function rowHashBytes(row: string | Uint8Array): Buffer {
+  return createHash('sha1').update(row).digest().subarray(0, 8);
+}
+
+/** The row's hash as an unsigned 64-bit integer. */
+export function rowHash(row: string | Uint8Array): bigint {
+  return rowHashBytes(row).readBigUInt64BE(0);
+}
+
+/** Encodes a hash (0 ≤ h < 2^64) as 8 big-endian bytes, so byte order is numeric order. */
+export function hashToBytes(hash: bigint): Buffer {
+  if (hash < 0n || hash >= HASH_SPACE_END) throw new RangeError(`hash out of range: ${hash}`);
+  const b = Buffer.allocUnsafe(8);
+  b.writeBigUInt64BE(hash, 0);
+  return b;
+}
+
+/** Reads the 8-byte big-endian hash at the start of a stored key. */
+export function hashFromBytes(bytes: Uint8Array): bigint {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, 8).readBigUInt64BE(0);
+}
+
+/** Proto carries a range end of 2^64 as 0 (see common.proto). */
+export function endFromProto(end: bigint): bigint {
+  return end === 0n ? HASH_SPACE_END : end;
+}
+
+/** The inverse of endFromProto. */
+export function endToProto(end: bigint): bigint {
+  return end === HASH_SPACE_END ? 0n : end;
+}
