@@ -1,0 +1,122 @@
+/**
+ * `cairn dev`: a whole local cluster on embedded defaults — a master and 3
+ * shards as child processes, data under ./data, an admin user with a fresh
+ * generated password — then it prints how to connect. Ctrl-C stops it all.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createWriteStream, existsSync } from 'node:fs';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { stringify } from 'yaml';
+import { CairnClient } from '../services/client/index.js';
+import { hashPassword } from '../services/common/auth.js';
+import type { FlagValue } from './args.js';
+import { CliError, EXIT } from './exit.js';
+import type { Io } from './ctl.js';
+
+const CAIRN_BIN = fileURLToPath(new URL('../../bin/cairn.js', import.meta.url));
+
+export async function runDev(flags: Record<string, FlagValue>, io: Io): Promise<number> {
+  const dataDir = resolve(typeof flags['data-dir'] === 'string' ? flags['data-dir'] : './data');
+  const basePort = Number(typeof flags['base-port'] === 'string' ? flags['base-port'] : 7000);
+  const shardCount = Number(typeof flags.shards === 'string' ? flags.shards : 3);
+  if (!Number.isInteger(basePort) || basePort < 1 || basePort > 65535 - shardCount) throw new CliError(`--base-port: expected a port number, got "${flags['base-port']}"`, EXIT.BAD_ARGS);
+  if (!Number.isInteger(shardCount) || shardCount < 1 || shardCount > 64) throw new CliError(`--shards: expected 1 to 64, got "${flags.shards}"`, EXIT.BAD_ARGS);
+  await mkdir(join(dataDir, 'logs'), { recursive: true });
+
+  // The server credential is kept across runs; the admin password is new every run.
+  const credFile = join(dataDir, 'server-credential');
+  if (!existsSync(credFile)) await writeFile(credFile, randomBytes(24).toString('base64url') + '\n', { mode: 0o600 });
+  const credential = (await readFile(credFile, 'utf8')).trim();
+  const password = randomBytes(12).toString('base64url');
+  const masterAddr = `127.0.0.1:${basePort}`;
+  const masterConfig = join(dataDir, 'master.yaml');
+  await writeFile(
+    masterConfig,
+    stringify({
+      listen: masterAddr,
+      dataDir: join(dataDir, 'master'),
+      expectShards: shardCount,
+      serverCredentialFile: credFile,
+      clients: [{ user: 'admin', passwordHash: hashPassword(password), role: 'admin' }],
+    }),
+    { mode: 0o600 },
+  );
+
+  const children: ChildProcess[] = [];
+  const start = (name: string, args: string[]) => {
+    const log = createWriteStream(join(dataDir, 'logs', `${name}.log`), { flags: 'a' });
+    const env = { ...process.env };
+    delete env.CAIRN_CONFIG; // each child gets its settings from the flags below
+    const child = spawn(process.execPath, [CAIRN_BIN, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env });
+    child.stderr!.pipe(log);
+    child.on('exit', (code, signal) => {
+      if (!stopping) io.err(`${name} exited (${signal ?? code}); see ${join(dataDir, 'logs', `${name}.log`)}`);
+    });
+    children.push(child);
+  };
+  let stopping = false;
+  const stopAll = async () => {
+    stopping = true;
+    await Promise.all(
+      children.map(
+        (c) =>
+          new Promise<void>((done) => {
+            if (c.exitCode !== null || c.signalCode !== null) return done();
+            c.once('exit', () => done());
+            c.kill('SIGTERM');
+          }),
+      ),
+    );
+  };
+
+  start('master', ['master', '--config', masterConfig]);
+  for (let i = 1; i <= shardCount; i++) {
+    start(`shard${i}`, [
+      'shard',
+      '--listen', `127.0.0.1:${basePort + i}`,
+      '--data-dir', join(dataDir, `shard${i}`),
+      '--master', masterAddr,
+      '--server-credential-file', credFile,
+    ]);
+  }
+
+  const signalled = new Promise<void>((done) => {
+    process.once('SIGINT', () => done());
+    process.once('SIGTERM', () => done());
+  });
+
+  // Wait until every shard reports up, then say how to connect.
+  const until = Date.now() + 30_000;
+  let ready = false;
+  while (!ready && Date.now() < until) {
+    try {
+      const client = await CairnClient.connect({ master: masterAddr, user: 'admin', password, timeoutMs: 2000 });
+      try {
+        const servers = await client.listServers();
+        ready = servers.length === shardCount && servers.every((s) => s.status === 'up');
+      } finally {
+        client.close();
+      }
+    } catch {
+      /* not up yet */
+    }
+    if (!ready) await new Promise((r) => setTimeout(r, 250));
+  }
+  if (!ready) {
+    await stopAll();
+    throw new CliError('the dev cluster did not come up within 30 s', EXIT.UNAVAILABLE, `see the logs in ${join(dataDir, 'logs')}`);
+  }
+
+  io.out(`Cairn dev cluster is up: master ${masterAddr}, ${shardCount} shards on ports ${basePort + 1}-${basePort + shardCount}, data in ${dataDir}`);
+  io.out('Connect with:');
+  io.out(`  export CAIRN_USER=admin CAIRN_PASSWORD=${password}`);
+  io.out(`  npx cairn ctl servers --master ${masterAddr}`);
+  io.out(`Logs: ${join(dataDir, 'logs')}. Press Ctrl-C to stop.`);
+  await signalled;
+  io.err('stopping the dev cluster…');
+  await stopAll();
+  return EXIT.OK;
+}

@@ -1,0 +1,98 @@
+/**
+ * Pure formatting of ctl results: the seed's human lines and the `--json`
+ * shapes that scripts rely on (hash positions and epochs as decimal strings,
+ * counts as numbers, the last range ending at "18446744073709551616").
+ */
+import { formatHash } from '../services/common/ranges.js';
+
+export interface ServerRow {
+  id: string;
+  address: string;
+  status: string;
+  bytes: number;
+  rows: number;
+  ranges: number;
+  share: number;
+  opsPerSec: number;
+  lastHeartbeatMs?: number;
+}
+
+export interface RangeRow {
+  start: bigint;
+  end: bigint;
+  shard: string;
+  address: string;
+  bytes: number;
+  rows: number;
+}
+
+export function humanBytes(n: number): string {
+  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${n}B` : `${v < 10 ? v.toFixed(1) : Math.round(v)}${units[u]}`;
+}
+
+export const percent = (share: number): string => `${Math.round(share * 100)}%`;
+
+/** `Server 0 50% [00000000000000000000, 09223372036854775808[` per range; `Server 2 0% (no range)` for an empty shard. */
+export function formatRanges(servers: Array<Pick<ServerRow, 'id' | 'share'>>, ranges: RangeRow[]): string[] {
+  const lines: string[] = [];
+  servers.forEach((s, i) => {
+    const own = ranges.filter((r) => r.shard === s.id);
+    if (own.length === 0) lines.push(`Server ${i} 0% (no range)`);
+    for (const r of own) {
+      const share = Number(((r.end - r.start) * 10_000n) / (1n << 64n)) / 10_000;
+      const counts = r.rows || r.bytes ? `  ${r.rows} rows, ${humanBytes(r.bytes)}` : '';
+      lines.push(`Server ${i} ${percent(share)} [${formatHash(r.start)}, ${formatHash(r.end)}[${counts}`);
+    }
+  });
+  return lines;
+}
+
+/** One line per shard: `Server 0 s1 127.0.0.1:7001 up (Size: 70KB, Rows: 10, Ranges: 1, Share: 33%, Load: 12 ops/s)`. */
+export function formatServers(servers: ServerRow[], epoch: bigint): string[] {
+  const up = servers.filter((s) => s.status === 'up').length;
+  return [
+    `Map epoch ${epoch}: ${servers.length} servers, ${up} up`,
+    ...servers.map(
+      (s, i) =>
+        `Server ${i} ${s.id} ${s.address} ${s.status} (Size: ${humanBytes(s.bytes)}, Rows: ${s.rows}, Ranges: ${s.ranges}, Share: ${percent(s.share)}, Load: ${Math.round(s.opsPerSec)} ops/s)`,
+    ),
+  ];
+}
+
+export function serversJson(servers: ServerRow[], epoch: bigint) {
+  return {
+    epoch: epoch.toString(),
+    servers: servers.map((s) => ({
+      id: s.id,
+      address: s.address,
+      status: s.status,
+      bytes: s.bytes,
+      rows: s.rows,
+      ranges: s.ranges,
+      share: s.share,
+      opsPerSec: s.opsPerSec,
+      lastHeartbeatMs: s.lastHeartbeatMs ?? 0,
+    })),
+  };
+}
+
+export function rangesJson(ranges: RangeRow[], epoch: bigint) {
+  return {
+    epoch: epoch.toString(),
+    ranges: ranges.map((r) => ({
+      start: r.start.toString(),
+      end: r.end.toString(),
+      shard: r.shard,
+      address: r.address,
+      bytes: r.bytes,
+      rows: r.rows,
+    })),
+  };
+}

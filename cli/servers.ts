@@ -1,0 +1,86 @@
+/** `cairn master` and `cairn shard`: load config, start the server, stop cleanly on SIGTERM/SIGINT. */
+import { readFileSync } from 'node:fs';
+import type { Logger } from 'winston';
+import { loadConfig, type MasterConfig, type ShardConfig } from '../services/common/config.js';
+import type { TlsFiles } from '../services/common/grpc.js';
+import { createLogger } from '../services/common/log.js';
+import { startMasterServer } from '../services/master/server.js';
+import { startShardServer } from '../services/shard/server.js';
+import type { FlagValue } from './args.js';
+
+type Flags = Record<string, FlagValue>;
+
+function tlsOf(c: MasterConfig | ShardConfig): TlsFiles | undefined {
+  if (!c.tlsCert || !c.tlsKey) return undefined;
+  return { cert: readFileSync(c.tlsCert), key: readFileSync(c.tlsKey), ca: c.tlsCa ? readFileSync(c.tlsCa) : undefined };
+}
+
+function limitsOf(c: MasterConfig | ShardConfig) {
+  return {
+    maxKeyBytes: c.maxKeyBytes,
+    maxColumnBytes: c.maxColumnBytes,
+    maxValueBytes: c.maxValueBytes,
+    maxCellsPerCall: c.maxCellsPerCall,
+    maxMessageBytes: c.maxMessageBytes,
+  };
+}
+
+/** Resolves on the first SIGTERM or SIGINT. */
+function untilSignal(log: Logger): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const on = (sig: NodeJS.Signals) => {
+      log.info('shutting down', { signal: sig });
+      resolve(sig);
+    };
+    process.once('SIGTERM', on);
+    process.once('SIGINT', on);
+  });
+}
+
+export async function runMaster(flags: Flags): Promise<number> {
+  const c = loadConfig('master', { flags }) as MasterConfig;
+  const log = createLogger({ component: 'master', level: c.logLevel, verbose: c.verbose });
+  const tls = tlsOf(c);
+  const running = await startMasterServer({
+    listen: c.listen,
+    dataDir: c.dataDir,
+    serverCredential: c.serverCredential,
+    clients: c.clients,
+    expectShards: c.expectShards,
+    tokenTtlSeconds: c.tokenTtlSeconds,
+    heartbeatIntervalMs: c.heartbeatIntervalMs,
+    shardDownAfterMs: c.shardDownAfterMs,
+    maxMessageBytes: c.maxMessageBytes,
+    tls,
+    peerTls: tls ? { ca: tls.ca, cert: tls.cert, key: tls.key } : undefined,
+    log,
+  });
+  log.info(`Starting Data Master on ${running.address}`, { expectShards: c.expectShards });
+  await untilSignal(log);
+  await running.stop(5000);
+  log.info('master stopped');
+  return 0;
+}
+
+export async function runShard(flags: Flags): Promise<number> {
+  const c = loadConfig('shard', { flags }) as ShardConfig;
+  const log = createLogger({ component: 'shard', level: c.logLevel, verbose: c.verbose });
+  const tls = tlsOf(c);
+  const running = await startShardServer({
+    listen: c.listen,
+    advertise: c.advertise,
+    dataDir: c.dataDir,
+    master: c.master,
+    serverCredential: c.serverCredential,
+    heartbeatIntervalMs: c.heartbeatIntervalMs,
+    limits: limitsOf(c),
+    tls,
+    requireClientCert: false,
+    peerTls: tls ? { ca: tls.ca, cert: tls.cert, key: tls.key } : undefined,
+    log,
+  });
+  await untilSignal(log);
+  await running.stop(5000);
+  log.info('shard stopped', { shardId: running.node.id });
+  return 0;
+}

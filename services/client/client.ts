@@ -1,0 +1,735 @@
+/**
+ * The Cairn client SDK. It logs in to the master, caches the cluster map,
+ * sends every data call straight to the shard that owns the row (with the
+ * map epoch it routed by), groups batches by owner, and retries wrong-shard
+ * and unavailable answers inside the caller's deadline (retry.ts).
+ *
+ * Writes are retried safely because each logical write gets one request id,
+ * reused by every retry and every sub-batch; the shard applies an id once per
+ * row, even when a retry reaches a range's new owner after a move.
+ */
+import type { ClientReadableStream } from '@grpc/grpc-js';
+import { randomBytes } from 'node:crypto';
+import { AdminServiceClient } from '../../proto/gen/cairn/v1/admin.js';
+import type { CellFilter, CellWrite, RowWrite } from '../../proto/gen/cairn/v1/common.js';
+import { MasterServiceClient, type WatchMapResponse } from '../../proto/gen/cairn/v1/master.js';
+import { ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
+import { CairnError, fromServiceError } from '../common/errors.js';
+import { call, channelOptions, clientCredentials, ClientPool, metadataFor, type ClientTls } from '../common/grpc.js';
+import { endFromProto, endToProto } from '../common/hash.js';
+import { EMPTY_MAP, mapError, mapFromProto, type ClusterMap } from '../common/map.js';
+import { classify, backoffMs, retryLoop } from './retry.js';
+import {
+  cursorAfter,
+  cursorInWindow,
+  decodeScanToken,
+  encodeScanToken,
+  FULL_WINDOW,
+  groupByShard,
+  routeRow,
+  segmentAt,
+  splitBatches,
+  type BatchCaps,
+  type Indexed,
+  type ScanCursor,
+} from './router.js';
+
+// ---------------------------------------------------------------------------
+// Public types
+
+/** A cell value: strings are stored as UTF-8. */
+export type Value = string | Uint8Array;
+
+export interface CellInput {
+  column: string;
+  value: Value;
+  /** Microseconds since the Unix epoch; leave out to let the shard's clock pick one. */
+  timestampUs?: bigint;
+}
+
+/** `{ column: value }`, or a list of cells when timestamps are given. */
+export type CellsInput = Record<string, Value> | CellInput[];
+
+export interface Cell {
+  column: string;
+  /** Microseconds since the Unix epoch. */
+  timestampUs: bigint;
+  value: Buffer;
+}
+
+/** Versions with startUs <= timestamp < endUs; either bound may be left out. */
+export interface TimeRange {
+  startUs?: bigint;
+  endUs?: bigint;
+}
+
+export interface CallOptions {
+  /** Deadline for the whole call, retries included (default: the client's timeoutMs). */
+  timeoutMs?: number;
+}
+
+export interface WriteOptions extends CallOptions {
+  /** Delete every earlier version of each column written. */
+  replace?: boolean;
+  /** Acknowledge only once the write is on disk. */
+  sync?: boolean;
+}
+
+export interface ReadOptions extends CallOptions {
+  /** Exact column names; empty or absent (with no prefix) means every column. */
+  columns?: string[];
+  /** Only columns starting with this (ignored when `columns` is set). */
+  columnPrefix?: string;
+  timeRange?: TimeRange;
+  /** Every matching version instead of only the newest of each column. */
+  allVersions?: boolean;
+  /** The most cells returned per row. */
+  limit?: number;
+}
+
+export interface ScanOptions extends ReadOptions {
+  /** Rows fetched per page (default 500). */
+  pageSize?: number;
+}
+
+export interface ScanPageOptions extends ReadOptions {
+  /** The most rows in this page (default 500). A page may hold fewer and still have a nextToken. */
+  limit?: number;
+  /** The nextToken of the previous page; absent starts a new scan. */
+  resumeToken?: string;
+  /** The most cells per row (ReadOptions.limit is the rows per page here). */
+  cellLimit?: number;
+}
+
+export interface RowInput {
+  row: string;
+  cells: CellsInput;
+  replace?: boolean;
+}
+
+export interface ScanRow {
+  row: string;
+  cells: Cell[];
+}
+
+export interface ScanPage {
+  rows: ScanRow[];
+  /** Pass as resumeToken for the next page; absent when the scan is complete. */
+  nextToken?: string;
+}
+
+export interface Lease {
+  leaseId: string;
+  /** When the lease ends, ms since the Unix epoch. */
+  expiresAtMs: number;
+}
+
+export interface CellCheck {
+  column: string;
+  /** The check holds when the column's newest value equals this. */
+  equals?: Value;
+  /** The check holds when the column has no version at all. */
+  absent?: boolean;
+}
+
+export interface ServerInfo {
+  id: string;
+  address: string;
+  /** "up" or "down". */
+  status: string;
+  bytes: number;
+  rows: number;
+  ranges: number;
+  /** Fraction of the hash space owned, 0..1. */
+  share: number;
+  opsPerSec: number;
+  /** ms since the Unix epoch; 0 = never. */
+  lastHeartbeatMs: number;
+}
+
+export interface RangeInfo {
+  start: bigint;
+  /** Exclusive; 2^64 for the last range. */
+  end: bigint;
+  shardId: string;
+  address: string;
+  bytes: number;
+  rows: number;
+}
+
+export interface ConnectOptions {
+  /** host:port of the master. */
+  master: string;
+  user?: string;
+  password?: string;
+  /** A token from an earlier login; used as-is (it cannot be renewed without a password). */
+  token?: string;
+  /** Default deadline of each call, retries included, and of connect itself (default 10 s). */
+  timeoutMs?: number;
+  tls?: ClientTls;
+  /** gRPC message limit (default 16 MiB, the servers' default). */
+  maxMessageBytes?: number;
+  /** Keep the map fresh with MasterService.WatchMap instead of only on WRONG_SHARD. */
+  watch?: boolean;
+}
+
+// ---------------------------------------------------------------------------
+// Limits the SDK keeps to when it splits batches (the servers' defaults).
+
+const DEFAULT_TIMEOUT_MS = 10_000;
+const DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+const MAX_ROWS_PER_CALL = 1000;
+const MAX_CELLS_PER_CALL = 10_000;
+const DEFAULT_PAGE_SIZE = 500;
+/** Sub-calls of one logical call in flight at once. */
+const FAN_OUT = 8;
+/** How long before expiry a token is renewed: a fifth of its life, at most this. */
+const RENEW_MARGIN_MS = 30_000;
+
+// ---------------------------------------------------------------------------
+// Conversions
+
+function toBuffer(v: Value, what: string): Buffer {
+  if (typeof v === 'string') return Buffer.from(v, 'utf8');
+  if (v instanceof Uint8Array) return Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+  throw new CairnError('INVALID_ARGUMENT', `${what}: expected a string or Uint8Array, got ${typeof v}`);
+}
+
+function toCellWrites(cells: CellsInput): CellWrite[] {
+  if (Array.isArray(cells)) {
+    return cells.map((c) => ({ column: c.column, timestampUs: c.timestampUs ?? 0n, value: toBuffer(c.value, `value of column ${c.column}`) }));
+  }
+  return Object.entries(cells).map(([column, value]) => ({ column, timestampUs: 0n, value: toBuffer(value, `value of column ${column}`) }));
+}
+
+function toFilter(o: ReadOptions, limit = o.limit): CellFilter {
+  return {
+    columns: o.columns ?? [],
+    columnPrefix: o.columnPrefix ?? '',
+    timeRange: o.timeRange ? { startUs: o.timeRange.startUs ?? 0n, endUs: o.timeRange.endUs ?? 0n } : undefined,
+    allVersions: o.allVersions ?? false,
+    limit: limit ?? 0,
+  };
+}
+
+const toCells = (cells: Array<{ column: string; timestampUs: bigint; value: Buffer }>): Cell[] =>
+  cells.map((c) => ({ column: c.column, timestampUs: c.timestampUs, value: c.value }));
+
+/** 16 random bytes: unique enough that two logical writes never share one. */
+export const newRequestId = (): string => randomBytes(16).toString('hex');
+
+function rowWriteBytes(r: RowWrite): number {
+  let n = Buffer.byteLength(r.row) + 16;
+  for (const c of r.cells) n += Buffer.byteLength(c.column) + c.value.length + 16;
+  return n;
+}
+
+/** Runs fn over items with at most `limit` in flight. */
+async function forEachLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+/**
+ * Of the errors of one round of sub-calls, the one that decides what happens
+ * next: a final error ends the call; otherwise a stale map is fixed first
+ * (refreshing helps every sub-call); otherwise wait the longest hint given.
+ */
+function decisiveError(errors: CairnError[]): CairnError {
+  const fatal = errors.find((e) => classify(e) === 'fail');
+  if (fatal) return fatal;
+  const stale = errors.find((e) => classify(e) === 'refresh-map');
+  if (stale) return stale;
+  return errors.reduce((a, b) => ((b.details.retryAfterMs ?? 0) > (a.details.retryAfterMs ?? 0) ? b : a));
+}
+
+// ---------------------------------------------------------------------------
+
+export class CairnClient {
+  private readonly masterClient: MasterServiceClient;
+  private readonly adminClient: AdminServiceClient;
+  private readonly shards: ClientPool<ShardServiceClient>;
+  private readonly timeoutMs: number;
+  private readonly maxMessageBytes: number;
+  private readonly user: string | undefined;
+  private readonly password: string | undefined;
+
+  private currentMap: ClusterMap = EMPTY_MAP;
+  private currentToken: string | undefined;
+  private tokenExpiresAt = Infinity;
+  private renewAt = Infinity;
+  /** Set when a server said our token expired: log in again before the next call. */
+  private tokenStale = false;
+  private loggingIn: Promise<void> | undefined;
+  private refreshing: Promise<void> | undefined;
+  private closed = false;
+
+  private watchStream: ClientReadableStream<WatchMapResponse> | undefined;
+  private watchTimer: NodeJS.Timeout | undefined;
+  private watchFailures = 0;
+
+  private constructor(private readonly opts: ConnectOptions) {
+    this.timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.maxMessageBytes = opts.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+    this.user = opts.user;
+    this.password = opts.password;
+    this.currentToken = opts.token;
+    const creds = clientCredentials(opts.tls);
+    const chan = channelOptions(this.maxMessageBytes);
+    this.masterClient = new MasterServiceClient(opts.master, creds, chan);
+    this.adminClient = new AdminServiceClient(opts.master, creds, chan);
+    this.shards = new ClientPool(ShardServiceClient, { tls: opts.tls, maxMessageBytes: this.maxMessageBytes });
+  }
+
+  /**
+   * Logs in (when a user is given), fetches the map, waiting while the
+   * cluster has none yet (epoch 0), and starts watching it when asked.
+   */
+  static async connect(opts: ConnectOptions): Promise<CairnClient> {
+    if (!opts.master) throw new CairnError('INVALID_ARGUMENT', 'master: must be host:port of the Cairn master');
+    if (opts.user !== undefined && opts.password === undefined) {
+      throw new CairnError('INVALID_ARGUMENT', `password: required with user ${JSON.stringify(opts.user)}`);
+    }
+    const client = new CairnClient(opts);
+    const deadline = Date.now() + client.timeoutMs;
+    try {
+      await retryLoop(
+        async () => {
+          await client.authToken(deadline);
+          await client.refreshMap(deadline);
+          if (client.currentMap.epoch === 0n) {
+            throw new CairnError('NOT_READY', 'the cluster has no map yet: the master is waiting for shards to register', { retryAfterMs: 200 });
+          }
+        },
+        { deadline },
+      );
+    } catch (err) {
+      client.close();
+      throw fromServiceError(err);
+    }
+    if (opts.watch) client.startWatch();
+    return client;
+  }
+
+  /** The cached cluster map the client routes by. */
+  get map(): ClusterMap {
+    return this.currentMap;
+  }
+
+  /** The bearer token sent with every call (undefined without credentials). */
+  get token(): string | undefined {
+    return this.currentToken;
+  }
+
+  /**
+   * Replaces the cached map, whatever its epoch. For tests and tools: a wrong
+   * map is harmless, since the first WRONG_SHARD answer makes the client
+   * fetch the real one.
+   */
+  setMap(map: ClusterMap): void {
+    this.currentMap = map;
+  }
+
+  /** Ends the map watch and closes every channel. Calls after close fail with CANCELLED. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.watchTimer);
+    this.watchStream?.cancel();
+    this.watchStream = undefined;
+    this.shards.close();
+    this.masterClient.close();
+    this.adminClient.close();
+  }
+
+  // -------------------------------------------------------------------------
+  // Data API
+
+  /** Writes cells to one row and returns the timestamp given to cells sent without one. */
+  async put(row: string, cells: CellsInput, o: WriteOptions = {}): Promise<bigint> {
+    const [ts] = await this.writeRows([{ row, cells, replace: o.replace }], o);
+    return ts!;
+  }
+
+  /**
+   * Writes many rows (atomically per row, not across rows). Rows are grouped
+   * by owner and sent as concurrent sub-batches; after a failure only the
+   * rows that failed are re-grouped and sent again. Returns each row's
+   * assigned timestamp, in input order.
+   */
+  async writeRows(rows: RowInput[], o: WriteOptions = {}): Promise<bigint[]> {
+    const writes: RowWrite[] = rows.map((r) => ({ row: r.row, cells: toCellWrites(r.cells), replace: r.replace ?? o.replace ?? false }));
+    const out: bigint[] = new Array<bigint>(rows.length).fill(0n);
+    const requestId = newRequestId();
+    const caps: BatchCaps<RowWrite> = {
+      maxItems: MAX_ROWS_PER_CALL,
+      weights: [
+        { max: MAX_CELLS_PER_CALL, of: (r) => r.cells.length },
+        // Leave room for the envelope under the message limit.
+        { max: Math.floor(this.maxMessageBytes * 0.9), of: rowWriteBytes },
+      ],
+    };
+    await this.fanOut(o, writes, (r) => r.row, caps, async (shard, epoch, batch, callOpts) => {
+      const res = await call(shard, shard.writeRows, { epoch, requestId, sync: o.sync ?? false, rows: batch.map((b) => b.item) }, callOpts);
+      batch.forEach((b, k) => (out[b.index] = res.timestampsUs[k] ?? 0n));
+    });
+    return out;
+  }
+
+  /** Reads one row: newest version of each column unless `allVersions`. Cells come by column, newest first. */
+  async get(row: string, o: ReadOptions = {}): Promise<Cell[]> {
+    const filter = toFilter(o);
+    return this.onOwner(o, row, async (shard, epoch, callOpts) => toCells((await call(shard, shard.readRow, { epoch, row, filter }, callOpts)).cells));
+  }
+
+  /** The newest value of one column, or undefined. */
+  async getValue(row: string, column: string, o: CallOptions = {}): Promise<Buffer | undefined> {
+    const cells = await this.get(row, { ...o, columns: [column] });
+    return cells.find((c) => c.column === column)?.value;
+  }
+
+  /** Reads many rows with one filter, per owner in parallel. Rows with no matching cell are absent from the result. */
+  async getRows(rows: string[], o: ReadOptions = {}): Promise<Map<string, Cell[]>> {
+    const unique = [...new Set(rows)];
+    const filter = toFilter(o);
+    const found = new Map<string, Cell[]>();
+    await this.fanOut(o, unique, (r) => r, { maxItems: MAX_ROWS_PER_CALL }, async (shard, epoch, batch, callOpts) => {
+      const res = await call(shard, shard.readRows, { epoch, rows: batch.map((b) => b.item), filter }, callOpts);
+      for (const r of res.rows) found.set(r.row, toCells(r.cells));
+    });
+    // Request order, which is what a caller iterating the map expects.
+    return new Map(unique.filter((r) => found.has(r)).map((r) => [r, found.get(r)!]));
+  }
+
+  /**
+   * Every row whose key starts with `prefix`, in storage order (hash, then
+   * key; not alphabetical), fetched page by page across every shard.
+   */
+  async *scan(prefix: string, o: ScanOptions = {}): AsyncGenerator<ScanRow> {
+    let resumeToken: string | undefined;
+    do {
+      const page = await this.scanPage(prefix, { ...o, limit: o.pageSize ?? DEFAULT_PAGE_SIZE, cellLimit: o.limit, resumeToken });
+      for (const r of page.rows) yield r;
+      resumeToken = page.nextToken;
+    } while (resumeToken !== undefined);
+  }
+
+  /**
+   * One page of a scan. The scan walks the map's ranges in hash order; the
+   * token records a hash position, so it stays valid when ranges move
+   * between pages. It is opaque: pass it back with the same prefix.
+   */
+  async scanPage(prefix: string, o: ScanPageOptions = {}): Promise<ScanPage> {
+    const limit = o.limit ?? DEFAULT_PAGE_SIZE;
+    if (!Number.isInteger(limit) || limit < 1) throw new CairnError('INVALID_ARGUMENT', `limit: must be a positive integer, got ${limit}`);
+    const window = FULL_WINDOW;
+    const filter = toFilter(o, o.cellLimit);
+    const deadline = this.deadlineOf(o);
+    let cursor: ScanCursor = o.resumeToken ? decodeScanToken(o.resumeToken) : { hash: window.start };
+    const rows: ScanRow[] = [];
+    while (rows.length < limit && cursorInWindow(cursor, window)) {
+      const at = cursor;
+      // Re-planned on every attempt: after a map refresh the same hash may have a new owner.
+      const { res, segmentEnd } = await this.run(deadline, async (token, map) => {
+        const seg = segmentAt(map, at.hash, window.end);
+        const shard = this.shard(seg.address);
+        const req = {
+          epoch: map.epoch,
+          rowPrefix: prefix,
+          filter,
+          limit: limit - rows.length,
+          resumeToken: at.shardToken ?? Buffer.alloc(0),
+          hashStart: at.hash,
+          hashEnd: endToProto(seg.end),
+        };
+        return { res: await call(shard, shard.scanRows, req, { token, deadline }), segmentEnd: seg.end };
+      });
+      rows.push(...res.rows.map((r) => ({ row: r.row, cells: toCells(r.cells) })));
+      cursor = cursorAfter(res.nextToken, segmentEnd);
+    }
+    return cursorInWindow(cursor, window) ? { rows, nextToken: encodeScanToken(cursor) } : { rows };
+  }
+
+  /** Deletes every cell of a row; returns how many cells were deleted. */
+  async deleteRow(row: string, o: Omit<WriteOptions, 'replace'> = {}): Promise<number> {
+    const requestId = newRequestId();
+    const res = await this.onOwner(o, row, (shard, epoch, callOpts) =>
+      call(shard, shard.deleteRow, { epoch, requestId, sync: o.sync ?? false, row }, callOpts),
+    );
+    return Number(res.deletedCells);
+  }
+
+  /** Deletes columns of a row, optionally only versions in a time range; returns how many cells were deleted. */
+  async deleteCells(row: string, columns: string[], o: Omit<WriteOptions, 'replace'> & { timeRange?: TimeRange } = {}): Promise<number> {
+    const requestId = newRequestId();
+    const timeRange = o.timeRange ? { startUs: o.timeRange.startUs ?? 0n, endUs: o.timeRange.endUs ?? 0n } : undefined;
+    const res = await this.onOwner(o, row, (shard, epoch, callOpts) =>
+      call(shard, shard.deleteCells, { epoch, requestId, sync: o.sync ?? false, row, columns, timeRange }, callOpts),
+    );
+    return Number(res.deletedCells);
+  }
+
+  /**
+   * Writes `cells` only if the newest version of `check.column` equals
+   * `check.equals` (or the column is absent, with `absent: true`). Returns
+   * whether the write happened; a retry of the same call gets the first
+   * outcome (request id).
+   */
+  async checkAndMutate(row: string, check: CellCheck, cells: CellsInput, o: WriteOptions = {}): Promise<boolean> {
+    if (!check.absent && check.equals === undefined) {
+      throw new CairnError('INVALID_ARGUMENT', 'check: give `equals` (a value) or `absent: true`');
+    }
+    const req = {
+      requestId: newRequestId(),
+      sync: o.sync ?? false,
+      row,
+      checkColumn: check.column,
+      expectedValue: check.absent ? Buffer.alloc(0) : toBuffer(check.equals!, 'check.equals'),
+      expectAbsent: check.absent ?? false,
+      cells: toCellWrites(cells),
+      replace: o.replace ?? false,
+    };
+    const res = await this.onOwner(o, row, (shard, epoch, callOpts) => call(shard, shard.checkAndMutate, { ...req, epoch }, callOpts));
+    return res.succeeded;
+  }
+
+  /** Takes a lease on a row. Another holder's live lease fails with CONFLICT. */
+  async lockRow(row: string, leaseMs: number, o: CallOptions = {}): Promise<Lease> {
+    const requestId = newRequestId();
+    const res = await this.onOwner(o, row, (shard, epoch, callOpts) => call(shard, shard.lockRow, { epoch, row, leaseMs, requestId }, callOpts));
+    return { leaseId: res.leaseId, expiresAtMs: Number(res.expiresAtMs) };
+  }
+
+  /** Extends a held lease to `leaseMs` from now. */
+  async extendLease(row: string, leaseId: string, leaseMs: number, o: CallOptions = {}): Promise<{ expiresAtMs: number }> {
+    const res = await this.onOwner(o, row, (shard, epoch, callOpts) => call(shard, shard.extendLease, { epoch, row, leaseId, leaseMs }, callOpts));
+    return { expiresAtMs: Number(res.expiresAtMs) };
+  }
+
+  /** Releases a lease. */
+  async unlockRow(row: string, leaseId: string, o: CallOptions = {}): Promise<void> {
+    await this.onOwner(o, row, (shard, epoch, callOpts) => call(shard, shard.unlockRow, { epoch, row, leaseId }, callOpts));
+  }
+
+  // -------------------------------------------------------------------------
+  // Admin API (needs role admin)
+
+  async listServers(o: CallOptions = {}): Promise<ServerInfo[]> {
+    const res = await this.run(this.deadlineOf(o), (token, _map, deadline) => call(this.adminClient, this.adminClient.listServers, {}, { token, deadline }));
+    return res.servers.map((s) => ({
+      id: s.id,
+      address: s.address,
+      status: s.status,
+      bytes: Number(s.bytes),
+      rows: Number(s.rows),
+      ranges: s.ranges,
+      share: s.share,
+      opsPerSec: s.opsPerSec,
+      lastHeartbeatMs: Number(s.lastHeartbeatMs),
+    }));
+  }
+
+  async getRanges(o: CallOptions = {}): Promise<RangeInfo[]> {
+    const res = await this.run(this.deadlineOf(o), (token, _map, deadline) => call(this.adminClient, this.adminClient.getRanges, {}, { token, deadline }));
+    return res.ranges.map((r) => ({
+      start: r.start,
+      end: endFromProto(r.end),
+      shardId: r.shardId,
+      address: r.address,
+      bytes: Number(r.bytes),
+      rows: Number(r.rows),
+    }));
+  }
+
+  // -------------------------------------------------------------------------
+  // Routing and retries
+
+  private deadlineOf(o: CallOptions): number {
+    return Date.now() + (o.timeoutMs ?? this.timeoutMs);
+  }
+
+  private shard(address: string): ShardServiceClient {
+    return this.shards.get(address);
+  }
+
+  /**
+   * One logical call with retries inside the deadline. `fn` sees the token
+   * and the map current at each attempt, so a retry after a refresh routes
+   * by the new map. A token the server calls expired is renewed once.
+   */
+  private run<T>(deadline: number, fn: (token: string | undefined, map: ClusterMap, deadline: number) => Promise<T>): Promise<T> {
+    let renewed = false;
+    return retryLoop(
+      async () => {
+        if (this.closed) throw new CairnError('CANCELLED', 'the client is closed');
+        try {
+          return await fn(await this.authToken(deadline), this.currentMap, deadline);
+        } catch (e) {
+          const err = fromServiceError(e);
+          // The server has no finer code than UNAUTHENTICATED; its message says when the
+          // cause is expiry, the one case a fresh login fixes. Any other cause fails.
+          if (err.code === 'UNAUTHENTICATED' && !renewed && this.canLogin && /expired/i.test(err.message)) {
+            renewed = true;
+            this.tokenStale = true;
+            return await fn(await this.authToken(deadline), this.currentMap, deadline);
+          }
+          throw err;
+        }
+      },
+      { deadline, onRefresh: () => this.refreshMap(deadline) },
+    );
+  }
+
+  /** A single-row call sent to the row's owner. */
+  private onOwner<T>(
+    o: CallOptions,
+    row: string,
+    fn: (shard: ShardServiceClient, epoch: bigint, callOpts: { token?: string; deadline: number }) => Promise<T>,
+  ): Promise<T> {
+    return this.run(this.deadlineOf(o), (token, map, deadline) => fn(this.shard(routeRow(map, row).address), map.epoch, { token, deadline }));
+  }
+
+  /**
+   * A batch call: items grouped by owner, cut into sub-batches, sent
+   * concurrently. Each round resends only the items whose sub-call failed,
+   * re-grouped by the map current then; `send` writes its results by the
+   * items' original indexes.
+   */
+  private async fanOut<T>(
+    o: CallOptions,
+    items: readonly T[],
+    keyOf: (item: T) => string,
+    caps: BatchCaps<T>,
+    send: (shard: ShardServiceClient, epoch: bigint, batch: Array<Indexed<T>>, callOpts: { token?: string; deadline: number }) => Promise<void>,
+  ): Promise<void> {
+    let pending: Array<Indexed<T>> = items.map((item, index) => ({ index, item }));
+    if (pending.length === 0) return;
+    const weights = caps.weights?.map((w) => ({ max: w.max, of: (x: Indexed<T>) => w.of(x.item) }));
+    await this.run(this.deadlineOf(o), async (token, map, deadline) => {
+      const subCalls: Array<{ address: string; batch: Array<Indexed<T>> }> = [];
+      for (const g of groupByShard(map, pending, (p) => keyOf(p.item)).values()) {
+        const own = g.items.map((x) => x.item);
+        for (const batch of splitBatches(own, { maxItems: caps.maxItems, weights })) subCalls.push({ address: g.address, batch });
+      }
+      const failed: Array<Indexed<T>> = [];
+      const errors: CairnError[] = [];
+      await forEachLimit(subCalls, FAN_OUT, async ({ address, batch }) => {
+        try {
+          await send(this.shard(address), map.epoch, batch, { token, deadline });
+        } catch (e) {
+          failed.push(...batch);
+          errors.push(fromServiceError(e));
+        }
+      });
+      if (errors.length > 0) {
+        pending = failed.sort((a, b) => a.index - b.index);
+        throw decisiveError(errors);
+      }
+    });
+  }
+
+  // -------------------------------------------------------------------------
+  // Map
+
+  /** Installs a map unless it is older than ours. An equal epoch replaces ours (it may have been set by hand). */
+  private installMap(next: ClusterMap): void {
+    if (next.epoch === 0n || next.epoch < this.currentMap.epoch) return;
+    if (mapError(next)) return; // never route by a map that does not tile
+    this.currentMap = next;
+  }
+
+  /** Fetches the map from the master; concurrent callers share one GetMap. */
+  private refreshMap(deadline: number): Promise<void> {
+    this.refreshing ??= (async () => {
+      try {
+        const token = await this.authToken(deadline);
+        const res = await call(this.masterClient, this.masterClient.getMap, {}, { token, deadline: Math.min(deadline, Date.now() + this.timeoutMs) });
+        this.installMap(mapFromProto(res.map));
+      } finally {
+        this.refreshing = undefined;
+      }
+    })();
+    return this.refreshing;
+  }
+
+  /**
+   * Keeps the map fresh from WatchMap. A broken stream is reopened after a
+   * backoff; no stream error ever escapes (a client must not crash the
+   * process that embeds it).
+   */
+  private startWatch(): void {
+    if (this.closed) return;
+    let over = false;
+    const reopen = (err?: CairnError) => {
+      if (over) return;
+      over = true;
+      this.watchStream = undefined;
+      if (this.closed) return;
+      if (err?.code === 'UNAUTHENTICATED') this.tokenStale = true;
+      const delay = Math.max(50, backoffMs(this.watchFailures++));
+      this.watchTimer = setTimeout(() => this.startWatch(), delay);
+      this.watchTimer.unref();
+    };
+    void (async () => {
+      let token = this.currentToken;
+      try {
+        token = await this.authToken(Date.now() + this.timeoutMs);
+      } catch {
+        // Try with the token we have; the stream's own error will schedule a retry.
+      }
+      if (this.closed) return;
+      const stream = this.masterClient.watchMap({ minEpoch: this.currentMap.epoch }, metadataFor(token));
+      this.watchStream = stream;
+      stream.on('data', (res: WatchMapResponse) => {
+        this.watchFailures = 0;
+        this.installMap(mapFromProto(res.map));
+      });
+      stream.on('error', (e) => reopen(fromServiceError(e)));
+      stream.on('end', () => reopen());
+    })().catch((e) => reopen(fromServiceError(e)));
+  }
+
+  // -------------------------------------------------------------------------
+  // Authentication
+
+  private get canLogin(): boolean {
+    return this.user !== undefined && this.password !== undefined;
+  }
+
+  /** The token for the next call, logging in first when there is none yet or it is about to expire. */
+  private async authToken(deadline: number): Promise<string | undefined> {
+    if (!this.canLogin) return this.currentToken;
+    const now = Date.now();
+    if (this.currentToken === undefined || this.tokenStale || now >= this.renewAt) {
+      try {
+        await this.login(deadline);
+      } catch (err) {
+        // An early renewal that fails is not fatal while the old token still works.
+        if (this.currentToken === undefined || this.tokenStale || now >= this.tokenExpiresAt) throw err;
+        this.renewAt = now + 1000;
+      }
+    }
+    return this.currentToken;
+  }
+
+  /** MasterService.Login; concurrent callers share one login. */
+  private login(deadline: number): Promise<void> {
+    this.loggingIn ??= (async () => {
+      try {
+        const sent = Date.now();
+        const res = await call(this.masterClient, this.masterClient.login, { user: this.user!, password: this.password! }, { deadline });
+        const expires = Number(res.expiresAtMs);
+        this.currentToken = res.token;
+        this.tokenExpiresAt = expires;
+        this.renewAt = expires - Math.min(RENEW_MARGIN_MS, (expires - sent) / 5);
+        this.tokenStale = false;
+      } finally {
+        this.loggingIn = undefined;
+      }
+    })();
+    return this.loggingIn;
+  }
+}

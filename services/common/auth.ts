@@ -1,0 +1,273 @@
+/**
+ * Authentication and authorization: roles, password hashes and signed tokens.
+ *
+ * - Passwords are stored as PHC-style scrypt strings
+ *   (`$scrypt$ln=15,r=8,p=1$<salt>$<hash>`, unpadded standard base64), never
+ *   in plaintext. `cairn hash-password` prints one.
+ * - A client logs in to the master (MasterService.Login) and gets a short-lived
+ *   token `v1.<base64url(JSON claims)>.<base64url(HMAC-SHA256)>`. The HMAC key
+ *   is derived from the cluster's server credential, so every server checks
+ *   tokens locally with no round trip.
+ * - A process that holds the server credential mints its own `server` tokens
+ *   for internal calls (`ServerTokenSource`); presenting one proves it holds
+ *   the credential.
+ *
+ * Pure apart from reading the clock and the random salt. No I/O.
+ */
+import { createHmac, randomBytes, scryptSync, timingSafeEqual } from 'node:crypto';
+import { CairnError } from './errors.js';
+
+// ---------------------------------------------------------------------------
+// Roles
+
+/** Each role includes every role before it; `server` is the internal role, above `admin`. */
+export type Role = 'r' | 'rw' | 'admin' | 'server';
+
+/** All roles, lowest first. */
+export const ROLES: readonly Role[] = ['r', 'rw', 'admin', 'server'];
+
+/** The roles a client credential may have (`server` is reserved for processes holding the server credential). */
+export const CLIENT_ROLES: readonly Role[] = ['r', 'rw', 'admin'];
+
+export function isRole(s: unknown): s is Role {
+  return typeof s === 'string' && (ROLES as readonly string[]).includes(s);
+}
+
+/** True when `have` grants at least what `need` requires. */
+export function roleAtLeast(have: Role, need: Role): boolean {
+  return ROLES.indexOf(have) >= ROLES.indexOf(need);
+}
+
+/** Parses a role name; throws INVALID_ARGUMENT naming the accepted ones. */
+export function parseRole(s: string): Role {
+  if (isRole(s)) return s;
+  throw new CairnError('INVALID_ARGUMENT', `unknown role ${JSON.stringify(s)}: expected one of ${ROLES.join(', ')}`);
+}
+
+// ---------------------------------------------------------------------------
+// Passwords
+
+/** scrypt cost: N = 2^15, r = 8, p = 1 (32 MiB, roughly 40–100 ms per hash on a current server core). */
+const SCRYPT_LN = 15;
+const SCRYPT_R = 8;
+const SCRYPT_P = 1;
+const SALT_BYTES = 16;
+const HASH_BYTES = 32;
+/** Refuse parameters that would make one verification eat more than this (a hostile or corrupt hash). */
+const MAX_SCRYPT_MEMORY = 256 * 1024 * 1024;
+
+const PHC_RE = /^\$scrypt\$ln=(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})\$([A-Za-z0-9+/]{22,86})\$([A-Za-z0-9+/]{43})$/;
+
+interface ParsedHash {
+  ln: number;
+  r: number;
+  p: number;
+  salt: Buffer;
+  hash: Buffer;
+}
+
+function b64(buf: Buffer): string {
+  return buf.toString('base64').replace(/=+$/, '');
+}
+
+function scryptMem(ln: number, r: number): number {
+  return 128 * 2 ** ln * r;
+}
+
+function parseHash(s: string): ParsedHash | undefined {
+  const m = PHC_RE.exec(s);
+  if (!m) return undefined;
+  const ln = Number(m[1]);
+  const r = Number(m[2]);
+  const p = Number(m[3]);
+  if (ln < 1 || r < 1 || p < 1 || p > 16 || scryptMem(ln, r) > MAX_SCRYPT_MEMORY) return undefined;
+  const salt = Buffer.from(m[4]!, 'base64');
+  const hash = Buffer.from(m[5]!, 'base64');
+  if (salt.length < 16 || hash.length !== HASH_BYTES) return undefined;
+  // Reject non-canonical encodings (trailing bits set), so one hash has one spelling.
+  if (b64(salt) !== m[4] || b64(hash) !== m[5]) return undefined;
+  return { ln, r, p, salt, hash };
+}
+
+function scrypt(pw: string, salt: Buffer, len: number, ln: number, r: number, p: number): Buffer {
+  return scryptSync(pw.normalize('NFC'), salt, len, { N: 2 ** ln, r, p, maxmem: 2 * scryptMem(ln, r) });
+}
+
+/** Hashes a password with a fresh random salt: `$scrypt$ln=15,r=8,p=1$<salt b64>$<hash b64>`. */
+export function hashPassword(pw: string): string {
+  if (pw.length === 0) throw new CairnError('INVALID_ARGUMENT', 'password must not be empty');
+  const salt = randomBytes(SALT_BYTES);
+  const hash = scrypt(pw, salt, HASH_BYTES, SCRYPT_LN, SCRYPT_R, SCRYPT_P);
+  return `$scrypt$ln=${SCRYPT_LN},r=${SCRYPT_R},p=${SCRYPT_P}$${b64(salt)}$${b64(hash)}`;
+}
+
+/** True when `s` is a well-formed hash of the kind `hashPassword` produces (with sane parameters). */
+export function isPasswordHash(s: unknown): s is string {
+  return typeof s === 'string' && parseHash(s) !== undefined;
+}
+
+/** Checks a password against a stored hash in constant time. A malformed hash never verifies. */
+export function verifyPassword(pw: string, phc: string): boolean {
+  const h = parseHash(phc);
+  if (!h) return false;
+  const got = scrypt(pw, h.salt, h.hash.length, h.ln, h.r, h.p);
+  return timingSafeEqual(got, h.hash);
+}
+
+// ---------------------------------------------------------------------------
+// Tokens
+
+export interface Claims {
+  /** The user name, or the process id for `server` tokens. */
+  sub: string;
+  role: Role;
+  /** Issued at, ms since the epoch. */
+  iat: number;
+  /** Expires at, ms since the epoch (exclusive). */
+  exp: number;
+}
+
+const TOKEN_VERSION = 'v1';
+const B64URL_RE = /^[A-Za-z0-9_-]+$/;
+
+export const MISSING_TOKEN_MESSAGE = 'missing token: send "authorization: Bearer <token>" from MasterService.Login';
+
+/** The token signing key: HMAC-SHA256(serverCredential, 'cairn-token-key-v1'). Same credential, same key, on every server. */
+export function deriveTokenKey(serverCredential: string): Buffer {
+  return createHmac('sha256', serverCredential).update('cairn-token-key-v1').digest();
+}
+
+function sign(key: Buffer, signedPart: string): Buffer {
+  return createHmac('sha256', key).update(signedPart).digest();
+}
+
+/** Mints a token for `sub` with `role`, valid for `ttlMs` from `now`. */
+export function mintToken(
+  key: Buffer,
+  sub: string,
+  role: Role,
+  ttlMs: number,
+  now: number = Date.now(),
+): { token: string; expiresAtMs: number } {
+  if (!(Number.isFinite(ttlMs) && ttlMs > 0)) throw new CairnError('INVALID_ARGUMENT', `token ttl must be a positive number of ms, got ${ttlMs}`);
+  if (sub.length === 0) throw new CairnError('INVALID_ARGUMENT', 'token subject must not be empty');
+  const claims: Claims = { sub, role, iat: now, exp: now + ttlMs };
+  const payload = Buffer.from(JSON.stringify(claims), 'utf8').toString('base64url');
+  const signedPart = `${TOKEN_VERSION}.${payload}`;
+  return { token: `${signedPart}.${sign(key, signedPart).toString('base64url')}`, expiresAtMs: claims.exp };
+}
+
+function unauthenticated(msg: string): CairnError {
+  return new CairnError('UNAUTHENTICATED', msg);
+}
+
+function formatAgo(ms: number): string {
+  if (ms < 1000) return `${ms}ms`;
+  if (ms < 120_000) return `${Math.round(ms / 1000)}s`;
+  if (ms < 7_200_000) return `${Math.round(ms / 60_000)}m`;
+  return `${Math.round(ms / 3_600_000)}h`;
+}
+
+/**
+ * Checks a token's signature and expiry and returns its claims. Throws
+ * UNAUTHENTICATED with a message that says which check failed.
+ */
+export function verifyToken(key: Buffer, token: string | undefined, now: number = Date.now()): Claims {
+  if (token === undefined || token === '') throw unauthenticated(MISSING_TOKEN_MESSAGE);
+  const parts = token.split('.');
+  if (parts.length !== 3) throw unauthenticated('malformed token: expected v1.<claims>.<signature>');
+  const [version, payload, sig] = parts as [string, string, string];
+  if (version !== TOKEN_VERSION) {
+    throw unauthenticated(`malformed token: unsupported version ${JSON.stringify(version.slice(0, 16))} (expected ${TOKEN_VERSION})`);
+  }
+  if (!B64URL_RE.test(payload) || !B64URL_RE.test(sig)) throw unauthenticated('malformed token: claims and signature must be base64url');
+  const want = sign(key, `${version}.${payload}`);
+  const got = Buffer.from(sig, 'base64url');
+  if (got.length !== want.length || !timingSafeEqual(got, want)) {
+    throw unauthenticated('invalid token: bad signature (issued by another cluster or altered); log in again');
+  }
+  let claims: unknown;
+  try {
+    claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8'));
+  } catch {
+    throw unauthenticated('malformed token: claims are not JSON');
+  }
+  const c = claims as Partial<Claims> | null;
+  if (
+    typeof c !== 'object' ||
+    c === null ||
+    typeof c.sub !== 'string' ||
+    c.sub === '' ||
+    !isRole(c.role) ||
+    typeof c.iat !== 'number' ||
+    !Number.isFinite(c.iat) ||
+    typeof c.exp !== 'number' ||
+    !Number.isFinite(c.exp)
+  ) {
+    throw unauthenticated('malformed token: claims need sub, role, iat and exp');
+  }
+  if (now >= c.exp) {
+    throw unauthenticated(
+      `token expired at ${new Date(c.exp).toISOString()} (${formatAgo(now - c.exp)} ago); log in again with MasterService.Login`,
+    );
+  }
+  return { sub: c.sub, role: c.role, iat: c.iat, exp: c.exp };
+}
+
+/** Throws PERMISSION_DENIED unless the caller's role is at least `need`. */
+export function authorize(claims: Pick<Claims, 'role'>, need: Role, method: string): void {
+  if (!roleAtLeast(claims.role, need)) {
+    throw new CairnError('PERMISSION_DENIED', `role ${claims.role} may not call ${method} (needs ${need})`);
+  }
+}
+
+/** The token from an `authorization` metadata value (`Bearer <token>`, scheme case-insensitive). */
+export function tokenFromMetadataValue(value: string | Buffer | undefined | null): string {
+  const v = (value === undefined || value === null ? '' : String(value)).trim();
+  if (v === '') throw unauthenticated(MISSING_TOKEN_MESSAGE);
+  const m = /^bearer\s+(\S+)$/i.exec(v);
+  if (!m) throw unauthenticated('malformed authorization header: expected "Bearer <token>"');
+  return m[1]!;
+}
+
+// ---------------------------------------------------------------------------
+// Internal calls
+
+export interface ServerTokenSourceOptions {
+  /** Lifetime of each minted token (default 10 minutes). */
+  ttlMs?: number;
+  /** Clock, ms since the epoch (default Date.now). */
+  now?: () => number;
+}
+
+/**
+ * Mints and caches `server` tokens for a process that holds the server
+ * credential. `get()` re-mints once less than a fifth of the lifetime is left,
+ * so a token handed out always has time to reach its destination.
+ */
+export class ServerTokenSource {
+  private readonly ttlMs: number;
+  private readonly now: () => number;
+  private token = '';
+  private refreshAtMs = -Infinity;
+
+  constructor(
+    private readonly key: Buffer,
+    private readonly sub: string,
+    opts: ServerTokenSourceOptions = {},
+  ) {
+    this.ttlMs = opts.ttlMs ?? 10 * 60_000;
+    this.now = opts.now ?? Date.now;
+    if (!(this.ttlMs > 0)) throw new CairnError('INVALID_ARGUMENT', `server token ttl must be positive, got ${this.ttlMs}`);
+  }
+
+  get(): string {
+    const now = this.now();
+    if (now >= this.refreshAtMs) {
+      const { token, expiresAtMs } = mintToken(this.key, this.sub, 'server', this.ttlMs, now);
+      this.token = token;
+      this.refreshAtMs = expiresAtMs - this.ttlMs / 5;
+    }
+    return this.token;
+  }
+}

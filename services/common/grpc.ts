@@ -1,0 +1,229 @@
+/**
+ * gRPC plumbing shared by every process: the handler wrapper (authenticate,
+ * delegate, translate errors through the one table, time the call), server
+ * start-up, and a promise-based client call with a deadline on every call.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { once } from 'node:events';
+import type { ServerSurfaceCall as SurfaceCall } from '@grpc/grpc-js/build/src/server-call.js';
+import type { Logger } from 'winston';
+import { authorize, tokenFromMetadataValue, verifyToken, type Claims, type Role } from './auth.js';
+import { CairnError, fromServiceError, toServiceError } from './errors.js';
+
+export interface RpcContext {
+  method: string;
+  /** Verified token claims; null for calls that need no token (Login). */
+  claims: Claims | null;
+  /** The caller's raw bearer token, passed on when a call is forwarded. */
+  token: string | undefined;
+  /** The caller's deadline in ms since the epoch; Infinity when none. */
+  deadline: number;
+  /** True once the caller has gone away. */
+  cancelled(): boolean;
+}
+
+/** Observes every finished call (metrics hang off this). */
+export type CallObserver = (service: string, method: string, code: grpc.status, seconds: number) => void;
+
+export interface HandlerEnv {
+  service: string;
+  log: Logger;
+  tokenKey: Buffer;
+  observe?: CallObserver;
+}
+
+function deadlineOf(call: SurfaceCall): number {
+  const d = call.getDeadline();
+  if (d instanceof Date) return d.getTime();
+  return typeof d === 'number' && Number.isFinite(d) ? d : Infinity;
+}
+
+function authenticate(env: HandlerEnv, call: SurfaceCall, method: string, need: Role | null): RpcContext {
+  let cancelled = false;
+  call.on('cancelled', () => (cancelled = true));
+  const base = { method, deadline: deadlineOf(call), cancelled: () => cancelled || call.cancelled };
+  if (need === null) return { ...base, claims: null, token: undefined };
+  const token = tokenFromMetadataValue(call.metadata.get('authorization')[0]?.toString());
+  const claims = verifyToken(env.tokenKey, token);
+  authorize(claims, need, method);
+  return { ...base, claims, token };
+}
+
+function reportError(env: HandlerEnv, method: string, err: unknown) {
+  const se = toServiceError(err);
+  if (!(err instanceof CairnError)) env.log.error('unexpected error in handler', { method, error: (err as Error)?.stack ?? String(err) });
+  return se;
+}
+
+/** Wraps an async unary handler: auth by role (null = none), errors through the table. */
+export function unary<Req, Res>(
+  env: HandlerEnv,
+  method: string,
+  need: Role | null,
+  fn: (req: Req, ctx: RpcContext) => Promise<Res>,
+): grpc.handleUnaryCall<Req, Res> {
+  return (call, callback) => {
+    const started = process.hrtime.bigint();
+    const done = (code: grpc.status) => env.observe?.(env.service, method, code, Number(process.hrtime.bigint() - started) / 1e9);
+    let result: Promise<Res>;
+    try {
+      result = fn(call.request, authenticate(env, call, method, need));
+    } catch (err) {
+      result = Promise.reject(err);
+    }
+    result.then(
+      (res) => {
+        done(grpc.status.OK);
+        callback(null, res);
+      },
+      (err) => {
+        const se = reportError(env, method, err);
+        done(se.code);
+        callback(se as grpc.ServiceError);
+      },
+    );
+  };
+}
+
+/** Wraps an async server-streaming handler; `send` waits for 'drain' when the socket is full. */
+export function serverStream<Req, Res>(
+  env: HandlerEnv,
+  method: string,
+  need: Role | null,
+  fn: (req: Req, ctx: RpcContext, send: (msg: Res) => Promise<void>) => Promise<void>,
+): grpc.handleServerStreamingCall<Req, Res> {
+  return (call) => {
+    const started = process.hrtime.bigint();
+    const done = (code: grpc.status) => env.observe?.(env.service, method, code, Number(process.hrtime.bigint() - started) / 1e9);
+    const send = async (msg: Res) => {
+      if (call.cancelled) throw new CairnError('CANCELLED', 'the caller cancelled the stream');
+      if (!call.write(msg)) await Promise.race([once(call, 'drain'), once(call, 'cancelled')]);
+    };
+    let result: Promise<void>;
+    try {
+      result = fn(call.request, authenticate(env, call, method, need), send);
+    } catch (err) {
+      result = Promise.reject(err);
+    }
+    result.then(
+      () => {
+        done(grpc.status.OK);
+        call.end();
+      },
+      (err) => {
+        const se = reportError(env, method, err);
+        done(se.code);
+        if (!call.cancelled) call.emit('error', se);
+      },
+    );
+  };
+}
+
+export interface TlsFiles {
+  cert: Buffer;
+  key: Buffer;
+  /** When set on a server: require and verify client certificates (mutual TLS). On a client: the CA to trust. */
+  ca?: Buffer;
+}
+
+export function channelOptions(maxMessageBytes: number): grpc.ChannelOptions {
+  return {
+    'grpc.max_receive_message_length': maxMessageBytes,
+    'grpc.max_send_message_length': maxMessageBytes,
+    'grpc.keepalive_time_ms': 30_000,
+  };
+}
+
+/** Starts a server on `listen` (port 0 picks a free port) and resolves with the bound port. */
+export async function startServer(
+  listen: string,
+  services: Array<[grpc.ServiceDefinition, grpc.UntypedServiceImplementation]>,
+  opts: { maxMessageBytes: number; tls?: TlsFiles; requireClientCert?: boolean },
+): Promise<{ server: grpc.Server; port: number }> {
+  const server = new grpc.Server(channelOptions(opts.maxMessageBytes));
+  for (const [def, impl] of services) server.addService(def, impl);
+  const creds = opts.tls
+    ? grpc.ServerCredentials.createSsl(opts.tls.ca ?? null, [{ cert_chain: opts.tls.cert, private_key: opts.tls.key }], !!opts.requireClientCert)
+    : grpc.ServerCredentials.createInsecure();
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(listen, creds, (err, p) => (err ? reject(new Error(`cannot listen on ${listen}: ${err.message}`)) : resolve(p))),
+  );
+  return { server, port };
+}
+
+/** Replaces the port of host:port (for listen addresses ending in :0). */
+export function withPort(hostPort: string, port: number): string {
+  const i = hostPort.lastIndexOf(':');
+  return `${hostPort.slice(0, i)}:${port}`;
+}
+
+export interface ClientTls {
+  ca?: Buffer;
+  /** Client certificate for mutual TLS between servers. */
+  cert?: Buffer;
+  key?: Buffer;
+}
+
+export function clientCredentials(tls?: ClientTls): grpc.ChannelCredentials {
+  if (!tls) return grpc.credentials.createInsecure();
+  return grpc.credentials.createSsl(tls.ca ?? null, tls.key ?? null, tls.cert ?? null);
+}
+
+type ClientCtor<C> = new (address: string, creds: grpc.ChannelCredentials, options?: grpc.ClientOptions) => C;
+
+/** One client (one channel) per address, reused for every call. */
+export class ClientPool<C extends grpc.Client> {
+  private readonly clients = new Map<string, C>();
+  constructor(
+    private readonly ctor: ClientCtor<C>,
+    private readonly opts: { tls?: ClientTls; maxMessageBytes: number },
+  ) {}
+
+  get(address: string): C {
+    let c = this.clients.get(address);
+    if (!c) {
+      c = new this.ctor(address, clientCredentials(this.opts.tls), channelOptions(this.opts.maxMessageBytes));
+      this.clients.set(address, c);
+    }
+    return c;
+  }
+
+  close(): void {
+    for (const c of this.clients.values()) c.close();
+    this.clients.clear();
+  }
+}
+
+export interface CallOpts {
+  token?: string;
+  /** Absolute deadline, ms since the epoch. */
+  deadline?: number;
+  /** Used when no deadline is given. */
+  timeoutMs?: number;
+}
+
+type UnaryMethod<Req, Res> = (
+  req: Req,
+  md: grpc.Metadata,
+  options: Partial<grpc.CallOptions>,
+  cb: (err: grpc.ServiceError | null, res: Res) => void,
+) => grpc.ClientUnaryCall;
+
+export function metadataFor(token?: string): grpc.Metadata {
+  const md = new grpc.Metadata();
+  if (token) md.set('authorization', `Bearer ${token}`);
+  return md;
+}
+
+export function deadlineFrom(o: CallOpts): number {
+  return o.deadline ?? Date.now() + (o.timeoutMs ?? 10_000);
+}
+
+/** A unary call as a promise; every call has a deadline; errors come back as CairnError. */
+export function call<Req, Res>(client: grpc.Client, method: UnaryMethod<Req, Res>, req: Req, o: CallOpts = {}): Promise<Res> {
+  return new Promise<Res>((resolve, reject) => {
+    method.call(client, req, metadataFor(o.token), { deadline: deadlineFrom(o) }, (err, res) =>
+      err ? reject(fromServiceError(err)) : resolve(res),
+    );
+  });
+}

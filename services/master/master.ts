@@ -1,0 +1,281 @@
+/**
+ * The master: membership, the cluster map, client login, and the Admin view.
+ * State changes are serialized and written durably (synced) before they are
+ * acknowledged or pushed; the map always tiles [0, 2^64) once it exists.
+ */
+import type { Logger } from 'winston';
+import { ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
+import { randomBytes } from 'node:crypto';
+import { deriveTokenKey, hashPassword, mintToken, ServerTokenSource, verifyPassword, type Role } from '../common/auth.js';
+import { CairnError } from '../common/errors.js';
+import { call, ClientPool, type ClientTls } from '../common/grpc.js';
+import { EMPTY_MAP, mapError, mapToProto, rangesOf, type ClusterMap } from '../common/map.js';
+import { evenSplit, rangeCovers, shareOf, type HashRange } from '../common/ranges.js';
+import { MasterStore, type ShardRecord } from './store.js';
+
+export interface ClientUser {
+  user: string;
+  passwordHash: string;
+  role: Exclude<Role, 'server'>;
+}
+
+export interface MasterOptions {
+  nodeId?: string;
+  dataDir: string;
+  serverCredential: string;
+  clients: ClientUser[];
+  expectShards: number;
+  tokenTtlSeconds: number;
+  heartbeatIntervalMs: number;
+  shardDownAfterMs: number;
+  maxMessageBytes: number;
+  /** TLS used when the master dials shards. */
+  peerTls?: ClientTls;
+  log: Logger;
+}
+
+export interface RangeCount extends HashRange {
+  rows: number;
+  bytes: number;
+}
+
+interface LiveState {
+  lastHeartbeatMs: number;
+  stopping: boolean;
+  epoch: bigint;
+  ranges: RangeCount[];
+  opsPerSec: number;
+}
+
+export interface ServerView {
+  id: string;
+  address: string;
+  status: 'up' | 'down';
+  bytes: number;
+  rows: number;
+  ranges: number;
+  share: number;
+  opsPerSec: number;
+  lastHeartbeatMs: number;
+}
+
+export interface RangeView extends HashRange {
+  shardId: string;
+  address: string;
+  rows: number;
+  bytes: number;
+}
+
+/** Serializes async state changes so each is one durable step after the previous. */
+class Serial {
+  private tail: Promise<unknown> = Promise.resolve();
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.tail.then(fn, fn);
+    this.tail = next.catch(() => undefined);
+    return next;
+  }
+}
+
+export class Master {
+  readonly nodeId: string;
+  readonly tokenKey: Buffer;
+  private map: ClusterMap = EMPTY_MAP;
+  private shards: ShardRecord[] = [];
+  private nextShardNumber = 1;
+  private readonly live = new Map<string, LiveState>();
+  private readonly serial = new Serial();
+  private readonly watchers = new Set<(m: ClusterMap) => void>();
+  private readonly shardClients: ClientPool<ShardServiceClient>;
+  private readonly serverToken: ServerTokenSource;
+  private closed = false;
+
+  private constructor(
+    private readonly opts: MasterOptions,
+    private readonly store: MasterStore,
+  ) {
+    this.nodeId = opts.nodeId ?? 'master';
+    this.tokenKey = deriveTokenKey(opts.serverCredential);
+    this.serverToken = new ServerTokenSource(this.tokenKey, this.nodeId);
+    this.shardClients = new ClientPool(ShardServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.maxMessageBytes });
+  }
+
+  static async open(opts: MasterOptions): Promise<Master> {
+    const store = await MasterStore.open(opts.dataDir);
+    const m = new Master(opts, store);
+    const state = await store.load();
+    m.shards = state.shards;
+    m.nextShardNumber = state.nextShardNumber;
+    if (state.map) {
+      const err = mapError(state.map);
+      if (err) throw new Error(`stored map is invalid: ${err}`);
+      m.map = state.map;
+    }
+    opts.log.info('master state loaded', { epoch: m.map.epoch.toString(), shards: m.shards.length });
+    return m;
+  }
+
+  get log(): Logger {
+    return this.opts.log;
+  }
+
+  currentMap(): ClusterMap {
+    return this.map;
+  }
+
+  get epoch(): bigint {
+    return this.map.epoch;
+  }
+
+  get heartbeatIntervalMs(): number {
+    return this.opts.heartbeatIntervalMs;
+  }
+
+  /** Subscribes to committed maps; returns the unsubscribe function. */
+  watch(fn: (m: ClusterMap) => void): () => void {
+    this.watchers.add(fn);
+    return () => this.watchers.delete(fn);
+  }
+
+  /** The one place a new map becomes current: validate, persist (synced), publish. */
+  private async commitMap(next: ClusterMap): Promise<void> {
+    const err = mapError(next);
+    if (err) throw new CairnError('INTERNAL', `refusing to commit an invalid map: ${err}`);
+    if (next.epoch !== this.map.epoch + 1n) throw new CairnError('INTERNAL', `map epoch must grow by one: ${this.map.epoch} -> ${next.epoch}`);
+    await this.store.save({ map: next, shards: this.shards, nextShardNumber: this.nextShardNumber });
+    this.map = next;
+    this.log.info('map committed', { epoch: next.epoch.toString(), ranges: next.ranges.length });
+    for (const w of this.watchers) w(next);
+    void this.pushMapToAll();
+  }
+
+  private shardRefs() {
+    return this.shards.map((s) => ({ id: s.id, address: s.address }));
+  }
+
+  /** Admits a shard (new or returning). Once expectShards have registered, splits the space evenly. */
+  register(shardId: string, address: string): Promise<{ shardId: string; map: ClusterMap }> {
+    return this.serial.run(async () => {
+      let rec = shardId ? this.shards.find((s) => s.id === shardId) : undefined;
+      const isNew = !rec;
+      if (!rec) {
+        const id = shardId || `s${this.nextShardNumber}`;
+        const n = /^s(\d+)$/.exec(id);
+        if (n) this.nextShardNumber = Math.max(this.nextShardNumber, Number(n[1]) + 1);
+        rec = { id, address, registeredAtMs: Date.now() };
+        this.shards = [...this.shards, rec];
+      }
+      const addressChanged = rec.address !== address;
+      if (addressChanged) this.shards = this.shards.map((s) => (s.id === rec!.id ? { ...s, address } : s));
+      this.live.set(rec.id, { lastHeartbeatMs: Date.now(), stopping: false, epoch: 0n, ranges: [], opsPerSec: 0 });
+
+      if (this.map.epoch === 0n && this.shards.length >= this.opts.expectShards) {
+        const owners = this.shards.slice(0, this.opts.expectShards);
+        const ranges = evenSplit(owners.length).map((r, i) => ({ ...r, shardId: owners[i]!.id }));
+        this.log.info('All data servers have registered!', { shards: owners.map((s) => s.id) });
+        await this.commitMap({ epoch: 1n, ranges, shards: this.shardRefs() });
+      } else if (this.map.epoch > 0n && (isNew || addressChanged)) {
+        await this.commitMap({ ...this.map, epoch: this.map.epoch + 1n, shards: this.shardRefs() });
+      } else {
+        await this.store.save({ shards: this.shards, nextShardNumber: this.nextShardNumber });
+        if (this.map.epoch === 0n) {
+          this.log.info('waiting for shards', { registered: this.shards.length, expected: this.opts.expectShards });
+        }
+      }
+      this.log.info('shard registered', { shardId: rec.id, address, isNew });
+      return { shardId: rec.id, map: this.map };
+    });
+  }
+
+  heartbeat(shardId: string, hb: { epoch: bigint; ranges: RangeCount[]; opsPerSec: number; stopping: boolean }): void {
+    if (!this.shards.some((s) => s.id === shardId)) {
+      throw new CairnError('NOT_FOUND', `unknown shard ${shardId}: register first`);
+    }
+    this.live.set(shardId, { lastHeartbeatMs: Date.now(), ...hb });
+    if (hb.stopping) this.log.info('shard is stopping', { shardId });
+  }
+
+  async login(user: string, password: string): Promise<{ token: string; expiresAtMs: number; role: string }> {
+    const u = this.opts.clients.find((c) => c.user === user);
+    // Verify even for unknown users so timing does not reveal which users exist.
+    const ok = verifyPassword(password, u?.passwordHash ?? dummyPasswordHash()) && !!u;
+    if (!ok || !u) throw new CairnError('UNAUTHENTICATED', 'login failed: unknown user or wrong password');
+    const { token, expiresAtMs } = mintToken(this.tokenKey, u.user, u.role, this.opts.tokenTtlSeconds * 1000);
+    return { token, expiresAtMs, role: u.role };
+  }
+
+  private isUp(id: string, now = Date.now()): boolean {
+    const l = this.live.get(id);
+    return !!l && !l.stopping && now - l.lastHeartbeatMs <= this.opts.shardDownAfterMs;
+  }
+
+  /** Counts from a shard's last heartbeat, restricted to the ranges the map gives it now. */
+  private ownedCounts(shardId: string, within: HashRange[]): { rows: number; bytes: number } {
+    let rows = 0;
+    let bytes = 0;
+    for (const rc of this.live.get(shardId)?.ranges ?? []) {
+      if (within.some((r) => rangeCovers(r, rc))) {
+        rows += rc.rows;
+        bytes += rc.bytes;
+      }
+    }
+    return { rows, bytes };
+  }
+
+  listServers(): ServerView[] {
+    const now = Date.now();
+    return this.shards.map((s) => {
+      const owned = rangesOf(this.map, s.id);
+      const live = this.live.get(s.id);
+      return {
+        id: s.id,
+        address: s.address,
+        status: this.isUp(s.id, now) ? 'up' : 'down',
+        ...this.ownedCounts(s.id, owned),
+        ranges: owned.length,
+        share: shareOf(owned),
+        opsPerSec: live?.opsPerSec ?? 0,
+        lastHeartbeatMs: live?.lastHeartbeatMs ?? 0,
+      };
+    });
+  }
+
+  getRanges(): RangeView[] {
+    const addr = new Map(this.shards.map((s) => [s.id, s.address]));
+    return this.map.ranges.map((r) => ({
+      ...r,
+      address: addr.get(r.shardId) ?? '',
+      ...this.ownedCounts(r.shardId, [r]),
+    }));
+  }
+
+  /** Pushes the current map to every shard; returns the ids that did not answer. */
+  async pushMapToAll(): Promise<{ failed: Array<{ id: string; error: string }> }> {
+    const map = mapToProto(this.map);
+    const failed: Array<{ id: string; error: string }> = [];
+    await Promise.all(
+      this.shards.map(async (s) => {
+        if (this.closed) return;
+        try {
+          const client = this.shardClients.get(s.address);
+          await call(client, client.pushMap, { map }, { token: this.serverToken.get(), timeoutMs: 2000 });
+        } catch (err) {
+          failed.push({ id: s.id, error: (err as Error).message });
+        }
+      }),
+    );
+    if (failed.length) this.log.debug('map push missed shards', { failed });
+    return { failed };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.watchers.clear();
+    await this.serial.run(async () => undefined);
+    this.shardClients.close();
+    await this.store.close();
+  }
+}
+
+// A hash of a random password, so a login for an unknown user costs the same as a wrong password.
+let dummyHash: string | undefined;
+const dummyPasswordHash = () => (dummyHash ??= hashPassword(randomBytes(16).toString('hex')));

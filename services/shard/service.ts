@@ -1,0 +1,303 @@
+/**
+ * Thin gRPC handlers for the Shard service. Each one validates with a pure
+ * check (validate.ts), routes by the shard's map, and delegates to the store
+ * or forwards one hop to the owner. Errors go through the one table.
+ *
+ * Routing rule (DESIGN "Requests and routing"):
+ * - the shard serves a key only while its own map says it owns the key;
+ * - a request with an epoch for a key owned elsewhere gets WRONG_SHARD
+ *   (FAILED_PRECONDITION) naming the owner and the current epoch;
+ * - a request without an epoch is forwarded to the owner, with our epoch set
+ *   so the owner never forwards again, under the caller's deadline.
+ */
+import type { UntypedServiceImplementation } from '@grpc/grpc-js';
+import type { CellFilter, Cell, CellWrite, RowCells } from '../../proto/gen/cairn/v1/common.js';
+import type { ShardServiceClient, ShardServiceServer } from '../../proto/gen/cairn/v1/shard.js';
+import { CairnError } from '../common/errors.js';
+import { call, unary, type HandlerEnv, type RpcContext } from '../common/grpc.js';
+import { endFromProto, hashFromBytes, HASH_SPACE_END, rowHash } from '../common/hash.js';
+import { addressOf, mapFromProto, ownerOfHash, type ClusterMap } from '../common/map.js';
+import { rangeContains, type HashRange } from '../common/ranges.js';
+import type { ShardNode } from './node.js';
+import type { CellFilterIn, CellIn, CellOut } from './store.js';
+import * as check from './validate.js';
+
+export const toFilter = (f: CellFilter | undefined): CellFilterIn => ({
+  columns: f?.columns ?? [],
+  columnPrefix: f?.columnPrefix ?? '',
+  timeRange: f?.timeRange ? { startUs: f.timeRange.startUs, endUs: f.timeRange.endUs } : undefined,
+  allVersions: f?.allVersions ?? false,
+  limit: f?.limit ?? 0,
+});
+
+const toCells = (cells: CellWrite[]): CellIn[] => cells.map((c) => ({ column: c.column, timestampUs: c.timestampUs, value: c.value }));
+const fromCells = (cells: CellOut[]): Cell[] => cells.map((c) => ({ column: c.column, timestampUs: c.timestampUs, value: c.value }));
+
+type Route = { local: true } | { local: false; owner: string; address: string };
+
+export class Router {
+  constructor(private readonly node: ShardNode) {}
+
+  private get map(): ClusterMap {
+    return this.node.map;
+  }
+
+  /** Where a hash is served, or the error the caller must see. */
+  routeHash(hash: bigint, epoch: bigint): Route {
+    const map = this.map;
+    if (map.epoch === 0n || !this.node.id) {
+      throw new CairnError('NOT_READY', 'this shard has no cluster map yet (the master is waiting for shards to register)', { retryAfterMs: 200 });
+    }
+    const owner = ownerOfHash(map, hash);
+    if (!owner) throw new CairnError('INTERNAL', `map epoch ${map.epoch} does not cover hash ${hash}`);
+    if (owner.shardId === this.node.id) return { local: true };
+    const address = addressOf(map, owner.shardId) ?? '';
+    if (epoch !== 0n) {
+      if (epoch > map.epoch) {
+        // The caller knows a newer map than we do: learn it, and let the caller retry.
+        void this.node.refreshMap().catch(() => undefined);
+        throw new CairnError('NOT_READY', `shard ${this.node.id} holds map epoch ${map.epoch}, older than the request's ${epoch}; retry`, {
+          retryAfterMs: 50,
+          epoch: map.epoch,
+        });
+      }
+      throw new CairnError('WRONG_SHARD', `row is owned by shard ${owner.shardId} at ${address} (map epoch ${map.epoch})`, {
+        epoch: map.epoch,
+        owner: owner.shardId,
+        ownerAddress: address,
+      });
+    }
+    return { local: false, owner: owner.shardId, address };
+  }
+
+  routeRow(row: string, epoch: bigint): Route {
+    return this.routeHash(rowHash(row), epoch);
+  }
+
+  /** Calls the same method on the owner, one hop, with our epoch and the caller's token and deadline. */
+  async forward<Req extends { epoch: bigint }, Res>(
+    address: string,
+    method: (c: ShardServiceClient) => Parameters<typeof call<Req, Res>>[1],
+    req: Req,
+    ctx: RpcContext,
+  ): Promise<Res> {
+    const client = this.node.peers.get(address);
+    try {
+      return await call(client, method(client), { ...req, epoch: this.map.epoch }, { token: ctx.token, deadline: Math.min(ctx.deadline, Date.now() + 30_000) });
+    } catch (err) {
+      const e = err as CairnError;
+      // The owner moved under us: the plain caller cannot refresh a map, so it just retries.
+      if (e.code === 'WRONG_SHARD') throw new CairnError('NOT_READY', `ownership changed while forwarding: ${e.message}; retry`, { retryAfterMs: 50 });
+      throw e;
+    }
+  }
+}
+
+/** Groups items by route, keeping each item's index so results can be merged in request order. */
+function groupByRoute<T>(router: Router, items: T[], keyOf: (t: T) => string, epoch: bigint) {
+  const local: Array<{ i: number; item: T }> = [];
+  const remote = new Map<string, Array<{ i: number; item: T }>>();
+  items.forEach((item, i) => {
+    const r = router.routeRow(keyOf(item), epoch);
+    if (r.local) local.push({ i, item });
+    else {
+      const list = remote.get(r.address) ?? [];
+      list.push({ i, item });
+      remote.set(r.address, list);
+    }
+  });
+  return { local, remote };
+}
+
+export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardServiceServer & UntypedServiceImplementation {
+  const router = new Router(node);
+  const limits = node.opts.limits;
+  const store = node.store;
+  const header = () => ({ nodeId: node.nodeId, epoch: node.map.epoch });
+
+  return {
+    writeRows: unary(env, 'WriteRows', 'rw', async (req, ctx) => {
+      check.checkWriteRows(
+        req.rows.map((r) => ({ row: r.row, cells: toCells(r.cells), replace: r.replace })),
+        limits,
+      );
+      check.checkRequestId(req.requestId);
+      node.countOp(req.rows.length);
+      const { local, remote } = groupByRoute(router, req.rows, (r) => r.row, req.epoch);
+      const timestamps: bigint[] = new Array(req.rows.length).fill(0n);
+      const work: Promise<void>[] = [];
+      if (local.length) {
+        work.push(
+          store
+            .writeRows(
+              local.map(({ item }) => ({ row: item.row, cells: toCells(item.cells), replace: item.replace })),
+              { requestId: req.requestId, sync: req.sync },
+            )
+            .then((ts) => ts.forEach((t, k) => (timestamps[local[k]!.i] = t))),
+        );
+      }
+      for (const [address, part] of remote) {
+        work.push(
+          router
+            .forward(address, (c) => c.writeRows, { ...req, rows: part.map((p) => p.item) }, ctx)
+            .then((res) => res.timestampsUs.forEach((t, k) => (timestamps[part[k]!.i] = t))),
+        );
+      }
+      await Promise.all(work);
+      return { header: header(), timestampsUs: timestamps };
+    }),
+
+    readRow: unary(env, 'ReadRow', 'r', async (req, ctx) => {
+      check.checkRowKey(req.row, limits, 'row');
+      const filter = toFilter(req.filter);
+      check.checkCellFilter(filter, limits);
+      node.countOp();
+      const r = router.routeRow(req.row, req.epoch);
+      if (!r.local) return router.forward(r.address, (c) => c.readRow, req, ctx);
+      return { header: header(), cells: fromCells(await store.readRow(req.row, filter)) };
+    }),
+
+    readRows: unary(env, 'ReadRows', 'r', async (req, ctx) => {
+      const filter = toFilter(req.filter);
+      check.checkReadRows(req.rows, filter, limits);
+      node.countOp(req.rows.length);
+      const { local, remote } = groupByRoute(router, req.rows, (r) => r, req.epoch);
+      const found: Array<{ i: number; rows: RowCells }> = [];
+      const work: Promise<void>[] = [];
+      if (local.length) {
+        work.push(
+          store.readRows(local.map((l) => l.item), filter).then((rows) => {
+            const index = new Map(local.map((l) => [l.item, l.i]));
+            for (const row of rows) found.push({ i: index.get(row.row)!, rows: { row: row.row, cells: fromCells(row.cells) } });
+          }),
+        );
+      }
+      for (const [address, part] of remote) {
+        work.push(
+          router.forward(address, (c) => c.readRows, { ...req, rows: part.map((p) => p.item) }, ctx).then((res) => {
+            const index = new Map(part.map((p) => [p.item, p.i]));
+            for (const row of res.rows) found.push({ i: index.get(row.row)!, rows: row });
+          }),
+        );
+      }
+      await Promise.all(work);
+      found.sort((a, b) => a.i - b.i);
+      return { header: header(), rows: found.map((f) => f.rows) };
+    }),
+
+    scanRows: unary(env, 'ScanRows', 'r', async (req, ctx) => {
+      const filter = toFilter(req.filter);
+      const window: HashRange = { start: req.hashStart, end: endFromProto(req.hashEnd) };
+      check.checkScan({ rowPrefix: req.rowPrefix, filter, limit: req.limit, hashStart: window.start, hashEnd: window.end }, limits);
+      node.countOp();
+      const limit = req.limit || 1000;
+      // Where to start: after the resume token's position, else at the window start.
+      let from = req.resumeToken.length >= 8 ? hashFromBytes(req.resumeToken) : window.start;
+      if (!rangeContains(window, from)) throw new CairnError('INVALID_ARGUMENT', 'resume_token: points outside the hash window');
+      let token: Buffer | undefined = req.resumeToken.length ? Buffer.from(req.resumeToken) : undefined;
+      const rows: RowCells[] = [];
+      // Walk the map's ranges from `from` in hash order: scan what we own, forward the rest
+      // (only for callers without an epoch; with one, the window must be ours).
+      while (rows.length < limit && from < window.end) {
+        const owner = ownerOfHash(node.map, from);
+        const route = router.routeHash(from, req.epoch);
+        const segEnd = owner && owner.end < window.end ? owner.end : window.end;
+        let next: Buffer | null;
+        if (route.local) {
+          const page = await store.scan({ rowPrefix: req.rowPrefix, filter, limit: limit - rows.length, resumeToken: token, hashStart: from, hashEnd: segEnd });
+          rows.push(...page.rows.map((r) => ({ row: r.row, cells: fromCells(r.cells) })));
+          next = page.nextToken;
+        } else {
+          const res = await router.forward(
+            route.address,
+            (c) => c.scanRows,
+            { ...req, limit: limit - rows.length, resumeToken: token ?? Buffer.alloc(0), hashStart: from, hashEnd: segEnd === HASH_SPACE_END ? 0n : segEnd },
+            ctx,
+          );
+          rows.push(...res.rows);
+          next = res.nextToken.length ? Buffer.from(res.nextToken) : null;
+        }
+        if (next) return { header: header(), rows, nextToken: next };
+        from = segEnd;
+        token = undefined;
+      }
+      return { header: header(), rows, nextToken: Buffer.alloc(0) };
+    }),
+
+    deleteRow: unary(env, 'DeleteRow', 'rw', async (req, ctx) => {
+      check.checkRowKey(req.row, limits, 'row');
+      check.checkRequestId(req.requestId);
+      node.countOp();
+      const r = router.routeRow(req.row, req.epoch);
+      if (!r.local) return router.forward(r.address, (c) => c.deleteRow, req, ctx);
+      const n = await store.deleteRow(req.row, { requestId: req.requestId, sync: req.sync });
+      return { header: header(), deletedCells: BigInt(n) };
+    }),
+
+    deleteCells: unary(env, 'DeleteCells', 'rw', async (req, ctx) => {
+      const timeRange = req.timeRange ? { startUs: req.timeRange.startUs, endUs: req.timeRange.endUs } : undefined;
+      check.checkDeleteCells(req.row, req.columns, timeRange, limits);
+      check.checkRequestId(req.requestId);
+      node.countOp();
+      const r = router.routeRow(req.row, req.epoch);
+      if (!r.local) return router.forward(r.address, (c) => c.deleteCells, req, ctx);
+      const n = await store.deleteCells(req.row, req.columns, timeRange, { requestId: req.requestId, sync: req.sync });
+      return { header: header(), deletedCells: BigInt(n) };
+    }),
+
+    checkAndMutate: unary(env, 'CheckAndMutate', 'rw', async (req, ctx) => {
+      const m = {
+        row: req.row,
+        checkColumn: req.checkColumn,
+        expectedValue: req.expectedValue,
+        expectAbsent: req.expectAbsent,
+        cells: toCells(req.cells),
+        replace: req.replace,
+      };
+      check.checkCheckAndMutate(m, limits);
+      check.checkRequestId(req.requestId);
+      node.countOp();
+      const r = router.routeRow(req.row, req.epoch);
+      if (!r.local) return router.forward(r.address, (c) => c.checkAndMutate, req, ctx);
+      const out = await store.checkAndMutate(m, { requestId: req.requestId, sync: req.sync });
+      return { header: header(), succeeded: out.succeeded, timestampUs: out.timestampUs };
+    }),
+
+    lockRow: unary(env, 'LockRow', 'rw', async (req, ctx) => {
+      check.checkRowKey(req.row, limits, 'row');
+      check.checkLease(req.leaseMs);
+      check.checkRequestId(req.requestId);
+      node.countOp();
+      const r = router.routeRow(req.row, req.epoch);
+      if (!r.local) return router.forward(r.address, (c) => c.lockRow, req, ctx);
+      const l = await store.lockRow(req.row, req.leaseMs, req.requestId);
+      return { header: header(), leaseId: l.leaseId, expiresAtMs: BigInt(l.expiresAtMs) };
+    }),
+
+    extendLease: unary(env, 'ExtendLease', 'rw', async (req, ctx) => {
+      check.checkRowKey(req.row, limits, 'row');
+      check.checkLease(req.leaseMs);
+      if (!req.leaseId) throw new CairnError('INVALID_ARGUMENT', 'lease_id: must not be empty');
+      node.countOp();
+      const r = router.routeRow(req.row, req.epoch);
+      if (!r.local) return router.forward(r.address, (c) => c.extendLease, req, ctx);
+      const l = await store.extendLease(req.row, req.leaseId, req.leaseMs);
+      return { header: header(), expiresAtMs: BigInt(l.expiresAtMs) };
+    }),
+
+    unlockRow: unary(env, 'UnlockRow', 'rw', async (req, ctx) => {
+      check.checkRowKey(req.row, limits, 'row');
+      if (!req.leaseId) throw new CairnError('INVALID_ARGUMENT', 'lease_id: must not be empty');
+      node.countOp();
+      const r = router.routeRow(req.row, req.epoch);
+      if (!r.local) return router.forward(r.address, (c) => c.unlockRow, req, ctx);
+      await store.unlockRow(req.row, req.leaseId);
+      return { header: header() };
+    }),
+
+    pushMap: unary(env, 'PushMap', 'server', async (req) => {
+      await node.installMap(mapFromProto(req.map));
+      return { header: header() };
+    }),
+  };
+}
