@@ -95,4 +95,33 @@ describe('two shards as separate processes', () => {
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toContain('unknown command "frobnicate"');
   });
+
+  it('global flags work before the subcommand too', async () => {
+    const r = await cluster.ctl(['--json', '--master', cluster.masterAddress, 'servers']);
+    expect(r.code).toBe(0);
+    expect(r.json.servers).toHaveLength(2);
+  });
+
+  it('a shard that joins later starts at 0%, owning no range, with nothing restarted', async () => {
+    const before = (await cluster.ctl(['ranges', '--json'])).json;
+    await cluster.addShard();
+    await waitUntil(async () => (await cluster.ctl(['servers', '--json'])).json.servers.length === 3, 10_000, 'the third shard');
+    const human = await cluster.ctl(['ranges']);
+    expect(human.stdout).toContain('Server 2 0% (no range)');
+    const after = (await cluster.ctl(['ranges', '--json'])).json;
+    expect(after.ranges.map((r: { start: string; shard: string }) => [r.start, r.shard])).toEqual(
+      before.ranges.map((r: { start: string; shard: string }) => [r.start, r.shard]),
+    );
+    expect(BigInt(after.epoch)).toBeGreaterThan(BigInt(before.epoch));
+    const { json } = await cluster.ctl(['servers', '--json']);
+    expect(json.servers[2]).toMatchObject({ status: 'up', share: 0, ranges: 0, rows: 0 });
+  });
+
+  it('a shard killed with SIGKILL is shown as down, and up again after a restart', async () => {
+    const victim = cluster.shards[2]!;
+    await cluster.stop(victim, 'SIGKILL');
+    await waitUntil(async () => (await cluster.ctl(['servers', '--json'])).json.servers[2].status === 'down', 10_000, 'the killed shard to show as down');
+    await cluster.restart(victim);
+    await waitUntil(async () => (await cluster.ctl(['servers', '--json'])).json.servers[2].status === 'up', 10_000, 'the shard to come back up');
+  });
 });
