@@ -359,6 +359,9 @@ export class CairnClient {
    * by owner and sent as concurrent sub-batches; after a failure only the
    * rows that failed are re-grouped and sent again. Returns each row's
    * assigned timestamp, in input order.
+   *
+   * When it fails (a non-retryable error, or the deadline), some sub-batches
+   * may already be written; rows are never half-written.
    */
   async writeRows(rows: RowInput[], o: WriteOptions = {}): Promise<bigint[]> {
     const writes: RowWrite[] = rows.map((r) => ({ row: r.row, cells: toCellWrites(r.cells), replace: r.replace ?? o.replace ?? false }));
@@ -561,26 +564,30 @@ export class CairnClient {
    * by the new map. A token the server calls expired is renewed once.
    */
   private run<T>(deadline: number, fn: (token: string | undefined, map: ClusterMap, deadline: number) => Promise<T>): Promise<T> {
-    let renewed = false;
     return retryLoop(
       async () => {
         if (this.closed) throw new CairnError('CANCELLED', 'the client is closed');
-        try {
-          return await fn(await this.authToken(deadline), this.currentMap, deadline);
-        } catch (e) {
-          const err = fromServiceError(e);
-          // The server has no finer code than UNAUTHENTICATED; its message says when the
-          // cause is expiry, the one case a fresh login fixes. Any other cause fails.
-          if (err.code === 'UNAUTHENTICATED' && !renewed && this.canLogin && /expired/i.test(err.message)) {
-            renewed = true;
-            this.tokenStale = true;
-            return await fn(await this.authToken(deadline), this.currentMap, deadline);
-          }
-          throw err;
-        }
+        return this.withToken(deadline, (token) => fn(token, this.currentMap, deadline));
       },
       { deadline, onRefresh: () => this.refreshMap(deadline) },
     );
+  }
+
+  /**
+   * Runs fn with the current token; if a server answers that the token
+   * expired (our clock and theirs may disagree), logs in and runs fn once more.
+   */
+  private async withToken<T>(deadline: number, fn: (token: string | undefined) => Promise<T>): Promise<T> {
+    try {
+      return await fn(await this.authToken(deadline));
+    } catch (e) {
+      const err = fromServiceError(e);
+      // UNAUTHENTICATED has no finer code; the message says when the cause is
+      // expiry, the one case a fresh login fixes. Any other cause fails.
+      if (err.code !== 'UNAUTHENTICATED' || !this.canLogin || !/expired/i.test(err.message)) throw err;
+      this.tokenStale = true;
+      return await fn(await this.authToken(deadline));
+    }
   }
 
   /** A single-row call sent to the row's owner. */
@@ -645,8 +652,8 @@ export class CairnClient {
   private refreshMap(deadline: number): Promise<void> {
     this.refreshing ??= (async () => {
       try {
-        const token = await this.authToken(deadline);
-        const res = await call(this.masterClient, this.masterClient.getMap, {}, { token, deadline: Math.min(deadline, Date.now() + this.timeoutMs) });
+        const until = Math.min(deadline, Date.now() + this.timeoutMs);
+        const res = await this.withToken(until, (token) => call(this.masterClient, this.masterClient.getMap, {}, { token, deadline: until }));
         this.installMap(mapFromProto(res.map));
       } finally {
         this.refreshing = undefined;
