@@ -32,7 +32,6 @@ import {
   columnPrefixBounds,
   columnTimeBounds,
   decodeCellTail,
-  decodeRowPrefix,
   decodeScanToken,
   encodeScanToken,
   hashRangeBounds,
@@ -788,11 +787,14 @@ export class ShardStore {
       const flush = async (): Promise<void> => {
         if (dels.length === 0) return;
         const raw: RawOp[] = dels.map((key) => ({ sublevel: 'reqids', key }));
-        await this.enqueue(
-          dels.map((key) => ({ type: 'del', sublevel: this.subs.reqids, key })),
-          raw,
-          [],
-          false,
+        // Only the deletes count as started writes for drain(), not the whole (possibly long) sweep.
+        await this.track(
+          this.enqueue(
+            dels.map((key) => ({ type: 'del', sublevel: this.subs.reqids, key })),
+            raw,
+            [],
+            false,
+          ),
         );
         n += dels.length;
         dels = [];
@@ -811,7 +813,7 @@ export class ShardStore {
       return n;
     })();
     try {
-      return await this.track(work);
+      return await work;
     } finally {
       this.sweeping = false;
     }
@@ -1117,7 +1119,3 @@ function encodeStats(rows: number, bytes: number): Buffer {
   return b;
 }
 
-/** Decodes the row key of any per-row key (for logs and tools). */
-export function rowOfKey(key: Uint8Array): string {
-  return decodeRowPrefix(key).row;
-}
