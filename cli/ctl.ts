@@ -2,14 +2,15 @@
  * `cairn ctl`: the scriptable face of the Admin API plus data commands.
  * Results go to stdout (`--json` for scripts); diagnostics to stderr.
  */
-import { AdminServiceClient } from '../proto/gen/cairn/v1/admin.js';
+import { createInterface } from 'node:readline/promises';
+import type { MoveInfo, Plan as PlanProto } from '../proto/gen/cairn/v1/admin.js';
 import { CairnClient } from '../services/client/index.js';
 import { CairnError } from '../services/common/errors.js';
-import { call } from '../services/common/grpc.js';
 import { endFromProto } from '../services/common/hash.js';
+import { formatHash } from '../services/common/ranges.js';
 import type { FlagValue } from './args.js';
 import { CliError, EXIT } from './exit.js';
-import { formatRanges, formatServers, rangesJson, serversJson, type RangeRow, type ServerRow } from './format.js';
+import { formatRanges, formatServers, humanBytes, percent, rangesJson, serversJson, type RangeRow, type ServerRow } from './format.js';
 import { LOAD_COLUMN, loadRowKey, loadValue } from './loadgen.js';
 
 export interface Io {
@@ -20,11 +21,21 @@ export interface Io {
 
 type Flags = Record<string, FlagValue>;
 
+const CTL_COMMANDS = ['servers', 'ranges', 'plan', 'rebalance', 'dropserver', 'remserver', 'addserver', 'sync', 'moves', 'recover', 'put', 'get', 'scan', 'delete', 'load', 'verify'];
+
 export const CTL_USAGE = `Usage: cairn ctl <command> [args] [--master HOST:PORT] [--user U] [--password P] [--json]
 
 Cluster:
   servers                         shards with address, status, size, rows, ranges, share and load
   ranges                          the map: each range, its owner, rows and bytes
+  plan [--drain ID]               dry run: the moves a rebalance (or drain) would make, with bytes
+  rebalance [--yes] [--max-mbps X]        balance bytes across shards, online; follows progress
+  dropserver <id|host:port> [--yes]       drain every range of a shard to the others
+  remserver <id|host:port> [--yes]        remove a shard that owns no range; its process exits
+  addserver <host:port>           approve a shard address (clusters with requireApproval)
+  sync                            push the current map to every shard
+  moves [--all]                   moves in flight (or every journaled move)
+  recover <move-id>               show a move's journal and drive it to committed or aborted
 Data:
   put ROW COLUMN VALUE            write one cell
   get ROW [COLUMN...]             read the newest cells of a row
@@ -85,46 +96,112 @@ export function asCliError(err: unknown, master?: string): CliError {
   return new CliError((err as Error)?.message ?? String(err), EXIT.ERROR);
 }
 
-async function adminCall<Res>(client: CairnClient, master: string, method: 'listServers' | 'getRanges'): Promise<Res> {
-  const admin = new AdminServiceClient(master, (await import('@grpc/grpc-js')).credentials.createInsecure());
+async function fetchServers(client: CairnClient): Promise<{ epoch: bigint; servers: ServerRow[] }> {
+  const servers = await client.listServers();
+  return { epoch: client.map.epoch, servers };
+}
+
+async function fetchRanges(client: CairnClient): Promise<{ epoch: bigint; ranges: RangeRow[] }> {
+  const ranges = await client.getRanges();
+  return { epoch: client.map.epoch, ranges: ranges.map((r) => ({ ...r, shard: r.shardId })) };
+}
+
+/** Asks y/n on a terminal; --yes answers for scripts; no terminal and no --yes is an error with the hint. */
+async function confirm(question: string, flags: Flags, io: Io): Promise<boolean> {
+  if (flags.yes === true) return true;
+  if (!process.stdin.isTTY) throw new CliError('confirmation needed but stdin is not a terminal', EXIT.BAD_ARGS, 'pass --yes to proceed without asking');
+  const rl = createInterface({ input: process.stdin, output: process.stderr });
   try {
-    return (await call(admin, admin[method] as never, {}, { token: client.token, timeoutMs: 10_000 })) as Res;
+    const answer = await rl.question(`${question} (y/n) `);
+    return /^y(es)?$/i.test(answer.trim());
   } finally {
-    admin.close();
+    rl.close();
   }
 }
 
-async function fetchServers(client: CairnClient, master: string): Promise<{ epoch: bigint; servers: ServerRow[] }> {
-  const res = await adminCall<Awaited<ReturnType<typeof import('../proto/gen/cairn/v1/admin.js').ListServersResponse.fromJSON>>>(client, master, 'listServers');
+function planJson(id: string, plan: PlanProto | undefined, movedBytes?: number) {
+  const moves = (plan?.moves ?? []).map((m) => ({
+    start: m.start.toString(),
+    end: endFromProto(m.end).toString(),
+    from: m.from,
+    to: m.to,
+    bytes: Number(m.bytes),
+    rows: Number(m.rows),
+  }));
   return {
-    epoch: res.header?.epoch ?? 0n,
-    servers: res.servers.map((s) => ({
-      id: s.id,
-      address: s.address,
-      status: s.status,
-      bytes: Number(s.bytes),
-      rows: Number(s.rows),
-      ranges: s.ranges,
-      share: s.share,
-      opsPerSec: s.opsPerSec,
-      lastHeartbeatMs: Number(s.lastHeartbeatMs),
-    })),
+    id,
+    moves,
+    movedBytes: movedBytes ?? moves.reduce((n, m) => n + m.bytes, 0),
+    totalBytes: Number(plan?.totalBytes ?? 0),
+    minimumBytes: Number(plan?.minimumBytes ?? 0),
+    shards: (plan?.shards ?? []).map((s) => ({ id: s.shardId, bytesBefore: Number(s.bytesBefore), bytesAfter: Number(s.bytesAfter), shareAfter: s.shareAfter })),
   };
 }
 
-async function fetchRanges(client: CairnClient, master: string): Promise<{ epoch: bigint; ranges: RangeRow[] }> {
-  const res = await adminCall<Awaited<ReturnType<typeof import('../proto/gen/cairn/v1/admin.js').GetRangesResponse.fromJSON>>>(client, master, 'getRanges');
-  return {
-    epoch: res.header?.epoch ?? 0n,
-    ranges: res.ranges.map((r) => ({
-      start: r.start,
-      end: endFromProto(r.end),
-      shard: r.shardId,
-      address: r.address,
-      bytes: Number(r.bytes),
-      rows: Number(r.rows),
-    })),
-  };
+function planLines(plan: PlanProto | undefined): string[] {
+  const p = planJson('', plan);
+  if (p.moves.length === 0) return ['The cluster is balanced: nothing to move.'];
+  return [
+    'The following moves will be made:',
+    ...p.moves.map((m, i) => `  Move ${i + 1}: ${m.from} -> ${m.to}  [${formatHash(BigInt(m.start))}, ${formatHash(BigInt(m.end))}[  ${humanBytes(m.bytes)} (${m.rows} rows)`),
+    `Moves ${humanBytes(p.movedBytes)} of ${humanBytes(p.totalBytes)} (the least any balancing plan can move: ${humanBytes(p.minimumBytes)}).`,
+    'The new shares will be:',
+    ...p.shards.map((s) => `  ${s.id}: ${humanBytes(s.bytesBefore)} -> ${humanBytes(s.bytesAfter)} (${percent(s.shareAfter)})`),
+  ];
+}
+
+const PHASE: Record<string, string> = { planned: 'waiting', copying: 'copy', catching_up: 'catch-up', fenced: 'cutover', committed: 'committed', cleaned: 'done', aborted: 'aborted' };
+
+/** Follows an operation to its end, printing each move's phase changes; returns its last snapshot. */
+async function follow(client: CairnClient, opId: string, io: Io, json: boolean): Promise<MoveInfo[]> {
+  const seen = new Map<string, string>();
+  let last: MoveInfo[] = [];
+  for await (const snap of client.watchOperation(opId)) {
+    last = snap.moves;
+    for (const m of snap.moves) {
+      const phase = PHASE[m.state] ?? m.state;
+      if (seen.get(m.id) === phase) continue;
+      seen.set(m.id, phase);
+      const pct = m.bytes > 0n ? Math.min(100, Math.round((Number(m.copiedBytes) * 100) / Number(m.bytes))) : 100;
+      const line = `${m.id} ${m.from} -> ${m.to} ${phase}${m.state === 'copying' || m.state === 'catching_up' ? ` ${pct}%` : ''}${m.error ? `: ${m.error}` : ''}`;
+      if (json) io.err(line);
+      else io.out(line);
+    }
+    if (snap.done) break;
+  }
+  return last;
+}
+
+async function runOperation(client: CairnClient, kind: 'rebalance' | 'dropserver', flags: Flags, io: Io, json: boolean, server?: string): Promise<number> {
+  const maxMbps = Number(str(flags, 'max-mbps') ?? 0);
+  if (!(maxMbps >= 0)) throw new CliError(`--max-mbps: expected a number >= 0, got "${str(flags, 'max-mbps')}"`, EXIT.BAD_ARGS);
+  const dry = await client.admin((a) => a.planRebalance, { drain: server ?? '' });
+  if (!json) planLines(dry.plan).forEach((l) => io.out(l));
+  if (!dry.plan?.moves.length) {
+    if (json) io.out(JSON.stringify(planJson('', dry.plan, 0)));
+    return EXIT.OK;
+  }
+  if (!(await confirm(kind === 'rebalance' ? 'Proceed with re-sharding?' : `Drain ${server}?`, flags, io))) {
+    io.err('cancelled: nothing was changed');
+    return EXIT.ERROR;
+  }
+  const started =
+    kind === 'rebalance'
+      ? await client.admin((a) => a.startRebalance, { maxMbps })
+      : await client.admin((a) => a.dropServer, { server: server!, maxMbps });
+  if (!started.operationId) {
+    if (json) io.out(JSON.stringify(planJson('', started.plan, 0)));
+    else io.out('Nothing to move.');
+    return EXIT.OK;
+  }
+  if (!json) io.out(`Started ${started.operationId}; following its moves (Ctrl-C leaves them running on the master).`);
+  const moves = await follow(client, started.operationId, io, json);
+  const committed = moves.filter((m) => m.state === 'committed' || m.state === 'cleaned');
+  const aborted = moves.filter((m) => m.state === 'aborted');
+  const moved = committed.reduce((n, m) => n + Number(m.bytes), 0);
+  if (json) io.out(JSON.stringify({ ...planJson(started.operationId, started.plan, moved), committed: committed.length, aborted: aborted.length }));
+  else io.out(`${kind === 'rebalance' ? 'Rebalance' : 'Drain'} ${started.operationId}: ${committed.length} moves committed, ${aborted.length} aborted, ${humanBytes(moved)} moved.`);
+  return aborted.length ? EXIT.ERROR : EXIT.OK;
 }
 
 /** Runs `items` through `fn` with at most `concurrency` in flight. */
@@ -157,20 +234,94 @@ export async function runCtl(positionals: string[], flags: Flags, io: Io): Promi
     if (args.length < n) throw new CliError(`${cmd}: missing arguments`, EXIT.BAD_ARGS, `usage: cairn ctl ${usage}`);
   };
 
-  if (!['servers', 'ranges', 'put', 'get', 'scan', 'delete', 'load', 'verify'].includes(cmd)) {
+  if (!CTL_COMMANDS.includes(cmd)) {
     throw new CliError(`unknown command "${cmd}"`, EXIT.BAD_ARGS, 'run "cairn ctl help" for the list');
   }
   const client = await connect(flags, io);
   try {
     switch (cmd) {
       case 'servers': {
-        const { epoch, servers } = await fetchServers(client, master);
+        const { epoch, servers } = await fetchServers(client);
         print(formatServers(servers, epoch), serversJson(servers, epoch));
         return EXIT.OK;
       }
       case 'ranges': {
-        const [{ servers }, { epoch, ranges }] = await Promise.all([fetchServers(client, master), fetchRanges(client, master)]);
+        const [{ servers }, { epoch, ranges }] = await Promise.all([fetchServers(client), fetchRanges(client)]);
         print(formatRanges(servers, ranges), rangesJson(ranges, epoch));
+        return EXIT.OK;
+      }
+      case 'plan': {
+        const dry = await client.admin((a) => a.planRebalance, { drain: str(flags, 'drain') ?? '' });
+        print(planLines(dry.plan), planJson('', dry.plan));
+        return EXIT.OK;
+      }
+      case 'rebalance':
+        return await runOperation(client, 'rebalance', flags, io, json);
+      case 'dropserver':
+        need(1, 'dropserver <id|host:port> [--yes]');
+        return await runOperation(client, 'dropserver', flags, io, json, args[0]);
+      case 'remserver': {
+        need(1, 'remserver <id|host:port> [--yes]');
+        if (!(await confirm(`Remove server ${args[0]} from the cluster and stop it?`, flags, io))) {
+          io.err('cancelled: nothing was changed');
+          return EXIT.ERROR;
+        }
+        const r = await client.admin((a) => a.removeServer, { server: args[0]! });
+        print(
+          `Removed ${r.shardId}${r.stopped ? '; its process is stopping' : '; it did not answer the stop request (stop it by hand)'}.`,
+          { id: r.shardId, moves: [], movedBytes: 0, totalBytes: 0, minimumBytes: 0, stopped: r.stopped },
+        );
+        return EXIT.OK;
+      }
+      case 'addserver': {
+        need(1, 'addserver <host:port>');
+        const r = await client.admin((a) => a.addServer, { address: args[0]! });
+        print(
+          r.approvalRequired
+            ? `Approved ${args[0]}: start the shard with --advertise ${args[0]} and it will join at 0%; then run "cairn ctl rebalance".`
+            : `Noted ${args[0]}. This cluster does not require approval: any shard with the server credential joins at 0%.`,
+          { address: args[0], approvalRequired: r.approvalRequired },
+        );
+        return EXIT.OK;
+      }
+      case 'sync': {
+        const r = await client.admin((a) => a.syncMap, {});
+        print(
+          [r.failed.length ? `Sync incomplete: ${r.synced} shards took map epoch ${r.header?.epoch}.` : `Sync done: ${r.synced} shards hold map epoch ${r.header?.epoch}.`, ...r.failed.map((f) => `  ${f.shardId} did not answer: ${f.error}`)],
+          { epoch: String(r.header?.epoch ?? 0n), synced: r.synced, failed: r.failed.map((f) => ({ id: f.shardId, error: f.error })) },
+        );
+        return r.failed.length ? EXIT.UNAVAILABLE : EXIT.OK;
+      }
+      case 'moves': {
+        const r = await client.admin((a) => a.listMoves, { all: flags.all === true });
+        const rows = r.moves.map((m) => ({
+          id: m.id,
+          operationId: m.operationId,
+          start: m.start.toString(),
+          end: endFromProto(m.end).toString(),
+          from: m.from,
+          to: m.to,
+          state: m.state,
+          bytes: Number(m.bytes),
+          copiedBytes: Number(m.copiedBytes),
+          bytesPerSec: m.bytesPerSec,
+          fenceMs: m.fenceMs,
+          error: m.error || undefined,
+        }));
+        print(
+          rows.length ? rows.map((m) => `${m.id} ${m.from} -> ${m.to} ${PHASE[m.state] ?? m.state} ${humanBytes(m.copiedBytes)}/${humanBytes(m.bytes)}${m.error ? ` (${m.error})` : ''}`) : ['No moves in flight.'],
+          { moves: rows },
+        );
+        return EXIT.OK;
+      }
+      case 'recover': {
+        need(1, 'recover <move-id>');
+        const r = await client.admin((a) => a.recoverMove, { moveId: args[0]! });
+        const m = r.move!;
+        print(
+          [`Move ${m.id}: ${m.from} -> ${m.to} [${formatHash(m.start)}, ${formatHash(endFromProto(m.end))}[`, ...m.history.map((h) => `  ${new Date(Number(h.atMs)).toISOString()} ${h.state}`), `Now ${m.state}: ${r.action}`],
+          { id: m.id, state: m.state, action: r.action, history: m.history.map((h) => ({ state: h.state, atMs: Number(h.atMs) })) },
+        );
         return EXIT.OK;
       }
       case 'put': {

@@ -24,7 +24,7 @@ Server flags (also in a YAML --config file or CAIRN_* variables):
   --master HOST:PORT  --expect-shards N  --server-credential-file FILE
 Global flags: --verbose  --help`;
 
-const BOOLEANS = ['json', 'yes', 'help', 'sync', ...CONFIG_BOOLEAN_FLAGS];
+const BOOLEANS = ['json', 'yes', 'help', 'sync', 'all', ...CONFIG_BOOLEAN_FLAGS];
 
 export async function main(argv: string[], io: Io = defaultIo()): Promise<number> {
   let verbose = argv.includes('--verbose');

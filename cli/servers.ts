@@ -51,6 +51,9 @@ export async function runMaster(flags: Flags): Promise<number> {
     heartbeatIntervalMs: c.heartbeatIntervalMs,
     shardDownAfterMs: c.shardDownAfterMs,
     maxMessageBytes: c.maxMessageBytes,
+    requireApproval: c.requireApproval,
+    maxConcurrentMoves: c.maxConcurrentMoves,
+    moveMaxMbps: c.moveMaxMbps,
     tls,
     peerTls: tls ? { ca: tls.ca, cert: tls.cert, key: tls.key } : undefined,
     log,
@@ -79,7 +82,7 @@ export async function runShard(flags: Flags): Promise<number> {
     peerTls: tls ? { ca: tls.ca, cert: tls.cert, key: tls.key } : undefined,
     log,
   });
-  await untilSignal(log);
+  await Promise.race([untilSignal(log), running.node.stopRequested]);
   await running.stop(5000);
   log.info('shard stopped', { shardId: running.node.id });
   return 0;

@@ -8,9 +8,9 @@
  * reused by every retry and every sub-batch; the shard applies an id once per
  * row, even when a retry reaches a range's new owner after a move.
  */
-import type { ClientReadableStream } from '@grpc/grpc-js';
+import type { CallOptions as GrpcCallOptions, ClientReadableStream, ClientUnaryCall, Metadata, ServiceError } from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
-import { AdminServiceClient } from '../../proto/gen/cairn/v1/admin.js';
+import { AdminServiceClient, type WatchOperationResponse } from '../../proto/gen/cairn/v1/admin.js';
 import type { CellFilter, CellWrite, RowWrite } from '../../proto/gen/cairn/v1/common.js';
 import { MasterServiceClient, type WatchMapResponse } from '../../proto/gen/cairn/v1/master.js';
 import { ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
@@ -545,6 +545,30 @@ export class CairnClient {
       bytes: Number(r.bytes),
       rows: Number(r.rows),
     }));
+  }
+
+  /**
+   * Calls any Admin RPC with the client's token and the usual retries, e.g.
+   * `client.admin((a) => a.planRebalance, { drain: '' })`.
+   */
+  async admin<Req, Res>(
+    pick: (a: AdminServiceClient) => (req: Req, md: Metadata, opts: Partial<GrpcCallOptions>, cb: (err: ServiceError | null, res: Res) => void) => ClientUnaryCall,
+    req: Req,
+    o: CallOptions = {},
+  ): Promise<Res> {
+    return this.run(this.deadlineOf(o), (token, _map, deadline) => call(this.adminClient, pick(this.adminClient), req, { token, deadline }));
+  }
+
+  /** Streams an operation's progress (WatchOperation) until every move has ended. */
+  async *watchOperation(operationId: string): AsyncIterable<WatchOperationResponse> {
+    const stream = this.adminClient.watchOperation({ operationId }, metadataFor(this.currentToken));
+    try {
+      for await (const msg of stream as AsyncIterable<WatchOperationResponse>) yield msg;
+    } catch (err) {
+      throw fromServiceError(err);
+    } finally {
+      stream.cancel();
+    }
   }
 
   // -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ export type ErrorCode =
   | 'NOT_READY' // no map yet, shard not registered, or a peer is unreachable
   | 'INVALID_ARGUMENT' // bad input; the message names the field
   | 'LIMIT_EXCEEDED' // a per-call limit; the message names the limit and the value
+  | 'PRECONDITION' // the cluster's state forbids it now (e.g. removing a shard that owns ranges)
   | 'CONFLICT' // lease held by another, move already running, …
   | 'NOT_FOUND' // unknown lease, move, shard or user
   | 'UNAUTHENTICATED' // missing, malformed, expired or badly signed token
@@ -29,6 +30,7 @@ const TO_STATUS: Record<ErrorCode, Status> = {
   NOT_READY: Status.UNAVAILABLE,
   INVALID_ARGUMENT: Status.INVALID_ARGUMENT,
   LIMIT_EXCEEDED: Status.RESOURCE_EXHAUSTED,
+  PRECONDITION: Status.FAILED_PRECONDITION,
   CONFLICT: Status.ABORTED,
   NOT_FOUND: Status.NOT_FOUND,
   UNAUTHENTICATED: Status.UNAUTHENTICATED,

@@ -10,7 +10,10 @@ import { deriveTokenKey, hashPassword, mintToken, ServerTokenSource, verifyPassw
 import { CairnError } from '../common/errors.js';
 import { call, ClientPool, type ClientTls } from '../common/grpc.js';
 import { EMPTY_MAP, mapError, mapToProto, rangesOf, type ClusterMap } from '../common/map.js';
-import { evenSplit, rangeCovers, shareOf, type HashRange } from '../common/ranges.js';
+import { evenSplit, rangeCovers, rangesOverlap, reassign, shareOf, type HashRange } from '../common/ranges.js';
+import { MoveCoordinator, type Operation } from './coordinator.js';
+import type { Move } from './moves.js';
+import { plan as planMoves, shardLoads, type Plan } from './planner.js';
 import { MasterStore, type ShardRecord } from './store.js';
 
 export interface ClientUser {
@@ -29,6 +32,11 @@ export interface MasterOptions {
   heartbeatIntervalMs: number;
   shardDownAfterMs: number;
   maxMessageBytes: number;
+  /** Refuse shards whose address was not approved with AddServer. */
+  requireApproval?: boolean;
+  maxConcurrentMoves?: number;
+  /** Default throttle per move in MB/s; 0 = unthrottled. */
+  moveMaxMbps?: number;
   /** TLS used when the master dials shards. */
   peerTls?: ClientTls;
   log: Logger;
@@ -88,6 +96,8 @@ export class Master {
   private readonly shardClients: ClientPool<ShardServiceClient>;
   private readonly serverToken: ServerTokenSource;
   private closed = false;
+  private approvals = new Set<string>();
+  coordinator!: MoveCoordinator;
 
   private constructor(
     private readonly opts: MasterOptions,
@@ -110,7 +120,22 @@ export class Master {
       if (err) throw new Error(`stored map is invalid: ${err}`);
       m.map = state.map;
     }
+    m.approvals = new Set(await store.loadApprovals());
+    m.coordinator = new MoveCoordinator(
+      {
+        log: opts.log,
+        addressOf: (id) => m.shards.find((s) => s.id === id)?.address,
+        commitMove: (move, journal) => m.commitMove(move, journal),
+        pushMapTo: (id) => m.pushMapTo(id),
+        saveMove: (id, journal) => store.saveMove(id, journal),
+        epoch: () => m.map.epoch,
+      },
+      m.shardClients,
+      m.serverToken,
+      { maxConcurrentMoves: opts.maxConcurrentMoves ?? 2, moveMaxMbps: opts.moveMaxMbps ?? 0 },
+    );
     opts.log.info('master state loaded', { epoch: m.map.epoch.toString(), shards: m.shards.length });
+    await m.coordinator.resume(await store.loadMoves());
     return m;
   }
 
@@ -157,6 +182,9 @@ export class Master {
     return this.serial.run(async () => {
       let rec = shardId ? this.shards.find((s) => s.id === shardId) : undefined;
       const isNew = !rec;
+      if (!rec && this.opts.requireApproval && !this.approvals.has(address)) {
+        throw new CairnError('PERMISSION_DENIED', `shard at ${address} is not approved to join; run: cairn ctl addserver ${address}`);
+      }
       if (!rec) {
         const id = shardId || `s${this.nextShardNumber}`;
         const n = /^s(\d+)$/.exec(id);
@@ -248,6 +276,124 @@ export class Master {
     }));
   }
 
+  /**
+   * A move's commit: the map with the range given to the destination, and
+   * the move's journal record, in ONE synced batch (DESIGN step 4).
+   */
+  commitMove(move: Move, journal: unknown): Promise<void> {
+    return this.serial.run(async () => {
+      const r = { start: move.start, end: move.end };
+      const stray = this.map.ranges.find((x) => rangesOverlap(x, r) && x.shardId !== move.from);
+      if (stray) throw new CairnError('INTERNAL', `cannot commit move ${move.id}: [${stray.start}, ${stray.end}) is owned by ${stray.shardId}, not ${move.from}`);
+      const next: ClusterMap = { epoch: this.map.epoch + 1n, ranges: reassign(this.map.ranges, r, move.to), shards: this.map.shards };
+      const err = mapError(next);
+      if (err) throw new CairnError('INTERNAL', `refusing to commit an invalid map: ${err}`);
+      await this.store.save({ map: next, shards: this.shards, nextShardNumber: this.nextShardNumber, moves: [{ id: move.id, json: journal }] });
+      this.map = next;
+      this.log.info('map committed', { epoch: next.epoch.toString(), ranges: next.ranges.length, moveId: move.id });
+      for (const w of this.watchers) w(next);
+      void this.pushMapToAll();
+    });
+  }
+
+  /** Pushes the current map to one shard; true when it took it. */
+  async pushMapTo(shardId: string): Promise<boolean> {
+    const s = this.shards.find((x) => x.id === shardId);
+    if (!s || this.closed) return false;
+    try {
+      const client = this.shardClients.get(s.address);
+      const res = await call(client, client.pushMap, { map: mapToProto(this.map) }, { token: this.serverToken.get(), timeoutMs: 3000 });
+      return (res.header?.epoch ?? 0n) >= this.map.epoch;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Finds a shard by id or by advertised host:port. */
+  resolveShard(server: string): ShardRecord {
+    const s = this.shards.find((x) => x.id === server || x.address === server);
+    if (!s) throw new CairnError('NOT_FOUND', `no shard "${server}"; \`cairn ctl servers\` lists ids and addresses`);
+    return s;
+  }
+
+  /** The planner's input: exact per-bucket counts from every shard that is up. */
+  private async gatherBuckets(): Promise<Map<number, { bytes: number; rows: number }>> {
+    const buckets = new Map<number, { bytes: number; rows: number }>();
+    const owners = new Set(this.map.ranges.map((r) => r.shardId));
+    await Promise.all(
+      this.shards
+        .filter((s) => owners.has(s.id) && this.isUp(s.id))
+        .map(async (s) => {
+          const client = this.shardClients.get(s.address);
+          const res = await call(client, client.getBucketStats, {}, { token: this.serverToken.get(), timeoutMs: 10_000 });
+          for (const b of res.buckets) buckets.set(b.bucket, { rows: Number(b.rows), bytes: Number(b.bytes) });
+        }),
+    );
+    return buckets;
+  }
+
+  /** A dry run: the moves a rebalance (or the drain of `drain`) would make now. */
+  async planRebalance(drain?: string): Promise<{ plan: Plan; before: Map<string, number>; after: Map<string, number> }> {
+    if (this.map.epoch === 0n) throw new CairnError('PRECONDITION', 'the cluster has no map yet: waiting for expectShards shards to register');
+    const draining = drain ? this.resolveShard(drain).id : undefined;
+    if (draining && !this.shards.some((s) => s.id !== draining && this.isUp(s.id))) {
+      throw new CairnError('PRECONDITION', `cannot drain ${draining}: no other shard is up to take its ranges`);
+    }
+    const buckets = await this.gatherBuckets();
+    const plan = planMoves({
+      map: this.map,
+      shards: this.shards.map((s) => ({ id: s.id, up: this.isUp(s.id), draining: s.id === draining })),
+      buckets,
+    });
+    const stuck = draining ? plan.targetMap.filter((r) => r.shardId === draining).length : 0;
+    if (stuck) throw new CairnError('PRECONDITION', `cannot drain ${draining}: ${stuck} of its ranges have no shard up to take them`);
+    const loads = (ranges: typeof this.map.ranges) => new Map([...shardLoads(ranges, buckets)].map(([id, l]) => [id, l.bytes]));
+    return { plan, before: loads(this.map.ranges), after: loads(plan.targetMap) };
+  }
+
+  async startRebalance(maxMbps: number, drain?: string): Promise<{ op?: Operation; plan: Plan; before: Map<string, number>; after: Map<string, number> }> {
+    if (this.coordinator.busy()) throw new CairnError('CONFLICT', 'another rebalance or drain is still running; watch it with `cairn ctl moves`');
+    const p = await this.planRebalance(drain);
+    if (p.plan.moves.length === 0) return p;
+    return { ...p, op: this.coordinator.start(p.plan, drain ? 'drain' : 'rebalance', maxMbps) };
+  }
+
+  /** Removes a shard that owns no range, then tells its process to stop. */
+  async removeServer(server: string): Promise<{ shardId: string; stopped: boolean }> {
+    const target = this.resolveShard(server);
+    const removed = await this.serial.run(async () => {
+      const owned = rangesOf(this.map, target.id);
+      if (owned.length) {
+        const { bytes, rows } = this.ownedCounts(target.id, owned);
+        throw new CairnError(
+          'PRECONDITION',
+          `shard ${target.id} still owns ${owned.length} range${owned.length === 1 ? '' : 's'} (${bytes} bytes, ${rows} rows); drain it first: cairn ctl dropserver ${target.id}`,
+        );
+      }
+      this.shards = this.shards.filter((s) => s.id !== target.id);
+      this.live.delete(target.id);
+      if (this.map.epoch > 0n) await this.commitMap({ ...this.map, epoch: this.map.epoch + 1n, shards: this.shardRefs() });
+      else await this.store.save({ shards: this.shards, nextShardNumber: this.nextShardNumber });
+      this.log.info('shard removed', { shardId: target.id, address: target.address });
+      return target;
+    });
+    let stopped = false;
+    try {
+      const client = this.shardClients.get(removed.address);
+      await call(client, client.stopShard, { shardId: removed.id }, { token: this.serverToken.get(), timeoutMs: 3000 });
+      stopped = true;
+    } catch (err) {
+      this.log.warn('removed shard did not acknowledge the stop', { shardId: removed.id, error: (err as Error).message });
+    }
+    return { shardId: removed.id, stopped };
+  }
+
+  async addServer(address: string): Promise<boolean> {
+    this.approvals.add(address);
+    await this.store.saveApprovals([...this.approvals]);
+    return !!this.opts.requireApproval;
+  }
+
   /** Pushes the current map to every shard; returns the ids that did not answer. */
   async pushMapToAll(): Promise<{ failed: Array<{ id: string; error: string }> }> {
     const map = mapToProto(this.map);
@@ -269,6 +415,7 @@ export class Master {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.coordinator?.close();
     this.watchers.clear();
     await this.serial.run(async () => undefined);
     this.shardClients.close();

@@ -3,13 +3,51 @@
  * Master, fill the header. Errors go through the one table in grpc.ts.
  */
 import type { UntypedServiceImplementation } from '@grpc/grpc-js';
-import type { AdminServiceServer } from '../../proto/gen/cairn/v1/admin.js';
+import type { AdminServiceServer, MoveInfo, Plan as PlanProto } from '../../proto/gen/cairn/v1/admin.js';
 import type { MasterServiceServer } from '../../proto/gen/cairn/v1/master.js';
-import { invalidArgument } from '../common/errors.js';
+import { CairnError, invalidArgument } from '../common/errors.js';
 import { serverStream, unary, type HandlerEnv } from '../common/grpc.js';
 import { endFromProto, endToProto } from '../common/hash.js';
 import { mapToProto } from '../common/map.js';
 import type { Master } from './master.js';
+import type { MoveProgress } from './coordinator.js';
+import type { Move } from './moves.js';
+import type { Plan } from './planner.js';
+
+function planToProto(p: { plan: Plan; before: Map<string, number>; after: Map<string, number> }, shardIds: string[]): PlanProto {
+  const total = [...p.after.values()].reduce((a, b) => a + b, 0);
+  return {
+    moves: p.plan.moves.map((m) => ({ start: m.start, end: endToProto(m.end), from: m.from, to: m.to, bytes: BigInt(m.bytes), rows: BigInt(m.rows) })),
+    movedBytes: BigInt(p.plan.movedBytes),
+    totalBytes: BigInt(p.plan.totalBytes),
+    minimumBytes: BigInt(Math.round(p.plan.minimumBytes)),
+    shards: shardIds.map((id) => ({
+      shardId: id,
+      bytesBefore: BigInt(p.before.get(id) ?? 0),
+      bytesAfter: BigInt(p.after.get(id) ?? 0),
+      shareAfter: total ? (p.after.get(id) ?? 0) / total : 0,
+    })),
+  };
+}
+
+export function moveToInfo(x: { move: Move; operationId: string; progress?: MoveProgress }): MoveInfo {
+  const m = x.move;
+  return {
+    id: m.id,
+    operationId: x.operationId,
+    start: m.start,
+    end: endToProto(m.end),
+    from: m.from,
+    to: m.to,
+    bytes: BigInt(m.bytes),
+    copiedBytes: BigInt(Math.round(x.progress?.copiedBytes ?? m.copiedBytes)),
+    state: m.state,
+    error: m.error ?? '',
+    history: m.history.map((h) => ({ state: h.state, atMs: BigInt(h.at) })),
+    bytesPerSec: x.progress?.bytesPerSec ?? 0,
+    fenceMs: x.progress?.fenceMs ?? 0,
+  };
+}
 
 export function masterServiceImpl(master: Master, env: HandlerEnv): MasterServiceServer & UntypedServiceImplementation {
   const header = () => ({ nodeId: master.nodeId, epoch: master.epoch });
@@ -68,6 +106,56 @@ export function adminServiceImpl(master: Master, env: HandlerEnv): AdminServiceS
         lastHeartbeatMs: BigInt(s.lastHeartbeatMs),
       })),
     })),
+    planRebalance: unary(env, 'PlanRebalance', 'admin', async (req) => {
+      const p = await master.planRebalance(req.drain || undefined);
+      return { header: header(), plan: planToProto(p, master.listServers().map((s) => s.id)) };
+    }),
+    startRebalance: unary(env, 'StartRebalance', 'admin', async (req) => {
+      if (!(req.maxMbps >= 0)) throw invalidArgument(`max_mbps: must be >= 0, got ${req.maxMbps}`);
+      const r = await master.startRebalance(req.maxMbps);
+      return { header: header(), operationId: r.op?.id ?? '', plan: planToProto(r, master.listServers().map((s) => s.id)) };
+    }),
+    dropServer: unary(env, 'DropServer', 'admin', async (req) => {
+      if (!req.server) throw invalidArgument('server: name the shard by id or host:port');
+      if (!(req.maxMbps >= 0)) throw invalidArgument(`max_mbps: must be >= 0, got ${req.maxMbps}`);
+      const r = await master.startRebalance(req.maxMbps, req.server);
+      return { header: header(), operationId: r.op?.id ?? '', plan: planToProto(r, master.listServers().map((s) => s.id)) };
+    }),
+    removeServer: unary(env, 'RemoveServer', 'admin', async (req) => {
+      if (!req.server) throw invalidArgument('server: name the shard by id or host:port');
+      const r = await master.removeServer(req.server);
+      return { header: header(), shardId: r.shardId, stopped: r.stopped };
+    }),
+    addServer: unary(env, 'AddServer', 'admin', async (req) => {
+      if (!/^.+:\d{1,5}$/.test(req.address)) throw invalidArgument(`address: expected host:port, got "${req.address}"`);
+      return { header: header(), approvalRequired: await master.addServer(req.address) };
+    }),
+    syncMap: unary(env, 'SyncMap', 'admin', async () => {
+      const { failed } = await master.pushMapToAll();
+      return { header: header(), failed: failed.map((f) => ({ shardId: f.id, error: f.error })), synced: master.listServers().length - failed.length };
+    }),
+    listMoves: unary(env, 'ListMoves', 'admin', async (req) => ({
+      header: header(),
+      moves: master.coordinator.listMoves(req.all).map(moveToInfo),
+    })),
+    watchOperation: serverStream(env, 'WatchOperation', 'admin', async (req, ctx, send) => {
+      const op = master.coordinator.operation(req.operationId);
+      if (!op) throw new CairnError('NOT_FOUND', `operation_id: no operation "${req.operationId}" on this master`);
+      let finished = false;
+      void op.done.then(() => (finished = true));
+      while (!ctx.cancelled()) {
+        const done = finished;
+        await send({ header: header(), moves: master.coordinator.movesOf(op).map(moveToInfo), done });
+        if (done) return;
+        await Promise.race([op.done, new Promise((r) => setTimeout(r, 250))]);
+      }
+    }),
+    recoverMove: unary(env, 'RecoverMove', 'admin', async (req) => {
+      if (!req.moveId) throw invalidArgument('move_id: must not be empty');
+      const r = await master.coordinator.recover(req.moveId);
+      const info = master.coordinator.listMoves(true).find((x) => x.move.id === req.moveId)!;
+      return { header: header(), move: moveToInfo({ ...info, move: r.move }), action: r.action };
+    }),
     getRanges: unary(env, 'GetRanges', 'admin', async () => ({
       header: header(),
       ranges: master.getRanges().map((r) => ({

@@ -1,7 +1,9 @@
 /**
- * The master's durable state in its own LevelDB: the map and the shard
- * registry. Every write is synced: an acknowledged map change survives a
- * crash. (The move journal joins this store with the rebalancing work.)
+ * The master's durable state in its own LevelDB: the map, the shard registry,
+ * approvals, and the move journal. Every write is synced: an acknowledged map
+ * change or journal step survives a crash. A move's commit writes the new map
+ * and the move's `committed` state in ONE batch, so there is no moment where
+ * one is durable without the other.
  */
 import { Level } from 'level';
 import type { ClusterMap } from '../common/map.js';
@@ -54,14 +56,36 @@ export class MasterStore {
     };
   }
 
-  /** Writes the registry and (optionally) a new map in one synced batch. */
-  async save(state: { map?: ClusterMap; shards: ShardRecord[]; nextShardNumber: number }): Promise<void> {
+  /** Writes the registry, and optionally a new map and journal records, in one synced batch. */
+  async save(state: { map?: ClusterMap; shards: ShardRecord[]; nextShardNumber: number; moves?: Array<{ id: string; json: unknown }> }): Promise<void> {
     const ops: Array<{ type: 'put'; key: string; value: string }> = [
       { type: 'put', key: 'shards', value: JSON.stringify(state.shards) },
       { type: 'put', key: 'nextShardNumber', value: String(state.nextShardNumber) },
     ];
     if (state.map) ops.push({ type: 'put', key: 'map', value: JSON.stringify(toJson(state.map)) });
+    for (const m of state.moves ?? []) ops.push({ type: 'put', key: `move/${m.id}`, value: JSON.stringify(m.json) });
     await this.db.batch(ops, { sync: true });
+  }
+
+  /** Journals one move record (synced) before the step it describes is acted on. */
+  async saveMove(id: string, json: unknown): Promise<void> {
+    await this.db.put(`move/${id}`, JSON.stringify(json), { sync: true });
+  }
+
+  /** Every journaled move, oldest first (ids sort by creation time). */
+  async loadMoves(): Promise<unknown[]> {
+    const out: unknown[] = [];
+    for await (const v of this.db.values({ gte: 'move/', lt: 'move0' })) out.push(JSON.parse(v));
+    return out;
+  }
+
+  async loadApprovals(): Promise<string[]> {
+    const v = await this.db.get('approvals');
+    return v ? (JSON.parse(v) as string[]) : [];
+  }
+
+  async saveApprovals(addresses: string[]): Promise<void> {
+    await this.db.put('approvals', JSON.stringify(addresses), { sync: true });
   }
 
   close(): Promise<void> {

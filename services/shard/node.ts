@@ -1,6 +1,8 @@
 /**
  * A shard process: its store, its copy of the map, registration with the
- * master and heartbeats. Data handlers live in service.ts.
+ * master and heartbeats, and the state of range moves (fences, pending drops,
+ * running transfers and pulls). Data handlers live in service.ts, the move
+ * drivers in transfer.ts.
  */
 import type { Logger } from 'winston';
 import { MasterServiceClient } from '../../proto/gen/cairn/v1/master.js';
@@ -11,7 +13,9 @@ import { call, ClientPool, type ClientTls } from '../common/grpc.js';
 import { endToProto } from '../common/hash.js';
 import { EMPTY_MAP, mapError, mapFromProto, rangesOf, type ClusterMap } from '../common/map.js';
 import type { HashRange } from '../common/ranges.js';
+import { coveredBy, FenceTable, overlapsAny, RangeJanitor, showRange, subtractRanges } from './fence.js';
 import { ShardStore } from './store.js';
+import { MoveRegistry } from './transfer.js';
 import type { Limits } from './validate.js';
 
 export interface ShardOptions {
@@ -44,6 +48,16 @@ export class ShardNode {
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private stopping = false;
   private registered = false;
+  /** Fences of ranges this shard is handing over; loaded before anything is served. */
+  fences!: FenceTable;
+  /** Background deletion of ranges this shard lost. */
+  janitor!: RangeJanitor;
+  /** Transfers, pulls and drops running here. */
+  readonly moves = new MoveRegistry();
+  /** Data calls served locally that are still running (a fence waits for them). */
+  private readonly localCalls = new Set<Promise<unknown>>();
+  /** Map installs run one at a time, so the persisted map is always the newest installed. */
+  private installing: Promise<unknown> = Promise.resolve();
 
   private constructor(
     readonly opts: ShardOptions,
@@ -67,6 +81,22 @@ export class ShardNode {
         shards: saved.shards,
       };
     }
+    try {
+      node.fences = await FenceTable.load(store);
+      node.janitor = await RangeJanitor.load(store, () => node.ownedRanges(), () => node.moves.destinationRanges(), opts.log);
+      // A fence whose range the persisted map no longer gives us belongs to a move that committed while we were down.
+      const owned = node.ownedRanges();
+      const committed = node.fences.all().filter((f) => !overlapsAny(f.range, owned));
+      if (committed.length) {
+        await node.janitor.record(committed.map((f) => f.range));
+        await node.fences.dropUnowned(owned);
+      }
+      for (const f of node.fences.all()) opts.log.warn('range stays fenced until its move is aborted or committed', { moveId: f.moveId, range: showRange(f.range) });
+      node.janitor.start();
+    } catch (err) {
+      await store.close();
+      throw err;
+    }
     return node;
   }
 
@@ -78,6 +108,14 @@ export class ShardNode {
     return this.id || 'unregistered';
   }
 
+  private stopResolve!: () => void;
+  /** Resolves when the master removed this shard (StopShard): the process should exit cleanly. */
+  readonly stopRequested: Promise<void> = new Promise((resolve) => (this.stopResolve = resolve));
+
+  requestStop(): void {
+    this.stopResolve();
+  }
+
   countOp(n = 1): void {
     this.opsSinceHeartbeat += n;
   }
@@ -86,8 +124,68 @@ export class ShardNode {
     return this.id ? rangesOf(this.map, this.id) : [];
   }
 
-  /** Installs a map if it is newer than ours; persisted before it takes effect. */
-  async installMap(next: ClusterMap): Promise<boolean> {
+  /** Throws PRECONDITION (FAILED_PRECONDITION, not retried) unless this shard's map gives it every hash of the range. */
+  assertOwnsAll(range: HashRange, moveId: string): void {
+    if (!coveredBy(range, this.ownedRanges())) {
+      throw new CairnError('PRECONDITION', `move ${moveId}: shard ${this.nodeId} does not own all of ${showRange(range)} in map epoch ${this.map.epoch}`, {
+        epoch: this.map.epoch,
+      });
+    }
+  }
+
+  /** Throws PRECONDITION (FAILED_PRECONDITION, not retried) when this shard's map gives it any hash of the range. */
+  assertOwnsNone(range: HashRange, moveId: string): void {
+    if (overlapsAny(range, this.ownedRanges())) {
+      throw new CairnError(
+        'PRECONDITION',
+        `move ${moveId}: shard ${this.nodeId} owns part of ${showRange(range)} in map epoch ${this.map.epoch}, so it neither pulls nor drops it`,
+        { epoch: this.map.epoch },
+      );
+    }
+  }
+
+  /** Makes sure our map is at least `epoch` (the one a move was planned against), fetching it from the master if needed. */
+  async ensureEpoch(epoch: bigint): Promise<void> {
+    if (epoch <= this.map.epoch) return;
+    try {
+      await this.refreshMap();
+    } catch (err) {
+      throw new CairnError('NOT_READY', `shard ${this.nodeId} holds map epoch ${this.map.epoch}, older than the request's ${epoch}, and could not fetch the current map: ${(err as Error).message}`, {
+        retryAfterMs: 200,
+      });
+    }
+    if (epoch > this.map.epoch) {
+      throw new CairnError('NOT_READY', `shard ${this.nodeId} holds map epoch ${this.map.epoch}, older than the request's ${epoch}; retry`, { retryAfterMs: 200 });
+    }
+  }
+
+  /** Tracks a data call served from the local store, so a fence can wait for the ones that passed its check. */
+  trackLocal<T>(p: Promise<T>): Promise<T> {
+    this.localCalls.add(p);
+    const done = (): void => void this.localCalls.delete(p);
+    p.then(done, done);
+    return p;
+  }
+
+  /** Resolves once every local data call running now has finished. */
+  async drainLocal(): Promise<void> {
+    await Promise.allSettled([...this.localCalls]);
+  }
+
+  /**
+   * Installs a map if it is newer than ours; persisted before it takes effect.
+   * Ranges the new map takes away are recorded for deletion first, then the
+   * map is persisted and installed, fences of ranges we no longer own are
+   * dropped (their moves committed), and the lost ranges are deleted in the
+   * background. Nothing else changes: gaining a range needs no action.
+   */
+  installMap(next: ClusterMap): Promise<boolean> {
+    const run = this.installing.then(() => this.installNow(next));
+    this.installing = run.catch(() => undefined);
+    return run;
+  }
+
+  private async installNow(next: ClusterMap): Promise<boolean> {
     if (next.epoch <= this.map.epoch) return false;
     const err = mapError(next);
     if (err) throw new CairnError('INVALID_ARGUMENT', `map: ${err}`);
@@ -96,9 +194,19 @@ export class ShardNode {
       ranges: next.ranges.map((r) => ({ start: r.start.toString(), end: r.end.toString(), shardId: r.shardId })),
       shards: next.shards,
     };
+    const after = this.id ? rangesOf(next, this.id) : [];
+    const lost = subtractRanges(this.ownedRanges(), after);
+    if (lost.length) await this.janitor.record(lost);
     await this.store.putMeta('map', json, true);
-    if (next.epoch <= this.map.epoch) return false; // a newer one was installed while we wrote
     this.map = next;
+    this.moves.abortTransfersOutside(after);
+    this.moves.forgetReadyOwned(after);
+    const committed = await this.fences.dropUnowned(after);
+    for (const f of committed) this.log.info('fence dropped: the move committed', { moveId: f.moveId, range: showRange(f.range), epoch: next.epoch.toString() });
+    if (lost.length) {
+      this.log.info('ranges lost in the new map are deleted in the background', { epoch: next.epoch.toString(), ranges: lost.map(showRange) });
+      this.janitor.start();
+    }
     this.log.info('map installed', { epoch: next.epoch.toString(), ownedRanges: this.ownedRanges().length });
     return true;
   }
@@ -192,6 +300,7 @@ export class ShardNode {
     if (this.registered) await this.heartbeat(this.opts.heartbeatIntervalMs, true).catch(() => undefined);
     this.peers.close();
     this.masters.close();
+    await this.janitor.stop();
     await this.store.close();
   }
 }

@@ -8,18 +8,26 @@
  * - a request with an epoch for a key owned elsewhere gets WRONG_SHARD
  *   (FAILED_PRECONDITION) naming the owner and the current epoch;
  * - a request without an epoch is forwarded to the owner, with our epoch set
- *   so the owner never forwards again, under the caller's deadline.
+ *   so the owner never forwards again, under the caller's deadline;
+ * - a key we own but have fenced for a move gets FENCED (UNAVAILABLE with a
+ *   retry hint), checked before the store is touched. Local store calls are
+ *   tracked, so a fence can wait for the calls that passed the check.
+ *
+ * The move RPCs (PullRange, TransferRange, AbortMove, DropRange, GetMoveState)
+ * are internal and need a server token; transfer.ts drives them.
  */
 import type { UntypedServiceImplementation } from '@grpc/grpc-js';
 import type { CellFilter, Cell, CellWrite, RowCells } from '../../proto/gen/cairn/v1/common.js';
 import type { ShardServiceClient, ShardServiceServer } from '../../proto/gen/cairn/v1/shard.js';
 import { CairnError } from '../common/errors.js';
-import { call, unary, type HandlerEnv, type RpcContext } from '../common/grpc.js';
-import { endFromProto, hashFromBytes, HASH_SPACE_END, rowHash } from '../common/hash.js';
+import { call, serverStream, unary, type HandlerEnv, type RpcContext } from '../common/grpc.js';
+import { endFromProto, endToProto, hashFromBytes, HASH_SPACE_END, rowHash } from '../common/hash.js';
 import { addressOf, mapFromProto, ownerOfHash, type ClusterMap } from '../common/map.js';
 import { rangeContains, type HashRange } from '../common/ranges.js';
+import { showRange } from './fence.js';
 import type { ShardNode } from './node.js';
 import type { CellFilterIn, CellIn, CellOut } from './store.js';
+import { checkMoveId, rangeFromRequest, runPull, serveTransfer, transferParams } from './transfer.js';
 import * as check from './validate.js';
 
 export const toFilter = (f: CellFilter | undefined): CellFilterIn => ({
@@ -50,7 +58,10 @@ export class Router {
     }
     const owner = ownerOfHash(map, hash);
     if (!owner) throw new CairnError('INTERNAL', `map epoch ${map.epoch} does not cover hash ${hash}`);
-    if (owner.shardId === this.node.id) return { local: true };
+    if (owner.shardId === this.node.id) {
+      this.node.fences.checkHash(hash);
+      return { local: true };
+    }
     const address = addressOf(map, owner.shardId) ?? '';
     if (epoch !== 0n) {
       if (epoch > map.epoch) {
@@ -68,6 +79,11 @@ export class Router {
       });
     }
     return { local: false, owner: owner.shardId, address };
+  }
+
+  /** Throws FENCED when any of a locally served window is fenced. */
+  checkUnfenced(window: HashRange): void {
+    this.node.fences.checkRange(window);
   }
 
   routeRow(row: string, epoch: bigint): Route {
@@ -114,6 +130,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
   const limits = node.opts.limits;
   const store = node.store;
   const header = () => ({ nodeId: node.nodeId, epoch: node.map.epoch });
+  const tracked = <T>(p: Promise<T>): Promise<T> => node.trackLocal(p);
 
   return {
     writeRows: unary(env, 'WriteRows', 'rw', async (req, ctx) => {
@@ -128,10 +145,12 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       const work: Promise<void>[] = [];
       if (local.length) {
         work.push(
-          store
-            .writeRows(
-              local.map(({ item }) => ({ row: item.row, cells: toCells(item.cells), replace: item.replace })),
-              { requestId: req.requestId, sync: req.sync },
+          node
+            .trackLocal(
+              store.writeRows(
+                local.map(({ item }) => ({ row: item.row, cells: toCells(item.cells), replace: item.replace })),
+                { requestId: req.requestId, sync: req.sync },
+              ),
             )
             .then((ts) => ts.forEach((t, k) => (timestamps[local[k]!.i] = t))),
         );
@@ -154,7 +173,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       node.countOp();
       const r = router.routeRow(req.row, req.epoch);
       if (!r.local) return router.forward(r.address, (c) => c.readRow, req, ctx);
-      return { header: header(), cells: fromCells(await store.readRow(req.row, filter)) };
+      return { header: header(), cells: fromCells(await tracked(store.readRow(req.row, filter))) };
     }),
 
     readRows: unary(env, 'ReadRows', 'r', async (req, ctx) => {
@@ -166,7 +185,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       const work: Promise<void>[] = [];
       if (local.length) {
         work.push(
-          store.readRows(local.map((l) => l.item), filter).then((rows) => {
+          node.trackLocal(store.readRows(local.map((l) => l.item), filter)).then((rows) => {
             const index = new Map(local.map((l) => [l.item, l.i]));
             for (const row of rows) found.push({ i: index.get(row.row)!, rows: { row: row.row, cells: fromCells(row.cells) } });
           }),
@@ -204,7 +223,8 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
         const segEnd = owner && owner.end < window.end ? owner.end : window.end;
         let next: Buffer | null;
         if (route.local) {
-          const page = await store.scan({ rowPrefix: req.rowPrefix, filter, limit: limit - rows.length, resumeToken: token, hashStart: from, hashEnd: segEnd });
+          router.checkUnfenced({ start: from, end: segEnd });
+          const page = await tracked(store.scan({ rowPrefix: req.rowPrefix, filter, limit: limit - rows.length, resumeToken: token, hashStart: from, hashEnd: segEnd }));
           rows.push(...page.rows.map((r) => ({ row: r.row, cells: fromCells(r.cells) })));
           next = page.nextToken;
         } else {
@@ -230,7 +250,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       node.countOp();
       const r = router.routeRow(req.row, req.epoch);
       if (!r.local) return router.forward(r.address, (c) => c.deleteRow, req, ctx);
-      const n = await store.deleteRow(req.row, { requestId: req.requestId, sync: req.sync });
+      const n = await tracked(store.deleteRow(req.row, { requestId: req.requestId, sync: req.sync }));
       return { header: header(), deletedCells: BigInt(n) };
     }),
 
@@ -241,7 +261,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       node.countOp();
       const r = router.routeRow(req.row, req.epoch);
       if (!r.local) return router.forward(r.address, (c) => c.deleteCells, req, ctx);
-      const n = await store.deleteCells(req.row, req.columns, timeRange, { requestId: req.requestId, sync: req.sync });
+      const n = await tracked(store.deleteCells(req.row, req.columns, timeRange, { requestId: req.requestId, sync: req.sync }));
       return { header: header(), deletedCells: BigInt(n) };
     }),
 
@@ -259,7 +279,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       node.countOp();
       const r = router.routeRow(req.row, req.epoch);
       if (!r.local) return router.forward(r.address, (c) => c.checkAndMutate, req, ctx);
-      const out = await store.checkAndMutate(m, { requestId: req.requestId, sync: req.sync });
+      const out = await tracked(store.checkAndMutate(m, { requestId: req.requestId, sync: req.sync }));
       return { header: header(), succeeded: out.succeeded, timestampUs: out.timestampUs };
     }),
 
@@ -270,7 +290,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       node.countOp();
       const r = router.routeRow(req.row, req.epoch);
       if (!r.local) return router.forward(r.address, (c) => c.lockRow, req, ctx);
-      const l = await store.lockRow(req.row, req.leaseMs, req.requestId);
+      const l = await tracked(store.lockRow(req.row, req.leaseMs, req.requestId));
       return { header: header(), leaseId: l.leaseId, expiresAtMs: BigInt(l.expiresAtMs) };
     }),
 
@@ -281,7 +301,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       node.countOp();
       const r = router.routeRow(req.row, req.epoch);
       if (!r.local) return router.forward(r.address, (c) => c.extendLease, req, ctx);
-      const l = await store.extendLease(req.row, req.leaseId, req.leaseMs);
+      const l = await tracked(store.extendLease(req.row, req.leaseId, req.leaseMs));
       return { header: header(), expiresAtMs: BigInt(l.expiresAtMs) };
     }),
 
@@ -291,13 +311,81 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       node.countOp();
       const r = router.routeRow(req.row, req.epoch);
       if (!r.local) return router.forward(r.address, (c) => c.unlockRow, req, ctx);
-      await store.unlockRow(req.row, req.leaseId);
+      await tracked(store.unlockRow(req.row, req.leaseId));
+      return { header: header() };
+    }),
+
+    getBucketStats: unary(env, 'GetBucketStats', 'server', async () => ({
+      header: header(),
+      buckets: node.ownedRanges().flatMap((r) => store.bucketStats(r).map((b) => ({ bucket: b.bucket, rows: BigInt(b.rows), bytes: BigInt(b.bytes) }))),
+    })),
+
+    stopShard: unary(env, 'StopShard', 'server', async (req) => {
+      if (req.shardId !== node.id) throw new CairnError('INVALID_ARGUMENT', `shard_id: this is shard ${node.id || '(unregistered)'}, not ${req.shardId}`);
+      node.log.info('the master removed this shard; stopping', { shardId: node.id });
+      setImmediate(() => node.requestStop());
       return { header: header() };
     }),
 
     pushMap: unary(env, 'PushMap', 'server', async (req) => {
       await node.installMap(mapFromProto(req.map));
       return { header: header() };
+    }),
+
+    pullRange: serverStream(env, 'PullRange', 'server', async (req, ctx, send) => {
+      const p = transferParams(req, limits.maxMessageBytes);
+      await runPull(node, { ...p, sourceShardId: req.sourceShardId, sourceAddress: req.sourceAddress }, ctx, send);
+    }),
+
+    transferRange: serverStream(env, 'TransferRange', 'server', async (req, ctx, send) => {
+      await serveTransfer(node, transferParams(req, limits.maxMessageBytes), ctx, send);
+    }),
+
+    abortMove: unary(env, 'AbortMove', 'server', async (req) => {
+      checkMoveId(req.moveId);
+      // With an older map, learn the current one first: if it gave the range away, the move committed and the fence is dropped, not lifted.
+      await node.ensureEpoch(req.epoch);
+      const cancelled = node.moves.abort(req.moveId);
+      const lifted = await node.fences.lift(req.moveId);
+      if (lifted || cancelled) node.log.info('move aborted', { moveId: req.moveId, fenceLifted: lifted ? showRange(lifted.range) : undefined, cancelled });
+      return { header: header(), fenceLifted: !!lifted, cancelled };
+    }),
+
+    dropRange: unary(env, 'DropRange', 'server', async (req) => {
+      checkMoveId(req.moveId);
+      const range = rangeFromRequest(req.start, req.end);
+      await node.ensureEpoch(req.epoch);
+      node.assertOwnsNone(range, req.moveId);
+      const pull = node.moves.find('pull', req.moveId);
+      if (pull) {
+        pull.abort(new CairnError('CONFLICT', `move ${req.moveId} was aborted: its range is being dropped`));
+        await pull.done;
+      }
+      const task = node.moves.begin('drop', req.moveId, range);
+      try {
+        node.moves.forgetReady(req.moveId);
+        await node.janitor.settled(range);
+        node.assertOwnsNone(range, req.moveId);
+        const n = await store.deleteRange(range);
+        node.log.info('dropped the copy of an aborted move', { moveId: req.moveId, range: showRange(range), keys: n });
+        return { header: header(), deletedKeys: BigInt(n) };
+      } finally {
+        node.moves.finish(task);
+      }
+    }),
+
+    getMoveState: unary(env, 'GetMoveState', 'server', async (req) => {
+      checkMoveId(req.moveId);
+      const f = node.fences.get(req.moveId);
+      const phases = node.moves.phaseOf(req.moveId);
+      return {
+        header: header(),
+        fenced: !!f,
+        fenceStart: f?.range.start ?? 0n,
+        fenceEnd: f ? endToProto(f.range.end) : 0n,
+        transferPhase: phases.transfer,
+        pullPhase: phases.pull,
+      };
     }),
   };
 }

@@ -1,0 +1,40 @@
+/**
+ * Named failpoints for crash tests, like TiKV's FAILPOINTS. They are inert
+ * unless CAIRN_FAILPOINTS names them:
+ *
+ *   CAIRN_FAILPOINTS="master-after-commit=crash,source-after-fence=error"
+ *
+ * `crash` kills this process at once with SIGKILL (no cleanup, no flush: what
+ * a power cut or OOM kill looks like); `error` throws a CairnError INTERNAL so
+ * the surrounding step fails as if a peer had broken. A bare name means crash.
+ */
+import { CairnError } from './errors.js';
+
+export type FailAction = 'crash' | 'error';
+
+export function parseFailpoints(spec: string | undefined): Map<string, FailAction> {
+  const out = new Map<string, FailAction>();
+  for (const part of (spec ?? '').split(',').map((s) => s.trim()).filter(Boolean)) {
+    const [name, action = 'crash'] = part.split('=');
+    if (action !== 'crash' && action !== 'error') throw new Error(`CAIRN_FAILPOINTS: ${name}: expected "crash" or "error", got "${action}"`);
+    out.set(name!, action);
+  }
+  return out;
+}
+
+let active: Map<string, FailAction> | undefined;
+
+/** Replaces the active failpoints (tests in one process); defaults to CAIRN_FAILPOINTS. */
+export function setFailpoints(spec: string | undefined): void {
+  active = parseFailpoints(spec);
+}
+
+/** Triggers the named failpoint if it is enabled. */
+export function failpoint(name: string): void {
+  active ??= parseFailpoints(process.env.CAIRN_FAILPOINTS);
+  const action = active.get(name);
+  if (!action) return;
+  if (action === 'error') throw new CairnError('INTERNAL', `failpoint ${name} fired`);
+  process.stderr.write(JSON.stringify({ level: 'error', message: 'failpoint: crashing', failpoint: name, pid: process.pid }) + '\n');
+  process.kill(process.pid, 'SIGKILL');
+}

@@ -1,0 +1,336 @@
+/**
+ * The move coordinator: runs the moves of a rebalance or drain, journaling
+ * every step before acting on it (DESIGN "Moving data").
+ *
+ *   planned → copying → catching_up → fenced → committed → cleaned
+ *                 \___________\____________\→ aborted
+ *
+ * - Before the commit, any failure aborts: the source lifts its fence
+ *   (AbortMove) and the destination drops what it received (DropRange).
+ * - The commit is one synced batch on the master: the new map (epoch + 1, the
+ *   range owned by the destination) together with the move's `committed`.
+ * - After the commit a move only finishes: the map is pushed until the source
+ *   has taken it (the source then drops its copy and its fence).
+ * - A restarted master resumes every journaled move to one of those ends.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Logger } from 'winston';
+import { TransferPhase, type ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
+import { CairnError, fromServiceError } from '../common/errors.js';
+import { failpoint } from '../common/failpoints.js';
+import { call, metadataFor, type ClientPool } from '../common/grpc.js';
+import { endToProto } from '../common/hash.js';
+import type { ServerTokenSource } from '../common/auth.js';
+import { isTerminal, moveFromJson, moveToJson, newMove, resumeAction, transition, type Move, type MoveState } from './moves.js';
+import type { Plan } from './planner.js';
+
+/** What the coordinator needs from the master. */
+export interface CoordinatorHost {
+  log: Logger;
+  addressOf(shardId: string): string | undefined;
+  /** The durable commit: map with the range reassigned + the move record, in one synced batch. */
+  commitMove(move: Move, journal: unknown): Promise<void>;
+  /** Pushes the current map to one shard; resolves true when it took it. */
+  pushMapTo(shardId: string): Promise<boolean>;
+  saveMove(id: string, journal: unknown): Promise<void>;
+  epoch(): bigint;
+}
+
+export interface MoveProgress {
+  copiedBytes: number;
+  bytesPerSec: number;
+  fenceStartedAt?: number;
+  fenceMs: number;
+  startedAt: number;
+}
+
+export interface Operation {
+  id: string;
+  kind: 'rebalance' | 'drain';
+  moveIds: string[];
+  done: Promise<void>;
+  finished: boolean;
+}
+
+interface Journaled {
+  move: unknown;
+  operationId: string;
+  /** For aborted moves: the shards have been told (fence lifted, copy dropped). */
+  cleanupDone?: boolean;
+  fenceMs?: number;
+}
+
+export class MoveCoordinator {
+  private readonly moves = new Map<string, { move: Move; operationId: string; cleanupDone: boolean }>();
+  private readonly progress = new Map<string, MoveProgress>();
+  private readonly operations = new Map<string, Operation>();
+  private readonly running = new Map<string, Promise<Move>>();
+  private retryTimer: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  constructor(
+    private readonly host: CoordinatorHost,
+    private readonly shards: ClientPool<ShardServiceClient>,
+    private readonly token: ServerTokenSource,
+    private readonly opts: { maxConcurrentMoves: number; moveMaxMbps: number },
+  ) {}
+
+  private get log(): Logger {
+    return this.host.log;
+  }
+
+  /** Loads the journal and carries every unfinished move to its end. */
+  async resume(journal: unknown[]): Promise<void> {
+    for (const j of journal as Journaled[]) {
+      const move = moveFromJson(j.move as never);
+      this.moves.set(move.id, { move, operationId: j.operationId, cleanupDone: j.cleanupDone ?? isTerminal(move.state) });
+      if (j.fenceMs) this.progress.set(move.id, { copiedBytes: move.copiedBytes, bytesPerSec: 0, fenceMs: j.fenceMs, startedAt: 0 });
+    }
+    const pending = [...this.moves.values()].filter((m) => resumeAction(m.move.state) !== 'none' || !m.cleanupDone);
+    if (pending.length) this.log.info('resuming moves from the journal', { moves: pending.map((m) => `${m.move.id}:${m.move.state}`) });
+    for (const m of pending) void this.recover(m.move.id).catch((err) => this.log.warn('resume failed; will retry', { moveId: m.move.id, error: (err as Error).message }));
+    this.retryTimer = setInterval(() => void this.retryCleanups(), 1000);
+    this.retryTimer.unref();
+  }
+
+  private journal(id: string): Journaled {
+    const m = this.moves.get(id)!;
+    return { move: moveToJson(m.move), operationId: m.operationId, cleanupDone: m.cleanupDone, fenceMs: this.progress.get(id)?.fenceMs };
+  }
+
+  /** Moves to a new state: journaled (synced) before the caller acts on it. */
+  private async step(id: string, to: MoveState, error?: string): Promise<Move> {
+    const rec = this.moves.get(id)!;
+    rec.move = transition(rec.move, to, Date.now());
+    if (error) rec.move = { ...rec.move, error };
+    if (to !== 'committed') await this.host.saveMove(id, this.journal(id));
+    return rec.move;
+  }
+
+  busy(): boolean {
+    return [...this.operations.values()].some((o) => !o.finished);
+  }
+
+  /** Starts the plan's moves, at most maxConcurrentMoves at once; returns at once. */
+  start(plan: Plan, kind: Operation['kind'], maxMbps: number): Operation {
+    if (this.busy()) throw new CairnError('CONFLICT', 'another rebalance or drain is still running; watch it with `cairn ctl moves`');
+    const opId = `op-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
+    const ids: string[] = [];
+    for (const pm of plan.moves) {
+      const id = `mv-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
+      const move = newMove({ id, start: pm.start, end: pm.end, from: pm.from, to: pm.to, bytes: pm.bytes });
+      this.moves.set(id, { move, operationId: opId, cleanupDone: false });
+      ids.push(id);
+    }
+    const op: Operation = { id: opId, kind, moveIds: ids, finished: false, done: Promise.resolve() };
+    op.done = (async () => {
+      // Every move is journaled as planned before any starts.
+      for (const id of ids) await this.host.saveMove(id, this.journal(id));
+      let next = 0;
+      const worker = async () => {
+        while (next < ids.length && !this.closed) await this.run(ids[next++]!, maxMbps);
+      };
+      await Promise.all(Array.from({ length: Math.min(this.opts.maxConcurrentMoves, ids.length) }, worker));
+    })()
+      .catch((err: unknown) => void this.log.error('operation failed', { operationId: opId, error: (err as Error).message }))
+      .finally(() => {
+        op.finished = true;
+        this.log.info('operation finished', { operationId: opId, moves: ids.map((id) => `${id}:${this.moves.get(id)?.move.state}`) });
+      });
+    this.operations.set(opId, op);
+    return op;
+  }
+
+  private run(id: string, maxMbps: number): Promise<Move> {
+    const existing = this.running.get(id);
+    if (existing) return existing;
+    const p = this.execute(id, maxMbps).finally(() => this.running.delete(id));
+    this.running.set(id, p);
+    return p;
+  }
+
+  private client(shardId: string): ShardServiceClient {
+    const address = this.host.addressOf(shardId);
+    if (!address) throw new CairnError('NOT_FOUND', `shard ${shardId} has no known address`);
+    return this.shards.get(address);
+  }
+
+  /** One move from planned to cleaned, or to aborted. */
+  private async execute(id: string, maxMbps: number): Promise<Move> {
+    let move = this.moves.get(id)!.move;
+    const prog: MoveProgress = { copiedBytes: 0, bytesPerSec: 0, fenceMs: 0, startedAt: Date.now() };
+    this.progress.set(id, prog);
+    try {
+      move = await this.step(id, 'copying');
+      failpoint('master-after-copy-journaled');
+      await this.pull(move, prog, maxMbps);
+      failpoint('master-before-commit');
+      move = this.moves.get(id)!.move;
+    } catch (err) {
+      const e = fromServiceError(err);
+      this.log.warn('move failed before the commit; aborting', { moveId: id, error: e.message });
+      return this.abort(id, e.message);
+    }
+    // The point of no return: map and journal in one durable step.
+    const rec = this.moves.get(id)!;
+    rec.move = transition(rec.move, 'committed', Date.now());
+    await this.host.commitMove(rec.move, this.journal(id));
+    this.log.info('move committed', { moveId: id, start: move.start.toString(), end: move.end.toString(), from: move.from, to: move.to, epoch: this.host.epoch().toString() });
+    failpoint('master-after-commit');
+    return this.finish(id);
+  }
+
+  /** Drives the destination's pull, journaling the phases it reports. */
+  private async pull(move: Move, prog: MoveProgress, maxMbps: number): Promise<void> {
+    const dest = this.client(move.to);
+    const sourceAddress = this.host.addressOf(move.from);
+    if (!sourceAddress) throw new CairnError('NOT_FOUND', `source shard ${move.from} has no known address`);
+    const mbps = maxMbps || this.opts.moveMaxMbps;
+    // A generous deadline: the copy may be throttled; a stalled peer still fails the move.
+    const expectSeconds = mbps > 0 ? move.bytes / (mbps * 1e6) : move.bytes / 5e6;
+    const deadline = Date.now() + 60_000 + expectSeconds * 4000;
+    const stream = dest.pullRange(
+      {
+        moveId: move.id,
+        start: move.start,
+        end: endToProto(move.end),
+        sourceShardId: move.from,
+        sourceAddress,
+        epoch: this.host.epoch(),
+        chunkBytes: 0,
+        maxBytesPerSec: BigInt(Math.round(mbps * 1e6)),
+      },
+      metadataFor(this.token.get()),
+      { deadline },
+    );
+    let ready = false;
+    let lastAt = Date.now();
+    let lastBytes = 0;
+    try {
+      for await (const p of stream as AsyncIterable<{ phase: TransferPhase; bytesReceived: bigint }>) {
+        const now = Date.now();
+        prog.copiedBytes = Number(p.bytesReceived);
+        if (now - lastAt >= 200) {
+          prog.bytesPerSec = ((prog.copiedBytes - lastBytes) * 1000) / (now - lastAt);
+          lastAt = now;
+          lastBytes = prog.copiedBytes;
+        }
+        const rec = this.moves.get(move.id)!;
+        rec.move = { ...rec.move, copiedBytes: prog.copiedBytes };
+        if (p.phase === TransferPhase.TRANSFER_PHASE_COPY) failpoint('master-during-copy');
+        if (p.phase === TransferPhase.TRANSFER_PHASE_CATCH_UP && rec.move.state === 'copying') {
+          await this.step(move.id, 'catching_up');
+          failpoint('master-during-catch-up');
+        }
+        if ((p.phase === TransferPhase.TRANSFER_PHASE_FENCED || p.phase === TransferPhase.TRANSFER_PHASE_READY) && rec.move.state !== 'fenced') {
+          if (rec.move.state === 'copying') await this.step(move.id, 'catching_up');
+          prog.fenceStartedAt ??= now;
+          await this.step(move.id, 'fenced');
+          failpoint('master-after-fence');
+        }
+        if (p.phase === TransferPhase.TRANSFER_PHASE_READY) ready = true;
+      }
+    } catch (err) {
+      throw fromServiceError(err);
+    }
+    if (!ready) throw new CairnError('INTERNAL', `destination ${move.to} ended the pull before it was ready`);
+  }
+
+  /** After the commit: push the map until the source (and destination) took it, then `cleaned`. */
+  private async finish(id: string): Promise<Move> {
+    const rec = this.moves.get(id)!;
+    const prog = this.progress.get(id);
+    const [toOk, fromOk] = await Promise.all([this.host.pushMapTo(rec.move.to), this.host.pushMapTo(rec.move.from)]);
+    if (prog?.fenceStartedAt && fromOk) prog.fenceMs = Date.now() - prog.fenceStartedAt;
+    if (!fromOk || !toOk) {
+      this.log.warn('committed move: a shard did not take the new map yet; will retry', { moveId: id, source: fromOk, destination: toOk });
+      return rec.move;
+    }
+    failpoint('master-before-cleaned');
+    rec.cleanupDone = true;
+    return this.step(id, 'cleaned');
+  }
+
+  /** Before the commit: journal `aborted`, then tell both shards (retried until they answer). */
+  private async abort(id: string, reason: string): Promise<Move> {
+    const rec = this.moves.get(id)!;
+    if (rec.move.state !== 'aborted') await this.step(id, 'aborted', reason);
+    await this.cleanupAborted(id);
+    return rec.move;
+  }
+
+  private async cleanupAborted(id: string): Promise<void> {
+    const rec = this.moves.get(id)!;
+    const m = rec.move;
+    const token = this.token.get();
+    const epoch = this.host.epoch();
+    try {
+      const src = this.client(m.from);
+      await call(src, src.abortMove, { moveId: m.id, epoch }, { token, timeoutMs: 5000 });
+      const dst = this.client(m.to);
+      await call(dst, dst.dropRange, { moveId: m.id, start: m.start, end: endToProto(m.end), epoch }, { token, timeoutMs: 60_000 });
+      rec.cleanupDone = true;
+      await this.host.saveMove(id, this.journal(id));
+      this.log.info('move aborted and cleaned up', { moveId: id, reason: m.error });
+    } catch (err) {
+      this.log.warn('abort cleanup not done yet; will retry', { moveId: id, error: (err as Error).message });
+    }
+  }
+
+  /** Retries what a crash or a down shard left undone: cleanup of aborted moves, map pushes of committed ones. */
+  private async retryCleanups(): Promise<void> {
+    if (this.closed) return;
+    for (const [id, rec] of this.moves) {
+      if (this.running.has(id) || rec.cleanupDone) continue;
+      if (rec.move.state === 'aborted') await this.cleanupAborted(id);
+      else if (rec.move.state === 'committed') await this.finish(id).catch(() => undefined);
+    }
+  }
+
+  /**
+   * Drives one move to its end: a move still running is awaited; one left
+   * mid-way by a crash is aborted (before the commit) or finished (after).
+   */
+  async recover(id: string): Promise<{ move: Move; action: string }> {
+    const rec = this.moves.get(id);
+    if (!rec) throw new CairnError('NOT_FOUND', `no move ${id} in the journal`);
+    const running = this.running.get(id);
+    if (running) return { move: await running, action: 'the move was running; waited for it to end' };
+    switch (resumeAction(rec.move.state)) {
+      case 'abort': {
+        const from = rec.move.state;
+        const move = await this.abort(id, `recovered in state ${from}: the move had not committed`);
+        return { move, action: `aborted from ${from}: source fence lifted, destination copy dropped${rec.cleanupDone ? '' : ' (cleanup pending: a shard did not answer)'}` };
+      }
+      case 'finish': {
+        const move = await this.finish(id);
+        return { move, action: move.state === 'cleaned' ? 'finished: the committed map reached both shards; the source dropped its copy' : 'committed; the map push is pending (a shard did not answer)' };
+      }
+      default:
+        if (rec.move.state === 'aborted' && !rec.cleanupDone) {
+          await this.cleanupAborted(id);
+          return { move: rec.move, action: rec.cleanupDone ? 'aborted: cleanup completed' : 'aborted: cleanup still pending' };
+        }
+        return { move: rec.move, action: `nothing to do: already ${rec.move.state}` };
+    }
+  }
+
+  listMoves(all: boolean): Array<{ move: Move; operationId: string; progress?: MoveProgress }> {
+    return [...this.moves.values()]
+      .filter((r) => all || !isTerminal(r.move.state) || (r.move.state === 'aborted' && !r.cleanupDone))
+      .map((r) => ({ move: r.move, operationId: r.operationId, progress: this.progress.get(r.move.id) }));
+  }
+
+  operation(id: string): Operation | undefined {
+    return this.operations.get(id);
+  }
+
+  movesOf(op: Operation) {
+    return op.moveIds.map((id) => ({ move: this.moves.get(id)!.move, operationId: op.id, progress: this.progress.get(id) }));
+  }
+
+  close(): void {
+    this.closed = true;
+    clearInterval(this.retryTimer);
+  }
+}

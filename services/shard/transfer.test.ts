@@ -1,0 +1,293 @@
+/**
+ * Unit tests of the pure parts of range moves: range-set arithmetic, the
+ * wire codec, the checksum and stream verifier, the throttle, the write log,
+ * the move registry, and the fence table and janitor over a real store.
+ * The whole protocol over real gRPC is in test/transfer.test.ts.
+ */
+import { afterAll, describe, expect, it } from '@jest/globals';
+import fc from 'fast-check';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CairnError } from '../common/errors.js';
+import { HASH_SPACE_END, rowHash } from '../common/hash.js';
+import { BUCKET_SIZE, type HashRange } from '../common/ranges.js';
+import winston from 'winston';
+import { coveredBy, FenceTable, normalizeRanges, overlapsAny, RangeJanitor, subtractRanges } from './fence.js';
+import { cellKey, leaseKey, requestIdKey, rowPrefix } from './keys.js';
+import { ShardStore, type RawOp } from './store.js';
+import {
+  checksumMismatch,
+  fromWireOps,
+  MoveRegistry,
+  rangeFromRequest,
+  StreamVerifier,
+  Throttle,
+  toWireOps,
+  TransferDigest,
+  TransferPhase,
+  transferParams,
+  WriteLog,
+} from './transfer.js';
+import type { TransferRangeResponse } from '../../proto/gen/cairn/v1/shard.js';
+
+const ALL: HashRange = { start: 0n, end: HASH_SPACE_END };
+const quietLogger = () => winston.createLogger({ silent: true, transports: [new winston.transports.Console()] });
+const r = (a: number, b: number): HashRange => ({ start: BigInt(a), end: BigInt(b) });
+
+describe('range sets', () => {
+  it('subtracts, covers and overlaps', () => {
+    expect(subtractRanges([r(0, 100)], [r(10, 20), r(50, 60)])).toEqual([r(0, 10), r(20, 50), r(60, 100)]);
+    expect(subtractRanges([r(0, 100)], [r(0, 100)])).toEqual([]);
+    expect(subtractRanges([r(0, 10), r(10, 20)], [r(5, 15)])).toEqual([r(0, 5), r(15, 20)]);
+    expect(subtractRanges([r(0, 10)], [])).toEqual([r(0, 10)]);
+    expect(normalizeRanges([r(5, 10), r(0, 5), r(20, 30), r(25, 26)])).toEqual([r(0, 10), r(20, 30)]);
+    expect(coveredBy(r(10, 30), [r(0, 20), r(20, 40)])).toBe(true);
+    expect(coveredBy(r(10, 30), [r(0, 20), r(21, 40)])).toBe(false);
+    expect(overlapsAny(r(10, 20), [r(20, 30)])).toBe(false);
+    expect(overlapsAny(r(10, 21), [r(20, 30)])).toBe(true);
+  });
+
+  it('a minus b is exactly the points of a that are not in b (property)', () => {
+    const rangeArb = fc.tuple(fc.integer({ min: 0, max: 60 }), fc.integer({ min: 1, max: 20 })).map(([s, n]) => r(s, s + n));
+    fc.assert(
+      fc.property(fc.array(rangeArb, { maxLength: 5 }), fc.array(rangeArb, { maxLength: 5 }), (a, b) => {
+        const out = subtractRanges(a, b);
+        const inAny = (x: number, rs: HashRange[]) => rs.some((q) => BigInt(x) >= q.start && BigInt(x) < q.end);
+        for (let x = 0; x < 90; x++) expect(inAny(x, out)).toBe(inAny(x, a) && !inAny(x, b));
+        for (let i = 1; i < out.length; i++) expect(out[i]!.start > out[i - 1]!.end).toBe(true); // sorted, merged
+      }),
+    );
+  });
+});
+
+describe('transfer parameters', () => {
+  it('takes bucket-aligned ranges (end 0 = 2^64) and bounds chunk_bytes', () => {
+    expect(rangeFromRequest(0n, 0n)).toEqual(ALL);
+    expect(() => rangeFromRequest(1n, 0n)).toThrow(/bucket-aligned/);
+    expect(() => rangeFromRequest(BUCKET_SIZE, BUCKET_SIZE)).toThrow(/below end/);
+    const base = { moveId: 'm', start: 0n, end: BUCKET_SIZE, epoch: 1n, chunkBytes: 0, maxBytesPerSec: 0n };
+    expect(transferParams(base, 16 << 20).chunkBytes).toBe(1 << 20);
+    expect(() => transferParams({ ...base, chunkBytes: 10 }, 16 << 20)).toThrow(/chunk_bytes: 10 is outside the limits \[1024, 4194304\]/);
+    expect(() => transferParams({ ...base, moveId: '' }, 16 << 20)).toThrow(/move_id/);
+  });
+});
+
+function sampleOps(): RawOp[] {
+  const p = rowPrefix('row-1');
+  return [
+    { sublevel: 'cells', key: cellKey(p, 'c', 5n), value: Buffer.from('v') },
+    { sublevel: 'cells', key: cellKey(p, 'd', 6n), value: Buffer.alloc(0) }, // an empty value is a put, not a delete
+    { sublevel: 'cells', key: cellKey(p, 'e', 7n) },
+    { sublevel: 'leases', key: leaseKey(p), value: Buffer.from('{}') },
+    { sublevel: 'reqids', key: requestIdKey(p, 'req-1'), value: Buffer.from('{}') },
+  ];
+}
+
+describe('wire codec', () => {
+  it('round-trips puts, empty values and deletes', () => {
+    const ops = sampleOps();
+    expect(fromWireOps(toWireOps(ops), ALL)).toEqual(ops);
+  });
+
+  it('refuses keys outside the range and malformed keys', () => {
+    const ops = sampleOps();
+    const h = rowHash('row-1');
+    const outside = h < HASH_SPACE_END / 2n ? { start: HASH_SPACE_END / 2n, end: HASH_SPACE_END } : { start: 0n, end: HASH_SPACE_END / 2n };
+    expect(() => fromWireOps(toWireOps(ops), outside)).toThrow(/outside the range/);
+    expect(() => fromWireOps([{ keySpace: 1, key: Buffer.from([1, 2, 3]), value: Buffer.alloc(0), isDelete: false }], ALL)).toThrow(/malformed key/);
+    expect(() => fromWireOps([{ ...toWireOps(ops)[0]!, keySpace: 0 }], ALL)).toThrow(/unknown key space/);
+  });
+});
+
+/** A well-formed stream for some chunks: begin, COPY…, snapshot_done, CATCH_UP…, FENCED…, end. */
+function stream(copy: RawOp[][], catchUp: RawOp[][], fenced: RawOp[][]): TransferRangeResponse[] {
+  const d = new TransferDigest();
+  const out: TransferRangeResponse[] = [{ header: { nodeId: 's1', epoch: 3n }, begin: { rows: 1n, bytes: 10n } }];
+  const chunk = (ops: RawOp[], phase: TransferPhase) => out.push({ header: undefined, chunk: { seq: BigInt(d.update(ops)), phase, ops: toWireOps(ops) } });
+  for (const c of copy) chunk(c, TransferPhase.TRANSFER_PHASE_COPY);
+  out.push({ header: undefined, snapshotDone: d.totals() });
+  for (const c of catchUp) chunk(c, TransferPhase.TRANSFER_PHASE_CATCH_UP);
+  for (const c of fenced) chunk(c, TransferPhase.TRANSFER_PHASE_FENCED);
+  out.push({ header: undefined, end: d.totals() });
+  return out;
+}
+
+describe('stream verifier', () => {
+  const ops = sampleOps();
+
+  it('accepts a well-formed stream and counts rows, keys and bytes', () => {
+    const v = new StreamVerifier(ALL);
+    const kinds = stream([ops.slice(0, 2), ops.slice(2)], [ops.slice(0, 1)], [[]]).map((m) => v.accept(m).kind);
+    expect(kinds).toEqual(['begin', 'chunk', 'chunk', 'snapshotDone', 'chunk', 'chunk', 'end']);
+    expect(v.ended).toBe(true);
+    expect(v.rows).toBe(1);
+    expect(v.keys).toBe(ops.length + 1);
+    expect(v.chunks).toBe(4);
+  });
+
+  it('detects a flipped byte through the checksum', () => {
+    const msgs = stream([ops], [], [[]]);
+    const c = msgs[1]!.chunk!;
+    const bad = Buffer.from(c.ops[0]!.value);
+    bad[0] = bad[0]! ^ 1;
+    c.ops[0] = { ...c.ops[0]!, value: bad };
+    const v = new StreamVerifier(ALL);
+    v.accept(msgs[0]!);
+    v.accept(msgs[1]!);
+    expect(() => v.accept(msgs[2]!)).toThrow(/snapshot checksum mismatch \(received vs sent: sha256 differs\)/);
+  });
+
+  it('detects lost or repeated chunks, bad phase order and a missing fenced tail', () => {
+    const msgs = stream([ops, ops], [], [[]]);
+    const lost = new StreamVerifier(ALL);
+    lost.accept(msgs[0]!);
+    expect(() => lost.accept(msgs[2]!)).toThrow(/chunk 2 arrived where chunk 1 was due/);
+
+    const noBegin = new StreamVerifier(ALL);
+    expect(() => noBegin.accept(msgs[1]!)).toThrow(/first message is not begin/);
+
+    const early = new StreamVerifier(ALL);
+    const noTail = stream([ops], [], []);
+    for (const m of noTail.slice(0, -1)) early.accept(m);
+    expect(() => early.accept(noTail[noTail.length - 1]!)).toThrow(/before the fenced tail/);
+
+    const mismatch = checksumMismatch({ chunks: 1n, keys: 2n, bytes: 3n, sha256: Buffer.alloc(32) }, { chunks: 1n, keys: 3n, bytes: 3n, sha256: Buffer.alloc(32) });
+    expect(mismatch).toBe('keys 3 != 2');
+  });
+});
+
+describe('throttle', () => {
+  it('keeps the average under the rate, measured from the first take', async () => {
+    let now = 1000;
+    const slept: number[] = [];
+    const t = new Throttle(1000, () => now, async (ms) => {
+      slept.push(ms);
+      now += ms;
+    });
+    await t.take(500); // due at 1500
+    expect(now).toBe(1500);
+    now += 200; // the caller was slow: credit is not lost, but it is not banked past "due" either
+    await t.take(100); // due at 1600 < 1700
+    expect(now).toBe(1700);
+    await t.take(1000); // due at 2600
+    expect(now).toBe(2600);
+    expect(slept.every((ms) => ms <= 100)).toBe(true);
+    expect(new Throttle(0).delayFor(1e9)).toBe(0);
+  });
+
+  it('stops waiting when the waiter throws', async () => {
+    let now = 0;
+    const t = new Throttle(1, () => now, async (ms) => void (now += ms));
+    let checks = 0;
+    const w = {
+      check() {
+        if (++checks > 2) throw new CairnError('CANCELLED', 'stop');
+      },
+    };
+    await expect(t.take(1000, w)).rejects.toMatchObject({ code: 'CANCELLED' });
+  });
+});
+
+describe('write log', () => {
+  it('keeps only ops in its range, in commit order, and hands them out in bounded chunks', () => {
+    const ops = sampleOps();
+    const h = rowHash('row-1');
+    const log = new WriteLog({ start: h, end: h + 1n });
+    const other: RawOp = { sublevel: 'cells', key: cellKey(rowPrefix('zzz-other'), 'c', 1n), value: Buffer.from('x') };
+    log.listener([other, ...ops.slice(0, 3)]);
+    log.listener(ops.slice(3));
+    expect(log.length).toBe(5);
+    const first = log.take(1);
+    expect(first).toEqual([ops[0]]); // at least one op even when it is over the limit
+    expect(log.take(1 << 20)).toEqual(ops.slice(1));
+    expect(log.bytes).toBe(0);
+    expect(log.take(100)).toEqual([]);
+  });
+
+  it('overflows instead of growing without bound', () => {
+    const log = new WriteLog(ALL, 10);
+    log.listener(sampleOps());
+    expect(log.overflowed).toBe(true);
+    expect(log.length).toBe(0);
+  });
+});
+
+describe('move registry', () => {
+  it('refuses overlapping work on one side, allows a source and a destination side together, and remembers aborts', () => {
+    const m = new MoveRegistry();
+    const t = m.begin('transfer', 'm1', r(0, 10));
+    expect(() => m.begin('transfer', 'm2', r(5, 15))).toThrow(/already running/);
+    const p = m.begin('pull', 'm3', r(5, 15)); // a different side
+    expect(() => m.begin('drop', 'm4', r(0, 6))).toThrow(/pull of move m3/);
+    expect(m.abort('m1')).toBe(true);
+    expect(() => t.check()).toThrow(/move m1 was aborted/);
+    expect(m.wasAborted('m1')).toBe(true);
+    m.finish(t);
+    m.finish(p);
+    m.markReady('m3', r(5, 15));
+    expect(m.phaseOf('m3').pull).toBe(TransferPhase.TRANSFER_PHASE_READY);
+    m.forgetReadyOwned([r(0, 6)]);
+    expect(m.phaseOf('m3').pull).toBe(TransferPhase.TRANSFER_PHASE_UNSPECIFIED);
+  });
+});
+
+describe('fences and pending drops over a real store', () => {
+  const dirs: string[] = [];
+  afterAll(async () => {
+    for (const d of dirs) await rm(d, { recursive: true, force: true });
+  });
+
+  it('persists fences, checks hashes and ranges, and drops the ones no longer owned', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cairn-fence-'));
+    dirs.push(dir);
+    let store = await ShardStore.open(dir);
+    const R = { start: BUCKET_SIZE, end: 3n * BUCKET_SIZE };
+    let t = await FenceTable.load(store);
+    const p = t.add('m1', R);
+    expect(() => t.checkHash(BUCKET_SIZE)).toThrow(expect.objectContaining({ code: 'FENCED', details: { retryAfterMs: 100 } }) as unknown as Error);
+    await p;
+    expect(() => t.checkHash(3n * BUCKET_SIZE)).not.toThrow();
+    expect(() => t.checkRange({ start: 0n, end: BUCKET_SIZE + 1n })).toThrow(/fenced while move m1/);
+    await expect(t.add('m1', { start: 0n, end: BUCKET_SIZE })).rejects.toMatchObject({ code: 'CONFLICT' });
+    await store.close();
+
+    store = await ShardStore.open(dir);
+    t = await FenceTable.load(store);
+    expect(t.get('m1')?.range).toEqual(R); // survived the restart
+    expect(await t.dropUnowned([{ start: 0n, end: 2n * BUCKET_SIZE }])).toEqual([]); // still partly owned: kept
+    expect((await t.dropUnowned([{ start: 0n, end: BUCKET_SIZE }])).map((f) => f.moveId)).toEqual(['m1']);
+    await store.close();
+    store = await ShardStore.open(dir);
+    expect((await FenceTable.load(store)).size).toBe(0);
+    await store.close();
+  });
+
+  it('deletes only what is neither owned nor busy, and resumes after a restart', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cairn-janitor-'));
+    dirs.push(dir);
+    let store = await ShardStore.open(dir);
+    const rows = Array.from({ length: 200 }, (_, i) => `j-${i}`);
+    await store.writeRows(rows.map((row) => ({ row, cells: [{ column: 'c', timestampUs: 0n, value: Buffer.from(row) }], replace: false })), { requestId: '', sync: false });
+    const half = HASH_SPACE_END / 2n;
+    const owned: HashRange[] = [{ start: 0n, end: half / 2n }]; // a quarter stays owned
+    const busy: HashRange[] = [{ start: half, end: half + half / 2n }]; // a quarter is being received
+    const j = await RangeJanitor.load(store, () => owned, () => busy, quietLogger());
+    await j.record([ALL]);
+    await store.close(); // a crash before the deletion ran
+
+    store = await ShardStore.open(dir);
+    const j2 = await RangeJanitor.load(store, () => owned, () => busy, quietLogger());
+    expect(j2.pending()).toEqual([ALL]);
+    j2.start();
+    await j2.settled();
+    expect(j2.pending()).toEqual([]);
+    const left = rows.filter((row) => {
+      const h = rowHash(row);
+      return h < half / 2n || (h >= half && h < half + half / 2n);
+    });
+    expect(store.totalStats().rows).toBe(left.length);
+    expect(left.length).toBeGreaterThan(0);
+    await store.close();
+  });
+});

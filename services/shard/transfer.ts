@@ -1,0 +1,744 @@
+/**
+ * Range moves, shard side (DESIGN "Moving data"): the source's streamed
+ * transfer and the destination's pull.
+ *
+ * Source S, TransferRange for range R (called by the destination D):
+ *   1. register a write log for R (store.onCommit), then wait for the writes
+ *      already in flight (store.drain), so every write is in the log, in the
+ *      snapshot, or in both; replaying a write the snapshot holds is harmless
+ *      because ops are final key states applied in commit order;
+ *   2. stream the snapshot (store.exportRange) as numbered chunks bounded in
+ *      bytes, then `snapshot_done` with the running checksum;
+ *   3. stream the log (CATCH_UP) until less than one chunk is left, or for at
+ *      most MAX_CATCH_UP_MS when writers outpace the transfer;
+ *   4. fence R (effective at once, persisted with sync before anything more
+ *      is sent), wait for in-flight calls and writes, send the rest of the
+ *      log (FENCED, at least one chunk, possibly empty) and `end`.
+ *   The copy and catch-up honour a bytes/s throttle; the fenced tail is not
+ *   throttled, to keep the critical section short. Every send waits for the
+ *   transport to drain.
+ *
+ * Destination D, PullRange (called by the master): refuse if D owns any of R;
+ * delete any leftover of R; open TransferRange on S; check sequence numbers,
+ * phases and both checksums; apply each chunk with one store.applyRaw (one
+ * atomic batch, which also moves D's clock past every received timestamp);
+ * apply the fenced tail with sync and finish with a synced write; report
+ * READY last. Any failure fails the call; the master then aborts the move
+ * (AbortMove on S, DropRange on D).
+ *
+ * The wire codec, checksum, stream verifier, throttle and write log are pure
+ * and unit-tested (transfer.test.ts); the two drivers at the bottom do the I/O.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import type { ClientReadableStream } from '@grpc/grpc-js';
+import { TransferPhase, KeySpace, type TransferChecksum, type TransferOp, type TransferRangeResponse, type PullRangeResponse } from '../../proto/gen/cairn/v1/shard.js';
+import { CairnError, fromServiceError, invalidArgument } from '../common/errors.js';
+import { metadataFor, type RpcContext } from '../common/grpc.js';
+import { endFromProto, endToProto, HASH_SPACE_END } from '../common/hash.js';
+import { isBucketAligned, rangesOverlap, type HashRange } from '../common/ranges.js';
+import { coveredBy, showRange } from './fence.js';
+import { rowPrefixLength } from './keys.js';
+import type { ShardNode } from './node.js';
+import type { PerRowSublevel, RawOp } from './store.js';
+
+export { TransferPhase } from '../../proto/gen/cairn/v1/shard.js';
+
+export const DEFAULT_CHUNK_BYTES = 1 << 20;
+export const MIN_CHUNK_BYTES = 1024;
+/** The source fails a transfer rather than buffer more log than this while the destination catches up. */
+export const MAX_LOG_BYTES = 256 << 20;
+/** Catch-up stops chasing writers after this long and fences anyway; the fenced tail then carries the rest. */
+export const MAX_CATCH_UP_MS = 10_000;
+/** Progress messages of a pull are sent at most this often (plus one per phase change). */
+export const PROGRESS_INTERVAL_MS = 100;
+/** A pull with no deadline from its caller still ends after this long. */
+export const MAX_TRANSFER_MS = 24 * 3600_000;
+const MAX_MOVE_ID_CHARS = 200;
+
+// ---------------------------------------------------------------- parameters
+
+export interface TransferParams {
+  moveId: string;
+  range: HashRange;
+  /** The map epoch the move was planned against. */
+  epoch: bigint;
+  chunkBytes: number;
+  /** 0 = unlimited. */
+  maxBytesPerSec: number;
+}
+
+export interface PullParams extends TransferParams {
+  sourceShardId: string;
+  sourceAddress: string;
+}
+
+export function checkMoveId(moveId: string): void {
+  if (!moveId) throw invalidArgument('move_id: must not be empty');
+  if (moveId.length > MAX_MOVE_ID_CHARS) throw invalidArgument(`move_id: ${moveId.length} characters, over the limit of ${MAX_MOVE_ID_CHARS}`);
+}
+
+/** A bucket-aligned, non-empty range from its proto form (end 0 = 2^64). */
+export function rangeFromRequest(start: bigint, protoEnd: bigint): HashRange {
+  const end = endFromProto(protoEnd);
+  if (start >= end) throw invalidArgument(`range: start ${start} must be below end ${end === HASH_SPACE_END ? '2^64' : end}`);
+  if (!isBucketAligned(start) || !(end === HASH_SPACE_END || isBucketAligned(end))) {
+    throw invalidArgument(`range: [${start}, ${end}) is not bucket-aligned (boundaries are multiples of 2^48)`);
+  }
+  return { start, end };
+}
+
+/** Validates the common transfer parameters; chunk_bytes 0 picks the default. */
+export function transferParams(
+  req: { moveId: string; start: bigint; end: bigint; epoch: bigint; chunkBytes: number; maxBytesPerSec: bigint },
+  maxMessageBytes: number,
+): TransferParams {
+  checkMoveId(req.moveId);
+  const range = rangeFromRequest(req.start, req.end);
+  const maxChunk = Math.max(MIN_CHUNK_BYTES, Math.floor(maxMessageBytes / 4));
+  let chunkBytes = req.chunkBytes;
+  if (chunkBytes === 0) chunkBytes = Math.min(DEFAULT_CHUNK_BYTES, maxChunk);
+  else if (chunkBytes < MIN_CHUNK_BYTES || chunkBytes > maxChunk) {
+    throw invalidArgument(`chunk_bytes: ${chunkBytes} is outside the limits [${MIN_CHUNK_BYTES}, ${maxChunk}] (a quarter of the gRPC message limit)`);
+  }
+  return { moveId: req.moveId, range, epoch: req.epoch, chunkBytes, maxBytesPerSec: Number(req.maxBytesPerSec) };
+}
+
+// ---------------------------------------------------------------- wire codec (pure)
+
+const SPACE_OF: Record<PerRowSublevel, KeySpace> = {
+  cells: KeySpace.KEY_SPACE_CELLS,
+  leases: KeySpace.KEY_SPACE_LEASES,
+  reqids: KeySpace.KEY_SPACE_REQUEST_IDS,
+};
+const SUBLEVEL_OF = new Map<KeySpace, PerRowSublevel>(Object.entries(SPACE_OF).map(([k, v]) => [v, k as PerRowSublevel]));
+const EMPTY = Buffer.alloc(0);
+
+/** Key plus value bytes of some ops: what chunks, throttles and progress count. */
+export function opsBytes(ops: readonly RawOp[]): number {
+  let n = 0;
+  for (const op of ops) n += op.key.length + (op.value?.length ?? 0);
+  return n;
+}
+
+export function toWireOps(ops: readonly RawOp[]): TransferOp[] {
+  return ops.map((op) => ({ keySpace: SPACE_OF[op.sublevel], key: op.key, value: op.value ?? EMPTY, isDelete: op.value === undefined }));
+}
+
+/** Decodes received ops, refusing any that is malformed or outside the range being moved. */
+export function fromWireOps(ops: readonly TransferOp[], range: HashRange): RawOp[] {
+  return ops.map((op, i) => {
+    const sublevel = SUBLEVEL_OF.get(op.keySpace);
+    if (!sublevel) throw protocolError(`op ${i} has unknown key space ${op.keySpace}`);
+    const key = Buffer.from(op.key);
+    try {
+      rowPrefixLength(key);
+    } catch {
+      throw protocolError(`op ${i} has a malformed key (${key.length} bytes)`);
+    }
+    const hash = key.readBigUInt64BE(0);
+    if (hash < range.start || hash >= range.end) throw protocolError(`op ${i} has hash ${hash}, outside the range ${showRange(range)}`);
+    if (op.isDelete) return { sublevel, key };
+    return { sublevel, key, value: Buffer.from(op.value) };
+  });
+}
+
+const protocolError = (msg: string): CairnError => new CairnError('CONFLICT', `transfer stream is invalid: ${msg}`);
+
+// ---------------------------------------------------------------- checksum (pure)
+
+/**
+ * Running totals and SHA-256 over every chunk of a transfer. Each chunk feeds
+ * u64 seq | u32 op count, then per op: u8 key space | u8 is-delete |
+ * u32 key length | key | u32 value length | value (all big-endian).
+ */
+export class TransferDigest {
+  private readonly hash: Hash = createHash('sha256');
+  chunks = 0;
+  keys = 0;
+  bytes = 0;
+
+  /** Adds the next chunk; returns its sequence number (1 for the first). */
+  update(ops: readonly RawOp[]): number {
+    const seq = ++this.chunks;
+    const head = Buffer.allocUnsafe(12);
+    head.writeBigUInt64BE(BigInt(seq), 0);
+    head.writeUInt32BE(ops.length, 8);
+    this.hash.update(head);
+    for (const op of ops) {
+      const h = Buffer.allocUnsafe(6);
+      h.writeUInt8(SPACE_OF[op.sublevel], 0);
+      h.writeUInt8(op.value === undefined ? 1 : 0, 1);
+      h.writeUInt32BE(op.key.length, 2);
+      this.hash.update(h);
+      this.hash.update(op.key);
+      const len = Buffer.allocUnsafe(4);
+      len.writeUInt32BE(op.value?.length ?? 0, 0);
+      this.hash.update(len);
+      if (op.value) this.hash.update(op.value);
+    }
+    this.keys += ops.length;
+    this.bytes += opsBytes(ops);
+    return seq;
+  }
+
+  totals(): TransferChecksum {
+    return { chunks: BigInt(this.chunks), keys: BigInt(this.keys), bytes: BigInt(this.bytes), sha256: this.hash.copy().digest() };
+  }
+}
+
+/** Describes how two checksums differ, or returns null when they match. */
+export function checksumMismatch(expected: TransferChecksum, got: TransferChecksum): string | null {
+  const diffs: string[] = [];
+  if (expected.chunks !== got.chunks) diffs.push(`chunks ${got.chunks} != ${expected.chunks}`);
+  if (expected.keys !== got.keys) diffs.push(`keys ${got.keys} != ${expected.keys}`);
+  if (expected.bytes !== got.bytes) diffs.push(`bytes ${got.bytes} != ${expected.bytes}`);
+  if (!Buffer.from(expected.sha256).equals(Buffer.from(got.sha256))) diffs.push('sha256 differs');
+  return diffs.length ? diffs.join(', ') : null;
+}
+
+// ---------------------------------------------------------------- stream verifier (pure)
+
+export type VerifiedEvent =
+  | { kind: 'begin'; sourceId: string; rows: bigint; bytes: bigint }
+  | { kind: 'chunk'; seq: number; phase: TransferPhase; ops: RawOp[] }
+  | { kind: 'snapshotDone' }
+  | { kind: 'end' };
+
+/**
+ * The destination's check of a transfer stream: begin, COPY chunks,
+ * snapshot_done (checksum), CATCH_UP chunks, at least one FENCED chunk, end
+ * (checksum), with chunk numbers 1, 2, 3, … and every key inside the range.
+ * Anything else throws CONFLICT with a message that says what was wrong.
+ */
+export class StreamVerifier {
+  private readonly digest = new TransferDigest();
+  private state: 'begin' | 'copy' | 'catchUp' | 'fenced' | 'ended' = 'begin';
+  /** Rows (distinct row prefixes with cells) seen in snapshot chunks. */
+  rows = 0;
+  private lastRow: Buffer | undefined;
+
+  constructor(private readonly range: HashRange) {}
+
+  get ended(): boolean {
+    return this.state === 'ended';
+  }
+
+  get chunks(): number {
+    return this.digest.chunks;
+  }
+
+  get keys(): number {
+    return this.digest.keys;
+  }
+
+  get bytes(): number {
+    return this.digest.bytes;
+  }
+
+  accept(msg: TransferRangeResponse): VerifiedEvent {
+    if (this.state === 'ended') throw protocolError('a message arrived after the end marker');
+    if (msg.begin) {
+      if (this.state !== 'begin') throw protocolError('a second begin message');
+      this.state = 'copy';
+      return { kind: 'begin', sourceId: msg.header?.nodeId ?? '', rows: msg.begin.rows, bytes: msg.begin.bytes };
+    }
+    if (this.state === 'begin') throw protocolError('the first message is not begin');
+    if (msg.chunk) {
+      const c = msg.chunk;
+      const expect = this.digest.chunks + 1;
+      if (c.seq !== BigInt(expect)) throw protocolError(`chunk ${c.seq} arrived where chunk ${expect} was due (a chunk was lost or repeated)`);
+      const allowed =
+        c.phase === TransferPhase.TRANSFER_PHASE_COPY
+          ? this.state === 'copy'
+          : c.phase === TransferPhase.TRANSFER_PHASE_CATCH_UP
+            ? this.state === 'catchUp'
+            : c.phase === TransferPhase.TRANSFER_PHASE_FENCED && (this.state === 'catchUp' || this.state === 'fenced');
+      if (!allowed) throw protocolError(`chunk ${c.seq} has phase ${TransferPhase[c.phase] ?? c.phase}, not allowed in state ${this.state}`);
+      if (c.phase === TransferPhase.TRANSFER_PHASE_FENCED) this.state = 'fenced';
+      const ops = fromWireOps(c.ops, this.range);
+      this.digest.update(ops);
+      if (c.phase === TransferPhase.TRANSFER_PHASE_COPY) this.countRows(ops);
+      return { kind: 'chunk', seq: expect, phase: c.phase, ops };
+    }
+    if (msg.snapshotDone) {
+      if (this.state !== 'copy') throw protocolError('snapshot_done arrived twice or after the log began');
+      const bad = checksumMismatch(msg.snapshotDone, this.digest.totals());
+      if (bad) throw new CairnError('CONFLICT', `snapshot checksum mismatch (received vs sent: ${bad}); the copy is corrupt`);
+      this.state = 'catchUp';
+      return { kind: 'snapshotDone' };
+    }
+    if (msg.end) {
+      if (this.state !== 'fenced') throw protocolError(`end arrived in state ${this.state}, before the fenced tail`);
+      const bad = checksumMismatch(msg.end, this.digest.totals());
+      if (bad) throw new CairnError('CONFLICT', `end checksum mismatch (received vs sent: ${bad}); the copy is corrupt`);
+      this.state = 'ended';
+      return { kind: 'end' };
+    }
+    throw protocolError('an empty message');
+  }
+
+  private countRows(ops: RawOp[]): void {
+    for (const op of ops) {
+      if (op.sublevel !== 'cells') continue;
+      const n = rowPrefixLength(op.key);
+      const prefix = op.key.subarray(0, n);
+      if (!this.lastRow || !this.lastRow.equals(prefix)) {
+        this.rows++;
+        this.lastRow = Buffer.from(prefix);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- throttle (pure, injectable clock)
+
+export interface Waiter {
+  /** Throws to stop waiting (cancelled or aborted). */
+  check(): void;
+}
+
+/**
+ * Keeps the average rate at or under `bytesPerSec` since the first `take`:
+ * after n bytes, `take` returns no earlier than start + n / rate. 0 = unlimited.
+ */
+export class Throttle {
+  private start: number | undefined;
+  private sent = 0;
+
+  constructor(
+    private readonly bytesPerSec: number,
+    private readonly now: () => number = Date.now,
+    private readonly sleep: (ms: number) => Promise<void> = (ms) => new Promise((r) => setTimeout(r, ms)),
+  ) {}
+
+  /** Milliseconds to wait after `bytes` more have been sent (0 when unlimited or on time). */
+  delayFor(bytes: number): number {
+    if (!(this.bytesPerSec > 0)) return 0;
+    this.start ??= this.now();
+    this.sent += bytes;
+    const due = this.start + (this.sent * 1000) / this.bytesPerSec;
+    return Math.max(0, Math.ceil(due - this.now()));
+  }
+
+  async take(bytes: number, w?: Waiter): Promise<void> {
+    let wait = this.delayFor(bytes);
+    while (wait > 0) {
+      w?.check();
+      await this.sleep(Math.min(wait, 100)); // short slices, so a cancelled transfer stops promptly
+      wait = this.delayFor(0);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- write log (pure)
+
+/** Ops committed to one range since the log was registered, in commit order. */
+export class WriteLog {
+  private ops: RawOp[] = [];
+  private head = 0;
+  bytes = 0;
+  overflowed = false;
+
+  constructor(
+    private readonly range: HashRange,
+    private readonly maxBytes: number = MAX_LOG_BYTES,
+  ) {}
+
+  /** The store.onCommit listener: keeps the ops whose key's hash is in the range. */
+  readonly listener = (batch: RawOp[]): void => {
+    if (this.overflowed) return;
+    for (const op of batch) {
+      const h = op.key.readBigUInt64BE(0);
+      if (h < this.range.start || h >= this.range.end) continue;
+      this.ops.push(op);
+      this.bytes += op.key.length + (op.value?.length ?? 0);
+    }
+    if (this.bytes > this.maxBytes) {
+      this.overflowed = true;
+      this.ops = [];
+      this.head = 0;
+    }
+  };
+
+  get length(): number {
+    return this.ops.length - this.head;
+  }
+
+  /** Removes and returns the oldest ops, up to about maxBytes (always at least one when any is left). */
+  take(maxBytes: number): RawOp[] {
+    const out: RawOp[] = [];
+    let size = 0;
+    while (this.head < this.ops.length) {
+      const op = this.ops[this.head]!;
+      const b = op.key.length + (op.value?.length ?? 0);
+      if (out.length > 0 && size + b > maxBytes) break;
+      out.push(op);
+      size += b;
+      this.head++;
+    }
+    this.bytes -= size;
+    if (this.head > 4096 && this.head * 2 > this.ops.length) {
+      this.ops = this.ops.slice(this.head);
+      this.head = 0;
+    }
+    return out;
+  }
+}
+
+// ---------------------------------------------------------------- running moves
+
+export type TaskKind = 'transfer' | 'pull' | 'drop';
+
+/** One transfer, pull or drop running on this shard. */
+export class MoveTask {
+  phase = TransferPhase.TRANSFER_PHASE_UNSPECIFIED;
+  private reason: CairnError | undefined;
+  private readonly onAbort: Array<() => void> = [];
+  private finish!: () => void;
+  readonly done = new Promise<void>((r) => (this.finish = r));
+
+  constructor(
+    readonly kind: TaskKind,
+    readonly moveId: string,
+    readonly range: HashRange,
+    private readonly cancelled: () => boolean,
+  ) {}
+
+  get abortReason(): CairnError | undefined {
+    return this.reason;
+  }
+
+  /** True once the caller of the RPC that runs this task has gone away. */
+  get callerGone(): boolean {
+    return this.cancelled();
+  }
+
+  abort(reason: CairnError): void {
+    if (this.reason) return;
+    this.reason = reason;
+    for (const f of this.onAbort) f();
+  }
+
+  whenAborted(f: () => void): void {
+    if (this.reason) f();
+    else this.onAbort.push(f);
+  }
+
+  /** Throws when the move was aborted or the caller went away. */
+  check(): void {
+    if (this.reason) throw this.reason;
+    if (this.cancelled()) throw new CairnError('CANCELLED', `move ${this.moveId}: the caller cancelled the ${this.kind}`);
+  }
+
+  /** Called once by the registry. */
+  ended(): void {
+    this.finish();
+  }
+}
+
+const MAX_REMEMBERED_ABORTS = 10_000;
+
+/**
+ * The moves running on a shard. A source runs at most one transfer per range
+ * (transfers may not overlap); a destination runs at most one pull or drop
+ * per range. Aborted move ids are remembered, so a transfer that arrives after
+ * its move was aborted cannot fence the range again.
+ */
+export class MoveRegistry {
+  private readonly tasks = new Set<MoveTask>();
+  private readonly aborted = new Set<string>();
+  private readonly ready = new Map<string, HashRange>();
+
+  begin(kind: TaskKind, moveId: string, range: HashRange, cancelled: () => boolean = () => false): MoveTask {
+    const sourceSide = kind === 'transfer';
+    for (const t of this.tasks) {
+      if ((t.kind === 'transfer') !== sourceSide) continue;
+      if (t.moveId === moveId || rangesOverlap(t.range, range)) {
+        throw new CairnError('CONFLICT', `move ${moveId}: a ${t.kind} of move ${t.moveId} on ${showRange(t.range)} is already running on this shard`);
+      }
+    }
+    const task = new MoveTask(kind, moveId, range, cancelled);
+    this.tasks.add(task);
+    return task;
+  }
+
+  finish(task: MoveTask): void {
+    this.tasks.delete(task);
+    task.ended();
+  }
+
+  find(kind: TaskKind, moveId: string): MoveTask | undefined {
+    for (const t of this.tasks) if (t.kind === kind && t.moveId === moveId) return t;
+    return undefined;
+  }
+
+  /** Ranges this shard is receiving, dropping, or holds a finished copy of: the janitor keeps away from them. */
+  destinationRanges(): HashRange[] {
+    return [...[...this.tasks].filter((t) => t.kind !== 'transfer').map((t) => t.range), ...this.ready.values()];
+  }
+
+  wasAborted(moveId: string): boolean {
+    return this.aborted.has(moveId);
+  }
+
+  /** Marks a move aborted and aborts its running transfer and pull; returns whether any was running. */
+  abort(moveId: string): boolean {
+    this.aborted.add(moveId);
+    if (this.aborted.size > MAX_REMEMBERED_ABORTS) this.aborted.delete(this.aborted.values().next().value!);
+    this.ready.delete(moveId);
+    let any = false;
+    for (const t of this.tasks) {
+      if (t.moveId !== moveId || t.kind === 'drop') continue;
+      t.abort(new CairnError('CONFLICT', `move ${moveId} was aborted`));
+      any = true;
+    }
+    return any;
+  }
+
+  /** Aborts transfers of ranges this shard no longer fully owns. */
+  abortTransfersOutside(owned: readonly HashRange[]): void {
+    for (const t of this.tasks) {
+      if (t.kind === 'transfer' && !coveredBy(t.range, owned)) {
+        t.abort(new CairnError('PRECONDITION', `move ${t.moveId}: this shard no longer owns all of ${showRange(t.range)}`));
+      }
+    }
+  }
+
+  markReady(moveId: string, range: HashRange): void {
+    this.ready.set(moveId, range);
+  }
+
+  forgetReady(moveId: string): void {
+    this.ready.delete(moveId);
+  }
+
+  /** Forgets finished pulls whose range the map now gives this shard (the move committed). */
+  forgetReadyOwned(owned: readonly HashRange[]): void {
+    for (const [id, r] of this.ready) if (owned.some((o) => rangesOverlap(o, r))) this.ready.delete(id);
+  }
+
+  /** The phase of this shard's side of a move, for GetMoveState. */
+  phaseOf(moveId: string): { transfer: TransferPhase; pull: TransferPhase } {
+    const t = this.find('transfer', moveId);
+    const p = this.find('pull', moveId);
+    return {
+      transfer: t?.phase ?? TransferPhase.TRANSFER_PHASE_UNSPECIFIED,
+      pull: p?.phase ?? (this.ready.has(moveId) ? TransferPhase.TRANSFER_PHASE_READY : TransferPhase.TRANSFER_PHASE_UNSPECIFIED),
+    };
+  }
+}
+
+// ---------------------------------------------------------------- source: TransferRange
+
+export async function serveTransfer(
+  node: ShardNode,
+  p: TransferParams,
+  ctx: RpcContext,
+  send: (msg: TransferRangeResponse) => Promise<void>,
+): Promise<void> {
+  const { store, fences, moves } = node;
+  const log = node.log;
+  await node.ensureEpoch(p.epoch);
+  if (moves.wasAborted(p.moveId)) throw new CairnError('CONFLICT', `move ${p.moveId} was aborted on this shard; a new attempt needs a new move id`);
+  node.assertOwnsAll(p.range, p.moveId);
+  const other = fences.all().find((f) => f.moveId !== p.moveId && rangesOverlap(f.range, p.range));
+  if (other) {
+    throw new CairnError('CONFLICT', `move ${p.moveId}: ${showRange(other.range)} is fenced by move ${other.moveId}, which has not ended`);
+  }
+  const task = moves.begin('transfer', p.moveId, p.range, ctx.cancelled);
+  const wlog = new WriteLog(p.range);
+  const unsubscribe = store.onCommit(wlog.listener);
+  const startedAt = Date.now();
+  const header = () => ({ nodeId: node.nodeId, epoch: node.map.epoch });
+  const digest = new TransferDigest();
+  const checkLog = () => {
+    if (wlog.overflowed) {
+      throw new CairnError('LIMIT_EXCEEDED', `move ${p.moveId}: more than ${MAX_LOG_BYTES} bytes of writes to ${showRange(p.range)} queued while the destination caught up`);
+    }
+  };
+  const sendChunk = async (ops: RawOp[], phase: TransferPhase) => {
+    const seq = digest.update(ops);
+    await send({ header: header(), chunk: { seq: BigInt(seq), phase, ops: toWireOps(ops) } });
+  };
+  let fenced = false;
+  log.info('transfer started', { moveId: p.moveId, range: showRange(p.range), chunkBytes: p.chunkBytes, maxBytesPerSec: p.maxBytesPerSec });
+  try {
+    task.phase = TransferPhase.TRANSFER_PHASE_COPY;
+    // Every write that has started is now in the log, in the snapshot, or both.
+    await store.drain();
+    task.check();
+    const stats = store.rangeStats(p.range);
+    await send({ header: header(), begin: { rows: BigInt(stats.rows), bytes: BigInt(stats.bytes) } });
+    const throttle = new Throttle(p.maxBytesPerSec);
+    for await (const ops of store.exportRange(p.range, p.chunkBytes)) {
+      task.check();
+      checkLog();
+      await sendChunk(ops, TransferPhase.TRANSFER_PHASE_COPY);
+      await throttle.take(opsBytes(ops), task);
+    }
+    const snapshotBytes = digest.bytes;
+    await send({ header: header(), snapshotDone: digest.totals() });
+
+    task.phase = TransferPhase.TRANSFER_PHASE_CATCH_UP;
+    const catchUpUntil = Date.now() + MAX_CATCH_UP_MS;
+    while (wlog.bytes > p.chunkBytes && Date.now() < catchUpUntil) {
+      task.check();
+      checkLog();
+      const ops = wlog.take(p.chunkBytes);
+      await sendChunk(ops, TransferPhase.TRANSFER_PHASE_CATCH_UP);
+      await throttle.take(opsBytes(ops), task);
+    }
+
+    // Critical section. Checked and fenced in one synchronous step: an abort either came first (and we stop) or lifts this fence.
+    task.check();
+    checkLog();
+    node.assertOwnsAll(p.range, p.moveId);
+    const persisted = fences.add(p.moveId, p.range);
+    fenced = true;
+    task.phase = TransferPhase.TRANSFER_PHASE_FENCED;
+    const fencedAt = Date.now();
+    log.info('range fenced', { moveId: p.moveId, range: showRange(p.range) });
+    await persisted;
+    // Calls that passed the fence check before it went up finish now; their writes land in the log.
+    await node.drainLocal();
+    await store.drain();
+    task.check();
+    do {
+      await sendChunk(wlog.take(p.chunkBytes), TransferPhase.TRANSFER_PHASE_FENCED);
+    } while (wlog.length > 0);
+    await send({ header: header(), end: digest.totals() });
+    log.info('transfer finished', {
+      moveId: p.moveId,
+      range: showRange(p.range),
+      chunks: digest.chunks,
+      keys: digest.keys,
+      bytes: digest.bytes,
+      snapshotBytes,
+      logBytes: digest.bytes - snapshotBytes,
+      ms: Date.now() - startedAt,
+      fencedMs: Date.now() - fencedAt,
+    });
+  } catch (err) {
+    log.warn('transfer failed', {
+      moveId: p.moveId,
+      range: showRange(p.range),
+      fenced,
+      chunks: digest.chunks,
+      bytes: digest.bytes,
+      error: (err as Error).message,
+      note: fenced ? 'the range stays fenced until the move is aborted or the map gives it away' : undefined,
+    });
+    throw err;
+  } finally {
+    unsubscribe();
+    moves.finish(task);
+  }
+}
+
+// ---------------------------------------------------------------- destination: PullRange
+
+export async function runPull(node: ShardNode, p: PullParams, ctx: RpcContext, send: (msg: PullRangeResponse) => Promise<void>): Promise<void> {
+  const { store, moves } = node;
+  const log = node.log;
+  if (!p.sourceAddress) throw invalidArgument('source_address: must be the host:port of the source shard');
+  if ((p.sourceShardId && p.sourceShardId === node.id) || p.sourceAddress === node.opts.advertise) {
+    throw invalidArgument(`source: shard ${node.nodeId} cannot pull a range from itself`);
+  }
+  await node.ensureEpoch(p.epoch);
+  node.assertOwnsNone(p.range, p.moveId);
+  const task = moves.begin('pull', p.moveId, p.range, ctx.cancelled);
+  const v = new StreamVerifier(p.range);
+  let source = { rows: 0n, bytes: 0n };
+  let lastReport = 0;
+  let reportedPhase = TransferPhase.TRANSFER_PHASE_UNSPECIFIED;
+  const report = async (force = false) => {
+    const now = Date.now();
+    if (!force && task.phase === reportedPhase && now - lastReport < PROGRESS_INTERVAL_MS) return;
+    lastReport = now;
+    reportedPhase = task.phase;
+    await send({
+      header: { nodeId: node.nodeId, epoch: node.map.epoch },
+      moveId: p.moveId,
+      phase: task.phase,
+      bytesReceived: BigInt(v.bytes),
+      keysReceived: BigInt(v.keys),
+      rowsReceived: BigInt(v.rows),
+      sourceRows: source.rows,
+      sourceBytes: source.bytes,
+      chunksReceived: BigInt(v.chunks),
+    });
+  };
+  let stream: ClientReadableStream<TransferRangeResponse> | undefined;
+  const startedAt = Date.now();
+  log.info('pull started', { moveId: p.moveId, range: showRange(p.range), source: p.sourceShardId, sourceAddress: p.sourceAddress });
+  try {
+    task.phase = TransferPhase.TRANSFER_PHASE_COPY;
+    await report(true);
+    // Whatever this shard still holds in the range is garbage from an earlier owner or attempt: it must not outlive the copy.
+    await node.janitor.settled(p.range);
+    await node.janitor.forget(p.range);
+    task.check();
+    await store.deleteRange(p.range);
+    task.check();
+    const client = node.peers.get(p.sourceAddress);
+    stream = client.transferRange(
+      {
+        moveId: p.moveId,
+        start: p.range.start,
+        end: endToProto(p.range.end),
+        epoch: p.epoch,
+        chunkBytes: p.chunkBytes,
+        maxBytesPerSec: BigInt(p.maxBytesPerSec),
+      },
+      metadataFor(node.serverToken.get()),
+      { deadline: Math.min(ctx.deadline, Date.now() + MAX_TRANSFER_MS) },
+    );
+    const s = stream;
+    task.whenAborted(() => s.cancel());
+    for await (const msg of s as AsyncIterable<TransferRangeResponse>) {
+      task.check();
+      const ev = v.accept(msg);
+      if (ev.kind === 'begin') {
+        if (p.sourceShardId && ev.sourceId !== p.sourceShardId) {
+          throw new CairnError('CONFLICT', `move ${p.moveId}: ${p.sourceAddress} is shard ${ev.sourceId || '(unregistered)'}, not the source ${p.sourceShardId}`);
+        }
+        source = { rows: ev.rows, bytes: ev.bytes };
+      } else if (ev.kind === 'chunk') {
+        // One chunk, one atomic batch; the fenced tail goes straight to disk.
+        await store.applyRaw(ev.ops, { sync: ev.phase === TransferPhase.TRANSFER_PHASE_FENCED });
+        task.phase = ev.phase;
+        await report();
+      } else if (ev.kind === 'snapshotDone') {
+        task.phase = TransferPhase.TRANSFER_PHASE_CATCH_UP;
+        await report();
+      }
+    }
+    if (!v.ended) throw new CairnError('CONFLICT', 'transfer stream is invalid: it ended before the end marker');
+    // A synced write after the last batch: everything applied before it is on disk.
+    await store.putMeta('lastPull', { moveId: p.moveId, start: p.range.start.toString(), end: p.range.end.toString(), atMs: Date.now() }, true);
+    task.phase = TransferPhase.TRANSFER_PHASE_READY;
+    moves.markReady(p.moveId, p.range);
+    log.info('pull finished', { moveId: p.moveId, range: showRange(p.range), chunks: v.chunks, keys: v.keys, bytes: v.bytes, rows: v.rows, ms: Date.now() - startedAt });
+    await report(true);
+  } catch (err) {
+    const e = pullError(p, task, err);
+    log.warn('pull failed', { moveId: p.moveId, range: showRange(p.range), chunks: v.chunks, bytes: v.bytes, error: e.message });
+    throw e;
+  } finally {
+    if (stream && !v.ended) stream.cancel();
+    moves.finish(task);
+  }
+}
+
+/** The error a failed pull reports: the abort reason when aborted, else what went wrong, naming the move and the source. */
+function pullError(p: PullParams, task: MoveTask, err: unknown): CairnError {
+  if (task.abortReason) return task.abortReason;
+  if (task.callerGone) return new CairnError('CANCELLED', `move ${p.moveId}: the caller cancelled the pull`);
+  const e = err instanceof CairnError ? err : typeof (err as { code?: unknown })?.code === 'number' ? fromServiceError(err) : undefined;
+  if (!e) return err as CairnError; // unexpected: reaches the caller as INTERNAL and is logged whole
+  if (e.message.startsWith(`move ${p.moveId}`)) return e;
+  const from = `shard ${p.sourceShardId || '?'} at ${p.sourceAddress}`;
+  // An INTERNAL answer from the source would be masked again here; report it as an aborted transfer instead.
+  const code = e.code === 'INTERNAL' ? 'CONFLICT' : e.code;
+  return new CairnError(code, `move ${p.moveId}: pulling ${showRange(p.range)} from ${from} failed: ${e.message}`, e.details);
+}
