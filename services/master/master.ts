@@ -182,7 +182,8 @@ export class Master {
     return this.serial.run(async () => {
       let rec = shardId ? this.shards.find((s) => s.id === shardId) : undefined;
       const isNew = !rec;
-      if (!rec && this.opts.requireApproval && !this.approvals.has(address)) {
+      // The first expectShards shards form the cluster; once it has a map, new shards need AddServer.
+      if (!rec && this.opts.requireApproval && this.map.epoch > 0n && !this.approvals.has(address)) {
         throw new CairnError('PERMISSION_DENIED', `shard at ${address} is not approved to join; run: cairn ctl addserver ${address}`);
       }
       if (!rec) {

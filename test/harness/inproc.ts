@@ -37,11 +37,13 @@ export interface InProcCluster {
   shards: RunningShard[];
   masterAddress: string;
   limits: Limits;
-  addShard(): Promise<RunningShard>;
+  addShard(listen?: string): Promise<RunningShard>;
   stop(): Promise<void>;
 }
 
-export async function startInProcCluster(o: { shards?: number; expectShards?: number; limits?: Partial<Limits> } = {}): Promise<InProcCluster> {
+export async function startInProcCluster(
+  o: { shards?: number; expectShards?: number; limits?: Partial<Limits>; requireApproval?: boolean } = {},
+): Promise<InProcCluster> {
   const n = o.shards ?? 2;
   const dir = await mkdtemp(join(tmpdir(), 'cairn-test-'));
   const log = quietLogger();
@@ -56,14 +58,15 @@ export async function startInProcCluster(o: { shards?: number; expectShards?: nu
     heartbeatIntervalMs: 200,
     shardDownAfterMs: 1500,
     maxMessageBytes: limits.maxMessageBytes,
+    requireApproval: o.requireApproval,
     log,
   });
   const shards: RunningShard[] = [];
   let count = 0;
-  const addShard = async () => {
+  const addShard = async (listen = '127.0.0.1:0') => {
     count += 1;
     const s = await startShardServer({
-      listen: '127.0.0.1:0',
+      listen,
       dataDir: join(dir, `shard${count}`),
       master: master.address,
       serverCredential: TEST_CREDENTIAL,
