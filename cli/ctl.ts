@@ -12,6 +12,7 @@ import type { FlagValue } from './args.js';
 import { CliError, EXIT } from './exit.js';
 import { formatRanges, formatServers, humanBytes, percent, rangesJson, serversJson, type RangeRow, type ServerRow } from './format.js';
 import { LOAD_COLUMN, loadRowKey, loadValue } from './loadgen.js';
+import { clientTlsFrom } from './tls.js';
 
 export interface Io {
   out(line: string): void;
@@ -45,7 +46,8 @@ Data:
   verify --rows N [--value-size B] [--seed S]                     read them back; exit 5 if any is missing or wrong
 
 Connection: --master defaults to 127.0.0.1:7000; --user/--password default to
-CAIRN_USER/CAIRN_PASSWORD. --timeout MS sets the per-call deadline.`;
+CAIRN_USER/CAIRN_PASSWORD. --timeout MS sets the per-call deadline.
+TLS: --tls-ca FILE trusts a CA (or CAIRN_TLS_CA); --tls-cert/--tls-key add a client certificate.`;
 
 function str(flags: Flags, name: string): string | undefined {
   const v = flags[name];
@@ -68,7 +70,7 @@ async function connect(flags: Flags, io: Io): Promise<CairnClient> {
     throw new CliError('no credentials', EXIT.AUTH, 'pass --user and --password, or set CAIRN_USER and CAIRN_PASSWORD');
   }
   try {
-    return await CairnClient.connect({ master, user, password, timeoutMs: int(flags, 'timeout', 10_000, 1) });
+    return await CairnClient.connect({ master, user, password, timeoutMs: int(flags, 'timeout', 10_000, 1), tls: clientTlsFrom(flags, io.env) });
   } catch (err) {
     throw asCliError(err, master);
   }
@@ -83,6 +85,7 @@ export function asCliError(err: unknown, master?: string): CliError {
       case 'PERMISSION_DENIED':
         return new CliError(err.message, EXIT.AUTH, 'this command needs a user with a higher role');
       case 'NOT_READY':
+      case 'UNREACHABLE':
       case 'FENCED':
       case 'DEADLINE_EXCEEDED':
         return new CliError(err.message, EXIT.UNAVAILABLE, master ? `is the master running at ${master}? (--master HOST:PORT)` : undefined);

@@ -25,6 +25,8 @@ describe('classify', () => {
     ['WRONG_SHARD', 'refresh-map'],
     ['FENCED', 'backoff'],
     ['NOT_READY', 'backoff'],
+    ['UNREACHABLE', 'refresh-map'],
+    ['PRECONDITION', 'fail'],
     ['INVALID_ARGUMENT', 'fail'],
     ['LIMIT_EXCEEDED', 'fail'],
     ['CONFLICT', 'fail'],
@@ -151,7 +153,8 @@ describe('retryLoop', () => {
       { deadline: clock.now() + 50, ...clock, random: () => 0.99 },
     );
     await expect(p).rejects.toBeInstanceOf(CairnError);
-    await expect(p).rejects.toMatchObject({ code: 'NOT_READY', message: 'connect failed' });
+    // No cairn-error-code trailer: the transport failed (nobody answered), not a Cairn process.
+    await expect(p).rejects.toMatchObject({ code: 'UNREACHABLE', message: 'connect failed' });
   });
 
   it('fails with the refresh error when the refresh itself cannot succeed', async () => {

@@ -15,6 +15,9 @@ export type RetryAction = 'refresh-map' | 'backoff' | 'fail';
 
 /**
  * - WRONG_SHARD: our map is stale; fetch a fresh one and re-route.
+ * - UNREACHABLE: no process answered at the owner's address. The shard may be
+ *   restarting, or it may have been drained and removed while our map still
+ *   names it: refresh the map too, so a range that moved is found again.
  * - FENCED / NOT_READY (both UNAVAILABLE): nothing was applied, or the write
  *   is idempotent by request id; wait and send again.
  * - anything else (bad input, conflict, auth, deadline, …) will not get
@@ -22,7 +25,7 @@ export type RetryAction = 'refresh-map' | 'backoff' | 'fail';
  */
 export function classify(err: CairnError): RetryAction {
   if (!RETRYABLE.has(err.code)) return 'fail';
-  return err.code === 'WRONG_SHARD' ? 'refresh-map' : 'backoff';
+  return err.code === 'WRONG_SHARD' || err.code === 'UNREACHABLE' ? 'refresh-map' : 'backoff';
 }
 
 export const BACKOFF_BASE_MS = 20;

@@ -13,6 +13,7 @@ export type ErrorCode =
   | 'WRONG_SHARD' // the key is owned by another shard, or the epoch is stale
   | 'FENCED' // the range is fenced for a move; retry shortly
   | 'NOT_READY' // no map yet, shard not registered, or a peer is unreachable
+  | 'UNREACHABLE' // (client side) the transport failed: no process answered at the address
   | 'INVALID_ARGUMENT' // bad input; the message names the field
   | 'LIMIT_EXCEEDED' // a per-call limit; the message names the limit and the value
   | 'PRECONDITION' // the cluster's state forbids it now (e.g. removing a shard that owns ranges)
@@ -28,6 +29,7 @@ const TO_STATUS: Record<ErrorCode, Status> = {
   WRONG_SHARD: Status.FAILED_PRECONDITION,
   FENCED: Status.UNAVAILABLE,
   NOT_READY: Status.UNAVAILABLE,
+  UNREACHABLE: Status.UNAVAILABLE,
   INVALID_ARGUMENT: Status.INVALID_ARGUMENT,
   LIMIT_EXCEEDED: Status.RESOURCE_EXHAUSTED,
   PRECONDITION: Status.FAILED_PRECONDITION,
@@ -80,7 +82,7 @@ export class CairnError extends Error {
 }
 
 /** The one set of codes a client retries (with a refreshed map for WRONG_SHARD). */
-export const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['WRONG_SHARD', 'FENCED', 'NOT_READY']);
+export const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['WRONG_SHARD', 'FENCED', 'NOT_READY', 'UNREACHABLE']);
 
 export const invalidArgument = (msg: string): CairnError => new CairnError('INVALID_ARGUMENT', msg);
 export const limitExceeded = (msg: string): CairnError => new CairnError('LIMIT_EXCEEDED', msg);
@@ -117,7 +119,9 @@ export function fromServiceError(err: unknown): CairnError {
   if (typeof e?.code !== 'number') return new CairnError('INTERNAL', String((err as Error)?.message ?? err));
   const md = e.metadata;
   const named = meta(md, 'cairn-error-code') as ErrorCode | undefined;
-  const code: ErrorCode = named && named in TO_STATUS ? named : FROM_STATUS[e.code as Status] ?? 'INTERNAL';
+  // An UNAVAILABLE that no Cairn process sent (no cairn-error-code) is the transport: nobody answered.
+  const transport = e.code === Status.UNAVAILABLE && !named;
+  const code: ErrorCode = named && named in TO_STATUS ? named : transport ? 'UNREACHABLE' : FROM_STATUS[e.code as Status] ?? 'INTERNAL';
   const epoch = meta(md, 'cairn-epoch');
   const retry = meta(md, 'cairn-retry-after-ms');
   const details: ErrorDetails = {
