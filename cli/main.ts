@@ -1,5 +1,5 @@
 /**
- * The `cairn` command. Subcommands: master, shard, dev, ctl, hash-password.
+ * The `cairn` command. Subcommands: master, shard, dev, ctl, admin, hash-password.
  * Expected errors print one line (and a hint) to stderr and exit with a named
  * code; a stack trace appears only with --verbose.
  */
@@ -17,6 +17,7 @@ Commands:
   shard           run a shard (stores rows in LevelDB)
   dev             run a local cluster: a master and 3 shards, data under ./data
   ctl <command>   scriptable cluster and data commands (cairn ctl help)
+  admin           the operator's console: live dashboard, plans, moves with progress bars
   hash-password   print a salted hash of a password read from stdin, for config "clients"
 
 Server flags (also in a YAML --config file or CAIRN_* variables):
@@ -50,6 +51,8 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
       case 'ctl':
         if (flags.help && rest.length === 0) return io.out(CTL_USAGE), EXIT.OK;
         return await runCtl(rest, flags, io);
+      case 'admin':
+        return await (await import('./admin.js')).runAdmin(flags, io);
       case 'hash-password': {
         const { runHashPassword } = await import('./hash-password.js');
         return runHashPassword({ stdin: process.stdin, stdout: process.stdout, stderr: process.stderr });

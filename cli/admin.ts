@@ -1,0 +1,53 @@
+/**
+ * `cairn admin`: the operator's console, a terminal UI over the same Admin
+ * calls as `cairn ctl`. This module checks the flags and the terminal; all
+ * drawing lives in cli/ui/ (reached through ui/ui.js, never Ink directly).
+ */
+import { flagString, type FlagValue } from './args.js';
+import type { Io } from './ctl.js';
+import { CliError, EXIT } from './exit.js';
+import { clientTlsFrom } from './tls.js';
+import { historyFile } from './ui/history.js';
+
+export const ADMIN_USAGE = `Usage: cairn admin [--master HOST:PORT] [--user U] [--password P] [--timeout MS] [--tls-ca FILE]
+
+The operator's console: a live dashboard of the shards, the map and the moves
+in flight, and a prompt (Manager(N servers)>) for the manager commands:
+servers, ranges, plan, rebalance, dropserver, remserver, addserver, sync,
+moves, recover, help, exit. Type help inside for details.
+
+--master defaults to CAIRN_MASTER or 127.0.0.1:7000; --user/--password default
+to CAIRN_USER/CAIRN_PASSWORD, and a missing password is asked for; TLS flags
+as for cairn ctl (--tls-ca, --tls-cert, --tls-key or CAIRN_TLS_*). History is
+kept in CAIRN_HISTORY_FILE (default ~/.cairn_history). Needs a terminal; for
+scripts use "cairn ctl <command> --json".`;
+
+export async function runAdmin(flags: Record<string, FlagValue>, io: Io): Promise<number> {
+  if (flags.help === true) {
+    io.out(ADMIN_USAGE);
+    return EXIT.OK;
+  }
+  if (!process.stdin.isTTY || !process.stdout.isTTY) {
+    throw new CliError(
+      'cairn admin needs a terminal (stdin and stdout must be a TTY)',
+      EXIT.BAD_ARGS,
+      'for scripts use "cairn ctl <command> --json", e.g. "cairn ctl servers --json" or "cairn ctl rebalance --yes --json" (cairn ctl help lists them)',
+    );
+  }
+  const master = flagString(flags, 'master') ?? io.env.CAIRN_MASTER ?? '127.0.0.1:7000';
+  const user = flagString(flags, 'user') ?? io.env.CAIRN_USER;
+  if (!user) throw new CliError('no user', EXIT.AUTH, 'pass --user or set CAIRN_USER (the password is asked for when not given)');
+  const timeout = flagString(flags, 'timeout');
+  if (timeout !== undefined && !/^[1-9]\d*$/.test(timeout)) throw new CliError(`--timeout: expected a number of milliseconds >= 1, got "${timeout}"`, EXIT.BAD_ARGS);
+  const tls = clientTlsFrom(flags, io.env);
+  // Ink and React load only now, past the checks.
+  const { runAdminUi } = await import('./ui/ui.js');
+  return runAdminUi({
+    master,
+    user,
+    tls,
+    password: flagString(flags, 'password') ?? io.env.CAIRN_PASSWORD,
+    timeoutMs: timeout === undefined ? undefined : Number(timeout),
+    historyFile: historyFile(io.env),
+  });
+}

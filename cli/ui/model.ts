@@ -1,0 +1,260 @@
+/**
+ * The admin console's view model: plain data the components draw, and the
+ * pure functions that derive it (progress, ETA, phases, shares, the map
+ * strip). No React, no I/O: tested on its own in model.test.ts.
+ */
+import type { MoveInfo, Plan } from '../../proto/gen/cairn/v1/admin.js';
+import { endFromProto, HASH_SPACE_END } from '../../services/common/hash.js';
+import type { RangeRow, ServerRow } from '../format.js';
+
+export type { RangeRow, ServerRow } from '../format.js';
+
+/** One move as the UI draws it: numbers instead of the wire's bigints. */
+export interface MoveView {
+  id: string;
+  operationId: string;
+  from: string;
+  to: string;
+  /** planned, copying, catching_up, fenced, committed, cleaned or aborted. */
+  state: string;
+  bytes: number;
+  copiedBytes: number;
+  bytesPerSec: number;
+  error?: string;
+}
+
+export interface PlanMoveView {
+  start: bigint;
+  end: bigint;
+  from: string;
+  to: string;
+  bytes: number;
+  rows: number;
+}
+
+export interface PlanView {
+  moves: PlanMoveView[];
+  movedBytes: number;
+  totalBytes: number;
+  minimumBytes: number;
+  shards: Array<{ id: string; bytesBefore: number; bytesAfter: number; shareAfter: number }>;
+}
+
+/** What the dashboard shows: one poll of the master. */
+export interface Snapshot {
+  epoch: bigint;
+  servers: ServerRow[];
+  ranges: RangeRow[];
+  /** Moves in flight (ListMoves without `all`). */
+  moves: MoveView[];
+  /** When the poll answered, ms since the Unix epoch. */
+  at: number;
+}
+
+export function moveView(m: MoveInfo): MoveView {
+  return {
+    id: m.id,
+    operationId: m.operationId,
+    from: m.from,
+    to: m.to,
+    state: m.state,
+    bytes: Number(m.bytes),
+    copiedBytes: Number(m.copiedBytes),
+    bytesPerSec: m.bytesPerSec,
+    error: m.error || undefined,
+  };
+}
+
+export function planView(p: Plan | undefined): PlanView {
+  const moves = (p?.moves ?? []).map((m) => ({ start: m.start, end: endFromProto(m.end), from: m.from, to: m.to, bytes: Number(m.bytes), rows: Number(m.rows) }));
+  return {
+    moves,
+    movedBytes: Number(p?.movedBytes ?? 0n) || moves.reduce((n, m) => n + m.bytes, 0),
+    totalBytes: Number(p?.totalBytes ?? 0n),
+    minimumBytes: Number(p?.minimumBytes ?? 0n),
+    shards: (p?.shards ?? []).map((s) => ({ id: s.shardId, bytesBefore: Number(s.bytesBefore), bytesAfter: Number(s.bytesAfter), shareAfter: s.shareAfter })),
+  };
+}
+
+/** One entry of the console's log (the part of the screen that scrolls). */
+export type LogItem =
+  | { kind: 'echo'; prompt: string; line: string }
+  | { kind: 'lines'; lines: string[] }
+  | { kind: 'error'; message: string }
+  | { kind: 'plan'; plan: PlanView; emptyText?: string; heading?: string }
+  | { kind: 'moves'; title: string; moves: MoveView[]; total?: boolean; summary?: string };
+
+export type LogRecord = LogItem & { id: number };
+
+/** What the console is doing, which decides what the bottom of the screen shows and where keys go. */
+export type ConsoleMode =
+  | { kind: 'connecting' }
+  | { kind: 'password' }
+  | { kind: 'prompt' }
+  | { kind: 'busy'; what: string }
+  | { kind: 'confirm'; question: string }
+  | { kind: 'following'; title: string; operationId: string; moves: MoveView[] };
+
+// ---------------------------------------------------------------------------
+// Moves: phase, fraction, rate, ETA
+
+/** The operator's names for a move's states: copy, catch-up and cutover, then done. */
+export const PHASES: Record<string, string> = {
+  planned: 'waiting',
+  copying: 'copy',
+  catching_up: 'catch-up',
+  fenced: 'cutover',
+  committed: 'done',
+  cleaned: 'done',
+  aborted: 'aborted',
+};
+
+export const phaseOf = (state: string): string => PHASES[state] ?? state;
+
+export const isFinished = (m: Pick<MoveView, 'state'>): boolean => m.state === 'committed' || m.state === 'cleaned' || m.state === 'aborted';
+const isDone = (m: Pick<MoveView, 'state'>): boolean => m.state === 'committed' || m.state === 'cleaned';
+
+/** 0..1. A committed move is whole whatever the byte counts say (bytes were counted at plan time). */
+export function moveFraction(m: Pick<MoveView, 'state' | 'bytes' | 'copiedBytes'>): number {
+  if (isDone(m)) return 1;
+  if (m.state === 'planned') return 0;
+  // Fenced: the copy is over and the cutover is under way.
+  if (m.state === 'fenced') return 0.99;
+  if (m.bytes <= 0) return 0;
+  // Copy and catch-up end below 100%: only the cutover makes a move whole.
+  return Math.min(0.99, m.copiedBytes / m.bytes);
+}
+
+/** Seconds left at the current rate, or undefined when it cannot be told. */
+export function etaSeconds(m: Pick<MoveView, 'state' | 'bytes' | 'copiedBytes' | 'bytesPerSec'>): number | undefined {
+  if (isFinished(m)) return 0;
+  if (m.state !== 'copying' && m.state !== 'catching_up') return undefined;
+  if (!(m.bytesPerSec > 0)) return undefined;
+  return Math.max(0, m.bytes - m.copiedBytes) / m.bytesPerSec;
+}
+
+export function formatDuration(seconds: number | undefined): string {
+  if (seconds === undefined || !Number.isFinite(seconds)) return '-';
+  const s = Math.round(seconds);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+}
+
+export interface TotalProgress {
+  fraction: number;
+  copiedBytes: number;
+  bytes: number;
+  done: number;
+  aborted: number;
+  count: number;
+  bytesPerSec: number;
+  etaSeconds: number | undefined;
+}
+
+/** The total bar: bytes-weighted over every move (a move of 0 bytes counts as 1). */
+export function totalProgress(moves: MoveView[]): TotalProgress {
+  let weight = 0;
+  let doneWeight = 0;
+  let copied = 0;
+  let bytes = 0;
+  let rate = 0;
+  for (const m of moves) {
+    const w = Math.max(1, m.bytes);
+    weight += w;
+    doneWeight += w * moveFraction(m);
+    bytes += m.bytes;
+    copied += isDone(m) ? m.bytes : Math.min(m.bytes, m.copiedBytes);
+    if (!isFinished(m)) rate += m.bytesPerSec;
+  }
+  const done = moves.filter(isDone).length;
+  const aborted = moves.filter((m) => m.state === 'aborted').length;
+  const left = Math.max(0, bytes - copied);
+  return {
+    fraction: weight ? doneWeight / weight : 1,
+    copiedBytes: copied,
+    bytes,
+    done,
+    aborted,
+    count: moves.length,
+    bytesPerSec: rate,
+    etaSeconds: done + aborted === moves.length ? 0 : rate > 0 ? left / rate : undefined,
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Shares of the hash space
+
+const SPACE = HASH_SPACE_END;
+
+/**
+ * Each shard's share of the hash space in tenths of a percent, rounded by
+ * largest remainder so that the shares printed always add up to exactly
+ * 100.0% when the ranges tile the space.
+ */
+export function hashShares(servers: Array<Pick<ServerRow, 'id'>>, ranges: Array<Pick<RangeRow, 'start' | 'end' | 'shard'>>): Array<{ id: string; permille: number }> {
+  const owned = new Map<string, bigint>(servers.map((s) => [s.id, 0n]));
+  for (const r of ranges) owned.set(r.shard, (owned.get(r.shard) ?? 0n) + (r.end - r.start));
+  const ids = [...owned.keys()];
+  const exact = ids.map((id) => owned.get(id)! * 1000n);
+  const floor = exact.map((x) => x / SPACE);
+  const covered = [...owned.values()].reduce((a, b) => a + b, 0n);
+  const target = (covered * 1000n + SPACE / 2n) / SPACE;
+  let left = Number(target - floor.reduce((a, b) => a + b, 0n));
+  const order = ids.map((_, i) => i).sort((a, b) => Number((exact[b]! % SPACE) - (exact[a]! % SPACE)) || a - b);
+  const out = floor.map(Number);
+  for (const i of order) {
+    if (left <= 0) break;
+    out[i]! += 1;
+    left -= 1;
+  }
+  return ids.map((id, i) => ({ id, permille: out[i]! }));
+}
+
+export const formatPermille = (p: number): string => `${(p / 10).toFixed(1)}%`;
+
+/** `Shares of the hash space: s1 33.4%, s2 33.3%, s3 33.3% (total 100.0%)` */
+export function sharesLine(servers: Array<Pick<ServerRow, 'id'>>, ranges: Array<Pick<RangeRow, 'start' | 'end' | 'shard'>>): string {
+  const shares = hashShares(servers, ranges);
+  const total = shares.reduce((n, s) => n + s.permille, 0);
+  return `Shares of the hash space: ${shares.map((s) => `${s.id} ${formatPermille(s.permille)}`).join(', ')} (total ${formatPermille(total)})`;
+}
+
+// ---------------------------------------------------------------------------
+// The map strip: the hash space drawn as `width` cells, each marked with the
+// index of the shard that owns the middle of the cell.
+
+const MARKS = '0123456789abcdefghijklmnopqrstuvwxyz';
+
+export function shardMark(index: number): string {
+  return index >= 0 && index < MARKS.length ? MARKS[index]! : '?';
+}
+
+export function mapStrip(servers: Array<Pick<ServerRow, 'id'>>, ranges: Array<Pick<RangeRow, 'start' | 'end' | 'shard'>>, width: number): string {
+  const index = new Map(servers.map((s, i) => [s.id, i]));
+  const sorted = [...ranges].sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
+  let out = '';
+  let r = 0;
+  for (let i = 0; i < width; i++) {
+    const mid = (SPACE * BigInt(2 * i + 1)) / BigInt(2 * width);
+    while (r < sorted.length && sorted[r]!.end <= mid) r++;
+    const range = sorted[r];
+    out += range && range.start <= mid ? shardMark(index.get(range.shard) ?? -1) : ' ';
+  }
+  return out;
+}
+
+/** `0.4s ago`, `12s ago`, `3m ago`, or `never`. */
+export function ago(atMs: number | undefined, nowMs: number): string {
+  if (!atMs) return 'never';
+  const s = Math.max(0, nowMs - atMs) / 1000;
+  if (s < 10) return `${s.toFixed(1)}s ago`;
+  if (s < 120) return `${Math.round(s)}s ago`;
+  if (s < 7200) return `${Math.round(s / 60)}m ago`;
+  return `${Math.round(s / 3600)}h ago`;
+}
+
+/** Local time of day, `HH:MM:SS`. */
+export function clock(atMs: number): string {
+  return new Date(atMs).toTimeString().slice(0, 8);
+}
