@@ -2,6 +2,8 @@
  * `cairn dev`: a whole local cluster on embedded defaults — a master and 3
  * shards as child processes, data under ./data, an admin user with a fresh
  * generated password — then it prints how to connect. Ctrl-C stops it all.
+ * Each process serves Prometheus metrics on 127.0.0.1, from --metrics-base-port
+ * (default base port + 100: the master, then shard 1, 2, …); --no-metrics turns them off.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -24,6 +26,11 @@ export async function runDev(flags: Record<string, FlagValue>, io: Io): Promise<
   const shardCount = Number(typeof flags.shards === 'string' ? flags.shards : 3);
   if (!Number.isInteger(basePort) || basePort < 1 || basePort > 65535 - shardCount) throw new CliError(`--base-port: expected a port number, got "${flags['base-port']}"`, EXIT.BAD_ARGS);
   if (!Number.isInteger(shardCount) || shardCount < 1 || shardCount > 64) throw new CliError(`--shards: expected 1 to 64, got "${flags.shards}"`, EXIT.BAD_ARGS);
+  const metricsBase = flags.metrics === false ? undefined : Number(typeof flags['metrics-base-port'] === 'string' ? flags['metrics-base-port'] : basePort + 100);
+  if (metricsBase !== undefined && (!Number.isInteger(metricsBase) || metricsBase < 1 || metricsBase > 65535 - shardCount)) {
+    throw new CliError(`--metrics-base-port: expected a port number, got "${flags['metrics-base-port'] ?? metricsBase}"`, EXIT.BAD_ARGS);
+  }
+  const metricsListen = (i: number) => (metricsBase === undefined ? undefined : `127.0.0.1:${metricsBase + i}`);
   await mkdir(join(dataDir, 'logs'), { recursive: true });
 
   // The server credential is kept across runs; the admin password is new every run.
@@ -40,6 +47,7 @@ export async function runDev(flags: Record<string, FlagValue>, io: Io): Promise<
       dataDir: join(dataDir, 'master'),
       expectShards: shardCount,
       serverCredentialFile: credFile,
+      ...(metricsListen(0) ? { metricsListen: metricsListen(0) } : {}),
       clients: [{ user: 'admin', passwordHash: hashPassword(password), role: 'admin' }],
     }),
     { mode: 0o600 },
@@ -80,6 +88,7 @@ export async function runDev(flags: Record<string, FlagValue>, io: Io): Promise<
       '--data-dir', join(dataDir, `shard${i}`),
       '--master', masterAddr,
       '--server-credential-file', credFile,
+      ...(metricsListen(i) ? ['--metrics-listen', metricsListen(i)!] : []),
     ]);
   }
 
@@ -114,6 +123,7 @@ export async function runDev(flags: Record<string, FlagValue>, io: Io): Promise<
   io.out('Connect with:');
   io.out(`  export CAIRN_USER=admin CAIRN_PASSWORD=${password}`);
   io.out(`  npx cairn ctl servers --master ${masterAddr}`);
+  if (metricsBase !== undefined) io.out(`Metrics: http://127.0.0.1:${metricsBase}/metrics (master), ports ${metricsBase + 1}-${metricsBase + shardCount} (shards)`);
   io.out(`Logs: ${join(dataDir, 'logs')}. Press Ctrl-C to stop.`);
   await signalled;
   io.err('stopping the dev cluster…');

@@ -17,12 +17,14 @@ Commands:
   shard           run a shard (stores rows in LevelDB)
   dev             run a local cluster: a master and 3 shards, data under ./data
   ctl <command>   scriptable cluster and data commands (cairn ctl help)
+  health          ask a process's gRPC health service; exit 0 only when SERVING
   admin           the operator's console: live dashboard, plans, moves with progress bars
   hash-password   print a salted hash of a password read from stdin, for config "clients"
 
 Server flags (also in a YAML --config file or CAIRN_* variables):
   --config FILE  --listen HOST:PORT  --advertise HOST:PORT  --data-dir DIR
   --master HOST:PORT  --expect-shards N  --server-credential-file FILE
+  --metrics-listen HOST:PORT  --tls-cert FILE  --tls-key FILE  --tls-ca FILE  --shutdown-grace-ms MS
 Global flags: --verbose  --help`;
 
 const BOOLEANS = ['json', 'yes', 'help', 'sync', 'all', ...CONFIG_BOOLEAN_FLAGS];
@@ -53,6 +55,8 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
         return await runCtl(rest, flags, io);
       case 'admin':
         return await (await import('./admin.js')).runAdmin(flags, io);
+      case 'health':
+        return await (await import('./health.js')).runHealth(flags, io);
       case 'hash-password': {
         const { runHashPassword } = await import('./hash-password.js');
         return runHashPassword({ stdin: process.stdin, stdout: process.stdout, stderr: process.stderr });

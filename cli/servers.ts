@@ -1,4 +1,14 @@
-/** `cairn master` and `cairn shard`: load config, start the server, stop cleanly on SIGTERM/SIGINT. */
+/**
+ * `cairn master` and `cairn shard`: load config, start the server, stop
+ * cleanly on SIGTERM/SIGINT (NOT_SERVING, drain within shutdownGraceMs, close
+ * LevelDB) and exit 0.
+ *
+ * TLS: with tlsCert and tlsKey the gRPC port speaks only TLS. With tlsCa too,
+ * servers dial each other trusting that CA and presenting their own
+ * certificate, and internal calls are refused unless that client certificate
+ * verifies against the CA (mutual TLS between servers); clients only need to
+ * trust the CA.
+ */
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'winston';
 import { loadConfig, type MasterConfig, type ShardConfig } from '../services/common/config.js';
@@ -55,12 +65,15 @@ export async function runMaster(flags: Flags): Promise<number> {
     maxConcurrentMoves: c.maxConcurrentMoves,
     moveMaxMbps: c.moveMaxMbps,
     tls,
+    mutualTls: !!tls?.ca,
     peerTls: tls ? { ca: tls.ca, cert: tls.cert, key: tls.key } : undefined,
+    metricsListen: c.metricsListen,
+    shutdownGraceMs: c.shutdownGraceMs,
     log,
   });
   log.info(`Starting Data Master on ${running.address}`, { expectShards: c.expectShards });
   await untilSignal(log);
-  await running.stop(5000);
+  await running.stop(c.shutdownGraceMs);
   log.info('master stopped');
   return 0;
 }
@@ -78,12 +91,14 @@ export async function runShard(flags: Flags): Promise<number> {
     heartbeatIntervalMs: c.heartbeatIntervalMs,
     limits: limitsOf(c),
     tls,
-    requireClientCert: false,
+    mutualTls: !!tls?.ca,
     peerTls: tls ? { ca: tls.ca, cert: tls.cert, key: tls.key } : undefined,
+    metricsListen: c.metricsListen,
+    shutdownGraceMs: c.shutdownGraceMs,
     log,
   });
   await Promise.race([untilSignal(log), running.node.stopRequested]);
-  await running.stop(5000);
+  await running.stop(c.shutdownGraceMs);
   log.info('shard stopped', { shardId: running.node.id });
   return 0;
 }

@@ -67,6 +67,8 @@ export interface CommonConfig {
   maxCellsPerCall: number;
   maxMessageBytes: number;
   heartbeatIntervalMs: number;
+  /** On SIGTERM: how long calls in flight may take to finish before they are cancelled. */
+  shutdownGraceMs: number;
   /** Where each key's value came from (for the start-up log line). */
   sources: Record<string, ConfigSource>;
 }
@@ -141,6 +143,7 @@ const KEYS = {
   maxCellsPerCall: { kind: 'posint', roles: BOTH, default: () => 10_000 },
   maxMessageBytes: { kind: 'posint', roles: BOTH, default: () => 16_777_216 },
   heartbeatIntervalMs: { kind: 'posint', roles: BOTH, default: () => 1000 },
+  shutdownGraceMs: { kind: 'posint', roles: BOTH, default: () => 5000 },
   expectShards: { kind: 'posint', roles: MASTER, default: () => 1 },
   clients: { kind: 'clients', roles: MASTER, default: () => [] },
   tokenTtlSeconds: { kind: 'posint', roles: MASTER, default: () => 900 },

@@ -25,11 +25,26 @@ export interface RpcContext {
 /** Observes every finished call (metrics hang off this). */
 export type CallObserver = (service: string, method: string, code: grpc.status, seconds: number) => void;
 
+/**
+ * Admits calls while a process serves and refuses new ones once it drains
+ * (services/common/health.ts). `enter` throws a retryable NOT_READY when the
+ * process is shutting down, else returns the function that ends the call.
+ */
+export interface CallGate {
+  enter(method: string): () => void;
+}
+
 export interface HandlerEnv {
   service: string;
   log: Logger;
   tokenKey: Buffer;
   observe?: CallObserver;
+  gate?: CallGate;
+  /**
+   * Mutual TLS between servers: a call carrying a server token must come over
+   * a connection whose client certificate the cluster CA signed.
+   */
+  requirePeerCert?: boolean;
 }
 
 function deadlineOf(call: SurfaceCall): number {
@@ -45,8 +60,20 @@ function authenticate(env: HandlerEnv, call: SurfaceCall, method: string, need: 
   if (need === null) return { ...base, claims: null, token: undefined };
   const token = tokenFromMetadataValue(call.metadata.get('authorization')[0]?.toString());
   const claims = verifyToken(env.tokenKey, token);
+  if (env.requirePeerCert && claims.role === 'server' && !hasVerifiedPeerCert(call)) {
+    throw new CairnError(
+      'UNAUTHENTICATED',
+      `${method}: mutual TLS is on, and internal calls need a client certificate signed by the cluster CA (tlsCa); the caller presented none that verifies`,
+    );
+  }
   authorize(claims, need, method);
   return { ...base, claims, token };
+}
+
+/** True when the call came over TLS with a client certificate that verified against the server's CA. */
+function hasVerifiedPeerCert(call: SurfaceCall): boolean {
+  const ctx = (call as { getAuthContext?: () => { sslPeerCertificate?: unknown } }).getAuthContext?.();
+  return !!ctx?.sslPeerCertificate;
 }
 
 function reportError(env: HandlerEnv, method: string, err: unknown) {
@@ -64,9 +91,14 @@ export function unary<Req, Res>(
 ): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
     const started = process.hrtime.bigint();
-    const done = (code: grpc.status) => env.observe?.(env.service, method, code, Number(process.hrtime.bigint() - started) / 1e9);
+    let leave: (() => void) | undefined;
+    const done = (code: grpc.status) => {
+      leave?.();
+      env.observe?.(env.service, method, code, Number(process.hrtime.bigint() - started) / 1e9);
+    };
     let result: Promise<Res>;
     try {
+      leave = env.gate?.enter(method);
       result = fn(call.request, authenticate(env, call, method, need));
     } catch (err) {
       result = Promise.reject(err);
@@ -94,13 +126,18 @@ export function serverStream<Req, Res>(
 ): grpc.handleServerStreamingCall<Req, Res> {
   return (call) => {
     const started = process.hrtime.bigint();
-    const done = (code: grpc.status) => env.observe?.(env.service, method, code, Number(process.hrtime.bigint() - started) / 1e9);
+    let leave: (() => void) | undefined;
+    const done = (code: grpc.status) => {
+      leave?.();
+      env.observe?.(env.service, method, code, Number(process.hrtime.bigint() - started) / 1e9);
+    };
     const send = async (msg: Res) => {
       if (call.cancelled) throw new CairnError('CANCELLED', 'the caller cancelled the stream');
       if (!call.write(msg)) await Promise.race([once(call, 'drain'), once(call, 'cancelled')]);
     };
     let result: Promise<void>;
     try {
+      leave = env.gate?.enter(method);
       result = fn(call.request, authenticate(env, call, method, need), send);
     } catch (err) {
       result = Promise.reject(err);
@@ -134,17 +171,48 @@ export function channelOptions(maxMessageBytes: number): grpc.ChannelOptions {
   };
 }
 
+/**
+ * TLS that asks every client for a certificate but admits those without one:
+ * the handshake never fails for a missing or unknown client certificate, and
+ * the handler wrapper refuses internal (server-token) calls unless the
+ * certificate verified against `ca` (HandlerEnv.requirePeerCert). Clients and
+ * probes that only trust the CA are served.
+ */
+class RequestClientCertCredentials extends grpc.ServerCredentials {
+  constructor(tls: TlsFiles & { ca: Buffer }) {
+    super({ requestCert: true, rejectUnauthorized: false }, { ca: tls.ca, cert: [tls.cert], key: [tls.key] });
+  }
+  _equals(other: grpc.ServerCredentials): boolean {
+    return other === this;
+  }
+}
+
+export function serverCredentials(opts: { tls?: TlsFiles; requireClientCert?: boolean; requestClientCert?: boolean }): grpc.ServerCredentials {
+  const tls = opts.tls;
+  if (!tls) return grpc.ServerCredentials.createInsecure();
+  if (tls.ca && opts.requestClientCert && !opts.requireClientCert) return new RequestClientCertCredentials({ ...tls, ca: tls.ca });
+  return grpc.ServerCredentials.createSsl(tls.ca ?? null, [{ cert_chain: tls.cert, private_key: tls.key }], !!opts.requireClientCert);
+}
+
 /** Starts a server on `listen` (port 0 picks a free port) and resolves with the bound port. */
 export async function startServer(
   listen: string,
   services: Array<[grpc.ServiceDefinition, grpc.UntypedServiceImplementation]>,
-  opts: { maxMessageBytes: number; tls?: TlsFiles; requireClientCert?: boolean },
+  opts: {
+    maxMessageBytes: number;
+    tls?: TlsFiles;
+    /** Fail the TLS handshake of a client without a certificate the CA signed. */
+    requireClientCert?: boolean;
+    /** Ask clients for a certificate (mutual TLS between servers) without failing the handshake of those with none. */
+    requestClientCert?: boolean;
+    /** Adds more services (health, reflection) before the server binds. */
+    register?: (server: grpc.Server) => void;
+  },
 ): Promise<{ server: grpc.Server; port: number }> {
   const server = new grpc.Server(channelOptions(opts.maxMessageBytes));
   for (const [def, impl] of services) server.addService(def, impl);
-  const creds = opts.tls
-    ? grpc.ServerCredentials.createSsl(opts.tls.ca ?? null, [{ cert_chain: opts.tls.cert, private_key: opts.tls.key }], !!opts.requireClientCert)
-    : grpc.ServerCredentials.createInsecure();
+  opts.register?.(server);
+  const creds = serverCredentials(opts);
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(listen, creds, (err, p) => (err ? reject(new Error(`cannot listen on ${listen}: ${err.message}`)) : resolve(p))),
   );

@@ -12,6 +12,9 @@
  * - After the commit a move only finishes: the map is pushed until the source
  *   has taken it (the source then drops its copy and its fence).
  * - A restarted master resumes every journaled move to one of those ends.
+ * - A master that stops (`close`) abandons the moves still running: their
+ *   pulls are cancelled and nothing more is journaled, so each move stays at
+ *   its last complete step and the restarted master carries it on from there.
  */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'winston';
@@ -67,6 +70,10 @@ export class MoveCoordinator {
   private readonly running = new Map<string, Promise<Move>>();
   private retryTimer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** Pull streams open now; cancelled when the master stops. */
+  private readonly streams = new Set<{ cancel(): void }>();
+  /** Resumes and cleanup retries running now; awaited when the master stops. */
+  private readonly background = new Set<Promise<unknown>>();
 
   constructor(
     private readonly host: CoordinatorHost,
@@ -88,8 +95,8 @@ export class MoveCoordinator {
     }
     const pending = [...this.moves.values()].filter((m) => resumeAction(m.move.state) !== 'none' || !m.cleanupDone);
     if (pending.length) this.log.info('resuming moves from the journal', { moves: pending.map((m) => `${m.move.id}:${m.move.state}`) });
-    for (const m of pending) void this.recover(m.move.id).catch((err) => this.log.warn('resume failed; will retry', { moveId: m.move.id, error: (err as Error).message }));
-    this.retryTimer = setInterval(() => void this.retryCleanups(), 1000);
+    for (const m of pending) this.track(this.recover(m.move.id).catch((err) => this.log.warn('resume failed; will retry', { moveId: m.move.id, error: (err as Error).message })));
+    this.retryTimer = setInterval(() => this.track(this.retryCleanups()), 1000);
     this.retryTimer.unref();
   }
 
@@ -98,8 +105,15 @@ export class MoveCoordinator {
     return { move: moveToJson(m.move), operationId: m.operationId, cleanupDone: m.cleanupDone, fenceMs: this.progress.get(id)?.fenceMs };
   }
 
-  /** Moves to a new state: journaled (synced) before the caller acts on it. */
+  private track(p: Promise<unknown>): void {
+    const t = p.catch(() => undefined);
+    this.background.add(t);
+    void t.finally(() => this.background.delete(t));
+  }
+
+  /** Moves to a new state: journaled (synced) before the caller acts on it. Refused, with nothing written, once the master is stopping. */
   private async step(id: string, to: MoveState, error?: string): Promise<Move> {
+    if (this.closed) throw new CairnError('NOT_READY', `move ${id}: the master is stopping; the move stays at its last journaled step`);
     const rec = this.moves.get(id)!;
     rec.move = transition(rec.move, to, Date.now());
     if (error) rec.move = { ...rec.move, error };
@@ -125,7 +139,10 @@ export class MoveCoordinator {
     const op: Operation = { id: opId, kind, moveIds: ids, finished: false, done: Promise.resolve() };
     op.done = (async () => {
       // Every move is journaled as planned before any starts.
-      for (const id of ids) await this.host.saveMove(id, this.journal(id));
+      for (const id of ids) {
+        if (this.closed) return;
+        await this.host.saveMove(id, this.journal(id));
+      }
       let next = 0;
       const worker = async () => {
         while (next < ids.length && !this.closed) await this.run(ids[next++]!, maxMbps);
@@ -168,8 +185,18 @@ export class MoveCoordinator {
       move = this.moves.get(id)!.move;
     } catch (err) {
       const e = fromServiceError(err);
+      if (this.closed) {
+        const left = this.moves.get(id)!.move;
+        this.log.info('master stopping: move abandoned at its last journaled step; it resumes when the master restarts', { moveId: id, state: left.state });
+        return left;
+      }
       this.log.warn('move failed before the commit; aborting', { moveId: id, error: e.message });
       return this.abort(id, e.message);
+    }
+    if (this.closed) {
+      // Stopping before the point of no return: leave the move at its journaled step; the restarted master aborts it.
+      this.log.info('master stopping: move abandoned before its commit; it is aborted when the master restarts', { moveId: id, state: move.state });
+      return move;
     }
     // The point of no return: map and journal in one durable step.
     const rec = this.moves.get(id)!;
@@ -203,6 +230,7 @@ export class MoveCoordinator {
       metadataFor(this.token.get()),
       { deadline },
     );
+    this.streams.add(stream);
     let ready = false;
     let lastAt = Date.now();
     let lastBytes = 0;
@@ -232,6 +260,8 @@ export class MoveCoordinator {
       }
     } catch (err) {
       throw fromServiceError(err);
+    } finally {
+      this.streams.delete(stream);
     }
     if (!ready) throw new CairnError('INTERNAL', `destination ${move.to} ended the pull before it was ready`);
   }
@@ -246,6 +276,7 @@ export class MoveCoordinator {
       this.log.warn('committed move: a shard did not take the new map yet; will retry', { moveId: id, source: fromOk, destination: toOk });
       return rec.move;
     }
+    if (this.closed) return rec.move; // committed: the restarted master pushes the map again and marks it cleaned
     failpoint('master-before-cleaned');
     rec.cleanupDone = true;
     return this.step(id, 'cleaned');
@@ -254,12 +285,14 @@ export class MoveCoordinator {
   /** Before the commit: journal `aborted`, then tell both shards (retried until they answer). */
   private async abort(id: string, reason: string): Promise<Move> {
     const rec = this.moves.get(id)!;
+    if (this.closed) return rec.move; // not journaled: the restarted master aborts it
     if (rec.move.state !== 'aborted') await this.step(id, 'aborted', reason);
     await this.cleanupAborted(id);
     return rec.move;
   }
 
   private async cleanupAborted(id: string): Promise<void> {
+    if (this.closed) return;
     const rec = this.moves.get(id)!;
     const m = rec.move;
     const token = this.token.get();
@@ -269,6 +302,7 @@ export class MoveCoordinator {
       await call(src, src.abortMove, { moveId: m.id, epoch }, { token, timeoutMs: 5000 });
       const dst = this.client(m.to);
       await call(dst, dst.dropRange, { moveId: m.id, start: m.start, end: endToProto(m.end), epoch }, { token, timeoutMs: 60_000 });
+      if (this.closed) return; // the shards were told; the restarted master tells them again (both calls are idempotent)
       rec.cleanupDone = true;
       await this.host.saveMove(id, this.journal(id));
       this.log.info('move aborted and cleaned up', { moveId: id, reason: m.error });
@@ -329,8 +363,21 @@ export class MoveCoordinator {
     return op.moveIds.map((id) => ({ move: this.moves.get(id)!.move, operationId: op.id, progress: this.progress.get(id) }));
   }
 
-  close(): void {
+  /**
+   * Stops for a master shutdown: no new step is journaled from now on, open
+   * pulls are cancelled, and this resolves once every running move, operation
+   * and retry has settled (or after `waitMs`, when a shard is slow to answer:
+   * nothing left running journals anything after this), so the store can
+   * close with no write half-done. A commit already under way finishes (one
+   * batch, awaited by the master before its store closes).
+   */
+  async close(waitMs = 10_000): Promise<void> {
     this.closed = true;
     clearInterval(this.retryTimer);
+    for (const s of this.streams) s.cancel();
+    const settled = Promise.allSettled([...this.running.values(), ...[...this.operations.values()].map((o) => o.done), ...this.background]);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([settled, new Promise((r) => (timer = setTimeout(r, waitMs)))]);
+    clearTimeout(timer);
   }
 }

@@ -416,7 +416,7 @@ export class Master {
 
   async close(): Promise<void> {
     this.closed = true;
-    this.coordinator?.close();
+    await this.coordinator?.close();
     this.watchers.clear();
     await this.serial.run(async () => undefined);
     this.shardClients.close();

@@ -1,15 +1,36 @@
-/** Assembles a master process: Master state plus the Master and Admin gRPC services. */
+/**
+ * Assembles a master process: Master state plus the Master and Admin gRPC
+ * services, the standard health service, reflection, and (with
+ * `metricsListen`) Prometheus metrics.
+ *
+ * stop(): NOT_SERVING at once; new calls are refused (retryable UNAVAILABLE)
+ * while those in flight get `graceMs` to finish; then the server closes, the
+ * move coordinator abandons what still runs at its last journaled step, and
+ * the LevelDB store is closed (flushed).
+ */
 import type { Server } from '@grpc/grpc-js';
 import { AdminServiceService } from '../../proto/gen/cairn/v1/admin.js';
 import { MasterServiceService } from '../../proto/gen/cairn/v1/master.js';
-import { startServer, withPort, type CallObserver, type TlsFiles } from '../common/grpc.js';
+import { startServer, withPort, type CallObserver, type HandlerEnv, type TlsFiles } from '../common/grpc.js';
+import { ServingState } from '../common/health.js';
+import { DURATION_BUCKETS, Metrics, serveMetrics, type MetricsServer } from '../common/metrics.js';
 import { Master, type MasterOptions } from './master.js';
+import { isTerminal } from './moves.js';
 import { adminServiceImpl, masterServiceImpl } from './service.js';
 
 export interface MasterServerOptions extends MasterOptions {
   listen: string;
   tls?: TlsFiles;
+  /**
+   * Mutual TLS between servers (needs `tls` with a CA): shards' calls must
+   * come with a client certificate the CA signed; clients need only trust the CA.
+   */
+  mutualTls?: boolean;
   observe?: CallObserver;
+  /** host:port for Prometheus `/metrics`; no metrics endpoint when unset. */
+  metricsListen?: string;
+  /** Default grace for stop(). */
+  shutdownGraceMs?: number;
 }
 
 export interface RunningMaster {
@@ -17,38 +38,145 @@ export interface RunningMaster {
   server: Server;
   /** host:port the server is bound to (the port resolved when listen used :0). */
   address: string;
+  /** host:port of the metrics endpoint, when metricsListen was set. */
+  metricsAddress?: string;
+  /** Health status and the call gate. */
+  serving: ServingState;
+  metrics?: Metrics;
   stop(graceMs?: number): Promise<void>;
 }
 
+export const MASTER_SERVICES = ['cairn.v1.MasterService', 'cairn.v1.AdminService'];
+
 export async function startMasterServer(opts: MasterServerOptions): Promise<RunningMaster> {
   const master = await Master.open(opts);
-  const env = { service: 'master', log: opts.log, tokenKey: master.tokenKey, observe: opts.observe };
+  const serving = new ServingState(MASTER_SERVICES);
+  let metrics: Metrics | undefined;
+  let metricsServer: MetricsServer | undefined;
   let started;
   try {
+    if (opts.metricsListen) {
+      metrics = new Metrics();
+      registerMasterMetrics(metrics, master);
+      metricsServer = await serveMetrics(metrics, opts.metricsListen, opts.log);
+      opts.log.info('metrics listening', { address: metricsServer.address, role: 'master' });
+    }
+    const observe = combine(opts.observe, metrics?.observe);
+    const env: HandlerEnv = {
+      service: 'master',
+      log: opts.log,
+      tokenKey: master.tokenKey,
+      observe,
+      gate: serving,
+      requirePeerCert: !!(opts.mutualTls && opts.tls?.ca),
+    };
     started = await startServer(
       opts.listen,
       [
         [MasterServiceService, masterServiceImpl(master, env)],
         [AdminServiceService, adminServiceImpl(master, { ...env, service: 'admin' })],
       ],
-      { maxMessageBytes: opts.maxMessageBytes, tls: opts.tls },
+      { maxMessageBytes: opts.maxMessageBytes, tls: opts.tls, requestClientCert: env.requirePeerCert, register: (s) => serving.addToServer(s) },
     );
   } catch (err) {
+    await metricsServer?.close();
     await master.close();
     throw err;
   }
   const { server, port } = started;
   const address = withPort(opts.listen, port);
-  opts.log.info('listening', { address, role: 'master' });
+  serving.setServing(true);
+  opts.log.info('listening', { address, role: 'master', tls: !!opts.tls, mutualTls: !!(opts.mutualTls && opts.tls?.ca) });
+  let stopping: Promise<void> | undefined;
   return {
     master,
     server,
     address,
-    async stop(graceMs = 5000) {
-      await shutdownServer(server, graceMs);
-      await master.close();
+    metricsAddress: metricsServer?.address,
+    serving,
+    metrics,
+    stop(graceMs = opts.shutdownGraceMs ?? 5000) {
+      stopping ??= (async () => {
+        const started = Date.now();
+        const drained = await serving.drain(graceMs);
+        if (!drained) opts.log.warn('calls still in flight after the grace period; cancelling them', { graceMs, inFlight: serving.inFlightCalls });
+        await shutdownServer(server, Math.max(1000, graceMs - (Date.now() - started)));
+        await master.close();
+        await metricsServer?.close();
+      })();
+      return stopping;
     },
   };
+}
+
+function combine(...fns: Array<CallObserver | undefined>): CallObserver | undefined {
+  const list = fns.filter((f): f is CallObserver => !!f);
+  if (list.length === 0) return undefined;
+  if (list.length === 1) return list[0];
+  return (...args) => list.forEach((f) => f(...args));
+}
+
+/** The master's view: the map epoch, every shard's size, and the moves. */
+export function registerMasterMetrics(metrics: Metrics, master: Master): void {
+  metrics.gauge('cairn_map_epoch', 'Epoch of the cluster map this process holds.', [], (set) => set({}, Number(master.epoch)));
+  const servers = () => master.listServers();
+  metrics.gauge('cairn_shard_bytes', 'Live bytes (keys + values) in the ranges the map gives each shard, from its last heartbeat.', ['shard'], (set) => {
+    for (const s of servers()) set({ shard: s.id }, s.bytes);
+  });
+  metrics.gauge('cairn_shard_rows', 'Live rows in the ranges the map gives each shard, from its last heartbeat.', ['shard'], (set) => {
+    for (const s of servers()) set({ shard: s.id }, s.rows);
+  });
+  metrics.gauge('cairn_shard_ranges', 'Ranges the map gives each shard.', ['shard'], (set) => {
+    for (const s of servers()) set({ shard: s.id }, s.ranges);
+  });
+  metrics.gauge('cairn_shard_up', '1 when the shard is up (heartbeats arrive, not stopping), else 0.', ['shard'], (set) => {
+    for (const s of servers()) set({ shard: s.id }, s.status === 'up' ? 1 : 0);
+  });
+
+  // Moves, from the coordinator's list (journal + live progress). Moves already
+  // in the journal when the master started are not counted again.
+  const moves = () => master.coordinator.listMoves(true);
+  const copied = new Map<string, number>();
+  const fenceSeen = new Set<string>();
+  const endSeen = new Set<string>();
+  for (const m of moves()) {
+    copied.set(m.move.id, m.progress?.copiedBytes ?? m.move.copiedBytes);
+    if (isTerminal(m.move.state)) {
+      fenceSeen.add(m.move.id);
+      endSeen.add(m.move.id);
+    }
+  }
+  metrics.gauge('cairn_moves_in_flight', 'Range moves planned or running: not yet cleaned (committed and the map taken) or aborted.', [], (set) =>
+    set({}, moves().filter((m) => !isTerminal(m.move.state)).length),
+  );
+  metrics.counter('cairn_move_bytes_transferred_total', 'Bytes of range data the destinations have received in moves.', [], (c) => {
+    for (const m of moves()) {
+      const now = m.progress?.copiedBytes ?? m.move.copiedBytes;
+      const before = copied.get(m.move.id) ?? 0;
+      if (now > before) c.inc(now - before);
+      copied.set(m.move.id, Math.max(now, before));
+    }
+  });
+  metrics.counter('cairn_moves_finished_total', 'Range moves that ended, by end state (cleaned or aborted).', ['state'], (c) => {
+    for (const m of moves()) {
+      if (!isTerminal(m.move.state) || endSeen.has(m.move.id)) continue;
+      endSeen.add(m.move.id);
+      c.inc({ state: m.move.state });
+    }
+  });
+  metrics.histogram(
+    'cairn_move_fence_duration_seconds',
+    'How long each committed move kept its range fenced (critical section to the source taking the new map).',
+    [],
+    DURATION_BUCKETS,
+    (h) => {
+      for (const m of moves()) {
+        if (fenceSeen.has(m.move.id) || m.move.state !== 'cleaned' || !m.progress?.fenceMs) continue;
+        fenceSeen.add(m.move.id);
+        h.observe(m.progress.fenceMs / 1000);
+      }
+    },
+  );
 }
 
 /** Stops accepting calls, lets those in flight finish within graceMs, then forces the rest. */

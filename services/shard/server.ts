@@ -1,7 +1,19 @@
-/** Assembles a shard process: the node (store, map, membership) plus the Shard gRPC service. */
+/**
+ * Assembles a shard process: the node (store, map, membership) plus the Shard
+ * gRPC service, the standard health service, reflection, and (with
+ * `metricsListen`) Prometheus metrics.
+ *
+ * Health is NOT_SERVING until the master has admitted the shard, then SERVING.
+ * stop(): NOT_SERVING at once; new calls are refused (retryable UNAVAILABLE)
+ * while those in flight get `graceMs` to finish; then the server closes and
+ * the node tells the master it is stopping (shown down at once; it keeps its
+ * ranges) and closes LevelDB, which flushes it.
+ */
 import type { Server } from '@grpc/grpc-js';
 import { ShardServiceService } from '../../proto/gen/cairn/v1/shard.js';
-import { startServer, withPort, type CallObserver, type TlsFiles } from '../common/grpc.js';
+import { startServer, withPort, type CallObserver, type HandlerEnv, type TlsFiles } from '../common/grpc.js';
+import { ServingState } from '../common/health.js';
+import { Metrics, serveMetrics, type MetricsServer } from '../common/metrics.js';
 import { shutdownServer } from '../master/server.js';
 import { ShardNode, type ShardOptions } from './node.js';
 import { shardServiceImpl } from './service.js';
@@ -11,30 +23,67 @@ export interface ShardServerOptions extends Omit<ShardOptions, 'advertise'> {
   /** Defaults to the bound listen address. */
   advertise?: string;
   tls?: TlsFiles;
+  /** Fail the TLS handshake of any client without a CA-signed certificate (clients too, not only servers). */
   requireClientCert?: boolean;
+  /**
+   * Mutual TLS between servers (needs `tls` with a CA): internal calls must
+   * come with a client certificate the CA signed; clients need only trust the CA.
+   */
+  mutualTls?: boolean;
   observe?: CallObserver;
+  /** host:port for Prometheus `/metrics`; no metrics endpoint when unset. */
+  metricsListen?: string;
+  /** Default grace for stop(). */
+  shutdownGraceMs?: number;
 }
 
 export interface RunningShard {
   node: ShardNode;
   server: Server;
   address: string;
+  /** host:port of the metrics endpoint, when metricsListen was set. */
+  metricsAddress?: string;
+  /** Health status and the call gate. */
+  serving: ServingState;
+  metrics?: Metrics;
   /** Resolves once the master has admitted the shard. */
   registered: Promise<void>;
   stop(graceMs?: number): Promise<void>;
 }
 
+export const SHARD_SERVICES = ['cairn.v1.ShardService'];
+
 export async function startShardServer(opts: ShardServerOptions): Promise<RunningShard> {
   const node = await ShardNode.open({ ...opts, advertise: opts.advertise ?? opts.listen });
-  const env = { service: 'shard', log: opts.log, tokenKey: node.tokenKey, observe: opts.observe };
+  const serving = new ServingState(SHARD_SERVICES);
+  let metrics: Metrics | undefined;
+  let metricsServer: MetricsServer | undefined;
   let started;
   try {
+    if (opts.metricsListen) {
+      metrics = new Metrics();
+      registerShardMetrics(metrics, node);
+      metricsServer = await serveMetrics(metrics, opts.metricsListen, opts.log);
+      opts.log.info('metrics listening', { address: metricsServer.address, role: 'shard' });
+    }
+    const observers = [opts.observe, metrics?.observe].filter((f): f is CallObserver => !!f);
+    const env: HandlerEnv = {
+      service: 'shard',
+      log: opts.log,
+      tokenKey: node.tokenKey,
+      observe: observers.length ? (...a) => observers.forEach((f) => f(...a)) : undefined,
+      gate: serving,
+      requirePeerCert: !!(opts.mutualTls && opts.tls?.ca),
+    };
     started = await startServer(opts.listen, [[ShardServiceService, shardServiceImpl(node, env)]], {
       maxMessageBytes: opts.limits.maxMessageBytes,
       tls: opts.tls,
       requireClientCert: opts.requireClientCert,
+      requestClientCert: env.requirePeerCert,
+      register: (s) => serving.addToServer(s),
     });
   } catch (err) {
+    await metricsServer?.close();
     await node.close();
     throw err;
   }
@@ -42,18 +91,54 @@ export async function startShardServer(opts: ShardServerOptions): Promise<Runnin
   const address = withPort(opts.listen, port);
   const advertise = opts.advertise && !opts.advertise.endsWith(':0') ? opts.advertise : withPort(opts.advertise ?? opts.listen, port);
   node.opts.advertise = advertise;
-  opts.log.info('listening', { address, advertise, role: 'shard' });
+  opts.log.info('listening', { address, advertise, role: 'shard', tls: !!opts.tls, mutualTls: !!(opts.mutualTls && opts.tls?.ca) });
   const abort = new AbortController();
   const registered = node.register(abort.signal);
+  void registered.then(() => {
+    if (!abort.signal.aborted && node.id) serving.setServing(true);
+  });
+  let stopping: Promise<void> | undefined;
   return {
     node,
     server,
     address,
+    metricsAddress: metricsServer?.address,
+    serving,
+    metrics,
     registered,
-    async stop(graceMs = 5000) {
-      abort.abort();
-      await shutdownServer(server, graceMs);
-      await node.close();
+    stop(graceMs = opts.shutdownGraceMs ?? 5000) {
+      stopping ??= (async () => {
+        const started = Date.now();
+        abort.abort();
+        const drained = await serving.drain(graceMs);
+        if (!drained) opts.log.warn('calls still in flight after the grace period; cancelling them', { graceMs, inFlight: serving.inFlightCalls });
+        await shutdownServer(server, Math.max(1000, graceMs - (Date.now() - started)));
+        await node.close();
+        await metricsServer?.close();
+      })();
+      return stopping;
     },
   };
+}
+
+/** The shard's own view: its map epoch and the size of what it owns. */
+export function registerShardMetrics(metrics: Metrics, node: ShardNode): void {
+  metrics.gauge('cairn_map_epoch', 'Epoch of the cluster map this process holds.', [], (set) => set({}, Number(node.map.epoch)));
+  const owned = () => {
+    let rows = 0;
+    let bytes = 0;
+    const ranges = node.rangeCounts();
+    for (const r of ranges) {
+      rows += Number(r.rows);
+      bytes += Number(r.bytes);
+    }
+    return { rows, bytes, ranges: ranges.length };
+  };
+  const shard = () => node.nodeId;
+  metrics.gauge('cairn_shard_bytes', 'Live bytes (keys + values) in the ranges this shard owns.', ['shard'], (set) => set({ shard: shard() }, owned().bytes));
+  metrics.gauge('cairn_shard_rows', 'Live rows in the ranges this shard owns.', ['shard'], (set) => set({ shard: shard() }, owned().rows));
+  metrics.gauge('cairn_shard_ranges', 'Ranges the map gives this shard.', ['shard'], (set) => set({ shard: shard() }, node.ownedRanges().length));
+  metrics.gauge('cairn_shard_fenced_ranges', 'Ranges this shard has fenced for a move in its critical section.', ['shard'], (set) =>
+    set({ shard: shard() }, node.fences?.all().length ?? 0),
+  );
 }
