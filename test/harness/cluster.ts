@@ -69,16 +69,31 @@ export interface ProcCluster {
   /** Environment for `cairn ctl` as the admin user. */
   ctlEnv: NodeJS.ProcessEnv;
   ctl(args: string[], opts?: { env?: NodeJS.ProcessEnv; timeoutMs?: number }): Promise<CtlResult>;
-  addShard(): Promise<Proc>;
+  /** Starts one more shard; `env` is added to the cluster's environment for this process only. */
+  addShard(opts?: { env?: NodeJS.ProcessEnv }): Promise<Proc>;
   /** Stops a process with a signal and waits for it to exit; returns the exit code. */
   stop(p: Proc, signal?: NodeJS.Signals): Promise<number | null>;
-  /** Starts a stopped process again on the same port and data dir. */
-  restart(p: Proc): Promise<Proc>;
+  /**
+   * Starts a stopped process again on the same port and data dir, with the
+   * cluster's environment (per-process env given at start is not kept), plus `env` if given.
+   */
+  restart(p: Proc, opts?: { env?: NodeJS.ProcessEnv }): Promise<Proc>;
   stopAll(signal?: NodeJS.Signals): Promise<void>;
   cleanup(): Promise<void>;
 }
 
-export async function startProcCluster(o: { shards?: number; expectShards?: number; masterArgs?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<ProcCluster> {
+export async function startProcCluster(
+  o: {
+    shards?: number;
+    expectShards?: number;
+    masterArgs?: string[];
+    env?: NodeJS.ProcessEnv;
+    /** Extra environment for the master process only (e.g. CAIRN_FAILPOINTS). */
+    masterEnv?: NodeJS.ProcessEnv;
+    /** Extra environment for the first shards only, by index (shardEnv[0] for the first shard). */
+    shardEnv?: NodeJS.ProcessEnv[];
+  } = {},
+): Promise<ProcCluster> {
   const n = o.shards ?? 2;
   const dir = await mkdtemp(join(tmpdir(), 'cairn-proc-'));
   const credFile = join(dir, 'credential');
@@ -96,7 +111,7 @@ export async function startProcCluster(o: { shards?: number; expectShards?: numb
     }),
   );
   const env = { CAIRN_CONFIG: '', ...o.env };
-  const master = await spawnCairn('master', ['master', '--config', masterYaml, '--listen', '127.0.0.1:0', ...(o.masterArgs ?? [])], env);
+  const master = await spawnCairn('master', ['master', '--config', masterYaml, '--listen', '127.0.0.1:0', ...(o.masterArgs ?? [])], { ...env, ...o.masterEnv });
   const masterAddress = master.address;
   let count = 0;
   const shardArgs = (i: number, listen: string) => [
@@ -108,9 +123,9 @@ export async function startProcCluster(o: { shards?: number; expectShards?: numb
     '--heartbeat-interval-ms', '250',
   ];
   const shards: Proc[] = [];
-  const addShard = async () => {
+  const addShard = async (opts: { env?: NodeJS.ProcessEnv } = {}) => {
     count += 1;
-    const p = await spawnCairn(`shard${count}`, shardArgs(count, '127.0.0.1:0'), env);
+    const p = await spawnCairn(`shard${count}`, shardArgs(count, '127.0.0.1:0'), { ...env, ...o.shardEnv?.[count - 1], ...opts.env });
     shards.push(p);
     return p;
   };
@@ -131,10 +146,10 @@ export async function startProcCluster(o: { shards?: number; expectShards?: numb
       p.child.kill(signal);
       return p.exited;
     },
-    async restart(p) {
+    async restart(p, opts = {}) {
       // Same data dir and the same port, so addresses in the map stay valid.
       const args = p.args.map((a, i) => (p.args[i - 1] === '--listen' ? `127.0.0.1:${p.port}` : a));
-      const fresh = await spawnCairn(p.name, args, env);
+      const fresh = await spawnCairn(p.name, args, { ...env, ...opts.env });
       if (p === cluster.master) cluster.master = fresh;
       const i = shards.indexOf(p);
       if (i >= 0) shards[i] = fresh;
