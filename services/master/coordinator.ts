@@ -40,7 +40,10 @@ export interface CoordinatorHost {
 }
 
 export interface MoveProgress {
+  /** How much of the planned bytes has been copied (bytes × fraction of the snapshot's rows received). */
   copiedBytes: number;
+  /** Raw bytes received by the destination so far, log and request-id records included. */
+  transferredBytes?: number;
   bytesPerSec: number;
   fenceStartedAt?: number;
   fenceMs: number;
@@ -235,9 +238,13 @@ export class MoveCoordinator {
     let lastAt = Date.now();
     let lastBytes = 0;
     try {
-      for await (const p of stream as AsyncIterable<{ phase: TransferPhase; bytesReceived: bigint }>) {
+      for await (const p of stream as AsyncIterable<{ phase: TransferPhase; bytesReceived: bigint; rowsReceived: bigint; sourceRows: bigint }>) {
         const now = Date.now();
-        prog.copiedBytes = Number(p.bytesReceived);
+        // Progress in the planned (live cell) bytes: the wire also carries request-id records
+        // and key framing, so raw bytes overshoot. The snapshot's row count says how far the copy is.
+        const copied = p.phase !== TransferPhase.TRANSFER_PHASE_COPY || p.sourceRows === 0n ? 1 : Math.min(1, Number(p.rowsReceived) / Number(p.sourceRows));
+        prog.copiedBytes = Math.round(move.bytes * copied);
+        prog.transferredBytes = Number(p.bytesReceived);
         if (now - lastAt >= 200) {
           prog.bytesPerSec = ((prog.copiedBytes - lastBytes) * 1000) / (now - lastAt);
           lastAt = now;

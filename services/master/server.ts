@@ -140,7 +140,7 @@ export function registerMasterMetrics(metrics: Metrics, master: Master): void {
   const fenceSeen = new Set<string>();
   const endSeen = new Set<string>();
   for (const m of moves()) {
-    copied.set(m.move.id, m.progress?.copiedBytes ?? m.move.copiedBytes);
+    copied.set(m.move.id, m.progress?.transferredBytes ?? m.progress?.copiedBytes ?? m.move.copiedBytes);
     if (isTerminal(m.move.state)) {
       fenceSeen.add(m.move.id);
       endSeen.add(m.move.id);
@@ -151,7 +151,7 @@ export function registerMasterMetrics(metrics: Metrics, master: Master): void {
   );
   metrics.counter('cairn_move_bytes_transferred_total', 'Bytes of range data the destinations have received in moves.', [], (c) => {
     for (const m of moves()) {
-      const now = m.progress?.copiedBytes ?? m.move.copiedBytes;
+      const now = m.progress?.transferredBytes ?? m.progress?.copiedBytes ?? m.move.copiedBytes;
       const before = copied.get(m.move.id) ?? 0;
       if (now > before) c.inc(now - before);
       copied.set(m.move.id, Math.max(now, before));
