@@ -9,6 +9,7 @@ import { MasterServiceClient } from '../../proto/gen/cairn/v1/master.js';
 import { ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
 import { deriveTokenKey, ServerTokenSource } from '../common/auth.js';
 import { CairnError } from '../common/errors.js';
+import { failpoint } from '../common/failpoints.js';
 import { call, ClientPool, type ClientTls } from '../common/grpc.js';
 import { endToProto } from '../common/hash.js';
 import { EMPTY_MAP, mapError, mapFromProto, rangesOf, type ClusterMap } from '../common/map.js';
@@ -198,6 +199,8 @@ export class ShardNode {
     const lost = subtractRanges(this.ownedRanges(), after);
     if (lost.length) await this.janitor.record(lost);
     await this.store.putMeta('map', json, true);
+    if (lost.length) failpoint('source-before-cleanup');
+    if (this.map.epoch > 0n && subtractRanges(after, this.ownedRanges()).length) failpoint('dest-after-commit'); // a move gave us a range
     this.map = next;
     this.moves.abortTransfersOutside(after);
     this.moves.forgetReadyOwned(after);
@@ -208,6 +211,9 @@ export class ShardNode {
       this.janitor.start();
     }
     this.log.info('map installed', { epoch: next.epoch.toString(), ownedRanges: this.ownedRanges().length });
+    // Report counts for the new ranges now: the master shows only counts of ranges a shard owns,
+    // so until this heartbeat a shard that just gained or lost a range would show too little.
+    if (this.registered) void this.heartbeat();
     return true;
   }
 

@@ -33,6 +33,7 @@ import { createHash, type Hash } from 'node:crypto';
 import type { ClientReadableStream } from '@grpc/grpc-js';
 import { TransferPhase, KeySpace, type TransferChecksum, type TransferOp, type TransferRangeResponse, type PullRangeResponse } from '../../proto/gen/cairn/v1/shard.js';
 import { CairnError, fromServiceError, invalidArgument } from '../common/errors.js';
+import { failpoint } from '../common/failpoints.js';
 import { metadataFor, type RpcContext } from '../common/grpc.js';
 import { endFromProto, endToProto, HASH_SPACE_END } from '../common/hash.js';
 import { isBucketAligned, rangesOverlap, type HashRange } from '../common/ranges.js';
@@ -574,6 +575,7 @@ export async function serveTransfer(
       task.check();
       checkLog();
       await sendChunk(ops, TransferPhase.TRANSFER_PHASE_COPY);
+      failpoint('source-during-snapshot');
       await throttle.take(opsBytes(ops), task);
     }
     const snapshotBytes = digest.bytes;
@@ -586,6 +588,7 @@ export async function serveTransfer(
       checkLog();
       const ops = wlog.take(p.chunkBytes);
       await sendChunk(ops, TransferPhase.TRANSFER_PHASE_CATCH_UP);
+      failpoint('source-during-catch-up');
       await throttle.take(opsBytes(ops), task);
     }
 
@@ -599,6 +602,7 @@ export async function serveTransfer(
     const fencedAt = Date.now();
     log.info('range fenced', { moveId: p.moveId, range: showRange(p.range) });
     await persisted;
+    failpoint('source-after-fence');
     // Calls that passed the fence check before it went up finish now; their writes land in the log.
     await node.drainLocal();
     await store.drain();
@@ -706,6 +710,8 @@ export async function runPull(node: ShardNode, p: PullParams, ctx: RpcContext, s
       } else if (ev.kind === 'chunk') {
         // One chunk, one atomic batch; the fenced tail goes straight to disk.
         await store.applyRaw(ev.ops, { sync: ev.phase === TransferPhase.TRANSFER_PHASE_FENCED });
+        if (ev.phase === TransferPhase.TRANSFER_PHASE_COPY) failpoint('dest-during-copy');
+        if (ev.phase === TransferPhase.TRANSFER_PHASE_CATCH_UP) failpoint('dest-during-catch-up');
         task.phase = ev.phase;
         await report();
       } else if (ev.kind === 'snapshotDone') {
@@ -716,6 +722,7 @@ export async function runPull(node: ShardNode, p: PullParams, ctx: RpcContext, s
     if (!v.ended) throw new CairnError('CONFLICT', 'transfer stream is invalid: it ended before the end marker');
     // A synced write after the last batch: everything applied before it is on disk.
     await store.putMeta('lastPull', { moveId: p.moveId, start: p.range.start.toString(), end: p.range.end.toString(), atMs: Date.now() }, true);
+    failpoint('dest-before-ready');
     task.phase = TransferPhase.TRANSFER_PHASE_READY;
     moves.markReady(p.moveId, p.range);
     log.info('pull finished', { moveId: p.moveId, range: showRange(p.range), chunks: v.chunks, keys: v.keys, bytes: v.bytes, rows: v.rows, ms: Date.now() - startedAt });
