@@ -71,6 +71,7 @@ export class MoveCoordinator {
   private readonly progress = new Map<string, MoveProgress>();
   private readonly operations = new Map<string, Operation>();
   private readonly running = new Map<string, Promise<Move>>();
+  private readonly finishing = new Map<string, Promise<Move>>();
   private retryTimer: NodeJS.Timeout | undefined;
   private closed = false;
   /** Pull streams open now; cancelled when the master stops. */
@@ -201,10 +202,19 @@ export class MoveCoordinator {
       this.log.info('master stopping: move abandoned before its commit; it is aborted when the master restarts', { moveId: id, state: move.state });
       return move;
     }
-    // The point of no return: map and journal in one durable step.
+    // The point of no return: map and journal in one durable step. The move is
+    // `committed` in memory only once that step is durable; if it fails, nothing
+    // changed (the batch is atomic) and the move can still abort.
     const rec = this.moves.get(id)!;
-    rec.move = transition(rec.move, 'committed', Date.now());
-    await this.host.commitMove(rec.move, this.journal(id));
+    const committed = transition(rec.move, 'committed', Date.now());
+    try {
+      await this.host.commitMove(committed, { ...this.journal(id), move: moveToJson(committed) });
+    } catch (err) {
+      const e = fromServiceError(err);
+      this.log.error('commit failed; aborting the move', { moveId: id, error: e.message });
+      return this.abort(id, `commit failed: ${e.message}`);
+    }
+    rec.move = committed;
     this.log.info('move committed', { moveId: id, start: move.start.toString(), end: move.end.toString(), from: move.from, to: move.to, epoch: this.host.epoch().toString() });
     failpoint('master-after-commit');
     return this.finish(id);
@@ -274,8 +284,19 @@ export class MoveCoordinator {
   }
 
   /** After the commit: push the map until the source (and destination) took it, then `cleaned`. */
-  private async finish(id: string): Promise<Move> {
+  /** One finish per move at a time: the resume, the retry timer and RecoverMove may all ask at once. */
+  private finish(id: string): Promise<Move> {
+    let p = this.finishing.get(id);
+    if (!p) {
+      p = this.finishOnce(id).finally(() => this.finishing.delete(id));
+      this.finishing.set(id, p);
+    }
+    return p;
+  }
+
+  private async finishOnce(id: string): Promise<Move> {
     const rec = this.moves.get(id)!;
+    if (rec.move.state === 'cleaned') return rec.move;
     const prog = this.progress.get(id);
     const [toOk, fromOk] = await Promise.all([this.host.pushMapTo(rec.move.to), this.host.pushMapTo(rec.move.from)]);
     if (prog?.fenceStartedAt && fromOk) prog.fenceMs = Date.now() - prog.fenceStartedAt;
