@@ -41,6 +41,9 @@ export async function runAdmin(flags: Record<string, FlagValue>, io: Io): Promis
   if (timeout !== undefined && !/^[1-9]\d*$/.test(timeout)) throw new CliError(`--timeout: expected a number of milliseconds >= 1, got "${timeout}"`, EXIT.BAD_ARGS);
   const tls = clientTlsFrom(flags, io.env);
   // Ink and React load only now, past the checks.
+  // Ink draws only the last frame when it believes it runs in CI (CI=true), read once when Ink
+  // is first imported. We have just checked for a real terminal, so this session is interactive.
+  for (const name of ['CI', 'CONTINUOUS_INTEGRATION']) if (name in process.env) process.env[name] = 'false';
   const { runAdminUi } = await import('./ui/ui.js');
   return runAdminUi({
     master,
