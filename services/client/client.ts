@@ -16,9 +16,10 @@ import { MasterServiceClient, type WatchMapResponse } from '../../proto/gen/cair
 import { ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
 import { CairnError, fromServiceError } from '../common/errors.js';
 import { call, channelOptions, clientCredentials, ClientPool, metadataFor, type ClientTls } from '../common/grpc.js';
+import type { Metadata as GrpcMetadata } from '@grpc/grpc-js';
 import { endFromProto, endToProto } from '../common/hash.js';
 import { EMPTY_MAP, mapError, mapFromProto, type ClusterMap } from '../common/map.js';
-import { classify, backoffMs, retryLoop } from './retry.js';
+import { classify, backoffMs, realSleep, retryLoop } from './retry.js';
 import {
   cursorAfter,
   cursorInWindow,
@@ -212,11 +213,33 @@ function toFilter(o: ReadOptions, limit = o.limit): CellFilter {
   };
 }
 
-const toCells = (cells: Array<{ column: string; timestampUs: bigint; value: Buffer }>): Cell[] =>
-  cells.map((c) => ({ column: c.column, timestampUs: c.timestampUs, value: c.value }));
+/** Decoded proto cells already have exactly the public shape: no copy. */
+const toCells = (cells: Array<{ column: string; timestampUs: bigint; value: Buffer }>): Cell[] => cells;
 
 /** 16 random bytes: unique enough that two logical writes never share one. */
 export const newRequestId = (): string => randomBytes(16).toString('hex');
+
+/**
+ * Request ids from one client, in newRequestId's format (32 hex digits): 12
+ * random bytes drawn once per 2^32 ids, then a 32-bit counter. As unique as
+ * newRequestId in practice (two prefixes collide with probability 2^-96; one
+ * prefix never repeats a counter), without a call into the CSPRNG and a hex
+ * encode per write.
+ */
+class RequestIds {
+  private prefix = randomBytes(12).toString('hex');
+  private seq = 0;
+  next(): string {
+    if (this.seq > 0xffffffff) {
+      this.prefix = randomBytes(12).toString('hex');
+      this.seq = 0;
+    }
+    return this.prefix + (this.seq++).toString(16).padStart(8, '0');
+  }
+}
+
+/** The token a call can use as it stands, or STALE when one must be fetched first. */
+const STALE: unique symbol = Symbol('stale token');
 
 function rowWriteBytes(r: RowWrite): number {
   let n = Buffer.byteLength(r.row) + 16;
@@ -270,6 +293,10 @@ export class CairnClient {
   private watchStream: ClientReadableStream<WatchMapResponse> | undefined;
   private watchTimer: NodeJS.Timeout | undefined;
   private watchFailures = 0;
+  private readonly ids = new RequestIds();
+  /** Metadata for the current token, reused by every call (grpc-js clones it per call). */
+  private mdToken: string | undefined | null = null;
+  private md: GrpcMetadata | undefined;
 
   private constructor(private readonly opts: ConnectOptions) {
     this.timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
@@ -350,8 +377,13 @@ export class CairnClient {
 
   /** Writes cells to one row and returns the timestamp given to cells sent without one. */
   async put(row: string, cells: CellsInput, o: WriteOptions = {}): Promise<bigint> {
-    const [ts] = await this.writeRows([{ row, cells, replace: o.replace }], o);
-    return ts!;
+    // writeRows of one row, without the batch machinery: one owner, one sub-call.
+    const req = { epoch: 0n, requestId: this.ids.next(), sync: o.sync ?? false, rows: [{ row, cells: toCellWrites(cells), replace: o.replace ?? false }] };
+    const res = await this.onOwner(o, row, (shard, epoch, callOpts) => {
+      req.epoch = epoch;
+      return this.unary(shard, shard.writeRows, req, callOpts);
+    });
+    return res.timestampsUs[0] ?? 0n;
   }
 
   /**
@@ -366,7 +398,7 @@ export class CairnClient {
   async writeRows(rows: RowInput[], o: WriteOptions = {}): Promise<bigint[]> {
     const writes: RowWrite[] = rows.map((r) => ({ row: r.row, cells: toCellWrites(r.cells), replace: r.replace ?? o.replace ?? false }));
     const out: bigint[] = new Array<bigint>(rows.length).fill(0n);
-    const requestId = newRequestId();
+    const requestId = this.ids.next();
     const caps: BatchCaps<RowWrite> = {
       maxItems: MAX_ROWS_PER_CALL,
       weights: [
@@ -376,7 +408,7 @@ export class CairnClient {
       ],
     };
     await this.fanOut(o, writes, (r) => r.row, caps, async (shard, epoch, batch, callOpts) => {
-      const res = await call(shard, shard.writeRows, { epoch, requestId, sync: o.sync ?? false, rows: batch.map((b) => b.item) }, callOpts);
+      const res = await this.unary(shard, shard.writeRows, { epoch, requestId, sync: o.sync ?? false, rows: batch.map((b) => b.item) }, callOpts);
       batch.forEach((b, k) => (out[b.index] = res.timestampsUs[k] ?? 0n));
     });
     return out;
@@ -385,7 +417,8 @@ export class CairnClient {
   /** Reads one row: newest version of each column unless `allVersions`. Cells come by column, newest first. */
   async get(row: string, o: ReadOptions = {}): Promise<Cell[]> {
     const filter = toFilter(o);
-    return this.onOwner(o, row, async (shard, epoch, callOpts) => toCells((await call(shard, shard.readRow, { epoch, row, filter }, callOpts)).cells));
+    const res = await this.onOwner(o, row, (shard, epoch, callOpts) => this.unary(shard, shard.readRow, { epoch, row, filter }, callOpts));
+    return toCells(res.cells);
   }
 
   /** The newest value of one column, or undefined. */
@@ -400,7 +433,7 @@ export class CairnClient {
     const filter = toFilter(o);
     const found = new Map<string, Cell[]>();
     await this.fanOut(o, unique, (r) => r, { maxItems: MAX_ROWS_PER_CALL }, async (shard, epoch, batch, callOpts) => {
-      const res = await call(shard, shard.readRows, { epoch, rows: batch.map((b) => b.item), filter }, callOpts);
+      const res = await this.unary(shard, shard.readRows, { epoch, rows: batch.map((b) => b.item), filter }, callOpts);
       for (const r of res.rows) found.set(r.row, toCells(r.cells));
     });
     // Request order, which is what a caller iterating the map expects.
@@ -436,7 +469,7 @@ export class CairnClient {
     while (rows.length < limit && cursorInWindow(cursor, window)) {
       const at = cursor;
       // Re-planned on every attempt: after a map refresh the same hash may have a new owner.
-      const { res, segmentEnd } = await this.run(deadline, async (token, map) => {
+      const { res, segmentEnd } = await this.attempt(deadline, async (token, map) => {
         const seg = segmentAt(map, at.hash, window.end);
         const shard = this.shard(seg.address);
         const req = {
@@ -448,9 +481,9 @@ export class CairnClient {
           hashStart: at.hash,
           hashEnd: endToProto(seg.end),
         };
-        return { res: await call(shard, shard.scanRows, req, { token, deadline }), segmentEnd: seg.end };
+        return { res: await this.unary(shard, shard.scanRows, req, { token, deadline }), segmentEnd: seg.end };
       });
-      rows.push(...res.rows.map((r) => ({ row: r.row, cells: toCells(r.cells) })));
+      for (const r of res.rows) rows.push(r); // decoded RowCells have the ScanRow shape: no copy
       cursor = cursorAfter(res.nextToken, segmentEnd);
     }
     return cursorInWindow(cursor, window) ? { rows, nextToken: encodeScanToken(cursor) } : { rows };
@@ -458,7 +491,7 @@ export class CairnClient {
 
   /** Deletes every cell of a row; returns how many cells were deleted. */
   async deleteRow(row: string, o: Omit<WriteOptions, 'replace'> = {}): Promise<number> {
-    const requestId = newRequestId();
+    const requestId = this.ids.next();
     const res = await this.onOwner(o, row, (shard, epoch, callOpts) =>
       call(shard, shard.deleteRow, { epoch, requestId, sync: o.sync ?? false, row }, callOpts),
     );
@@ -467,7 +500,7 @@ export class CairnClient {
 
   /** Deletes columns of a row, optionally only versions in a time range; returns how many cells were deleted. */
   async deleteCells(row: string, columns: string[], o: Omit<WriteOptions, 'replace'> & { timeRange?: TimeRange } = {}): Promise<number> {
-    const requestId = newRequestId();
+    const requestId = this.ids.next();
     const timeRange = o.timeRange ? { startUs: o.timeRange.startUs ?? 0n, endUs: o.timeRange.endUs ?? 0n } : undefined;
     const res = await this.onOwner(o, row, (shard, epoch, callOpts) =>
       call(shard, shard.deleteCells, { epoch, requestId, sync: o.sync ?? false, row, columns, timeRange }, callOpts),
@@ -486,7 +519,7 @@ export class CairnClient {
       throw new CairnError('INVALID_ARGUMENT', 'check: give `equals` (a value) or `absent: true`');
     }
     const req = {
-      requestId: newRequestId(),
+      requestId: this.ids.next(),
       sync: o.sync ?? false,
       row,
       checkColumn: check.column,
@@ -501,7 +534,7 @@ export class CairnClient {
 
   /** Takes a lease on a row. Another holder's live lease fails with CONFLICT. */
   async lockRow(row: string, leaseMs: number, o: CallOptions = {}): Promise<Lease> {
-    const requestId = newRequestId();
+    const requestId = this.ids.next();
     const res = await this.onOwner(o, row, (shard, epoch, callOpts) => call(shard, shard.lockRow, { epoch, row, leaseMs, requestId }, callOpts));
     return { leaseId: res.leaseId, expiresAtMs: Number(res.expiresAtMs) };
   }
@@ -620,7 +653,74 @@ export class CairnClient {
     row: string,
     fn: (shard: ShardServiceClient, epoch: bigint, callOpts: { token?: string; deadline: number }) => Promise<T>,
   ): Promise<T> {
-    return this.run(this.deadlineOf(o), (token, map, deadline) => fn(this.shard(routeRow(map, row).address), map.epoch, { token, deadline }));
+    return this.attempt(this.deadlineOf(o), (token, map, deadline) => fn(this.shard(routeRow(map, row).address), map.epoch, { token, deadline }));
+  }
+
+  /**
+   * One logical call, fast: the first attempt is sent at once, with the token
+   * and map as they stand (no retry loop, no await before the send). Only a
+   * retryable failure (or a token that must be fetched first) goes on to the
+   * full loop of `run`, under the same deadline, after what the loop itself
+   * would have done first: refresh the map, or wait the backoff.
+   */
+  private attempt<T>(deadline: number, fn: (token: string | undefined, map: ClusterMap, deadline: number) => Promise<T>): Promise<T> {
+    const token = this.readyToken();
+    if (token === STALE || this.closed) return this.run(deadline, fn);
+    let first: Promise<T>;
+    try {
+      first = fn(token, this.currentMap, deadline);
+    } catch (e) {
+      first = Promise.reject(e);
+    }
+    return first.catch((e: unknown) => this.recover(fromServiceError(e), deadline, fn));
+  }
+
+  private async recover<T>(err: CairnError, deadline: number, fn: (token: string | undefined, map: ClusterMap, deadline: number) => Promise<T>): Promise<T> {
+    if (err.code === 'UNAUTHENTICATED' && this.canLogin && /expired/i.test(err.message)) {
+      this.tokenStale = true; // as withToken: log in again, then the loop
+      return this.run(deadline, fn);
+    }
+    let action = classify(err);
+    if (action === 'fail') throw err;
+    if (action === 'refresh-map') {
+      try {
+        await this.refreshMap(deadline);
+      } catch (e) {
+        err = fromServiceError(e);
+        if (classify(err) === 'fail') throw err;
+        action = 'backoff';
+      }
+    }
+    if (action === 'backoff') {
+      const delay = backoffMs(0, err.details.retryAfterMs);
+      if (Date.now() + delay >= deadline) throw err;
+      if (delay > 0) await realSleep(delay);
+    }
+    return this.run(deadline, fn);
+  }
+
+  /** The current token when it can be sent as is; STALE when a login must come first. */
+  private readyToken(): string | undefined | typeof STALE {
+    if (!this.canLogin) return this.currentToken;
+    if (this.currentToken === undefined || this.tokenStale || Date.now() >= this.renewAt) return STALE;
+    return this.currentToken;
+  }
+
+  /** A unary call with the caller's deadline and metadata reused for the same token (grpc.ts `call`, minus a Metadata per call). */
+  private unary<Req, Res>(
+    client: ShardServiceClient,
+    method: (req: Req, md: GrpcMetadata, opts: Partial<GrpcCallOptions>, cb: (err: ServiceError | null, res: Res) => void) => ClientUnaryCall,
+    req: Req,
+    o: { token?: string; deadline: number },
+  ): Promise<Res> {
+    if (o.token !== this.mdToken || !this.md) {
+      this.md = metadataFor(o.token);
+      this.mdToken = o.token;
+    }
+    const md = this.md;
+    return new Promise<Res>((resolve, reject) => {
+      method.call(client, req, md, { deadline: o.deadline }, (err, res) => (err ? reject(fromServiceError(err)) : resolve(res)));
+    });
   }
 
   /**
@@ -639,11 +739,16 @@ export class CairnClient {
     let pending: Array<Indexed<T>> = items.map((item, index) => ({ index, item }));
     if (pending.length === 0) return;
     const weights = caps.weights?.map((w) => ({ max: w.max, of: (x: Indexed<T>) => w.of(x.item) }));
-    await this.run(this.deadlineOf(o), async (token, map, deadline) => {
+    await this.attempt(this.deadlineOf(o), async (token, map, deadline) => {
       const subCalls: Array<{ address: string; batch: Array<Indexed<T>> }> = [];
       for (const g of groupByShard(map, pending, (p) => keyOf(p.item)).values()) {
         const own = g.items.map((x) => x.item);
         for (const batch of splitBatches(own, { maxItems: caps.maxItems, weights })) subCalls.push({ address: g.address, batch });
+      }
+      if (subCalls.length === 1) {
+        // One owner, one sub-batch (a put, or a small batch): nothing to fan out.
+        await send(this.shard(subCalls[0]!.address), map.epoch, subCalls[0]!.batch, { token, deadline });
+        return;
       }
       const failed: Array<Indexed<T>> = [];
       const errors: CairnError[] = [];

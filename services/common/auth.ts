@@ -172,7 +172,28 @@ function formatAgo(ms: number): string {
  * Checks a token's signature and expiry and returns its claims. Throws
  * UNAUTHENTICATED with a message that says which check failed.
  */
+/**
+ * Tokens already verified, per key object: a token string cannot change, so a
+ * second sight of it needs only the expiry check, not the HMAC and JSON parse
+ * again (a client sends the same token with every call). Bounded: cleared when full.
+ */
+const verified = new WeakMap<Buffer, Map<string, Claims>>();
+const VERIFIED_MAX = 1024;
+
 export function verifyToken(key: Buffer, token: string | undefined, now: number = Date.now()): Claims {
+  if (token) {
+    const hit = verified.get(key)?.get(token);
+    if (hit && now < hit.exp) return { ...hit };
+  }
+  const claims = verifyTokenFully(key, token, now);
+  let m = verified.get(key);
+  if (!m) verified.set(key, (m = new Map()));
+  if (m.size >= VERIFIED_MAX) m.clear();
+  m.set(token!, claims);
+  return { ...claims };
+}
+
+function verifyTokenFully(key: Buffer, token: string | undefined, now: number): Claims {
   if (token === undefined || token === '') throw unauthenticated(MISSING_TOKEN_MESSAGE);
   const parts = token.split('.');
   if (parts.length !== 3) throw unauthenticated('malformed token: expected v1.<claims>.<signature>');

@@ -5,14 +5,17 @@
  *
  * 64-bit hashes and epochs are `bigint` everywhere in TypeScript.
  */
-import { createHash } from 'node:crypto';
+import * as crypto from 'node:crypto';
 
 /** 2^64: the exclusive end of the hash space. */
 export const HASH_SPACE_END = 1n << 64n;
 
+/** crypto.hash (Node >= 20.12) is the one-shot form: no Hash object per call. */
+const oneShot = (crypto as unknown as { hash?: (alg: string, data: string | Uint8Array, enc: 'buffer') => Buffer }).hash;
+
 /** The 8 big-endian hash bytes of a row key: the prefix of every stored key of the row. */
 export function rowHashBytes(row: string | Uint8Array): Buffer {
-  return createHash('sha1').update(row).digest().subarray(0, 8);
+  return (oneShot ? oneShot('sha1', row, 'buffer') : crypto.createHash('sha1').update(row).digest()).subarray(0, 8);
 }
 
 /** The row's hash as an unsigned 64-bit integer. */

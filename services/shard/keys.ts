@@ -98,12 +98,26 @@ export function columnKeyPrefix(prefix: Uint8Array, column: string): Buffer {
 }
 
 export function cellKey(prefix: Uint8Array, column: string, timestampUs: bigint): Buffer {
-  return Buffer.concat([prefix, escapeColumn(column), TERMINATOR, invertedTimestamp(timestampUs)]);
+  if (column.indexOf('\0') >= 0) return Buffer.concat([prefix, escapeColumn(column), TERMINATOR, invertedTimestamp(timestampUs)]);
+  // No NUL in the column, so its UTF-8 has no 0x00 to escape: write everything into one buffer.
+  if (timestampUs < 0n || timestampUs > U64_MAX) throw new RangeError(`timestamp out of range: ${timestampUs}`);
+  const n = prefix.length + Buffer.byteLength(column, 'utf8');
+  const out = Buffer.allocUnsafe(n + 10);
+  out.set(prefix, 0);
+  out.write(column, prefix.length, 'utf8');
+  out[n] = 0x00;
+  out[n + 1] = 0x01;
+  out.writeBigUInt64BE(U64_MAX - timestampUs, n + 2);
+  return out;
 }
 
 /** The column and timestamp of a cell key whose row prefix is `prefixLength` bytes long. */
 export function decodeCellTail(key: Uint8Array, prefixLength: number): { column: string; timestampUs: bigint } {
   const end = key.length - 8;
+  // Fast path: a column without 0x00 bytes, so the terminator is the first 0x00 (no unescaping, no copy).
+  const b = Buffer.isBuffer(key) ? key : Buffer.from(key.buffer, key.byteOffset, key.length);
+  const z = b.indexOf(0, prefixLength);
+  if (z === end - 2 && b[z + 1] === 0x01) return { column: b.toString('utf8', prefixLength, z), timestampUs: U64_MAX - b.readBigUInt64BE(end) };
   const bytes: number[] = [];
   let i = prefixLength;
   for (;;) {

@@ -135,7 +135,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
   return {
     writeRows: unary(env, 'WriteRows', 'rw', async (req, ctx) => {
       check.checkWriteRows(
-        req.rows.map((r) => ({ row: r.row, cells: toCells(r.cells), replace: r.replace })),
+        req.rows, // decoded RowWrite/CellWrite have the store's input shape: no copies
         limits,
       );
       check.checkRequestId(req.requestId);
@@ -148,7 +148,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
           node
             .trackLocal(
               store.writeRows(
-                local.map(({ item }) => ({ row: item.row, cells: toCells(item.cells), replace: item.replace })),
+                local.length === req.rows.length ? req.rows : local.map(({ item }) => item),
                 { requestId: req.requestId, sync: req.sync },
               ),
             )
