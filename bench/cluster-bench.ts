@@ -23,6 +23,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { ClassicLevel } from 'classic-level';
 import { CairnClient } from '../services/client/index.js';
+import { CLK_TCK, machineBusyTicks, median, percentile, procTicks, table } from './lib/common.js';
 
 // ---------------------------------------------------------------------------
 // Options
@@ -195,40 +196,8 @@ function levelSystem(db: ClassicLevel<string, Buffer>): System {
 // ---------------------------------------------------------------------------
 // CPU accounting: /proc/<pid>/stat utime + stime (fields 14 and 15, clock ticks)
 
-function clockTicksPerSecond(): number {
-  try {
-    const n = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
-    return Number.isFinite(n) && n > 0 ? n : 100;
-  } catch {
-    return 100;
-  }
-}
-const CLK_TCK = clockTicksPerSecond();
 
-/** utime + stime of a process (all its threads), in clock ticks; NaN when it cannot be read. */
-function procTicks(pid: number | undefined): number {
-  if (pid === undefined) return NaN;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // rest[0] is field 3, so field n is rest[n - 3].
-    return Number(rest[11]) + Number(rest[12]);
-  } catch {
-    return NaN;
-  }
-}
 
-/** Busy clock ticks of the whole machine, all CPUs (the "cpu" line of /proc/stat); NaN when unreadable. */
-function machineBusyTicks(): number {
-  try {
-    const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!;
-    const [, user, nice, system, , , irq, softirq, steal] = line.trim().split(/\s+/).map(Number);
-    return user! + nice! + system! + irq! + softirq! + steal!;
-  } catch {
-    return NaN;
-  }
-}
 
 /** CPU seconds per wall second of this process and the servers, measured over `ms`. */
 async function busyCores(serverPids: number[], ms: number): Promise<number> {
@@ -292,10 +261,6 @@ interface Sample {
 
 const settleStats = { seconds: 0, notQuiet: 0 };
 
-function percentile(sorted: Float64Array, q: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
-}
 
 interface DriveResult {
   rows: number;
@@ -388,12 +353,6 @@ async function measure(sys: System, w: Workload, o: Options, readKeys: string[],
 // ---------------------------------------------------------------------------
 // Reporting
 
-function median(xs: number[]): number {
-  const v = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
-  if (v.length === 0) return NaN;
-  const m = v.length >> 1;
-  return v.length % 2 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
-}
 
 const fmtInt = (n: number): string => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '-');
 const fmtMs = (n: number): string => (!Number.isFinite(n) ? '-' : n < 1 ? n.toFixed(3) : n < 100 ? n.toFixed(2) : n.toFixed(0));
@@ -401,11 +360,6 @@ const fmtFix = (n: number, d: number): string => (Number.isFinite(n) ? n.toFixed
 const fmtK = (n: number): string => (n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)}k` : n.toFixed(0));
 const fmtRatio = (n: number): string => (!Number.isFinite(n) ? '-' : n >= 0.1 ? `${n.toFixed(2)}x` : `${n.toFixed(3)}x`);
 
-function table(header: string[], rows: string[][], rightAlign: boolean[]): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (cells: string[]) => cells.map((c, i) => (rightAlign[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd();
-  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
-}
 
 function median0(samples: Sample[], f: (s: Sample) => number): number {
   return median(samples.map(f));
