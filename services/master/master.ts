@@ -14,7 +14,7 @@ import { evenSplit, rangeCovers, rangesOverlap, reassign, shareOf, type HashRang
 import { MoveCoordinator, type Operation } from './coordinator.js';
 import type { Move } from './moves.js';
 import { plan as planMoves, shardLoads, type Plan } from './planner.js';
-import { MasterStore, type ShardRecord } from './store.js';
+import { MasterStore, type Registry, type ShardRecord } from './store.js';
 
 export interface ClientUser {
   user: string;
@@ -89,6 +89,8 @@ export class Master {
   readonly tokenKey: Buffer;
   private map: ClusterMap = EMPTY_MAP;
   private shards: ShardRecord[] = [];
+  /** Ids removed with remserver; a process still holding one may not register again with it. */
+  private removed = new Set<string>();
   private nextShardNumber = 1;
   private readonly live = new Map<string, LiveState>();
   private readonly serial = new Serial();
@@ -115,6 +117,7 @@ export class Master {
     const state = await store.load();
     m.shards = state.shards;
     m.nextShardNumber = state.nextShardNumber;
+    m.removed = new Set(state.removed);
     if (state.map) {
       const err = mapError(state.map);
       if (err) throw new Error(`stored map is invalid: ${err}`);
@@ -166,11 +169,15 @@ export class Master {
     const err = mapError(next);
     if (err) throw new CairnError('INTERNAL', `refusing to commit an invalid map: ${err}`);
     if (next.epoch !== this.map.epoch + 1n) throw new CairnError('INTERNAL', `map epoch must grow by one: ${this.map.epoch} -> ${next.epoch}`);
-    await this.store.save({ map: next, shards: this.shards, nextShardNumber: this.nextShardNumber });
+    await this.store.save({ map: next, ...this.registry() });
     this.map = next;
     this.log.info('map committed', { epoch: next.epoch.toString(), ranges: next.ranges.length });
     for (const w of this.watchers) w(next);
     void this.pushMapToAll();
+  }
+
+  private registry(): Registry {
+    return { shards: this.shards, nextShardNumber: this.nextShardNumber, removed: [...this.removed] };
   }
 
   private shardRefs() {
@@ -180,6 +187,10 @@ export class Master {
   /** Admits a shard (new or returning). Once expectShards have registered, splits the space evenly. */
   register(shardId: string, address: string): Promise<{ shardId: string; map: ClusterMap }> {
     return this.serial.run(async () => {
+      // A late heartbeat or retry from a removed shard must not bring it back into the registry.
+      if (shardId && this.removed.has(shardId)) {
+        throw new CairnError('PRECONDITION', `shard ${shardId} was removed from the cluster; to join again, start it with an empty data directory`);
+      }
       let rec = shardId ? this.shards.find((s) => s.id === shardId) : undefined;
       const isNew = !rec;
       // The first expectShards shards form the cluster; once it has a map, new shards need AddServer.
@@ -205,7 +216,7 @@ export class Master {
       } else if (this.map.epoch > 0n && (isNew || addressChanged)) {
         await this.commitMap({ ...this.map, epoch: this.map.epoch + 1n, shards: this.shardRefs() });
       } else {
-        await this.store.save({ shards: this.shards, nextShardNumber: this.nextShardNumber });
+        await this.store.save({ ...this.registry() });
         if (this.map.epoch === 0n) {
           this.log.info('waiting for shards', { registered: this.shards.length, expected: this.opts.expectShards });
         }
@@ -289,7 +300,7 @@ export class Master {
       const next: ClusterMap = { epoch: this.map.epoch + 1n, ranges: reassign(this.map.ranges, r, move.to), shards: this.map.shards };
       const err = mapError(next);
       if (err) throw new CairnError('INTERNAL', `refusing to commit an invalid map: ${err}`);
-      await this.store.save({ map: next, shards: this.shards, nextShardNumber: this.nextShardNumber, moves: [{ id: move.id, json: journal }] });
+      await this.store.save({ map: next, ...this.registry(), moves: [{ id: move.id, json: journal }] });
       this.map = next;
       this.log.info('map committed', { epoch: next.epoch.toString(), ranges: next.ranges.length, moveId: move.id });
       for (const w of this.watchers) w(next);
@@ -373,8 +384,9 @@ export class Master {
       }
       this.shards = this.shards.filter((s) => s.id !== target.id);
       this.live.delete(target.id);
+      this.removed.add(target.id);
       if (this.map.epoch > 0n) await this.commitMap({ ...this.map, epoch: this.map.epoch + 1n, shards: this.shardRefs() });
-      else await this.store.save({ shards: this.shards, nextShardNumber: this.nextShardNumber });
+      else await this.store.save({ ...this.registry() });
       this.log.info('shard removed', { shardId: target.id, address: target.address });
       return target;
     });

@@ -14,6 +14,13 @@ export interface ShardRecord {
   registeredAtMs: number;
 }
 
+/** The shard registry as persisted: current shards, the next id to hand out, and ids removed for good. */
+export interface Registry {
+  shards: ShardRecord[];
+  nextShardNumber: number;
+  removed: string[];
+}
+
 interface MapJson {
   epoch: string;
   ranges: Array<{ start: string; end: string; shardId: string }>;
@@ -47,20 +54,22 @@ export class MasterStore {
     return new MasterStore(db);
   }
 
-  async load(): Promise<{ map: ClusterMap | undefined; shards: ShardRecord[]; nextShardNumber: number }> {
-    const [map, shards, next] = await this.db.getMany(['map', 'shards', 'nextShardNumber']);
+  async load(): Promise<Registry & { map: ClusterMap | undefined }> {
+    const [map, shards, next, removed] = await this.db.getMany(['map', 'shards', 'nextShardNumber', 'removedShards']);
     return {
       map: map ? fromJson(JSON.parse(map) as MapJson) : undefined,
       shards: shards ? (JSON.parse(shards) as ShardRecord[]) : [],
       nextShardNumber: next ? Number(next) : 1,
+      removed: removed ? (JSON.parse(removed) as string[]) : [],
     };
   }
 
   /** Writes the registry, and optionally a new map and journal records, in one synced batch. */
-  async save(state: { map?: ClusterMap; shards: ShardRecord[]; nextShardNumber: number; moves?: Array<{ id: string; json: unknown }> }): Promise<void> {
+  async save(state: Registry & { map?: ClusterMap; moves?: Array<{ id: string; json: unknown }> }): Promise<void> {
     const ops: Array<{ type: 'put'; key: string; value: string }> = [
       { type: 'put', key: 'shards', value: JSON.stringify(state.shards) },
       { type: 'put', key: 'nextShardNumber', value: String(state.nextShardNumber) },
+      { type: 'put', key: 'removedShards', value: JSON.stringify(state.removed) },
     ];
     if (state.map) ops.push({ type: 'put', key: 'map', value: JSON.stringify(toJson(state.map)) });
     for (const m of state.moves ?? []) ops.push({ type: 'put', key: `move/${m.id}`, value: JSON.stringify(m.json) });

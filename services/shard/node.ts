@@ -240,6 +240,11 @@ export class ShardNode {
         return;
       } catch (err) {
         const e = err as CairnError;
+        if (e.code === 'PRECONDITION') {
+          // Removed for good (remserver): retrying cannot succeed, and the operator must act.
+          this.log.error('the master will not admit this shard', { error: e.message });
+          return;
+        }
         if (e.code === 'UNAUTHENTICATED' || e.code === 'PERMISSION_DENIED') {
           this.log.error('the master refused this shard: check serverCredential', { error: e.message });
         } else {
@@ -282,7 +287,7 @@ export class ShardNode {
       if ((res.header?.epoch ?? 0n) > this.map.epoch) await this.refreshMap();
     } catch (err) {
       const e = err as CairnError;
-      if (e.code === 'NOT_FOUND' && !stopping) {
+      if (e.code === 'NOT_FOUND' && !stopping && !this.stopping) {
         this.registered = false;
         void this.register();
         return;
