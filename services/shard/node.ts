@@ -139,7 +139,7 @@ export class ShardNode {
     if (overlapsAny(range, this.ownedRanges())) {
       throw new CairnError(
         'PRECONDITION',
-        `move ${moveId}: shard ${this.nodeId} owns part of ${showRange(range)} in map epoch ${this.map.epoch}, so it neither pulls nor drops it`,
+        `move ${moveId}: shard ${this.nodeId} owns part of ${showRange(range)} in map epoch ${this.map.epoch}, so it does not pull it`,
         { epoch: this.map.epoch },
       );
     }

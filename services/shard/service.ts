@@ -27,7 +27,7 @@ import { rangeContains, type HashRange } from '../common/ranges.js';
 import { showRange } from './fence.js';
 import type { ShardNode } from './node.js';
 import type { CellFilterIn, CellIn, CellOut } from './store.js';
-import { checkMoveId, rangeFromRequest, runPull, serveTransfer, transferParams } from './transfer.js';
+import { checkMoveId, dropAbortedCopy, rangeFromRequest, runPull, serveTransfer, transferParams } from './transfer.js';
 import * as check from './validate.js';
 
 export const toFilter = (f: CellFilter | undefined): CellFilterIn => ({
@@ -355,23 +355,8 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       checkMoveId(req.moveId);
       const range = rangeFromRequest(req.start, req.end);
       await node.ensureEpoch(req.epoch);
-      node.assertOwnsNone(range, req.moveId);
-      const pull = node.moves.find('pull', req.moveId);
-      if (pull) {
-        pull.abort(new CairnError('CONFLICT', `move ${req.moveId} was aborted: its range is being dropped`));
-        await pull.done;
-      }
-      const task = node.moves.begin('drop', req.moveId, range);
-      try {
-        node.moves.forgetReady(req.moveId);
-        await node.janitor.settled(range);
-        node.assertOwnsNone(range, req.moveId);
-        const n = await store.deleteRange(range);
-        node.log.info('dropped the copy of an aborted move', { moveId: req.moveId, range: showRange(range), keys: n });
-        return { header: header(), deletedKeys: BigInt(n) };
-      } finally {
-        node.moves.finish(task);
-      }
+      const { deletedKeys } = await dropAbortedCopy(node, req.moveId, range);
+      return { header: header(), deletedKeys: BigInt(deletedKeys) };
     }),
 
     getMoveState: unary(env, 'GetMoveState', 'server', async (req) => {

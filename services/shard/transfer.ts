@@ -37,7 +37,7 @@ import { failpoint } from '../common/failpoints.js';
 import { metadataFor, type RpcContext } from '../common/grpc.js';
 import { endFromProto, endToProto, HASH_SPACE_END } from '../common/hash.js';
 import { isBucketAligned, rangesOverlap, type HashRange } from '../common/ranges.js';
-import { coveredBy, showRange } from './fence.js';
+import { coveredBy, showRange, subtractRanges } from './fence.js';
 import { rowPrefixLength } from './keys.js';
 import type { ShardNode } from './node.js';
 import type { PerRowSublevel, RawOp } from './store.js';
@@ -473,9 +473,12 @@ export class MoveRegistry {
     return undefined;
   }
 
-  /** Ranges this shard is receiving, dropping, or holds a finished copy of: the janitor keeps away from them. */
-  destinationRanges(): HashRange[] {
-    return [...[...this.tasks].filter((t) => t.kind !== 'transfer').map((t) => t.range), ...this.ready.values()];
+  /** Ranges this shard is receiving, dropping, or holds a finished copy of (for moves other than `except`): the janitor keeps away from them. */
+  destinationRanges(except?: string): HashRange[] {
+    return [
+      ...[...this.tasks].filter((t) => t.kind !== 'transfer' && t.moveId !== except).map((t) => t.range),
+      ...[...this.ready].filter(([id]) => id !== except).map(([, r]) => r),
+    ];
   }
 
   wasAborted(moveId: string): boolean {
@@ -637,6 +640,40 @@ export async function serveTransfer(
     unsubscribe();
     moves.finish(task);
   }
+}
+
+// ---------------------------------------------------------------- destination: DropRange
+
+/**
+ * Deletes what an aborted move left on this (destination) shard. Parts of the
+ * range that this shard now owns, or that another move is pulling or holds a
+ * finished copy of, are kept: every pull clears its range before it copies,
+ * so the aborted move's leftovers there are gone already, and what is there
+ * now belongs to the later move (deleting it would lose its acknowledged writes).
+ */
+export async function dropAbortedCopy(node: ShardNode, moveId: string, range: HashRange): Promise<{ deletedKeys: number; kept: HashRange[] }> {
+  const { store, moves } = node;
+  const pull = moves.find('pull', moveId);
+  if (pull) {
+    pull.abort(new CairnError('CONFLICT', `move ${moveId} was aborted: its range is being dropped`));
+    await pull.done;
+  }
+  moves.forgetReady(moveId);
+  const keep = () => [...node.ownedRanges(), ...moves.destinationRanges(moveId)];
+  let deletedKeys = 0;
+  for (const piece of subtractRanges([range], keep())) {
+    // Registered in the same tick as the subtraction: from here on no pull of another move can start on the piece.
+    const task = moves.begin('drop', moveId, piece);
+    try {
+      await node.janitor.settled(piece);
+      for (const part of subtractRanges([piece], keep())) deletedKeys += await store.deleteRange(part);
+    } finally {
+      moves.finish(task);
+    }
+  }
+  const kept = subtractRanges([range], subtractRanges([range], keep()));
+  node.log.info('dropped the copy of an aborted move', { moveId, range: showRange(range), keys: deletedKeys, kept: kept.map(showRange) });
+  return { deletedKeys, kept };
 }
 
 // ---------------------------------------------------------------- destination: PullRange
