@@ -83,6 +83,40 @@ function reportError(env: HandlerEnv, method: string, err: unknown) {
 }
 
 /** Wraps an async unary handler: auth by role (null = none), errors through the table. */
+/**
+ * A request whose bytes did not parse as its message. grpc-js would answer a
+ * throwing deserializer with a bare INTERNAL; the handler wrappers answer
+ * INVALID_ARGUMENT naming the message instead (after authentication).
+ */
+class UndecodableRequest {
+  constructor(readonly reason: string) {}
+}
+
+function decoded<Req>(request: Req | UndecodableRequest, method: string): Req {
+  if (request instanceof UndecodableRequest) {
+    throw new CairnError('INVALID_ARGUMENT', `request: the bytes are not a valid ${method} request message (${request.reason})`);
+  }
+  return request;
+}
+
+/** The service definition with deserializers that never throw (see UndecodableRequest). */
+function tolerantDefinition(def: grpc.ServiceDefinition): grpc.ServiceDefinition {
+  const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const [name, m] of Object.entries(def as Record<string, grpc.MethodDefinition<unknown, unknown>>)) {
+    out[name] = {
+      ...m,
+      requestDeserialize: (bytes: Buffer) => {
+        try {
+          return m.requestDeserialize(bytes);
+        } catch (err) {
+          return new UndecodableRequest((err as Error).message);
+        }
+      },
+    };
+  }
+  return out as grpc.ServiceDefinition;
+}
+
 export function unary<Req, Res>(
   env: HandlerEnv,
   method: string,
@@ -99,7 +133,8 @@ export function unary<Req, Res>(
     let result: Promise<Res>;
     try {
       leave = env.gate?.enter(method);
-      result = fn(call.request, authenticate(env, call, method, need));
+      const ctx = authenticate(env, call, method, need);
+      result = fn(decoded(call.request, method), ctx);
     } catch (err) {
       result = Promise.reject(err);
     }
@@ -138,7 +173,8 @@ export function serverStream<Req, Res>(
     let result: Promise<void>;
     try {
       leave = env.gate?.enter(method);
-      result = fn(call.request, authenticate(env, call, method, need), send);
+      const ctx = authenticate(env, call, method, need);
+      result = fn(decoded(call.request, method), ctx, send);
     } catch (err) {
       result = Promise.reject(err);
     }
@@ -210,7 +246,7 @@ export async function startServer(
   },
 ): Promise<{ server: grpc.Server; port: number }> {
   const server = new grpc.Server(channelOptions(opts.maxMessageBytes));
-  for (const [def, impl] of services) server.addService(def, impl);
+  for (const [def, impl] of services) server.addService(tolerantDefinition(def), impl);
   opts.register?.(server);
   const creds = serverCredentials(opts);
   const port = await new Promise<number>((resolve, reject) =>

@@ -14,6 +14,26 @@ import type { MoveProgress } from './coordinator.js';
 import type { Move } from './moves.js';
 import type { Plan } from './planner.js';
 
+/** A move throttle no link reaches (1 TB/s); above it the bytes-per-second figure stops fitting the wire's uint64. */
+const MAX_MOVE_MBPS = 1_000_000;
+
+function checkMaxMbps(mbps: number): void {
+  if (!(mbps >= 0) || !(mbps <= MAX_MOVE_MBPS)) throw invalidArgument(`max_mbps: must be between 0 (no limit) and ${MAX_MOVE_MBPS}, got ${mbps}`);
+}
+
+const MAX_COUNT = Number.MAX_SAFE_INTEGER;
+
+/** A heartbeat's per-range counts, checked: a range inside the hash space, counts a master can add up and report. */
+function heartbeatRanges(ranges: Array<{ start: bigint; end: bigint; rows: bigint; bytes: bigint }>) {
+  return ranges.map((r, i) => {
+    const end = endFromProto(r.end);
+    if (r.start >= end) throw invalidArgument(`ranges[${i}]: start ${r.start} must be below end ${r.end === 0n ? '2^64' : r.end}`);
+    if (r.rows > BigInt(MAX_COUNT)) throw invalidArgument(`ranges[${i}].rows: ${r.rows} is over ${MAX_COUNT}`);
+    if (r.bytes > BigInt(MAX_COUNT)) throw invalidArgument(`ranges[${i}].bytes: ${r.bytes} is over ${MAX_COUNT}`);
+    return { start: r.start, end, rows: Number(r.rows), bytes: Number(r.bytes) };
+  });
+}
+
 function planToProto(p: { plan: Plan; before: Map<string, number>; after: Map<string, number> }, shardIds: string[]): PlanProto {
   const total = [...p.after.values()].reduce((a, b) => a + b, 0);
   return {
@@ -59,12 +79,8 @@ export function masterServiceImpl(master: Master, env: HandlerEnv): MasterServic
     }),
     heartbeat: unary(env, 'Heartbeat', 'server', async (req) => {
       if (!req.shardId) throw invalidArgument('shard_id: must not be empty');
-      master.heartbeat(req.shardId, {
-        epoch: req.epoch,
-        opsPerSec: req.opsPerSec,
-        stopping: req.stopping,
-        ranges: req.ranges.map((r) => ({ start: r.start, end: endFromProto(r.end), rows: Number(r.rows), bytes: Number(r.bytes) })),
-      });
+      if (!(req.opsPerSec >= 0) || !Number.isFinite(req.opsPerSec)) throw invalidArgument(`ops_per_sec: must be a finite number >= 0, got ${req.opsPerSec}`);
+      master.heartbeat(req.shardId, { epoch: req.epoch, opsPerSec: req.opsPerSec, stopping: req.stopping, ranges: heartbeatRanges(req.ranges) });
       return { header: header() };
     }),
     getMap: unary(env, 'GetMap', 'r', async () => ({ header: header(), map: mapToProto(master.currentMap()) })),
@@ -111,13 +127,13 @@ export function adminServiceImpl(master: Master, env: HandlerEnv): AdminServiceS
       return { header: header(), plan: planToProto(p, master.listServers().map((s) => s.id)) };
     }),
     startRebalance: unary(env, 'StartRebalance', 'admin', async (req) => {
-      if (!(req.maxMbps >= 0)) throw invalidArgument(`max_mbps: must be >= 0, got ${req.maxMbps}`);
+      checkMaxMbps(req.maxMbps);
       const r = await master.startRebalance(req.maxMbps);
       return { header: header(), operationId: r.op?.id ?? '', plan: planToProto(r, master.listServers().map((s) => s.id)) };
     }),
     dropServer: unary(env, 'DropServer', 'admin', async (req) => {
       if (!req.server) throw invalidArgument('server: name the shard by id or host:port');
-      if (!(req.maxMbps >= 0)) throw invalidArgument(`max_mbps: must be >= 0, got ${req.maxMbps}`);
+      checkMaxMbps(req.maxMbps);
       const r = await master.startRebalance(req.maxMbps, req.server);
       return { header: header(), operationId: r.op?.id ?? '', plan: planToProto(r, master.listServers().map((s) => s.id)) };
     }),

@@ -207,7 +207,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
     scanRows: unary(env, 'ScanRows', 'r', async (req, ctx) => {
       const filter = toFilter(req.filter);
       const window: HashRange = { start: req.hashStart, end: endFromProto(req.hashEnd) };
-      check.checkScan({ rowPrefix: req.rowPrefix, filter, limit: req.limit, hashStart: window.start, hashEnd: window.end }, limits);
+      check.checkScan({ rowPrefix: req.rowPrefix, filter, limit: req.limit, hashStart: window.start, hashEnd: window.end, resumeToken: req.resumeToken }, limits);
       node.countOp();
       const limit = req.limit || 1000;
       // Where to start: after the resume token's position, else at the window start.
