@@ -1,0 +1,272 @@
+/**
+ * The nemesis: faults injected on a schedule while the clients run.
+ *
+ * - kill-shard: SIGKILL a shard, restart it after a moment;
+ * - pause-shard: SIGSTOP a shard, SIGCONT it after a moment (now and then
+ *   after the clients' deadlines have passed, so writes end unknown and the
+ *   ones in the socket land late);
+ * - partition: cut a shard off from the master, both ways (netns.ts), then heal;
+ * - kill-master: SIGKILL the master while a move is in flight, restart it;
+ * - rebalance / drain: start one (StartRebalance / DropServer) at random.
+ *
+ * Half of the shard faults first start a rebalance and wait for a move in
+ * flight, then hit its source or its destination, so crashes land inside
+ * moves in every role. One fault at a time; moves run in the background.
+ */
+import type { CairnClient } from '../../services/client/client.js';
+import type { MoveInfo } from '../../proto/gen/cairn/v1/admin.js';
+import type { NemesisCluster, Node } from './cluster.js';
+import type { NetnsLab } from './netns.js';
+
+export const FAULT_KINDS = ['kill-shard', 'pause-shard', 'partition', 'kill-master', 'rebalance', 'drain'] as const;
+export type FaultKind = (typeof FAULT_KINDS)[number];
+
+export interface FaultRecord {
+  kind: FaultKind;
+  atMs: number;
+  detail: string;
+}
+
+export interface NemesisOptions {
+  cluster: NemesisCluster;
+  /** An SDK client logged in as admin. */
+  admin: CairnClient;
+  /** Present when partitions can be made. */
+  net?: NetnsLab;
+  random?: () => number;
+  /** Pause between faults, ms. */
+  intervalMs?: [number, number];
+  log?: (line: string) => void;
+  /** Kinds to leave out. */
+  disable?: FaultKind[];
+}
+
+const IN_FLIGHT = new Set(['copying', 'catching_up', 'fenced']);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export class Nemesis {
+  readonly faults: FaultRecord[] = [];
+  /** Attempts that could not be made (nothing to move, an operation already running, …), by kind. */
+  readonly skipped = new Map<FaultKind, number>();
+  private stopping = false;
+  private loop: Promise<void> | undefined;
+  private readonly random: () => number;
+  private readonly started = Date.now();
+  private readonly kinds: Array<[FaultKind, number]>;
+
+  constructor(private readonly o: NemesisOptions) {
+    this.random = o.random ?? Math.random;
+    const weights: Record<FaultKind, number> = { 'kill-shard': 2, 'pause-shard': 2, partition: 2, 'kill-master': 2, rebalance: 1, drain: 1 };
+    this.kinds = FAULT_KINDS.filter((k) => !(o.disable ?? []).includes(k) && (k !== 'partition' || o.net)).map((k) => [k, weights[k]]);
+  }
+
+  counts(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const f of this.faults) out[f.kind] = (out[f.kind] ?? 0) + 1;
+    return out;
+  }
+
+  start(): void {
+    this.loop = this.run();
+  }
+
+  /** Lets the fault in progress finish (and heal), then stops. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    await this.loop;
+  }
+
+  private log(line: string): void {
+    this.o.log?.(`[+${((Date.now() - this.started) / 1000).toFixed(1)}s] ${line}`);
+  }
+
+  private between(lo: number, hi: number): number {
+    return lo + this.random() * (hi - lo);
+  }
+
+  private pick<T>(xs: readonly T[]): T {
+    return xs[Math.floor(this.random() * xs.length)]!;
+  }
+
+  private record(kind: FaultKind, detail: string): void {
+    this.faults.push({ kind, atMs: Date.now() - this.started, detail });
+    this.log(`fault ${kind}: ${detail}`);
+  }
+
+  private skip(kind: FaultKind, why: string): void {
+    this.skipped.set(kind, (this.skipped.get(kind) ?? 0) + 1);
+    this.log(`skip ${kind}: ${why}`);
+  }
+
+  private deck: FaultKind[] = [];
+  private dealt = 0;
+
+  /**
+   * The next fault, from a shuffled deck: the first deck holds each kind
+   * once, so even a short run injects every kind early; later decks hold
+   * each kind as many times as its weight.
+   */
+  private draw(): FaultKind {
+    if (this.deck.length === 0) {
+      this.deck = this.kinds.flatMap(([k, w]) => Array.from({ length: this.dealt === 0 ? 1 : w }, () => k));
+      this.dealt++;
+      for (let i = this.deck.length - 1; i > 0; i--) {
+        const j = Math.floor(this.random() * (i + 1));
+        [this.deck[i], this.deck[j]] = [this.deck[j]!, this.deck[i]!];
+      }
+    }
+    return this.deck.pop()!;
+  }
+
+  private async run(): Promise<void> {
+    const [lo, hi] = this.o.intervalMs ?? [1000, 3000];
+    while (!this.stopping) {
+      await sleep(this.between(lo, hi));
+      if (this.stopping) break;
+      const kind = this.draw();
+      try {
+        await this.inject(kind);
+      } catch (err) {
+        this.log(`fault ${kind} failed to run: ${(err as Error).message}`);
+        // Whatever happened, leave nothing broken behind.
+        await this.o.net?.healAll().catch(() => undefined);
+        await this.o.cluster.reviveAll().catch((e) => this.log(`revive failed: ${(e as Error).message}`));
+      }
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // Cluster views
+
+  private async shardIds(): Promise<Map<string, string>> {
+    const servers = await this.o.admin.listServers({ timeoutMs: 15_000 });
+    return new Map(servers.map((s) => [s.address, s.id]));
+  }
+
+  private async nodeOf(shardId: string): Promise<Node | undefined> {
+    const ids = await this.shardIds();
+    return this.o.cluster.shards.find((n) => ids.get(n.address) === shardId);
+  }
+
+  private async idOf(n: Node): Promise<string> {
+    return (await this.shardIds()).get(n.address) ?? '?';
+  }
+
+  async movesInFlight(): Promise<MoveInfo[]> {
+    const res = await this.o.admin.admin((a) => a.listMoves, { all: false }, { timeoutMs: 15_000 });
+    return res.moves.filter((m) => IN_FLIGHT.has(m.state));
+  }
+
+  private maxMbps(): number {
+    return this.pick([0.05, 0.1, 0.2, 0.5]);
+  }
+
+  /** Starts a rebalance, or a drain of a random shard that owns data; false when nothing started. */
+  private async startOperation(kind: 'rebalance' | 'drain'): Promise<string | undefined> {
+    try {
+      if (kind === 'rebalance') {
+        const mbps = this.maxMbps();
+        const res = await this.o.admin.admin((a) => a.startRebalance, { maxMbps: mbps }, { timeoutMs: 15_000 });
+        if (!res.operationId) return undefined;
+        return `${res.plan?.moves.length ?? 0} moves at ${mbps} MB/s (${res.operationId})`;
+      }
+      const ranges = await this.o.admin.getRanges({ timeoutMs: 15_000 });
+      const owners = [...new Set(ranges.map((r) => r.shardId))];
+      if (owners.length < 2) return undefined;
+      const victim = this.pick(owners);
+      const mbps = this.maxMbps();
+      const res = await this.o.admin.admin((a) => a.dropServer, { server: victim, maxMbps: mbps }, { timeoutMs: 15_000 });
+      if (!res.operationId) return undefined;
+      return `drain ${victim}: ${res.plan?.moves.length ?? 0} moves at ${mbps} MB/s (${res.operationId})`;
+    } catch (err) {
+      const msg = (err as Error).message;
+      if (/another rebalance or drain|CONFLICT/i.test(msg)) return undefined;
+      throw err;
+    }
+  }
+
+  /** A move in flight, starting a rebalance (or a drain) if none runs; undefined when none appears in time. */
+  private async moveInFlight(timeoutMs: number): Promise<MoveInfo | undefined> {
+    let moves = await this.movesInFlight();
+    if (moves.length === 0) {
+      const started = (await this.startOperation('rebalance')) ?? (await this.startOperation('drain'));
+      if (started) this.log(`started for the next fault: ${started}`);
+    }
+    const until = Date.now() + timeoutMs;
+    while (moves.length === 0 && Date.now() < until) {
+      await sleep(50);
+      moves = await this.movesInFlight();
+    }
+    return moves.length ? this.pick(moves) : undefined;
+  }
+
+  /** A shard to hit: half the time the source or destination of a move in flight. */
+  private async target(): Promise<{ node: Node; why: string }> {
+    if (this.random() < 0.5) {
+      const mv = await this.moveInFlight(4000).catch(() => undefined);
+      if (mv) {
+        const role = this.random() < 0.5 ? 'source' : 'destination';
+        const node = await this.nodeOf(role === 'source' ? mv.from : mv.to);
+        if (node) return { node, why: `${role} of ${mv.id} (${mv.state})` };
+      }
+    }
+    const node = this.pick(this.o.cluster.shards);
+    return { node, why: 'no move' };
+  }
+
+  // -------------------------------------------------------------------------
+  // Faults
+
+  private async inject(kind: FaultKind): Promise<void> {
+    const c = this.o.cluster;
+    switch (kind) {
+      case 'kill-shard': {
+        const { node, why } = await this.target();
+        const id = await this.idOf(node);
+        const down = this.between(200, 2000);
+        await c.kill(node);
+        this.record(kind, `${node.name} (${id}, ${why}) down ${(down / 1000).toFixed(1)}s`);
+        await sleep(down);
+        await c.restart(node);
+        return;
+      }
+      case 'pause-shard': {
+        const { node, why } = await this.target();
+        const id = await this.idOf(node);
+        // Now and then past the clients' deadlines, so writes end unknown and land late.
+        const hold = this.random() < 0.2 ? this.between(11_000, 14_000) : this.between(300, 3000);
+        c.pause(node);
+        this.record(kind, `${node.name} (${id}, ${why}) stopped ${(hold / 1000).toFixed(1)}s`);
+        await sleep(hold);
+        c.resume(node);
+        return;
+      }
+      case 'partition': {
+        const { node, why } = await this.target();
+        const id = await this.idOf(node);
+        const hold = this.between(1000, 5000);
+        await this.o.net!.partition(node.name, 'master');
+        this.record(kind, `${node.name} (${id}, ${why}) cut off from the master for ${(hold / 1000).toFixed(1)}s`);
+        await sleep(hold);
+        await this.o.net!.heal(node.name, 'master');
+        return;
+      }
+      case 'kill-master': {
+        const mv = await this.moveInFlight(5000).catch(() => undefined);
+        const down = this.between(200, 1500);
+        await c.kill(c.master);
+        this.record(kind, `${mv ? `during ${mv.id} ${mv.from}→${mv.to} (${mv.state})` : 'no move in flight'}, down ${(down / 1000).toFixed(1)}s`);
+        await sleep(down);
+        await c.restart(c.master);
+        return;
+      }
+      case 'rebalance':
+      case 'drain': {
+        const what = await this.startOperation(kind);
+        if (what) this.record(kind, what);
+        else this.skip(kind, 'nothing to move, or an operation is already running');
+        return;
+      }
+    }
+  }
+}

@@ -1,0 +1,437 @@
+/**
+ * The chaos run: a real cluster (master + shards as processes), concurrent
+ * SDK clients recording a history, the nemesis injecting faults, then the
+ * checks: per-key linearizability of the history, every acknowledged write
+ * present at the end (once, in timestamp order), and every range served by
+ * exactly one shard (each shard asked directly, with the current epoch).
+ *
+ *   npm run chaos -- --duration 10m [--clients 16] [--shards 4] [--keys 8]
+ *                    [--seed N] [--out DIR] [--keep] [--no-partitions] [--self-test]
+ *
+ * Prints what it does, then ops, faults by kind, anomalies, and one last
+ * line `chaos: ops=N faults=N anomalies=N`. On an anomaly the smallest
+ * offending history (and the whole history, and every process's log) is
+ * saved under the run directory, and the exit code is 1.
+ *
+ * test/nemesis/chaos.test.ts runs a bounded one in CI.
+ */
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { credentials, status } from '@grpc/grpc-js';
+import { MasterServiceClient } from '../../proto/gen/cairn/v1/master.js';
+import type { CairnClient } from '../../services/client/client.js';
+import { call } from '../../services/common/grpc.js';
+import { rowHash } from '../../services/common/hash.js';
+import { mapFromProto, ownerOfHash, type ClusterMap } from '../../services/common/map.js';
+import { login, rawCall, shardClient } from '../harness/raw.js';
+import { USERS } from '../harness/inproc.js';
+import { byKey, checkFinal, linearizabilityAnomalies, type Anomaly, type FinalVersion } from './checker.js';
+import { NemesisCluster } from './cluster.js';
+import { HistoryRecorder, saveHistory, showOp, type Op } from './history.js';
+import { Nemesis, type FaultKind } from './nemesis.js';
+import { NetnsLab, probeNetns } from './netns.js';
+import { COLUMN, connectClient, runOp, startWorkload } from './workload.js';
+
+export interface ChaosOptions {
+  durationMs: number;
+  clients?: number;
+  shards?: number;
+  keys?: number;
+  seed?: number;
+  /** Where the run directory (data, logs, results) is made; default the OS temp dir. */
+  dir?: string;
+  /** Keep the run directory after a clean run. */
+  keep?: boolean;
+  /** 'off' skips partitions even where they are possible. */
+  partitions?: 'auto' | 'off';
+  opTimeoutMs?: number;
+  /** Filler rows loaded first, so rebalances have bytes to move. */
+  fillerRows?: number;
+  /** Pause between faults, ms. */
+  faultIntervalMs?: [number, number];
+  /** Self-test: one client writes with stale timestamps; the run must then report anomalies. */
+  selfTest?: boolean;
+  log?: (line: string) => void;
+}
+
+export interface ChaosResult {
+  ops: number;
+  outcomes: Record<string, number>;
+  faults: number;
+  faultsByKind: Record<string, number>;
+  skipped: Record<string, number>;
+  partitions: { enabled: boolean; reason?: string };
+  moves: Record<string, number>;
+  anomalies: Anomaly[];
+  /** The last line: `chaos: ops=N faults=N anomalies=N`. */
+  summary: string;
+  dir: string;
+  savedFiles: string[];
+}
+
+/** A seeded 32-bit generator (mulberry32), as a float in [0, 1). */
+export function seeded(seed: number): () => number {
+  let t = seed >>> 0;
+  return () => {
+    t = (t + 0x6d2b79f5) >>> 0;
+    let r = Math.imul(t ^ (t >>> 15), 1 | t);
+    r = (r + Math.imul(r ^ (r >>> 7), 61 | r)) ^ r;
+    return ((r ^ (r >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** "90s", "10m", "1h", "1500ms", or a bare number of seconds. */
+export function parseDuration(s: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(s.trim());
+  if (!m) throw new Error(`--duration: expected e.g. 90s, 10m or 1h, got "${s}"`);
+  const n = Number(m[1]);
+  return n * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function masterMap(master: string, token: string): Promise<ClusterMap> {
+  const c = new MasterServiceClient(master, credentials.createInsecure());
+  try {
+    return mapFromProto((await call(c, c.getMap, {}, { token, timeoutMs: 10_000 })).map);
+  } finally {
+    c.close();
+  }
+}
+
+/** Waits until no move is in flight, driving stuck ones with RecoverMove. */
+export async function settleMoves(admin: CairnClient, log: (l: string) => void, timeoutMs: number): Promise<{ anomalies: Anomaly[] }> {
+  const until = Date.now() + timeoutMs;
+  let lastRecover = 0;
+  for (;;) {
+    let pending: Array<{ id: string; state: string }> = [];
+    try {
+      pending = (await admin.admin((a) => a.listMoves, { all: false }, { timeoutMs: 15_000 })).moves;
+    } catch (err) {
+      log(`settle: ListMoves failed: ${(err as Error).message}`);
+      pending = [{ id: '?', state: 'unknown' }];
+    }
+    if (pending.length === 0) return { anomalies: [] };
+    if (Date.now() > until) {
+      return { anomalies: [{ kind: 'other', message: `moves did not settle within ${timeoutMs / 1000}s: ${pending.map((m) => `${m.id}:${m.state}`).join(', ')}` }] };
+    }
+    if (Date.now() - lastRecover > 10_000) {
+      lastRecover = Date.now();
+      for (const m of pending) {
+        if (m.id === '?') continue;
+        try {
+          const r = await admin.admin((a) => a.recoverMove, { moveId: m.id }, { timeoutMs: 60_000 });
+          log(`settle: recover ${m.id}: ${r.action}`);
+        } catch (err) {
+          log(`settle: recover ${m.id} failed: ${(err as Error).message}`);
+        }
+      }
+    }
+    await sleep(500);
+  }
+}
+
+/** A row key whose hash falls in [start, end). */
+function probeKey(start: bigint, end: bigint, salt: string): string {
+  for (let i = 0; i < 50_000_000; i++) {
+    const k = `probe/${salt}/${i}`;
+    const h = rowHash(k);
+    if (h >= start && h < end) return k;
+  }
+  throw new Error(`no probe key found for [${start}, ${end})`);
+}
+
+/**
+ * Asks every shard directly, with the master's current epoch, about a key in
+ * every range of the map (and about every hot key): exactly one must serve
+ * it, and it must be the map's owner. Shards still behind (NOT_READY) or
+ * fenced are asked again for up to `timeoutMs`.
+ */
+export async function checkOwnership(cluster: NemesisCluster, hotKeys: string[], timeoutMs = 30_000): Promise<Anomaly[]> {
+  const reader = USERS.find((u) => u.role === 'r')!;
+  const token = await login(cluster.masterAddress, reader.user, reader.password);
+  const map = await masterMap(cluster.masterAddress, token);
+  const probes = [...map.ranges.map((r, i) => probeKey(r.start, r.end, String(i))), ...hotKeys];
+  const clients = cluster.shards.map((s) => ({ node: s, client: shardClient(s.address) }));
+  const anomalies: Anomaly[] = [];
+  try {
+    const until = Date.now() + timeoutMs;
+    for (const row of probes) {
+      const owner = ownerOfHash(map, rowHash(row))!;
+      for (;;) {
+        const answers = await Promise.all(
+          clients.map(async ({ node, client }) => {
+            const r = await rawCall(client, client.readRow, { epoch: map.epoch, row, filter: undefined }, token);
+            return { node, code: r.err ? r.err.code : status.OK, details: r.err?.details ?? '', servedBy: r.res?.header?.nodeId };
+          }),
+        );
+        const settled = answers.every((a) => a.code === status.OK || a.code === status.FAILED_PRECONDITION);
+        if (!settled && Date.now() < until) {
+          await sleep(250);
+          continue;
+        }
+        const serving = answers.filter((a) => a.code === status.OK);
+        const odd = answers.filter((a) => a.code !== status.OK && a.code !== status.FAILED_PRECONDITION);
+        const range = map.ranges.find((r) => rowHash(row) >= r.start && rowHash(row) < r.end)!;
+        const where = `row ${JSON.stringify(row)} (range [${range.start}, ${range.end}) owned by ${owner.shardId} in epoch ${map.epoch})`;
+        if (serving.length !== 1) {
+          anomalies.push({
+            kind: 'ownership',
+            message: `${where} is served by ${serving.length} shards (${serving.map((a) => a.servedBy ?? a.node.name).join(', ') || 'none'}); answers: ${answers.map((a) => `${a.node.name}=${status[a.code]}`).join(' ')}`,
+          });
+        } else if (serving[0]!.servedBy !== owner.shardId) {
+          anomalies.push({ kind: 'ownership', message: `${where} is served by ${serving[0]!.servedBy}, not by its owner` });
+        }
+        for (const a of odd) anomalies.push({ kind: 'ownership', message: `${where}: ${a.node.name} still answers ${status[a.code]} (${a.details})` });
+        break;
+      }
+    }
+  } finally {
+    for (const c of clients) c.client.close();
+  }
+  return anomalies;
+}
+
+function count<T>(xs: Iterable<T>, key: (x: T) => string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const x of xs) out[key(x)] = (out[key(x)] ?? 0) + 1;
+  return out;
+}
+
+const show = (r: Record<string, number>) =>
+  Object.entries(r)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(' ') || '(none)';
+
+export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
+  const log = o.log ?? ((l: string) => process.stderr.write(l + '\n'));
+  const seed = o.seed ?? Math.floor(Math.random() * 2 ** 31);
+  const random = seeded(seed);
+  const nClients = o.clients ?? 16;
+  const nShards = o.shards ?? 4;
+  const nKeys = o.keys ?? 8;
+  const opTimeoutMs = o.opTimeoutMs ?? 10_000;
+  if (o.dir) mkdirSync(o.dir, { recursive: true });
+  // Always a fresh directory of our own (inside --out when given), so removing it is safe.
+  const dir = mkdtempSync(join(o.dir ?? tmpdir(), 'cairn-chaos-'));
+  const runTag = `${Date.now().toString(36)}`;
+  const keys = Array.from({ length: nKeys }, (_, i) => `nemesis/${runTag}/k${i}`);
+
+  log(`chaos: seed ${seed}, ${nShards} shards, ${nClients} clients, ${nKeys} keys, ${Math.round(o.durationMs / 1000)}s; run directory ${dir}`);
+  let net: NetnsLab | undefined;
+  const partitions: ChaosResult['partitions'] = { enabled: false };
+  if (o.partitions === 'off') {
+    partitions.reason = 'turned off (--no-partitions)';
+  } else {
+    const p = await probeNetns();
+    if (p.ok) {
+      try {
+        net = await NetnsLab.create();
+        partitions.enabled = true;
+      } catch (err) {
+        partitions.reason = `network namespace setup failed: ${(err as Error).message}`;
+      }
+    } else partitions.reason = p.reason;
+  }
+  log(partitions.enabled ? `partitions: on (network namespaces, subnet ${net!.subnet}.0/24)` : `partitions: SKIPPED — ${partitions.reason}`);
+
+  let cluster: NemesisCluster | undefined;
+  let admin: CairnClient | undefined;
+  const cleanup = async () => {
+    admin?.close();
+    await cluster?.stopAll().catch(() => undefined);
+    await net?.destroy().catch(() => undefined);
+  };
+  const onSignal = () => {
+    void cleanup().finally(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+
+  try {
+    cluster = await NemesisCluster.start({ dir, shards: nShards, net });
+    admin = await connectClient(cluster.masterAddress, 30_000, 'admin');
+    const adminClient = admin;
+    // Every shard up and in the map.
+    for (const until = Date.now() + 30_000; ; ) {
+      const servers = await adminClient.listServers().catch(() => []);
+      if (servers.length === nShards && servers.every((s) => s.status === 'up')) break;
+      if (Date.now() > until) throw new Error(`${nShards} shards did not come up: ${JSON.stringify(servers)}`);
+      await sleep(200);
+    }
+    const fillerRows = o.fillerRows ?? 2000;
+    if (fillerRows > 0) {
+      const w = await connectClient(cluster.masterAddress, 60_000);
+      for (let i = 0; i < fillerRows; i += 500) {
+        await w.writeRows(Array.from({ length: Math.min(500, fillerRows - i) }, (_, j) => ({ row: `filler/${runTag}/${i + j}`, cells: { f: 'x'.repeat(150) } })));
+      }
+      w.close();
+    }
+    log(`cluster up: master ${cluster.masterAddress}, shards ${cluster.shards.map((s) => s.address).join(' ')}; ${fillerRows} filler rows`);
+
+    const recorder = new HistoryRecorder();
+    if (o.selfTest) log('self-test: client 0 writes with timestamps from 1970; its acknowledged puts are never the latest, and the checker must report it');
+    const workload = await startWorkload({ master: cluster.masterAddress, keys, clients: nClients, opTimeoutMs, random: seeded(seed ^ 0x9e3779b9), sabotage: o.selfTest }, recorder);
+    const nemesis = new Nemesis({ cluster, admin: adminClient, net, random, log, intervalMs: o.faultIntervalMs });
+    const t0 = Date.now();
+    nemesis.start();
+    const progress = setInterval(() => log(`… ${Math.round((Date.now() - t0) / 1000)}s, ${workload.completed()} ops`), 15_000);
+    await sleep(o.durationMs);
+    clearInterval(progress);
+    log('stopping the nemesis and the clients');
+    await nemesis.stop();
+    await net?.healAll();
+    await cluster.reviveAll();
+    await workload.stop();
+
+    const anomalies: Anomaly[] = [];
+    log('waiting for moves to settle');
+    const settled = await settleMoves(adminClient, log, 120_000);
+    anomalies.push(...settled.anomalies);
+    log('checking that every range is served by exactly one shard');
+    anomalies.push(...(await checkOwnership(cluster, keys)));
+
+    // Final reads: a recorded read of each key, and every version of it.
+    const reader = await connectClient(cluster.masterAddress, 30_000);
+    const finals = new Map<string, FinalVersion[]>();
+    for (const k of keys) {
+      const op = await runOp(reader, recorder, nClients, k, 'get', {}, 30_000);
+      if (op.outcome !== 'ok') anomalies.push({ kind: 'other', key: k, message: `final read of ${k} failed: ${op.error}` });
+      const cells = await reader.get(k, { columns: [COLUMN], allVersions: true, timeoutMs: 30_000 });
+      finals.set(
+        k,
+        cells.map((c) => ({ value: c.value.toString('utf8'), timestampUs: c.timestampUs })),
+      );
+    }
+    reader.close();
+    const history = recorder.ops;
+
+    log(`checking ${history.length} ops on ${keys.length} keys`);
+    const lin = linearizabilityAnomalies(history);
+    anomalies.push(...lin.anomalies);
+    anomalies.push(...checkFinal(history, finals));
+
+    const movesAll = await adminClient.admin((a) => a.listMoves, { all: true }, { timeoutMs: 15_000 }).catch(() => ({ moves: [] }));
+    const moves = count(movesAll.moves, (m) => m.state);
+    const outcomes = count(history, (op) => op.outcome);
+    const faultsByKind = nemesis.counts();
+    const skipped = Object.fromEntries(nemesis.skipped) as Record<FaultKind, number>;
+
+    // Results.
+    const savedFiles: string[] = [];
+    if (anomalies.length) {
+      const hist = join(dir, 'history.jsonl');
+      saveHistory(hist, history);
+      savedFiles.push(hist);
+      anomalies.forEach((a, i) => {
+        const f = join(dir, `anomaly-${i + 1}-${a.kind}${a.key ? '-' + a.key.replace(/[^A-Za-z0-9]+/g, '_') : ''}.txt`);
+        const body = [a.message, '', ...(a.ops ?? []).sort((x, y) => x.call - y.call).map(showOp), ''].join('\n');
+        writeFileSync(f, body);
+        if (a.ops?.length) writeFileSync(f.replace(/\.txt$/, '.jsonl'), a.ops.map((x) => JSON.stringify(x)).join('\n') + '\n');
+        savedFiles.push(f);
+      });
+    }
+
+    const perKey = [...byKey(history).entries()].map(([k, ops]) => `${k.slice(k.lastIndexOf('/') + 1)}:${ops.length}`).join(' ');
+    log(`ops: ${history.length} (${show(outcomes)}); by kind ${show(count(history, (op: Op) => op.f))}; per key ${perKey}`);
+    log(`faults: ${nemesis.faults.length} (${show(faultsByKind)}); skipped ${show(skipped)}${partitions.enabled ? '' : `; partitions skipped: ${partitions.reason}`}`);
+    log(`moves: ${show(moves)}`);
+    log(`checker: ${lin.results.length} keys, ${lin.results.filter((r) => r.linearizable).length} linearizable, ${lin.results.reduce((a, r) => a + r.steps, 0)} search steps`);
+    log(`anomalies: ${anomalies.length}`);
+    for (const a of anomalies) {
+      log(`  ${a.kind}: ${a.message}`);
+      for (const op of (a.ops ?? []).slice(0, 40)) log(`    ${showOp(op)}`);
+    }
+    if (savedFiles.length) log(`saved: ${savedFiles.join(' ')} (process logs under ${join(dir, 'logs')})`);
+    const summary = `chaos: ops=${history.length} faults=${nemesis.faults.length} anomalies=${anomalies.length}`;
+    await cleanup();
+    if (!anomalies.length && !o.keep) rmSync(dir, { recursive: true, force: true });
+    return { ops: history.length, outcomes, faults: nemesis.faults.length, faultsByKind, skipped, partitions, moves, anomalies, summary, dir, savedFiles };
+  } catch (err) {
+    log(`chaos run failed: ${(err as Error).stack ?? err}; run directory kept: ${dir}`);
+    await cleanup();
+    throw err;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// CLI
+
+function parseCli(argv: string[]): ChaosOptions {
+  const o: ChaosOptions = { durationMs: 90_000 };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const [flag, inline] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
+    const value = () => inline ?? argv[++i] ?? '';
+    const int = (name: string) => {
+      const n = Number(value());
+      if (!Number.isInteger(n) || n < 1) throw new Error(`${name}: expected a positive integer`);
+      return n;
+    };
+    switch (flag) {
+      case '--duration':
+        o.durationMs = parseDuration(value());
+        break;
+      case '--clients':
+        o.clients = int(flag);
+        break;
+      case '--shards':
+        o.shards = int(flag);
+        break;
+      case '--keys':
+        o.keys = int(flag);
+        break;
+      case '--seed':
+        o.seed = int(flag);
+        break;
+      case '--out':
+        o.dir = value();
+        break;
+      case '--keep':
+        o.keep = true;
+        break;
+      case '--no-partitions':
+        o.partitions = 'off';
+        break;
+      case '--self-test':
+        o.selfTest = true;
+        break;
+      case '--help':
+        process.stdout.write(
+          'usage: npm run chaos -- [--duration 10m] [--clients 16] [--shards 4] [--keys 8] [--seed N] [--out DIR] [--keep] [--no-partitions] [--self-test]\n' +
+            '  --self-test  one client writes with stale timestamps: the run must find anomalies and exit 1\n',
+        );
+        process.exit(0);
+        break;
+      default:
+        throw new Error(`unknown flag ${a} (see --help)`);
+    }
+  }
+  return o;
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  let opts: ChaosOptions;
+  try {
+    opts = parseCli(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`error: ${(err as Error).message}\n`);
+    process.exit(2);
+  }
+  runChaos({ ...opts, log: (l) => process.stdout.write(l + '\n') }).then(
+    (r) => {
+      process.stdout.write(r.summary + '\n');
+      process.exit(r.anomalies.length ? 1 : 0);
+    },
+    (err) => {
+      process.stderr.write(`error: ${(err as Error).message}\n`);
+      process.stdout.write('chaos: run failed\n');
+      process.exit(3);
+    },
+  );
+}
