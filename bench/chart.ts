@@ -96,7 +96,8 @@ export function renderChart(file: ResultsFile): string {
   const a = panel(lines, (r) => r.rowsPerSec, 'Throughput, rows/s (log scale; higher is better)', 10, half - 10, 40);
   const b = panel(
     lines,
-    (r) => r.serverCpuUsPerOp / Math.max(1, r.rowsPerCall),
+    // Per row as measured (rows actually returned), else per op ÷ rows per call.
+    (r) => (typeof r.serverCpuUsPerRow === 'number' ? r.serverCpuUsPerRow : r.serverCpuUsPerOp / Math.max(1, r.rowsPerCall)),
     'Server CPU per row, µs (log scale; lower is better)',
     half + 10,
     half - 10,

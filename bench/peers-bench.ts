@@ -524,7 +524,8 @@ async function drive(sys: System, w: Workload, durationMs: number, readKeys: str
         await sys.batch!(batch);
         rows += per;
       } else {
-        rows += await sys.scan!(w.rows, rand);
+        const n = await sys.scan!(w.rows, rand); // not `rows += await …`: that reads `rows` before the await and loses the other workers' rows
+        rows += n;
       }
       record(performance.now() - t0);
     }

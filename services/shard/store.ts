@@ -322,12 +322,16 @@ class Cursor {
   private buf: [Buffer, Buffer][] = [];
   private i = 0;
   private ended = false;
-  constructor(private readonly it: ReturnType<BinSub['iterator']>) {}
+  constructor(
+    private readonly it: ReturnType<BinSub['iterator']>,
+    /** Entries per nextv: each is a hop to LevelDB's thread pool, so a page of many rows reads in big chunks. */
+    private readonly chunk = CHUNK,
+  ) {}
 
   async peek(): Promise<[Buffer, Buffer] | undefined> {
     if (this.i < this.buf.length) return this.buf[this.i];
     if (this.ended) return undefined;
-    this.buf = (await this.it.nextv(CHUNK)) as [Buffer, Buffer][];
+    this.buf = (await this.it.nextv(this.chunk)) as [Buffer, Buffer][];
     this.i = 0;
     if (this.buf.length === 0) this.ended = true;
     return this.buf[0];
@@ -504,7 +508,12 @@ export class ShardStore {
       }
       if (names.length < rows.length) slotOf = slots;
     }
-    const prefixes = names.map(rowPrefix);
+    let prefixes: Buffer[];
+    try {
+      prefixes = names.map(rowPrefix);
+    } catch (err) {
+      return Promise.reject(err); // a promise either way, as when this was an async function
+    }
     return this.mutate(prefixes, async () => {
       const stamps = new Array<bigint>(names.length);
       let idKeys: Buffer[] | null = null;
@@ -793,7 +802,7 @@ export class ShardStore {
     const limit = req.limit > 0 ? req.limit : DEFAULT_SCAN_PAGE;
     const want = Buffer.from(req.rowPrefix, 'utf8');
     const rows: RowCellsOut[] = [];
-    const cursor = new Cursor(this.subs.cells.iterator(rangeOpts({ gte, lt: window.lt })));
+    const cursor = new Cursor(this.subs.cells.iterator(rangeOpts({ gte, lt: window.lt })), Math.min(1024, Math.max(CHUNK, limit + 1)));
     let last: Buffer | null = null;
     let examined = 0;
     try {
