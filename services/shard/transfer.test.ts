@@ -6,6 +6,7 @@
  */
 import { afterAll, describe, expect, it } from '@jest/globals';
 import fc from 'fast-check';
+import { createHash } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -112,6 +113,47 @@ function stream(copy: RawOp[][], catchUp: RawOp[][], fenced: RawOp[][]): Transfe
   out.push({ header: undefined, end: d.totals() });
   return out;
 }
+
+describe('transfer checksum', () => {
+  /** The layout the proto documents, field by field: what any implementation must hash. */
+  function referenceDigest(chunks: RawOp[][]): Buffer {
+    const h = createHash('sha256');
+    const u32 = (n: number) => {
+      const b = Buffer.alloc(4);
+      b.writeUInt32BE(n);
+      return b;
+    };
+    chunks.forEach((ops, i) => {
+      const head = Buffer.alloc(8);
+      head.writeBigUInt64BE(BigInt(i + 1));
+      h.update(head).update(u32(ops.length));
+      for (const op of ops) {
+        const space = { cells: 1, leases: 2, reqids: 3 }[op.sublevel as 'cells' | 'leases' | 'reqids'];
+        h.update(Buffer.from([space, op.value === undefined ? 1 : 0])).update(u32(op.key.length)).update(op.key);
+        h.update(u32(op.value?.length ?? 0)).update(op.value ?? Buffer.alloc(0));
+      }
+    });
+    return h.digest();
+  }
+
+  it('hashes chunk numbers, op counts, key spaces, deletes, keys and values as documented', () => {
+    const op = fc.record({
+      sublevel: fc.constantFrom('cells' as const, 'leases' as const, 'reqids' as const),
+      key: fc.uint8Array({ minLength: 8, maxLength: 40 }).map((b) => Buffer.from(b)),
+      value: fc.option(fc.uint8Array({ maxLength: 300 }).map((b) => Buffer.from(b)), { nil: undefined }),
+    });
+    fc.assert(
+      fc.property(fc.array(fc.array(op, { maxLength: 20 }), { maxLength: 6 }), (chunks) => {
+        const d = new TransferDigest();
+        for (const c of chunks) d.update(c as RawOp[]);
+        const t = d.totals();
+        expect(Buffer.from(t.sha256).equals(referenceDigest(chunks as RawOp[][]))).toBe(true);
+        expect(t.keys).toBe(BigInt(chunks.flat().length));
+        expect(t.bytes).toBe(BigInt(chunks.flat().reduce((n, o) => n + o.key.length + (o.value?.length ?? 0), 0)));
+      }),
+    );
+  });
+});
 
 describe('stream verifier', () => {
   const ops = sampleOps();

@@ -130,7 +130,8 @@ export function fromWireOps(ops: readonly TransferOp[], range: HashRange): RawOp
   return ops.map((op, i) => {
     const sublevel = SUBLEVEL_OF.get(op.keySpace);
     if (!sublevel) throw protocolError(`op ${i} has unknown key space ${op.keySpace}`);
-    const key = Buffer.from(op.key);
+    // Views into the received message, not copies: the batch they go into copies them to LevelDB anyway.
+    const key = asBuffer(op.key);
     try {
       rowPrefixLength(key);
     } catch {
@@ -139,9 +140,11 @@ export function fromWireOps(ops: readonly TransferOp[], range: HashRange): RawOp
     const hash = key.readBigUInt64BE(0);
     if (hash < range.start || hash >= range.end) throw protocolError(`op ${i} has hash ${hash}, outside the range ${showRange(range)}`);
     if (op.isDelete) return { sublevel, key };
-    return { sublevel, key, value: Buffer.from(op.value) };
+    return { sublevel, key, value: asBuffer(op.value) };
   });
 }
+
+const asBuffer = (b: Uint8Array): Buffer => (Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 
 const protocolError = (msg: string): CairnError => new CairnError('CONFLICT', `transfer stream is invalid: ${msg}`);
 
@@ -161,24 +164,27 @@ export class TransferDigest {
   /** Adds the next chunk; returns its sequence number (1 for the first). */
   update(ops: readonly RawOp[]): number {
     const seq = ++this.chunks;
-    const head = Buffer.allocUnsafe(12);
-    head.writeBigUInt64BE(BigInt(seq), 0);
-    head.writeUInt32BE(ops.length, 8);
-    this.hash.update(head);
+    // One buffer, one hash call per chunk: per-field update() calls into native code cost more than the hashing.
+    let size = 12;
+    for (const op of ops) size += 10 + op.key.length + (op.value?.length ?? 0);
+    const buf = Buffer.allocUnsafe(size);
+    buf.writeBigUInt64BE(BigInt(seq), 0);
+    buf.writeUInt32BE(ops.length, 8);
+    let at = 12;
     for (const op of ops) {
-      const h = Buffer.allocUnsafe(6);
-      h.writeUInt8(SPACE_OF[op.sublevel], 0);
-      h.writeUInt8(op.value === undefined ? 1 : 0, 1);
-      h.writeUInt32BE(op.key.length, 2);
-      this.hash.update(h);
-      this.hash.update(op.key);
-      const len = Buffer.allocUnsafe(4);
-      len.writeUInt32BE(op.value?.length ?? 0, 0);
-      this.hash.update(len);
-      if (op.value) this.hash.update(op.value);
+      buf[at] = SPACE_OF[op.sublevel];
+      buf[at + 1] = op.value === undefined ? 1 : 0;
+      buf.writeUInt32BE(op.key.length, at + 2);
+      at += 6;
+      at += op.key.copy(buf, at);
+      const value = op.value ?? EMPTY;
+      buf.writeUInt32BE(value.length, at);
+      at += 4;
+      at += value.copy(buf, at);
     }
+    this.hash.update(buf);
     this.keys += ops.length;
-    this.bytes += opsBytes(ops);
+    this.bytes += size - 12 - 10 * ops.length;
     return seq;
   }
 
