@@ -17,6 +17,7 @@ import { createLogger } from '../services/common/log.js';
 import { startMasterServer } from '../services/master/server.js';
 import { startShardServer } from '../services/shard/server.js';
 import type { FlagValue } from './args.js';
+import { EXIT } from './exit.js';
 
 type Flags = Record<string, FlagValue>;
 
@@ -97,8 +98,8 @@ export async function runShard(flags: Flags): Promise<number> {
     shutdownGraceMs: c.shutdownGraceMs,
     log,
   });
-  await Promise.race([untilSignal(log), running.node.stopRequested]);
+  const why = await Promise.race([untilSignal(log).then(() => ({ refused: undefined })), running.node.stopRequested]);
   await running.stop(c.shutdownGraceMs);
   log.info('shard stopped', { shardId: running.node.id });
-  return 0;
+  return why.refused ? EXIT.ERROR : EXIT.OK;
 }

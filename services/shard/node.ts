@@ -109,12 +109,15 @@ export class ShardNode {
     return this.id || 'unregistered';
   }
 
-  private stopResolve!: () => void;
-  /** Resolves when the master removed this shard (StopShard): the process should exit cleanly. */
-  readonly stopRequested: Promise<void> = new Promise((resolve) => (this.stopResolve = resolve));
+  private stopResolve!: (why: { refused?: string }) => void;
+  /**
+   * Resolves when this process should exit: the master removed the shard
+   * (StopShard; exit cleanly), or will never admit it (`refused` says why; exit non-zero).
+   */
+  readonly stopRequested: Promise<{ refused?: string }> = new Promise((resolve) => (this.stopResolve = resolve));
 
-  requestStop(): void {
-    this.stopResolve();
+  requestStop(why: { refused?: string } = {}): void {
+    this.stopResolve(why);
   }
 
   countOp(n = 1): void {
@@ -243,6 +246,7 @@ export class ShardNode {
         if (e.code === 'PRECONDITION') {
           // Removed for good (remserver): retrying cannot succeed, and the operator must act.
           this.log.error('the master will not admit this shard', { error: e.message });
+          this.requestStop({ refused: e.message });
           return;
         }
         if (e.code === 'UNAUTHENTICATED' || e.code === 'PERMISSION_DENIED') {
