@@ -215,7 +215,7 @@ describe('tokens', () => {
   it('logs in again once when a shard says the token expired, and not on other auth errors', async () => {
     const { a, b, master, connect } = await setup();
     a.onWrite = b.onWrite = (_req, _n, auth) =>
-      auth === 'Bearer t1' ? new CairnError('UNAUTHENTICATED', 'token expired at 2020-01-01T00:00:00.000Z (5m ago)') : undefined;
+      auth === 'Bearer t1' ? new CairnError('UNAUTHENTICATED', 'token expired at 2020-01-01T00:00:00.000Z (5m ago)', { reason: 'TOKEN_EXPIRED' }) : undefined;
     const c = await connect();
     await c.put('row-1', { c: '1' });
     expect(master.logins).toBe(2);

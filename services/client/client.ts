@@ -190,6 +190,8 @@ const RENEW_MARGIN_MS = 30_000;
 // ---------------------------------------------------------------------------
 // Conversions
 
+const isExpiry = (err: CairnError): boolean => err.code === 'UNAUTHENTICATED' && err.details.reason === 'TOKEN_EXPIRED';
+
 function toBuffer(v: Value, what: string): Buffer {
   if (typeof v === 'string') return Buffer.from(v, 'utf8');
   if (v instanceof Uint8Array) return Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength);
@@ -639,9 +641,8 @@ export class CairnClient {
       return await fn(await this.authToken(deadline));
     } catch (e) {
       const err = fromServiceError(e);
-      // UNAUTHENTICATED has no finer code; the message says when the cause is
-      // expiry, the one case a fresh login fixes. Any other cause fails.
-      if (err.code !== 'UNAUTHENTICATED' || !this.canLogin || !/expired/i.test(err.message)) throw err;
+      // Expiry (the cairn-error-reason trailer) is the one auth failure a fresh login fixes; any other fails.
+      if (!isExpiry(err) || !this.canLogin) throw err;
       this.tokenStale = true;
       return await fn(await this.authToken(deadline));
     }
@@ -676,7 +677,7 @@ export class CairnClient {
   }
 
   private async recover<T>(err: CairnError, deadline: number, fn: (token: string | undefined, map: ClusterMap, deadline: number) => Promise<T>): Promise<T> {
-    if (err.code === 'UNAUTHENTICATED' && this.canLogin && /expired/i.test(err.message)) {
+    if (isExpiry(err) && this.canLogin) {
       this.tokenStale = true; // as withToken: log in again, then the loop
       return this.run(deadline, fn);
     }

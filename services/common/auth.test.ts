@@ -176,7 +176,9 @@ describe('tokens', () => {
     expect(e.message).toContain('expired');
     expect(e.message).toContain(new Date(expiresAtMs).toISOString());
     expect(e.message).toContain('90s ago');
+    expect(e.details.reason).toBe('TOKEN_EXPIRED'); // what the SDK acts on, not the message
     expect(caught(() => verifyToken(KEY, token, expiresAtMs)).message).toContain('expired');
+    expect(caught(() => verifyToken(KEY, `${token}x`, expiresAtMs - 1)).details.reason).toBeUndefined();
   });
 
   it('gives distinct messages for missing and malformed tokens', () => {

@@ -228,8 +228,10 @@ function verifyTokenFully(key: Buffer, token: string | undefined, now: number): 
     throw unauthenticated('malformed token: claims need sub, role, iat and exp');
   }
   if (now >= c.exp) {
-    throw unauthenticated(
+    throw new CairnError(
+      'UNAUTHENTICATED',
       `token expired at ${new Date(c.exp).toISOString()} (${formatAgo(now - c.exp)} ago); log in again with MasterService.Login`,
+      { reason: 'TOKEN_EXPIRED' },
     );
   }
   return { sub: c.sub, role: c.role, iat: c.iat, exp: c.exp };

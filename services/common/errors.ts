@@ -63,7 +63,11 @@ export interface ErrorDetails {
   ownerAddress?: string;
   /** Suggested pause before a retry (FENCED, NOT_READY). */
   retryAfterMs?: number;
+  /** A finer cause than the code, for clients to act on (TOKEN_EXPIRED: log in again). */
+  reason?: ErrorReason;
 }
+
+export type ErrorReason = 'TOKEN_EXPIRED';
 
 export class CairnError extends Error {
   readonly code: ErrorCode;
@@ -101,6 +105,7 @@ export function toServiceError(err: unknown): Partial<ServiceError> & { code: St
     if (d.owner !== undefined) metadata.set('cairn-owner', d.owner);
     if (d.ownerAddress !== undefined) metadata.set('cairn-owner-address', d.ownerAddress);
     if (d.retryAfterMs !== undefined) metadata.set('cairn-retry-after-ms', String(d.retryAfterMs));
+    if (d.reason !== undefined) metadata.set('cairn-error-reason', d.reason);
     return { code: TO_STATUS[err.code], details: err.message, message: err.message, metadata };
   }
   metadata.set('cairn-error-code', 'INTERNAL');
@@ -129,6 +134,7 @@ export function fromServiceError(err: unknown): CairnError {
     ...(meta(md, 'cairn-owner') !== undefined ? { owner: meta(md, 'cairn-owner') } : {}),
     ...(meta(md, 'cairn-owner-address') !== undefined ? { ownerAddress: meta(md, 'cairn-owner-address') } : {}),
     ...(retry !== undefined ? { retryAfterMs: Number(retry) } : {}),
+    ...(meta(md, 'cairn-error-reason') === 'TOKEN_EXPIRED' ? { reason: 'TOKEN_EXPIRED' as const } : {}),
   };
   return new CairnError(code, e.details || e.message || 'unknown error', details);
 }
