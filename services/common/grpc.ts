@@ -204,6 +204,8 @@ export function channelOptions(maxMessageBytes: number): grpc.ChannelOptions {
     'grpc.max_receive_message_length': maxMessageBytes,
     'grpc.max_send_message_length': maxMessageBytes,
     'grpc.keepalive_time_ms': 30_000,
+    // channelz (per-call bookkeeping for a debugging service we do not serve) was ~7% of a shard's busy time under point reads.
+    'grpc.enable_channelz': 0,
   };
 }
 
