@@ -327,7 +327,7 @@ afterAll(async () => {
   sdk?.close();
   admin?.close();
   await cluster?.stopAll();
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  if (dir && !process.env.CAIRN_FUZZ_KEEP) rmSync(dir, { recursive: true, force: true });
 });
 
 // ---------------------------------------------------------------------------
@@ -355,7 +355,8 @@ function tame(r: Rpc, req: any, targetShardId: string, map: ClusterMap): any {
     case 'ShardService.TransferRange': {
       const start = req.start as bigint;
       const end = endFromProto(req.end as bigint);
-      return start < end && owns(map, targetShardId, start, end) ? { ...req, start: start + 1n } : undefined;
+      // A start off the bucket grid is refused before anything is fenced (start - 1 at the top of the space, where + 1 would not fit).
+      return start < end && owns(map, targetShardId, start, end) ? { ...req, start: start + 1n < HASH_SPACE_END ? start + 1n : start - 1n } : undefined;
     }
     case 'ShardService.PullRange':
       return real.has(req.sourceAddress) ? { ...req, sourceAddress: '127.0.0.1:1' } : undefined;
@@ -542,6 +543,29 @@ describe('bugs the fuzz found', () => {
     }
     const ls = rpcByName('AdminService', 'ListServers');
     expect(status[(await invokeRaw(clientAt(cluster.masterAddress), ls, ls.encode({}), header('admin'))).code]).toBe('OK');
+  });
+
+  it('a refusal that quotes megabytes of input answers with a bounded message, and the master keeps serving', async () => {
+    // A 200,000-character status message stalled the master's event loop for good.
+    const add = rpcByName('AdminService', 'AddServer');
+    const res = await invokeRaw(clientAt(cluster.masterAddress), add, add.encode({ address: `${'y'.repeat(200_000)}:x` }), header('admin'), 30_000);
+    expect({ code: status[res.code], details: res.details }).toEqual({ code: 'INVALID_ARGUMENT', details: expect.stringMatching(/^address: 200002 characters/) });
+    const bad = await invokeRaw(clientAt(cluster.masterAddress), add, add.encode({ address: 'no-port-here' }), header('admin'));
+    expect({ code: status[bad.code], details: bad.details }).toEqual({ code: 'INVALID_ARGUMENT', details: expect.stringMatching(/^address: expected host:port/) });
+    const ls = rpcByName('AdminService', 'ListServers');
+    expect(status[(await invokeRaw(clientAt(cluster.masterAddress), ls, ls.encode({}), header('admin'))).code]).toBe('OK');
+  });
+
+  it('a write timestamp above 2^63 - 1 is refused by name, so the shard clock keeps room for fresh writes', async () => {
+    // A cell at 2^64 - 1 moved the clock to its end: the next clock-assigned write failed with INTERNAL.
+    const cam = rpcByName('ShardService', 'CheckAndMutate');
+    const req = { row: 'fuzz/clock', checkColumn: 'c', expectAbsent: true, cells: [{ column: 'a' }, { column: 'b', timestampUs: '18446744073709551615', value: Buffer.from('x') }] };
+    for (const shard of cluster.shards) {
+      const res = await invokeRaw(clientAt(shard.address), cam, cam.encode(req), header('rw'));
+      expect({ code: status[res.code], details: res.details }).toEqual({ code: 'INVALID_ARGUMENT', details: expect.stringMatching(/^cells\[1\]\.timestampUs: 18446744073709551615 is above 9223372036854775807/) });
+    }
+    await sdk.put('fuzz/clock', { c: 'fresh' });
+    expect((await sdk.getValue('fuzz/clock', 'c'))?.toString()).toBe('fresh');
   });
 
   it('bytes that are not the request message get INVALID_ARGUMENT naming the message, once the credential passed', async () => {

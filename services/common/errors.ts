@@ -96,6 +96,18 @@ export function grpcStatusOf(code: ErrorCode): Status {
 }
 
 /** Domain error → the object a grpc-js callback or `call.destroy` takes. Unknown errors become a generic INTERNAL. */
+/**
+ * Messages often quote the caller's input, which can be megabytes. The status
+ * message travels in an HTTP/2 trailer: a huge one stalled the server's event
+ * loop (found by the fuzz), and no reader needs more than the start of it.
+ */
+export const MAX_STATUS_MESSAGE_CHARS = 1024;
+
+export function boundedMessage(message: string): string {
+  if (message.length <= MAX_STATUS_MESSAGE_CHARS) return message;
+  return `${message.slice(0, MAX_STATUS_MESSAGE_CHARS)}… (${message.length - MAX_STATUS_MESSAGE_CHARS} more characters)`;
+}
+
 export function toServiceError(err: unknown): Partial<ServiceError> & { code: Status; details: string; metadata: Metadata } {
   const metadata = new Metadata();
   if (err instanceof CairnError) {
@@ -106,7 +118,8 @@ export function toServiceError(err: unknown): Partial<ServiceError> & { code: St
     if (d.ownerAddress !== undefined) metadata.set('cairn-owner-address', d.ownerAddress);
     if (d.retryAfterMs !== undefined) metadata.set('cairn-retry-after-ms', String(d.retryAfterMs));
     if (d.reason !== undefined) metadata.set('cairn-error-reason', d.reason);
-    return { code: TO_STATUS[err.code], details: err.message, message: err.message, metadata };
+    const message = boundedMessage(err.message);
+    return { code: TO_STATUS[err.code], details: message, message, metadata };
   }
   metadata.set('cairn-error-code', 'INTERNAL');
   return { code: Status.INTERNAL, details: 'internal error (see the server log)', message: 'internal error', metadata };

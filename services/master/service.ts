@@ -5,6 +5,7 @@
 import type { UntypedServiceImplementation } from '@grpc/grpc-js';
 import type { AdminServiceServer, MoveInfo, Plan as PlanProto } from '../../proto/gen/cairn/v1/admin.js';
 import type { MasterServiceServer } from '../../proto/gen/cairn/v1/master.js';
+import { parseHostPort } from '../common/config.js';
 import { CairnError, invalidArgument } from '../common/errors.js';
 import { serverStream, unary, type HandlerEnv } from '../common/grpc.js';
 import { endFromProto, endToProto } from '../common/hash.js';
@@ -22,6 +23,9 @@ function checkMaxMbps(mbps: number): void {
 }
 
 const MAX_COUNT = Number.MAX_SAFE_INTEGER;
+
+/** A DNS name (253) plus a colon and a port, with room for IPv6 brackets. */
+const MAX_ADDRESS_CHARS = 262;
 
 /** A heartbeat's per-range counts, checked: a range inside the hash space, counts a master can add up and report. */
 function heartbeatRanges(ranges: Array<{ start: bigint; end: bigint; rows: bigint; bytes: bigint }>) {
@@ -143,7 +147,12 @@ export function adminServiceImpl(master: Master, env: HandlerEnv): AdminServiceS
       return { header: header(), shardId: r.shardId, stopped: r.stopped };
     }),
     addServer: unary(env, 'AddServer', 'admin', async (req) => {
-      if (!/^.+:\d{1,5}$/.test(req.address)) throw invalidArgument(`address: expected host:port, got "${req.address}"`);
+      if (req.address.length > MAX_ADDRESS_CHARS) throw invalidArgument(`address: ${req.address.length} characters, over the ${MAX_ADDRESS_CHARS} a host:port can have`);
+      try {
+        parseHostPort(req.address, { allowPortZero: false });
+      } catch (err) {
+        throw invalidArgument(`address: ${(err as Error).message}`);
+      }
       return { header: header(), approvalRequired: await master.addServer(req.address) };
     }),
     syncMap: unary(env, 'SyncMap', 'admin', async () => {

@@ -17,6 +17,7 @@ import {
   checkScan,
   checkTimeRange,
   checkWriteRows,
+  MAX_WRITE_TIMESTAMP_US,
   type CellFilterIn,
   type Limits,
   type RowWriteIn,
@@ -119,6 +120,16 @@ describe('checkWriteRows', () => {
       'rows[0].cells[0].timestampUs: -1 is not an unsigned 64-bit integer',
     );
     expect(caught(() => checkWriteRows([row('a', [cell('c', Buffer.from('v'), 1n << 64n)])])).code).toBe('INVALID_ARGUMENT');
+  });
+
+  test('refuses write timestamps above 2^63 - 1, which would leave the clock no room', () => {
+    expect(() => checkWriteRows([row('a', [cell('c', Buffer.from('v'), MAX_WRITE_TIMESTAMP_US)])])).not.toThrow();
+    for (const ts of [MAX_WRITE_TIMESTAMP_US + 1n, (1n << 64n) - 1n]) {
+      expect(caught(() => checkWriteRows([row('a', [cell('c'), cell('d', Buffer.from('v'), ts)])])).message).toBe(
+        `rows[0].cells[1].timestampUs: ${ts} is above 9223372036854775807 (2^63 - 1), the largest a write may carry`,
+      );
+    }
+    expect(caught(() => checkCheckAndMutate({ row: 'r', checkColumn: 'c', expectedValue: Buffer.from('old'), expectAbsent: false, replace: false, cells: [cell('c', Buffer.from('v'), (1n << 64n) - 1n)] })).message).toMatch(/^cells\[0\]\.timestampUs: .* is above/);
   });
 });
 

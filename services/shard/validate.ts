@@ -89,6 +89,13 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
 export const MAX_REQUEST_ID_BYTES = 128;
 export const MAX_LEASE_MS = 60 * 60 * 1000;
 const U64_END = 1n << 64n;
+
+/**
+ * The largest explicit write timestamp (HBase's Long.MAX_VALUE). The shard's
+ * clock moves past every timestamp it stores, so a write at 2^64 - 1 would
+ * leave no timestamp for the next clock-assigned write (found by the fuzz).
+ */
+export const MAX_WRITE_TIMESTAMP_US = (1n << 63n) - 1n;
 /** Per-cell framing counted towards maxMessageBytes (tags, lengths, timestamp). */
 const CELL_OVERHEAD_BYTES = 16;
 
@@ -152,6 +159,9 @@ function checkCells(cells: CellIn[], limits: Limits, field: string): number {
     const f = `${field}[${j}]`;
     bytes += checkColumn(c.column, limits, `${f}.column`);
     checkU64(c.timestampUs, `${f}.timestampUs`);
+    if (c.timestampUs > MAX_WRITE_TIMESTAMP_US) {
+      throw invalidArgument(`${f}.timestampUs: ${c.timestampUs} is above ${MAX_WRITE_TIMESTAMP_US} (2^63 - 1), the largest a write may carry`);
+    }
     bytes += checkValue(c.value, limits, `${f}.value`) + CELL_OVERHEAD_BYTES;
   }
   return bytes;
