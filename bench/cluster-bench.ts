@@ -14,8 +14,7 @@
  * is the median over the runs. Nothing here asserts a time. See bench/README.md.
  */
 import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -23,7 +22,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { ClassicLevel } from 'classic-level';
 import { CairnClient } from '../services/client/index.js';
-import { CLK_TCK, machineBusyTicks, median, percentile, procTicks, table } from './lib/common.js';
+import { busyCores, childPids, CLK_TCK, machineBusyTicks, median, nextValue, percentile, procTicks, settle, table } from './lib/common.js';
 
 // ---------------------------------------------------------------------------
 // Options
@@ -147,13 +146,6 @@ class KeyGen {
 }
 
 /** 1 MiB of random bytes; value i is a 100-byte window of it (so LevelDB's compression gets nothing). */
-const VALUE_POOL = randomBytes(1 << 20);
-let valueCursor = 0;
-function nextValue(): Buffer {
-  valueCursor = (valueCursor + 7919) % (VALUE_POOL.length - VALUE_BYTES);
-  return VALUE_POOL.subarray(valueCursor, valueCursor + VALUE_BYTES);
-}
-
 // ---------------------------------------------------------------------------
 // The two systems under test, behind one interface
 
@@ -198,34 +190,6 @@ function levelSystem(db: ClassicLevel<string, Buffer>): System {
 
 
 
-
-/** CPU seconds per wall second of this process and the servers, measured over `ms`. */
-async function busyCores(serverPids: number[], ms: number): Promise<number> {
-  const c0 = process.cpuUsage();
-  const t0 = serverPids.map(procTicks);
-  const w0 = performance.now();
-  await new Promise((r) => setTimeout(r, ms));
-  const bench = process.cpuUsage(c0);
-  const servers = serverPids.map((pid, i) => (procTicks(pid) - t0[i]!) / CLK_TCK).reduce((a, b) => (Number.isNaN(b) ? a : a + b), 0);
-  return ((bench.user + bench.system) / 1e6 + servers) / ((performance.now() - w0) / 1000);
-}
-
-/** Busy cores below which the machine counts as quiet (heartbeats and timers stay well under it). */
-const QUIET_CORES = 0.2;
-
-/**
- * Waits until this process (with its in-process LevelDB) and the servers are
- * quiet, at most maxSeconds, so compaction left over from one workload does
- * not land on the next one. Returns the seconds waited and whether it got quiet.
- */
-async function settle(serverPids: number[], maxSeconds: number): Promise<{ seconds: number; quiet: boolean }> {
-  const start = performance.now();
-  while (maxSeconds > 0) {
-    if ((await busyCores(serverPids, 250)) < QUIET_CORES) return { seconds: (performance.now() - start) / 1000, quiet: true };
-    if (performance.now() - start >= maxSeconds * 1000) return { seconds: (performance.now() - start) / 1000, quiet: false };
-  }
-  return { seconds: 0, quiet: true };
-}
 
 // ---------------------------------------------------------------------------
 // The driver: `inflight` loops issuing calls until the time is up
@@ -289,7 +253,7 @@ async function drive(sys: System, w: Workload, durationMs: number, readKeys: str
     while (performance.now() < end) {
       if (w.kind === 'put') {
         const key = sys.keys.next();
-        const value = nextValue();
+        const value = nextValue(VALUE_BYTES);
         const t0 = performance.now();
         await sys.put(key, value);
         record(performance.now() - t0);
@@ -303,7 +267,7 @@ async function drive(sys: System, w: Workload, durationMs: number, readKeys: str
         rows += 1;
       } else {
         const batch: Array<[string, Buffer]> = new Array(w.rowsPerCall);
-        for (let i = 0; i < w.rowsPerCall; i++) batch[i] = [sys.keys.next(), nextValue()];
+        for (let i = 0; i < w.rowsPerCall; i++) batch[i] = [sys.keys.next(), nextValue(VALUE_BYTES)];
         const t0 = performance.now();
         await sys.batch(batch);
         record(performance.now() - t0);
@@ -367,20 +331,6 @@ function median0(samples: Sample[], f: (s: Sample) => number): number {
 
 // ---------------------------------------------------------------------------
 // Child-process hygiene: the harness does not clean up after a failed start
-
-/** Pids of this process's children (from /proc/self/task/* /children). */
-function childPids(): number[] {
-  const out = new Set<number>();
-  try {
-    for (const tid of readdirSync('/proc/self/task')) {
-      const s = readFileSync(`/proc/self/task/${tid}/children`, 'utf8').trim();
-      for (const p of s.split(/\s+/)) if (p) out.add(Number(p));
-    }
-  } catch {
-    /* not Linux, or no such file: nothing we can do */
-  }
-  return [...out];
-}
 
 function killOurCairnChildren(bin: string): void {
   for (const pid of childPids()) {
@@ -459,7 +409,7 @@ async function main(): Promise<void> {
     // Preload the rows "get" reads: the same keys and values in both systems, batches of 1,000.
     const preloadGen = new KeyGen(7);
     const readKeys = Array.from({ length: o.preloadRows }, () => preloadGen.next());
-    const preloadValues = readKeys.map(() => nextValue());
+    const preloadValues = readKeys.map(() => nextValue(VALUE_BYTES));
     for (const sys of systems) {
       const p0 = performance.now();
       let next = 0;

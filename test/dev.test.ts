@@ -6,25 +6,11 @@
 import { afterAll, describe, expect, it } from '@jest/globals';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { CAIRN_BIN, runCtl } from './harness/cluster.js';
+import { CAIRN_BIN, freeBasePort, runCtl } from './harness/cluster.js';
 
-/** A base port with the next 3 ports free too. */
-async function freeBasePort(): Promise<number> {
-  const free = (port: number) =>
-    new Promise<boolean>((done) => {
-      const s = createServer().once('error', () => done(false));
-      s.listen(port, '127.0.0.1', () => s.close(() => done(true)));
-    });
-  for (;;) {
-    const base = 20000 + Math.floor(Math.random() * 30000);
-    const ok = await Promise.all([0, 1, 2, 3].map((i) => free(base + i)));
-    if (ok.every(Boolean)) return base;
-  }
-}
 
 let dev: ChildProcess | undefined;
 let dir: string | undefined;
@@ -45,7 +31,7 @@ describe('cairn', () => {
 
   it('dev starts a cluster and prints a ctl command that shows 3 shards up', async () => {
     dir = await mkdtemp(join(tmpdir(), 'cairn-dev-'));
-    const base = await freeBasePort();
+    const base = await freeBasePort([0, 1, 2, 3]);
     dev = spawn(process.execPath, [CAIRN_BIN, 'dev', '--data-dir', dir, '--base-port', String(base)], { stdio: ['ignore', 'pipe', 'pipe'] });
     const lines: string[] = [];
     await new Promise<void>((done, fail) => {

@@ -9,11 +9,10 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { CAIRN_BIN, runCtl, startProcCluster, waitUntil, type Proc, type ProcCluster } from './harness/cluster.js';
+import { CAIRN_BIN, freeBasePort, runCtl, startProcCluster, waitUntil, type Proc, type ProcCluster } from './harness/cluster.js';
 
 type Labels = Record<string, string>;
 
@@ -180,23 +179,11 @@ describe('cairn dev', () => {
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 
-  /** A base port with base..base+3 and base+100..base+103 free. */
-  async function freeBase(): Promise<number> {
-    const free = (port: number) =>
-      new Promise<boolean>((done) => {
-        const s = createServer().once('error', () => done(false));
-        s.listen(port, '127.0.0.1', () => s.close(() => done(true)));
-      });
-    for (;;) {
-      const base = 20000 + Math.floor(Math.random() * 30000);
-      const ok = await Promise.all([0, 1, 2, 3, 100, 101, 102, 103].map((i) => free(base + i)));
-      if (ok.every(Boolean)) return base;
-    }
-  }
+
 
   it('serves metrics from the master and every shard, on base port + 100 onwards', async () => {
     dir = await mkdtemp(join(tmpdir(), 'cairn-dev-metrics-'));
-    const base = await freeBase();
+    const base = await freeBasePort([0, 1, 2, 3, 100, 101, 102, 103]) /* shards' gRPC and metrics ports */;
     dev = spawn(process.execPath, [CAIRN_BIN, 'dev', '--data-dir', dir, '--base-port', String(base)], { stdio: ['ignore', 'pipe', 'pipe'] });
     const lines: string[] = [];
     const errors: string[] = [];

@@ -7,6 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { createServer } from 'node:net';
 import { createInterface } from 'node:readline';
 import { stringify } from 'yaml';
 import { hashPassword } from '../../services/common/auth.js';
@@ -205,5 +206,18 @@ export async function waitUntil(cond: () => Promise<boolean> | boolean, timeoutM
     }
     if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** A random base port such that base + each offset is free on 127.0.0.1 (for `cairn dev --base-port`). */
+export async function freeBasePort(offsets: number[]): Promise<number> {
+  const free = (port: number) =>
+    new Promise<boolean>((done) => {
+      const s = createServer().once('error', () => done(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => done(true)));
+    });
+  for (;;) {
+    const base = 20000 + Math.floor(Math.random() * 30000);
+    if ((await Promise.all(offsets.map((i) => free(base + i)))).every(Boolean)) return base;
   }
 }
