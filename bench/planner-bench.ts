@@ -52,7 +52,7 @@ function maxMap(ids: string[]): ClusterMap {
   for (let b = 0; b < BUCKET_COUNT; b++) {
     ranges.push({ start: bucketStart(b), end: b === BUCKET_COUNT - 1 ? HASH_SPACE_END : bucketStart(b + 1), shardId: ids[b % ids.length]! });
   }
-  return { epoch: 1n, ranges, shards: ids.map((id, i) => ({ id, address: `10.0.${i >> 8}.${i & 255}:7001` })) };
+  return { epoch: 1n, ranges, shards: ids.map((id, i) => ({ id, address: `10.0.${i >> 8}.${i & 255}:7001` })), clusterId: 'c-bench' };
 }
 
 /** Bytes per bucket: about 1 MB each, ±50%, seeded (so every run plans the same cluster). */

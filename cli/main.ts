@@ -14,6 +14,7 @@ Usage: cairn <command> [flags]
 
 Commands:
   master          run the master (map, membership, Admin API)
+  master rebuild  rebuild a lost master's state from its shards (cairn master rebuild --help)
   shard           run a shard (stores rows in LevelDB)
   dev             run a local cluster: a master and 3 shards, data under ./data
   ctl <command>   scriptable cluster and data commands (cairn ctl help)
@@ -27,7 +28,7 @@ Server flags (also in a YAML --config file or CAIRN_* variables):
   --metrics-listen HOST:PORT  --tls-cert FILE  --tls-key FILE  --tls-ca FILE  --shutdown-grace-ms MS
 Global flags: --verbose  --help`;
 
-const BOOLEANS = ['json', 'yes', 'help', 'sync', 'all', ...CONFIG_BOOLEAN_FLAGS];
+const BOOLEANS = ['json', 'yes', 'help', 'sync', 'all', 'allow-missing', ...CONFIG_BOOLEAN_FLAGS];
 
 export async function main(argv: string[], io: Io = defaultIo()): Promise<number> {
   let verbose = argv.includes('--verbose');
@@ -42,6 +43,7 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
         return cmd || flags.help ? EXIT.OK : EXIT.BAD_ARGS;
       case 'master':
       case 'shard': {
+        if (cmd === 'master' && rest[0] === 'rebuild') return await (await import('./rebuild.js')).runRebuild(flags, io);
         if (flags.help) return io.out(USAGE), EXIT.OK;
         const servers = await import('./servers.js');
         return cmd === 'master' ? servers.runMaster(flags) : servers.runShard(flags);

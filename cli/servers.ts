@@ -52,6 +52,8 @@ export async function runMaster(flags: Flags): Promise<number> {
   const c = loadConfig('master', { flags }) as MasterConfig;
   const log = createLogger({ component: 'master', level: c.logLevel, verbose: c.verbose });
   const tls = tlsOf(c);
+  let halt!: (err: Error) => void;
+  const halted = new Promise<Error>((resolve) => (halt = resolve));
   const running = await startMasterServer({
     listen: c.listen,
     dataDir: c.dataDir,
@@ -71,10 +73,16 @@ export async function runMaster(flags: Flags): Promise<number> {
     metricsListen: c.metricsListen,
     shutdownGraceMs: c.shutdownGraceMs,
     log,
+    onFatal: (err) => halt(err),
   });
   log.info(`Starting Data Master on ${running.address}`, { expectShards: c.expectShards });
-  await untilSignal(log);
-  await running.stop(c.shutdownGraceMs);
+  const failed = await Promise.race([untilSignal(log).then(() => undefined), halted]);
+  await running.stop(c.shutdownGraceMs).catch((err: Error) => log.warn('stopping after a failed durable write', { error: err.message }));
+  if (failed) {
+    // Exit non-zero so a supervisor restarts the master: the restart reads what is on disk and ends every journaled move.
+    log.error('master stopped: a durable write failed; restart it', { error: failed.message });
+    return EXIT.ERROR;
+  }
   log.info('master stopped');
   return 0;
 }

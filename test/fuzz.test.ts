@@ -265,6 +265,7 @@ interface MapView {
   epoch: string;
   ranges?: Array<{ start?: string; end?: string; shardId?: string }>;
   shards?: Array<{ shardId?: string; address?: string }>;
+  clusterId?: string;
 }
 
 async function currentMap(): Promise<ClusterMap> {
@@ -273,6 +274,7 @@ async function currentMap(): Promise<ClusterMap> {
     epoch: BigInt(res.map.epoch ?? 0),
     ranges: (res.map.ranges ?? []).map((r) => ({ start: BigInt(r.start ?? 0), end: endFromProto(BigInt(r.end ?? 0)), shardId: r.shardId ?? '' })),
     shards: (res.map.shards ?? []).map((s) => ({ id: s.shardId ?? '', address: s.address ?? '' })),
+    clusterId: res.map.clusterId ?? '',
   };
 }
 

@@ -98,7 +98,7 @@ describe('TLS', () => {
   it('mutual TLS: a caller with the server credential but no client certificate cannot register a shard', async () => {
     const client = new MasterServiceClient(cluster.masterAddress, grpc.credentials.createSsl(readFileSync(ca.cert)));
     const token = new ServerTokenSource(deriveTokenKey(TEST_CREDENTIAL), 'impostor').get();
-    const err = await call(client, client.registerShard, { shardId: '', address: '127.0.0.1:1' }, { token, timeoutMs: 5000 }).catch((e: unknown) => e);
+    const err = await call(client, client.registerShard, { shardId: '', address: '127.0.0.1:1', clusterId: '', epoch: 0n, generation: 1n, sessionId: 'impostor' }, { token, timeoutMs: 5000 }).catch((e: unknown) => e);
     client.close();
     expect(err).toMatchObject({ code: 'UNAUTHENTICATED', message: expect.stringContaining('client certificate signed by the cluster CA') });
   });

@@ -90,6 +90,7 @@ function twoShardMap(a: FakeShard, b: FakeShard, epoch = 4n): ClusterMap {
       { id: 's1', address: a.address },
       { id: 's2', address: b.address },
     ],
+    clusterId: 'c-test',
   };
 }
 
@@ -111,7 +112,7 @@ const rowsFor = (n: number) => Array.from({ length: n }, (_, i) => ({ row: `row-
 describe('connect', () => {
   it('waits while the cluster has no map (epoch 0), then routes by the first real one', async () => {
     const { master, map, connect } = await setup();
-    master.mapFor = (n) => (n < 4 ? { epoch: 0n, ranges: [], shards: [] } : map);
+    master.mapFor = (n) => (n < 4 ? { epoch: 0n, ranges: [], shards: [], clusterId: '' } : map);
     const c = await connect({ timeoutMs: 5000 });
     expect(master.getMaps).toBe(4);
     expect(c.map.epoch).toBe(4n);
@@ -119,7 +120,7 @@ describe('connect', () => {
 
   it('gives up at its deadline with NOT_READY when the map never comes', async () => {
     const { master, connect } = await setup();
-    master.mapFor = () => ({ epoch: 0n, ranges: [], shards: [] });
+    master.mapFor = () => ({ epoch: 0n, ranges: [], shards: [], clusterId: '' });
     const started = Date.now();
     await expect(connect({ timeoutMs: 400 })).rejects.toMatchObject({ code: 'NOT_READY' });
     expect(Date.now() - started).toBeLessThan(1500);

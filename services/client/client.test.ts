@@ -238,7 +238,7 @@ describe('leases', () => {
 describe('recovering without the caller seeing an error', () => {
   /** Every range sent to one shard: half the keys now route to the wrong place. */
   function poisoned(map: ClusterMap, to: string, epoch: bigint): ClusterMap {
-    return { epoch, shards: map.shards, ranges: map.ranges.map((r) => ({ ...r, shardId: to })) };
+    return { ...map, epoch, ranges: map.ranges.map((r) => ({ ...r, shardId: to })) };
   }
 
   it('re-routes single-row calls after a stale map (old epoch, wrong owner)', async () => {

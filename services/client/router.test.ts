@@ -20,7 +20,7 @@ const SHARDS = ['s1', 's2', 's3', 's4'];
 function mapFrom(cuts: number[], owners: number[], epoch = 3n): ClusterMap {
   const bounds = [0n, ...[...new Set(cuts)].sort((a, b) => a - b).map(bucketStart), HASH_SPACE_END];
   const ranges = bounds.slice(0, -1).map((start, i) => ({ start, end: bounds[i + 1]!, shardId: SHARDS[owners[i % owners.length]! % SHARDS.length]! }));
-  return { epoch, ranges, shards: SHARDS.map((id, i) => ({ id, address: `127.0.0.1:${7001 + i}` })) };
+  return { epoch, ranges, shards: SHARDS.map((id, i) => ({ id, address: `127.0.0.1:${7001 + i}` })), clusterId: 'c-test' };
 }
 
 /** Random valid maps: bucket-aligned cut points, owners drawn from four shards. */
@@ -32,6 +32,7 @@ const threeWay: ClusterMap = {
   epoch: 1n,
   ranges: evenSplit(3).map((r, i) => ({ ...r, shardId: SHARDS[i]! })),
   shards: SHARDS.slice(0, 3).map((id, i) => ({ id, address: `h${i}:1` })),
+  clusterId: 'c-test',
 };
 
 describe('routeRow', () => {
@@ -42,7 +43,7 @@ describe('routeRow', () => {
   });
 
   it('answers WRONG_SHARD when the map cannot route (no map yet, or an unknown address)', () => {
-    const empty: ClusterMap = { epoch: 0n, ranges: [], shards: [] };
+    const empty: ClusterMap = { epoch: 0n, ranges: [], shards: [], clusterId: '' };
     expect(() => routeRow(empty, 'x')).toThrow(CairnError);
     expect(() => routeRow(empty, 'x')).toThrow(expect.objectContaining({ code: 'WRONG_SHARD' }));
     const noAddress = { ...threeWay, shards: [] };

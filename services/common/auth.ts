@@ -125,6 +125,13 @@ export interface Claims {
   iat: number;
   /** Expires at, ms since the epoch (exclusive). */
   exp: number;
+  /**
+   * `server` tokens: the cluster id of the process that minted it ('' for a
+   * process that belongs to no cluster yet). A shard refuses internal calls
+   * from another cluster, so a master on the wrong state, or a peer of another
+   * cluster that shares the credential, can change nothing on it.
+   */
+  cid?: string;
 }
 
 const TOKEN_VERSION = 'v1';
@@ -148,10 +155,11 @@ export function mintToken(
   role: Role,
   ttlMs: number,
   now: number = Date.now(),
+  clusterId?: string,
 ): { token: string; expiresAtMs: number } {
   if (!(Number.isFinite(ttlMs) && ttlMs > 0)) throw new CairnError('INVALID_ARGUMENT', `token ttl must be a positive number of ms, got ${ttlMs}`);
   if (sub.length === 0) throw new CairnError('INVALID_ARGUMENT', 'token subject must not be empty');
-  const claims: Claims = { sub, role, iat: now, exp: now + ttlMs };
+  const claims: Claims = { sub, role, iat: now, exp: now + ttlMs, ...(clusterId !== undefined ? { cid: clusterId } : {}) };
   const payload = Buffer.from(JSON.stringify(claims), 'utf8').toString('base64url');
   const signedPart = `${TOKEN_VERSION}.${payload}`;
   return { token: `${signedPart}.${sign(key, signedPart).toString('base64url')}`, expiresAtMs: claims.exp };
@@ -223,7 +231,8 @@ function verifyTokenFully(key: Buffer, token: string | undefined, now: number): 
     typeof c.iat !== 'number' ||
     !Number.isFinite(c.iat) ||
     typeof c.exp !== 'number' ||
-    !Number.isFinite(c.exp)
+    !Number.isFinite(c.exp) ||
+    (c.cid !== undefined && typeof c.cid !== 'string')
   ) {
     throw unauthenticated('malformed token: claims need sub, role, iat and exp');
   }
@@ -234,7 +243,7 @@ function verifyTokenFully(key: Buffer, token: string | undefined, now: number): 
       { reason: 'TOKEN_EXPIRED' },
     );
   }
-  return { sub: c.sub, role: c.role, iat: c.iat, exp: c.exp };
+  return { sub: c.sub, role: c.role, iat: c.iat, exp: c.exp, ...(c.cid !== undefined ? { cid: c.cid } : {}) };
 }
 
 /** Throws PERMISSION_DENIED unless the caller's role is at least `need`. */
@@ -261,6 +270,8 @@ export interface ServerTokenSourceOptions {
   ttlMs?: number;
   /** Clock, ms since the epoch (default Date.now). */
   now?: () => number;
+  /** The minting process's cluster id, read at each mint ('' before it has one). */
+  clusterId?: () => string;
 }
 
 /**
@@ -273,11 +284,12 @@ export class ServerTokenSource {
   private readonly now: () => number;
   private token = '';
   private refreshAtMs = -Infinity;
+  private mintedFor = '';
 
   constructor(
     private readonly key: Buffer,
     private readonly sub: string,
-    opts: ServerTokenSourceOptions = {},
+    private readonly opts: ServerTokenSourceOptions = {},
   ) {
     this.ttlMs = opts.ttlMs ?? 10 * 60_000;
     this.now = opts.now ?? Date.now;
@@ -286,8 +298,11 @@ export class ServerTokenSource {
 
   get(): string {
     const now = this.now();
-    if (now >= this.refreshAtMs) {
-      const { token, expiresAtMs } = mintToken(this.key, this.sub, 'server', this.ttlMs, now);
+    const cid = this.opts.clusterId?.() ?? '';
+    // A process that just joined (or formed) a cluster re-mints at once, so its calls carry the id.
+    if (now >= this.refreshAtMs || cid !== this.mintedFor) {
+      this.mintedFor = cid;
+      const { token, expiresAtMs } = mintToken(this.key, this.sub, 'server', this.ttlMs, now, cid);
       this.token = token;
       this.refreshAtMs = expiresAtMs - this.ttlMs / 5;
     }

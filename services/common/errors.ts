@@ -67,7 +67,19 @@ export interface ErrorDetails {
   reason?: ErrorReason;
 }
 
-export type ErrorReason = 'TOKEN_EXPIRED';
+/**
+ * - TOKEN_EXPIRED: log in again.
+ * - CLUSTER_MISMATCH: the two processes belong to different clusters (or one
+ *   has no cluster state); nothing was changed. Retrying helps only once the
+ *   right master is back.
+ * - SHARD_REMOVED: the shard id was removed with remserver; it never returns.
+ * - SESSION_CONFLICT: another process holds this shard id and is heartbeating
+ *   (a copy of a live data directory?); retry only once it has been silent.
+ * - SESSION_SUPERSEDED: a newer process took this shard id over; stop.
+ */
+export const ERROR_REASONS = ['TOKEN_EXPIRED', 'CLUSTER_MISMATCH', 'SHARD_REMOVED', 'SESSION_CONFLICT', 'SESSION_SUPERSEDED'] as const;
+export type ErrorReason = (typeof ERROR_REASONS)[number];
+const isErrorReason = (s: string | undefined): s is ErrorReason => (ERROR_REASONS as readonly string[]).includes(s ?? '');
 
 export class CairnError extends Error {
   readonly code: ErrorCode;
@@ -142,12 +154,13 @@ export function fromServiceError(err: unknown): CairnError {
   const code: ErrorCode = named && named in TO_STATUS ? named : transport ? 'UNREACHABLE' : FROM_STATUS[e.code as Status] ?? 'INTERNAL';
   const epoch = meta(md, 'cairn-epoch');
   const retry = meta(md, 'cairn-retry-after-ms');
+  const reason = meta(md, 'cairn-error-reason');
   const details: ErrorDetails = {
     ...(epoch !== undefined ? { epoch: BigInt(epoch) } : {}),
     ...(meta(md, 'cairn-owner') !== undefined ? { owner: meta(md, 'cairn-owner') } : {}),
     ...(meta(md, 'cairn-owner-address') !== undefined ? { ownerAddress: meta(md, 'cairn-owner-address') } : {}),
     ...(retry !== undefined ? { retryAfterMs: Number(retry) } : {}),
-    ...(meta(md, 'cairn-error-reason') === 'TOKEN_EXPIRED' ? { reason: 'TOKEN_EXPIRED' as const } : {}),
+    ...(isErrorReason(reason) ? { reason } : {}),
   };
   return new CairnError(code, e.details || e.message || 'unknown error', details);
 }

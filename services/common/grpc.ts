@@ -45,6 +45,11 @@ export interface HandlerEnv {
    * a connection whose client certificate the cluster CA signed.
    */
   requirePeerCert?: boolean;
+  /**
+   * Checks the claims of every call made with a server token, after the
+   * signature (a shard refuses internal calls from another cluster here).
+   */
+  checkServerCall?: (claims: Claims, method: string) => void;
 }
 
 function deadlineOf(call: SurfaceCall): number {
@@ -67,6 +72,7 @@ function authenticate(env: HandlerEnv, call: SurfaceCall, method: string, need: 
     );
   }
   authorize(claims, need, method);
+  if (claims.role === 'server') env.checkServerCall?.(claims, method);
   return { ...base, claims, token };
 }
 

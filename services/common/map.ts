@@ -18,9 +18,11 @@ export interface ClusterMap {
   ranges: OwnedRange[];
   /** Every registered shard, including those that own nothing. */
   shards: ShardRef[];
+  /** The cluster this map belongs to; '' only in the empty epoch-0 map. */
+  clusterId: string;
 }
 
-export const EMPTY_MAP: ClusterMap = { epoch: 0n, ranges: [], shards: [] };
+export const EMPTY_MAP: ClusterMap = { epoch: 0n, ranges: [], shards: [], clusterId: '' };
 
 export function mapFromProto(m: ClusterMapProto | undefined): ClusterMap {
   if (!m) return EMPTY_MAP;
@@ -28,6 +30,7 @@ export function mapFromProto(m: ClusterMapProto | undefined): ClusterMap {
     epoch: m.epoch,
     ranges: m.ranges.map((r) => ({ start: r.start, end: endFromProto(r.end), shardId: r.shardId })),
     shards: m.shards.map((s) => ({ id: s.shardId, address: s.address })),
+    clusterId: m.clusterId,
   };
 }
 
@@ -36,6 +39,7 @@ export function mapToProto(m: ClusterMap): ClusterMapProto {
     epoch: m.epoch,
     ranges: m.ranges.map((r) => ({ start: r.start, end: endToProto(r.end), shardId: r.shardId })),
     shards: m.shards.map((s) => ({ shardId: s.id, address: s.address })),
+    clusterId: m.clusterId,
   };
 }
 

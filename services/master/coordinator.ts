@@ -27,6 +27,20 @@ import type { ServerTokenSource } from '../common/auth.js';
 import { isTerminal, moveFromJson, moveToJson, newMove, resumeAction, transition, type Move, type MoveState } from './moves.js';
 import type { Plan } from './planner.js';
 
+/**
+ * A durable write whose outcome is unknown: it failed, but it may have reached
+ * the disk (an fsync error after the write). A move whose commit ends so is
+ * never aborted: aborting would lift the source's fence and drop the
+ * destination's copy while the durable map may already name the destination.
+ * The master stops instead, and its restart reads what is really there.
+ */
+export class AmbiguousWrite extends CairnError {
+  constructor(message: string) {
+    super('NOT_READY', message, { retryAfterMs: 1000 });
+    this.name = 'AmbiguousWrite';
+  }
+}
+
 /** What the coordinator needs from the master. */
 export interface CoordinatorHost {
   log: Logger;
@@ -210,8 +224,14 @@ export class MoveCoordinator {
     try {
       await this.host.commitMove(committed, { ...this.journal(id), move: moveToJson(committed) });
     } catch (err) {
+      if (err instanceof AmbiguousWrite) {
+        // Committed or not, only the journal on disk can say: the restarted master finishes or aborts it from there.
+        this.log.error('commit outcome unknown: the move is left at its journaled step for the restarted master', { moveId: id, error: err.message });
+        return rec.move;
+      }
+      // Refused before anything was written (e.g. the range changed owner): nothing is durable, so the move can still abort.
       const e = fromServiceError(err);
-      this.log.error('commit failed; aborting the move', { moveId: id, error: e.message });
+      this.log.error('commit refused; aborting the move', { moveId: id, error: e.message });
       return this.abort(id, `commit failed: ${e.message}`);
     }
     rec.move = committed;

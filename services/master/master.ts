@@ -8,10 +8,11 @@ import { ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
 import { randomBytes } from 'node:crypto';
 import { deriveTokenKey, hashPassword, mintToken, ServerTokenSource, verifyPassword, type Role } from '../common/auth.js';
 import { CairnError } from '../common/errors.js';
+import { failpoint } from '../common/failpoints.js';
 import { call, ClientPool, type ClientTls } from '../common/grpc.js';
 import { EMPTY_MAP, mapError, mapToProto, rangesOf, type ClusterMap } from '../common/map.js';
 import { evenSplit, rangeCovers, rangesOverlap, reassign, shareOf, type HashRange } from '../common/ranges.js';
-import { MoveCoordinator, type Operation } from './coordinator.js';
+import { AmbiguousWrite, MoveCoordinator, type Operation } from './coordinator.js';
 import type { Move } from './moves.js';
 import { plan as planMoves, shardLoads, type Plan } from './planner.js';
 import { MasterStore, type Registry, type ShardRecord } from './store.js';
@@ -40,6 +41,25 @@ export interface MasterOptions {
   /** TLS used when the master dials shards. */
   peerTls?: ClientTls;
   log: Logger;
+  /**
+   * Called once when a durable write of the master's state failed: its outcome
+   * is unknown, so the master stops acting (as etcd stops on a WAL sync
+   * failure) and the process should exit; the restarted master reads what is
+   * on disk and carries every journaled move to its end. Default: log only.
+   */
+  onFatal?: (err: Error) => void;
+}
+
+/** What a registering shard says about itself (RegisterShardRequest). */
+export interface ShardHello {
+  shardId: string;
+  address: string;
+  /** The cluster id in its data directory ('' for a new shard or one written before cluster ids). */
+  clusterId: string;
+  /** The epoch of the map in its data directory. */
+  epoch: bigint;
+  generation: number;
+  sessionId: string;
 }
 
 export interface RangeCount extends HashRange {
@@ -48,6 +68,7 @@ export interface RangeCount extends HashRange {
 }
 
 interface LiveState {
+  sessionId: string;
   lastHeartbeatMs: number;
   stopping: boolean;
   epoch: bigint;
@@ -98,7 +119,14 @@ export class Master {
   private readonly shardClients: ClientPool<ShardServiceClient>;
   private readonly serverToken: ServerTokenSource;
   private closed = false;
+  /** Set once a durable write failed: the master acts no more (see MasterOptions.onFatal). */
+  private halted: Error | undefined;
   private approvals = new Set<string>();
+  /** Made once when the cluster forms; '' until then. */
+  private clusterIdValue = '';
+  private readonly startedAtMs = Date.now();
+  /** Refusals already logged (shard and reason), so a shard retrying every second logs once. */
+  private readonly refusalsLogged = new Set<string>();
   coordinator!: MoveCoordinator;
 
   private constructor(
@@ -107,7 +135,7 @@ export class Master {
   ) {
     this.nodeId = opts.nodeId ?? 'master';
     this.tokenKey = deriveTokenKey(opts.serverCredential);
-    this.serverToken = new ServerTokenSource(this.tokenKey, this.nodeId);
+    this.serverToken = new ServerTokenSource(this.tokenKey, this.nodeId, { clusterId: () => this.clusterIdValue });
     this.shardClients = new ClientPool(ShardServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.maxMessageBytes });
   }
 
@@ -118,11 +146,19 @@ export class Master {
     m.shards = state.shards;
     m.nextShardNumber = state.nextShardNumber;
     m.removed = new Set(state.removed);
+    m.clusterIdValue = state.clusterId;
     if (state.map) {
       const err = mapError(state.map);
       if (err) throw new Error(`stored map is invalid: ${err}`);
       m.map = state.map;
     }
+    if (m.map.epoch > 0n && !m.clusterIdValue) {
+      // State written before clusters had ids: this master's own cluster gets one now, and its shards adopt it when they register.
+      m.clusterIdValue = newClusterId();
+      await store.save({ ...m.registry() });
+      opts.log.info('cluster id minted for a cluster formed before cluster ids', { clusterId: m.clusterIdValue, epoch: m.map.epoch.toString() });
+    }
+    m.map = { ...m.map, clusterId: m.clusterIdValue };
     m.approvals = new Set(await store.loadApprovals());
     m.coordinator = new MoveCoordinator(
       {
@@ -130,7 +166,7 @@ export class Master {
         addressOf: (id) => m.shards.find((s) => s.id === id)?.address,
         commitMove: (move, journal) => m.commitMove(move, journal),
         pushMapTo: (id) => m.pushMapTo(id),
-        saveMove: (id, journal) => store.saveMove(id, journal),
+        saveMove: (id, journal) => m.durably(`journal move ${id}`, () => store.saveMove(id, journal)),
         epoch: () => m.map.epoch,
       },
       m.shardClients,
@@ -154,6 +190,10 @@ export class Master {
     return this.map.epoch;
   }
 
+  get clusterId(): string {
+    return this.clusterIdValue;
+  }
+
   get heartbeatIntervalMs(): number {
     return this.opts.heartbeatIntervalMs;
   }
@@ -164,33 +204,82 @@ export class Master {
     return () => this.watchers.delete(fn);
   }
 
+  /**
+   * Runs one durable write of the master's state. A write that fails has an
+   * unknown outcome (an fsync error may follow a write that reached the disk),
+   * so the master halts instead of guessing: it acts no more, and the process
+   * exits (onFatal); the restarted master reads what is really on disk.
+   */
+  private async durably<T>(what: string, write: () => Promise<T>): Promise<T> {
+    if (this.halted) throw new AmbiguousWrite(`the master stopped after a failed durable write (${this.halted.message}); restart it`);
+    try {
+      return await write();
+    } catch (err) {
+      const e = err as Error;
+      this.halted = e;
+      this.closed = true;
+      this.log.error('a durable write of the master state failed; its outcome is unknown, so the master stops: restart it to carry on from what is on disk', {
+        write: what,
+        error: e.message,
+      });
+      void this.coordinator?.close(0);
+      this.opts.onFatal?.(e);
+      throw new AmbiguousWrite(`${what}: the durable write failed (${e.message}); its outcome is unknown and the master stopped`);
+    }
+  }
+
+  /** Tells each watcher; a watcher that throws is logged, never allowed to fail the step that committed. */
+  private publish(next: ClusterMap): void {
+    for (const w of this.watchers) {
+      try {
+        w(next);
+      } catch (err) {
+        this.log.warn('a map watcher failed', { epoch: next.epoch.toString(), error: (err as Error).message });
+      }
+    }
+    void this.pushMapToAll();
+  }
+
   /** The one place a new map becomes current: validate, persist (synced), publish. */
   private async commitMap(next: ClusterMap): Promise<void> {
     const err = mapError(next);
     if (err) throw new CairnError('INTERNAL', `refusing to commit an invalid map: ${err}`);
     if (next.epoch !== this.map.epoch + 1n) throw new CairnError('INTERNAL', `map epoch must grow by one: ${this.map.epoch} -> ${next.epoch}`);
-    await this.store.save({ map: next, ...this.registry() });
+    await this.durably(`map epoch ${next.epoch}`, () => this.store.save({ map: next, ...this.registry() }));
     this.map = next;
     this.log.info('map committed', { epoch: next.epoch.toString(), ranges: next.ranges.length });
-    for (const w of this.watchers) w(next);
-    void this.pushMapToAll();
+    this.publish(next);
   }
 
   private registry(): Registry {
-    return { shards: this.shards, nextShardNumber: this.nextShardNumber, removed: [...this.removed] };
+    return { clusterId: this.clusterIdValue, shards: this.shards, nextShardNumber: this.nextShardNumber, removed: [...this.removed] };
   }
 
   private shardRefs() {
     return this.shards.map((s) => ({ id: s.id, address: s.address }));
   }
 
-  /** Admits a shard (new or returning). Once expectShards have registered, splits the space evenly. */
-  register(shardId: string, address: string): Promise<{ shardId: string; map: ClusterMap }> {
+  /**
+   * Admits a shard (new or returning). Once expectShards have registered, the
+   * cluster forms: its id is minted and the space split evenly. Refused, with
+   * nothing changed (`admission` says why): a shard of another cluster, a
+   * shard that belongs to a cluster when this master has no state, a removed
+   * id, and a second live process for one shard id (DESIGN "Membership").
+   */
+  register(hello: ShardHello): Promise<{ shardId: string; map: ClusterMap }> {
     return this.serial.run(async () => {
-      // A late heartbeat or retry from a removed shard must not bring it back into the registry.
-      if (shardId && this.removed.has(shardId)) {
-        throw new CairnError('PRECONDITION', `shard ${shardId} was removed from the cluster; to join again, start it with an empty data directory`);
+      if (this.halted) throw new CairnError('NOT_READY', 'the master stopped after a failed durable write; it must be restarted', { retryAfterMs: 1000 });
+      const refusal = this.admission(hello);
+      if (refusal) {
+        const key = `${hello.shardId}|${hello.address}|${refusal.message}`;
+        if (!this.refusalsLogged.has(key)) {
+          if (this.refusalsLogged.size > 1000) this.refusalsLogged.clear();
+          this.refusalsLogged.add(key);
+          this.log.warn('shard refused', { shardId: hello.shardId || '(new)', address: hello.address, reason: refusal.details.reason, why: refusal.message });
+        }
+        throw refusal;
       }
+      const { shardId, address } = hello;
       let rec = shardId ? this.shards.find((s) => s.id === shardId) : undefined;
       const isNew = !rec;
       // The first expectShards shards form the cluster; once it has a map, new shards need AddServer.
@@ -204,31 +293,98 @@ export class Master {
         rec = { id, address, registeredAtMs: Date.now() };
         this.shards = [...this.shards, rec];
       }
+      const id = rec.id;
       const addressChanged = rec.address !== address;
-      if (addressChanged) this.shards = this.shards.map((s) => (s.id === rec!.id ? { ...s, address } : s));
-      this.live.set(rec.id, { lastHeartbeatMs: Date.now(), stopping: false, epoch: 0n, ranges: [], opsPerSec: 0 });
+      const sessionChanged = rec.sessionId !== hello.sessionId || rec.generation !== hello.generation;
+      if (addressChanged || sessionChanged) {
+        this.shards = this.shards.map((s) => (s.id === id ? { ...s, address, generation: hello.generation, sessionId: hello.sessionId } : s));
+      }
+      this.live.set(id, { sessionId: hello.sessionId, lastHeartbeatMs: Date.now(), stopping: false, epoch: hello.epoch, ranges: [], opsPerSec: 0 });
 
       if (this.map.epoch === 0n && this.shards.length >= this.opts.expectShards) {
         const owners = this.shards.slice(0, this.opts.expectShards);
         const ranges = evenSplit(owners.length).map((r, i) => ({ ...r, shardId: owners[i]!.id }));
-        this.log.info('All data servers have registered!', { shards: owners.map((s) => s.id) });
-        await this.commitMap({ epoch: 1n, ranges, shards: this.shardRefs() });
+        this.clusterIdValue = newClusterId();
+        this.log.info('All data servers have registered!', { shards: owners.map((s) => s.id), clusterId: this.clusterIdValue });
+        await this.commitMap({ epoch: 1n, ranges, shards: this.shardRefs(), clusterId: this.clusterIdValue });
       } else if (this.map.epoch > 0n && (isNew || addressChanged)) {
         await this.commitMap({ ...this.map, epoch: this.map.epoch + 1n, shards: this.shardRefs() });
       } else {
-        await this.store.save({ ...this.registry() });
+        await this.durably(`registry (shard ${id})`, () => this.store.save({ ...this.registry() }));
         if (this.map.epoch === 0n) {
           this.log.info('waiting for shards', { registered: this.shards.length, expected: this.opts.expectShards });
         }
       }
-      this.log.info('shard registered', { shardId: rec.id, address, isNew });
-      return { shardId: rec.id, map: this.map };
+      this.log.info('shard registered', { shardId: id, address, isNew, generation: hello.generation });
+      return { shardId: id, map: this.map };
     });
   }
 
-  heartbeat(shardId: string, hb: { epoch: bigint; ranges: RangeCount[]; opsPerSec: number; stopping: boolean }): void {
-    if (!this.shards.some((s) => s.id === shardId)) {
+  /** Why this master may not admit the shard now, or undefined. Pure over the master's state. */
+  private admission(hello: ShardHello): CairnError | undefined {
+    const ours = this.clusterIdValue;
+    const theirs = hello.clusterId;
+    const who = hello.shardId ? `shard ${hello.shardId} at ${hello.address}` : `the shard at ${hello.address}`;
+    const mismatch = (msg: string) => new CairnError('PRECONDITION', msg, { reason: 'CLUSTER_MISMATCH' });
+    if (!ours && (theirs || hello.epoch > 0n)) {
+      return mismatch(
+        `this master has no cluster state, and ${who} already belongs to cluster ${theirs || '(formed before cluster ids)'} at map epoch ${hello.epoch}: ` +
+          `the master does not form a new cluster out of it. Start the master on that cluster's data directory, or, if that is lost, ` +
+          `rebuild it from the shards: cairn master rebuild --config <master.yaml> --from <shard host:port,...>`,
+      );
+    }
+    if (ours && theirs && theirs !== ours) {
+      return mismatch(`${who} belongs to cluster ${theirs} (map epoch ${hello.epoch}), not to this master's cluster ${ours}; point it at its own master`);
+    }
+    // A late heartbeat or retry from a removed shard must not bring it back into the registry.
+    if (hello.shardId && this.removed.has(hello.shardId)) {
+      return new CairnError('PRECONDITION', `shard ${hello.shardId} was removed from the cluster; to join again, start it with an empty data directory`, { reason: 'SHARD_REMOVED' });
+    }
+    const rec = hello.shardId ? this.shards.find((s) => s.id === hello.shardId) : undefined;
+    if (!rec) {
+      if (hello.shardId && (theirs || hello.epoch > 0n)) {
+        return mismatch(`${who} holds map epoch ${hello.epoch} of cluster ${theirs || '(formed before cluster ids)'}, but this master's cluster ${ours} has no shard ${hello.shardId}`);
+      }
+      return undefined;
+    }
+    if (rec.sessionId === undefined || rec.sessionId === hello.sessionId) return undefined; // first session known, or the same process again
+    const now = Date.now();
+    const live = this.live.get(rec.id);
+    const conflict = (msg: string, retryAfterMs?: number) => new CairnError('PRECONDITION', msg, { reason: 'SESSION_CONFLICT', ...(retryAfterMs !== undefined ? { retryAfterMs } : {}) });
+    if (live && !live.stopping && live.sessionId === rec.sessionId && now - live.lastHeartbeatMs <= this.opts.shardDownAfterMs) {
+      return conflict(
+        `shard ${rec.id} is live at ${rec.address} (generation ${rec.generation ?? 0}, last heartbeat ${now - live.lastHeartbeatMs} ms ago); ` +
+          `a second process for it (generation ${hello.generation} at ${hello.address}: a copy of its data directory?) is refused while the first one heartbeats`,
+        this.opts.shardDownAfterMs - (now - live.lastHeartbeatMs) + 100,
+      );
+    }
+    if (!live && now - this.startedAtMs <= this.opts.shardDownAfterMs) {
+      // Just restarted: the admitted session may still be alive and about to heartbeat.
+      return conflict(
+        `the master restarted ${now - this.startedAtMs} ms ago and waits up to ${this.opts.shardDownAfterMs} ms for shard ${rec.id}'s admitted session (generation ${rec.generation ?? 0}) to report before another may take over`,
+        this.opts.shardDownAfterMs - (now - this.startedAtMs) + 100,
+      );
+    }
+    if (hello.generation < (rec.generation ?? 0)) {
+      return conflict(
+        `shard ${rec.id}'s data directory at ${hello.address} is at generation ${hello.generation}, older than generation ${rec.generation} that last held the id: a stale copy is never admitted`,
+      );
+    }
+    return undefined;
+  }
+
+  /** Records a heartbeat; refused when the shard is unknown, or when another process now holds its id. */
+  heartbeat(shardId: string, hb: { sessionId: string; epoch: bigint; ranges: RangeCount[]; opsPerSec: number; stopping: boolean }): void {
+    const rec = this.shards.find((s) => s.id === shardId);
+    if (!rec || rec.sessionId === undefined) {
       throw new CairnError('NOT_FOUND', `unknown shard ${shardId}: register first`);
+    }
+    if (rec.sessionId !== hb.sessionId) {
+      throw new CairnError(
+        'PRECONDITION',
+        `shard ${shardId} is now held by another process (generation ${rec.generation ?? 0} at ${rec.address}); this process must stop`,
+        { reason: 'SESSION_SUPERSEDED' },
+      );
     }
     this.live.set(shardId, { lastHeartbeatMs: Date.now(), ...hb });
     if (hb.stopping) this.log.info('shard is stopping', { shardId });
@@ -297,14 +453,16 @@ export class Master {
       const r = { start: move.start, end: move.end };
       const stray = this.map.ranges.find((x) => rangesOverlap(x, r) && x.shardId !== move.from);
       if (stray) throw new CairnError('INTERNAL', `cannot commit move ${move.id}: [${stray.start}, ${stray.end}) is owned by ${stray.shardId}, not ${move.from}`);
-      const next: ClusterMap = { epoch: this.map.epoch + 1n, ranges: reassign(this.map.ranges, r, move.to), shards: this.map.shards };
+      const next: ClusterMap = { ...this.map, epoch: this.map.epoch + 1n, ranges: reassign(this.map.ranges, r, move.to) };
       const err = mapError(next);
       if (err) throw new CairnError('INTERNAL', `refusing to commit an invalid map: ${err}`);
-      await this.store.save({ map: next, ...this.registry(), moves: [{ id: move.id, json: journal }] });
+      await this.durably(`commit of move ${move.id}`, async () => {
+        await this.store.save({ map: next, ...this.registry(), moves: [{ id: move.id, json: journal }] });
+        failpoint('master-after-commit-write'); // `error` here: the batch is durable but the write reports a failure (an fsync error)
+      });
       this.map = next;
       this.log.info('map committed', { epoch: next.epoch.toString(), ranges: next.ranges.length, moveId: move.id });
-      for (const w of this.watchers) w(next);
-      void this.pushMapToAll();
+      this.publish(next);
     });
   }
 
@@ -386,7 +544,7 @@ export class Master {
       this.live.delete(target.id);
       this.removed.add(target.id);
       if (this.map.epoch > 0n) await this.commitMap({ ...this.map, epoch: this.map.epoch + 1n, shards: this.shardRefs() });
-      else await this.store.save({ ...this.registry() });
+      else await this.durably(`registry (removing ${target.id})`, () => this.store.save({ ...this.registry() }));
       this.log.info('shard removed', { shardId: target.id, address: target.address });
       return target;
     });
@@ -435,6 +593,9 @@ export class Master {
     await this.store.close();
   }
 }
+
+/** A cluster id: made once when a cluster forms, kept by the master and every shard. */
+export const newClusterId = (): string => `c-${randomBytes(8).toString('hex')}`;
 
 // A hash of a random password, so a login for an unknown user costs the same as a wrong password.
 let dummyHash: string | undefined;

@@ -21,7 +21,7 @@ import { plan, shardLoads, type BucketStats, type Plan, type PlanInput, type Pla
 
 function mapOf(ranges: OwnedRange[], extraShards: string[] = []): ClusterMap {
   const ids = [...new Set([...ranges.map((r) => r.shardId), ...extraShards])];
-  return { epoch: 1n, ranges, shards: ids.map((id) => ({ id, address: `${id}:1` })) };
+  return { epoch: 1n, ranges, shards: ids.map((id) => ({ id, address: `${id}:1` })), clusterId: 'c-test' };
 }
 
 /** One range per shard, even key space. */
@@ -129,7 +129,7 @@ describe('plan: empty cluster', () => {
   });
 
   it('returns an empty plan for a map with no ranges yet', () => {
-    const p = plan({ map: { epoch: 0n, ranges: [], shards: [] }, shards: up('a'), buckets: new Map() });
+    const p = plan({ map: { epoch: 0n, ranges: [], shards: [], clusterId: '' }, shards: up('a'), buckets: new Map() });
     expect(p).toMatchObject({ moves: [], targetMap: [], movedBytes: 0 });
   });
 });

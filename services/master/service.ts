@@ -27,6 +27,14 @@ const MAX_COUNT = Number.MAX_SAFE_INTEGER;
 /** A DNS name (253) plus a colon and a port, with room for IPv6 brackets. */
 const MAX_ADDRESS_CHARS = 262;
 
+/** Shard, cluster and session ids are short tokens the processes make themselves. */
+const MAX_ID_CHARS = 64;
+
+function checkId(field: string, value: string, required = false): void {
+  if (required && !value) throw invalidArgument(`${field}: must not be empty (a shard makes one at each start)`);
+  if (value.length > MAX_ID_CHARS) throw invalidArgument(`${field}: ${value.length} characters, over the limit of ${MAX_ID_CHARS}`);
+}
+
 /** A heartbeat's per-range counts, checked: a range inside the hash space, counts a master can add up and report. */
 function heartbeatRanges(ranges: Array<{ start: bigint; end: bigint; rows: bigint; bytes: bigint }>) {
   return ranges.map((r, i) => {
@@ -78,13 +86,27 @@ export function masterServiceImpl(master: Master, env: HandlerEnv): MasterServic
   return {
     registerShard: unary(env, 'RegisterShard', 'server', async (req) => {
       if (!req.address) throw invalidArgument('address: must be the host:port other processes use to reach the shard');
-      const { shardId, map } = await master.register(req.shardId, req.address);
+      if (req.address.length > MAX_ADDRESS_CHARS) throw invalidArgument(`address: ${req.address.length} characters, over the limit of ${MAX_ADDRESS_CHARS}`);
+      checkId('shard_id', req.shardId);
+      checkId('cluster_id', req.clusterId);
+      checkId('session_id', req.sessionId, true);
+      if (req.generation > BigInt(MAX_COUNT)) throw invalidArgument(`generation: ${req.generation} is over ${MAX_COUNT}`);
+      const { shardId, map } = await master.register({
+        shardId: req.shardId,
+        address: req.address,
+        clusterId: req.clusterId,
+        epoch: req.epoch,
+        generation: Number(req.generation),
+        sessionId: req.sessionId,
+      });
       return { header: header(), shardId, map: mapToProto(map), heartbeatIntervalMs: master.heartbeatIntervalMs };
     }),
     heartbeat: unary(env, 'Heartbeat', 'server', async (req) => {
       if (!req.shardId) throw invalidArgument('shard_id: must not be empty');
       if (!(req.opsPerSec >= 0) || !Number.isFinite(req.opsPerSec)) throw invalidArgument(`ops_per_sec: must be a finite number >= 0, got ${req.opsPerSec}`);
-      master.heartbeat(req.shardId, { epoch: req.epoch, opsPerSec: req.opsPerSec, stopping: req.stopping, ranges: heartbeatRanges(req.ranges) });
+      const ranges = heartbeatRanges(req.ranges);
+      checkId('session_id', req.sessionId, true);
+      master.heartbeat(req.shardId, { sessionId: req.sessionId, epoch: req.epoch, opsPerSec: req.opsPerSec, stopping: req.stopping, ranges });
       return { header: header() };
     }),
     getMap: unary(env, 'GetMap', 'r', async () => ({ header: header(), map: mapToProto(master.currentMap()) })),

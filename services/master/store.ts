@@ -12,10 +12,19 @@ export interface ShardRecord {
   id: string;
   address: string;
   registeredAtMs: number;
+  /**
+   * The session the master last admitted for this id: the data directory's
+   * start counter and the process's random session id. A second process on
+   * a copy of the directory has another session id (DESIGN "Membership").
+   */
+  generation?: number;
+  sessionId?: string;
 }
 
-/** The shard registry as persisted: current shards, the next id to hand out, and ids removed for good. */
+/** The shard registry as persisted: the cluster id, current shards, the next id to hand out, and ids removed for good. */
 export interface Registry {
+  /** '' until the cluster forms (or, for state written before cluster ids, until the master mints one). */
+  clusterId: string;
   shards: ShardRecord[];
   nextShardNumber: number;
   removed: string[];
@@ -25,18 +34,22 @@ interface MapJson {
   epoch: string;
   ranges: Array<{ start: string; end: string; shardId: string }>;
   shards: Array<{ id: string; address: string }>;
+  /** Absent in maps written before cluster ids. */
+  clusterId?: string;
 }
 
 const toJson = (m: ClusterMap): MapJson => ({
   epoch: m.epoch.toString(),
   ranges: m.ranges.map((r) => ({ start: r.start.toString(), end: r.end.toString(), shardId: r.shardId })),
   shards: m.shards.map((s) => ({ ...s })),
+  clusterId: m.clusterId,
 });
 
 const fromJson = (j: MapJson): ClusterMap => ({
   epoch: BigInt(j.epoch),
   ranges: j.ranges.map((r) => ({ start: BigInt(r.start), end: BigInt(r.end), shardId: r.shardId })),
   shards: j.shards,
+  clusterId: j.clusterId ?? '',
 });
 
 export class MasterStore {
@@ -55,8 +68,9 @@ export class MasterStore {
   }
 
   async load(): Promise<Registry & { map: ClusterMap | undefined }> {
-    const [map, shards, next, removed] = await this.db.getMany(['map', 'shards', 'nextShardNumber', 'removedShards']);
+    const [map, shards, next, removed, clusterId] = await this.db.getMany(['map', 'shards', 'nextShardNumber', 'removedShards', 'clusterId']);
     return {
+      clusterId: clusterId ?? '',
       map: map ? fromJson(JSON.parse(map) as MapJson) : undefined,
       shards: shards ? (JSON.parse(shards) as ShardRecord[]) : [],
       nextShardNumber: next ? Number(next) : 1,
@@ -70,6 +84,7 @@ export class MasterStore {
       { type: 'put', key: 'shards', value: JSON.stringify(state.shards) },
       { type: 'put', key: 'nextShardNumber', value: String(state.nextShardNumber) },
       { type: 'put', key: 'removedShards', value: JSON.stringify(state.removed) },
+      { type: 'put', key: 'clusterId', value: state.clusterId },
     ];
     if (state.map) ops.push({ type: 'put', key: 'map', value: JSON.stringify(toJson(state.map)) });
     for (const m of state.moves ?? []) ops.push({ type: 'put', key: `move/${m.id}`, value: JSON.stringify(m.json) });

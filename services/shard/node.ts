@@ -4,10 +4,11 @@
  * running transfers and pulls). Data handlers live in service.ts, the move
  * drivers in transfer.ts.
  */
+import { randomBytes } from 'node:crypto';
 import type { Logger } from 'winston';
 import { MasterServiceClient } from '../../proto/gen/cairn/v1/master.js';
 import { ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
-import { deriveTokenKey, ServerTokenSource } from '../common/auth.js';
+import { deriveTokenKey, ServerTokenSource, type Claims } from '../common/auth.js';
 import { CairnError } from '../common/errors.js';
 import { failpoint } from '../common/failpoints.js';
 import { call, ClientPool, type ClientTls } from '../common/grpc.js';
@@ -44,6 +45,17 @@ export class ShardNode {
   private readonly masters: ClientPool<MasterServiceClient>;
   id = '';
   map: ClusterMap = EMPTY_MAP;
+  /** The cluster this shard belongs to, kept in its data directory; '' until it first joins one. */
+  clusterId = '';
+  /** Process starts of this data directory, this one included (DESIGN "Membership": sessions). */
+  generation = 0;
+  /** Random per process start: tells this process from another on a copy of the same directory. */
+  readonly sessionId = randomBytes(12).toString('hex');
+  /** Why the last refusal happened (by the master, or of a caller from another cluster); '' once admitted. */
+  refusal = '';
+  /** Told when the master admits this process (true) or refuses it (false): the health status follows. */
+  onAdmission: (admitted: boolean) => void = () => undefined;
+  private readonly refusalsLogged = new Set<string>();
   private opsSinceHeartbeat = 0;
   private lastHeartbeatAt = Date.now();
   private heartbeatTimer: NodeJS.Timeout | undefined;
@@ -65,7 +77,7 @@ export class ShardNode {
     readonly store: ShardStore,
   ) {
     this.tokenKey = deriveTokenKey(opts.serverCredential);
-    this.serverToken = new ServerTokenSource(this.tokenKey, 'shard');
+    this.serverToken = new ServerTokenSource(this.tokenKey, 'shard', { clusterId: () => this.clusterId });
     this.peers = new ClientPool(ShardServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.limits.maxMessageBytes });
     this.masters = new ClientPool(MasterServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.limits.maxMessageBytes });
   }
@@ -74,15 +86,20 @@ export class ShardNode {
     const store = await ShardStore.open(opts.dataDir);
     const node = new ShardNode(opts, store);
     node.id = ((await store.getMeta('shardId')) as string | undefined) ?? '';
+    node.clusterId = ((await store.getMeta('clusterId')) as string | undefined) ?? '';
     const saved = (await store.getMeta('map')) as MapJson | undefined;
     if (saved) {
       node.map = {
         epoch: BigInt(saved.epoch),
         ranges: saved.ranges.map((r) => ({ start: BigInt(r.start), end: BigInt(r.end), shardId: r.shardId })),
         shards: saved.shards,
+        clusterId: node.clusterId,
       };
     }
     try {
+      // Synced before anything is served: two processes on copies of one directory never share a session.
+      node.generation = (((await store.getMeta('generation')) as number | undefined) ?? 0) + 1;
+      await store.putMeta('generation', node.generation, true);
       node.fences = await FenceTable.load(store);
       node.janitor = await RangeJanitor.load(store, () => node.ownedRanges(), () => node.moves.destinationRanges(), opts.log);
       // A fence whose range the persisted map no longer gives us belongs to a move that committed while we were down.
@@ -103,6 +120,11 @@ export class ShardNode {
 
   get log(): Logger {
     return this.opts.log;
+  }
+
+  /** True while the master has admitted this process. */
+  get isRegistered(): boolean {
+    return this.registered;
   }
 
   get nodeId(): string {
@@ -190,6 +212,7 @@ export class ShardNode {
   }
 
   private async installNow(next: ClusterMap): Promise<boolean> {
+    await this.checkCluster(next.clusterId, `a map (epoch ${next.epoch})`);
     if (next.epoch <= this.map.epoch) return false;
     const err = mapError(next);
     if (err) throw new CairnError('INVALID_ARGUMENT', `map: ${err}`);
@@ -220,44 +243,122 @@ export class ShardNode {
     return true;
   }
 
+  /**
+   * A shard takes maps, moves and peers only from its own cluster. A shard
+   * that has none yet (new, or written before cluster ids) joins the first
+   * cluster its master admits it to, and keeps that id for good.
+   */
+  private async checkCluster(theirs: string, what: string): Promise<void> {
+    if (!this.clusterId) {
+      if (!theirs) return;
+      await this.store.putMeta('clusterId', theirs, true);
+      this.clusterId = theirs;
+      this.map = { ...this.map, clusterId: theirs };
+      this.log.info('joined cluster', { clusterId: theirs, shardId: this.nodeId });
+      return;
+    }
+    if (theirs === this.clusterId) return;
+    throw this.refuse(
+      `refused ${what} from ${theirs ? `cluster ${theirs}` : 'a process with no cluster state'}: this shard belongs to cluster ${this.clusterId}; it keeps its map (epoch ${this.map.epoch}) and its data`,
+    );
+  }
+
+  /** Checks every call made with a server token (HandlerEnv.checkServerCall): internal calls from another cluster are refused. */
+  checkServerCall(claims: Claims, method: string): void {
+    // Read-only, and what an operator rebuilding a lost master asks before it knows the cluster id.
+    if (method === 'DescribeShard' || !this.clusterId || claims.cid === this.clusterId) return;
+    throw this.refuse(
+      `refused ${method} from ${claims.cid ? `a process of cluster ${claims.cid}` : 'a process with no cluster state'} (${claims.sub}): this shard belongs to cluster ${this.clusterId}`,
+    );
+  }
+
+  /** Records and logs (once per distinct reason) a refusal, and returns the error to throw. */
+  private refuse(message: string): CairnError {
+    this.refusal = message;
+    if (!this.refusalsLogged.has(message)) {
+      if (this.refusalsLogged.size > 100) this.refusalsLogged.clear();
+      this.refusalsLogged.add(message);
+      this.log.warn('refused a process of another cluster', { why: message });
+    }
+    return new CairnError('PRECONDITION', message, { reason: 'CLUSTER_MISMATCH' });
+  }
+
   private masterClient(): MasterServiceClient {
     return this.masters.get(this.opts.master);
   }
 
-  /** Registers with the master, retrying until it answers, then starts heartbeats. */
+  /**
+   * Registers with the master, retrying until it admits this process, then
+   * starts heartbeats. A master of another cluster (or one with no state) is
+   * retried for as long as it takes: the shard keeps its map and data and
+   * rejoins by itself when its own master is back. A removed id, a stale copy,
+   * or another process still heartbeating for this id ends the process
+   * (`stopRequested` with the master's reason).
+   */
   async register(signal?: AbortSignal): Promise<void> {
     let delay = 100;
+    let conflictUntil: number | undefined;
     for (;;) {
       if (this.stopping || signal?.aborted) return;
       try {
         const c = this.masterClient();
-        const res = await call(c, c.registerShard, { shardId: this.id, address: this.opts.advertise }, { token: this.serverToken.get(), timeoutMs: 5000 });
+        const res = await call(
+          c,
+          c.registerShard,
+          { shardId: this.id, address: this.opts.advertise, clusterId: this.clusterId, epoch: this.map.epoch, generation: BigInt(this.generation), sessionId: this.sessionId },
+          { token: this.serverToken.get(), timeoutMs: 5000 },
+        );
+        // Checked before the id is taken: a master of another cluster gets nothing stored.
+        const map = mapFromProto(res.map);
+        await this.checkCluster(map.clusterId, `the master's map (epoch ${map.epoch})`);
         if (res.shardId !== this.id) {
           this.id = res.shardId;
           await this.store.putMeta('shardId', this.id, true);
         }
-        await this.installMap(mapFromProto(res.map));
+        await this.installMap(map);
         this.registered = true;
-        this.log.info('DataServer fully registered', { shardId: this.id, master: this.opts.master, address: this.opts.advertise });
+        this.refusal = '';
+        this.onAdmission(true);
+        this.log.info('DataServer fully registered', { shardId: this.id, master: this.opts.master, address: this.opts.advertise, clusterId: this.clusterId, generation: this.generation });
         this.scheduleHeartbeat(res.heartbeatIntervalMs || this.opts.heartbeatIntervalMs);
         return;
       } catch (err) {
         const e = err as CairnError;
-        if (e.code === 'PRECONDITION') {
-          // Removed for good (remserver): retrying cannot succeed, and the operator must act.
-          this.log.error('the master will not admit this shard', { error: e.message });
-          this.requestStop({ refused: e.message });
-          return;
-        }
-        if (e.code === 'UNAUTHENTICATED' || e.code === 'PERMISSION_DENIED') {
+        const reason = e.details?.reason;
+        let retryInMs = delay;
+        if (reason === 'CLUSTER_MISMATCH') {
+          this.refusal = e.message;
+          this.onAdmission(false);
+          if (!this.refusalsLogged.has(e.message)) {
+            this.refusalsLogged.add(e.message);
+            this.log.error('the master refused this shard: it is not this shard\'s cluster; keeping the map and data, and retrying until the right master answers', { error: e.message });
+          }
+        } else if (reason === 'SESSION_CONFLICT' && e.details.retryAfterMs !== undefined) {
+          // Another process holds our id. It may be our own previous run, killed a moment ago: wait until the master
+          // would count it down; if it still heartbeats then, this process is a copy and must not serve.
+          conflictUntil ??= Date.now() + e.details.retryAfterMs + 2 * this.opts.heartbeatIntervalMs + 1000;
+          if (Date.now() > conflictUntil) return this.refusedForGood(e);
+          this.log.warn('another process holds this shard id; waiting to see whether it is gone', { error: e.message });
+          retryInMs = Math.min(e.details.retryAfterMs, 1000);
+        } else if (e.code === 'PRECONDITION') {
+          // Removed for good, a stale copy, or superseded: retrying cannot succeed, and the operator must act.
+          return this.refusedForGood(e);
+        } else if (e.code === 'UNAUTHENTICATED' || e.code === 'PERMISSION_DENIED') {
           this.log.error('the master refused this shard: check serverCredential', { error: e.message });
         } else {
           this.log.warn('registering with the master failed; retrying', { master: this.opts.master, error: e.message, retryInMs: delay });
         }
-        await new Promise((r) => setTimeout(r, delay).unref());
+        await new Promise((r) => setTimeout(r, retryInMs).unref());
         delay = Math.min(delay * 2, 2000);
       }
     }
+  }
+
+  private refusedForGood(e: CairnError): void {
+    this.refusal = e.message;
+    this.onAdmission(false);
+    this.log.error('the master will not admit this shard', { error: e.message, reason: e.details?.reason });
+    this.requestStop({ refused: e.message });
   }
 
   private scheduleHeartbeat(intervalMs: number): void {
@@ -285,7 +386,7 @@ export class ShardNode {
       const res = await call(
         c,
         c.heartbeat,
-        { shardId: this.id, epoch: this.map.epoch, ranges: this.rangeCounts(), opsPerSec, stopping },
+        { shardId: this.id, sessionId: this.sessionId, epoch: this.map.epoch, ranges: this.rangeCounts(), opsPerSec, stopping },
         { token: this.serverToken.get(), timeoutMs: Math.max(1000, intervalMs) },
       );
       if ((res.header?.epoch ?? 0n) > this.map.epoch) await this.refreshMap();
@@ -295,6 +396,11 @@ export class ShardNode {
         this.registered = false;
         void this.register();
         return;
+      }
+      if (e.details?.reason === 'SESSION_SUPERSEDED' && !this.stopping) {
+        // Another process took this shard id over (after we were silent too long): serving on would split the data.
+        this.registered = false;
+        return this.refusedForGood(e);
       }
       this.log.debug('heartbeat failed', { error: e.message });
     }

@@ -74,6 +74,7 @@ export async function startShardServer(opts: ShardServerOptions): Promise<Runnin
       observe: observers.length ? (...a) => observers.forEach((f) => f(...a)) : undefined,
       gate: serving,
       requirePeerCert: !!(opts.mutualTls && opts.tls?.ca),
+      checkServerCall: (claims, method) => node.checkServerCall(claims, method),
     };
     started = await startServer(opts.listen, [[ShardServiceService, shardServiceImpl(node, env)]], {
       maxMessageBytes: opts.limits.maxMessageBytes,
@@ -93,10 +94,11 @@ export async function startShardServer(opts: ShardServerOptions): Promise<Runnin
   node.opts.advertise = advertise;
   opts.log.info('listening', { address, advertise, role: 'shard', tls: !!opts.tls, mutualTls: !!(opts.mutualTls && opts.tls?.ca) });
   const abort = new AbortController();
+  // SERVING while the master admits this process; NOT_SERVING while a master (of another cluster, or with no state) refuses it.
+  node.onAdmission = (admitted) => {
+    if (!abort.signal.aborted) serving.setServing(admitted && !!node.id);
+  };
   const registered = node.register(abort.signal);
-  void registered.then(() => {
-    if (!abort.signal.aborted && node.id) serving.setServing(true);
-  });
   let stopping: Promise<void> | undefined;
   return {
     node,

@@ -22,7 +22,7 @@ import type { ShardServiceClient, ShardServiceServer } from '../../proto/gen/cai
 import { CairnError } from '../common/errors.js';
 import { call, serverStream, unary, type HandlerEnv, type RpcContext } from '../common/grpc.js';
 import { endFromProto, endToProto, hashFromBytes, HASH_SPACE_END, rowHash } from '../common/hash.js';
-import { addressOf, mapFromProto, ownerOfHash, type ClusterMap } from '../common/map.js';
+import { addressOf, mapFromProto, mapToProto, ownerOfHash, type ClusterMap } from '../common/map.js';
 import { rangeContains, type HashRange } from '../common/ranges.js';
 import { showRange } from './fence.js';
 import type { ShardNode } from './node.js';
@@ -326,6 +326,16 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       setImmediate(() => node.requestStop());
       return { header: header() };
     }),
+
+    describeShard: unary(env, 'DescribeShard', 'server', async () => ({
+      header: header(),
+      clusterId: node.clusterId,
+      shardId: node.id,
+      generation: BigInt(node.generation),
+      map: mapToProto(node.map),
+      registered: node.isRegistered,
+      refusal: node.refusal,
+    })),
 
     pushMap: unary(env, 'PushMap', 'server', async (req) => {
       await node.installMap(mapFromProto(req.map));
