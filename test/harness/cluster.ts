@@ -4,7 +4,7 @@
  * kill and restart processes. Runs the built CLI (dist/, made by `pretest`).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createServer } from 'node:net';
@@ -34,7 +34,7 @@ export interface CtlResult {
   json: any;
 }
 
-function spawnCairn(name: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<Proc> {
+export function spawnCairn(name: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<Proc> {
   const child = spawn(process.execPath, [CAIRN_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   const logs: Array<Record<string, unknown>> = [];
   const exited = new Promise<number | null>((done) => child.once('exit', (code) => done(code)));
@@ -72,6 +72,10 @@ export interface ProcCluster {
   ctl(args: string[], opts?: { env?: NodeJS.ProcessEnv; timeoutMs?: number }): Promise<CtlResult>;
   /** Starts one more shard; `env` is added to the cluster's environment for this process only. */
   addShard(opts?: { env?: NodeJS.ProcessEnv }): Promise<Proc>;
+  /** The master's config file (YAML), its credential file, and the cluster's environment. */
+  masterYaml: string;
+  credFile: string;
+  env: NodeJS.ProcessEnv;
   /** Stops a process with a signal and waits for it to exit; returns the exit code. */
   stop(p: Proc, signal?: NodeJS.Signals): Promise<number | null>;
   /**
@@ -93,10 +97,13 @@ export async function startProcCluster(
     masterEnv?: NodeJS.ProcessEnv;
     /** Extra environment for the first shards only, by index (shardEnv[0] for the first shard). */
     shardEnv?: NodeJS.ProcessEnv[];
+    /** Start on copies of existing data directories: DIR/master, DIR/shard1, … (a fixture). */
+    dataFrom?: string;
   } = {},
 ): Promise<ProcCluster> {
   const n = o.shards ?? 2;
   const dir = await mkdtemp(join(tmpdir(), 'cairn-proc-'));
+  if (o.dataFrom) await cp(o.dataFrom, dir, { recursive: true });
   const credFile = join(dir, 'credential');
   await writeFile(credFile, TEST_CREDENTIAL + '\n', { mode: 0o600 });
   const masterYaml = join(dir, 'master.yaml');
@@ -140,6 +147,9 @@ export async function startProcCluster(
     shards,
     masterAddress,
     ctlEnv,
+    masterYaml,
+    credFile,
+    env,
     ctl: (args, opts = {}) => runCtl(args, { ...ctlEnv, ...opts.env }, opts.timeoutMs),
     addShard,
     async stop(p, signal = 'SIGTERM') {
