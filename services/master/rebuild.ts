@@ -37,6 +37,12 @@ export class RebuildError extends Error {
 export function rebuildState(shards: readonly ShardDescription[], opts: { allowMissing?: boolean; now?: number } = {}): RebuiltState {
   if (shards.length === 0) throw new RebuildError('no shard answered: name the shards with --from host:port,...');
   const ids = new Set(shards.map((s) => s.clusterId).filter(Boolean));
+  const without = shards.filter((s) => !s.clusterId);
+  if (ids.size === 1 && without.length) {
+    throw new RebuildError(
+      `${without.map((s) => `${s.address} (${s.shardId || 'no id'})`).join(', ')} hold${without.length === 1 ? 's' : ''} no cluster id while the others are in cluster ${[...ids][0]}: leave out shards that never joined this cluster`,
+    );
+  }
   if (ids.size > 1) {
     const by = shards.map((s) => `${s.address} (${s.shardId || 'no id'}) is in cluster ${s.clusterId || '(none)'}`).join('; ');
     throw new RebuildError(`the shards belong to different clusters: ${by}. Rebuild from the shards of one cluster only`);
@@ -62,7 +68,8 @@ export function rebuildState(shards: readonly ShardDescription[], opts: { allowM
   }
   const now = opts.now ?? Date.now();
   const generationOf = new Map(shards.map((s) => [s.shardId, s.generation]));
-  const numbers = map.shards.map((s) => /^s(\d+)$/.exec(s.id)).filter((m): m is RegExpExecArray => !!m).map((m) => Number(m[1]));
+  // Ids the answering shards hold count too: one removed from the newest map may still be running with its id.
+  const numbers = [...map.shards.map((s) => s.id), ...shards.map((s) => s.shardId)].map((id) => /^s(\d+)$/.exec(id)).filter((m): m is RegExpExecArray => !!m).map((m) => Number(m[1]));
   const nextShardNumber = Math.max(0, ...numbers) + 1;
   const inMap = new Set(map.shards.map((s) => s.id));
   // Ids below the next number that the map does not name were removed (or never joined): never hand them out again.
