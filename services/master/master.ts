@@ -347,10 +347,18 @@ export class Master {
       }
       return undefined;
     }
-    if (rec.sessionId === undefined || rec.sessionId === hello.sessionId) return undefined; // first session known, or the same process again
+    if (rec.sessionId === hello.sessionId) return undefined; // the same process again
+    const conflict = (msg: string, retryAfterMs?: number) => new CairnError('PRECONDITION', msg, { reason: 'SESSION_CONFLICT', ...(retryAfterMs !== undefined ? { retryAfterMs } : {}) });
+    const stale = () =>
+      conflict(
+        `shard ${rec.id}'s data directory at ${hello.address} is at generation ${hello.generation}, not newer than generation ${rec.generation} that last held the id: a stale copy is never admitted`,
+      );
+    if (rec.sessionId === undefined) {
+      // No session admitted yet (state from before sessions, or rebuilt from the shards, which records each one's generation).
+      return hello.generation < (rec.generation ?? 0) ? stale() : undefined;
+    }
     const now = Date.now();
     const live = this.live.get(rec.id);
-    const conflict = (msg: string, retryAfterMs?: number) => new CairnError('PRECONDITION', msg, { reason: 'SESSION_CONFLICT', ...(retryAfterMs !== undefined ? { retryAfterMs } : {}) });
     if (live && !live.stopping && live.sessionId === rec.sessionId && now - live.lastHeartbeatMs <= this.opts.shardDownAfterMs) {
       return conflict(
         `shard ${rec.id} is live at ${rec.address} (generation ${rec.generation ?? 0}, last heartbeat ${now - live.lastHeartbeatMs} ms ago); ` +
@@ -365,11 +373,8 @@ export class Master {
         this.opts.shardDownAfterMs - (now - this.startedAtMs) + 100,
       );
     }
-    if (hello.generation < (rec.generation ?? 0)) {
-      return conflict(
-        `shard ${rec.id}'s data directory at ${hello.address} is at generation ${hello.generation}, older than generation ${rec.generation} that last held the id: a stale copy is never admitted`,
-      );
-    }
+    // Only a newer start of the directory may take over: an equal generation in another session is a copy made before the admitted one started.
+    if (hello.generation <= (rec.generation ?? 0)) return stale();
     return undefined;
   }
 
