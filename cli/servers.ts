@@ -98,6 +98,7 @@ export async function runShard(flags: Flags): Promise<number> {
     master: c.master,
     serverCredential: c.serverCredential,
     heartbeatIntervalMs: c.heartbeatIntervalMs,
+    maxFenceMs: c.maxFenceMs,
     limits: limitsOf(c),
     tls,
     mutualTls: !!tls?.ca,

@@ -28,6 +28,7 @@ const NEEDS: Record<string, Role | null> = {
   'MasterService.GetMap': 'r',
   'MasterService.WatchMap': 'r',
   'MasterService.Login': null,
+  'MasterService.GetMoveStatus': 'server',
   'ShardService.WriteRows': 'rw',
   'ShardService.ReadRow': 'r',
   'ShardService.ReadRows': 'r',
@@ -46,6 +47,7 @@ const NEEDS: Record<string, Role | null> = {
   'ShardService.GetMoveState': 'server',
   'ShardService.GetBucketStats': 'server',
   'ShardService.StopShard': 'server',
+  'ShardService.DescribeShard': 'server',
   'AdminService.ListServers': 'admin',
   'AdminService.GetRanges': 'admin',
   'AdminService.PlanRebalance': 'admin',
@@ -66,6 +68,7 @@ const BODIES: Record<string, object> = {
   'MasterService.GetMap': {},
   'MasterService.WatchMap': { minEpoch: '0' },
   'MasterService.Login': { user: 'reader', password: 'reader-pass' },
+  'MasterService.GetMoveStatus': { moveId: 'mv-auth-matrix' },
   'ShardService.WriteRows': { requestId: 'auth-matrix', rows: [{ row: 'auth/row', cells: [{ column: 'c', value: Buffer.from('v') }] }] },
   'ShardService.ReadRow': { row: 'auth/row' },
   'ShardService.ReadRows': { rows: ['auth/row'] },
@@ -84,6 +87,7 @@ const BODIES: Record<string, object> = {
   'ShardService.GetMoveState': { moveId: 'mv-auth-matrix' },
   'ShardService.GetBucketStats': {},
   'ShardService.StopShard': { shardId: 'not-this-shard' },
+  'ShardService.DescribeShard': {},
   'AdminService.ListServers': {},
   'AdminService.GetRanges': {},
   'AdminService.PlanRebalance': {},
@@ -99,7 +103,10 @@ const BODIES: Record<string, object> = {
 
 const KEY = deriveTokenKey(TEST_CREDENTIAL);
 const OTHER_KEY = deriveTokenKey('another-cluster-credential-0123456789');
-const token = (role: Role, key = KEY, ttlMs = 600_000, now = Date.now()) => mintToken(key, `auth-${role}`, role, ttlMs, now).token;
+/** The cluster's id: server tokens carry it (claim cid), and shards refuse internal calls from another cluster. */
+let clusterId = '';
+const token = (role: Role, key = KEY, ttlMs = 600_000, now = Date.now(), cid = role === 'server' ? clusterId : undefined) =>
+  mintToken(key, `auth-${role}`, role, ttlMs, now, cid).token;
 const bearer = (t: string) => `Bearer ${t}`;
 
 /** A valid token with its claims edited to role server, keeping the old signature. */
@@ -168,6 +175,7 @@ let shardClient: Client;
 
 beforeAll(async () => {
   cluster = await startInProcCluster({ shards: 2 });
+  clusterId = cluster.master.master.clusterId;
   masterClient = rawClient(cluster.masterAddress);
   shardClient = rawClient(cluster.shards[0]!.address);
 });
@@ -202,6 +210,23 @@ describe('auth matrix', () => {
   it.each(controls)('$rpc × role $role gets past authentication', async ({ r, role }) => {
     const got = await invokeRaw(clientFor(r), r, r.encode(BODIES[id(r)]!), bearer(token(role)));
     expect([status.UNAUTHENTICATED, status.PERMISSION_DENIED, status.INTERNAL, status.UNKNOWN]).not.toContain(got.code);
+  });
+
+  const internal = guarded.filter((r) => r.service === 'ShardService' && NEEDS[id(r)] === 'server' && r.name !== 'DescribeShard');
+  const foreign = internal.flatMap((r) => [
+    { rpc: id(r), cid: 'c-00000000000000ff', r },
+    { rpc: id(r), cid: '', r },
+  ]);
+
+  it.each(foreign)('$rpc with a valid server token of cluster "$cid" is refused: the shard belongs to another cluster', async ({ r, cid }) => {
+    const got = await invokeRaw(clientFor(r), r, r.encode(BODIES[id(r)]!), bearer(token('server', KEY, 600_000, Date.now(), cid)));
+    expect({ code: status[got.code], details: got.details }).toEqual({ code: 'FAILED_PRECONDITION', details: expect.stringMatching(`this shard belongs to cluster ${clusterId}`) });
+  });
+
+  it('ShardService.DescribeShard answers a server token with no cluster id (what `cairn master rebuild` holds)', async () => {
+    const r = rpcs.find((x) => id(x) === 'ShardService.DescribeShard')!;
+    const got = await invokeRaw(shardClient, r, r.encode({}), bearer(token('server', KEY, 600_000, Date.now(), '')));
+    expect(status[got.code]).toBe('OK');
   });
 
   it.each(COLUMNS.map((c) => ({ column: c.name, c })))('MasterService.Login ignores the credential column "$column": a right password logs in', async ({ c }) => {

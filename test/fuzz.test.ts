@@ -7,7 +7,9 @@
  *   NaN and infinite doubles, empty and long repeated fields);
  * - wrong types: another RPC's request message, random bytes that are not a
  *   valid message, a valid message cut short, and an empty payload — all
- *   sent with a pass-through serializer, as a plain gRPC client could;
+ *   sent with a pass-through serializer, as a plain gRPC client could (the
+ *   bidirectional TransferRange gets one such message, then the caller's
+ *   side closes);
  * - every kind of credential: each role, none, malformed, badly signed, expired;
  * - huge payloads: over the 16 MiB message limit, a value over 1 MiB,
  *   more cells than a call may carry.
@@ -50,7 +52,7 @@ const RUNS = Number(process.env.CAIRN_FUZZ_RUNS ?? 1000);
 const SEED = process.env.CAIRN_FUZZ_SEED ? Number(process.env.CAIRN_FUZZ_SEED) : undefined;
 
 const NEEDS: Record<ServiceName, (name: string) => Role | null> = {
-  MasterService: (n) => (n === 'Login' ? null : n === 'RegisterShard' || n === 'Heartbeat' ? 'server' : 'r'),
+  MasterService: (n) => (n === 'Login' ? null : n === 'RegisterShard' || n === 'Heartbeat' || n === 'GetMoveStatus' ? 'server' : 'r'),
   ShardService: (n) =>
     ['ReadRow', 'ReadRows', 'ScanRows'].includes(n)
       ? 'r'
@@ -65,6 +67,9 @@ const OTHER_KEY = deriveTokenKey('another-cluster-credential-0123456789');
 type TokenKind = 'r' | 'rw' | 'admin' | 'server' | 'none' | 'malformed' | 'bad signature' | 'expired';
 const TOKEN_KINDS: TokenKind[] = ['r', 'rw', 'admin', 'server', 'none', 'malformed', 'bad signature', 'expired'];
 
+/** The cluster's id, from the first map: server tokens carry it. */
+let clusterId = '';
+
 function header(kind: TokenKind): string | undefined {
   switch (kind) {
     case 'none':
@@ -76,7 +81,8 @@ function header(kind: TokenKind): string | undefined {
     case 'expired':
       return `Bearer ${mintToken(KEY, 'fuzz', 'server', 1000, Date.now() - 60_000).token}`;
     default:
-      return `Bearer ${mintToken(KEY, `fuzz-${kind}`, kind, 600_000).token}`;
+      // Server tokens carry the cluster's id (learnt at start-up): shards refuse internal calls from another cluster.
+      return `Bearer ${mintToken(KEY, `fuzz-${kind}`, kind, 600_000, Date.now(), kind === 'server' ? clusterId : undefined).token}`;
   }
 }
 
@@ -310,6 +316,7 @@ beforeAll(async () => {
     if (servers.length === 2 && servers.every((s) => s.status === 'up')) {
       pools.shardIds = servers.map((s) => s.id);
       pools.addresses = servers.map((s) => s.address);
+      clusterId = (await currentMap()).clusterId;
       break;
     }
     if (Date.now() > until) throw new Error('shards did not come up');

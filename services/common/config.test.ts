@@ -107,8 +107,16 @@ describe('defaults', () => {
       dataDir: join(dir, 'data/shard'),
       master: '127.0.0.1:7000',
       heartbeatIntervalMs: 1000,
+      maxFenceMs: 1000,
     });
     expect('expectShards' in c).toBe(false);
+  });
+
+  it('takes maxFenceMs, a shard key, from each source and refuses anything but a positive integer', () => {
+    expect(shard({}, { CAIRN_MAX_FENCE_MS: '2500' }).maxFenceMs).toBe(2500);
+    expect(shard({ 'max-fence-ms': '300' }, { CAIRN_MAX_FENCE_MS: '2500' }).maxFenceMs).toBe(300);
+    expect(() => shard({ 'max-fence-ms': '0' })).toThrow(/maxFenceMs \(from flag --max-fence-ms\): expected a positive integer, got "0"/);
+    expect(configKeys('master')).not.toContain('maxFenceMs');
   });
 });
 

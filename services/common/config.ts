@@ -89,6 +89,12 @@ export interface ShardConfig extends CommonConfig {
   kind: 'shard';
   /** host:port of the master. */
   master: string;
+  /**
+   * The longest a source keeps a range fenced for a move before the
+   * destination confirms the fenced tail; past it the source lifts the fence
+   * and the move aborts (DESIGN "Moving data", step 4).
+   */
+  maxFenceMs: number;
 }
 
 export interface LoadConfigOptions {
@@ -152,6 +158,7 @@ const KEYS = {
   maxConcurrentMoves: { kind: 'posint', roles: MASTER, default: () => 2 },
   moveMaxMbps: { kind: 'nonnegNumber', roles: MASTER, default: () => 0 },
   master: { kind: 'hostportNonZero', roles: SHARD, default: () => '127.0.0.1:7000' },
+  maxFenceMs: { kind: 'posint', roles: SHARD, default: () => 1000 },
 } satisfies Record<string, KeyDef>;
 
 type Key = keyof typeof KEYS;

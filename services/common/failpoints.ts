@@ -6,17 +6,22 @@
  *
  * `crash` kills this process at once with SIGKILL (no cleanup, no flush: what
  * a power cut or OOM kill looks like); `error` throws a CairnError INTERNAL so
- * the surrounding step fails as if a peer had broken. A bare name means crash.
+ * the surrounding step fails as if a peer had broken; `pause` stops this
+ * process with SIGSTOP the first time the point is reached (a frozen VM, a
+ * long GC pause, a laptop lid: its connections stay open and nothing answers),
+ * and after a SIGCONT it runs on as if nothing happened, the point disarmed.
+ * A bare name means crash.
  */
+import { writeSync } from 'node:fs';
 import { CairnError } from './errors.js';
 
-export type FailAction = 'crash' | 'error';
+export type FailAction = 'crash' | 'error' | 'pause';
 
 export function parseFailpoints(spec: string | undefined): Map<string, FailAction> {
   const out = new Map<string, FailAction>();
   for (const part of (spec ?? '').split(',').map((s) => s.trim()).filter(Boolean)) {
     const [name, action = 'crash'] = part.split('=');
-    if (action !== 'crash' && action !== 'error') throw new Error(`CAIRN_FAILPOINTS: ${name}: expected "crash" or "error", got "${action}"`);
+    if (action !== 'crash' && action !== 'error' && action !== 'pause') throw new Error(`CAIRN_FAILPOINTS: ${name}: expected "crash", "error" or "pause", got "${action}"`);
     out.set(name!, action);
   }
   return out;
@@ -35,6 +40,13 @@ export function failpoint(name: string): void {
   const action = active.get(name);
   if (!action) return;
   if (action === 'error') throw new CairnError('INTERNAL', `failpoint ${name} fired`);
+  if (action === 'pause') {
+    active.delete(name);
+    // Synchronous, so the line is out before the process stops: a test waits for it to know the point was reached.
+    writeSync(2, JSON.stringify({ level: 'error', message: 'failpoint: pausing', failpoint: name, pid: process.pid }) + '\n');
+    process.kill(process.pid, 'SIGSTOP');
+    return;
+  }
   process.stderr.write(JSON.stringify({ level: 'error', message: 'failpoint: crashing', failpoint: name, pid: process.pid }) + '\n');
   process.kill(process.pid, 'SIGKILL');
 }

@@ -198,6 +198,117 @@ export function serverStream<Req, Res>(
   };
 }
 
+/**
+ * The messages of a bidirectional call after the first, read one at a time.
+ * `next` resolves with the next message, or with undefined once the caller
+ * has closed its side or gone away; bytes that do not parse as the request
+ * message reject with INVALID_ARGUMENT.
+ */
+export interface IncomingMessages<Req> {
+  next(): Promise<Req | undefined>;
+}
+
+/** Unread messages a bidirectional call queues before the server stops reading from the transport (HTTP/2 flow control then holds the caller). */
+const MAX_QUEUED_MESSAGES = 16;
+
+function incomingOf<Req>(call: grpc.ServerDuplexStream<Req | UndecodableRequest, unknown>, method: string): IncomingMessages<Req> & { close(): void } {
+  const queued: Array<Req | UndecodableRequest> = [];
+  let closed = false;
+  let paused = false;
+  let wake: (() => void) | undefined;
+  const notify = () => {
+    const w = wake;
+    wake = undefined;
+    w?.();
+  };
+  call.on('data', (m: Req | UndecodableRequest) => {
+    queued.push(m);
+    if (queued.length >= MAX_QUEUED_MESSAGES && !paused) {
+      paused = true;
+      call.pause();
+    }
+    notify();
+  });
+  call.on('end', () => {
+    closed = true;
+    notify();
+  });
+  call.on('cancelled', () => {
+    closed = true;
+    notify();
+  });
+  return {
+    close() {
+      closed = true;
+      queued.length = 0;
+      notify();
+    },
+    async next() {
+      while (queued.length === 0 && !closed && !call.cancelled) await new Promise<void>((r) => (wake = r));
+      if (call.cancelled) return undefined;
+      if (queued.length === 0) return undefined;
+      const m = queued.shift()!;
+      if (paused && queued.length < MAX_QUEUED_MESSAGES / 2) {
+        paused = false;
+        call.resume();
+      }
+      return decoded(m, method);
+    },
+  };
+}
+
+/**
+ * Wraps an async bidirectional-streaming handler: auth by role, the first
+ * request message decoded and handed over as `first` (a call that ends before
+ * sending one gets INVALID_ARGUMENT), later ones through `incoming`, errors
+ * through the table. `send` waits for 'drain' when the socket is full.
+ */
+export function bidiStream<Req, Res>(
+  env: HandlerEnv,
+  method: string,
+  need: Role | null,
+  fn: (first: Req, ctx: RpcContext, send: (msg: Res) => Promise<void>, incoming: IncomingMessages<Req>) => Promise<void>,
+): grpc.handleBidiStreamingCall<Req, Res> {
+  return (call) => {
+    const started = process.hrtime.bigint();
+    let leave: (() => void) | undefined;
+    const done = (code: grpc.status) => {
+      leave?.();
+      env.observe?.(env.service, method, code, Number(process.hrtime.bigint() - started) / 1e9);
+    };
+    const send = async (msg: Res) => {
+      if (call.cancelled) throw new CairnError('CANCELLED', 'the caller cancelled the stream');
+      if (!call.write(msg)) await Promise.race([once(call, 'drain'), once(call, 'cancelled')]);
+    };
+    // Listening from the start: messages that arrive while the caller is authenticated are queued, not lost.
+    const incoming = incomingOf<Req>(call as grpc.ServerDuplexStream<Req | UndecodableRequest, unknown>, method);
+    let result: Promise<void>;
+    try {
+      leave = env.gate?.enter(method);
+      const ctx = authenticate(env, call, method, need);
+      result = incoming.next().then((first) => {
+        if (first === undefined) throw new CairnError('INVALID_ARGUMENT', `request: the ${method} stream ended before its first message`);
+        return fn(first, ctx, send, incoming);
+      });
+    } catch (err) {
+      result = Promise.reject(err);
+    }
+    result.then(
+      () => {
+        incoming.close(); // whatever still reads the caller's messages ends too
+        done(grpc.status.OK);
+        call.end();
+      },
+      (err) => {
+        incoming.close();
+        const se = reportError(env, method, err);
+        done(se.code);
+        if (!call.cancelled) call.emit('error', se);
+      },
+    );
+  };
+}
+
 export interface TlsFiles {
   cert: Buffer;
   key: Buffer;

@@ -53,6 +53,9 @@ export interface CoordinatorHost {
   epoch(): bigint;
 }
 
+/** How much longer than the source's maxFenceMs (at least) a pull may take from FENCED to READY before the master cancels it. */
+const FENCE_READY_MARGIN_MS = 2000;
+
 export interface MoveProgress {
   /** How much of the planned bytes has been copied (bytes × fraction of the snapshot's rows received). */
   copiedBytes: number;
@@ -267,8 +270,12 @@ export class MoveCoordinator {
     let ready = false;
     let lastAt = Date.now();
     let lastBytes = 0;
+    // The source bounds its own fence (maxFenceMs) until it seals it; after the seal only this master's outcome lifts it.
+    // A destination that goes silent between the seal and READY would keep it up, so the pull gets a bound of its own.
+    let fenceBound: NodeJS.Timeout | undefined;
+    let fenceBoundHit: CairnError | undefined;
     try {
-      for await (const p of stream as AsyncIterable<{ phase: TransferPhase; bytesReceived: bigint; rowsReceived: bigint; sourceRows: bigint }>) {
+      for await (const p of stream as AsyncIterable<{ phase: TransferPhase; bytesReceived: bigint; rowsReceived: bigint; sourceRows: bigint; maxFenceMs: number }>) {
         const now = Date.now();
         // Progress in the planned (live cell) bytes: the wire also carries request-id records
         // and key framing, so raw bytes overshoot. The snapshot's row count says how far the copy is.
@@ -293,11 +300,25 @@ export class MoveCoordinator {
           await this.step(move.id, 'fenced');
           failpoint('master-after-fence');
         }
-        if (p.phase === TransferPhase.TRANSFER_PHASE_READY) ready = true;
+        if (p.phase === TransferPhase.TRANSFER_PHASE_FENCED && !fenceBound && p.maxFenceMs > 0) {
+          const boundMs = p.maxFenceMs + Math.max(FENCE_READY_MARGIN_MS, p.maxFenceMs);
+          fenceBound = setTimeout(() => {
+            fenceBoundHit = new CairnError(
+              'CONFLICT',
+              `move ${move.id}: the destination did not report READY within ${boundMs} ms of reporting the fence (the source's maxFenceMs ${p.maxFenceMs} ms plus a margin); the pull is cancelled`,
+            );
+            stream.cancel();
+          }, boundMs);
+        }
+        if (p.phase === TransferPhase.TRANSFER_PHASE_READY) {
+          ready = true;
+          clearTimeout(fenceBound);
+        }
       }
     } catch (err) {
-      throw fromServiceError(err);
+      throw fenceBoundHit ?? fromServiceError(err);
     } finally {
+      clearTimeout(fenceBound);
       this.streams.delete(stream);
     }
     if (!ready) throw new CairnError('INTERNAL', `destination ${move.to} ended the pull before it was ready`);
@@ -427,5 +448,16 @@ export class MoveCoordinator {
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([settled, new Promise((r) => (timer = setTimeout(r, waitMs)))]);
     clearTimeout(timer);
+  }
+
+  /**
+   * What the journal says of a move, for a shard holding a fence no transfer
+   * owns any more: a move the journal does not know (`unknown`) or has aborted
+   * will never commit, so its fence may be lifted. The journal is loaded
+   * before the master serves, so `unknown` is never a move not yet read back.
+   */
+  moveStatus(id: string): { known: boolean; state: MoveState | 'unknown' } {
+    const rec = this.moves.get(id);
+    return rec ? { known: true, state: rec.move.state } : { known: false, state: 'unknown' };
   }
 }

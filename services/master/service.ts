@@ -27,6 +27,9 @@ const MAX_COUNT = Number.MAX_SAFE_INTEGER;
 /** A DNS name (253) plus a colon and a port, with room for IPv6 brackets. */
 const MAX_ADDRESS_CHARS = 262;
 
+/** As the shards' move_id limit: a shard asks only about ids it accepted. */
+const MAX_MOVE_ID_CHARS = 200;
+
 /** Shard, cluster and session ids are short tokens the processes make themselves. */
 const MAX_ID_CHARS = 64;
 
@@ -132,6 +135,12 @@ export function masterServiceImpl(master: Master, env: HandlerEnv): MasterServic
       if (!req.user) throw invalidArgument('user: must not be empty');
       const t = await master.login(req.user, req.password);
       return { header: header(), token: t.token, expiresAtMs: BigInt(t.expiresAtMs), role: t.role };
+    }),
+    getMoveStatus: unary(env, 'GetMoveStatus', 'server', async (req) => {
+      if (!req.moveId) throw invalidArgument('move_id: must not be empty');
+      if (req.moveId.length > MAX_MOVE_ID_CHARS) throw invalidArgument(`move_id: ${req.moveId.length} characters, over the limit of ${MAX_MOVE_ID_CHARS}`);
+      const s = master.coordinator.moveStatus(req.moveId);
+      return { header: header(), known: s.known, state: s.state };
     }),
   };
 }

@@ -9,6 +9,13 @@
  *   (commit: the fence is dropped and the copy deleted), or AbortMove (the
  *   fence is lifted and the shard serves the range again). A restarted shard
  *   loads its fences before it serves anything.
+ * - Orphan fences: a fence belongs to a move the master has journaled. While
+ *   its transfer runs, the transfer owns it (and lifts it itself unless the
+ *   destination confirms the fenced tail within maxFenceMs). A fence with no
+ *   transfer (sealed, or loaded at a restart) is checked with the master
+ *   (FenceReconciler): a move the master does not know, or has aborted, gets
+ *   its fence lifted; a committed one makes the shard fetch the map, which
+ *   drops it. Only the master's own answer lifts anything: unreachable means keep.
  * - Pending drops: ranges a shard lost in a map change, deleted in the
  *   background. The intent is persisted before the map that causes it, and a
  *   deletion only ever touches what the current map does not give the shard,
@@ -19,6 +26,7 @@
  */
 import type { Logger } from 'winston';
 import { CairnError } from '../common/errors.js';
+import { DURATION_BUCKETS, type Metrics } from '../common/metrics.js';
 import { rangesOverlap, type HashRange } from '../common/ranges.js';
 
 // ---------------------------------------------------------------- range sets (pure)
@@ -97,8 +105,13 @@ const FENCES_KEY = 'fences';
 /** What a fenced caller is told to wait before retrying. */
 export const FENCE_RETRY_AFTER_MS = 100;
 
+/** How a fence ended: dropped because the map gave the range away, or lifted (the shard serves the range again). */
+export type FenceOutcome = 'committed' | 'aborted';
+export type FenceEndListener = (f: Fence, outcome: FenceOutcome, seconds: number) => void;
+
 export class FenceTable {
   private readonly fences = new Map<string, Fence>();
+  private readonly endListeners: FenceEndListener[] = [];
 
   private constructor(private readonly store: MetaStore) {}
 
@@ -160,11 +173,15 @@ export class FenceTable {
     return this.persist();
   }
 
-  /** Lifts a move's fence; resolves with whether there was one, once the change is on disk. */
+  /**
+   * Lifts a move's fence: effective at once (synchronously, like add); resolves
+   * with the fence there was, if any, once the change is on disk.
+   */
   async lift(moveId: string): Promise<Fence | undefined> {
     const f = this.fences.get(moveId);
     if (!f) return undefined;
     this.fences.delete(moveId);
+    this.ended(f, 'aborted');
     await this.persist();
     return f;
   }
@@ -173,9 +190,23 @@ export class FenceTable {
   async dropUnowned(owned: readonly HashRange[]): Promise<Fence[]> {
     const gone = this.all().filter((f) => !overlapsAny(f.range, owned));
     if (gone.length === 0) return [];
-    for (const f of gone) this.fences.delete(f.moveId);
+    for (const f of gone) {
+      this.fences.delete(f.moveId);
+      this.ended(f, 'committed');
+    }
     await this.persist();
     return gone;
+  }
+
+  /** Called with every fence that ends (lifted or dropped), and how long it refused its range. */
+  onEnded(listener: FenceEndListener): void {
+    this.endListeners.push(listener);
+  }
+
+  private ended(f: Fence, outcome: FenceOutcome): void {
+    // From the fence going up, restarts included: the range was refused all that time.
+    const seconds = Math.max(0, Date.now() - f.sinceMs) / 1000;
+    for (const l of this.endListeners) l(f, outcome, seconds);
   }
 
   /** Writes the whole table, synced. Writes are applied in call order, so the last one holds the current table. */
@@ -183,6 +214,23 @@ export class FenceTable {
     const json = this.all().map((f) => ({ moveId: f.moveId, range: rangeToJson(f.range), sinceMs: f.sinceMs }));
     return this.store.putMeta(FENCES_KEY, json, true);
   }
+}
+
+/**
+ * `cairn_shard_fence_duration_seconds{outcome}`: how long each fence really
+ * refused its range, measured where it was refused (the source), from going
+ * up to being lifted or dropped. The master's view of a move cannot see this:
+ * a fence whose move aborted, or whose stream never reached the destination,
+ * is only known here.
+ */
+export function registerFenceMetrics(metrics: Metrics, fences: FenceTable): void {
+  const h = metrics.histogram(
+    'cairn_shard_fence_duration_seconds',
+    'How long each fence on this shard refused requests for its range: from the fence going up to it being dropped (outcome committed) or lifted (outcome aborted).',
+    ['outcome'],
+    DURATION_BUCKETS,
+  );
+  fences.onEnded((_f, outcome, seconds) => h.observe({ outcome }, seconds));
 }
 
 export function fencedError(f: Fence): CairnError {
@@ -287,5 +335,143 @@ export class RangeJanitor {
 
   private persist(): Promise<void> {
     return this.store.putMeta(DROPS_KEY, this.intents.map(rangeToJson), true);
+  }
+}
+
+// ---------------------------------------------------------------- orphan fences
+
+/**
+ * What the master said of a move: a journaled state (planned, copying,
+ * catching_up, fenced, committed, cleaned, aborted), 'unknown' when its
+ * journal has no such move, or undefined when it could not be asked.
+ */
+export type MasterMoveAnswer = string | undefined;
+
+/**
+ * - skip: the move's transfer is running here; it owns its fence.
+ * - keep: the move may still commit, or the master could not say.
+ * - lift: the move will never commit (aborted) or never existed for the
+ *   master; after fetching the current map, lift the fence if it is still there.
+ * - refresh-map: the move committed; fetching the current map drops the fence
+ *   (if the map gives the range back to this shard, a later move did, and the
+ *   fence of the ended move is lifted).
+ */
+export type OrphanFenceAction = 'skip' | 'keep' | 'lift' | 'refresh-map';
+
+/** The decision for one fence (pure). */
+export function orphanFenceAction(transferRunning: boolean, answer: MasterMoveAnswer): OrphanFenceAction {
+  if (transferRunning) return 'skip';
+  switch (answer) {
+    case 'unknown':
+    case 'aborted':
+      return 'lift';
+    case 'committed':
+    case 'cleaned':
+      return 'refresh-map';
+    default:
+      // A running state, no answer, or one this shard does not know: only the move's outcome may lift it.
+      return 'keep';
+  }
+}
+
+export interface FenceReconcilerDeps {
+  fences(): FenceTable | undefined;
+  /** True while a transfer of the move runs on this shard. */
+  transferRunning(moveId: string): boolean;
+  /** True while this shard's master has admitted it: only that master's journal may lift a fence. */
+  admitted(): boolean;
+  /** What the master's journal says of the move ('unknown' when none); throws when the master cannot be asked. */
+  askMaster(moveId: string): Promise<string>;
+  /** Fetches and installs the master's current map (which drops the fences of committed moves). */
+  refreshMap(): Promise<void>;
+  /** Marks the move aborted on this shard, so no transfer of it can fence the range again. */
+  forgetMove(moveId: string): void;
+  log: Logger;
+}
+
+/** How often every fence without a transfer is checked with the master. */
+export const ORPHAN_CHECK_INTERVAL_MS = 1000;
+
+/**
+ * Checks every fence that has no running transfer with the master, once a
+ * second and at once when the master (re)admits the shard, and acts on
+ * orphanFenceAction's answer. One round at a time; a failed round is retried
+ * at the next.
+ */
+export class FenceReconciler {
+  private timer: NodeJS.Timeout | undefined;
+  private round: Promise<void> | undefined;
+  private lastRoundAt = -Infinity;
+  private wasAdmitted = false;
+  private stopped = false;
+
+  constructor(
+    private readonly deps: FenceReconcilerDeps,
+    private readonly intervalMs = ORPHAN_CHECK_INTERVAL_MS,
+  ) {}
+
+  start(): void {
+    if (this.timer || this.stopped) return;
+    // Ticks often and cheaply (no I/O unless a round is due), so a fresh admission is acted on at once.
+    this.timer = setInterval(() => this.tick(), Math.min(250, this.intervalMs));
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.timer);
+    await this.round;
+  }
+
+  private tick(): void {
+    if (this.round || this.stopped) return;
+    const admitted = this.deps.admitted();
+    const justAdmitted = admitted && !this.wasAdmitted;
+    this.wasAdmitted = admitted;
+    if (!admitted || (!justAdmitted && Date.now() - this.lastRoundAt < this.intervalMs)) return;
+    if ((this.deps.fences()?.size ?? 0) === 0) return;
+    this.lastRoundAt = Date.now();
+    this.round = this.checkAll()
+      .catch((err: Error) => void this.deps.log.warn('checking fences with the master failed; retrying', { error: err.message }))
+      .finally(() => (this.round = undefined));
+  }
+
+  /** One round over every fence; public so a test can run one without waiting for the timer. */
+  async checkAll(): Promise<void> {
+    const table = this.deps.fences();
+    if (!table) return;
+    for (const f of table.all()) {
+      if (this.stopped) return;
+      if (this.deps.transferRunning(f.moveId)) continue;
+      let answer: MasterMoveAnswer;
+      try {
+        answer = await this.deps.askMaster(f.moveId);
+      } catch (err) {
+        this.deps.log.debug('could not ask the master about a fence; keeping it', { moveId: f.moveId, error: (err as Error).message });
+        continue;
+      }
+      const action = orphanFenceAction(this.deps.transferRunning(f.moveId), answer);
+      if (action === 'skip' || action === 'keep') continue;
+      // The current map first: if it gave the range away, the move committed and the fence is dropped, never lifted
+      // (lifting under an old map would serve a range another shard owns).
+      try {
+        await this.deps.refreshMap();
+      } catch (err) {
+        this.deps.log.warn('could not fetch the map before acting on a fence; keeping it', { moveId: f.moveId, error: (err as Error).message });
+        continue;
+      }
+      if (table.get(f.moveId) !== f) continue; // dropped by the map (committed), or lifted meanwhile
+      if (this.deps.transferRunning(f.moveId)) continue;
+      // Checked and lifted in one synchronous step: no transfer of the move can fence the range again after this.
+      this.deps.forgetMove(f.moveId);
+      const lifted = table.lift(f.moveId);
+      this.deps.log.warn(
+        action === 'lift'
+          ? `fence lifted: the master ${answer === 'unknown' ? 'has no such move in its journal' : 'aborted the move'}`
+          : 'fence lifted: its move committed, and the current map gives the range back to this shard',
+        { moveId: f.moveId, range: showRange(f.range), masterSays: answer, fencedMs: Date.now() - f.sinceMs },
+      );
+      await lifted;
+    }
   }
 }

@@ -15,9 +15,9 @@ import { call, ClientPool, type ClientTls } from '../common/grpc.js';
 import { endToProto } from '../common/hash.js';
 import { EMPTY_MAP, mapError, mapFromProto, rangesOf, type ClusterMap } from '../common/map.js';
 import type { HashRange } from '../common/ranges.js';
-import { coveredBy, FenceTable, overlapsAny, RangeJanitor, showRange, subtractRanges } from './fence.js';
+import { coveredBy, FenceReconciler, FenceTable, overlapsAny, RangeJanitor, showRange, subtractRanges } from './fence.js';
 import { ShardStore } from './store.js';
-import { MoveRegistry } from './transfer.js';
+import { DEFAULT_MAX_FENCE_MS, MoveRegistry } from './transfer.js';
 import type { Limits } from './validate.js';
 
 export interface ShardOptions {
@@ -30,6 +30,8 @@ export interface ShardOptions {
   limits: Limits;
   peerTls?: ClientTls;
   log: Logger;
+  /** The longest a transfer keeps a range fenced before the destination confirms the fenced tail (default DEFAULT_MAX_FENCE_MS). */
+  maxFenceMs?: number;
 }
 
 interface MapJson {
@@ -67,6 +69,8 @@ export class ShardNode {
   janitor!: RangeJanitor;
   /** Transfers, pulls and drops running here. */
   readonly moves = new MoveRegistry();
+  /** Asks the master about fences that no transfer owns (sealed, or loaded at start) and lifts orphans. */
+  private readonly fenceReconciler = this.startFenceReconciler();
   /** Data calls served locally that are still running (a fence waits for them). */
   private readonly localCalls = new Set<Promise<unknown>>();
   /** Map installs run one at a time, so the persisted map is always the newest installed. */
@@ -212,7 +216,9 @@ export class ShardNode {
   }
 
   private async installNow(next: ClusterMap): Promise<boolean> {
-    await this.checkCluster(next.clusterId, `a map (epoch ${next.epoch})`);
+    // A map can make a shard with no cluster id join only when it comes from its own master: one that names it at its address.
+    const namesUs = !!this.id && next.shards.some((x) => x.id === this.id && x.address === this.opts.advertise);
+    await this.checkCluster(next.clusterId, `a map (epoch ${next.epoch})`, namesUs);
     if (next.epoch <= this.map.epoch) return false;
     const err = mapError(next);
     if (err) throw new CairnError('INVALID_ARGUMENT', `map: ${err}`);
@@ -248,9 +254,10 @@ export class ShardNode {
    * that has none yet (new, or written before cluster ids) joins the first
    * cluster its master admits it to, and keeps that id for good.
    */
-  private async checkCluster(theirs: string, what: string): Promise<void> {
+  private async checkCluster(theirs: string, what: string, mayJoin = true): Promise<void> {
     if (!this.clusterId) {
       if (!theirs) return;
+      if (!mayJoin) throw this.refuse(`refused ${what} of cluster ${theirs}: it does not name this shard at ${this.opts.advertise}, so it is not from this shard's master`);
       await this.store.putMeta('clusterId', theirs, true);
       this.clusterId = theirs;
       this.map = { ...this.map, clusterId: theirs };
@@ -414,11 +421,44 @@ export class ShardNode {
     await this.installMap(mapFromProto(res.map));
   }
 
+  // ---------------------------------------------------------------- fences and the master's journal
+
+  get maxFenceMs(): number {
+    return this.opts.maxFenceMs ?? DEFAULT_MAX_FENCE_MS;
+  }
+
+  /** What the master's journal says of a move: its state, or 'unknown' when it has none. Throws when the master cannot be asked. */
+  async moveStatusAtMaster(moveId: string): Promise<string> {
+    const c = this.masterClient();
+    const res = await call(c, c.getMoveStatus, { moveId }, { token: this.serverToken.get(), timeoutMs: 2000 });
+    return res.known ? res.state : 'unknown';
+  }
+
+  /** Runs as a field initializer, before the constructor has set `opts`: every dependency is read when used. */
+  private startFenceReconciler(): FenceReconciler {
+    const node = this;
+    const r = new FenceReconciler({
+      fences: () => this.fences,
+      transferRunning: (moveId) => this.moves.transferRunning(moveId),
+      // Only the master that admitted this shard (its own cluster's) may tell it a move is unknown.
+      admitted: () => this.registered && !this.stopping,
+      askMaster: (moveId) => this.moveStatusAtMaster(moveId),
+      refreshMap: () => this.refreshMap(),
+      forgetMove: (moveId) => void this.moves.abort(moveId),
+      get log() {
+        return node.opts.log;
+      },
+    });
+    r.start();
+    return r;
+  }
+
   /** Tells the master we are stopping (shown as down at once), then closes the store. */
   async close(): Promise<void> {
     this.stopping = true;
     clearTimeout(this.heartbeatTimer);
     if (this.registered) await this.heartbeat(this.opts.heartbeatIntervalMs, true).catch(() => undefined);
+    await this.fenceReconciler.stop();
     this.peers.close();
     this.masters.close();
     await this.janitor.stop();

@@ -15,6 +15,7 @@ import { startServer, withPort, type CallObserver, type HandlerEnv, type TlsFile
 import { ServingState } from '../common/health.js';
 import { Metrics, serveMetrics, type MetricsServer } from '../common/metrics.js';
 import { shutdownServer } from '../master/server.js';
+import { registerFenceMetrics } from './fence.js';
 import { ShardNode, type ShardOptions } from './node.js';
 import { shardServiceImpl } from './service.js';
 
@@ -143,4 +144,5 @@ export function registerShardMetrics(metrics: Metrics, node: ShardNode): void {
   metrics.gauge('cairn_shard_fenced_ranges', 'Ranges this shard has fenced for a move in its critical section.', ['shard'], (set) =>
     set({ shard: shard() }, node.fences?.all().length ?? 0),
   );
+  if (node.fences) registerFenceMetrics(metrics, node.fences);
 }

@@ -1,8 +1,10 @@
 /**
  * Unit tests of the pure parts of range moves: range-set arithmetic, the
- * wire codec, the checksum and stream verifier, the throttle, the write log,
- * the move registry, and the fence table and janitor over a real store.
- * The whole protocol over real gRPC is in test/transfer.test.ts.
+ * wire codec, the checksum and stream verifier, the source's ack tracker, the
+ * throttle, the write log, the move registry, the fence table and janitor
+ * over a real store, and the orphan-fence decision and reconciler.
+ * The whole protocol over real gRPC is in test/transfer.test.ts,
+ * test/fence-safety.test.ts and test/fence-orphans.test.ts.
  */
 import { afterAll, describe, expect, it } from '@jest/globals';
 import fc from 'fast-check';
@@ -14,10 +16,22 @@ import { CairnError } from '../common/errors.js';
 import { HASH_SPACE_END, rowHash } from '../common/hash.js';
 import { BUCKET_SIZE, type HashRange } from '../common/ranges.js';
 import winston from 'winston';
-import { coveredBy, FenceTable, normalizeRanges, overlapsAny, RangeJanitor, subtractRanges } from './fence.js';
+import {
+  coveredBy,
+  FenceReconciler,
+  FenceTable,
+  normalizeRanges,
+  orphanFenceAction,
+  overlapsAny,
+  RangeJanitor,
+  subtractRanges,
+  type FenceOutcome,
+  type MetaStore,
+} from './fence.js';
 import { cellKey, leaseKey, requestIdKey, rowPrefix } from './keys.js';
 import { ShardStore, type RawOp } from './store.js';
 import {
+  AckTracker,
   checksumMismatch,
   fromWireOps,
   MoveRegistry,
@@ -30,7 +44,7 @@ import {
   transferParams,
   WriteLog,
 } from './transfer.js';
-import type { TransferRangeResponse } from '../../proto/gen/cairn/v1/shard.js';
+import { TransferRangeRequest, type TransferRangeResponse } from '../../proto/gen/cairn/v1/shard.js';
 
 const ALL: HashRange = { start: 0n, end: HASH_SPACE_END };
 const quietLogger = () => winston.createLogger({ silent: true, transports: [new winston.transports.Console()] });
@@ -101,16 +115,17 @@ describe('wire codec', () => {
   });
 });
 
-/** A well-formed stream for some chunks: begin, COPY…, snapshot_done, CATCH_UP…, FENCED…, end. */
+/** A well-formed stream for some chunks: begin, COPY…, snapshot_done, CATCH_UP…, FENCED…, end, sealed. */
 function stream(copy: RawOp[][], catchUp: RawOp[][], fenced: RawOp[][]): TransferRangeResponse[] {
   const d = new TransferDigest();
-  const out: TransferRangeResponse[] = [{ header: { nodeId: 's1', epoch: 3n }, begin: { rows: 1n, bytes: 10n } }];
+  const out: TransferRangeResponse[] = [{ header: { nodeId: 's1', epoch: 3n }, begin: { rows: 1n, bytes: 10n, maxFenceMs: 1000 } }];
   const chunk = (ops: RawOp[], phase: TransferPhase) => out.push({ header: undefined, chunk: { seq: BigInt(d.update(ops)), phase, ops: toWireOps(ops) } });
   for (const c of copy) chunk(c, TransferPhase.TRANSFER_PHASE_COPY);
   out.push({ header: undefined, snapshotDone: d.totals() });
   for (const c of catchUp) chunk(c, TransferPhase.TRANSFER_PHASE_CATCH_UP);
   for (const c of fenced) chunk(c, TransferPhase.TRANSFER_PHASE_FENCED);
   out.push({ header: undefined, end: d.totals() });
+  out.push({ header: undefined, sealed: {} });
   return out;
 }
 
@@ -161,8 +176,9 @@ describe('stream verifier', () => {
   it('accepts a well-formed stream and counts rows, keys and bytes', () => {
     const v = new StreamVerifier(ALL);
     const kinds = stream([ops.slice(0, 2), ops.slice(2)], [ops.slice(0, 1)], [[]]).map((m) => v.accept(m).kind);
-    expect(kinds).toEqual(['begin', 'chunk', 'chunk', 'snapshotDone', 'chunk', 'chunk', 'end']);
+    expect(kinds).toEqual(['begin', 'chunk', 'chunk', 'snapshotDone', 'chunk', 'chunk', 'end', 'sealed']);
     expect(v.ended).toBe(true);
+    expect(v.sealed).toBe(true);
     expect(v.rows).toBe(1);
     expect(v.keys).toBe(ops.length + 1);
     expect(v.chunks).toBe(4);
@@ -191,11 +207,65 @@ describe('stream verifier', () => {
 
     const early = new StreamVerifier(ALL);
     const noTail = stream([ops], [], []);
-    for (const m of noTail.slice(0, -1)) early.accept(m);
-    expect(() => early.accept(noTail[noTail.length - 1]!)).toThrow(/before the fenced tail/);
+    for (const m of noTail.slice(0, -2)) early.accept(m);
+    expect(() => early.accept(noTail[noTail.length - 2]!)).toThrow(/before the fenced tail/);
 
     const mismatch = checksumMismatch({ chunks: 1n, keys: 2n, bytes: 3n, sha256: Buffer.alloc(32) }, { chunks: 1n, keys: 3n, bytes: 3n, sha256: Buffer.alloc(32) });
     expect(mismatch).toBe('keys 3 != 2');
+  });
+});
+
+describe('the seal', () => {
+  const ops = sampleOps();
+
+  it('is accepted only after the end marker, and nothing after it', () => {
+    const msgs = stream([ops], [], [[]]);
+    const sealed = msgs.at(-1)!;
+    const v = new StreamVerifier(ALL);
+    for (const m of msgs.slice(0, -2)) v.accept(m); // through the fenced tail
+    expect(() => v.accept(sealed)).toThrow(/sealed arrived in state fenced, before the end marker/);
+    v.accept(msgs.at(-2)!);
+    expect([v.ended, v.sealed]).toEqual([true, false]);
+    expect(v.accept(sealed).kind).toBe('sealed');
+    expect(() => v.accept(sealed)).toThrow(/after the seal/);
+    const early = new StreamVerifier(ALL);
+    early.accept(msgs[0]!);
+    expect(() => early.accept(sealed)).toThrow(/sealed arrived in state copy/);
+  });
+});
+
+describe('ack tracker (source side)', () => {
+  const ack = (appliedSeq: number, endVerified = false) => TransferRangeRequest.fromPartial({ ack: { appliedSeq: BigInt(appliedSeq), endVerified } });
+
+  it('counts what the destination applied, and refuses acknowledgements that do not fit what was sent', () => {
+    const a = new AckTracker('m1');
+    a.accept(ack(2), 4, false);
+    a.accept(ack(2), 4, false); // a repeat is harmless
+    expect(a.applied).toBe(2);
+    expect(() => a.accept(ack(5), 4, false)).toThrow(/applied_seq 5 is beyond the last chunk sent, 4 \(move m1\)/);
+    expect(() => a.accept(ack(1), 4, false)).toThrow(/applied_seq 1 is below 2/);
+    expect(() => a.accept(ack(4, true), 4, false)).toThrow(/end_verified before the source sent the end/);
+    expect(() => a.accept(ack(3, true), 4, true)).toThrow(/end_verified with applied_seq 3, not the last chunk 4/);
+    expect(() => a.accept(TransferRangeRequest.fromPartial({ moveId: 'again' }), 4, false)).toThrow(/must be an acknowledgement/);
+    expect(a.endVerified).toBe(false);
+    a.accept(ack(4, true), 4, true);
+    expect([a.applied, a.endVerified]).toEqual([4, true]);
+    expect(() => a.accept(TransferRangeRequest.fromPartial({ ack: { appliedSeq: 2n ** 64n - 1n } }), 4, true)).toThrow(/beyond the last chunk sent/);
+  });
+
+  it('wakes a waiter at the next acknowledgement or failure, and otherwise after the timeout', async () => {
+    const a = new AckTracker('m1');
+    const t0 = Date.now();
+    await a.changed(30);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(25);
+    const woken = a.changed(10_000);
+    a.accept(ack(1), 1, false);
+    await woken;
+    const failed = a.changed(10_000);
+    a.close(new CairnError('CANCELLED', 'gone'));
+    a.close(new CairnError('CANCELLED', 'second reason'));
+    await failed;
+    expect(a.failure?.message).toBe('gone');
   });
 });
 
@@ -305,6 +375,29 @@ describe('fences and pending drops over a real store', () => {
     await store.close();
   });
 
+  it('reports how long each fence stood and how it ended', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cairn-fence-end-'));
+    dirs.push(dir);
+    const store = await ShardStore.open(dir);
+    const t = await FenceTable.load(store);
+    const ended: Array<[string, FenceOutcome, number]> = [];
+    t.onEnded((f, outcome, seconds) => ended.push([f.moveId, outcome, seconds]));
+    await t.add('lifted', { start: 0n, end: BUCKET_SIZE });
+    await t.add('dropped', { start: BUCKET_SIZE, end: 2n * BUCKET_SIZE });
+    await new Promise((r) => setTimeout(r, 60));
+    const lifting = t.lift('lifted');
+    expect(t.get('lifted')).toBeUndefined(); // lifted at once, before it is on disk
+    await lifting;
+    await t.dropUnowned([{ start: 0n, end: BUCKET_SIZE }]);
+    expect(await t.lift('never-there')).toBeUndefined();
+    expect(ended.map(([id, how]) => [id, how])).toEqual([
+      ['lifted', 'aborted'],
+      ['dropped', 'committed'],
+    ]);
+    for (const [, , seconds] of ended) expect(seconds).toBeGreaterThanOrEqual(0.05);
+    await store.close();
+  });
+
   it('deletes only what is neither owned nor busy, and resumes after a restart', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'cairn-janitor-'));
     dirs.push(dir);
@@ -331,5 +424,88 @@ describe('fences and pending drops over a real store', () => {
     expect(store.totalStats().rows).toBe(left.length);
     expect(left.length).toBeGreaterThan(0);
     await store.close();
+  });
+});
+
+describe('orphan fences', () => {
+  it('decides each fence by the master\'s answer (table)', () => {
+    const table: Array<[boolean, string | undefined, string]> = [
+      // a running transfer owns its fence, whatever the master says
+      [true, 'unknown', 'skip'],
+      [true, 'aborted', 'skip'],
+      [true, undefined, 'skip'],
+      // the move will never commit: lift (after fetching the map)
+      [false, 'unknown', 'lift'],
+      [false, 'aborted', 'lift'],
+      // it committed: the current map drops the fence
+      [false, 'committed', 'refresh-map'],
+      [false, 'cleaned', 'refresh-map'],
+      // it may still commit, or nobody could say: only the move's outcome lifts it
+      [false, 'planned', 'keep'],
+      [false, 'copying', 'keep'],
+      [false, 'catching_up', 'keep'],
+      [false, 'fenced', 'keep'],
+      [false, undefined, 'keep'],
+      [false, '', 'keep'],
+      [false, 'a-state-from-a-newer-master', 'keep'],
+    ];
+    for (const [running, answer, want] of table) expect([running, answer, orphanFenceAction(running, answer)]).toEqual([running, answer, want]);
+  });
+
+  /** A fence table over an in-memory meta store, and a reconciler whose master and map are scripted. */
+  async function setup(answers: Record<string, string | Error>, o: { running?: string[]; mapDrops?: string[]; mapFails?: boolean } = {}) {
+    const meta = new Map<string, unknown>();
+    const store: MetaStore = {
+      getMeta: async <T>(k: string) => meta.get(k) as T | undefined,
+      putMeta: async (k, v) => void meta.set(k, v),
+      deleteRange: async () => 0,
+    };
+    const fences = await FenceTable.load(store);
+    for (const [i, id] of Object.keys(answers).entries()) await fences.add(id, { start: BigInt(i) * BUCKET_SIZE, end: BigInt(i + 1) * BUCKET_SIZE });
+    const asked: string[] = [];
+    const forgotten: string[] = [];
+    let refreshes = 0;
+    const r = new FenceReconciler({
+      fences: () => fences,
+      transferRunning: (id) => (o.running ?? []).includes(id),
+      admitted: () => true,
+      askMaster: async (id) => {
+        asked.push(id);
+        const a = answers[id]!;
+        if (a instanceof Error) throw a;
+        return a;
+      },
+      refreshMap: async () => {
+        refreshes++;
+        if (o.mapFails) throw new Error('master gone');
+        // The current map no longer gives these ranges to this shard: installing it drops their fences.
+        for (const id of o.mapDrops ?? []) {
+          const f = fences.get(id);
+          if (f) await fences.dropUnowned(fences.all().filter((x) => x.moveId !== id).map((x) => x.range));
+        }
+      },
+      forgetMove: (id) => void forgotten.push(id),
+      log: quietLogger(),
+    });
+    return { fences, r, asked, forgotten, refreshes: () => refreshes };
+  }
+
+  it('lifts fences of moves the master does not know or aborted, lets the map drop committed ones, and keeps the rest', async () => {
+    const s = await setup(
+      { orphan: 'unknown', aborted: 'aborted', committed: 'committed', 'given-back': 'cleaned', inFlight: 'fenced', running: 'unknown', unreachable: new Error('UNAVAILABLE') },
+      { running: ['running'], mapDrops: ['committed'] },
+    );
+    await s.r.checkAll();
+    expect(s.fences.all().map((f) => f.moveId).sort()).toEqual(['inFlight', 'running', 'unreachable']);
+    expect(s.asked).not.toContain('running'); // its transfer owns it: not even asked
+    expect(s.forgotten.sort()).toEqual(['aborted', 'given-back', 'orphan']); // no transfer of a lifted fence's move may fence again
+  });
+
+  it('keeps every fence when the map cannot be fetched first', async () => {
+    const s = await setup({ orphan: 'unknown', aborted: 'aborted' }, { mapFails: true });
+    await s.r.checkAll();
+    expect(s.fences.size).toBe(2);
+    expect(s.refreshes()).toBe(2);
+    expect(s.forgotten).toEqual([]);
   });
 });

@@ -2,6 +2,11 @@
  * Range moves, shard side (DESIGN "Moving data"): the source's streamed
  * transfer and the destination's pull.
  *
+ * TransferRange is bidirectional: the destination's first message opens it,
+ * every later one acknowledges the highest chunk it has applied. The source
+ * counts only what the destination acknowledged, never what it handed to
+ * gRPC (which buffers without bound for a reader that has stopped).
+ *
  * Source S, TransferRange for range R (called by the destination D):
  *   1. register a write log for R (store.onCommit), then wait for the writes
  *      already in flight (store.drain), so every write is in the log, in the
@@ -9,32 +14,53 @@
  *      because ops are final key states applied in commit order;
  *   2. stream the snapshot (store.exportRange) as numbered chunks bounded in
  *      bytes, then `snapshot_done` with the running checksum;
- *   3. stream the log (CATCH_UP) until less than one chunk is left, or for at
- *      most MAX_CATCH_UP_MS when writers outpace the transfer;
+ *   3. stream the log (CATCH_UP) until less than one chunk is left AND D has
+ *      acknowledged every chunk sent (after MAX_CATCH_UP_MS of writers
+ *      outpacing the transfer: as soon as every chunk sent is acknowledged).
+ *      A stalled D leaves S waiting here, unfenced: writes to R go on;
  *   4. fence R (effective at once, persisted with sync before anything more
  *      is sent), wait for in-flight calls and writes, send the rest of the
- *      log (FENCED, at least one chunk, possibly empty) and `end`.
- *   The copy and catch-up honour a bytes/s throttle; the fenced tail is not
- *   throttled, to keep the critical section short. Every send waits for the
- *   transport to drain.
+ *      log (FENCED, at least one chunk, possibly empty) and `end`;
+ *   5. seal: once D acknowledges `end` (end_verified: checksum matched, tail
+ *      on disk), S sends `sealed`; from then on only the move's outcome (a
+ *      map that commits it, or AbortMove) lifts the fence. If maxFenceMs
+ *      passes after the fence went up and before the seal, or the stream ends
+ *      first, S lifts the fence itself, marks the move aborted (the same move
+ *      id cannot transfer again) and fails the stream. The seal and the bound
+ *      are decided in one synchronous step each, so exactly one of them wins.
+ *   Flow control: at most ACK_WINDOW_CHUNKS chunks are unacknowledged; S
+ *   waits for acks instead of sending more. The copy and catch-up also honour
+ *   a bytes/s throttle; the fenced tail is not throttled, to keep the
+ *   critical section short.
  *
  * Destination D, PullRange (called by the master): refuse if D owns any of R;
  * delete any leftover of R; open TransferRange on S; check sequence numbers,
  * phases and both checksums; apply each chunk with one store.applyRaw (one
- * atomic batch, which also moves D's clock past every received timestamp);
- * apply the fenced tail with sync and finish with a synced write; report
- * READY last. Any failure fails the call; the master then aborts the move
- * (AbortMove on S, DropRange on D).
+ * atomic batch, which also moves D's clock past every received timestamp) and
+ * acknowledge it; apply the fenced tail with sync, finish with a synced write,
+ * acknowledge `end`, wait for `sealed`, and only then report READY (so the
+ * master can only commit a move whose source holds a sealed fence). Any
+ * failure fails the call; the master then aborts the move (AbortMove on S,
+ * DropRange on D).
  *
- * The wire codec, checksum, stream verifier, throttle and write log are pure
- * and unit-tested (transfer.test.ts); the two drivers at the bottom do the I/O.
+ * The wire codec, checksum, stream verifier, ack tracker, throttle and write
+ * log are pure and unit-tested (transfer.test.ts); the two drivers at the
+ * bottom do the I/O.
  */
 import { createHash, type Hash } from 'node:crypto';
-import type { ClientReadableStream } from '@grpc/grpc-js';
-import { TransferPhase, KeySpace, type TransferChecksum, type TransferOp, type TransferRangeResponse, type PullRangeResponse } from '../../proto/gen/cairn/v1/shard.js';
+import type { ClientDuplexStream } from '@grpc/grpc-js';
+import {
+  TransferPhase,
+  KeySpace,
+  TransferRangeRequest,
+  type TransferChecksum,
+  type TransferOp,
+  type TransferRangeResponse,
+  type PullRangeResponse,
+} from '../../proto/gen/cairn/v1/shard.js';
 import { CairnError, fromServiceError, invalidArgument } from '../common/errors.js';
 import { failpoint } from '../common/failpoints.js';
-import { metadataFor, type RpcContext } from '../common/grpc.js';
+import { metadataFor, type IncomingMessages, type RpcContext } from '../common/grpc.js';
 import { endFromProto, endToProto, HASH_SPACE_END } from '../common/hash.js';
 import { isBucketAligned, rangesOverlap, type HashRange } from '../common/ranges.js';
 import { coveredBy, showRange, subtractRanges } from './fence.js';
@@ -48,8 +74,16 @@ export const DEFAULT_CHUNK_BYTES = 1 << 20;
 export const MIN_CHUNK_BYTES = 1024;
 /** The source fails a transfer rather than buffer more log than this while the destination catches up. */
 export const MAX_LOG_BYTES = 256 << 20;
-/** Catch-up stops chasing writers after this long and fences anyway; the fenced tail then carries the rest. */
+/**
+ * Catch-up stops chasing writers after this long and fences as soon as every
+ * chunk sent is acknowledged; the fenced tail then carries the rest (within
+ * maxFenceMs, or the move aborts).
+ */
 export const MAX_CATCH_UP_MS = 10_000;
+/** Chunks a source sends ahead of the destination's acknowledgements; then it waits for acks instead of handing more to gRPC. */
+export const ACK_WINDOW_CHUNKS = 4;
+/** The longest a source keeps a range fenced before the destination confirms the fenced tail (shard config maxFenceMs). */
+export const DEFAULT_MAX_FENCE_MS = 1000;
 /** Progress messages of a pull are sent at most this often (plus one per phase change). */
 export const PROGRESS_INTERVAL_MS = 100;
 /** A pull with no deadline from its caller still ends after this long. */
@@ -206,28 +240,35 @@ export function checksumMismatch(expected: TransferChecksum, got: TransferChecks
 // ---------------------------------------------------------------- stream verifier (pure)
 
 export type VerifiedEvent =
-  | { kind: 'begin'; sourceId: string; rows: bigint; bytes: bigint }
+  | { kind: 'begin'; sourceId: string; rows: bigint; bytes: bigint; maxFenceMs: number }
   | { kind: 'chunk'; seq: number; phase: TransferPhase; ops: RawOp[] }
   | { kind: 'snapshotDone' }
-  | { kind: 'end' };
+  | { kind: 'end' }
+  | { kind: 'sealed' };
 
 /**
  * The destination's check of a transfer stream: begin, COPY chunks,
  * snapshot_done (checksum), CATCH_UP chunks, at least one FENCED chunk, end
- * (checksum), with chunk numbers 1, 2, 3, … and every key inside the range.
- * Anything else throws CONFLICT with a message that says what was wrong.
+ * (checksum), sealed, with chunk numbers 1, 2, 3, … and every key inside the
+ * range. Anything else throws CONFLICT with a message that says what was wrong.
  */
 export class StreamVerifier {
   private readonly digest = new TransferDigest();
-  private state: 'begin' | 'copy' | 'catchUp' | 'fenced' | 'ended' = 'begin';
+  private state: 'begin' | 'copy' | 'catchUp' | 'fenced' | 'ended' | 'sealed' = 'begin';
   /** Rows (distinct row prefixes with cells) seen in snapshot chunks. */
   rows = 0;
   private lastRow: Buffer | undefined;
 
   constructor(private readonly range: HashRange) {}
 
+  /** True once the end checksum has matched. */
   get ended(): boolean {
-    return this.state === 'ended';
+    return this.state === 'ended' || this.state === 'sealed';
+  }
+
+  /** True once the source has sealed its fence (after the end). */
+  get sealed(): boolean {
+    return this.state === 'sealed';
   }
 
   get chunks(): number {
@@ -243,11 +284,17 @@ export class StreamVerifier {
   }
 
   accept(msg: TransferRangeResponse): VerifiedEvent {
+    if (this.state === 'sealed') throw protocolError('a message arrived after the seal');
+    if (msg.sealed) {
+      if (this.state !== 'ended') throw protocolError(`sealed arrived in state ${this.state}, before the end marker`);
+      this.state = 'sealed';
+      return { kind: 'sealed' };
+    }
     if (this.state === 'ended') throw protocolError('a message arrived after the end marker');
     if (msg.begin) {
       if (this.state !== 'begin') throw protocolError('a second begin message');
       this.state = 'copy';
-      return { kind: 'begin', sourceId: msg.header?.nodeId ?? '', rows: msg.begin.rows, bytes: msg.begin.bytes };
+      return { kind: 'begin', sourceId: msg.header?.nodeId ?? '', rows: msg.begin.rows, bytes: msg.begin.bytes, maxFenceMs: msg.begin.maxFenceMs };
     }
     if (this.state === 'begin') throw protocolError('the first message is not begin');
     if (msg.chunk) {
@@ -294,6 +341,69 @@ export class StreamVerifier {
         this.lastRow = Buffer.from(prefix);
       }
     }
+  }
+}
+
+// ---------------------------------------------------------------- acknowledgements (pure)
+
+/**
+ * The destination's acknowledgements as the source sees them: how far it has
+ * applied, checked against what was sent, and whether it confirmed the end.
+ * `changed` wakes whoever waits for the next acknowledgement (or failure).
+ */
+export class AckTracker {
+  /** The highest chunk seq the destination has applied. */
+  applied = 0;
+  /** The destination checked the end checksum and holds the whole stream on disk. */
+  endVerified = false;
+  /** Why no (more) acknowledgement can come: the destination closed its side, went away, or sent something invalid. */
+  failure: CairnError | undefined;
+  private waiters: Array<() => void> = [];
+
+  constructor(private readonly moveId: string) {}
+
+  /**
+   * Takes one message from the destination; `sent` is the last chunk seq sent
+   * and `endSent` whether `end` was. Throws INVALID_ARGUMENT for anything but
+   * an acknowledgement that fits what was sent.
+   */
+  accept(msg: TransferRangeRequest, sent: number, endSent: boolean): void {
+    const a = msg.ack;
+    const bad = (why: string) => invalidArgument(`ack: ${why} (move ${this.moveId})`);
+    if (!a) throw bad('every TransferRange message after the first must be an acknowledgement');
+    if (a.appliedSeq > BigInt(sent)) throw bad(`applied_seq ${a.appliedSeq} is beyond the last chunk sent, ${sent}`);
+    const seq = Number(a.appliedSeq);
+    if (seq < this.applied) throw bad(`applied_seq ${seq} is below ${this.applied}, acknowledged before`);
+    if (a.endVerified && !endSent) throw bad('end_verified before the source sent the end');
+    if (a.endVerified && seq !== sent) throw bad(`end_verified with applied_seq ${seq}, not the last chunk ${sent}`);
+    this.applied = seq;
+    if (a.endVerified) this.endVerified = true;
+    this.wake();
+  }
+
+  /** No more acknowledgements will come; the first reason sticks. */
+  close(reason: CairnError): void {
+    this.failure ??= reason;
+    this.wake();
+  }
+
+  /** Resolves at the next acknowledgement or failure, or after `ms` at most. */
+  changed(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.waiters = this.waiters.filter((w) => w !== done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.waiters.push(done);
+    });
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
   }
 }
 
@@ -479,6 +589,11 @@ export class MoveRegistry {
     return undefined;
   }
 
+  /** True while a transfer (source side) of the move runs here: it owns the move's fence. */
+  transferRunning(moveId: string): boolean {
+    return this.find('transfer', moveId) !== undefined;
+  }
+
   /** Ranges this shard is receiving, dropping, or holds a finished copy of (for moves other than `except`): the janitor keeps away from them. */
   destinationRanges(except?: string): HashRange[] {
     return [
@@ -545,9 +660,11 @@ export async function serveTransfer(
   p: TransferParams,
   ctx: RpcContext,
   send: (msg: TransferRangeResponse) => Promise<void>,
+  incoming: IncomingMessages<TransferRangeRequest>,
 ): Promise<void> {
   const { store, fences, moves } = node;
   const log = node.log;
+  const maxFenceMs = node.maxFenceMs;
   await node.ensureEpoch(p.epoch);
   if (moves.wasAborted(p.moveId)) throw new CairnError('CONFLICT', `move ${p.moveId} was aborted on this shard; a new attempt needs a new move id`);
   node.assertOwnsAll(p.range, p.moveId);
@@ -555,30 +672,103 @@ export async function serveTransfer(
   if (other) {
     throw new CairnError('CONFLICT', `move ${p.moveId}: ${showRange(other.range)} is fenced by move ${other.moveId}, which has not ended`);
   }
+  // A fence of this very move (sealed, or from before a restart) may be about to commit: only its outcome may lift
+  // it, so no second transfer may take it over (and lift it when that transfer fails).
+  const own = fences.get(p.moveId);
+  if (own) throw new CairnError('CONFLICT', `move ${p.moveId} already fences ${showRange(own.range)} on this shard; only the move's outcome (commit or abort) lifts it`);
   const task = moves.begin('transfer', p.moveId, p.range, ctx.cancelled);
   const wlog = new WriteLog(p.range);
   const unsubscribe = store.onCommit(wlog.listener);
   const startedAt = Date.now();
   const header = () => ({ nodeId: node.nodeId, epoch: node.map.epoch });
   const digest = new TransferDigest();
+  const acks = new AckTracker(p.moveId);
+  let fenced = false;
+  let fencedAt = 0;
+  let endSent = false;
+  let sealed = false;
+  let lifted = false;
+  let fenceBound: NodeJS.Timeout | undefined;
+
+  /** Lifts the fence this transfer put up, before any seal: nothing can have committed (D reports READY only after `sealed`). */
+  const liftOwnFence = (why: string): void => {
+    if (!fenced || sealed || lifted) return;
+    lifted = true;
+    // Marked aborted in the same step: no transfer of this move can fence the range again.
+    moves.abort(p.moveId);
+    const wasUp = fences.get(p.moveId) !== undefined; // AbortMove may have lifted it already
+    const lifting = fences.lift(p.moveId);
+    if (wasUp) log.warn('fence lifted: the destination did not confirm the fenced tail', { moveId: p.moveId, range: showRange(p.range), why, fencedMs: Date.now() - fencedAt });
+    lifting.catch((err: Error) =>
+      log.error('persisting a lifted fence failed; it is lifted in memory, and a restart finds it and asks the master', { moveId: p.moveId, error: err.message }),
+    );
+  };
+  /** The destination confirmed the end: from now on only the move's outcome lifts the fence. */
+  const seal = (): void => {
+    if (sealed || !fenced || lifted || task.abortReason || task.callerGone) return; // the bound, an abort or the caller's exit came first
+    sealed = true;
+    clearTimeout(fenceBound);
+  };
+  const onFenceBound = (): void => {
+    if (sealed) return; // the seal came first
+    task.abort(
+      new CairnError(
+        'CONFLICT',
+        `move ${p.moveId}: ${showRange(p.range)} stayed fenced for maxFenceMs (${maxFenceMs} ms) without the destination confirming the fenced tail; the source lifted the fence and aborted the move`,
+      ),
+    );
+    liftOwnFence(`maxFenceMs (${maxFenceMs} ms) passed`);
+  };
+
+  // The destination's acknowledgements, read for as long as the stream lasts.
+  void (async () => {
+    for (;;) {
+      let msg: TransferRangeRequest | undefined;
+      try {
+        msg = await incoming.next();
+      } catch (err) {
+        return acks.close(err as CairnError);
+      }
+      if (msg === undefined) {
+        return acks.close(new CairnError('CONFLICT', `move ${p.moveId}: the destination closed its side of the stream before it confirmed the fenced tail`));
+      }
+      try {
+        acks.accept(msg, digest.chunks, endSent);
+      } catch (err) {
+        return acks.close(err as CairnError);
+      }
+      if (acks.endVerified) seal();
+    }
+  })();
+
   const checkLog = () => {
     if (wlog.overflowed) {
       throw new CairnError('LIMIT_EXCEEDED', `move ${p.moveId}: more than ${MAX_LOG_BYTES} bytes of writes to ${showRange(p.range)} queued while the destination caught up`);
     }
   };
+  /** Waits (checking for aborts, the caller's exit and the log bound) until `cond` holds; re-checked at every acknowledgement. */
+  const waitFor = async (cond: () => boolean) => {
+    while (!cond()) {
+      task.check();
+      checkLog();
+      if (acks.failure) throw acks.failure;
+      await acks.changed(100);
+    }
+  };
   const sendChunk = async (ops: RawOp[], phase: TransferPhase) => {
+    // Flow control: a stalled destination stops the source here, instead of gRPC buffering without bound.
+    await waitFor(() => digest.chunks - acks.applied < ACK_WINDOW_CHUNKS);
     const seq = digest.update(ops);
     await send({ header: header(), chunk: { seq: BigInt(seq), phase, ops: toWireOps(ops) } });
   };
-  let fenced = false;
-  log.info('transfer started', { moveId: p.moveId, range: showRange(p.range), chunkBytes: p.chunkBytes, maxBytesPerSec: p.maxBytesPerSec });
+  log.info('transfer started', { moveId: p.moveId, range: showRange(p.range), chunkBytes: p.chunkBytes, maxBytesPerSec: p.maxBytesPerSec, maxFenceMs });
   try {
     task.phase = TransferPhase.TRANSFER_PHASE_COPY;
     // Every write that has started is now in the log, in the snapshot, or both.
     await store.drain();
     task.check();
     const stats = store.rangeStats(p.range);
-    await send({ header: header(), begin: { rows: BigInt(stats.rows), bytes: BigInt(stats.bytes) } });
+    await send({ header: header(), begin: { rows: BigInt(stats.rows), bytes: BigInt(stats.bytes), maxFenceMs } });
     const throttle = new Throttle(p.maxBytesPerSec);
     for await (const ops of store.exportRange(p.range, p.chunkBytes)) {
       task.check();
@@ -592,24 +782,34 @@ export async function serveTransfer(
 
     task.phase = TransferPhase.TRANSFER_PHASE_CATCH_UP;
     const catchUpUntil = Date.now() + MAX_CATCH_UP_MS;
-    while (wlog.bytes > p.chunkBytes && Date.now() < catchUpUntil) {
+    // Fence only once the destination has APPLIED everything sent and less than a chunk of log is left.
+    // A destination that stops acknowledging keeps the source here, unfenced, until the log bound, an abort or the caller's exit.
+    for (;;) {
       task.check();
       checkLog();
-      const ops = wlog.take(p.chunkBytes);
-      await sendChunk(ops, TransferPhase.TRANSFER_PHASE_CATCH_UP);
-      failpoint('source-during-catch-up');
-      await throttle.take(opsBytes(ops), task);
+      if (acks.failure) throw acks.failure;
+      if (wlog.bytes > p.chunkBytes && Date.now() < catchUpUntil) {
+        const ops = wlog.take(p.chunkBytes);
+        await sendChunk(ops, TransferPhase.TRANSFER_PHASE_CATCH_UP);
+        failpoint('source-during-catch-up');
+        await throttle.take(opsBytes(ops), task);
+        continue;
+      }
+      if (acks.applied === digest.chunks) break;
+      await acks.changed(100);
     }
 
     // Critical section. Checked and fenced in one synchronous step: an abort either came first (and we stop) or lifts this fence.
     task.check();
     checkLog();
+    if (acks.failure) throw acks.failure;
     node.assertOwnsAll(p.range, p.moveId);
     const persisted = fences.add(p.moveId, p.range);
     fenced = true;
+    fencedAt = Date.now();
+    fenceBound = setTimeout(onFenceBound, maxFenceMs);
     task.phase = TransferPhase.TRANSFER_PHASE_FENCED;
-    const fencedAt = Date.now();
-    log.info('range fenced', { moveId: p.moveId, range: showRange(p.range) });
+    log.info('range fenced', { moveId: p.moveId, range: showRange(p.range), maxFenceMs });
     await persisted;
     failpoint('source-after-fence');
     // Calls that passed the fence check before it went up finish now; their writes land in the log.
@@ -619,7 +819,11 @@ export async function serveTransfer(
     do {
       await sendChunk(wlog.take(p.chunkBytes), TransferPhase.TRANSFER_PHASE_FENCED);
     } while (wlog.length > 0);
+    endSent = true;
     await send({ header: header(), end: digest.totals() });
+    // The seal is decided where the acknowledgement is read (seal()), in one step against the bound.
+    await waitFor(() => sealed);
+    await send({ header: header(), sealed: {} });
     log.info('transfer finished', {
       moveId: p.moveId,
       range: showRange(p.range),
@@ -630,20 +834,26 @@ export async function serveTransfer(
       logBytes: digest.bytes - snapshotBytes,
       ms: Date.now() - startedAt,
       fencedMs: Date.now() - fencedAt,
+      note: 'sealed: the range stays fenced until the map commits the move or AbortMove',
     });
   } catch (err) {
     log.warn('transfer failed', {
       moveId: p.moveId,
       range: showRange(p.range),
       fenced,
+      sealed,
       chunks: digest.chunks,
+      acknowledged: acks.applied,
       bytes: digest.bytes,
       error: (err as Error).message,
-      note: fenced ? 'the range stays fenced until the move is aborted or the map gives it away' : undefined,
+      note: sealed ? 'sealed: the range stays fenced until the move is aborted or the map gives it away' : fenced ? 'not sealed: the fence is lifted' : undefined,
     });
     throw err;
   } finally {
+    clearTimeout(fenceBound);
     unsubscribe();
+    // Before the task ends: a fence with no running transfer is one the master's journal decides (FenceReconciler).
+    if (fenced && !sealed) liftOwnFence(task.abortReason?.message ?? (task.callerGone ? 'the destination went away' : 'the transfer failed'));
     moves.finish(task);
   }
 }
@@ -696,6 +906,7 @@ export async function runPull(node: ShardNode, p: PullParams, ctx: RpcContext, s
   const task = moves.begin('pull', p.moveId, p.range, ctx.cancelled);
   const v = new StreamVerifier(p.range);
   let source = { rows: 0n, bytes: 0n };
+  let sourceMaxFenceMs = 0;
   let lastReport = 0;
   let reportedPhase = TransferPhase.TRANSFER_PHASE_UNSPECIFIED;
   const report = async (force = false) => {
@@ -713,9 +924,10 @@ export async function runPull(node: ShardNode, p: PullParams, ctx: RpcContext, s
       sourceRows: source.rows,
       sourceBytes: source.bytes,
       chunksReceived: BigInt(v.chunks),
+      maxFenceMs: sourceMaxFenceMs,
     });
   };
-  let stream: ClientReadableStream<TransferRangeResponse> | undefined;
+  let stream: ClientDuplexStream<TransferRangeRequest, TransferRangeResponse> | undefined;
   const startedAt = Date.now();
   log.info('pull started', { moveId: p.moveId, range: showRange(p.range), source: p.sourceShardId, sourceAddress: p.sourceAddress });
   try {
@@ -728,20 +940,21 @@ export async function runPull(node: ShardNode, p: PullParams, ctx: RpcContext, s
     await store.deleteRange(p.range);
     task.check();
     const client = node.peers.get(p.sourceAddress);
-    stream = client.transferRange(
-      {
+    stream = client.transferRange(metadataFor(node.serverToken.get()), { deadline: Math.min(ctx.deadline, Date.now() + MAX_TRANSFER_MS) });
+    const s = stream;
+    task.whenAborted(() => s.cancel());
+    s.write(
+      TransferRangeRequest.fromPartial({
         moveId: p.moveId,
         start: p.range.start,
         end: endToProto(p.range.end),
         epoch: p.epoch,
         chunkBytes: p.chunkBytes,
         maxBytesPerSec: BigInt(p.maxBytesPerSec),
-      },
-      metadataFor(node.serverToken.get()),
-      { deadline: Math.min(ctx.deadline, Date.now() + MAX_TRANSFER_MS) },
+      }),
     );
-    const s = stream;
-    task.whenAborted(() => s.cancel());
+    // The source sends ahead only a few chunks past the last acknowledged one, and fences and seals only on acknowledgements.
+    const acknowledge = (appliedSeq: number, endVerified = false) => void s.write(TransferRangeRequest.fromPartial({ ack: { appliedSeq: BigInt(appliedSeq), endVerified } }));
     for await (const msg of s as AsyncIterable<TransferRangeResponse>) {
       task.check();
       const ev = v.accept(msg);
@@ -750,21 +963,33 @@ export async function runPull(node: ShardNode, p: PullParams, ctx: RpcContext, s
           throw new CairnError('CONFLICT', `move ${p.moveId}: ${p.sourceAddress} is shard ${ev.sourceId || '(unregistered)'}, not the source ${p.sourceShardId}`);
         }
         source = { rows: ev.rows, bytes: ev.bytes };
+        sourceMaxFenceMs = ev.maxFenceMs;
       } else if (ev.kind === 'chunk') {
         // One chunk, one atomic batch; the fenced tail goes straight to disk.
         await store.applyRaw(ev.ops, { sync: ev.phase === TransferPhase.TRANSFER_PHASE_FENCED });
         if (ev.phase === TransferPhase.TRANSFER_PHASE_COPY) failpoint('dest-during-copy');
         if (ev.phase === TransferPhase.TRANSFER_PHASE_CATCH_UP) failpoint('dest-during-catch-up');
+        task.check();
+        acknowledge(ev.seq);
         task.phase = ev.phase;
         await report();
       } else if (ev.kind === 'snapshotDone') {
         task.phase = TransferPhase.TRANSFER_PHASE_CATCH_UP;
         await report();
+      } else if (ev.kind === 'end') {
+        // A synced write after the last batch: everything applied before it is on disk.
+        await store.putMeta('lastPull', { moveId: p.moveId, start: p.range.start.toString(), end: p.range.end.toString(), atMs: Date.now() }, true);
+        failpoint('dest-after-fenced-tail');
+        task.check();
+        acknowledge(v.chunks, true);
+      } else if (ev.kind === 'sealed') {
+        // The source holds the fence for the master's decision now; nothing more to say to it.
+        s.end();
       }
     }
-    if (!v.ended) throw new CairnError('CONFLICT', 'transfer stream is invalid: it ended before the end marker');
-    // A synced write after the last batch: everything applied before it is on disk.
-    await store.putMeta('lastPull', { moveId: p.moveId, start: p.range.start.toString(), end: p.range.end.toString(), atMs: Date.now() }, true);
+    if (!v.sealed) {
+      throw new CairnError('CONFLICT', `transfer stream is invalid: it ended ${v.ended ? 'after the end marker but before the source sealed its fence' : 'before the end marker'}`);
+    }
     failpoint('dest-before-ready');
     task.phase = TransferPhase.TRANSFER_PHASE_READY;
     moves.markReady(p.moveId, p.range);
@@ -775,7 +1000,7 @@ export async function runPull(node: ShardNode, p: PullParams, ctx: RpcContext, s
     log.warn('pull failed', { moveId: p.moveId, range: showRange(p.range), chunks: v.chunks, bytes: v.bytes, error: e.message });
     throw e;
   } finally {
-    if (stream && !v.ended) stream.cancel();
+    if (stream && !v.sealed) stream.cancel();
     moves.finish(task);
   }
 }

@@ -40,7 +40,8 @@ import { decode, invokeRaw, invokeStream, rawClient, rpc } from './rpc.js';
 import { connectClient } from './workload.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const serverHeader = () => `Bearer ${mintToken(deriveTokenKey(TEST_CREDENTIAL), 'regression-test', 'server', 600_000).token}`;
+/** A server token of the cluster `clusterId`: shards refuse internal calls from another cluster. */
+const serverHeader = (clusterId?: string) => `Bearer ${mintToken(deriveTokenKey(TEST_CREDENTIAL), 'regression-test', 'server', 600_000, Date.now(), clusterId).token}`;
 const cleanups: Array<() => Promise<void> | void> = [];
 
 afterEach(async () => {
@@ -109,7 +110,7 @@ describe('move protocol regressions found by the nemesis', () => {
     const d = rawClient(dest.address);
     const s = rawClient(source.address);
     cleanups.push(() => (d.close(), s.close()));
-    const hdr = serverHeader();
+    const hdr = serverHeader(cluster.master.master.clusterId);
 
     // As the master: move B pulls the range to the destination, to READY (the source is now fenced).
     const pull = rpc('ShardService', 'PullRange');
