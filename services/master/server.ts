@@ -166,7 +166,7 @@ export function registerMasterMetrics(metrics: Metrics, master: Master): void {
   });
   metrics.histogram(
     'cairn_move_fence_duration_seconds',
-    'How long each committed move kept its range fenced (critical section to the source taking the new map).',
+    'Each committed move\'s critical section as the master saw it (destination reported the fenced tail → source took the new map); the source shard\'s cairn_shard_fence_duration_seconds is the time the range refused requests.',
     [],
     DURATION_BUCKETS,
     (h) => {
