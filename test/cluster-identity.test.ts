@@ -18,25 +18,12 @@ import { spawn } from 'node:child_process';
 import { cp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
-import { ShardServiceClient } from '../proto/gen/cairn/v1/shard.js';
 import { CairnClient } from '../services/client/index.js';
-import { deriveTokenKey, ServerTokenSource } from '../services/common/auth.js';
-import { call } from '../services/common/grpc.js';
 import { CAIRN_BIN, spawnCairn, startProcCluster, waitUntil, type Proc, type ProcCluster } from './harness/cluster.js';
-import { TEST_CREDENTIAL, USERS } from './harness/inproc.js';
-import { credentials } from '@grpc/grpc-js';
+import { USERS } from './harness/inproc.js';
+import { describeShard } from './harness/raw.js';
 
 const ROWS = 3000;
-const token = new ServerTokenSource(deriveTokenKey(TEST_CREDENTIAL), 'test');
-
-async function describeShard(address: string) {
-  const c = new ShardServiceClient(address, credentials.createInsecure());
-  try {
-    return await call(c, c.describeShard, {}, { token: token.get(), timeoutMs: 5000 });
-  } finally {
-    c.close();
-  }
-}
 
 function runCairn(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((done) => {

@@ -31,7 +31,7 @@ import { BUCKET_SIZE, type HashRange } from '../services/common/ranges.js';
 import { FenceTable } from '../services/shard/fence.js';
 import { startShardServer, type RunningShard } from '../services/shard/server.js';
 import { ShardStore } from '../services/shard/store.js';
-import { login, rawCall, shardClient } from './harness/raw.js';
+import { login, rawCall, rowsIn, shardClient } from './harness/raw.js';
 import { quietLogger, startInProcCluster, TEST_CREDENTIAL, waitFor, type InProcCluster } from './harness/inproc.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -46,16 +46,6 @@ function eighthOf(s: RunningShard, k: number): HashRange {
   const own = rangesOf(s.node.map, s.node.id)[0]!;
   const size = ((own.end - own.start) / 8n / BUCKET_SIZE) * BUCKET_SIZE;
   return { start: own.start + BigInt(k) * size, end: own.start + BigInt(k + 1) * size };
-}
-
-function rowsIn(r: HashRange, tag: string, n: number): string[] {
-  const out: string[] = [];
-  for (let i = 0; out.length < n; i++) {
-    const row = `${tag}/${i}`;
-    const h = rowHash(row);
-    if (h >= r.start && h < r.end) out.push(row);
-  }
-  return out;
 }
 
 async function write(row: string, value: string) {

@@ -32,7 +32,7 @@ import type { ShardServiceClient } from '../proto/gen/cairn/v1/shard.js';
 import { CairnClient } from '../services/client/index.js';
 import { rowHash } from '../services/common/hash.js';
 import { startProcCluster, waitUntil, type Proc, type ProcCluster } from './harness/cluster.js';
-import { login, rawCall, shardClient } from './harness/raw.js';
+import { login, rawCall, rowsIn, shardClient } from './harness/raw.js';
 
 const ROWS = 2000;
 const VALUE_BYTES = 300;
@@ -54,16 +54,6 @@ function transferStarted(p: Proc, from: number): { moveId: string; range: Range 
   const m = /^\[(\d+), (\d+)\)$/.exec(String(rec.range));
   if (!m) throw new Error(`unparsable range in ${JSON.stringify(rec)}`);
   return { moveId: String(rec.moveId), range: { start: BigInt(m[1]!), end: BigInt(m[2]!) } };
-}
-
-function rowsIn(r: Range, tag: string, n: number): string[] {
-  const out: string[] = [];
-  for (let i = 0; out.length < n; i++) {
-    const row = `${tag}/${i}`;
-    const h = rowHash(row);
-    if (h >= r.start && h < r.end) out.push(row);
-  }
-  return out;
 }
 
 /**

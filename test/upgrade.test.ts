@@ -16,26 +16,18 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { credentials } from '@grpc/grpc-js';
 import { MasterServiceClient } from '../proto/gen/cairn/v1/master.js';
-import { ShardServiceClient } from '../proto/gen/cairn/v1/shard.js';
 import { deriveTokenKey, ServerTokenSource } from '../services/common/auth.js';
 import { call } from '../services/common/grpc.js';
 import { mapFromProto } from '../services/common/map.js';
 import { startProcCluster, waitUntil, type Proc, type ProcCluster } from './harness/cluster.js';
 import { TEST_CREDENTIAL } from './harness/inproc.js';
+import { describeShard } from './harness/raw.js';
+
+const token = new ServerTokenSource(deriveTokenKey(TEST_CREDENTIAL), 'test');
 
 const ROWS = 300;
 const SEED = 7;
 const CLUSTER_ID_RE = /^c-[0-9a-f]{16}$/;
-const token = new ServerTokenSource(deriveTokenKey(TEST_CREDENTIAL), 'test');
-
-async function describeShard(address: string) {
-  const c = new ShardServiceClient(address, credentials.createInsecure());
-  try {
-    return await call(c, c.describeShard, {}, { token: token.get(), timeoutMs: 5000 });
-  } finally {
-    c.close();
-  }
-}
 
 async function masterMap(address: string) {
   const c = new MasterServiceClient(address, credentials.createInsecure());

@@ -123,6 +123,44 @@ function tolerantDefinition(def: grpc.ServiceDefinition): grpc.ServiceDefinition
   return out as grpc.ServiceDefinition;
 }
 
+/** Enters the call gate, and when the call ends leaves it and tells the observer its status and duration. */
+function meter(env: HandlerEnv, method: string): { enter(): void; done(code: grpc.status): void } {
+  const started = process.hrtime.bigint();
+  let leave: (() => void) | undefined;
+  return {
+    enter: () => void (leave = env.gate?.enter(method)),
+    done: (code) => {
+      leave?.();
+      env.observe?.(env.service, method, code, Number(process.hrtime.bigint() - started) / 1e9);
+    },
+  };
+}
+
+type ServerWritable<Res> = grpc.ServerWritableStream<unknown, Res> | grpc.ServerDuplexStream<unknown, Res>;
+
+/** `send` for a streaming handler: waits for 'drain' when the socket is full; throws once the caller has gone. */
+function sender<Res>(call: ServerWritable<Res>): (msg: Res) => Promise<void> {
+  return async (msg) => {
+    if (call.cancelled) throw new CairnError('CANCELLED', 'the caller cancelled the stream');
+    if (!call.write(msg)) await Promise.race([once(call, 'drain'), once(call, 'cancelled')]);
+  };
+}
+
+/** Ends a streaming call: OK when the handler resolved, else its error through the table (unless the caller has gone). */
+function settleStream<Res>(env: HandlerEnv, method: string, call: ServerWritable<Res>, done: (code: grpc.status) => void, result: Promise<void>): void {
+  result.then(
+    () => {
+      done(grpc.status.OK);
+      call.end();
+    },
+    (err) => {
+      const se = reportError(env, method, err);
+      done(se.code);
+      if (!call.cancelled) call.emit('error', se);
+    },
+  );
+}
+
 export function unary<Req, Res>(
   env: HandlerEnv,
   method: string,
@@ -130,15 +168,10 @@ export function unary<Req, Res>(
   fn: (req: Req, ctx: RpcContext) => Promise<Res>,
 ): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
-    const started = process.hrtime.bigint();
-    let leave: (() => void) | undefined;
-    const done = (code: grpc.status) => {
-      leave?.();
-      env.observe?.(env.service, method, code, Number(process.hrtime.bigint() - started) / 1e9);
-    };
+    const { enter, done } = meter(env, method);
     let result: Promise<Res>;
     try {
-      leave = env.gate?.enter(method);
+      enter();
       const ctx = authenticate(env, call, method, need);
       result = fn(decoded(call.request, method), ctx);
     } catch (err) {
@@ -166,35 +199,16 @@ export function serverStream<Req, Res>(
   fn: (req: Req, ctx: RpcContext, send: (msg: Res) => Promise<void>) => Promise<void>,
 ): grpc.handleServerStreamingCall<Req, Res> {
   return (call) => {
-    const started = process.hrtime.bigint();
-    let leave: (() => void) | undefined;
-    const done = (code: grpc.status) => {
-      leave?.();
-      env.observe?.(env.service, method, code, Number(process.hrtime.bigint() - started) / 1e9);
-    };
-    const send = async (msg: Res) => {
-      if (call.cancelled) throw new CairnError('CANCELLED', 'the caller cancelled the stream');
-      if (!call.write(msg)) await Promise.race([once(call, 'drain'), once(call, 'cancelled')]);
-    };
+    const { enter, done } = meter(env, method);
     let result: Promise<void>;
     try {
-      leave = env.gate?.enter(method);
+      enter();
       const ctx = authenticate(env, call, method, need);
-      result = fn(decoded(call.request, method), ctx, send);
+      result = fn(decoded(call.request, method), ctx, sender(call));
     } catch (err) {
       result = Promise.reject(err);
     }
-    result.then(
-      () => {
-        done(grpc.status.OK);
-        call.end();
-      },
-      (err) => {
-        const se = reportError(env, method, err);
-        done(se.code);
-        if (!call.cancelled) call.emit('error', se);
-      },
-    );
+    settleStream(env, method, call, done, result);
   };
 }
 
@@ -270,42 +284,22 @@ export function bidiStream<Req, Res>(
   fn: (first: Req, ctx: RpcContext, send: (msg: Res) => Promise<void>, incoming: IncomingMessages<Req>) => Promise<void>,
 ): grpc.handleBidiStreamingCall<Req, Res> {
   return (call) => {
-    const started = process.hrtime.bigint();
-    let leave: (() => void) | undefined;
-    const done = (code: grpc.status) => {
-      leave?.();
-      env.observe?.(env.service, method, code, Number(process.hrtime.bigint() - started) / 1e9);
-    };
-    const send = async (msg: Res) => {
-      if (call.cancelled) throw new CairnError('CANCELLED', 'the caller cancelled the stream');
-      if (!call.write(msg)) await Promise.race([once(call, 'drain'), once(call, 'cancelled')]);
-    };
+    const { enter, done } = meter(env, method);
     // Listening from the start: messages that arrive while the caller is authenticated are queued, not lost.
     const incoming = incomingOf<Req>(call as grpc.ServerDuplexStream<Req | UndecodableRequest, unknown>, method);
     let result: Promise<void>;
     try {
-      leave = env.gate?.enter(method);
+      enter();
       const ctx = authenticate(env, call, method, need);
       result = incoming.next().then((first) => {
         if (first === undefined) throw new CairnError('INVALID_ARGUMENT', `request: the ${method} stream ended before its first message`);
-        return fn(first, ctx, send, incoming);
+        return fn(first, ctx, sender(call), incoming);
       });
     } catch (err) {
       result = Promise.reject(err);
     }
-    result.then(
-      () => {
-        incoming.close(); // whatever still reads the caller's messages ends too
-        done(grpc.status.OK);
-        call.end();
-      },
-      (err) => {
-        incoming.close();
-        const se = reportError(env, method, err);
-        done(se.code);
-        if (!call.cancelled) call.emit('error', se);
-      },
-    );
+    // Whatever still reads the caller's messages ends with the call.
+    settleStream(env, method, call, done, result.finally(() => incoming.close()));
   };
 }
 

@@ -2,7 +2,11 @@
 import { credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
 import { MasterServiceClient } from '../../proto/gen/cairn/v1/master.js';
 import { ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
+import { deriveTokenKey, ServerTokenSource } from '../../services/common/auth.js';
 import { call } from '../../services/common/grpc.js';
+import { rowHash } from '../../services/common/hash.js';
+import type { HashRange } from '../../services/common/ranges.js';
+import { TEST_CREDENTIAL } from './inproc.js';
 
 export async function login(master: string, user: string, password: string): Promise<string> {
   const c = new MasterServiceClient(master, credentials.createInsecure());
@@ -29,4 +33,27 @@ export function rawCall<Req, Res>(
   return new Promise((done) =>
     method.call(client, req, md, { deadline: Date.now() + 10_000 }, (err, res) => done(err ? { err } : { res })),
   );
+}
+
+const testServerToken = new ServerTokenSource(deriveTokenKey(TEST_CREDENTIAL), 'test');
+
+/** ShardService.DescribeShard with a server token of no cluster (as `cairn master rebuild` asks): the shard's identity and last map. */
+export async function describeShard(address: string) {
+  const c = shardClient(address);
+  try {
+    return await call(c, c.describeShard, {}, { token: testServerToken.get(), timeoutMs: 5000 });
+  } finally {
+    c.close();
+  }
+}
+
+/** The first `n` row keys `tag/0`, `tag/1`, … whose hash falls in the range. */
+export function rowsIn(range: HashRange, tag: string, n: number): string[] {
+  const out: string[] = [];
+  for (let i = 0; out.length < n; i++) {
+    const row = `${tag}/${i}`;
+    const h = rowHash(row);
+    if (h >= range.start && h < range.end) out.push(row);
+  }
+  return out;
 }
