@@ -85,6 +85,15 @@ export function asCliError(err: unknown, master?: string): CliError {
       case 'PERMISSION_DENIED':
         return new CliError(err.message, EXIT.AUTH, 'this command needs a user with a higher role');
       case 'NOT_READY':
+        // Somebody answered: asking whether the master runs would send the operator the wrong way.
+        if (/no map yet/.test(err.message)) {
+          return new CliError(
+            err.message,
+            EXIT.UNAVAILABLE,
+            'start expectShards shards; a master started on an empty or wrong dataDir refuses the shards of an existing cluster and its log ("shard refused") says which cluster and how to rebuild',
+          );
+        }
+        return new CliError(err.message, EXIT.UNAVAILABLE, 'retry shortly');
       case 'UNREACHABLE':
       case 'FENCED':
       case 'DEADLINE_EXCEEDED':

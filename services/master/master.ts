@@ -510,6 +510,8 @@ export class Master {
   /** A dry run: the moves a rebalance (or the drain of `drain`) would make now. */
   async planRebalance(drain?: string): Promise<{ plan: Plan; before: Map<string, number>; after: Map<string, number> }> {
     if (this.map.epoch === 0n) throw new CairnError('PRECONDITION', 'the cluster has no map yet: waiting for expectShards shards to register');
+    // A plan made while moves run is planned against a map about to change, and could not start anyway: refuse before showing one.
+    if (this.coordinator.busy()) throw new CairnError('CONFLICT', 'another rebalance or drain is still running; watch it with `cairn ctl moves`');
     const draining = drain ? this.resolveShard(drain).id : undefined;
     if (draining && !this.shards.some((s) => s.id !== draining && this.isUp(s.id))) {
       throw new CairnError('PRECONDITION', `cannot drain ${draining}: no other shard is up to take its ranges`);

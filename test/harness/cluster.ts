@@ -99,6 +99,8 @@ export async function startProcCluster(
     shardEnv?: NodeJS.ProcessEnv[];
     /** Start on copies of existing data directories: DIR/master, DIR/shard1, … (a fixture). */
     dataFrom?: string;
+    /** Wait until the shards are up and the cluster has a map (default true). */
+    waitForMap?: boolean;
   } = {},
 ): Promise<ProcCluster> {
   const n = o.shards ?? 2;
@@ -175,6 +177,7 @@ export async function startProcCluster(
       await rm(dir, { recursive: true, force: true });
     },
   };
+  if (o.waitForMap === false) return cluster;
   await waitUntil(async () => {
     const r = await cluster.ctl(['servers', '--json']);
     return r.code === 0 && r.json.servers.length === n && r.json.servers.every((s: { status: string }) => s.status === 'up') && r.json.epoch !== '0';
