@@ -30,7 +30,7 @@ Cluster:
   servers                         shards with address, status, size, rows, ranges, share and load
   ranges                          the map: each range, its owner, rows and bytes
   plan [--drain ID]               dry run: the moves a rebalance (or drain) would make, with bytes
-  rebalance [--yes] [--max-mbps X]        balance bytes across shards, online; follows progress
+  rebalance [--yes] [--max-mbps X]        balance bytes across shards, online; follows progress; X: MB/s per move
   dropserver <id|host:port> [--yes]       drain every range of a shard to the others
   remserver <id|host:port> [--yes]        remove a shard that owns no range; its process exits
   addserver <host:port>           approve a shard address (clusters with requireApproval)
@@ -85,18 +85,18 @@ export function asCliError(err: unknown, master?: string): CliError {
       case 'PERMISSION_DENIED':
         return new CliError(err.message, EXIT.AUTH, 'this command needs a user with a higher role');
       case 'NOT_READY':
-        // Somebody answered: asking whether the master runs would send the operator the wrong way.
-        if (/no map yet/.test(err.message)) {
+      case 'UNREACHABLE':
+      case 'FENCED':
+      case 'DEADLINE_EXCEEDED':
+        // A master that answered with no map runs: asking whether it does would send the operator the wrong way.
+        // (Other NOT_READY answers include a master the SDK could not reach.)
+        if (err.code === 'NOT_READY' && /no map yet/.test(err.message)) {
           return new CliError(
             err.message,
             EXIT.UNAVAILABLE,
             'start expectShards shards; a master started on an empty or wrong dataDir refuses the shards of an existing cluster and its log ("shard refused") says which cluster and how to rebuild',
           );
         }
-        return new CliError(err.message, EXIT.UNAVAILABLE, 'retry shortly');
-      case 'UNREACHABLE':
-      case 'FENCED':
-      case 'DEADLINE_EXCEEDED':
         return new CliError(err.message, EXIT.UNAVAILABLE, master ? `is the master running at ${master}? (--master HOST:PORT)` : undefined);
       case 'INVALID_ARGUMENT':
       case 'LIMIT_EXCEEDED':

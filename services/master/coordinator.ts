@@ -24,7 +24,7 @@ import { failpoint } from '../common/failpoints.js';
 import { call, metadataFor, type ClientPool } from '../common/grpc.js';
 import { endToProto } from '../common/hash.js';
 import type { ServerTokenSource } from '../common/auth.js';
-import { isTerminal, moveFromJson, moveToJson, newMove, resumeAction, transition, type Move, type MoveState } from './moves.js';
+import { copiedFraction, isTerminal, moveFromJson, moveToJson, newMove, resumeAction, transition, type Move, type MoveState } from './moves.js';
 import type { Plan } from './planner.js';
 
 /**
@@ -279,8 +279,9 @@ export class MoveCoordinator {
         const now = Date.now();
         // Progress in the planned (live cell) bytes: the wire also carries request-id records
         // and key framing, so raw bytes overshoot. The snapshot's row count says how far the copy is.
-        const copied = p.phase !== TransferPhase.TRANSFER_PHASE_COPY || p.sourceRows === 0n ? 1 : Math.min(1, Number(p.rowsReceived) / Number(p.sourceRows));
-        prog.copiedBytes = Math.round(move.bytes * copied);
+        const copied = copiedFraction({ copying: p.phase === TransferPhase.TRANSFER_PHASE_COPY, rowsReceived: Number(p.rowsReceived), sourceRows: Number(p.sourceRows) });
+        // Only forward: a report can arrive out of step with the last one, and a bar that shrinks lies.
+        prog.copiedBytes = Math.max(prog.copiedBytes, Math.round(move.bytes * copied));
         prog.transferredBytes = Number(p.bytesReceived);
         if (now - lastAt >= 200) {
           prog.bytesPerSec = ((prog.copiedBytes - lastBytes) * 1000) / (now - lastAt);

@@ -5,6 +5,7 @@ import { HASH_SPACE_END } from '../common/hash.js';
 import {
   abortMove,
   canTransition,
+  copiedFraction,
   isCommitted,
   isTerminal,
   MOVE_STATES,
@@ -226,5 +227,26 @@ describe('random walks through the table', () => {
     );
     // The walks do reach the commit, so the property is not vacuous.
     expect(reachedCommit).toBeGreaterThan(100);
+  });
+});
+
+describe('copiedFraction', () => {
+  it('is 0 before the source said how many rows its snapshot holds, not 100%', () => {
+    expect(copiedFraction({ copying: true, rowsReceived: 0, sourceRows: 0 })).toBe(0);
+  });
+  it('is received over snapshot rows while copying, capped at 1, and 1 once the copy is done', () => {
+    expect(copiedFraction({ copying: true, rowsReceived: 25, sourceRows: 100 })).toBe(0.25);
+    expect(copiedFraction({ copying: true, rowsReceived: 150, sourceRows: 100 })).toBe(1);
+    expect(copiedFraction({ copying: false, rowsReceived: 0, sourceRows: 0 })).toBe(1);
+  });
+  it('never decreases along the reports of one pull (property)', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 1e6 }), fc.array(fc.integer({ min: 0, max: 1e6 }), { maxLength: 30 }), (rows, received) => {
+        const sorted = [...received].sort((a, b) => a - b);
+        const reports = [{ copying: true, rowsReceived: 0, sourceRows: 0 }, ...sorted.map((n) => ({ copying: true, rowsReceived: n, sourceRows: rows })), { copying: false, rowsReceived: rows, sourceRows: rows }];
+        const f = reports.map(copiedFraction);
+        for (let i = 1; i < f.length; i++) expect(f[i]!).toBeGreaterThanOrEqual(f[i - 1]!);
+      }),
+    );
   });
 });

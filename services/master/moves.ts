@@ -146,6 +146,19 @@ export function abortMove(move: Move, reason: string, at: number = Date.now()): 
   return transition(move, 'aborted', at, reason);
 }
 
+/**
+ * How far a move's copy is, from 0 to 1, given a pull's progress report:
+ * received snapshot rows over the snapshot's rows while copying, all of it
+ * once the copy is done. Before the source has said how many rows its
+ * snapshot holds (sourceRows 0 while copying) nothing is copied yet: this was
+ * shown as 100% and then dropped.
+ */
+export function copiedFraction(r: { copying: boolean; rowsReceived: number; sourceRows: number }): number {
+  if (!r.copying) return 1;
+  if (!(r.sourceRows > 0)) return 0;
+  return Math.min(1, Math.max(0, r.rowsReceived / r.sourceRows));
+}
+
 /** Records copy progress (never backwards); does not change the state. */
 export function withProgress(move: Move, copiedBytes: number): Move {
   if (!(Number.isFinite(copiedBytes) && copiedBytes >= 0)) {
