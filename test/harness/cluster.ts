@@ -196,7 +196,8 @@ export function runCtl(args: string[], env: NodeJS.ProcessEnv, timeoutMs = 60_00
       child.kill('SIGKILL');
       reject(new Error(`cairn ctl ${args.join(' ')} timed out; stderr: ${stderr}`));
     }, timeoutMs);
-    child.on('exit', (code) => {
+    // 'close', not 'exit': the process can exit before its stdout has been read to the end.
+    child.on('close', (code) => {
       clearTimeout(timer);
       let json: unknown;
       try {
