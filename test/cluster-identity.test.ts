@@ -32,7 +32,7 @@ function runCairn(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: numbe
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
-    child.on('exit', (code) => done({ code, stdout, stderr }));
+    child.on('close', (code) => done({ code, stdout, stderr }));
   });
 }
 
