@@ -5,6 +5,7 @@ import {
   authorize,
   deriveTokenKey,
   hashPassword,
+  hashPasswordAsync,
   isPasswordHash,
   mintToken,
   parseRole,
@@ -13,6 +14,7 @@ import {
   ServerTokenSource,
   tokenFromMetadataValue,
   verifyPassword,
+  verifyPasswordAsync,
   verifyToken,
   type Role,
 } from './auth.js';
@@ -116,6 +118,38 @@ describe('passwords', () => {
 
   it('refuses to hash an empty password', () => {
     expect(caught(() => hashPassword('')).code).toBe('INVALID_ARGUMENT');
+  });
+});
+
+describe('passwords, off the event loop', () => {
+  const hash = hashPassword('correct horse battery staple');
+
+  it('verifies as verifyPassword does, and agrees with it on hashes either one made', async () => {
+    expect(await verifyPasswordAsync('correct horse battery staple', hash)).toBe(true);
+    expect(await verifyPasswordAsync('correct horse battery stapl', hash)).toBe(false);
+    expect(await verifyPasswordAsync('', hash)).toBe(false);
+    const h = await hashPasswordAsync('pässwörd-🔑');
+    expect(h).toMatch(/^\$scrypt\$ln=15,r=8,p=1\$[A-Za-z0-9+/]{22}\$[A-Za-z0-9+/]{43}$/);
+    expect(h).not.toBe(await hashPasswordAsync('pässwörd-🔑'));
+    expect(verifyPassword('pässwörd-🔑', h)).toBe(true);
+    // NFC and NFD spellings are one password, as in the synchronous form.
+    expect(await verifyPasswordAsync('pa\u0308sswo\u0308rd-🔑', h)).toBe(true);
+    expect(await verifyPasswordAsync('passwörd-🔑', h)).toBe(false);
+  });
+
+  it('never verifies against a malformed hash, and refuses to hash an empty password', async () => {
+    for (const s of ['', '$scrypt$', hash.replace('ln=15', 'ln=30'), hash.slice(0, -5), `${hash}=`]) {
+      expect(await verifyPasswordAsync('correct horse battery staple', s)).toBe(false);
+    }
+    await expect(hashPasswordAsync('')).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+  });
+
+  it('hashes on the thread pool: the event loop turns while a check runs', async () => {
+    // A check done on the calling thread (scryptSync inside an async function) settles before the loop turns.
+    const order: string[] = [];
+    setImmediate(() => order.push('event loop turned'));
+    await verifyPasswordAsync('correct horse battery staple', hash).then(() => order.push('checked'));
+    expect(order).toEqual(['event loop turned', 'checked']);
   });
 });
 

@@ -12,9 +12,11 @@
  *   for internal calls (`ServerTokenSource`); presenting one proves it holds
  *   the credential.
  *
- * Pure apart from reading the clock and the random salt. No I/O.
+ * Pure apart from reading the clock and the random salt. No I/O. A server
+ * hashes with the async forms (`verifyPasswordAsync`, `hashPasswordAsync`):
+ * they run scrypt on the libuv thread pool, never on the event loop.
  */
-import { createHmac, randomBytes, scryptSync, timingSafeEqual } from 'node:crypto';
+import { createHmac, randomBytes, scrypt as scryptCallback, scryptSync, timingSafeEqual } from 'node:crypto';
 import { CairnError } from './errors.js';
 
 // ---------------------------------------------------------------------------
@@ -89,16 +91,40 @@ function parseHash(s: string): ParsedHash | undefined {
   return { ln, r, p, salt, hash };
 }
 
-function scrypt(pw: string, salt: Buffer, len: number, ln: number, r: number, p: number): Buffer {
-  return scryptSync(pw.normalize('NFC'), salt, len, { N: 2 ** ln, r, p, maxmem: 2 * scryptMem(ln, r) });
+function scryptOptions(ln: number, r: number, p: number) {
+  return { N: 2 ** ln, r, p, maxmem: 2 * scryptMem(ln, r) };
 }
 
-/** Hashes a password with a fresh random salt: `$scrypt$ln=15,r=8,p=1$<salt b64>$<hash b64>`. */
+function scrypt(pw: string, salt: Buffer, len: number, ln: number, r: number, p: number): Buffer {
+  return scryptSync(pw.normalize('NFC'), salt, len, scryptOptions(ln, r, p));
+}
+
+/** scrypt on the libuv thread pool: the event loop goes on serving while it runs. */
+function scryptAsync(pw: string, salt: Buffer, len: number, ln: number, r: number, p: number): Promise<Buffer> {
+  return new Promise((resolve, reject) =>
+    scryptCallback(pw.normalize('NFC'), salt, len, scryptOptions(ln, r, p), (err, key) => (err ? reject(err) : resolve(key))),
+  );
+}
+
+function phc(salt: Buffer, hash: Buffer): string {
+  return `$scrypt$ln=${SCRYPT_LN},r=${SCRYPT_R},p=${SCRYPT_P}$${b64(salt)}$${b64(hash)}`;
+}
+
+/**
+ * Hashes a password with a fresh random salt: `$scrypt$ln=15,r=8,p=1$<salt b64>$<hash b64>`.
+ * Blocks the calling thread for the whole hash: for the CLI and tests; a server uses `hashPasswordAsync`.
+ */
 export function hashPassword(pw: string): string {
   if (pw.length === 0) throw new CairnError('INVALID_ARGUMENT', 'password must not be empty');
   const salt = randomBytes(SALT_BYTES);
-  const hash = scrypt(pw, salt, HASH_BYTES, SCRYPT_LN, SCRYPT_R, SCRYPT_P);
-  return `$scrypt$ln=${SCRYPT_LN},r=${SCRYPT_R},p=${SCRYPT_P}$${b64(salt)}$${b64(hash)}`;
+  return phc(salt, scrypt(pw, salt, HASH_BYTES, SCRYPT_LN, SCRYPT_R, SCRYPT_P));
+}
+
+/** `hashPassword` with scrypt on the libuv thread pool. */
+export async function hashPasswordAsync(pw: string): Promise<string> {
+  if (pw.length === 0) throw new CairnError('INVALID_ARGUMENT', 'password must not be empty');
+  const salt = randomBytes(SALT_BYTES);
+  return phc(salt, await scryptAsync(pw, salt, HASH_BYTES, SCRYPT_LN, SCRYPT_R, SCRYPT_P));
 }
 
 /** True when `s` is a well-formed hash of the kind `hashPassword` produces (with sane parameters). */
@@ -106,11 +132,28 @@ export function isPasswordHash(s: unknown): s is string {
   return typeof s === 'string' && parseHash(s) !== undefined;
 }
 
-/** Checks a password against a stored hash in constant time. A malformed hash never verifies. */
-export function verifyPassword(pw: string, phc: string): boolean {
-  const h = parseHash(phc);
+/**
+ * Checks a password against a stored hash in constant time. A malformed hash
+ * never verifies. Blocks the calling thread for the whole hash (tens to
+ * hundreds of ms): for tools and tests; a server uses `verifyPasswordAsync`.
+ */
+export function verifyPassword(pw: string, stored: string): boolean {
+  const h = parseHash(stored);
   if (!h) return false;
   const got = scrypt(pw, h.salt, h.hash.length, h.ln, h.r, h.p);
+  return timingSafeEqual(got, h.hash);
+}
+
+/**
+ * `verifyPassword` with scrypt on the libuv thread pool, so the event loop
+ * keeps serving while it runs. Each call holds a pool thread and the hash's
+ * memory (32 MiB at the default cost) until it ends: callers bound how many
+ * run at once (services/master/logins.ts).
+ */
+export async function verifyPasswordAsync(pw: string, stored: string): Promise<boolean> {
+  const h = parseHash(stored);
+  if (!h) return false;
+  const got = await scryptAsync(pw, h.salt, h.hash.length, h.ln, h.r, h.p);
   return timingSafeEqual(got, h.hash);
 }
 

@@ -6,7 +6,7 @@
 import type { Logger } from 'winston';
 import { ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
 import { randomBytes } from 'node:crypto';
-import { deriveTokenKey, hashPassword, mintToken, ServerTokenSource, verifyPassword, type Role } from '../common/auth.js';
+import { deriveTokenKey, hashPasswordAsync, mintToken, ServerTokenSource, verifyPasswordAsync, type Role } from '../common/auth.js';
 import { CairnError } from '../common/errors.js';
 import { failpoint } from '../common/failpoints.js';
 import { call, ClientPool, type ClientTls } from '../common/grpc.js';
@@ -16,6 +16,7 @@ import { AmbiguousWrite, MoveCoordinator, type Operation } from './coordinator.j
 import type { Move } from './moves.js';
 import { plan as planMoves, shardLoads, type Plan } from './planner.js';
 import { MasterStore, type Registry, type ShardRecord } from './store.js';
+import { LoginGate, type LoginCaller } from './logins.js';
 
 export interface ClientUser {
   user: string;
@@ -127,6 +128,12 @@ export class Master {
   private readonly startedAtMs = Date.now();
   /** Refusals already logged (shard and reason), so a shard retrying every second logs once. */
   private readonly refusalsLogged = new Set<string>();
+  /** Password checks: a few at a time off the event loop, and per-user and per-host failure limits (logins.ts). */
+  private readonly logins = new LoginGate({}, Date.now, (l) =>
+    this.log.warn(`login failure limit reached: logins ${l.kind === 'user' ? 'for this user' : 'from this host'} are refused until ${new Date(l.untilMs).toISOString()}`, l),
+  );
+  /** Checked against for unknown users; hashed once per process, off the event loop, from the start. */
+  private readonly dummyHash = dummyPasswordHash();
   coordinator!: MoveCoordinator;
 
   private constructor(
@@ -395,10 +402,16 @@ export class Master {
     if (hb.stopping) this.log.info('shard is stopping', { shardId });
   }
 
-  async login(user: string, password: string): Promise<{ token: string; expiresAtMs: number; role: string }> {
+  /**
+   * Checks a password and mints a token. The scrypt check runs on the libuv
+   * pool, a few at a time, and not at all for a user name or host over its
+   * failure limit (LIMIT_EXCEEDED) or while too many wait (NOT_READY): see
+   * logins.ts. `from` is the caller (its host, deadline, whether it left).
+   */
+  async login(user: string, password: string, from: LoginCaller = { peer: 'local' }): Promise<{ token: string; expiresAtMs: number; role: string }> {
     const u = this.opts.clients.find((c) => c.user === user);
-    // Verify even for unknown users so timing does not reveal which users exist.
-    const ok = verifyPassword(password, u?.passwordHash ?? dummyPasswordHash()) && !!u;
+    // Verify even for unknown users (against a dummy hash) so timing does not reveal which users exist.
+    const ok = await this.logins.attempt({ ...from, user }, async () => (await verifyPasswordAsync(password, u?.passwordHash ?? (await this.dummyHash))) && !!u);
     if (!ok || !u) throw new CairnError('UNAUTHENTICATED', 'login failed: unknown user or wrong password');
     const { token, expiresAtMs } = mintToken(this.tokenKey, u.user, u.role, this.opts.tokenTtlSeconds * 1000);
     return { token, expiresAtMs, role: u.role };
@@ -604,6 +617,12 @@ export class Master {
 /** A cluster id: made once when a cluster forms, kept by the master and every shard. */
 export const newClusterId = (): string => `c-${randomBytes(8).toString('hex')}`;
 
-// A hash of a random password, so a login for an unknown user costs the same as a wrong password.
-let dummyHash: string | undefined;
-const dummyPasswordHash = () => (dummyHash ??= hashPassword(randomBytes(16).toString('hex')));
+// A hash of a random password, so a login for an unknown user costs the same as a wrong password (made once, off the event loop).
+let dummyHash: Promise<string> | undefined;
+const dummyPasswordHash = (): Promise<string> => {
+  if (!dummyHash) {
+    dummyHash = hashPasswordAsync(randomBytes(16).toString('hex'));
+    dummyHash.catch(() => undefined); // a failure reaches the login that awaits it, never the process
+  }
+  return dummyHash;
+};

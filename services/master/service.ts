@@ -131,9 +131,9 @@ export function masterServiceImpl(master: Master, env: HandlerEnv): MasterServic
         stop();
       }
     }),
-    login: unary(env, 'Login', null, async (req) => {
+    login: unary(env, 'Login', null, async (req, ctx) => {
       if (!req.user) throw invalidArgument('user: must not be empty');
-      const t = await master.login(req.user, req.password);
+      const t = await master.login(req.user, req.password, { peer: ctx.peer, deadline: ctx.deadline, cancelled: ctx.cancelled });
       return { header: header(), token: t.token, expiresAtMs: BigInt(t.expiresAtMs), role: t.role };
     }),
     getMoveStatus: unary(env, 'GetMoveStatus', 'server', async (req) => {
