@@ -3,6 +3,7 @@
  * delegate, translate errors through the one table, time the call), server
  * start-up, and a promise-based client call with a deadline on every call.
  */
+import { BinaryReader } from '@bufbuild/protobuf/wire';
 import * as grpc from '@grpc/grpc-js';
 import { once } from 'node:events';
 import type { ServerSurfaceCall as SurfaceCall } from '@grpc/grpc-js/build/src/server-call.js';
@@ -18,6 +19,8 @@ export interface RpcContext {
   token: string | undefined;
   /** The caller's deadline in ms since the epoch; Infinity when none. */
   deadline: number;
+  /** The caller's transport address as grpc-js reports it (`host:port`), or 'unknown' (Login counts failures per host). */
+  peer: string;
   /** True once the caller has gone away. */
   cancelled(): boolean;
 }
@@ -61,7 +64,7 @@ function deadlineOf(call: SurfaceCall): number {
 function authenticate(env: HandlerEnv, call: SurfaceCall, method: string, need: Role | null): RpcContext {
   let cancelled = false;
   call.on('cancelled', () => (cancelled = true));
-  const base = { method, deadline: deadlineOf(call), cancelled: () => cancelled || call.cancelled };
+  const base = { method, deadline: deadlineOf(call), peer: peerOf(call), cancelled: () => cancelled || call.cancelled };
   if (need === null) return { ...base, claims: null, token: undefined };
   const token = tokenFromMetadataValue(call.metadata.get('authorization')[0]?.toString());
   const claims = verifyToken(env.tokenKey, token);
@@ -74,6 +77,14 @@ function authenticate(env: HandlerEnv, call: SurfaceCall, method: string, need: 
   authorize(claims, need, method);
   if (claims.role === 'server') env.checkServerCall?.(claims, method);
   return { ...base, claims, token };
+}
+
+function peerOf(call: SurfaceCall): string {
+  try {
+    return call.getPeer();
+  } catch {
+    return 'unknown';
+  }
 }
 
 /** True when the call came over TLS with a client certificate that verified against the server's CA. */
@@ -95,14 +106,75 @@ function reportError(env: HandlerEnv, method: string, err: unknown) {
  * INVALID_ARGUMENT naming the message instead (after authentication).
  */
 class UndecodableRequest {
-  constructor(readonly reason: string) {}
+  /** `message`, when set, is the whole refusal (a string field that is not UTF-8). */
+  constructor(
+    readonly reason: string,
+    readonly message?: string,
+  ) {}
 }
 
 function decoded<Req>(request: Req | UndecodableRequest, method: string): Req {
   if (request instanceof UndecodableRequest) {
-    throw new CairnError('INVALID_ARGUMENT', `request: the bytes are not a valid ${method} request message (${request.reason})`);
+    throw new CairnError('INVALID_ARGUMENT', request.message ?? `request: the bytes are not a valid ${method} request message (${request.reason})`);
   }
   return request;
+}
+
+const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/**
+ * A proto3 string must be UTF-8, but the generated decoders turn bytes that
+ * are not into U+FFFD (`ff fe 41` would become the row key U+FFFD U+FFFD A,
+ * another key). So requests are decoded with a reader that puts a marker
+ * (never valid text: it starts with a lone surrogate) in place of each such
+ * string, and a request holding one is refused naming the field. The ts-proto
+ * decoders take a BinaryReader as well as bytes; a deserializer that does not
+ * use it (nothing read) is called again with the bytes.
+ */
+function deserializeUtf8Checked(m: grpc.MethodDefinition<unknown, unknown>, bytes: Buffer): unknown {
+  if (bytes.length === 0) return m.requestDeserialize(bytes);
+  let bad: Map<string, Uint8Array> | undefined;
+  const reader = new BinaryReader(bytes, (b) => {
+    try {
+      return STRICT_UTF8.decode(b);
+    } catch {
+      bad ??= new Map();
+      const mark = `\uDFFF${bad.size}`;
+      bad.set(mark, b);
+      return mark;
+    }
+  });
+  let msg: unknown;
+  try {
+    msg = m.requestDeserialize(reader as unknown as Buffer);
+  } catch {
+    msg = undefined;
+  }
+  if (msg === undefined || reader.pos === 0) return m.requestDeserialize(bytes);
+  if (!bad) return msg;
+  const found = fieldHolding(msg, bad, '');
+  const sent = found ? bad.get(found.mark)! : bad.values().next().value!;
+  const hex = [...sent.subarray(0, 32)].map((x) => x.toString(16).padStart(2, '0')).join(' ');
+  // Not found: a field sent twice, the later value kept (the wire still carried bytes that are not UTF-8).
+  const field = found ? `${found.field}:` : 'request: a string field';
+  return new UndecodableRequest('', `${field} is not valid UTF-8 (${sent.length} bytes: ${hex}${sent.length > 32 ? ' …' : ''})`);
+}
+
+/** The path (`rows[1].row`, as validation names fields) of the first string in a decoded message that is one of the markers. */
+function fieldHolding(v: unknown, marks: Map<string, Uint8Array>, path: string): { field: string; mark: string } | undefined {
+  if (typeof v === 'string') return marks.has(v) ? { field: path, mark: v } : undefined;
+  if (Array.isArray(v)) {
+    for (let i = 0; i < v.length; i++) {
+      const f = fieldHolding(v[i], marks, `${path}[${i}]`);
+      if (f) return f;
+    }
+  } else if (v !== null && typeof v === 'object' && !(v instanceof Uint8Array)) {
+    for (const [k, x] of Object.entries(v)) {
+      const f = fieldHolding(x, marks, path ? `${path}.${k}` : k);
+      if (f) return f;
+    }
+  }
+  return undefined;
 }
 
 /** The service definition with deserializers that never throw (see UndecodableRequest). */
@@ -113,7 +185,7 @@ function tolerantDefinition(def: grpc.ServiceDefinition): grpc.ServiceDefinition
       ...m,
       requestDeserialize: (bytes: Buffer) => {
         try {
-          return m.requestDeserialize(bytes);
+          return deserializeUtf8Checked(m, bytes);
         } catch (err) {
           return new UndecodableRequest((err as Error).message);
         }

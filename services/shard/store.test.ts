@@ -282,13 +282,128 @@ describe('request ids', () => {
     const o = { requestId: 'req-1', sync: false };
     const t1 = await s.writeRows(rows, o);
     const stats = s.totalStats();
-    const retry = rows.map((r) => ({ ...r, cells: cells([['c', 'second']]) }));
-    expect(await s.writeRows(retry, o)).toEqual(t1);
+    // A retry sends the same request (fresh objects: it came over the wire again).
+    expect(await s.writeRows(rows.map((r) => ({ ...r, cells: cells([['c', 'first']]) })), o)).toEqual(t1);
     expect(s.totalStats()).toEqual(stats);
     expect(shape(await s.readRow('a', ALL))).toEqual([['c', 'first', t1[0]]]);
     // Another id is another write.
-    await s.writeRows(retry, { requestId: 'req-2', sync: false });
+    const other = rows.map((r) => ({ ...r, cells: cells([['c', 'second']]) }));
+    await s.writeRows(other, { requestId: 'req-2', sync: false });
     expect((await s.readRow('a', ALL)).length).toBe(2);
+  });
+
+  test('a request id reused for different cells is refused with CONFLICT, and nothing of that call is written', async () => {
+    const s = await openStore();
+    const o = { requestId: 'reused', sync: false };
+    const t1 = await s.writeRows(
+      [
+        { row: 'a', cells: cells([['c', 'first']]), replace: false },
+        { row: 'b', cells: cells([['c', 'first']]), replace: false },
+      ],
+      o,
+    );
+    const before = { stats: s.totalStats(), data: await dump(s) };
+    // Row a is the same as before, b differs, c is new: the whole call is refused, c included.
+    const reuse = s.writeRows(
+      [
+        { row: 'a', cells: cells([['c', 'first']]), replace: false },
+        { row: 'b', cells: cells([['c', 'second']]), replace: false },
+        { row: 'c', cells: cells([['c', 'first']]), replace: false },
+      ],
+      o,
+    );
+    await expect(reuse).rejects.toMatchObject({ code: 'CONFLICT', message: expect.stringMatching(/^requestId: "reused" was already used for a different write on row "b"/) });
+    expect({ stats: s.totalStats(), data: await dump(s) }).toEqual(before);
+    // Each difference counts: value, column, explicit timestamp, replace, an extra cell.
+    const variants: RowWriteIn[] = [
+      { row: 'a', cells: cells([['c', 'First']]), replace: false },
+      { row: 'a', cells: cells([['d', 'first']]), replace: false },
+      { row: 'a', cells: cells([['c', 'first', 5n]]), replace: false },
+      { row: 'a', cells: cells([['c', 'first']]), replace: true },
+      { row: 'a', cells: cells([['c', 'first'], ['c', 'first']]), replace: false },
+    ];
+    for (const variant of variants) await expect(s.writeRows([variant], o)).rejects.toMatchObject({ code: 'CONFLICT' });
+    expect({ stats: s.totalStats(), data: await dump(s) }).toEqual(before);
+    // The same request, rows regrouped into one call per row (as a client does after a move), still answers as before.
+    expect(await s.writeRows([{ row: 'b', cells: cells([['c', 'first']]), replace: false }], o)).toEqual([t1[1]]);
+    expect(await s.writeRows([{ row: 'a', cells: cells([['c', 'first']]), replace: false }], o)).toEqual([t1[0]]);
+    expect({ stats: s.totalStats(), data: await dump(s) }).toEqual(before);
+  });
+
+  test('a row given twice in one call is one request for the digest: the same entries in the same order retry, others conflict', async () => {
+    const s = await openStore();
+    const o = { requestId: 'twice', sync: false };
+    const entries = (x: string, y: string): RowWriteIn[] => [
+      { row: 'r', cells: cells([['c', x]]), replace: false },
+      { row: 'q', cells: cells([['c', 'q']]), replace: false },
+      { row: 'r', cells: cells([['d', y]]), replace: false },
+    ];
+    const t1 = await s.writeRows(entries('1', '2'), o);
+    expect(await s.writeRows(entries('1', '2'), o)).toEqual(t1);
+    await expect(s.writeRows(entries('1', '3'), o)).rejects.toMatchObject({ code: 'CONFLICT' });
+    // Only the first entry of r, alone: not the request that was recorded.
+    await expect(s.writeRows([entries('1', '2')[0]!], o)).rejects.toMatchObject({ code: 'CONFLICT' });
+    expect((await s.readRow('r', ALL)).length).toBe(2);
+  });
+
+  test('checkAndMutate, deleteCells and lockRow refuse an id reused for a different request, and answer a retry as before', async () => {
+    const s = await openStore();
+    const cas = { row: 'r', checkColumn: 'state', expectedValue: v(''), expectAbsent: true, cells: cells([['state', 'busy']]), replace: false };
+    const first = await s.checkAndMutate(cas, { requestId: 'cas', sync: false });
+    expect(first.succeeded).toBe(true);
+    expect(await s.checkAndMutate({ ...cas, cells: cells([['state', 'busy']]) }, { requestId: 'cas', sync: false })).toEqual(first);
+    // expectedValue is ignored when expectAbsent: not a different request.
+    expect(await s.checkAndMutate({ ...cas, expectedValue: v('ignored') }, { requestId: 'cas', sync: false })).toEqual(first);
+    for (const other of [{ ...cas, cells: cells([['state', 'idle']]) }, { ...cas, checkColumn: 'other' }, { ...cas, expectAbsent: false }, { ...cas, replace: true }]) {
+      await expect(s.checkAndMutate(other, { requestId: 'cas', sync: false })).rejects.toMatchObject({
+        code: 'CONFLICT',
+        message: expect.stringMatching(/^requestId: "cas" was already used for a different checkAndMutate on row "r"/),
+      });
+    }
+
+    await put(s, 'r', [['a', '1'], ['b', '1']]);
+    expect(await s.deleteCells('r', ['a', 'b'], undefined, { requestId: 'del', sync: false })).toBe(2);
+    // The same set of columns, in another order or repeated, is the same request.
+    expect(await s.deleteCells('r', ['b', 'a', 'b'], undefined, { requestId: 'del', sync: false })).toBe(2);
+    await expect(s.deleteCells('r', ['a'], undefined, { requestId: 'del', sync: false })).rejects.toMatchObject({ code: 'CONFLICT' });
+    await expect(s.deleteCells('r', ['a', 'b'], { startUs: 1n, endUs: 0n }, { requestId: 'del', sync: false })).rejects.toMatchObject({ code: 'CONFLICT' });
+
+    const lease = await s.lockRow('r', 60_000, 'lock');
+    expect(await s.lockRow('r', 60_000, 'lock')).toEqual(lease);
+    await expect(s.lockRow('r', 1000, 'lock')).rejects.toMatchObject({ code: 'CONFLICT', message: expect.stringMatching(/different lockRow/) });
+
+    // deleteRow carries nothing but the row, which is in the record's key: a retry is always the same request.
+    expect(await s.deleteRow('r', { requestId: 'dr', sync: false })).toBe(1);
+    expect(await s.deleteRow('r', { requestId: 'dr', sync: false })).toBe(1);
+  });
+
+  test('records without a digest (written by older code, or moved in from an older shard) are honoured with no conflict check', async () => {
+    const s = await openStore();
+    // Version 1 binary: version, kind (write), recorded at (u48), ts (u64).
+    const v1 = Buffer.alloc(16);
+    v1[0] = 1;
+    v1.writeUIntBE(Date.now(), 2, 6);
+    v1.writeBigUInt64BE(456n, 8);
+    const json = Buffer.from(JSON.stringify({ k: 'cas', t: Date.now(), ok: true, ts: '789' }));
+    await s.applyRaw(
+      [
+        { sublevel: 'reqids', key: requestIdKey(rowPrefix('v1'), 'old'), value: v1 },
+        { sublevel: 'reqids', key: requestIdKey(rowPrefix('json'), 'old'), value: json },
+      ],
+      { sync: false },
+    );
+    expect(await s.writeRows([{ row: 'v1', cells: cells([['c', 'anything']]), replace: true }], { requestId: 'old', sync: false })).toEqual([456n]);
+    const cas = { row: 'json', checkColumn: 'x', expectedValue: v('y'), expectAbsent: false, cells: cells([['c', 'anything']]), replace: false };
+    expect(await s.checkAndMutate(cas, { requestId: 'old', sync: false })).toEqual({ succeeded: true, timestampUs: 789n });
+    expect(await s.readRow('v1', ALL)).toEqual([]);
+    expect(await s.readRow('json', ALL)).toEqual([]);
+  });
+
+  test('a write record holds a 16-byte digest: 32 bytes in all', async () => {
+    const s = await openStore();
+    await put(s, 'r', [['c', 'x'.repeat(1000)]], { requestId: 'compact' });
+    const records = (await dump(s)).filter((k) => k.startsWith('reqids'));
+    expect(records.map((r) => Buffer.from(r.split(' ')[2]!, 'hex').length)).toEqual([32]);
   });
 
   test('a retry that reaches a row not yet written applies there only', async () => {
@@ -346,7 +461,8 @@ describe('request ids', () => {
     await put(s, 'r', [['c', '1']], { requestId: 'old' });
     await put(s, 'q', [['c', '1']], { requestId: 'old' });
     expect(await s.sweepRequestIds(Date.now())).toBe(0);
-    await put(s, 'r', [['c', '2']], { requestId: 'old' });
+    await put(s, 'r', [['c', '1']], { requestId: 'old' });
+    await expect(put(s, 'r', [['c', '2']], { requestId: 'old' })).rejects.toMatchObject({ code: 'CONFLICT' });
     expect((await s.readRow('r', ALL)).length).toBe(1);
     expect(await s.sweepRequestIds(Date.now() + 1001)).toBe(2);
     expect((await dump(s)).filter((k) => k.startsWith('reqids')).length).toBe(0);
@@ -753,7 +869,7 @@ describe('moving ranges', () => {
   }
 
   test('an exported range applied to another store matches exactly, contents and stats', async () => {
-    const { s, low } = await populated();
+    const { s, low, lowLease } = await populated();
     const d = await openStore();
     await put(d, rowsInHalf(1, 1, 'dest')[0]!, [['c', 'mine']]);
     const destOwn = d.totalStats();
@@ -773,11 +889,15 @@ describe('moving ranges', () => {
     expect(d.rangeStats(LOW)).toEqual(s.rangeStats(LOW));
     expect(d.totalStats()).toEqual({ rows: destOwn.rows + s.rangeStats(LOW).rows, bytes: destOwn.bytes + s.rangeStats(LOW).bytes });
     expect(await d.recountStats()).toEqual(d.totalStats());
-    // The moved request ids still deduplicate on the new owner, and the lease still holds.
+    // The moved request ids still deduplicate on the new owner, digest included, and the lease still holds.
     const i = 0;
     const before = await d.readRow(low[i]!, ALL);
-    await put(d, low[i]!, [['a', 'retry']], { requestId: `req-${i}` });
+    const t = (await s.writeRows([{ row: low[i]!, cells: cells([['a', `v${i}`], ['b', 'x'.repeat(i), BigInt(i + 1)]]), replace: false }], { requestId: `req-${i}`, sync: false }))[0];
+    expect(await put(d, low[i]!, [['a', `v${i}`], ['b', 'x'.repeat(i), BigInt(i + 1)]], { requestId: `req-${i}` })).toBe(t);
+    await expect(put(d, low[i]!, [['a', 'retry']], { requestId: `req-${i}` })).rejects.toMatchObject({ code: 'CONFLICT' });
     expect(await d.readRow(low[i]!, ALL)).toEqual(before);
+    await expect(d.lockRow(low[0]!, 1000, 'lease-req')).rejects.toMatchObject({ code: 'CONFLICT', message: expect.stringMatching(/different lockRow/) });
+    expect((await d.lockRow(low[0]!, 60_000, 'lease-req')).leaseId).toBe(lowLease);
     await expect(d.lockRow(low[0]!, 1000, '')).rejects.toMatchObject({ code: 'CONFLICT' });
     // The destination's clock is past every moved timestamp, including one ahead of its own wall clock.
     const moved = (await dump(s, LOW)).filter((k) => k.startsWith('cells')).map((k) => decodeCellKey(Buffer.from(k.split(' ')[1]!, 'hex')).timestampUs);

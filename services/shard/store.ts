@@ -25,7 +25,7 @@
  *
  * Input is trusted: handlers check requests with validate.ts first.
  */
-import { randomUUID } from 'node:crypto';
+import * as crypto from 'node:crypto';
 import { Level, type BatchOperation } from 'level';
 import { CairnError, invalidArgument } from '../common/errors.js';
 import { HASH_SPACE_END } from '../common/hash.js';
@@ -403,6 +403,11 @@ interface Outcome {
   ok?: boolean;
   id?: string;
   exp?: number;
+  /**
+   * The request's digest (requestDigest); absent in records written before
+   * digests, which are honoured without a check.
+   */
+  d?: Buffer;
 }
 
 interface Lease {
@@ -509,8 +514,11 @@ export class ShardStore {
       if (names.length < rows.length) slotOf = slots;
     }
     let prefixes: Buffer[];
+    // Per row: what this call asks of it, kept in its request-id record (only with a request id).
+    let digests: Buffer[] | null = null;
     try {
       prefixes = names.map(rowPrefix);
+      if (o.requestId) digests = segsOf.map(writeDigest);
     } catch (err) {
       return Promise.reject(err); // a promise either way, as when this was an async function
     }
@@ -522,18 +530,20 @@ export class ShardStore {
         idKeys = prefixes.map((p) => Buffer.concat([p, id], p.length + id.length));
       }
       const priors = idKeys ? await lookup(this.subs.reqids, idKeys) : null;
+      // Every recorded row is checked before any row is planned: an id reused for other cells refuses the whole call.
+      const done = priors?.map((rec, k) => (rec === undefined ? undefined : BigInt(parseOutcome(rec, o.requestId, 'write', names[k]!, digests![k]).ts ?? '0')));
       const plans: RowPlan[] = [];
       const now = Date.now();
       for (let k = 0; k < names.length; k++) {
-        const rec = priors?.[k];
-        if (rec !== undefined) {
-          stamps[k] = BigInt(parseOutcome(rec, o.requestId, 'write', names[k]!).ts ?? '0');
+        const prior = done?.[k];
+        if (prior !== undefined) {
+          stamps[k] = prior;
           continue;
         }
         const plan = new RowPlan(prefixes[k]!);
         const ts = await this.planWrite(plan, segsOf[k]!);
         stamps[k] = ts;
-        if (idKeys) plan.other.push({ sublevel: 'reqids', key: idKeys[k]!, value: encodeWriteOutcome(ts, now) });
+        if (idKeys) plan.other.push({ sublevel: 'reqids', key: idKeys[k]!, value: encodeWriteOutcome(ts, now, digests![k]!) });
         plans.push(plan);
       }
       await this.commitPlans(plans, o.sync);
@@ -604,8 +614,9 @@ export class ShardStore {
   /** Deletes the given columns of a row, every version or only those in the time range. Returns the number of cells deleted. */
   deleteCells(row: string, columns: string[], timeRange: TimeRangeIn | undefined, o: WriteOpts): Promise<number> {
     const prefix = rowPrefix(row);
+    const digest = o.requestId ? deleteCellsDigest(columns, timeRange) : undefined;
     return this.mutate([prefix], async () => {
-      const prior = await this.priorOutcome(prefix, o.requestId, 'deleteCells', row);
+      const prior = await this.priorOutcome(prefix, o.requestId, 'deleteCells', row, digest);
       if (prior) return prior.n ?? 0;
       const plan = new RowPlan(prefix);
       let n = 0;
@@ -618,7 +629,7 @@ export class ShardStore {
         }
         if (!timeRange) (plan.cleared ??= []).push(b.gte as Buffer);
       }
-      this.record(plan, o.requestId, { k: 'deleteCells', n });
+      this.record(plan, o.requestId, { k: 'deleteCells', n, d: digest });
       if (n > 0 || o.requestId) await this.commitPlans([plan], o.sync);
       return n;
     });
@@ -627,15 +638,16 @@ export class ShardStore {
   /** Checks the newest version of one column and writes the cells only if the check holds; atomic with other writes to the row. */
   checkAndMutate(req: CheckAndMutateIn, o: WriteOpts): Promise<{ succeeded: boolean; timestampUs: bigint }> {
     const prefix = rowPrefix(req.row);
+    const digest = o.requestId ? casDigest(req) : undefined;
     return this.mutate([prefix], async () => {
-      const prior = await this.priorOutcome(prefix, o.requestId, 'cas', req.row);
+      const prior = await this.priorOutcome(prefix, o.requestId, 'cas', req.row, digest);
       if (prior) return { succeeded: prior.ok === true, timestampUs: BigInt(prior.ts ?? '0') };
       let newest: Buffer | undefined;
       for await (const [, value] of this.entries(this.subs.cells, columnBounds(prefix, req.checkColumn), { limit: 1 })) newest = value;
       const succeeded = req.expectAbsent ? newest === undefined : newest !== undefined && newest.equals(req.expectedValue);
       const plan = new RowPlan(prefix);
       const timestampUs = succeeded ? await this.planWrite(plan, [req]) : 0n;
-      this.record(plan, o.requestId, { k: 'cas', ok: succeeded, ts: timestampUs.toString() });
+      this.record(plan, o.requestId, { k: 'cas', ok: succeeded, ts: timestampUs.toString(), d: digest });
       if (succeeded || o.requestId) await this.commitPlans([plan], o.sync);
       return { succeeded, timestampUs };
     });
@@ -646,18 +658,19 @@ export class ShardStore {
   /** Takes a lease on a row; CONFLICT while another unexpired lease is held. Leases are written with sync: a lost lease would break exclusion. */
   lockRow(row: string, leaseMs: number, requestId: string): Promise<{ leaseId: string; expiresAtMs: number }> {
     const prefix = rowPrefix(row);
+    const digest = requestId ? lockDigest(leaseMs) : undefined;
     return this.mutate([prefix], async () => {
-      const prior = await this.priorOutcome(prefix, requestId, 'lock', row);
+      const prior = await this.priorOutcome(prefix, requestId, 'lock', row, digest);
       if (prior) return { leaseId: prior.id!, expiresAtMs: prior.exp! };
       const now = Date.now();
       const cur = await this.getLease(prefix);
       if (cur && cur.exp > now) {
         throw new CairnError('CONFLICT', `row ${show(row)} is leased by another holder until ${new Date(cur.exp).toISOString()}`);
       }
-      const lease: Lease = { id: randomUUID(), exp: now + leaseMs };
+      const lease: Lease = { id: crypto.randomUUID(), exp: now + leaseMs };
       const plan = new RowPlan(prefix);
       plan.other.push({ sublevel: 'leases', key: leaseKey(prefix), value: Buffer.from(JSON.stringify(lease)) });
-      this.record(plan, requestId, { k: 'lock', id: lease.id, exp: lease.exp });
+      this.record(plan, requestId, { k: 'lock', id: lease.id, exp: lease.exp, d: digest });
       await this.commitPlans([plan], true);
       return { leaseId: lease.id, expiresAtMs: lease.exp };
     });
@@ -1074,11 +1087,11 @@ export class ShardStore {
     }
   }
 
-  /** The outcome recorded for this request id on this row, if any. */
-  private async priorOutcome(prefix: Buffer, requestId: string, kind: Outcome['k'], row: string): Promise<Outcome | undefined> {
+  /** The outcome recorded for this request id on this row, if any; CONFLICT when it was recorded for a different request (digest). */
+  private async priorOutcome(prefix: Buffer, requestId: string, kind: Outcome['k'], row: string, digest?: Buffer): Promise<Outcome | undefined> {
     if (!requestId) return undefined;
     const v = this.subs.reqids.getSync(requestIdKey(prefix, requestId));
-    return v === undefined ? undefined : parseOutcome(v, requestId, kind, row);
+    return v === undefined ? undefined : parseOutcome(v, requestId, kind, row, digest);
   }
 
   private record(plan: RowPlan, requestId: string, outcome: Omit<Outcome, 't'>): void {
@@ -1531,78 +1544,189 @@ export class ShardStore {
 }
 
 /**
- * Request-id records, binary (version byte 1): kind (u8), recorded at (ms,
- * u48), then per kind: write: ts (u64); cas: ok (u8), ts (u64); deleteRow and
- * deleteCells: n (u48); lock: exp (ms, u48), lease id (UTF-8). Records from
- * before this format are JSON (they start with '{') and are still read.
+ * Request-id records, binary: version (u8), kind (u8), recorded at (ms, u48),
+ * then in version 2 the request's digest (16 bytes; see requestDigest), then
+ * per kind: write: ts (u64); cas: ok (u8), ts (u64); deleteRow and
+ * deleteCells: n (u48); lock: exp (ms, u48), lease id (UTF-8). Version 1 is
+ * the same without a digest (deleteRow records, which need none, are still
+ * written so). Records from before the binary format are JSON (they start
+ * with '{') and are still read. Moves copy records as raw bytes, digest and
+ * all.
  */
 const OUTCOME_KINDS: readonly Outcome['k'][] = ['write', 'deleteRow', 'deleteCells', 'cas', 'lock'];
+const DIGEST_BYTES = 16;
+
+/** The record header, with the digest when there is one; returns the offset of the kind's fields. */
+function outcomeHeader(b: Buffer, kind: number, t: number, digest: Buffer | undefined): number {
+  b[0] = digest ? 2 : 1;
+  b[1] = kind;
+  b.writeUIntBE(t, 2, 6);
+  if (!digest) return 8;
+  digest.copy(b, 8, 0, DIGEST_BYTES);
+  return 8 + DIGEST_BYTES;
+}
 
 function encodeOutcome(o: Omit<Outcome, 't'>, t: number): Buffer {
+  const h = o.d ? 8 + DIGEST_BYTES : 8;
   let b: Buffer;
   switch (o.k) {
     case 'write':
-      b = Buffer.allocUnsafe(16);
-      b.writeBigUInt64BE(BigInt(o.ts ?? '0'), 8);
+      b = Buffer.allocUnsafe(h + 8);
+      b.writeBigUInt64BE(BigInt(o.ts ?? '0'), h);
       break;
     case 'cas':
-      b = Buffer.allocUnsafe(17);
-      b[8] = o.ok ? 1 : 0;
-      b.writeBigUInt64BE(BigInt(o.ts ?? '0'), 9);
+      b = Buffer.allocUnsafe(h + 9);
+      b[h] = o.ok ? 1 : 0;
+      b.writeBigUInt64BE(BigInt(o.ts ?? '0'), h + 1);
       break;
     case 'deleteRow':
     case 'deleteCells':
-      b = Buffer.allocUnsafe(14);
-      b.writeUIntBE(o.n ?? 0, 8, 6);
+      b = Buffer.allocUnsafe(h + 6);
+      b.writeUIntBE(o.n ?? 0, h, 6);
       break;
     case 'lock': {
       const id = Buffer.from(o.id ?? '', 'utf8');
-      b = Buffer.allocUnsafe(14 + id.length);
-      b.writeUIntBE(o.exp ?? 0, 8, 6);
-      id.copy(b, 14);
+      b = Buffer.allocUnsafe(h + 6 + id.length);
+      b.writeUIntBE(o.exp ?? 0, h, 6);
+      id.copy(b, h + 6);
       break;
     }
   }
-  b[0] = 1;
-  b[1] = OUTCOME_KINDS.indexOf(o.k);
-  b.writeUIntBE(t, 2, 6);
+  outcomeHeader(b, OUTCOME_KINDS.indexOf(o.k), t, o.d);
   return b;
 }
 
 /** encodeOutcome of a write, without the string round trip of its timestamp. */
-function encodeWriteOutcome(ts: bigint, t: number): Buffer {
-  const b = Buffer.allocUnsafe(16);
-  b[0] = 1;
-  b[1] = 0; // OUTCOME_KINDS.indexOf('write')
-  b.writeUIntBE(t, 2, 6);
-  b.writeBigUInt64BE(ts, 8);
+function encodeWriteOutcome(ts: bigint, t: number, digest: Buffer): Buffer {
+  const b = Buffer.allocUnsafe(8 + DIGEST_BYTES + 8);
+  b.writeBigUInt64BE(ts, outcomeHeader(b, 0 /* OUTCOME_KINDS.indexOf('write') */, t, digest));
   return b;
 }
 
 function decodeOutcome(v: Buffer): Outcome {
-  if (v[0] !== 1) return JSON.parse(v.toString('utf8')) as Outcome;
+  if (v[0] !== 1 && v[0] !== 2) return JSON.parse(v.toString('utf8')) as Outcome;
   const k = OUTCOME_KINDS[v[1]!];
   const t = v.readUIntBE(2, 6);
+  const h = v[0] === 2 ? 8 + DIGEST_BYTES : 8;
+  const d = v[0] === 2 ? { d: v.subarray(8, h) } : {};
   switch (k) {
     case 'write':
-      return { k, t, ts: v.readBigUInt64BE(8).toString() };
+      return { k, t, ts: v.readBigUInt64BE(h).toString(), ...d };
     case 'cas':
-      return { k, t, ok: v[8] === 1, ts: v.readBigUInt64BE(9).toString() };
+      return { k, t, ok: v[h] === 1, ts: v.readBigUInt64BE(h + 1).toString(), ...d };
     case 'deleteRow':
     case 'deleteCells':
-      return { k, t, n: v.readUIntBE(8, 6) };
+      return { k, t, n: v.readUIntBE(h, 6), ...d };
     case 'lock':
-      return { k, t, exp: v.readUIntBE(8, 6), id: v.toString('utf8', 14) };
+      return { k, t, exp: v.readUIntBE(h, 6), id: v.toString('utf8', h + 6), ...d };
     default:
       throw new Error(`unknown request-id record kind ${v[1]}`);
   }
 }
 
-/** A stored request-id record; refuses an id that was used for another kind of operation. */
-function parseOutcome(v: Buffer, requestId: string, kind: Outcome['k'], row: string): Outcome {
+/** How a refusal names each kind of request. */
+const KIND_NAMES: Record<Outcome['k'], string> = { write: 'write', deleteRow: 'deleteRow', deleteCells: 'deleteCells', cas: 'checkAndMutate', lock: 'lockRow' };
+
+/**
+ * A stored request-id record. Refuses an id that was used for another kind
+ * of operation (INVALID_ARGUMENT), and one used for the same kind with a
+ * different request (CONFLICT: the request is well-formed, the stored record
+ * is what it clashes with, and retrying it cannot help). A record without a
+ * digest (older code) is honoured without that check.
+ */
+function parseOutcome(v: Buffer, requestId: string, kind: Outcome['k'], row: string, digest: Buffer | undefined): Outcome {
   const prior = decodeOutcome(v);
   if (prior.k !== kind) throw invalidArgument(`requestId: ${JSON.stringify(requestId)} was already used for a ${prior.k} on row ${show(row)}`);
+  if (prior.d && digest && !prior.d.equals(digest)) {
+    const what = KIND_NAMES[kind];
+    throw new CairnError(
+      'CONFLICT',
+      `requestId: ${JSON.stringify(requestId)} was already used for a different ${what} on row ${show(row)}; a retry must resend the same request, and a new ${what} needs a new request id`,
+    );
+  }
   return prior;
+}
+
+/** crypto.hash (Node >= 20.12) is the one-shot form: no Hash object per call. */
+const oneShot = (crypto as unknown as { hash?: (alg: string, data: Uint8Array, enc: 'buffer') => Buffer }).hash;
+
+/**
+ * The digest of what a request asks of one row (the row is the record's key):
+ * the first 16 bytes of SHA-256 of a canonical encoding of the request's
+ * content, whatever its framing on the wire. A retry of the same request has
+ * the same digest however the caller regroups the rows of a WriteRows.
+ */
+function requestDigest(canonical: Buffer): Buffer {
+  return (oneShot ? oneShot('sha256', canonical, 'buffer') : crypto.createHash('sha256').update(canonical).digest()).subarray(0, DIGEST_BYTES);
+}
+
+/** Cells in canonical form: per cell, column (u32 length, UTF-8), timestamp as sent (u64), value (u32 length, bytes). */
+const cellsBytes = (cells: readonly CellIn[]): number => cells.reduce((n, c) => n + 16 + Buffer.byteLength(c.column, 'utf8') + c.value.length, 0);
+
+function putCells(b: Buffer, o: number, cells: readonly CellIn[]): number {
+  for (const c of cells) {
+    const w = b.write(c.column, o + 4, 'utf8');
+    b.writeUInt32BE(w, o);
+    o += 4 + w;
+    b.writeBigUInt64BE(c.timestampUs, o);
+    b.writeUInt32BE(c.value.length, o + 8);
+    b.set(c.value, o + 12);
+    o += 12 + c.value.length;
+  }
+  return o;
+}
+
+/** Length-prefixed bytes or UTF-8 text, for the smaller digests. */
+function lengthPrefixed(x: string | Uint8Array): Buffer {
+  const body = typeof x === 'string' ? Buffer.from(x, 'utf8') : x;
+  const b = Buffer.allocUnsafe(4 + body.length);
+  b.writeUInt32BE(body.length, 0);
+  b.set(body, 4);
+  return b;
+}
+
+/** A row's entries in one WriteRows, in request order: per entry, replace (u8), cell count (u32), cells. */
+function writeDigest(segs: readonly { cells: readonly CellIn[]; replace: boolean }[]): Buffer {
+  let n = 0;
+  for (const s of segs) n += 5 + cellsBytes(s.cells);
+  const b = Buffer.allocUnsafe(n);
+  let o = 0;
+  for (const s of segs) {
+    b[o] = s.replace ? 1 : 0;
+    b.writeUInt32BE(s.cells.length, o + 1);
+    o = putCells(b, o + 5, s.cells);
+  }
+  return requestDigest(b);
+}
+
+/** CheckAndMutate: check column, expect absent (u8), expected value (only when not absent: it is ignored then), replace, cells. */
+function casDigest(req: CheckAndMutateIn): Buffer {
+  const head = Buffer.concat([lengthPrefixed(req.checkColumn), Buffer.from([req.expectAbsent ? 1 : 0]), lengthPrefixed(req.expectAbsent ? Buffer.alloc(0) : req.expectedValue)]);
+  const b = Buffer.allocUnsafe(head.length + 5 + cellsBytes(req.cells));
+  head.copy(b, 0);
+  b[head.length] = req.replace ? 1 : 0;
+  b.writeUInt32BE(req.cells.length, head.length + 1);
+  putCells(b, head.length + 5, req.cells);
+  return requestDigest(b);
+}
+
+/** DeleteCells: the set of columns (sorted, each once), then the time range if any (start, end as u64). */
+function deleteCellsDigest(columns: readonly string[], timeRange: TimeRangeIn | undefined): Buffer {
+  const parts = [...new Set(columns)].sort().map(lengthPrefixed);
+  const tr = Buffer.alloc(17);
+  if (timeRange) {
+    tr[0] = 1;
+    tr.writeBigUInt64BE(timeRange.startUs, 1);
+    tr.writeBigUInt64BE(timeRange.endUs, 9);
+  }
+  return requestDigest(Buffer.concat([...parts, tr]));
+}
+
+/** LockRow: the lease length. */
+function lockDigest(leaseMs: number): Buffer {
+  const b = Buffer.allocUnsafe(8);
+  b.writeBigUInt64BE(BigInt(leaseMs), 0);
+  return requestDigest(b);
 }
 
 /** A value as a Buffer, without copying when it already is one (values from gRPC are). */

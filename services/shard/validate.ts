@@ -105,6 +105,8 @@ function checkString(s: unknown, field: string, what: string, limitName: keyof L
   if (typeof s !== 'string') throw invalidArgument(`${field}: must be a string`);
   if (!allowEmpty && s.length === 0) throw invalidArgument(`${field}: must not be empty`);
   // A lone surrogate cannot be encoded as UTF-8; it would be stored as U+FFFD and read back different.
+  // (Bytes that are not UTF-8 never get this far over gRPC: the handler wrappers refuse them at decode,
+  // naming the field the same way, in services/common/grpc.ts.)
   if (LONE_SURROGATE.test(s)) throw invalidArgument(`${field}: is not valid UTF-8 (contains a lone surrogate)`);
   const n = Buffer.byteLength(s, 'utf8');
   if (n > max) {
