@@ -23,16 +23,16 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import * as grpc from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
-import { TransferPhase, TransferRangeRequest, type TransferRangeResponse } from '../proto/gen/cairn/v1/shard.js';
+import { TransferPhase, type TransferRangeResponse } from '../proto/gen/cairn/v1/shard.js';
 import { deriveTokenKey, ServerTokenSource } from '../services/common/auth.js';
 import { endToProto, rowHash } from '../services/common/hash.js';
 import { rangesOf } from '../services/common/map.js';
 import { BUCKET_SIZE, type HashRange } from '../services/common/ranges.js';
 import { FenceTable } from '../services/shard/fence.js';
-import { startShardServer, type RunningShard } from '../services/shard/server.js';
+import type { RunningShard } from '../services/shard/server.js';
 import { ShardStore } from '../services/shard/store.js';
 import { login, rawCall, rowsIn, shardClient } from './harness/raw.js';
-import { quietLogger, startInProcCluster, TEST_CREDENTIAL, waitFor, type InProcCluster } from './harness/inproc.js';
+import { startInProcCluster, TEST_CREDENTIAL, waitFor, type InProcCluster } from './harness/inproc.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -76,15 +76,15 @@ async function preload(rows: string[]): Promise<void> {
   }
 }
 
-/** Opens TransferRange on shard `a` as a destination would, sending only the opening message. */
+/** Opens TransferRange on shard `a` as a destination would; `ack` acknowledges with AckTransfer, as the destination does. */
 function openTransfer(moveId: string, r: HashRange) {
   const client = shardClient(a.address);
   const md = new grpc.Metadata();
   md.set('authorization', `Bearer ${serverToken()}`);
-  const call = client.transferRange(md, { deadline: Date.now() + 60_000 });
-  call.write(TransferRangeRequest.fromPartial({ moveId, start: r.start, end: endToProto(r.end), epoch: a.node.map.epoch, chunkBytes: 1024, maxBytesPerSec: 0n }));
+  const call = client.transferRange({ moveId, start: r.start, end: endToProto(r.end), epoch: a.node.map.epoch, chunkBytes: 1024, maxBytesPerSec: 0n }, md, { deadline: Date.now() + 60_000 });
   call.on('error', () => undefined); // a cancelled or failed call: what the test checks is the shard
-  return { client, call, ack: (seq: bigint, endVerified = false) => call.write(TransferRangeRequest.fromPartial({ ack: { appliedSeq: seq, endVerified } })) };
+  const ack = (seq: bigint, endVerified = false) => rawCall(client, client.ackTransfer, { moveId, ack: { appliedSeq: seq, endVerified } }, serverToken());
+  return { client, call, ack };
 }
 
 const transferPhase = (moveId: string) => a.node.moves.phaseOf(moveId).transfer;
@@ -129,7 +129,7 @@ describe('orphan fences', () => {
     let sawEnd = false;
     try {
       for await (const m of t.call as AsyncIterable<TransferRangeResponse>) {
-        if (m.chunk) t.ack(m.chunk.seq);
+        if (m.chunk) await t.ack(m.chunk.seq);
         if (m.end) {
           sawEnd = true;
           expect(a.node.fences.get('mv-goes-away')?.range).toEqual(R);
@@ -160,12 +160,11 @@ describe('orphan fences', () => {
     let sealed = false;
     try {
       for await (const m of t.call as AsyncIterable<TransferRangeResponse>) {
-        if (m.chunk) t.ack(m.chunk.seq);
-        if (m.end) t.ack(m.end.chunks, true);
+        if (m.chunk) await t.ack(m.chunk.seq);
+        if (m.end) await t.ack(m.end.chunks, true);
         if (m.sealed) {
           sealed = true;
           expect(a.node.fences.get('mv-sealed-orphan')?.range).toEqual(R); // sealed: only the move's outcome may lift it now
-          t.call.end();
         }
       }
     } finally {
@@ -189,9 +188,8 @@ describe('orphan fences', () => {
       const t = openTransfer('mv-in-flight', R);
       try {
         for await (const m of t.call as AsyncIterable<TransferRangeResponse>) {
-          if (m.chunk) t.ack(m.chunk.seq);
-          if (m.end) t.ack(m.end.chunks, true);
-          if (m.sealed) t.call.end();
+          if (m.chunk) await t.ack(m.chunk.seq);
+          if (m.end) await t.ack(m.end.chunks, true);
         }
       } finally {
         t.client.close();
@@ -218,23 +216,13 @@ describe('orphan fences', () => {
     const rows = rowsIn(R, 'left-behind', 50);
     await preload(rows);
     const dataDir = a.node.store.dir;
-    const idx = cluster.shards.indexOf(a);
     await a.stop(1000);
     // What a crash in the critical section of a move that the master never journaled (or lost) leaves behind.
     const store = await ShardStore.open(dataDir);
     await (await FenceTable.load(store)).add('mv-left-behind', R);
     await store.close();
 
-    const restarted = await startShardServer({
-      listen: '127.0.0.1:0',
-      dataDir,
-      master: cluster.masterAddress,
-      serverCredential: TEST_CREDENTIAL,
-      heartbeatIntervalMs: 200,
-      limits: cluster.limits,
-      log: quietLogger(),
-    });
-    cluster.shards[idx] = restarted;
+    const restarted = await cluster.restartShard(a);
     a = restarted;
     expect(a.node.fences.get('mv-left-behind')?.range).toEqual(R); // loaded before the server took calls
     await a.registered;

@@ -7,9 +7,7 @@
  *   NaN and infinite doubles, empty and long repeated fields);
  * - wrong types: another RPC's request message, random bytes that are not a
  *   valid message, a valid message cut short, and an empty payload — all
- *   sent with a pass-through serializer, as a plain gRPC client could (the
- *   bidirectional TransferRange gets one such message, then the caller's
- *   side closes);
+ *   sent with a pass-through serializer, as a plain gRPC client could;
  * - every kind of credential: each role, none, malformed, badly signed, expired;
  * - huge payloads: over the 16 MiB message limit, a value over 1 MiB,
  *   more cells than a call may carry.

@@ -14,6 +14,8 @@ import {
   ShardServiceClient,
   ShardServiceService,
   TransferPhase,
+  type AckTransferRequest,
+  type AckTransferResponse,
   type PullRangeRequest,
   type PullRangeResponse,
   type TransferRangeRequest,
@@ -23,9 +25,9 @@ import { deriveTokenKey, ServerTokenSource } from '../services/common/auth.js';
 import { endToProto, rowHash } from '../services/common/hash.js';
 import { mapToProto, rangesOf, type ClusterMap } from '../services/common/map.js';
 import { BUCKET_SIZE, reassign, type HashRange } from '../services/common/ranges.js';
-import { startShardServer, type RunningShard } from '../services/shard/server.js';
+import type { RunningShard } from '../services/shard/server.js';
 import { login, rawCall, shardClient } from './harness/raw.js';
-import { quietLogger, startInProcCluster, TEST_CREDENTIAL, waitFor, type InProcCluster } from './harness/inproc.js';
+import { startInProcCluster, TEST_CREDENTIAL, waitFor, type InProcCluster } from './harness/inproc.js';
 
 /** The cluster the test plays the master of: shards refuse internal calls from another cluster (the token's cid). */
 let clusterId = '';
@@ -311,18 +313,19 @@ describe('a move that commits', () => {
 // ---------------------------------------------------------------------------------------------
 
 /**
- * A man in the middle for TransferRange: forwards the destination's messages
- * (the open and its acknowledgements) as they are, and the real source's
- * stream, damaging it on purpose.
+ * A man in the middle for TransferRange: forwards the real source's stream,
+ * damaging it on purpose, and the destination's acknowledgements (AckTransfer)
+ * as they are.
  */
-async function startProxy(source: string, damage: (msg: TransferRangeResponse, i: number, call: grpc.ServerDuplexStream<TransferRangeRequest, TransferRangeResponse>) => 'send' | 'stop') {
+async function startProxy(source: string, damage: (msg: TransferRangeResponse, i: number, call: grpc.ServerWritableStream<TransferRangeRequest, TransferRangeResponse>) => 'send' | 'stop') {
   const upstreamClient = shardClient(source);
   const server = new grpc.Server();
   server.addService(ShardServiceService, {
-    transferRange: (call: grpc.ServerDuplexStream<TransferRangeRequest, TransferRangeResponse>) => {
-      const up = upstreamClient.transferRange(call.metadata, { deadline: Date.now() + 60_000 });
-      call.on('data', (m: TransferRangeRequest) => up.write(m));
-      call.on('end', () => up.end());
+    ackTransfer: (call: grpc.ServerUnaryCall<AckTransferRequest, AckTransferResponse>, callback: grpc.sendUnaryData<AckTransferResponse>) => {
+      upstreamClient.ackTransfer(call.request, call.metadata, { deadline: Date.now() + 10_000 }, callback);
+    },
+    transferRange: (call: grpc.ServerWritableStream<TransferRangeRequest, TransferRangeResponse>) => {
+      const up = upstreamClient.transferRange(call.request, call.metadata, { deadline: Date.now() + 60_000 });
       call.on('cancelled', () => up.cancel());
       void (async () => {
         let i = 0;
@@ -533,20 +536,9 @@ describe('moves that abort', () => {
     const out = await pull(b, a, 'move-restart', R);
     expect(out.progress.at(-1)?.phase).toBe(TransferPhase.TRANSFER_PHASE_READY);
 
-    const dataDir = a.node.store.dir;
-    const idx = cluster.shards.indexOf(a);
     const id = a.node.id;
     await a.stop(1000);
-    const restarted = await startShardServer({
-      listen: '127.0.0.1:0',
-      dataDir,
-      master: cluster.masterAddress,
-      serverCredential: TEST_CREDENTIAL,
-      heartbeatIntervalMs: 200,
-      limits: cluster.limits,
-      log: quietLogger(),
-    });
-    cluster.shards[idx] = restarted;
+    const restarted = await cluster.restartShard(a);
     a = restarted;
     expect(a.node.id).toBe(id);
     expect(a.node.fences.get('move-restart')?.range).toEqual(R); // loaded before the server took calls

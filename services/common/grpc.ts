@@ -208,31 +208,6 @@ function meter(env: HandlerEnv, method: string): { enter(): void; done(code: grp
   };
 }
 
-type ServerWritable<Res> = grpc.ServerWritableStream<unknown, Res> | grpc.ServerDuplexStream<unknown, Res>;
-
-/** `send` for a streaming handler: waits for 'drain' when the socket is full; throws once the caller has gone. */
-function sender<Res>(call: ServerWritable<Res>): (msg: Res) => Promise<void> {
-  return async (msg) => {
-    if (call.cancelled) throw new CairnError('CANCELLED', 'the caller cancelled the stream');
-    if (!call.write(msg)) await Promise.race([once(call, 'drain'), once(call, 'cancelled')]);
-  };
-}
-
-/** Ends a streaming call: OK when the handler resolved, else its error through the table (unless the caller has gone). */
-function settleStream<Res>(env: HandlerEnv, method: string, call: ServerWritable<Res>, done: (code: grpc.status) => void, result: Promise<void>): void {
-  result.then(
-    () => {
-      done(grpc.status.OK);
-      call.end();
-    },
-    (err) => {
-      const se = reportError(env, method, err);
-      done(se.code);
-      if (!call.cancelled) call.emit('error', se);
-    },
-  );
-}
-
 export function unary<Req, Res>(
   env: HandlerEnv,
   method: string,
@@ -272,106 +247,29 @@ export function serverStream<Req, Res>(
 ): grpc.handleServerStreamingCall<Req, Res> {
   return (call) => {
     const { enter, done } = meter(env, method);
+    const send = async (msg: Res) => {
+      if (call.cancelled) throw new CairnError('CANCELLED', 'the caller cancelled the stream');
+      if (!call.write(msg)) await Promise.race([once(call, 'drain'), once(call, 'cancelled')]);
+    };
     let result: Promise<void>;
     try {
       enter();
       const ctx = authenticate(env, call, method, need);
-      result = fn(decoded(call.request, method), ctx, sender(call));
+      result = fn(decoded(call.request, method), ctx, send);
     } catch (err) {
       result = Promise.reject(err);
     }
-    settleStream(env, method, call, done, result);
-  };
-}
-
-/**
- * The messages of a bidirectional call after the first, read one at a time.
- * `next` resolves with the next message, or with undefined once the caller
- * has closed its side or gone away; bytes that do not parse as the request
- * message reject with INVALID_ARGUMENT.
- */
-export interface IncomingMessages<Req> {
-  next(): Promise<Req | undefined>;
-}
-
-/** Unread messages a bidirectional call queues before the server stops reading from the transport (HTTP/2 flow control then holds the caller). */
-const MAX_QUEUED_MESSAGES = 16;
-
-function incomingOf<Req>(call: grpc.ServerDuplexStream<Req | UndecodableRequest, unknown>, method: string): IncomingMessages<Req> & { close(): void } {
-  const queued: Array<Req | UndecodableRequest> = [];
-  let closed = false;
-  let paused = false;
-  let wake: (() => void) | undefined;
-  const notify = () => {
-    const w = wake;
-    wake = undefined;
-    w?.();
-  };
-  call.on('data', (m: Req | UndecodableRequest) => {
-    queued.push(m);
-    if (queued.length >= MAX_QUEUED_MESSAGES && !paused) {
-      paused = true;
-      call.pause();
-    }
-    notify();
-  });
-  call.on('end', () => {
-    closed = true;
-    notify();
-  });
-  call.on('cancelled', () => {
-    closed = true;
-    notify();
-  });
-  return {
-    close() {
-      closed = true;
-      queued.length = 0;
-      notify();
-    },
-    async next() {
-      while (queued.length === 0 && !closed && !call.cancelled) await new Promise<void>((r) => (wake = r));
-      if (call.cancelled) return undefined;
-      if (queued.length === 0) return undefined;
-      const m = queued.shift()!;
-      if (paused && queued.length < MAX_QUEUED_MESSAGES / 2) {
-        paused = false;
-        call.resume();
-      }
-      return decoded(m, method);
-    },
-  };
-}
-
-/**
- * Wraps an async bidirectional-streaming handler: auth by role, the first
- * request message decoded and handed over as `first` (a call that ends before
- * sending one gets INVALID_ARGUMENT), later ones through `incoming`, errors
- * through the table. `send` waits for 'drain' when the socket is full.
- */
-export function bidiStream<Req, Res>(
-  env: HandlerEnv,
-  method: string,
-  need: Role | null,
-  fn: (first: Req, ctx: RpcContext, send: (msg: Res) => Promise<void>, incoming: IncomingMessages<Req>) => Promise<void>,
-): grpc.handleBidiStreamingCall<Req, Res> {
-  return (call) => {
-    const { enter, done } = meter(env, method);
-    // Listening from the start: messages that arrive while the caller is authenticated are queued, not lost.
-    const incoming = incomingOf<Req>(call as grpc.ServerDuplexStream<Req | UndecodableRequest, unknown>, method);
-    let result: Promise<void>;
-    try {
-      enter();
-      const ctx = authenticate(env, call, method, need);
-      result = incoming.next().then((first) => {
-        if (first === undefined) throw new CairnError('INVALID_ARGUMENT', `request: the ${method} stream ended before its first message`);
-        return fn(first, ctx, sender(call), incoming);
-      });
-    } catch (err) {
-      result = Promise.reject(err);
-    }
-    // Whatever still reads the caller's messages ends with the call.
-    settleStream(env, method, call, done, result.finally(() => incoming.close()));
+    result.then(
+      () => {
+        done(grpc.status.OK);
+        call.end();
+      },
+      (err) => {
+        const se = reportError(env, method, err);
+        done(se.code);
+        if (!call.cancelled) call.emit('error', se);
+      },
+    );
   };
 }
 

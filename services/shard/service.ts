@@ -20,7 +20,7 @@ import type { UntypedServiceImplementation } from '@grpc/grpc-js';
 import type { CellFilter, Cell, CellWrite, RowCells } from '../../proto/gen/cairn/v1/common.js';
 import type { ShardServiceClient, ShardServiceServer } from '../../proto/gen/cairn/v1/shard.js';
 import { CairnError } from '../common/errors.js';
-import { bidiStream, call, serverStream, unary, type HandlerEnv, type RpcContext } from '../common/grpc.js';
+import { call, serverStream, unary, type HandlerEnv, type RpcContext } from '../common/grpc.js';
 import { endFromProto, endToProto, hashFromBytes, HASH_SPACE_END, rowHash } from '../common/hash.js';
 import { addressOf, mapFromProto, mapToProto, ownerOfHash, type ClusterMap } from '../common/map.js';
 import { rangeContains, type HashRange } from '../common/ranges.js';
@@ -347,9 +347,17 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       await runPull(node, { ...p, sourceShardId: req.sourceShardId, sourceAddress: req.sourceAddress }, ctx, send);
     }),
 
-    transferRange: bidiStream(env, 'TransferRange', 'server', async (first, ctx, send, incoming) => {
-      if (first.ack) throw new CairnError('INVALID_ARGUMENT', 'ack: the first TransferRange message opens the transfer and carries no acknowledgement');
-      await serveTransfer(node, transferParams(first, limits.maxMessageBytes), ctx, send, incoming);
+    transferRange: serverStream(env, 'TransferRange', 'server', async (req, ctx, send) => {
+      await serveTransfer(node, transferParams(req, limits.maxMessageBytes), ctx, send);
+    }),
+
+    ackTransfer: unary(env, 'AckTransfer', 'server', async (req) => {
+      checkMoveId(req.moveId);
+      if (!req.ack) throw new CairnError('INVALID_ARGUMENT', 'ack: required (how far the destination has applied the transfer)');
+      const task = node.moves.find('transfer', req.moveId);
+      if (!task?.onAck) throw new CairnError('NOT_FOUND', `move ${req.moveId}: no transfer of it is running on this shard`);
+      task.onAck(req.ack);
+      return { header: header() };
     }),
 
     abortMove: unary(env, 'AbortMove', 'server', async (req) => {

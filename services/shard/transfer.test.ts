@@ -235,7 +235,7 @@ describe('the seal', () => {
 });
 
 describe('ack tracker (source side)', () => {
-  const ack = (appliedSeq: number, endVerified = false) => TransferRangeRequest.fromPartial({ ack: { appliedSeq: BigInt(appliedSeq), endVerified } });
+  const ack = (appliedSeq: number, endVerified = false) => ({ appliedSeq: BigInt(appliedSeq), endVerified });
 
   it('counts what the destination applied, and refuses acknowledgements that do not fit what was sent', () => {
     const a = new AckTracker('m1');
@@ -246,11 +246,10 @@ describe('ack tracker (source side)', () => {
     expect(() => a.accept(ack(1), 4, false)).toThrow(/applied_seq 1 is below 2/);
     expect(() => a.accept(ack(4, true), 4, false)).toThrow(/end_verified before the source sent the end/);
     expect(() => a.accept(ack(3, true), 4, true)).toThrow(/end_verified with applied_seq 3, not the last chunk 4/);
-    expect(() => a.accept(TransferRangeRequest.fromPartial({ moveId: 'again' }), 4, false)).toThrow(/must be an acknowledgement/);
     expect(a.endVerified).toBe(false);
     a.accept(ack(4, true), 4, true);
     expect([a.applied, a.endVerified]).toEqual([4, true]);
-    expect(() => a.accept(TransferRangeRequest.fromPartial({ ack: { appliedSeq: 2n ** 64n - 1n } }), 4, true)).toThrow(/beyond the last chunk sent/);
+    expect(() => a.accept({ appliedSeq: 2n ** 64n - 1n, endVerified: false }, 4, true)).toThrow(/beyond the last chunk sent/);
   });
 
   it('wakes a waiter at the next acknowledgement or failure, and otherwise after the timeout', async () => {

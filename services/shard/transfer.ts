@@ -2,10 +2,11 @@
  * Range moves, shard side (DESIGN "Moving data"): the source's streamed
  * transfer and the destination's pull.
  *
- * TransferRange is bidirectional: the destination's first message opens it,
- * every later one acknowledges the highest chunk it has applied. The source
- * counts only what the destination acknowledged, never what it handed to
- * gRPC (which buffers without bound for a reader that has stopped).
+ * The destination acknowledges the highest chunk it has applied with
+ * AckTransfer (a unary call to the source, beside the TransferRange stream,
+ * which keeps its server-streaming contract). The source counts only what the
+ * destination acknowledged, never what it handed to gRPC (which buffers
+ * without bound for a reader that has stopped).
  *
  * Source S, TransferRange for range R (called by the destination D):
  *   1. register a write log for R (store.onCommit), then wait for the writes
@@ -48,11 +49,11 @@
  * bottom do the I/O.
  */
 import { createHash, type Hash } from 'node:crypto';
-import type { ClientDuplexStream } from '@grpc/grpc-js';
+import type { ClientReadableStream } from '@grpc/grpc-js';
 import {
   TransferPhase,
   KeySpace,
-  TransferRangeRequest,
+  type TransferAck,
   type TransferChecksum,
   type TransferOp,
   type TransferRangeResponse,
@@ -60,7 +61,7 @@ import {
 } from '../../proto/gen/cairn/v1/shard.js';
 import { CairnError, fromServiceError, invalidArgument } from '../common/errors.js';
 import { failpoint } from '../common/failpoints.js';
-import { metadataFor, type IncomingMessages, type RpcContext } from '../common/grpc.js';
+import { call, metadataFor, type RpcContext } from '../common/grpc.js';
 import { endFromProto, endToProto, HASH_SPACE_END } from '../common/hash.js';
 import { isBucketAligned, rangesOverlap, type HashRange } from '../common/ranges.js';
 import { coveredBy, showRange, subtractRanges } from './fence.js';
@@ -367,10 +368,8 @@ export class AckTracker {
    * and `endSent` whether `end` was. Throws INVALID_ARGUMENT for anything but
    * an acknowledgement that fits what was sent.
    */
-  accept(msg: TransferRangeRequest, sent: number, endSent: boolean): void {
-    const a = msg.ack;
+  accept(a: TransferAck, sent: number, endSent: boolean): void {
     const bad = (why: string) => invalidArgument(`ack: ${why} (move ${this.moveId})`);
-    if (!a) throw bad('every TransferRange message after the first must be an acknowledgement');
     if (a.appliedSeq > BigInt(sent)) throw bad(`applied_seq ${a.appliedSeq} is beyond the last chunk sent, ${sent}`);
     const seq = Number(a.appliedSeq);
     if (seq < this.applied) throw bad(`applied_seq ${seq} is below ${this.applied}, acknowledged before`);
@@ -509,6 +508,8 @@ export type TaskKind = 'transfer' | 'pull' | 'drop';
 /** One transfer, pull or drop running on this shard. */
 export class MoveTask {
   phase = TransferPhase.TRANSFER_PHASE_UNSPECIFIED;
+  /** A source's transfer: takes the destination's AckTransfer (throws INVALID_ARGUMENT for one that does not fit). */
+  onAck: ((ack: TransferAck) => void) | undefined;
   private reason: CairnError | undefined;
   private readonly onAbort: Array<() => void> = [];
   private finish!: () => void;
@@ -660,7 +661,6 @@ export async function serveTransfer(
   p: TransferParams,
   ctx: RpcContext,
   send: (msg: TransferRangeResponse) => Promise<void>,
-  incoming: IncomingMessages<TransferRangeRequest>,
 ): Promise<void> {
   const { store, fences, moves } = node;
   const log = node.log;
@@ -720,26 +720,16 @@ export async function serveTransfer(
     liftOwnFence(`maxFenceMs (${maxFenceMs} ms) passed`);
   };
 
-  // The destination's acknowledgements, read for as long as the stream lasts.
-  void (async () => {
-    for (;;) {
-      let msg: TransferRangeRequest | undefined;
-      try {
-        msg = await incoming.next();
-      } catch (err) {
-        return acks.close(err as CairnError);
-      }
-      if (msg === undefined) {
-        return acks.close(new CairnError('CONFLICT', `move ${p.moveId}: the destination closed its side of the stream before it confirmed the fenced tail`));
-      }
-      try {
-        acks.accept(msg, digest.chunks, endSent);
-      } catch (err) {
-        return acks.close(err as CairnError);
-      }
-      if (acks.endVerified) seal();
+  // The destination's acknowledgements (AckTransfer) arrive here while the task runs; a bad one fails the transfer.
+  task.onAck = (ack) => {
+    try {
+      acks.accept(ack, digest.chunks, endSent);
+    } catch (err) {
+      acks.close(err as CairnError);
+      throw err;
     }
-  })();
+    if (acks.endVerified) seal();
+  };
 
   const checkLog = () => {
     if (wlog.overflowed) {
@@ -927,7 +917,7 @@ export async function runPull(node: ShardNode, p: PullParams, ctx: RpcContext, s
       maxFenceMs: sourceMaxFenceMs,
     });
   };
-  let stream: ClientDuplexStream<TransferRangeRequest, TransferRangeResponse> | undefined;
+  let stream: ClientReadableStream<TransferRangeResponse> | undefined;
   const startedAt = Date.now();
   log.info('pull started', { moveId: p.moveId, range: showRange(p.range), source: p.sourceShardId, sourceAddress: p.sourceAddress });
   try {
@@ -940,21 +930,27 @@ export async function runPull(node: ShardNode, p: PullParams, ctx: RpcContext, s
     await store.deleteRange(p.range);
     task.check();
     const client = node.peers.get(p.sourceAddress);
-    stream = client.transferRange(metadataFor(node.serverToken.get()), { deadline: Math.min(ctx.deadline, Date.now() + MAX_TRANSFER_MS) });
-    const s = stream;
-    task.whenAborted(() => s.cancel());
-    s.write(
-      TransferRangeRequest.fromPartial({
+    stream = client.transferRange(
+      {
         moveId: p.moveId,
         start: p.range.start,
         end: endToProto(p.range.end),
         epoch: p.epoch,
         chunkBytes: p.chunkBytes,
         maxBytesPerSec: BigInt(p.maxBytesPerSec),
-      }),
+      },
+      metadataFor(node.serverToken.get()),
+      { deadline: Math.min(ctx.deadline, Date.now() + MAX_TRANSFER_MS) },
     );
+    const s = stream;
+    task.whenAborted(() => s.cancel());
     // The source sends ahead only a few chunks past the last acknowledged one, and fences and seals only on acknowledgements.
-    const acknowledge = (appliedSeq: number, endVerified = false) => void s.write(TransferRangeRequest.fromPartial({ ack: { appliedSeq: BigInt(appliedSeq), endVerified } }));
+    // Awaited, so they arrive in order. A refused or lost one fails nothing here: the source, short of it, stops or
+    // fails its stream, and the stream's own outcome (its error, or no `sealed`) is what the pull reports.
+    const acknowledge = (appliedSeq: number, endVerified = false) =>
+      call(client, client.ackTransfer, { moveId: p.moveId, ack: { appliedSeq: BigInt(appliedSeq), endVerified } }, { token: node.serverToken.get(), timeoutMs: 10_000 }).catch(
+        (err: Error) => log.debug('acknowledgement not taken by the source', { moveId: p.moveId, appliedSeq, error: err.message }),
+      );
     for await (const msg of s as AsyncIterable<TransferRangeResponse>) {
       task.check();
       const ev = v.accept(msg);
@@ -970,7 +966,7 @@ export async function runPull(node: ShardNode, p: PullParams, ctx: RpcContext, s
         if (ev.phase === TransferPhase.TRANSFER_PHASE_COPY) failpoint('dest-during-copy');
         if (ev.phase === TransferPhase.TRANSFER_PHASE_CATCH_UP) failpoint('dest-during-catch-up');
         task.check();
-        acknowledge(ev.seq);
+        await acknowledge(ev.seq);
         task.phase = ev.phase;
         await report();
       } else if (ev.kind === 'snapshotDone') {
@@ -981,10 +977,7 @@ export async function runPull(node: ShardNode, p: PullParams, ctx: RpcContext, s
         await store.putMeta('lastPull', { moveId: p.moveId, start: p.range.start.toString(), end: p.range.end.toString(), atMs: Date.now() }, true);
         failpoint('dest-after-fenced-tail');
         task.check();
-        acknowledge(v.chunks, true);
-      } else if (ev.kind === 'sealed') {
-        // The source holds the fence for the master's decision now; nothing more to say to it.
-        s.end();
+        await acknowledge(v.chunks, true);
       }
     }
     if (!v.sealed) {

@@ -38,6 +38,8 @@ export interface InProcCluster {
   masterAddress: string;
   limits: Limits;
   addShard(listen?: string): Promise<RunningShard>;
+  /** Starts a stopped shard again on its data directory, in its place in `shards` (not waiting for it to register). */
+  restartShard(stopped: RunningShard): Promise<RunningShard>;
   stop(): Promise<void>;
 }
 
@@ -63,17 +65,11 @@ export async function startInProcCluster(
   });
   const shards: RunningShard[] = [];
   let count = 0;
+  const startShard = (dataDir: string, listen = '127.0.0.1:0') =>
+    startShardServer({ listen, dataDir, master: master.address, serverCredential: TEST_CREDENTIAL, heartbeatIntervalMs: 200, limits, log });
   const addShard = async (listen = '127.0.0.1:0') => {
     count += 1;
-    const s = await startShardServer({
-      listen,
-      dataDir: join(dir, `shard${count}`),
-      master: master.address,
-      serverCredential: TEST_CREDENTIAL,
-      heartbeatIntervalMs: 200,
-      limits,
-      log,
-    });
+    const s = await startShard(join(dir, `shard${count}`), listen);
     shards.push(s);
     await s.registered;
     return s;
@@ -88,6 +84,11 @@ export async function startInProcCluster(
     masterAddress: master.address,
     limits,
     addShard,
+    async restartShard(stopped) {
+      const s = await startShard(stopped.node.store.dir);
+      shards[shards.indexOf(stopped)] = s;
+      return s;
+    },
     async stop() {
       for (const s of shards) await s.stop(1000).catch(() => undefined);
       await master.stop(1000).catch(() => undefined);

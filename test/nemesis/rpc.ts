@@ -4,8 +4,6 @@
  * and serializers from plain objects with uint64 as decimal strings), and
  * called with a pass-through serializer so a test can send any bytes at
  * all: a valid message, the encoding of another message, garbage, nothing.
- * A bidirectional RPC (TransferRange) is called like the others: one
- * message, then the caller's side closes.
  */
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
@@ -36,8 +34,6 @@ export interface Rpc {
   name: string;
   path: string;
   responseStream: boolean;
-  /** True for a bidirectional RPC (TransferRange): a raw call sends its one message, then closes its side. */
-  requestStream: boolean;
   /** The request message's full name, e.g. cairn.v1.WriteRowsRequest. */
   requestType: string;
   /** Encodes a plain object (uint64 as decimal strings) as the request message. */
@@ -88,7 +84,6 @@ export function allRpcs(): Rpc[] {
         name,
         path: md.path,
         responseStream: md.responseStream,
-        requestStream: md.requestStream,
         requestType: `cairn.v1.${md.requestType.type.name}`,
         encode: (req) => md.requestSerialize(req),
       });
@@ -123,20 +118,6 @@ export interface RawResult {
 const passthrough = (b: Buffer) => b;
 
 /**
- * Opens a streaming call the way a plain client of that RPC would: a server
- * stream with the payload as its request, or a bidirectional one that sends
- * the payload as its only message and closes its side (the server answers
- * as to any caller that has nothing more to say).
- */
-function openStream(client: grpc.Client, r: Rpc, payload: Buffer, md: grpc.Metadata, deadline: number): grpc.ClientReadableStream<Buffer> {
-  if (!r.requestStream) return client.makeServerStreamRequest(r.path, passthrough, passthrough, payload, md, { deadline });
-  const call = client.makeBidiStreamRequest(r.path, passthrough, passthrough, md, { deadline });
-  call.write(payload);
-  call.end();
-  return call;
-}
-
-/**
  * Calls an RPC with these exact request bytes. `authorization` is the whole
  * header value (e.g. `Bearer <token>`); undefined sends none. A server
  * stream is cancelled after its first message (WatchMap never ends), or,
@@ -158,7 +139,7 @@ export function invokeRaw(client: grpc.Client, r: Rpc, payload: Buffer, authoriz
       });
       return;
     }
-    const stream = openStream(client, r, payload, md, deadline);
+    const stream = client.makeServerStreamRequest(r.path, passthrough, passthrough, payload, md, { deadline });
     const messages: Buffer[] = [];
     let settled = false;
     const finish = (res: RawResult) => {
@@ -185,12 +166,12 @@ export function invokeRaw(client: grpc.Client, r: Rpc, payload: Buffer, authoriz
   });
 }
 
-/** Calls a streaming RPC (server or bidirectional, see openStream) and reads it to its end (or error), keeping every message. */
+/** Calls a server-streaming RPC and reads it to its end (or error), keeping every message. */
 export function invokeStream(client: grpc.Client, r: Rpc, payload: Buffer, authorization: string | undefined, timeoutMs = 60_000): Promise<RawResult> {
   const md = new grpc.Metadata();
   if (authorization !== undefined) md.set('authorization', authorization);
   return new Promise<RawResult>((done) => {
-    const stream = openStream(client, r, payload, md, Date.now() + timeoutMs);
+    const stream = client.makeServerStreamRequest(r.path, passthrough, passthrough, payload, md, { deadline: Date.now() + timeoutMs });
     const messages: Buffer[] = [];
     stream.on('data', (m: Buffer) => messages.push(m));
     stream.on('error', (err: grpc.ServiceError) => done({ code: err.code, details: err.details, messages }));
