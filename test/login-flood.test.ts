@@ -78,6 +78,16 @@ function cairn(args: string[], killAfterMs: number, env: NodeJS.ProcessEnv = {})
   });
 }
 
+/** Runs `probe` every `everyMs` until `until`; resolves with how many times it ran. */
+async function sampleUntil(until: number, everyMs: number, probe: () => Promise<void>): Promise<number> {
+  let samples = 0;
+  for (; Date.now() < until; samples++) {
+    await probe();
+    await sleep(everyMs);
+  }
+  return samples;
+}
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** What a flood login may be answered: a checked wrong password, or the limiter's refusal. */
@@ -116,66 +126,42 @@ describe('a login flood', () => {
     const until = Date.now() + CHECK_MS;
     await sleep(200); // the first wave is in
 
-    const servers = (async () => {
-      let samples = 0;
-      while (Date.now() < until) {
-        // As admin, from this host: its login goes through the same gate as the flood's.
-        const r = await cairn(['ctl', 'servers', '--json', '--timeout', '5000'], 20_000, cluster.ctlEnv);
-        samples++;
-        let statuses: string[] = [];
-        try {
-          statuses = (JSON.parse(r.stdout).servers as Array<{ id: string; status: string }>).map((s) => `${s.id}:${s.status}`);
-        } catch {
-          // reported below
-        }
-        if (r.code !== 0 || statuses.length !== 2 || !statuses.every((s) => s.endsWith(':up'))) {
-          failures.push(`ctl servers: exit ${r.code}, statuses ${JSON.stringify(statuses)}, output ${(r.stdout + r.stderr).trim().slice(0, 300)}`);
-        }
-        await sleep(200);
+    const servers = sampleUntil(until, 200, async () => {
+      // As admin, from this host: its login goes through the same gate as the flood's.
+      const r = await cairn(['ctl', 'servers', '--json', '--timeout', '5000'], 20_000, cluster.ctlEnv);
+      let statuses: string[] = [];
+      try {
+        statuses = (JSON.parse(r.stdout).servers as Array<{ id: string; status: string }>).map((s) => `${s.id}:${s.status}`);
+      } catch {
+        // reported below
       }
-      return samples;
-    })();
+      if (r.code !== 0 || statuses.length !== 2 || !statuses.every((s) => s.endsWith(':up'))) {
+        failures.push(`ctl servers: exit ${r.code}, statuses ${JSON.stringify(statuses)}, output ${(r.stdout + r.stderr).trim().slice(0, 300)}`);
+      }
+    });
 
-    const maps = (async () => {
-      let samples = 0;
-      while (Date.now() < until) {
-        try {
-          const res = await call(mapClient, mapClient.getMap, {}, { token, timeoutMs: 5000 });
-          if (!(res.map && res.map.epoch > 0n)) failures.push(`GetMap: no map (epoch ${res.map?.epoch})`);
-        } catch (err) {
-          failures.push(`GetMap: ${(err as Error).message}`);
-        }
-        samples++;
-        await sleep(250);
+    const maps = sampleUntil(until, 250, async () => {
+      try {
+        const res = await call(mapClient, mapClient.getMap, {}, { token, timeoutMs: 5000 });
+        if (!(res.map && res.map.epoch > 0n)) failures.push(`GetMap: no map (epoch ${res.map?.epoch})`);
+      } catch (err) {
+        failures.push(`GetMap: ${(err as Error).message}`);
       }
-      return samples;
-    })();
+    });
 
-    const health = (async () => {
-      let samples = 0;
-      while (Date.now() < until) {
-        const r = await cairn(['health', '--addr', master], 20_000);
-        samples++;
-        if (r.code !== 0) failures.push(`cairn health: exit ${r.code}: ${(r.stdout + r.stderr).trim().slice(0, 300)}`);
-        await sleep(1000);
-      }
-      return samples;
-    })();
+    const health = sampleUntil(until, 1000, async () => {
+      const r = await cairn(['health', '--addr', master], 20_000);
+      if (r.code !== 0) failures.push(`cairn health: exit ${r.code}: ${(r.stdout + r.stderr).trim().slice(0, 300)}`);
+    });
 
-    const logins = (async () => {
-      let samples = 0;
-      while (Date.now() < until) {
-        // raw.ts login: a fresh client from this host, the default 5 s deadline.
-        try {
-          await login(master, 'writer', 'writer-pass');
-        } catch (err) {
-          failures.push(`writer's login: ${(err as Error).message}`);
-        }
-        samples++;
-        await sleep(1500);
+    const logins = sampleUntil(until, 1500, async () => {
+      // raw.ts login: a fresh client from this host, the default 5 s deadline.
+      try {
+        await login(master, 'writer', 'writer-pass');
+      } catch (err) {
+        failures.push(`writer's login: ${(err as Error).message}`);
       }
-      return samples;
-    })();
+    });
 
     const [serverSamples, mapSamples, healthSamples, loginSamples] = await Promise.all([servers, maps, health, logins]);
     flooding = false;
