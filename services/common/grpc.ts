@@ -99,7 +99,6 @@ function reportError(env: HandlerEnv, method: string, err: unknown) {
   return se;
 }
 
-/** Wraps an async unary handler: auth by role (null = none), errors through the table. */
 /**
  * A request whose bytes did not parse as its message. grpc-js would answer a
  * throwing deserializer with a bare INTERNAL; the handler wrappers answer
@@ -208,6 +207,7 @@ function meter(env: HandlerEnv, method: string): { enter(): void; done(code: grp
   };
 }
 
+/** Wraps an async unary handler: auth by role (null = none), errors through the table. */
 export function unary<Req, Res>(
   env: HandlerEnv,
   method: string,
