@@ -680,7 +680,7 @@ async function measureTransfer(
   const pids = [cluster.master.child.pid!, ...cluster.shards.map((s) => s.child.pid!)];
   const cpu0 = procSeconds(pids);
   const t0 = performance.now();
-  const started = await admin.admin((a) => a.startRebalance, { maxMbps: 0 });
+  const started = await admin.startRebalance();
   if (!started.operationId) return null;
   const planned = started.plan?.moves ?? [];
   let moves: Array<{ state: string; rows?: bigint; bytes: bigint }> = [];

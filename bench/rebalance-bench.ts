@@ -76,8 +76,8 @@ function clientLoad(db: CairnClient): { stop(): Promise<Latencies>; errors: stri
 async function rebalance(db: CairnClient, how: { drain?: string; maxMbps: number }): Promise<{ moves: MoveInfo[]; seconds: number; minimumBytes: number; totalBytes: number }> {
   const started = performance.now();
   const res = how.drain
-    ? await db.admin((a) => a.dropServer, { server: how.drain!, maxMbps: how.maxMbps })
-    : await db.admin((a) => a.startRebalance, { maxMbps: how.maxMbps });
+    ? await db.dropServer(how.drain, { maxMbps: how.maxMbps })
+    : await db.startRebalance({ maxMbps: how.maxMbps });
   let moves: MoveInfo[] = [];
   if (res.operationId) for await (const snap of db.watchOperation(res.operationId)) moves = snap.moves;
   return {

@@ -22,7 +22,7 @@ export interface Io {
 
 type Flags = Record<string, FlagValue>;
 
-const CTL_COMMANDS = ['servers', 'ranges', 'plan', 'rebalance', 'dropserver', 'remserver', 'addserver', 'sync', 'moves', 'recover', 'put', 'get', 'scan', 'delete', 'load', 'verify'];
+const CTL_COMMANDS = ['servers', 'ranges', 'plan', 'rebalance', 'dropserver', 'remserver', 'addserver', 'sync', 'moves', 'recover', 'reload', 'put', 'get', 'scan', 'delete', 'load', 'verify'];
 
 export const CTL_USAGE = `Usage: cairn ctl <command> [args] [--master HOST:PORT] [--user U] [--password P] [--json]
 
@@ -37,6 +37,8 @@ Cluster:
   sync                            push the current map to every shard
   moves [--all]                   moves in flight (or every journaled move)
   recover <move-id>               show a move's journal and drive it to committed or aborted
+  reload                          have the master read its client list again (as SIGHUP does);
+                                  tokens of removed or lowered users stop working within seconds
 Data:
   put ROW COLUMN VALUE            write one cell
   get ROW [COLUMN...]             read the newest cells of a row
@@ -199,8 +201,8 @@ async function runOperation(client: CairnClient, kind: 'rebalance' | 'dropserver
   }
   const started =
     kind === 'rebalance'
-      ? await client.admin((a) => a.startRebalance, { maxMbps })
-      : await client.admin((a) => a.dropServer, { server: server!, maxMbps });
+      ? await client.startRebalance({ maxMbps })
+      : await client.dropServer(server!, { maxMbps });
   if (!started.operationId) {
     if (json) io.out(JSON.stringify(planJson('', started.plan, 0)));
     else io.out('Nothing to move.');
@@ -278,7 +280,7 @@ export async function runCtl(positionals: string[], flags: Flags, io: Io): Promi
           io.err('cancelled: nothing was changed');
           return EXIT.ERROR;
         }
-        const r = await client.admin((a) => a.removeServer, { server: args[0]! });
+        const r = await client.removeServer(args[0]!);
         print(
           `Removed ${r.shardId}${r.stopped ? '; its process is stopping' : '; it did not answer the stop request (stop it by hand)'}.`,
           { id: r.shardId, moves: [], movedBytes: 0, totalBytes: 0, minimumBytes: 0, stopped: r.stopped },
@@ -333,6 +335,27 @@ export async function runCtl(positionals: string[], flags: Flags, io: Io): Promi
         print(
           [`Move ${m.id}: ${m.from} -> ${m.to} [${formatHash(m.start)}, ${formatHash(endFromProto(m.end))}[`, ...m.history.map((h) => `  ${new Date(Number(h.atMs)).toISOString()} ${h.state}`), `Now ${m.state}: ${r.action}`],
           { id: m.id, state: m.state, action: r.action, history: m.history.map((h) => ({ state: h.state, atMs: Number(h.atMs) })) },
+        );
+        return EXIT.OK;
+      }
+      case 'reload': {
+        const r = await client.reload();
+        const list = (what: string, users: string[]) => (users.length ? [`  ${what}: ${users.join(', ')}`] : []);
+        const revoked = [...new Set([...r.removed, ...r.lowered, ...r.passwordChanged])].sort();
+        print(
+          [
+            `Reloaded the client list: ${r.users} user${r.users === 1 ? '' : 's'}.`,
+            ...list('added', r.added),
+            ...list('removed', r.removed),
+            ...list('lowered', r.lowered),
+            ...list('raised', r.raised),
+            ...list('new password', r.passwordChanged),
+            revoked.length
+              ? `Tokens of ${revoked.join(', ')} no longer work on the master, and on every shard after its next heartbeat.`
+              : 'No token was revoked.',
+            ...(r.restartNeeded.length ? [`Changed, and taking effect only at a restart: ${r.restartNeeded.join(', ')}.`] : []),
+          ],
+          { users: r.users, added: r.added, removed: r.removed, lowered: r.lowered, raised: r.raised, passwordChanged: r.passwordChanged, revoked, restartNeeded: r.restartNeeded },
         );
         return EXIT.OK;
       }

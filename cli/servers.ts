@@ -1,7 +1,8 @@
 /**
  * `cairn master` and `cairn shard`: load config, start the server, stop
  * cleanly on SIGTERM/SIGINT (NOT_SERVING, drain within shutdownGraceMs, close
- * LevelDB) and exit 0.
+ * LevelDB) and exit 0. SIGHUP has the master read its client list again
+ * (as `cairn ctl reload`); the other keys take effect at a restart.
  *
  * TLS: with tlsCert and tlsKey the gRPC port speaks only TLS. With tlsCa too,
  * servers dial each other trusting that CA and presenting their own
@@ -48,13 +49,43 @@ function untilSignal(log: Logger): Promise<NodeJS.Signals> {
   });
 }
 
+/**
+ * The master's config read again, for a reload: its client list, and the
+ * other keys whose value changed (they need a restart). Throws the config
+ * error, naming the key, when the file no longer reads.
+ */
+function rereadMasterConfig(flags: Flags, running: MasterConfig): { clients: MasterConfig['clients']; restartNeeded: string[] } {
+  const next = loadConfig('master', { flags }) as MasterConfig;
+  const keys = new Set([...Object.keys(running), ...Object.keys(next)]);
+  keys.delete('clients');
+  const value = (c: MasterConfig, k: string) => JSON.stringify((c as unknown as Record<string, unknown>)[k]);
+  return { clients: next.clients, restartNeeded: [...keys].filter((k) => value(running, k) !== value(next, k)).sort() };
+}
+
+/** SIGHUP: the master reloads its client list; never the default (which ends the process). */
+function onHangup(log: Logger, reload: (() => Promise<void>) | undefined): () => void {
+  const on = () => {
+    if (!reload) return log.info('SIGHUP: a shard has nothing to reload (the client list is the master\'s)');
+    log.info('SIGHUP: reloading the client list');
+    reload().catch((err: Error) => log.error('SIGHUP: reload refused; the client list in force is unchanged', { error: err.message }));
+  };
+  process.on('SIGHUP', on);
+  return () => process.off('SIGHUP', on);
+}
+
 export async function runMaster(flags: Flags): Promise<number> {
   const c = loadConfig('master', { flags }) as MasterConfig;
   const log = createLogger({ component: 'master', level: c.logLevel, verbose: c.verbose });
   const tls = tlsOf(c);
   let halt!: (err: Error) => void;
   const halted = new Promise<Error>((resolve) => (halt = resolve));
-  const running = await startMasterServer({
+  let started: Awaited<ReturnType<typeof startMasterServer>> | undefined;
+  // Installed first: a SIGHUP while the master starts must not end it.
+  const offHangup = onHangup(log, async () => {
+    if (!started) throw new Error('the master is still starting; it read the client list moments ago');
+    await started.master.reload();
+  });
+  const running = (started = await startMasterServer({
     listen: c.listen,
     dataDir: c.dataDir,
     serverCredential: c.serverCredential,
@@ -74,9 +105,11 @@ export async function runMaster(flags: Flags): Promise<number> {
     shutdownGraceMs: c.shutdownGraceMs,
     log,
     onFatal: (err) => halt(err),
-  });
+    reloadConfig: () => rereadMasterConfig(flags, c),
+  }));
   log.info(`Starting Data Master on ${running.address}`, { expectShards: c.expectShards });
   const failed = await Promise.race([untilSignal(log).then(() => undefined), halted]);
+  offHangup();
   await running.stop(c.shutdownGraceMs).catch((err: Error) => log.warn('stopping after a failed durable write', { error: err.message }));
   if (failed) {
     // Exit non-zero so a supervisor restarts the master: the restart reads what is on disk and ends every journaled move.
@@ -91,6 +124,7 @@ export async function runShard(flags: Flags): Promise<number> {
   const c = loadConfig('shard', { flags }) as ShardConfig;
   const log = createLogger({ component: 'shard', level: c.logLevel, verbose: c.verbose });
   const tls = tlsOf(c);
+  const offHangup = onHangup(log, undefined);
   const running = await startShardServer({
     listen: c.listen,
     advertise: c.advertise,
@@ -108,6 +142,7 @@ export async function runShard(flags: Flags): Promise<number> {
     log,
   });
   const why = await Promise.race([untilSignal(log).then(() => ({ refused: undefined })), running.node.stopRequested]);
+  offHangup();
   await running.stop(c.shutdownGraceMs);
   log.info('shard stopped', { shardId: running.node.id });
   return why.refused ? EXIT.ERROR : EXIT.OK;

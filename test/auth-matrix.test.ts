@@ -60,6 +60,7 @@ const NEEDS: Record<string, Role | null> = {
   'AdminService.ListMoves': 'admin',
   'AdminService.WatchOperation': 'admin',
   'AdminService.RecoverMove': 'admin',
+  'AdminService.Reload': 'admin',
 };
 
 /** Request bodies that change nothing lasting when accepted (invalid ones are refused after auth). */
@@ -101,13 +102,14 @@ const BODIES: Record<string, object> = {
   'AdminService.ListMoves': {},
   'AdminService.WatchOperation': { operationId: 'op-none' },
   'AdminService.RecoverMove': { moveId: '' },
+  'AdminService.Reload': {},
 };
 
 const KEY = deriveTokenKey(TEST_CREDENTIAL);
 const OTHER_KEY = deriveTokenKey('another-cluster-credential-0123456789');
-/** The cluster's id: server tokens carry it (claim cid), and shards refuse internal calls from another cluster. */
+/** The cluster's id: every token carries it (claim cid); servers refuse tokens of another cluster. */
 let clusterId = '';
-const token = (role: Role, key = KEY, ttlMs = 600_000, now = Date.now(), cid = role === 'server' ? clusterId : undefined) =>
+const token = (role: Role, key = KEY, ttlMs = 600_000, now = Date.now(), cid = clusterId) =>
   mintToken(key, `auth-${role}`, role, ttlMs, now, cid).token;
 const bearer = (t: string) => `Bearer ${t}`;
 
@@ -163,6 +165,16 @@ const COLUMNS: Column[] = [
     name: 'server credential missing: r client token',
     header: (need) => (need === 'server' ? bearer(token('r')) : null),
     expect: (need, method) => denied('r', need, method),
+  },
+  {
+    name: 'client token of another cluster sharing the credential',
+    header: (need) => (need === 'server' ? null : bearer(token(need, KEY, 600_000, Date.now(), 'c-00000000000000ff'))),
+    expect: () => unauth(/token was issued by cluster c-00000000000000ff, and this server belongs to cluster c-/),
+  },
+  {
+    name: 'client token issued before the cluster had an id',
+    header: (need) => (need === 'server' ? null : bearer(token(need, KEY, 600_000, Date.now(), ''))),
+    expect: () => unauth(/token was issued before cluster c-[0-9a-f]+ had an id/),
   },
   {
     name: 'server credential missing: server token from another credential',

@@ -80,7 +80,7 @@ function header(kind: TokenKind): string | undefined {
       return `Bearer ${mintToken(KEY, 'fuzz', 'server', 1000, Date.now() - 60_000).token}`;
     default:
       // Server tokens carry the cluster's id (learnt at start-up): shards refuse internal calls from another cluster.
-      return `Bearer ${mintToken(KEY, `fuzz-${kind}`, kind, 600_000, Date.now(), kind === 'server' ? clusterId : undefined).token}`;
+      return `Bearer ${mintToken(KEY, `fuzz-${kind}`, kind, 600_000, Date.now(), clusterId).token}`;
   }
 }
 

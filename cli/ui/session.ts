@@ -116,8 +116,8 @@ export class ClientAdminApi implements AdminApi {
     const maxMbps = o.maxMbps ?? 0;
     const r =
       kind === 'rebalance'
-        ? await this.c.admin((a) => a.startRebalance, { maxMbps })
-        : await this.c.admin((a) => a.dropServer, { server: o.server ?? '', maxMbps });
+        ? await this.c.startRebalance({ maxMbps })
+        : await this.c.dropServer(o.server ?? '', { maxMbps });
     return { operationId: r.operationId, plan: planView(r.plan) };
   }
 
@@ -130,7 +130,7 @@ export class ClientAdminApi implements AdminApi {
   }
 
   async removeServer(server: string): Promise<{ shardId: string; stopped: boolean }> {
-    const r = await this.c.admin((a) => a.removeServer, { server });
+    const r = await this.c.removeServer(server);
     return { shardId: r.shardId, stopped: r.stopped };
   }
 

@@ -10,7 +10,14 @@
  */
 import type { CallOptions as GrpcCallOptions, ClientReadableStream, ClientUnaryCall, Metadata, ServiceError } from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
-import { AdminServiceClient, type WatchOperationResponse } from '../../proto/gen/cairn/v1/admin.js';
+import {
+  AdminServiceClient,
+  type DropServerResponse,
+  type ReloadResponse,
+  type RemoveServerResponse,
+  type StartRebalanceResponse,
+  type WatchOperationResponse,
+} from '../../proto/gen/cairn/v1/admin.js';
 import type { CellFilter, CellWrite, RowWrite } from '../../proto/gen/cairn/v1/common.js';
 import { MasterServiceClient, type WatchMapResponse } from '../../proto/gen/cairn/v1/master.js';
 import { ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
@@ -190,7 +197,14 @@ const RENEW_MARGIN_MS = 30_000;
 // ---------------------------------------------------------------------------
 // Conversions
 
-const isExpiry = (err: CairnError): boolean => err.code === 'UNAUTHENTICATED' && err.details.reason === 'TOKEN_EXPIRED';
+const hasEmptyOperationId = (req: unknown): boolean =>
+  typeof req === 'object' && req !== null && 'operationId' in req && (req as { operationId: unknown }).operationId === '';
+
+/** The auth failures a fresh login fixes: an expired token, and one revoked because its user changed (the new token has the current role). */
+const isExpiry = (err: CairnError): boolean => err.code === 'UNAUTHENTICATED' && (err.details.reason === 'TOKEN_EXPIRED' || err.details.reason === 'TOKEN_REVOKED');
+
+/** An operation id for one logical admin call, reused by its retries (the master starts the operation once). */
+export const newOperationId = (): string => `op-${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`;
 
 function toBuffer(v: Value, what: string): Buffer {
   if (typeof v === 'string') return Buffer.from(v, 'utf8');
@@ -584,14 +598,37 @@ export class CairnClient {
 
   /**
    * Calls any Admin RPC with the client's token and the usual retries, e.g.
-   * `client.admin((a) => a.planRebalance, { drain: '' })`.
+   * `client.admin((a) => a.planRebalance, { drain: '' })`. A request with an
+   * empty `operationId` gets one, the same for every retry, so a retry after
+   * an ambiguous failure never starts a second operation.
    */
   async admin<Req, Res>(
     pick: (a: AdminServiceClient) => (req: Req, md: Metadata, opts: Partial<GrpcCallOptions>, cb: (err: ServiceError | null, res: Res) => void) => ClientUnaryCall,
     req: Req,
     o: CallOptions = {},
   ): Promise<Res> {
-    return this.run(this.deadlineOf(o), (token, _map, deadline) => call(this.adminClient, pick(this.adminClient), req, { token, deadline }));
+    const once = hasEmptyOperationId(req) ? { ...req, operationId: newOperationId() } : req;
+    return this.run(this.deadlineOf(o), (token, _map, deadline) => call(this.adminClient, pick(this.adminClient), once, { token, deadline }));
+  }
+
+  /** Plans and starts a rebalance; retried safely under one operation id (yours, or one made here). */
+  startRebalance(o: CallOptions & { maxMbps?: number; operationId?: string } = {}): Promise<StartRebalanceResponse> {
+    return this.admin((a) => a.startRebalance, { maxMbps: o.maxMbps ?? 0, operationId: o.operationId ?? newOperationId() }, o);
+  }
+
+  /** Drains a shard (by id or host:port) to the others; retried safely under one operation id. */
+  dropServer(server: string, o: CallOptions & { maxMbps?: number; operationId?: string } = {}): Promise<DropServerResponse> {
+    return this.admin((a) => a.dropServer, { server, maxMbps: o.maxMbps ?? 0, operationId: o.operationId ?? newOperationId() }, o);
+  }
+
+  /** Removes a shard that owns nothing and stops its process; retried safely under one operation id. */
+  removeServer(server: string, o: CallOptions & { operationId?: string } = {}): Promise<RemoveServerResponse> {
+    return this.admin((a) => a.removeServer, { server, operationId: o.operationId ?? newOperationId() }, o);
+  }
+
+  /** Has the master read its client list again (as SIGHUP does); says who lost their tokens. */
+  reload(o: CallOptions = {}): Promise<ReloadResponse> {
+    return this.admin((a) => a.reload, {}, o);
   }
 
   /** Streams an operation's progress (WatchOperation) until every move has ended. */
@@ -641,7 +678,7 @@ export class CairnClient {
       return await fn(await this.authToken(deadline));
     } catch (e) {
       const err = fromServiceError(e);
-      // Expiry (the cairn-error-reason trailer) is the one auth failure a fresh login fixes; any other fails.
+      // Expiry or revocation (the cairn-error-reason trailer) are the auth failures a fresh login fixes; any other fails.
       if (!isExpiry(err) || !this.canLogin) throw err;
       this.tokenStale = true;
       return await fn(await this.authToken(deadline));

@@ -289,6 +289,48 @@ function verifyTokenFully(key: Buffer, token: string | undefined, now: number): 
   return { sub: c.sub, role: c.role, iat: c.iat, exp: c.exp, ...(c.cid !== undefined ? { cid: c.cid } : {}) };
 }
 
+/**
+ * What a server knows, beyond the signing key, to judge a client's token:
+ * the cluster it belongs to, and for each user the master changed or removed
+ * in its client list, the time before which that user's tokens no longer hold.
+ */
+export interface ClientTokenPolicy {
+  clusterId: string;
+  /** Tokens of `user` issued before this (ms since the epoch, the master's clock) are revoked; undefined: none. */
+  revokedBefore(user: string): number | undefined;
+}
+
+/**
+ * Checks a client token's claims after its signature. Two clusters that share
+ * a server credential share the signing key, so the cluster id in the token
+ * is what keeps one cluster's tokens out of the other (CLUSTER_MISMATCH). A
+ * token issued before its user was changed or removed, or before the cluster
+ * had an id, is TOKEN_REVOKED: a fresh login gives the user's current role.
+ */
+export function checkClientClaims(claims: Claims, policy: ClientTokenPolicy): void {
+  const cid = claims.cid ?? '';
+  if (cid !== policy.clusterId) {
+    if (cid === '') {
+      throw new CairnError('UNAUTHENTICATED', `token was issued before cluster ${policy.clusterId} had an id (by a master with no cluster yet, or an older one); log in again`, {
+        reason: 'TOKEN_REVOKED',
+      });
+    }
+    throw new CairnError(
+      'UNAUTHENTICATED',
+      `token was issued by cluster ${cid}, and this server belongs to ${policy.clusterId ? `cluster ${policy.clusterId}` : 'no cluster yet'}: log in to this cluster's master`,
+      { reason: 'CLUSTER_MISMATCH' },
+    );
+  }
+  const before = policy.revokedBefore(claims.sub);
+  if (before !== undefined && claims.iat < before) {
+    throw new CairnError(
+      'UNAUTHENTICATED',
+      `token of user ${JSON.stringify(claims.sub)} was revoked at ${new Date(before).toISOString()}: the user was changed or removed in the master's client list; log in again`,
+      { reason: 'TOKEN_REVOKED' },
+    );
+  }
+}
+
 /** Throws PERMISSION_DENIED unless the caller's role is at least `need`. */
 export function authorize(claims: Pick<Claims, 'role'>, need: Role, method: string): void {
   if (!roleAtLeast(claims.role, need)) {

@@ -69,6 +69,9 @@ export interface ErrorDetails {
 
 /**
  * - TOKEN_EXPIRED: log in again.
+ * - TOKEN_REVOKED: the token no longer holds (its user was changed or removed
+ *   in the master's client list, or it was issued before the cluster formed);
+ *   log in again, which gives the user's current role or is refused.
  * - CLUSTER_MISMATCH: the two processes belong to different clusters (or one
  *   has no cluster state); nothing was changed. Retrying helps only once the
  *   right master is back.
@@ -77,7 +80,7 @@ export interface ErrorDetails {
  *   (a copy of a live data directory?); retry only once it has been silent.
  * - SESSION_SUPERSEDED: a newer process took this shard id over; stop.
  */
-export const ERROR_REASONS = ['TOKEN_EXPIRED', 'CLUSTER_MISMATCH', 'SHARD_REMOVED', 'SESSION_CONFLICT', 'SESSION_SUPERSEDED'] as const;
+export const ERROR_REASONS = ['TOKEN_EXPIRED', 'TOKEN_REVOKED', 'CLUSTER_MISMATCH', 'SHARD_REMOVED', 'SESSION_CONFLICT', 'SESSION_SUPERSEDED'] as const;
 export type ErrorReason = (typeof ERROR_REASONS)[number];
 const isErrorReason = (s: string | undefined): s is ErrorReason => (ERROR_REASONS as readonly string[]).includes(s ?? '');
 

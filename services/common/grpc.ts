@@ -53,6 +53,12 @@ export interface HandlerEnv {
    * signature (a shard refuses internal calls from another cluster here).
    */
   checkServerCall?: (claims: Claims, method: string) => void;
+  /**
+   * Checks the claims of every call made with a client token, after the
+   * signature and role: its cluster, and whether its user's tokens were
+   * revoked (auth.ts checkClientClaims).
+   */
+  checkClientCall?: (claims: Claims, method: string) => void;
 }
 
 function deadlineOf(call: SurfaceCall): number {
@@ -74,6 +80,8 @@ function authenticate(env: HandlerEnv, call: SurfaceCall, method: string, need: 
       `${method}: mutual TLS is on, and internal calls need a client certificate signed by the cluster CA (tlsCa); the caller presented none that verifies`,
     );
   }
+  // A revoked or foreign client token says so (log in again) before any role check.
+  if (claims.role !== 'server') env.checkClientCall?.(claims, method);
   authorize(claims, need, method);
   if (claims.role === 'server') env.checkServerCall?.(claims, method);
   return { ...base, claims, token };

@@ -78,13 +78,15 @@ export interface Operation {
 interface Journaled {
   move: unknown;
   operationId: string;
+  /** Absent in journals written before operations were rebuilt from them. */
+  kind?: Operation['kind'];
   /** For aborted moves: the shards have been told (fence lifted, copy dropped). */
   cleanupDone?: boolean;
   fenceMs?: number;
 }
 
 export class MoveCoordinator {
-  private readonly moves = new Map<string, { move: Move; operationId: string; cleanupDone: boolean }>();
+  private readonly moves = new Map<string, { move: Move; operationId: string; kind: Operation['kind']; cleanupDone: boolean }>();
   private readonly progress = new Map<string, MoveProgress>();
   private readonly operations = new Map<string, Operation>();
   private readonly running = new Map<string, Promise<Move>>();
@@ -111,19 +113,38 @@ export class MoveCoordinator {
   async resume(journal: unknown[]): Promise<void> {
     for (const j of journal as Journaled[]) {
       const move = moveFromJson(j.move as never);
-      this.moves.set(move.id, { move, operationId: j.operationId, cleanupDone: j.cleanupDone ?? isTerminal(move.state) });
+      this.moves.set(move.id, { move, operationId: j.operationId, kind: j.kind ?? 'rebalance', cleanupDone: j.cleanupDone ?? isTerminal(move.state) });
       if (j.fenceMs) this.progress.set(move.id, { copiedBytes: move.copiedBytes, bytesPerSec: 0, fenceMs: j.fenceMs, startedAt: 0 });
     }
     const pending = [...this.moves.values()].filter((m) => resumeAction(m.move.state) !== 'none' || !m.cleanupDone);
     if (pending.length) this.log.info('resuming moves from the journal', { moves: pending.map((m) => `${m.move.id}:${m.move.state}`) });
-    for (const m of pending) this.track(this.recover(m.move.id).catch((err) => this.log.warn('resume failed; will retry', { moveId: m.move.id, error: (err as Error).message })));
+    const resumed = new Map<string, Promise<unknown>>();
+    for (const m of pending) {
+      const p = this.recover(m.move.id).catch((err) => this.log.warn('resume failed; will retry', { moveId: m.move.id, error: (err as Error).message }));
+      resumed.set(m.move.id, p);
+      this.track(p);
+    }
+    // Operations come back from their moves' journal records, so a restarted master can still be watched
+    // (WatchOperation) and a retried start with the same operation id finds the first one.
+    const byOp = new Map<string, { kind: Operation['kind']; moveIds: string[] }>();
+    for (const m of this.moves.values()) {
+      const op = byOp.get(m.operationId) ?? { kind: m.kind, moveIds: [] };
+      op.moveIds.push(m.move.id);
+      byOp.set(m.operationId, op);
+    }
+    for (const [id, o] of byOp) {
+      const waits = o.moveIds.map((mid) => resumed.get(mid)).filter((p): p is Promise<unknown> => !!p);
+      const op: Operation = { id, kind: o.kind, moveIds: o.moveIds, finished: waits.length === 0, done: Promise.resolve() };
+      op.done = Promise.allSettled(waits).then(() => void (op.finished = true));
+      this.operations.set(id, op);
+    }
     this.retryTimer = setInterval(() => this.track(this.retryCleanups()), 1000);
     this.retryTimer.unref();
   }
 
   private journal(id: string): Journaled {
     const m = this.moves.get(id)!;
-    return { move: moveToJson(m.move), operationId: m.operationId, cleanupDone: m.cleanupDone, fenceMs: this.progress.get(id)?.fenceMs };
+    return { move: moveToJson(m.move), operationId: m.operationId, kind: m.kind, cleanupDone: m.cleanupDone, fenceMs: this.progress.get(id)?.fenceMs };
   }
 
   private track(p: Promise<unknown>): void {
@@ -146,15 +167,20 @@ export class MoveCoordinator {
     return [...this.operations.values()].some((o) => !o.finished);
   }
 
-  /** Starts the plan's moves, at most maxConcurrentMoves at once; returns at once. */
-  start(plan: Plan, kind: Operation['kind'], maxMbps: number): Operation {
+  /**
+   * Starts the plan's moves, at most maxConcurrentMoves at once; returns at
+   * once. `operationId` is the caller's (so its retry finds this operation),
+   * or one is made.
+   */
+  start(plan: Plan, kind: Operation['kind'], maxMbps: number, operationId?: string): Operation {
     if (this.busy()) throw new CairnError('CONFLICT', 'another rebalance or drain is still running; watch it with `cairn ctl moves`');
-    const opId = `op-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
+    if (operationId && this.operations.has(operationId)) throw new CairnError('CONFLICT', `operation_id: "${operationId}" was already used for an earlier operation`);
+    const opId = operationId || `op-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
     const ids: string[] = [];
     for (const pm of plan.moves) {
       const id = `mv-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
       const move = newMove({ id, start: pm.start, end: pm.end, from: pm.from, to: pm.to, bytes: pm.bytes });
-      this.moves.set(id, { move, operationId: opId, cleanupDone: false });
+      this.moves.set(id, { move, operationId: opId, kind, cleanupDone: false });
       ids.push(id);
     }
     const op: Operation = { id: opId, kind, moveIds: ids, finished: false, done: Promise.resolve() };

@@ -6,7 +6,7 @@
 import type { Logger } from 'winston';
 import { ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
 import { randomBytes } from 'node:crypto';
-import { deriveTokenKey, hashPasswordAsync, mintToken, ServerTokenSource, verifyPasswordAsync, type Role } from '../common/auth.js';
+import { checkClientClaims, deriveTokenKey, hashPasswordAsync, mintToken, ServerTokenSource, verifyPasswordAsync, type Claims, type Role } from '../common/auth.js';
 import { CairnError } from '../common/errors.js';
 import { failpoint } from '../common/failpoints.js';
 import { call, ClientPool, type ClientTls } from '../common/grpc.js';
@@ -15,8 +15,9 @@ import { evenSplit, rangeCovers, rangesOverlap, reassign, shareOf, type HashRang
 import { AmbiguousWrite, MoveCoordinator, type Operation } from './coordinator.js';
 import type { Move } from './moves.js';
 import { plan as planMoves, shardLoads, type Plan } from './planner.js';
-import { MasterStore, type Registry, type ShardRecord } from './store.js';
+import { MasterStore, type AdminOpRecord, type Registry, type ShardRecord } from './store.js';
 import { LoginGate, type LoginCaller } from './logins.js';
+import { applied, diffClients, revoke, revokedBefore, type ClientListChange, type Revocation } from './client-list.js';
 
 export interface ClientUser {
   user: string;
@@ -42,6 +43,13 @@ export interface MasterOptions {
   /** TLS used when the master dials shards. */
   peerTls?: ClientTls;
   log: Logger;
+  /**
+   * Reads the client list again from where it came from (the config file,
+   * flags and environment), for SIGHUP and AdminService.Reload; throws with
+   * the config error. `restartNeeded` names other keys that changed, which
+   * take effect only at a restart. Unset: reload is refused.
+   */
+  reloadConfig?: () => { clients: ClientUser[]; restartNeeded: string[] };
   /**
    * Called once when a durable write of the master's state failed: its outcome
    * is unknown, so the master stops acting (as etcd stops on a WAL sync
@@ -132,6 +140,16 @@ export class Master {
   private readonly logins = new LoginGate({}, Date.now, (l) =>
     this.log.warn(`login failure limit reached: logins ${l.kind === 'user' ? 'for this user' : 'from this host'} are refused until ${new Date(l.untilMs).toISOString()}`, l),
   );
+  /** The client list in force: from the config at start, replaced by reload(). */
+  private clients: ClientUser[];
+  /** Users whose earlier tokens no longer hold (client-list.ts); shards get them with each heartbeat. */
+  private revocations: Revocation[] = [];
+  /** `clients` as applied (passwords as digests): what the next reload is compared with. */
+  private appliedClients: ReturnType<typeof applied> = [];
+  /** Set while a new client list is being saved: logins wait, so none mints a token under the old list after the revocation time. */
+  private applyingClients: Promise<unknown> | undefined;
+  /** Answers of admin calls by the caller's operation id (answerOnce). */
+  private readonly answers = new Map<string, { what: string; answer: Promise<unknown> }>();
   /** Checked against for unknown users; hashed once per process, off the event loop, from the start. */
   private readonly dummyHash = dummyPasswordHash();
   coordinator!: MoveCoordinator;
@@ -141,6 +159,7 @@ export class Master {
     private readonly store: MasterStore,
   ) {
     this.nodeId = opts.nodeId ?? 'master';
+    this.clients = opts.clients;
     this.tokenKey = deriveTokenKey(opts.serverCredential);
     this.serverToken = new ServerTokenSource(this.tokenKey, this.nodeId, { clusterId: () => this.clusterIdValue });
     this.shardClients = new ClientPool(ShardServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.maxMessageBytes });
@@ -167,6 +186,10 @@ export class Master {
     }
     m.map = { ...m.map, clusterId: m.clusterIdValue };
     m.approvals = new Set(await store.loadApprovals());
+    // The list may have changed while the master was down: revoke as a reload would.
+    const { clients: before, revocations } = await store.loadClientState();
+    m.revocations = revocations;
+    await m.applyClientList(opts.clients, before, 'start');
     m.coordinator = new MoveCoordinator(
       {
         log: opts.log,
@@ -248,11 +271,11 @@ export class Master {
   }
 
   /** The one place a new map becomes current: validate, persist (synced), publish. */
-  private async commitMap(next: ClusterMap): Promise<void> {
+  private async commitMap(next: ClusterMap, adminOps: Array<{ id: string; json: AdminOpRecord }> = []): Promise<void> {
     const err = mapError(next);
     if (err) throw new CairnError('INTERNAL', `refusing to commit an invalid map: ${err}`);
     if (next.epoch !== this.map.epoch + 1n) throw new CairnError('INTERNAL', `map epoch must grow by one: ${this.map.epoch} -> ${next.epoch}`);
-    await this.durably(`map epoch ${next.epoch}`, () => this.store.save({ map: next, ...this.registry() }));
+    await this.durably(`map epoch ${next.epoch}`, () => this.store.save({ map: next, ...this.registry(), adminOps }));
     this.map = next;
     this.log.info('map committed', { epoch: next.epoch.toString(), ranges: next.ranges.length });
     this.publish(next);
@@ -385,6 +408,65 @@ export class Master {
     return undefined;
   }
 
+  /**
+   * Makes `next` the client list in force. Users removed, lowered, or given a
+   * new password since `before` (the list last applied) have their tokens
+   * revoked: the master refuses them at once, each shard at its next
+   * heartbeat. Durable before it takes effect.
+   */
+  private async applyClientList(next: ClientUser[], before: ReturnType<typeof applied> | undefined, why: 'start' | 'reload'): Promise<ClientListChange> {
+    const now = Date.now();
+    const nextApplied = applied(next);
+    const change = diffClients(before ?? nextApplied, nextApplied);
+    const revocations = revoke(this.revocations, change.revoked, now, this.opts.tokenTtlSeconds * 1000);
+    const saving = this.durably(`client list (${why})`, () => this.store.saveClientState(nextApplied, revocations));
+    this.applyingClients = saving;
+    try {
+      await saving;
+    } finally {
+      this.applyingClients = undefined;
+    }
+    this.clients = next;
+    this.appliedClients = nextApplied;
+    this.revocations = revocations;
+    const changed = Object.entries(change).filter(([k, v]) => k !== 'revoked' && v.length);
+    if (changed.length || why === 'reload') {
+      this.log.info(`client list ${why === 'start' ? 'changed while the master was down' : 'reloaded'}`, { users: next.length, ...Object.fromEntries(changed), revoked: change.revoked });
+    }
+    return change;
+  }
+
+  /**
+   * Reads the client list again (SIGHUP, AdminService.Reload) and applies it.
+   * A config error changes nothing and is returned as FAILED_PRECONDITION
+   * naming the key.
+   */
+  reload(): Promise<{ change: ClientListChange; users: number; restartNeeded: string[] }> {
+    return this.serial.run(async () => {
+      if (this.halted) throw new CairnError('NOT_READY', 'the master stopped after a failed durable write; it must be restarted', { retryAfterMs: 1000 });
+      if (!this.opts.reloadConfig) throw new CairnError('PRECONDITION', 'this master was not started from a config it can read again; restart it to change its client list');
+      let loaded: { clients: ClientUser[]; restartNeeded: string[] };
+      try {
+        loaded = this.opts.reloadConfig();
+      } catch (err) {
+        throw new CairnError('PRECONDITION', `reload refused, nothing changed: ${(err as Error).message}`);
+      }
+      const change = await this.applyClientList(loaded.clients, this.appliedClients, 'reload');
+      if (loaded.restartNeeded.length) this.log.warn('reload: these keys changed and take effect only at a restart', { keys: loaded.restartNeeded });
+      return { change, users: loaded.clients.length, restartNeeded: loaded.restartNeeded };
+    });
+  }
+
+  /** Checks a client token's cluster and revocation (HandlerEnv.checkClientCall). */
+  checkClientCall(claims: Claims): void {
+    checkClientClaims(claims, { clusterId: this.clusterIdValue, revokedBefore: (u) => revokedBefore(this.revocations, u) });
+  }
+
+  /** The revocations in force, for the shards (heartbeat and register answers). */
+  tokenRevocations(): Array<{ user: string; notBeforeMs: number }> {
+    return this.revocations.map((r) => ({ user: r.user, notBeforeMs: r.notBeforeMs }));
+  }
+
   /** Records a heartbeat; refused when the shard is unknown, or when another process now holds its id. */
   heartbeat(shardId: string, hb: { sessionId: string; epoch: bigint; ranges: RangeCount[]; opsPerSec: number; stopping: boolean }): void {
     const rec = this.shards.find((s) => s.id === shardId);
@@ -409,12 +491,17 @@ export class Master {
    * logins.ts. `from` is the caller (its host, deadline, whether it left).
    */
   async login(user: string, password: string, from: LoginCaller = { peer: 'local' }): Promise<{ token: string; expiresAtMs: number; role: string }> {
-    const u = this.opts.clients.find((c) => c.user === user);
+    const u = this.clients.find((c) => c.user === user);
     // Verify even for unknown users (against a dummy hash) so timing does not reveal which users exist.
     const ok = await this.logins.attempt({ ...from, user }, async () => (await verifyPasswordAsync(password, u?.passwordHash ?? (await this.dummyHash))) && !!u);
     if (!ok || !u) throw new CairnError('UNAUTHENTICATED', 'login failed: unknown user or wrong password');
-    const { token, expiresAtMs } = mintToken(this.tokenKey, u.user, u.role, this.opts.tokenTtlSeconds * 1000);
-    return { token, expiresAtMs, role: u.role };
+    // A reload during the check may have removed or changed the user: mint only what the list in force allows.
+    while (this.applyingClients) await this.applyingClients.catch(() => undefined);
+    const current = this.clients.find((c) => c.user === user);
+    if (!current || current.passwordHash !== u.passwordHash) throw new CairnError('UNAUTHENTICATED', 'login failed: unknown user or wrong password');
+    // Bound to the cluster: another cluster sharing the server credential refuses it (auth.ts checkClientClaims).
+    const { token, expiresAtMs } = mintToken(this.tokenKey, current.user, current.role, this.opts.tokenTtlSeconds * 1000, Date.now(), this.clusterIdValue);
+    return { token, expiresAtMs, role: current.role };
   }
 
   private isUp(id: string, now = Date.now()): boolean {
@@ -541,16 +628,72 @@ export class Master {
     return { plan, before: loads(this.map.ranges), after: loads(plan.targetMap) };
   }
 
-  async startRebalance(maxMbps: number, drain?: string): Promise<{ op?: Operation; plan: Plan; before: Map<string, number>; after: Map<string, number> }> {
-    if (this.coordinator.busy()) throw new CairnError('CONFLICT', 'another rebalance or drain is still running; watch it with `cairn ctl moves`');
-    const p = await this.planRebalance(drain);
-    if (p.plan.moves.length === 0) return p;
-    return { ...p, op: this.coordinator.start(p.plan, drain ? 'drain' : 'rebalance', maxMbps) };
+  /**
+   * Plans and starts a rebalance (or the drain of `drain`). With an
+   * `operationId`, a retry of the same call (the first answer was lost) gets
+   * the first call's operation and starts nothing; the id used for another
+   * kind of call is refused.
+   */
+  startRebalance(maxMbps: number, drain?: string, operationId = ''): Promise<StartedOperation> {
+    const what = drain ? `drain of ${drain}` : 'rebalance';
+    return this.answerOnce(operationId, what, async () => {
+      const journaled = operationId ? this.coordinator.operation(operationId) : undefined;
+      if (journaled) {
+        // Started before this master restarted: its moves are in the journal, and so is what it planned.
+        if (journaled.kind !== (drain ? 'drain' : 'rebalance')) throw reusedOperationId(operationId, journaled.kind, what);
+        const moves = this.coordinator.movesOf(journaled).map(({ move: m }) => ({ start: m.start, end: m.end, from: m.from, to: m.to, bytes: m.bytes, rows: 0 }))
+          .sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0)); // as a plan orders them
+        const movedBytes = moves.reduce((n, m) => n + m.bytes, 0);
+        return { op: journaled, plan: { moves, targetMap: [], totalBytes: 0, movedBytes, minimumBytes: 0, basis: 'bytes' }, before: new Map(), after: new Map() };
+      }
+      if (this.coordinator.busy()) throw new CairnError('CONFLICT', 'another rebalance or drain is still running; watch it with `cairn ctl moves`');
+      const p = await this.planRebalance(drain);
+      if (p.plan.moves.length === 0) return p;
+      return { ...p, op: this.coordinator.start(p.plan, drain ? 'drain' : 'rebalance', maxMbps, operationId || undefined) };
+    });
   }
 
-  /** Removes a shard that owns no range, then tells its process to stop. */
-  async removeServer(server: string): Promise<{ shardId: string; stopped: boolean }> {
+  /**
+   * Runs an admin call once per caller-chosen operation id: a retry while the
+   * first still runs, or after it answered, gets the same answer. A failed
+   * call is forgotten, so its retry runs again. Kept for the last
+   * ANSWERS_KEPT ids; what must outlive a restart is also in the store
+   * (journaled moves, removals).
+   */
+  private answerOnce<T>(operationId: string, what: string, run: () => Promise<T>): Promise<T> {
+    if (!operationId) return run();
+    const seen = this.answers.get(operationId);
+    if (seen) {
+      if (seen.what !== what) return Promise.reject(reusedOperationId(operationId, seen.what, what));
+      return seen.answer as Promise<T>;
+    }
+    const answer = run();
+    this.answers.set(operationId, { what, answer });
+    answer.catch(() => this.answers.get(operationId)?.answer === answer && this.answers.delete(operationId));
+    if (this.answers.size > ANSWERS_KEPT) this.answers.delete(this.answers.keys().next().value!);
+    return answer;
+  }
+
+  /**
+   * Removes a shard that owns no range, then tells its process to stop. With
+   * an `operationId`, the removal is recorded under it in the same durable
+   * step, so a retry (even after a master restart) answers as the first call
+   * did instead of NOT_FOUND.
+   */
+  removeServer(server: string, operationId = ''): Promise<{ shardId: string; stopped: boolean }> {
+    return this.answerOnce(operationId, `removal of ${server}`, async () => {
+      const recorded = operationId ? await this.store.loadAdminOp(operationId) : undefined;
+      if (recorded) {
+        if (recorded.what !== `removal of ${server}`) throw reusedOperationId(operationId, recorded.what, `removal of ${server}`);
+        return { shardId: recorded.shardId, stopped: await this.stopRemoved(recorded) };
+      }
+      return this.removeServerNow(server, operationId);
+    });
+  }
+
+  private async removeServerNow(server: string, operationId: string): Promise<{ shardId: string; stopped: boolean }> {
     const target = this.resolveShard(server);
+    const record = { what: `removal of ${server}`, shardId: target.id, address: target.address };
     const removed = await this.serial.run(async () => {
       const owned = rangesOf(this.map, target.id);
       if (owned.length) {
@@ -563,20 +706,25 @@ export class Master {
       this.shards = this.shards.filter((s) => s.id !== target.id);
       this.live.delete(target.id);
       this.removed.add(target.id);
-      if (this.map.epoch > 0n) await this.commitMap({ ...this.map, epoch: this.map.epoch + 1n, shards: this.shardRefs() });
-      else await this.durably(`registry (removing ${target.id})`, () => this.store.save({ ...this.registry() }));
-      this.log.info('shard removed', { shardId: target.id, address: target.address });
+      const adminOps = operationId ? [{ id: operationId, json: record }] : [];
+      if (this.map.epoch > 0n) await this.commitMap({ ...this.map, epoch: this.map.epoch + 1n, shards: this.shardRefs() }, adminOps);
+      else await this.durably(`registry (removing ${target.id})`, () => this.store.save({ ...this.registry(), adminOps }));
+      this.log.info('shard removed', { shardId: target.id, address: target.address, operationId: operationId || undefined });
       return target;
     });
-    let stopped = false;
+    return { shardId: removed.id, stopped: await this.stopRemoved(record) };
+  }
+
+  /** Tells a removed shard's process to stop; true when it acknowledged. */
+  private async stopRemoved(r: { shardId: string; address: string }): Promise<boolean> {
     try {
-      const client = this.shardClients.get(removed.address);
-      await call(client, client.stopShard, { shardId: removed.id }, { token: this.serverToken.get(), timeoutMs: 3000 });
-      stopped = true;
+      const client = this.shardClients.get(r.address);
+      await call(client, client.stopShard, { shardId: r.shardId }, { token: this.serverToken.get(), timeoutMs: 3000 });
+      return true;
     } catch (err) {
-      this.log.warn('removed shard did not acknowledge the stop', { shardId: removed.id, error: (err as Error).message });
+      this.log.warn('removed shard did not acknowledge the stop', { shardId: r.shardId, error: (err as Error).message });
+      return false;
     }
-    return { shardId: removed.id, stopped };
   }
 
   async addServer(address: string): Promise<boolean> {
@@ -612,6 +760,15 @@ export class Master {
     this.shardClients.close();
     await this.store.close();
   }
+}
+
+/** Admin answers kept in memory by operation id: far more than an operator retries at once. */
+const ANSWERS_KEPT = 256;
+
+export type StartedOperation = { op?: Operation; plan: Plan; before: Map<string, number>; after: Map<string, number> };
+
+function reusedOperationId(id: string, first: string, now: string): CairnError {
+  return new CairnError('CONFLICT', `operation_id: "${id}" was already used for the ${first}, not the ${now}; use a new id for a new operation`);
 }
 
 /** A cluster id: made once when a cluster forms, kept by the master and every shard. */

@@ -69,6 +69,7 @@ export async function startMasterServer(opts: MasterServerOptions): Promise<Runn
       observe,
       gate: serving,
       requirePeerCert: !!(opts.mutualTls && opts.tls?.ca),
+      checkClientCall: (claims) => master.checkClientCall(claims),
     };
     started = await startServer(
       opts.listen,

@@ -7,6 +7,7 @@ import type { AdminServiceServer, MoveInfo, Plan as PlanProto } from '../../prot
 import type { MasterServiceServer } from '../../proto/gen/cairn/v1/master.js';
 import { parseHostPort } from '../common/config.js';
 import { CairnError, invalidArgument } from '../common/errors.js';
+import { failpoint } from '../common/failpoints.js';
 import { serverStream, unary, type HandlerEnv } from '../common/grpc.js';
 import { endFromProto, endToProto } from '../common/hash.js';
 import { mapToProto } from '../common/map.js';
@@ -36,6 +37,15 @@ const MAX_ID_CHARS = 64;
 function checkId(field: string, value: string, required = false): void {
   if (required && !value) throw invalidArgument(`${field}: must not be empty (a shard makes one at each start)`);
   if (value.length > MAX_ID_CHARS) throw invalidArgument(`${field}: ${value.length} characters, over the limit of ${MAX_ID_CHARS}`);
+}
+
+/** A caller-chosen operation id: short, and made of characters that print and log plainly. */
+const OPERATION_ID_RE = /^[A-Za-z0-9._:-]{1,64}$/;
+
+function checkOperationId(value: string): void {
+  if (value && !OPERATION_ID_RE.test(value)) {
+    throw invalidArgument(`operation_id: expected up to 64 letters, digits, '.', '_', ':' or '-', got ${JSON.stringify(value.slice(0, 80))}`);
+  }
 }
 
 /** A heartbeat's per-range counts, checked: a range inside the hash space, counts a master can add up and report. */
@@ -102,7 +112,7 @@ export function masterServiceImpl(master: Master, env: HandlerEnv): MasterServic
         generation: Number(req.generation),
         sessionId: req.sessionId,
       });
-      return { header: header(), shardId, map: mapToProto(map), heartbeatIntervalMs: master.heartbeatIntervalMs };
+      return { header: header(), shardId, map: mapToProto(map), heartbeatIntervalMs: master.heartbeatIntervalMs, revocations: revocationsToProto(master) };
     }),
     heartbeat: unary(env, 'Heartbeat', 'server', async (req) => {
       if (!req.shardId) throw invalidArgument('shard_id: must not be empty');
@@ -110,7 +120,7 @@ export function masterServiceImpl(master: Master, env: HandlerEnv): MasterServic
       const ranges = heartbeatRanges(req.ranges);
       checkId('session_id', req.sessionId, true);
       master.heartbeat(req.shardId, { sessionId: req.sessionId, epoch: req.epoch, opsPerSec: req.opsPerSec, stopping: req.stopping, ranges });
-      return { header: header() };
+      return { header: header(), revocations: revocationsToProto(master) };
     }),
     getMap: unary(env, 'GetMap', 'r', async () => ({ header: header(), map: mapToProto(master.currentMap()) })),
     watchMap: serverStream(env, 'WatchMap', 'r', async (req, ctx, send) => {
@@ -163,18 +173,24 @@ export function adminServiceImpl(master: Master, env: HandlerEnv): AdminServiceS
     }),
     startRebalance: unary(env, 'StartRebalance', 'admin', async (req) => {
       checkMaxMbps(req.maxMbps);
-      const r = await master.startRebalance(req.maxMbps);
+      checkOperationId(req.operationId);
+      const r = await master.startRebalance(req.maxMbps, undefined, req.operationId);
+      failpoint('master-admin-answer'); // `lose`: the operation started, its answer did not arrive
       return { header: header(), operationId: r.op?.id ?? '', plan: planToProto(r, master.listServers().map((s) => s.id)) };
     }),
     dropServer: unary(env, 'DropServer', 'admin', async (req) => {
       if (!req.server) throw invalidArgument('server: name the shard by id or host:port');
       checkMaxMbps(req.maxMbps);
-      const r = await master.startRebalance(req.maxMbps, req.server);
+      checkOperationId(req.operationId);
+      const r = await master.startRebalance(req.maxMbps, req.server, req.operationId);
+      failpoint('master-admin-answer');
       return { header: header(), operationId: r.op?.id ?? '', plan: planToProto(r, master.listServers().map((s) => s.id)) };
     }),
     removeServer: unary(env, 'RemoveServer', 'admin', async (req) => {
       if (!req.server) throw invalidArgument('server: name the shard by id or host:port');
-      const r = await master.removeServer(req.server);
+      checkOperationId(req.operationId);
+      const r = await master.removeServer(req.server, req.operationId);
+      failpoint('master-admin-answer'); // `crash`: the removal is durable and the master dies before it answers
       return { header: header(), shardId: r.shardId, stopped: r.stopped };
     }),
     addServer: unary(env, 'AddServer', 'admin', async (req) => {
@@ -212,6 +228,20 @@ export function adminServiceImpl(master: Master, env: HandlerEnv): AdminServiceS
       const info = master.coordinator.listMoves(true).find((x) => x.move.id === req.moveId)!;
       return { header: header(), move: moveToInfo({ ...info, move: r.move }), action: r.action };
     }),
+    reload: unary(env, 'Reload', 'admin', async () => {
+      const r = await master.reload();
+      const c = r.change;
+      return {
+        header: header(),
+        users: r.users,
+        added: c.added,
+        removed: c.removed,
+        lowered: c.lowered,
+        raised: c.raised,
+        passwordChanged: c.passwordChanged,
+        restartNeeded: r.restartNeeded,
+      };
+    }),
     getRanges: unary(env, 'GetRanges', 'admin', async () => ({
       header: header(),
       ranges: master.getRanges().map((r) => ({
@@ -224,4 +254,8 @@ export function adminServiceImpl(master: Master, env: HandlerEnv): AdminServiceS
       })),
     })),
   };
+}
+
+function revocationsToProto(master: Master) {
+  return master.tokenRevocations().map((r) => ({ user: r.user, notBeforeMs: BigInt(r.notBeforeMs) }));
 }

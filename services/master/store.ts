@@ -7,6 +7,7 @@
  */
 import { Level } from 'level';
 import type { ClusterMap } from '../common/map.js';
+import type { AppliedClient, Revocation } from './client-list.js';
 
 export interface ShardRecord {
   id: string;
@@ -28,6 +29,13 @@ export interface Registry {
   shards: ShardRecord[];
   nextShardNumber: number;
   removed: string[];
+}
+
+/** A removal recorded under the caller's operation id, so its retry answers as the first call did. */
+export interface AdminOpRecord {
+  what: string;
+  shardId: string;
+  address: string;
 }
 
 interface MapJson {
@@ -79,7 +87,7 @@ export class MasterStore {
   }
 
   /** Writes the registry, and optionally a new map and journal records, in one synced batch. */
-  async save(state: Registry & { map?: ClusterMap; moves?: Array<{ id: string; json: unknown }> }): Promise<void> {
+  async save(state: Registry & { map?: ClusterMap; moves?: Array<{ id: string; json: unknown }>; adminOps?: Array<{ id: string; json: AdminOpRecord }> }): Promise<void> {
     const ops: Array<{ type: 'put'; key: string; value: string }> = [
       { type: 'put', key: 'shards', value: JSON.stringify(state.shards) },
       { type: 'put', key: 'nextShardNumber', value: String(state.nextShardNumber) },
@@ -88,7 +96,14 @@ export class MasterStore {
     ];
     if (state.map) ops.push({ type: 'put', key: 'map', value: JSON.stringify(toJson(state.map)) });
     for (const m of state.moves ?? []) ops.push({ type: 'put', key: `move/${m.id}`, value: JSON.stringify(m.json) });
+    for (const o of state.adminOps ?? []) ops.push({ type: 'put', key: `adminOp/${o.id}`, value: JSON.stringify(o.json) });
     await this.db.batch(ops, { sync: true });
+  }
+
+  /** What an admin call recorded under its operation id, or undefined. */
+  async loadAdminOp(id: string): Promise<AdminOpRecord | undefined> {
+    const v = await this.db.get(`adminOp/${id}`);
+    return v ? (JSON.parse(v) as AdminOpRecord) : undefined;
   }
 
   /** Journals one move record (synced) before the step it describes is acted on. */
@@ -101,6 +116,26 @@ export class MasterStore {
     const out: unknown[] = [];
     for await (const v of this.db.values({ gte: 'move/', lt: 'move0' })) out.push(JSON.parse(v));
     return out;
+  }
+
+  /** The client list as last applied (undefined before the first) and the revocations in force. */
+  async loadClientState(): Promise<{ clients: AppliedClient[] | undefined; revocations: Revocation[] }> {
+    const [clients, revocations] = await this.db.getMany(['appliedClients', 'revocations']);
+    return {
+      clients: clients ? (JSON.parse(clients) as AppliedClient[]) : undefined,
+      revocations: revocations ? (JSON.parse(revocations) as Revocation[]) : [],
+    };
+  }
+
+  /** Writes the applied client list and the revocations in one synced batch: a revocation never outlives a crash unsaved. */
+  async saveClientState(clients: AppliedClient[], revocations: Revocation[]): Promise<void> {
+    await this.db.batch(
+      [
+        { type: 'put', key: 'appliedClients', value: JSON.stringify(clients) },
+        { type: 'put', key: 'revocations', value: JSON.stringify(revocations) },
+      ],
+      { sync: true },
+    );
   }
 
   async loadApprovals(): Promise<string[]> {

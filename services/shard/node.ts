@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'winston';
 import { MasterServiceClient } from '../../proto/gen/cairn/v1/master.js';
 import { ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
-import { deriveTokenKey, ServerTokenSource, type Claims } from '../common/auth.js';
+import { checkClientClaims, deriveTokenKey, ServerTokenSource, type Claims } from '../common/auth.js';
 import { CairnError } from '../common/errors.js';
 import { failpoint } from '../common/failpoints.js';
 import { call, ClientPool, type ClientTls } from '../common/grpc.js';
@@ -55,6 +55,12 @@ export class ShardNode {
   readonly sessionId = randomBytes(12).toString('hex');
   /** Why the last refusal happened (by the master, or of a caller from another cluster); '' once admitted. */
   refusal = '';
+  /**
+   * Users whose tokens issued before a time no longer hold, as the master last
+   * said (register and heartbeat answers); kept in the data directory so a
+   * restart does not forget them while the master is away.
+   */
+  private revocations = new Map<string, number>();
   /** Told when the master admits this process (true) or refuses it (false): the health status follows. */
   onAdmission: (admitted: boolean) => void = () => undefined;
   private readonly refusalsLogged = new Set<string>();
@@ -91,6 +97,7 @@ export class ShardNode {
     const node = new ShardNode(opts, store);
     node.id = ((await store.getMeta('shardId')) as string | undefined) ?? '';
     node.clusterId = ((await store.getMeta('clusterId')) as string | undefined) ?? '';
+    node.revocations = new Map((((await store.getMeta('revocations')) as Array<[string, number]> | undefined) ?? []).map(([u, t]) => [u, t]));
     const saved = (await store.getMeta('map')) as MapJson | undefined;
     if (saved) {
       node.map = {
@@ -279,6 +286,23 @@ export class ShardNode {
     );
   }
 
+  /** Checks every call made with a client token (HandlerEnv.checkClientCall): its cluster, and whether its user was revoked. */
+  checkClientCall(claims: Claims): void {
+    if (!this.clusterId) return; // not in a cluster yet: it serves no data, and learns its cluster (and the revocations) when admitted
+    checkClientClaims(claims, { clusterId: this.clusterId, revokedBefore: (u) => this.revocations.get(u) });
+  }
+
+  /** Takes the master's list of revocations (it sends every one in force); saved when it changed. */
+  private async takeRevocations(list: Array<{ user: string; notBeforeMs: bigint }>): Promise<void> {
+    const next = new Map(list.map((r) => [r.user, Number(r.notBeforeMs)]));
+    const same = next.size === this.revocations.size && [...next].every(([u, t]) => this.revocations.get(u) === t);
+    if (same) return;
+    const added = [...next.keys()].filter((u) => this.revocations.get(u) !== next.get(u));
+    this.revocations = next;
+    if (added.length) this.log.info('token revocations from the master', { users: added });
+    await this.store.putMeta('revocations', [...next], true);
+  }
+
   /** Records and logs (once per distinct reason) a refusal, and returns the error to throw. */
   private refuse(message: string): CairnError {
     this.refusal = message;
@@ -323,6 +347,7 @@ export class ShardNode {
           await this.store.putMeta('shardId', this.id, true);
         }
         await this.installMap(map);
+        await this.takeRevocations(res.revocations);
         this.registered = true;
         this.refusal = '';
         this.onAdmission(true);
@@ -396,6 +421,7 @@ export class ShardNode {
         { shardId: this.id, sessionId: this.sessionId, epoch: this.map.epoch, ranges: this.rangeCounts(), opsPerSec, stopping },
         { token: this.serverToken.get(), timeoutMs: Math.max(1000, intervalMs) },
       );
+      await this.takeRevocations(res.revocations);
       if ((res.header?.epoch ?? 0n) > this.map.epoch) await this.refreshMap();
     } catch (err) {
       const e = err as CairnError;

@@ -76,6 +76,7 @@ export async function startShardServer(opts: ShardServerOptions): Promise<Runnin
       gate: serving,
       requirePeerCert: !!(opts.mutualTls && opts.tls?.ca),
       checkServerCall: (claims, method) => node.checkServerCall(claims, method),
+      checkClientCall: (claims) => node.checkClientCall(claims),
     };
     started = await startServer(opts.listen, [[ShardServiceService, shardServiceImpl(node, env)]], {
       maxMessageBytes: opts.limits.maxMessageBytes,

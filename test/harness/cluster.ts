@@ -11,7 +11,7 @@ import { createServer } from 'node:net';
 import { createInterface } from 'node:readline';
 import { stringify } from 'yaml';
 import { hashPassword } from '../../services/common/auth.js';
-import { TEST_CREDENTIAL, USERS } from './inproc.js';
+import { TEST_CREDENTIAL, USERS, type TestUser } from './inproc.js';
 
 export const CAIRN_BIN = resolve('bin/cairn.js');
 
@@ -101,6 +101,8 @@ export async function startProcCluster(
     dataFrom?: string;
     /** Wait until the shards are up and the cluster has a map (default true). */
     waitForMap?: boolean;
+    /** Users in the master's client list besides USERS. */
+    extraUsers?: TestUser[];
   } = {},
 ): Promise<ProcCluster> {
   const n = o.shards ?? 2;
@@ -117,7 +119,7 @@ export async function startProcCluster(
       serverCredentialFile: credFile,
       heartbeatIntervalMs: 250,
       shardDownAfterMs: 2000,
-      clients: USERS.map((u) => ({ user: u.user, passwordHash: hashPassword(u.password), role: u.role })),
+      clients: [...USERS, ...(o.extraUsers ?? [])].map((u) => ({ user: u.user, passwordHash: hashPassword(u.password), role: u.role })),
     }),
   );
   const env = { CAIRN_CONFIG: '', ...o.env };

@@ -23,9 +23,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { CairnClient } from '../../services/client/client.js';
-import { deriveTokenKey, mintToken } from '../../services/common/auth.js';
 import { runCtl } from '../harness/cluster.js';
-import { TEST_CREDENTIAL, USERS } from '../harness/inproc.js';
+import { login } from '../harness/raw.js';
+import { USERS } from '../harness/inproc.js';
 import { checkFinal, linearizabilityAnomalies, type FinalVersion } from './checker.js';
 import { NemesisCluster, type Node } from './cluster.js';
 import { showOp } from './history.js';
@@ -36,7 +36,8 @@ import { COLUMN, connectClient, runOp, startWorkload } from './workload.js';
 const ROWS = 2000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const adminUser = USERS.find((u) => u.role === 'admin')!;
-const adminHeader = () => `Bearer ${mintToken(deriveTokenKey(TEST_CREDENTIAL), 'failpoints-test', 'admin', 600_000).token}`;
+/** An admin token of the cluster at `master`: tokens carry the cluster id, so it comes from a real login. */
+const adminHeader = async (master: string) => `Bearer ${await login(master, adminUser.user, adminUser.password)}`;
 
 let cluster: NemesisCluster | undefined;
 let dir: string | undefined;
@@ -90,7 +91,7 @@ async function run(s: Scenario): Promise<void> {
   // One attempt, no retry: a StartRebalance retried after the master's crash would start a second one.
   const client = rawClient(c.masterAddress);
   closers.push(() => client.close());
-  const started = await invokeRaw(client, rpc('AdminService', 'StartRebalance'), rpc('AdminService', 'StartRebalance').encode({ maxMbps: 0.1 }), adminHeader());
+  const started = await invokeRaw(client, rpc('AdminService', 'StartRebalance'), rpc('AdminService', 'StartRebalance').encode({ maxMbps: 0.1 }), await adminHeader(c.masterAddress));
   if (started.code !== status.OK) expect(s.masterFailpoint).toBeDefined(); // only a master crash may cut the answer off
 
   const victim = s.masterFailpoint ? c.master : dest;

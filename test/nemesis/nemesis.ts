@@ -166,7 +166,7 @@ export class Nemesis {
     try {
       if (kind === 'rebalance') {
         const mbps = this.maxMbps();
-        const res = await this.o.admin.admin((a) => a.startRebalance, { maxMbps: mbps }, { timeoutMs: 15_000 });
+        const res = await this.o.admin.startRebalance({ maxMbps: mbps, timeoutMs: 15_000 });
         if (!res.operationId) return undefined;
         return `${res.plan?.moves.length ?? 0} moves at ${mbps} MB/s (${res.operationId})`;
       }
@@ -175,7 +175,7 @@ export class Nemesis {
       if (owners.length < 2) return undefined;
       const victim = this.pick(owners);
       const mbps = this.maxMbps();
-      const res = await this.o.admin.admin((a) => a.dropServer, { server: victim, maxMbps: mbps }, { timeoutMs: 15_000 });
+      const res = await this.o.admin.dropServer(victim, { maxMbps: mbps, timeoutMs: 15_000 });
       if (!res.operationId) return undefined;
       return `drain ${victim}: ${res.plan?.moves.length ?? 0} moves at ${mbps} MB/s (${res.operationId})`;
     } catch (err) {
