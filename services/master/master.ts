@@ -75,7 +75,18 @@ interface LiveState {
   epoch: bigint;
   ranges: RangeCount[];
   opsPerSec: number;
+  /** The shard's data directory's file system at the last heartbeat; total 0 = not reported (an older shard). */
+  disk: DiskReport;
 }
+
+/** Free and total bytes of a shard's disk, and whether it refuses writes for lack of space. */
+export interface DiskReport {
+  freeBytes: number;
+  totalBytes: number;
+  full: boolean;
+}
+
+export const NO_DISK_REPORT: DiskReport = Object.freeze({ freeBytes: 0, totalBytes: 0, full: false });
 
 export interface ServerView {
   id: string;
@@ -87,6 +98,9 @@ export interface ServerView {
   share: number;
   opsPerSec: number;
   lastHeartbeatMs: number;
+  diskFreeBytes: number;
+  diskTotalBytes: number;
+  diskFull: boolean;
 }
 
 export interface RangeView extends HashRange {
@@ -306,7 +320,7 @@ export class Master {
       if (addressChanged || sessionChanged) {
         this.shards = this.shards.map((s) => (s.id === id ? { ...s, address, generation: hello.generation, sessionId: hello.sessionId } : s));
       }
-      this.live.set(id, { sessionId: hello.sessionId, lastHeartbeatMs: Date.now(), stopping: false, epoch: hello.epoch, ranges: [], opsPerSec: 0 });
+      this.live.set(id, { sessionId: hello.sessionId, lastHeartbeatMs: Date.now(), stopping: false, epoch: hello.epoch, ranges: [], opsPerSec: 0, disk: NO_DISK_REPORT });
 
       if (this.map.epoch === 0n && this.shards.length >= this.opts.expectShards) {
         const owners = this.shards.slice(0, this.opts.expectShards);
@@ -386,7 +400,7 @@ export class Master {
   }
 
   /** Records a heartbeat; refused when the shard is unknown, or when another process now holds its id. */
-  heartbeat(shardId: string, hb: { sessionId: string; epoch: bigint; ranges: RangeCount[]; opsPerSec: number; stopping: boolean }): void {
+  heartbeat(shardId: string, hb: { sessionId: string; epoch: bigint; ranges: RangeCount[]; opsPerSec: number; stopping: boolean; disk?: DiskReport }): void {
     const rec = this.shards.find((s) => s.id === shardId);
     if (!rec || rec.sessionId === undefined) {
       throw new CairnError('NOT_FOUND', `unknown shard ${shardId}: register first`);
@@ -398,7 +412,13 @@ export class Master {
         { reason: 'SESSION_SUPERSEDED' },
       );
     }
-    this.live.set(shardId, { lastHeartbeatMs: Date.now(), ...hb });
+    const wasFull = this.live.get(shardId)?.disk.full ?? false;
+    const disk = hb.disk ?? NO_DISK_REPORT;
+    this.live.set(shardId, { lastHeartbeatMs: Date.now(), ...hb, disk });
+    if (disk.full !== wasFull) {
+      if (disk.full) this.log.warn('shard reports a full disk: it refuses writes until space is freed', { shardId, diskFreeBytes: disk.freeBytes, diskTotalBytes: disk.totalBytes });
+      else this.log.info('shard takes writes again: its disk has room', { shardId, diskFreeBytes: disk.freeBytes, diskTotalBytes: disk.totalBytes });
+    }
     if (hb.stopping) this.log.info('shard is stopping', { shardId });
   }
 
@@ -449,6 +469,9 @@ export class Master {
         share: shareOf(owned),
         opsPerSec: live?.opsPerSec ?? 0,
         lastHeartbeatMs: live?.lastHeartbeatMs ?? 0,
+        diskFreeBytes: live?.disk.freeBytes ?? 0,
+        diskTotalBytes: live?.disk.totalBytes ?? 0,
+        diskFull: live?.disk.full ?? false,
       };
     });
   }
