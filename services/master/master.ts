@@ -14,7 +14,7 @@ import { EMPTY_MAP, mapError, mapToProto, rangesOf, type ClusterMap } from '../c
 import { evenSplit, rangeCovers, rangesOverlap, reassign, shareOf, type HashRange } from '../common/ranges.js';
 import { AmbiguousWrite, MoveCoordinator, type Operation } from './coordinator.js';
 import type { Move } from './moves.js';
-import { plan as planMoves, shardLoads, type Plan } from './planner.js';
+import { DEFAULT_DISK_HIGH_WATER, diskRoomBytes, drainShortfallMessage, plan as planMoves, shardLoads, type DiskReport, type Plan } from './planner.js';
 import { MasterStore, type Registry, type ShardRecord } from './store.js';
 import { LoginGate, type LoginCaller } from './logins.js';
 
@@ -39,6 +39,8 @@ export interface MasterOptions {
   maxConcurrentMoves?: number;
   /** Default throttle per move in MB/s; 0 = unthrottled. */
   moveMaxMbps?: number;
+  /** The planner never gives a shard data that would take its disk's use past this fraction of its size (default 0.9). */
+  diskHighWater?: number;
   /** TLS used when the master dials shards. */
   peerTls?: ClientTls;
   log: Logger;
@@ -77,13 +79,6 @@ interface LiveState {
   opsPerSec: number;
   /** The shard's data directory's file system at the last heartbeat; total 0 = not reported (an older shard). */
   disk: DiskReport;
-}
-
-/** Free and total bytes of a shard's disk, and whether it refuses writes for lack of space. */
-export interface DiskReport {
-  freeBytes: number;
-  totalBytes: number;
-  full: boolean;
 }
 
 export const NO_DISK_REPORT: DiskReport = Object.freeze({ freeBytes: 0, totalBytes: 0, full: false });
@@ -553,13 +548,24 @@ export class Master {
       throw new CairnError('PRECONDITION', `cannot drain ${draining}: no other shard is up to take its ranges`);
     }
     const buckets = await this.gatherBuckets();
+    const highWater = this.opts.diskHighWater ?? DEFAULT_DISK_HIGH_WATER;
+    const room = new Map(this.shards.map((s) => [s.id, diskRoomBytes(this.live.get(s.id)?.disk, highWater)]));
     const plan = planMoves({
       map: this.map,
-      shards: this.shards.map((s) => ({ id: s.id, up: this.isUp(s.id), draining: s.id === draining })),
+      shards: this.shards.map((s) => ({ id: s.id, up: this.isUp(s.id), draining: s.id === draining, roomBytes: room.get(s.id) })),
       buckets,
     });
     const stuck = draining ? plan.targetMap.filter((r) => r.shardId === draining).length : 0;
-    if (stuck) throw new CairnError('PRECONDITION', `cannot drain ${draining}: ${stuck} of its ranges have no shard up to take them`);
+    if (stuck) {
+      const others = this.shards.filter((s) => s.id !== draining && this.isUp(s.id));
+      // Every range of a draining shard goes somewhere unless the other shards' disks are at the mark.
+      if (others.length && others.every((s) => room.get(s.id) !== undefined)) {
+        const left = shardLoads(plan.targetMap, buckets).get(draining!)?.bytes ?? 0;
+        const rooms = others.map((s) => ({ id: s.id, roomBytes: room.get(s.id)!, plannedBytes: plan.moves.filter((m) => m.to === s.id).reduce((n, m) => n + m.bytes, 0) }));
+        throw new CairnError('PRECONDITION', drainShortfallMessage(draining!, left, highWater, rooms));
+      }
+      throw new CairnError('PRECONDITION', `cannot drain ${draining}: ${stuck} of its ranges have no shard up to take them`);
+    }
     const loads = (ranges: typeof this.map.ranges) => new Map([...shardLoads(ranges, buckets)].map(([id, l]) => [id, l.bytes]));
     return { plan, before: loads(this.map.ranges), after: loads(plan.targetMap) };
   }
