@@ -15,6 +15,11 @@ export interface ServerRow {
   share: number;
   opsPerSec: number;
   lastHeartbeatMs?: number;
+  /** Free bytes on the shard's data directory's file system; with diskTotalBytes 0 or absent, not reported. */
+  diskFreeBytes?: number;
+  diskTotalBytes?: number;
+  /** The shard refuses writes because its disk is full. */
+  diskFull?: boolean;
 }
 
 export interface RangeRow {
@@ -39,6 +44,17 @@ export function humanBytes(n: number): string {
 
 export const percent = (share: number): string => `${Math.round(share * 100)}%`;
 
+/**
+ * A shard's free disk: `12MB of 16MB` (`12MB/16MB` when `compact`), `0B of
+ * 16MB FULL` while it refuses writes, `n/a` when the shard does not report it
+ * (an older shard).
+ */
+export function diskFree(s: Pick<ServerRow, 'diskFreeBytes' | 'diskTotalBytes' | 'diskFull'>, compact = false): string {
+  const full = s.diskFull ? ' FULL' : '';
+  if (!s.diskTotalBytes) return `n/a${full}`;
+  return `${humanBytes(s.diskFreeBytes ?? 0)}${compact ? '/' : ' of '}${humanBytes(s.diskTotalBytes)}${full}`;
+}
+
 /** `Server 0 50% [00000000000000000000, 09223372036854775808[` per range; `Server 2 0% (no range)` for an empty shard. */
 export function formatRanges(servers: Array<Pick<ServerRow, 'id' | 'share'>>, ranges: RangeRow[]): string[] {
   const lines: string[] = [];
@@ -54,14 +70,19 @@ export function formatRanges(servers: Array<Pick<ServerRow, 'id' | 'share'>>, ra
   return lines;
 }
 
-/** One line per shard: `Server 0 s1 127.0.0.1:7001 up (Size: 70KB, Rows: 10, Ranges: 1, Share: 33%, Load: 12 ops/s)`. */
+/**
+ * One line per shard: `Server 0 s1 127.0.0.1:7001 up (Size: 70KB, Rows: 10,
+ * Ranges: 1, Share: 33%, Load: 12 ops/s, Disk free: 12MB of 16MB)`; a shard
+ * whose full disk makes it refuse writes ends `Disk free: 0B of 16MB FULL:
+ * writes refused until space is freed)`.
+ */
 export function formatServers(servers: ServerRow[], epoch: bigint): string[] {
   const up = servers.filter((s) => s.status === 'up').length;
   return [
     `Map epoch ${epoch}: ${servers.length} servers, ${up} up`,
     ...servers.map(
       (s, i) =>
-        `Server ${i} ${s.id} ${s.address} ${s.status} (Size: ${humanBytes(s.bytes)}, Rows: ${s.rows}, Ranges: ${s.ranges}, Share: ${percent(s.share)}, Load: ${Math.round(s.opsPerSec)} ops/s)`,
+        `Server ${i} ${s.id} ${s.address} ${s.status} (Size: ${humanBytes(s.bytes)}, Rows: ${s.rows}, Ranges: ${s.ranges}, Share: ${percent(s.share)}, Load: ${Math.round(s.opsPerSec)} ops/s, Disk free: ${diskFree(s)}${s.diskFull ? ': writes refused until space is freed' : ''})`,
     ),
   ];
 }
@@ -79,6 +100,9 @@ export function serversJson(servers: ServerRow[], epoch: bigint) {
       share: s.share,
       opsPerSec: s.opsPerSec,
       lastHeartbeatMs: s.lastHeartbeatMs ?? 0,
+      diskFreeBytes: s.diskFreeBytes ?? 0,
+      diskTotalBytes: s.diskTotalBytes ?? 0,
+      diskFull: s.diskFull ?? false,
     })),
   };
 }

@@ -98,6 +98,7 @@ export async function runMaster(flags: Flags): Promise<number> {
     requireApproval: c.requireApproval,
     maxConcurrentMoves: c.maxConcurrentMoves,
     moveMaxMbps: c.moveMaxMbps,
+    diskHighWater: c.diskHighWater,
     tls,
     mutualTls: !!tls?.ca,
     peerTls: tls ? { ca: tls.ca, cert: tls.cert, key: tls.key } : undefined,

@@ -12,7 +12,7 @@ const snapshot: Snapshot = {
   servers: [
     server('s1', 0, { bytes: 1_048_576, rows: 5000, share: 0.5, opsPerSec: 41.6, lastHeartbeatMs: 9_700 }),
     server('s2', 1, { bytes: 2_097_152, rows: 10000, ranges: 2, share: 0.5, opsPerSec: 0, lastHeartbeatMs: 9_800 }),
-    server('s3', 2, { status: 'down', bytes: 0, rows: 0, ranges: 0, share: 0, opsPerSec: 0, lastHeartbeatMs: 0 }),
+    server('s3', 2, { status: 'down', bytes: 0, rows: 0, ranges: 0, share: 0, opsPerSec: 0, lastHeartbeatMs: 0, diskFreeBytes: 0, diskTotalBytes: 0 }),
   ],
   ranges: [
     { start: 0n, end: HALF, shard: 's1', address: '10.0.0.1:7001', bytes: 1_048_576, rows: 5000 },
@@ -30,6 +30,19 @@ describe('Dashboard', () => {
     expect(frame).toContain('0 s1 10.0.0.1:7001 up 1.0MB 5000 1 50% 42 0.3s ago');
     expect(frame).toContain('1 s2 10.0.0.2:7001 up 2.0MB 10000 2 50% 0 0.2s ago');
     expect(frame).toContain('2 s3 10.0.0.3:7001 down 0B 0 0 0% 0 never');
+  });
+
+  it('shows each shard\'s free disk, FULL while a full disk makes it refuse writes, n/a when it does not report', () => {
+    const servers = [
+      ...snapshot.servers.slice(0, 2),
+      server('s3', 2, { diskFreeBytes: 0, diskTotalBytes: 16 * 2 ** 20, diskFull: true }),
+      server('s4', 3, { diskFreeBytes: 0, diskTotalBytes: 0 }),
+    ];
+    const frame = squash(render(<Dashboard master="m:7000" user="ops" snapshot={{ ...snapshot, servers }} now={10_000} />).lastFrame()!);
+    expect(frame).toMatch(/HEARTBEAT DISK FREE/);
+    expect(frame).toContain('0.3s ago 8.0GB/16GB');
+    expect(frame).toMatch(/s3 10\.0\.0\.3:7001 up .* 0B\/16MB FULL/);
+    expect(frame).toMatch(/s4 10\.0\.0\.4:7001 up .* n\/a/);
   });
 
   it('shows the map epoch and the ranges as a strip of owners', () => {

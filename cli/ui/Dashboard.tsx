@@ -4,7 +4,7 @@
  * moves in flight with their progress bars.
  */
 import { Box, Text } from 'ink';
-import { humanBytes, percent } from '../format.js';
+import { diskFree, humanBytes, percent } from '../format.js';
 import { ago, clock, mapStrip, shardMark, type Snapshot } from './model.js';
 import { ErrorLine } from './ErrorLine.js';
 import { MoveList } from './MoveProgress.js';
@@ -26,8 +26,10 @@ export interface DashboardProps {
   followed?: string;
 }
 
-const HEAD = ['#', 'ID', 'ADDRESS', 'STATUS', 'BYTES', 'ROWS', 'RANGES', 'SHARE', 'OPS/S', 'HEARTBEAT'];
-const MIN_WIDTH = [2, 6, 21, 6, 8, 9, 6, 5, 7, 10];
+const HEAD = ['#', 'ID', 'ADDRESS', 'STATUS', 'BYTES', 'ROWS', 'RANGES', 'SHARE', 'OPS/S', 'HEARTBEAT', 'DISK FREE'];
+// ADDRESS grows with the addresses shown; 15 fits 127.0.0.1:7001 and leaves room for DISK FREE in 100 columns.
+const MIN_WIDTH = [2, 6, 15, 6, 8, 9, 6, 5, 7, 10, 9];
+const DISK = HEAD.length - 1;
 /** Numbers are right-aligned. */
 const RIGHT = new Set([4, 5, 6, 7, 8]);
 
@@ -60,6 +62,7 @@ export function Dashboard({ master, user, snapshot, now, error, stripWidth = 64,
     percent(s.share),
     String(Math.round(s.opsPerSec)),
     ago(s.lastHeartbeatMs, now),
+    diskFree(s, true),
   ]);
   const width = HEAD.map((h, i) => Math.max(MIN_WIDTH[i]!, h.length, ...rows.map((r) => r[i]!.length)));
   const cell = (i: number, text: string) => (RIGHT.has(i) ? text.padStart(width[i]!) : text.padEnd(width[i]!));
@@ -76,7 +79,9 @@ export function Dashboard({ master, user, snapshot, now, error, stripWidth = 64,
         <Text key={r[1]} wrap="truncate-end">
           <Text>{cells(r, 0, 3) + ' '}</Text>
           <Text color={r[3] === 'up' ? 'green' : 'red'}>{cell(3, r[3]!)}</Text>
-          <Text>{' ' + cells(r, 4, HEAD.length)}</Text>
+          <Text>{' ' + cells(r, 4, DISK) + ' '}</Text>
+          {/* A full disk refuses writes: red, like a shard that is down. */}
+          <Text color={r[DISK]!.endsWith('FULL') ? 'red' : undefined}>{cell(DISK, r[DISK]!)}</Text>
         </Text>
       ))}
       <Text wrap="truncate-end">

@@ -10,7 +10,7 @@ import type { AdminApi, OperationStart, OperationUpdate, Recovered } from './ses
 export const HALF = HASH_SPACE_END / 2n;
 
 export function server(id: string, i: number, o: Partial<ServerRow> = {}): ServerRow {
-  return { id, address: `10.0.0.${i + 1}:7001`, status: 'up', bytes: 1024 * 1024, rows: 5000, ranges: 1, share: 0.5, opsPerSec: 12, lastHeartbeatMs: 1_000, ...o };
+  return { id, address: `10.0.0.${i + 1}:7001`, status: 'up', bytes: 1024 * 1024, rows: 5000, ranges: 1, share: 0.5, opsPerSec: 12, lastHeartbeatMs: 1_000, diskFreeBytes: 8 * 2 ** 30, diskTotalBytes: 16 * 2 ** 30, diskFull: false, ...o };
 }
 
 export function moveOf(o: Partial<MoveView> = {}): MoveView {

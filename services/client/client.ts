@@ -153,6 +153,12 @@ export interface ServerInfo {
   opsPerSec: number;
   /** ms since the Unix epoch; 0 = never. */
   lastHeartbeatMs: number;
+  /** Free bytes on the shard's data directory's file system at its last heartbeat. */
+  diskFreeBytes: number;
+  /** Size of that file system; 0 = not reported (an older shard). */
+  diskTotalBytes: number;
+  /** The shard refuses writes because its disk is full (it resumes by itself once space is freed). */
+  diskFull: boolean;
 }
 
 export interface RangeInfo {
@@ -581,6 +587,9 @@ export class CairnClient {
       share: s.share,
       opsPerSec: s.opsPerSec,
       lastHeartbeatMs: Number(s.lastHeartbeatMs),
+      diskFreeBytes: Number(s.diskFreeBytes),
+      diskTotalBytes: Number(s.diskTotalBytes),
+      diskFull: s.diskFull,
     }));
   }
 

@@ -91,6 +91,7 @@ describe('defaults', () => {
       requireApproval: false,
       maxConcurrentMoves: 2,
       moveMaxMbps: 0,
+      diskHighWater: 0.9,
     });
     expect(c.metricsListen).toBeUndefined();
     expect(c.tlsCert).toBeUndefined();
@@ -158,6 +159,7 @@ describe('precedence: file < env < flag', () => {
       ['metricsListen', '[::]:9100', '[::]:9100'],
       ['maxValueBytes', '2048', 2048],
       ['moveMaxMbps', '12.5', 12.5],
+      ['diskHighWater', '0.8', 0.8],
       ['requireApproval', '1', true],
     ];
     for (const [key, value, want] of cases) {
@@ -194,6 +196,9 @@ describe('validation messages', () => {
     ['fraction', {}, { CAIRN_TOKEN_TTL_SECONDS: '1.5' }, 'config: tokenTtlSeconds (from env CAIRN_TOKEN_TTL_SECONDS): expected a positive integer, got "1.5"'],
     ['mbps', { 'move-max-mbps': '-1' }, {}, 'config: moveMaxMbps (from flag --move-max-mbps): expected a number ≥ 0, got "-1"'],
     ['mbps junk', { 'move-max-mbps': '5MB' }, {}, 'config: moveMaxMbps (from flag --move-max-mbps): expected a number ≥ 0, got "5MB"'],
+    ['high water over 1', {}, { CAIRN_DISK_HIGH_WATER: '90' }, 'config: diskHighWater (from env CAIRN_DISK_HIGH_WATER): expected a fraction above 0 and at most 1 (such as 0.9 for 90%), got "90"'],
+    ['high water 0', { 'disk-high-water': '0' }, {}, 'config: diskHighWater (from flag --disk-high-water): expected a fraction above 0 and at most 1 (such as 0.9 for 90%), got "0"'],
+    ['high water percent', { 'disk-high-water': '90%' }, {}, 'config: diskHighWater (from flag --disk-high-water): expected a fraction above 0 and at most 1 (such as 0.9 for 90%), got "90%"'],
     ['bool', {}, { CAIRN_VERBOSE: 'maybe' }, 'config: verbose (from env CAIRN_VERBOSE): expected true or false (or 1/0, yes/no), got "maybe"'],
     ['level', { 'log-level': 'loud' }, {}, 'config: logLevel (from flag --log-level): expected one of error, warn, info, debug, got "loud"'],
     ['no port', { listen: 'localhost' }, {}, 'config: listen (from flag --listen): expected host:port, got "localhost"'],

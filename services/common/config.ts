@@ -83,6 +83,8 @@ export interface MasterConfig extends CommonConfig {
   maxConcurrentMoves: number;
   /** MB/s per move; 0 means unthrottled. */
   moveMaxMbps: number;
+  /** The planner never takes a shard's disk use past this fraction of its size (0 < x <= 1). */
+  diskHighWater: number;
 }
 
 export interface ShardConfig extends CommonConfig {
@@ -119,7 +121,7 @@ export class ConfigError extends CairnError {
 // ---------------------------------------------------------------------------
 // Key table
 
-type Kind = 'hostport' | 'hostportNonZero' | 'path' | 'secret' | 'logLevel' | 'bool' | 'posint' | 'nonnegNumber' | 'clients';
+type Kind = 'hostport' | 'hostportNonZero' | 'path' | 'secret' | 'logLevel' | 'bool' | 'posint' | 'nonnegNumber' | 'fraction' | 'clients';
 
 interface KeyDef {
   kind: Kind;
@@ -157,6 +159,7 @@ const KEYS = {
   requireApproval: { kind: 'bool', roles: MASTER, default: () => false },
   maxConcurrentMoves: { kind: 'posint', roles: MASTER, default: () => 2 },
   moveMaxMbps: { kind: 'nonnegNumber', roles: MASTER, default: () => 0 },
+  diskHighWater: { kind: 'fraction', roles: MASTER, default: () => 0.9 },
   master: { kind: 'hostportNonZero', roles: SHARD, default: () => '127.0.0.1:7000' },
   maxFenceMs: { kind: 'posint', roles: SHARD, default: () => 1000 },
 } satisfies Record<string, KeyDef>;
@@ -228,6 +231,15 @@ function parseNonNegNumber(v: unknown): number {
   if (typeof v === 'number') n = v;
   else if (typeof v === 'string' && /^\s*(\d+(\.\d*)?|\.\d+)\s*$/.test(v)) n = Number(v);
   if (n === undefined || !Number.isFinite(n) || n < 0) throw new Bad(`expected a number ≥ 0, ${got(v)}`);
+  return n;
+}
+
+/** A fraction in (0, 1], such as 0.9. */
+function parseFraction(v: unknown): number {
+  let n: number | undefined;
+  if (typeof v === 'number') n = v;
+  else if (typeof v === 'string' && /^\s*(\d+(\.\d*)?|\.\d+)\s*$/.test(v)) n = Number(v);
+  if (n === undefined || !Number.isFinite(n) || n <= 0 || n > 1) throw new Bad(`expected a fraction above 0 and at most 1 (such as 0.9 for 90%), ${got(v)}`);
   return n;
 }
 
@@ -391,6 +403,8 @@ function convert(key: Key, v: unknown, cwd: string): unknown {
       return parsePosInt(v);
     case 'nonnegNumber':
       return parseNonNegNumber(v);
+    case 'fraction':
+      return parseFraction(v);
     case 'clients':
       throw new Error('clients are parsed separately');
   }

@@ -16,6 +16,7 @@ export type ErrorCode =
   | 'UNREACHABLE' // (client side) the transport failed: no process answered at the address
   | 'INVALID_ARGUMENT' // bad input; the message names the field
   | 'LIMIT_EXCEEDED' // a per-call limit; the message names the limit and the value
+  | 'DISK_FULL' // the shard's disk is full: nothing was applied; the message names the directory; it resumes by itself once space is freed
   | 'PRECONDITION' // the cluster's state forbids it now (e.g. removing a shard that owns ranges)
   | 'CONFLICT' // lease held by another, move already running, …
   | 'NOT_FOUND' // unknown lease, move, shard or user
@@ -32,6 +33,7 @@ const TO_STATUS: Record<ErrorCode, Status> = {
   UNREACHABLE: Status.UNAVAILABLE,
   INVALID_ARGUMENT: Status.INVALID_ARGUMENT,
   LIMIT_EXCEEDED: Status.RESOURCE_EXHAUSTED,
+  DISK_FULL: Status.RESOURCE_EXHAUSTED,
   PRECONDITION: Status.FAILED_PRECONDITION,
   CONFLICT: Status.ABORTED,
   NOT_FOUND: Status.NOT_FOUND,
@@ -105,6 +107,20 @@ export const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['WRONG_SHAR
 
 export const invalidArgument = (msg: string): CairnError => new CairnError('INVALID_ARGUMENT', msg);
 export const limitExceeded = (msg: string): CairnError => new CairnError('LIMIT_EXCEEDED', msg);
+
+/**
+ * True for a storage error that means the file system is out of space (or
+ * over a quota): ENOSPC/EDQUOT from Node's fs, and LevelDB's IO errors, which
+ * classic-level passes on as LEVEL_IO_ERROR with the OS's text ("IO error:
+ * <dir>/000003.log: No space left on device"), possibly as a cause.
+ */
+export function isNoSpaceError(err: unknown): boolean {
+  for (let e = err as { code?: unknown; message?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 4; e = e.cause as typeof e, depth++) {
+    if (e.code === 'ENOSPC' || e.code === 'EDQUOT') return true;
+    if (typeof e.message === 'string' && /no space left on device|disk quota exceeded/i.test(e.message)) return true;
+  }
+  return false;
+}
 
 export function grpcStatusOf(code: ErrorCode): Status {
   return TO_STATUS[code];

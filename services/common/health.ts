@@ -40,6 +40,8 @@ export class ServingState implements CallGate {
   private inFlight = 0;
   private draining = false;
   private idleWaiters: Array<() => void> = [];
+  /** Services reported NOT_SERVING whatever the process's status, with why (see holdService). */
+  private readonly held = new Map<string, string>();
 
   constructor(
     /** Fully-qualified service names that get a status of their own (`cairn.v1.MasterService`). */
@@ -67,7 +69,25 @@ export class ServingState implements CallGate {
   setServing(serving: boolean): void {
     const next: HealthStatus = serving && !this.draining ? 'SERVING' : 'NOT_SERVING';
     this.current = next;
-    for (const s of [OVERALL, ...this.services]) this.health.setStatus(s, next);
+    this.health.setStatus(OVERALL, next);
+    for (const s of this.services) this.health.setStatus(s, this.held.has(s) ? 'NOT_SERVING' : next);
+  }
+
+  /**
+   * Reports one service NOT_SERVING while the process itself keeps its status
+   * (a shard whose disk is full cannot take writes, but it is alive and
+   * answers reads, and a restart would not free its disk: a liveness probe
+   * on the overall status must not restart it). `reason` null lifts the hold.
+   */
+  holdService(service: string, reason: string | null): void {
+    if (reason === null) this.held.delete(service);
+    else this.held.set(service, reason);
+    this.setServing(this.current === 'SERVING');
+  }
+
+  /** Why a service is held NOT_SERVING, or undefined. */
+  heldReason(service: string): string | undefined {
+    return this.held.get(service);
   }
 
   enter(method: string): () => void {

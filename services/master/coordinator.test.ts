@@ -8,7 +8,7 @@ import winston from 'winston';
 import { ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
 import { deriveTokenKey, ServerTokenSource } from '../common/auth.js';
 import { ClientPool } from '../common/grpc.js';
-import { MoveCoordinator, type CoordinatorHost } from './coordinator.js';
+import { CLEANUP_RETRY_MAX_MS, cleanupRetryDelayMs, MoveCoordinator, type CoordinatorHost } from './coordinator.js';
 import { moveToJson, newMove, transition, type Move } from './moves.js';
 
 const log = winston.createLogger({ silent: true, transports: [new winston.transports.Console()] });
@@ -85,5 +85,18 @@ describe('MoveCoordinator', () => {
     } finally {
       c.close();
     }
+  });
+});
+
+describe('retrying the cleanup of an aborted move', () => {
+  it('backs off, doubling up to a bound, so a shard that keeps refusing (a full disk) is not asked every second forever', () => {
+    const delays = Array.from({ length: 8 }, (_, i) => cleanupRetryDelayMs(i + 1));
+    expect(delays).toEqual([1000, 2000, 4000, 8000, 16_000, 30_000, 30_000, 30_000]);
+    expect(Math.max(...delays)).toBe(CLEANUP_RETRY_MAX_MS);
+  });
+
+  it('waits at least as long as the shard asks, within the bound', () => {
+    expect(cleanupRetryDelayMs(1, 5000)).toBe(5000);
+    expect(cleanupRetryDelayMs(1, 10 * 60_000)).toBe(CLEANUP_RETRY_MAX_MS);
   });
 });

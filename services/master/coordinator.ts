@@ -85,8 +85,22 @@ interface Journaled {
   fenceMs?: number;
 }
 
+/** First and longest pause between retries of an aborted move's cleanup (AbortMove + DropRange). */
+export const CLEANUP_RETRY_MIN_MS = 1000;
+export const CLEANUP_RETRY_MAX_MS = 30_000;
+
+/**
+ * The pause before retrying an aborted move's cleanup after `failures`
+ * failures in a row: doubling from CLEANUP_RETRY_MIN_MS up to
+ * CLEANUP_RETRY_MAX_MS, and never shorter than the shard's retry hint.
+ */
+export function cleanupRetryDelayMs(failures: number, retryAfterMs = 0): number {
+  const backoff = Math.min(CLEANUP_RETRY_MAX_MS, CLEANUP_RETRY_MIN_MS * 2 ** Math.max(0, failures - 1));
+  return Math.max(backoff, Math.min(retryAfterMs, CLEANUP_RETRY_MAX_MS));
+}
+
 export class MoveCoordinator {
-  private readonly moves = new Map<string, { move: Move; operationId: string; kind: Operation['kind']; cleanupDone: boolean }>();
+  private readonly moves = new Map<string, { move: Move; operationId: string; kind: Operation['kind']; cleanupDone: boolean; cleanupFailures?: number; nextCleanupAt?: number }>();
   private readonly progress = new Map<string, MoveProgress>();
   private readonly operations = new Map<string, Operation>();
   private readonly running = new Map<string, Promise<Move>>();
@@ -400,10 +414,15 @@ export class MoveCoordinator {
       await call(dst, dst.dropRange, { moveId: m.id, start: m.start, end: endToProto(m.end), epoch }, { token, timeoutMs: 60_000 });
       if (this.closed) return; // the shards were told; the restarted master tells them again (both calls are idempotent)
       rec.cleanupDone = true;
+      rec.cleanupFailures = 0;
       await this.host.saveMove(id, this.journal(id));
       this.log.info('move aborted and cleaned up', { moveId: id, reason: m.error });
     } catch (err) {
-      this.log.warn('abort cleanup not done yet; will retry', { moveId: id, error: (err as Error).message });
+      // Backed off: a shard that refuses (a full disk) or is down is not asked every second for as long as that lasts.
+      rec.cleanupFailures = (rec.cleanupFailures ?? 0) + 1;
+      const retryInMs = cleanupRetryDelayMs(rec.cleanupFailures, (err as CairnError).details?.retryAfterMs);
+      rec.nextCleanupAt = Date.now() + retryInMs;
+      this.log.warn('abort cleanup not done yet; will retry', { moveId: id, error: (err as Error).message, failures: rec.cleanupFailures, retryInMs });
     }
   }
 
@@ -412,7 +431,7 @@ export class MoveCoordinator {
     if (this.closed) return;
     for (const [id, rec] of this.moves) {
       if (this.running.has(id) || rec.cleanupDone) continue;
-      if (rec.move.state === 'aborted') await this.cleanupAborted(id);
+      if (rec.move.state === 'aborted' && Date.now() >= (rec.nextCleanupAt ?? 0)) await this.cleanupAborted(id);
       else if (rec.move.state === 'committed') await this.finish(id).catch(() => undefined);
     }
   }

@@ -14,7 +14,7 @@ import { EMPTY_MAP, mapError, mapToProto, rangesOf, type ClusterMap } from '../c
 import { evenSplit, rangeCovers, rangesOverlap, reassign, shareOf, type HashRange } from '../common/ranges.js';
 import { AmbiguousWrite, MoveCoordinator, type Operation } from './coordinator.js';
 import type { Move } from './moves.js';
-import { plan as planMoves, shardLoads, type Plan } from './planner.js';
+import { DEFAULT_DISK_HIGH_WATER, diskRoomBytes, drainShortfallMessage, plan as planMoves, shardLoads, type DiskReport, type Plan } from './planner.js';
 import { MasterStore, type AdminOpRecord, type Registry, type ShardRecord } from './store.js';
 import { LoginGate, type LoginCaller } from './logins.js';
 import { applied, diffClients, revoke, revokedBefore, type ClientListChange, type Revocation } from './client-list.js';
@@ -40,6 +40,8 @@ export interface MasterOptions {
   maxConcurrentMoves?: number;
   /** Default throttle per move in MB/s; 0 = unthrottled. */
   moveMaxMbps?: number;
+  /** The planner never gives a shard data that would take its disk's use past this fraction of its size (default 0.9). */
+  diskHighWater?: number;
   /** TLS used when the master dials shards. */
   peerTls?: ClientTls;
   log: Logger;
@@ -83,7 +85,11 @@ interface LiveState {
   epoch: bigint;
   ranges: RangeCount[];
   opsPerSec: number;
+  /** The shard's data directory's file system at the last heartbeat; total 0 = not reported (an older shard). */
+  disk: DiskReport;
 }
+
+export const NO_DISK_REPORT: DiskReport = Object.freeze({ freeBytes: 0, totalBytes: 0, full: false });
 
 export interface ServerView {
   id: string;
@@ -95,6 +101,9 @@ export interface ServerView {
   share: number;
   opsPerSec: number;
   lastHeartbeatMs: number;
+  diskFreeBytes: number;
+  diskTotalBytes: number;
+  diskFull: boolean;
 }
 
 export interface RangeView extends HashRange {
@@ -329,7 +338,7 @@ export class Master {
       if (addressChanged || sessionChanged) {
         this.shards = this.shards.map((s) => (s.id === id ? { ...s, address, generation: hello.generation, sessionId: hello.sessionId } : s));
       }
-      this.live.set(id, { sessionId: hello.sessionId, lastHeartbeatMs: Date.now(), stopping: false, epoch: hello.epoch, ranges: [], opsPerSec: 0 });
+      this.live.set(id, { sessionId: hello.sessionId, lastHeartbeatMs: Date.now(), stopping: false, epoch: hello.epoch, ranges: [], opsPerSec: 0, disk: NO_DISK_REPORT });
 
       if (this.map.epoch === 0n && this.shards.length >= this.opts.expectShards) {
         const owners = this.shards.slice(0, this.opts.expectShards);
@@ -468,7 +477,7 @@ export class Master {
   }
 
   /** Records a heartbeat; refused when the shard is unknown, or when another process now holds its id. */
-  heartbeat(shardId: string, hb: { sessionId: string; epoch: bigint; ranges: RangeCount[]; opsPerSec: number; stopping: boolean }): void {
+  heartbeat(shardId: string, hb: { sessionId: string; epoch: bigint; ranges: RangeCount[]; opsPerSec: number; stopping: boolean; disk?: DiskReport }): void {
     const rec = this.shards.find((s) => s.id === shardId);
     if (!rec || rec.sessionId === undefined) {
       throw new CairnError('NOT_FOUND', `unknown shard ${shardId}: register first`);
@@ -480,7 +489,13 @@ export class Master {
         { reason: 'SESSION_SUPERSEDED' },
       );
     }
-    this.live.set(shardId, { lastHeartbeatMs: Date.now(), ...hb });
+    const wasFull = this.live.get(shardId)?.disk.full ?? false;
+    const disk = hb.disk ?? NO_DISK_REPORT;
+    this.live.set(shardId, { lastHeartbeatMs: Date.now(), ...hb, disk });
+    if (disk.full !== wasFull) {
+      if (disk.full) this.log.warn('shard reports a full disk: it refuses writes until space is freed', { shardId, diskFreeBytes: disk.freeBytes, diskTotalBytes: disk.totalBytes });
+      else this.log.info('shard takes writes again: its disk has room', { shardId, diskFreeBytes: disk.freeBytes, diskTotalBytes: disk.totalBytes });
+    }
     if (hb.stopping) this.log.info('shard is stopping', { shardId });
   }
 
@@ -536,6 +551,9 @@ export class Master {
         share: shareOf(owned),
         opsPerSec: live?.opsPerSec ?? 0,
         lastHeartbeatMs: live?.lastHeartbeatMs ?? 0,
+        diskFreeBytes: live?.disk.freeBytes ?? 0,
+        diskTotalBytes: live?.disk.totalBytes ?? 0,
+        diskFull: live?.disk.full ?? false,
       };
     });
   }
@@ -617,13 +635,24 @@ export class Master {
       throw new CairnError('PRECONDITION', `cannot drain ${draining}: no other shard is up to take its ranges`);
     }
     const buckets = await this.gatherBuckets();
+    const highWater = this.opts.diskHighWater ?? DEFAULT_DISK_HIGH_WATER;
+    const room = new Map(this.shards.map((s) => [s.id, diskRoomBytes(this.live.get(s.id)?.disk, highWater)]));
     const plan = planMoves({
       map: this.map,
-      shards: this.shards.map((s) => ({ id: s.id, up: this.isUp(s.id), draining: s.id === draining })),
+      shards: this.shards.map((s) => ({ id: s.id, up: this.isUp(s.id), draining: s.id === draining, roomBytes: room.get(s.id) })),
       buckets,
     });
     const stuck = draining ? plan.targetMap.filter((r) => r.shardId === draining).length : 0;
-    if (stuck) throw new CairnError('PRECONDITION', `cannot drain ${draining}: ${stuck} of its ranges have no shard up to take them`);
+    if (stuck) {
+      const others = this.shards.filter((s) => s.id !== draining && this.isUp(s.id));
+      // Every range of a draining shard goes somewhere unless the other shards' disks are at the mark.
+      if (others.length && others.every((s) => room.get(s.id) !== undefined)) {
+        const left = shardLoads(plan.targetMap, buckets).get(draining!)?.bytes ?? 0;
+        const rooms = others.map((s) => ({ id: s.id, roomBytes: room.get(s.id)!, plannedBytes: plan.moves.filter((m) => m.to === s.id).reduce((n, m) => n + m.bytes, 0) }));
+        throw new CairnError('PRECONDITION', drainShortfallMessage(draining!, left, highWater, rooms));
+      }
+      throw new CairnError('PRECONDITION', `cannot drain ${draining}: ${stuck} of its ranges have no shard up to take them`);
+    }
     const loads = (ranges: typeof this.map.ranges) => new Map([...shardLoads(ranges, buckets)].map(([id, l]) => [id, l.bytes]));
     return { plan, before: loads(this.map.ranges), after: loads(plan.targetMap) };
   }

@@ -15,7 +15,7 @@ import {
   shareOf,
   type OwnedRange,
 } from '../common/ranges.js';
-import { plan, shardLoads, type BucketStats, type Plan, type PlanInput, type PlanShard } from './planner.js';
+import { diskRoomBytes, drainShortfallMessage, plan, shardLoads, waterLevel, type BucketStats, type Plan, type PlanInput, type PlanShard } from './planner.js';
 
 // ------------------------------------------------------------------ helpers
 
@@ -380,6 +380,125 @@ describe('plan: properties on random clusters', () => {
 });
 
 // ------------------------------------------------------------------ scale
+
+// ------------------------------------------------------------------ disk high-water mark
+
+const MiB = 2 ** 20;
+/** Bytes each destination receives in a plan. */
+const receivedBy = (p: Plan): Map<string, number> => {
+  const out = new Map<string, number>();
+  for (const m of p.moves) out.set(m.to, (out.get(m.to) ?? 0) + m.bytes);
+  return out;
+};
+
+describe('diskRoomBytes', () => {
+  it('is what the disk can take before its use passes the mark, 0 past it or while full, unlimited when not reported', () => {
+    // 16 MiB, 4 MiB free: 12 MiB used; 90% is 14.4 MiB.
+    expect(diskRoomBytes({ freeBytes: 4 * MiB, totalBytes: 16 * MiB, full: false }, 0.9)).toBe(Math.floor(0.9 * 16 * MiB - 12 * MiB));
+    expect(diskRoomBytes({ freeBytes: 1 * MiB, totalBytes: 16 * MiB, full: false }, 0.9)).toBe(0);
+    expect(diskRoomBytes({ freeBytes: 8 * MiB, totalBytes: 16 * MiB, full: true }, 0.9)).toBe(0);
+    expect(diskRoomBytes({ freeBytes: 0, totalBytes: 0, full: false }, 0.9)).toBeUndefined();
+    expect(diskRoomBytes(undefined, 0.9)).toBeUndefined();
+  });
+});
+
+describe('waterLevel', () => {
+  it('is the mean with no caps, and shares what capped shards cannot take among the others', () => {
+    expect(waterLevel([Infinity, Infinity, Infinity], 90)).toBe(30);
+    expect(waterLevel([0, Infinity, Infinity], 90)).toBe(45);
+    expect(waterLevel([10, 50, Infinity], 90)).toBe(40);
+    // The caps hold less than the total: the largest cap.
+    expect(waterLevel([10, 20], 90)).toBe(20);
+  });
+});
+
+describe('plan: the disk high-water mark', () => {
+  // s0 holds everything (100 bytes in each bucket: 6.25 MiB); s1 and s2 are new.
+  const map = mapOf([{ start: 0n, end: HASH_SPACE_END, shardId: 's0' }], ['s1', 's2']);
+  const buckets = uniformBuckets(100);
+
+  it('gives a nearly full shard no more than its room, and the rest to a shard with room (the issue: 28 MB into a nearly full shard)', () => {
+    const p = plan({ map, shards: [{ id: 's0', up: true }, { id: 's1', up: true, roomBytes: 300_000 }, { id: 's2', up: true }], buckets });
+    const got = receivedBy(p);
+    expect(got.get('s1')).toBeGreaterThan(0);
+    expect(got.get('s1')).toBeLessThanOrEqual(300_000);
+    // s2 (unlimited) still gets its third.
+    expect(got.get('s2')).toBeGreaterThan(0.3 * p.totalBytes);
+    applyPlan(map, p);
+  });
+
+  it('gives a shard with no room nothing, and balances the others', () => {
+    const p = plan({ map, shards: [{ id: 's0', up: true }, { id: 's1', up: true, roomBytes: 0 }, { id: 's2', up: true }], buckets });
+    expect(p.moves.some((m) => m.to === 's1')).toBe(false);
+    const loads = shardLoads(p.targetMap, buckets);
+    expect(loads.get('s2')!.bytes / p.totalBytes).toBeCloseTo(0.5, 1);
+  });
+
+  it('stops a drain that does not fit, leaving the rest on the draining shard instead of overfilling', () => {
+    const p = plan({ map, shards: [{ id: 's0', up: true, draining: true }, { id: 's1', up: true, roomBytes: 1 * MiB }, { id: 's2', up: true, roomBytes: 2 * MiB }], buckets });
+    const got = receivedBy(p);
+    expect(got.get('s1') ?? 0).toBeLessThanOrEqual(1 * MiB);
+    expect(got.get('s2') ?? 0).toBeLessThanOrEqual(2 * MiB);
+    const left = shardLoads(p.targetMap, buckets).get('s0')?.bytes ?? 0;
+    // Close to everything that fits was moved: the rest stays, and nothing is lost or double counted.
+    expect(left).toBe(p.totalBytes - p.movedBytes);
+    expect(p.movedBytes).toBeGreaterThan(3 * MiB - 2 * 100 * 2);
+  });
+
+  it('plans as before when no shard reports its disk', () => {
+    const shards = up('s0', 's1', 's2');
+    expect(plan({ map, shards: shards.map((s) => ({ ...s, roomBytes: undefined })), buckets })).toEqual(plan({ map, shards, buckets }));
+  });
+
+  it('says precisely why a drain does not fit', () => {
+    expect(drainShortfallMessage('s0', 28 * MiB, 0.9, [{ id: 's1', roomBytes: 1.5 * MiB, plannedBytes: 1.4 * MiB }, { id: 's2', roomBytes: 0, plannedBytes: 0 }])).toBe(
+      "cannot drain s0: 28.0 MiB of its data would take the other shards' disks past the high-water mark (diskHighWater 0.9: 90% of each disk); " +
+        'room below the mark: s1 1.5 MiB (1.4 MiB planned), s2 0.0 MiB (0.0 MiB planned); free disk space on those shards or add a shard, then drain again',
+    );
+  });
+
+  it('rejects a negative or NaN room', () => {
+    expect(() => plan({ map, shards: [{ id: 's0', up: true }, { id: 's1', up: true, roomBytes: -1 }], buckets })).toThrow(/s1 has roomBytes=-1/);
+    expect(() => plan({ map, shards: [{ id: 's0', up: true }, { id: 's1', up: true, roomBytes: NaN }], buckets })).toThrow(/roomBytes=NaN/);
+  });
+
+  const withRooms = fc.tuple(clusterArb, fc.array(fc.oneof(fc.constant(undefined), fc.constant(0), fc.double({ min: 0, max: 1, noNaN: true })), { minLength: 10, maxLength: 10 }));
+
+  it('never plans a destination past its room, on random clusters with random rooms', () => {
+    fc.assert(
+      fc.property(withRooms, ([{ input }, fractions]) => {
+        const total = [...input.buckets.values()].reduce((n, b) => n + b.bytes, 0);
+        const shards = input.shards.map((s, i) => ({ ...s, roomBytes: fractions[i] === undefined ? undefined : Math.floor(fractions[i]! * total) }));
+        const p = plan({ ...input, shards });
+        for (const [id, bytes] of receivedBy(p)) {
+          const room = shards.find((s) => s.id === id)?.roomBytes;
+          if (room !== undefined) expect(bytes).toBeLessThanOrEqual(room);
+        }
+        expect(mapLayoutError(p.targetMap)).toBeNull();
+        applyPlan(input.map, p);
+        for (const s of shards) {
+          if (!s.up || s.draining) expect(p.moves.some((m) => m.to === s.id)).toBe(false);
+          if (!s.up) expect(p.moves.some((m) => m.from === s.id)).toBe(false);
+        }
+      }),
+      { numRuns: 400 },
+    );
+  });
+
+  it('empties a draining shard whenever the others have room for all of it', () => {
+    fc.assert(
+      fc.property(clusterArb, ({ input }) => {
+        const total = [...input.buckets.values()].reduce((n, b) => n + b.bytes, 0);
+        // Every eligible shard can take the whole cluster: the mark never binds.
+        const shards = input.shards.map((s) => ({ ...s, roomBytes: total }));
+        const p = plan({ ...input, shards });
+        const hasEligible = shards.some((s) => s.up && !s.draining);
+        for (const s of shards) if (s.up && s.draining && hasEligible) expect(p.targetMap.some((r) => r.shardId === s.id)).toBe(false);
+      }),
+      { numRuns: 200 },
+    );
+  });
+});
 
 describe('plan: scale', () => {
   it('plans a 1,000-shard cluster with the most ranges a map can have (one per bucket), a new shard and a drain', () => {

@@ -32,6 +32,15 @@
  *   only on the map and the loads, so a plan made on the result is empty.
  * - The moves are the difference between the current map and the target map,
  *   so bytes that a step passed on twice are moved once, from the real owner.
+ * - Disk room. A shard may come with `roomBytes`: what its disk can still take
+ *   before it passes the high-water mark (see diskRoomBytes). Every piece a
+ *   step gives a shard counts against its room, and no step gives a shard a
+ *   piece bigger than what is left, so no destination ends above its mark
+ *   (the bytes given in steps bound the bytes of the moves to it). The
+ *   neediest shard with room receives; a drain that no shard has room for
+ *   stops with the rest left on the draining shard, which the caller reports.
+ *   T is then the water level (waterLevel) rather than the mean, so the
+ *   shards with room balance among themselves around a full one.
  *
  * Cost: O(buckets + ranges) to set up. A step costs O(shards) plus, when the
  * source has a range heavier than the amount wanted, a scan of its ranges with
@@ -49,6 +58,52 @@ export interface PlanShard {
   up: boolean;
   /** A draining shard (dropserver) must end with no range. */
   draining?: boolean;
+  /**
+   * Live bytes the shard may still receive before its disk passes the
+   * high-water mark (diskRoomBytes); absent = unlimited (a shard that does
+   * not report its disk).
+   */
+  roomBytes?: number;
+}
+
+/** A shard's disk as it reported it: free and total bytes (total 0 = not reported), and whether it refuses writes. */
+export interface DiskReport {
+  freeBytes: number;
+  totalBytes: number;
+  full: boolean;
+}
+
+export const DEFAULT_DISK_HIGH_WATER = 0.9;
+
+const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;
+
+/**
+ * Why a drain cannot be planned whole: how much would stay on the draining
+ * shard, the mark, and each other shard's room before and what the moves
+ * that fit would use of it.
+ */
+export function drainShortfallMessage(draining: string, leftBytes: number, highWater: number, others: ReadonlyArray<{ id: string; roomBytes: number; plannedBytes: number }>): string {
+  const rooms = others.map((o) => `${o.id} ${mib(o.roomBytes)} (${mib(o.plannedBytes)} planned)`).join(', ');
+  return (
+    `cannot drain ${draining}: ${mib(leftBytes)} of its data would take the other shards' disks past the high-water mark ` +
+    `(diskHighWater ${highWater}: ${Math.round(highWater * 100)}% of each disk); room below the mark: ${rooms}; ` +
+    `free disk space on those shards or add a shard, then drain again`
+  );
+}
+
+/**
+ * The bytes a shard's disk can still take before its use passes `highWater`
+ * (a fraction of its size): highWater × total − used, at least 0; 0 while it
+ * refuses writes for a full disk; undefined (unlimited) when it does not
+ * report its disk. Live bytes stand in for what a move adds on disk: LevelDB
+ * compresses, and writes a log and compacts at first, which the 10% kept
+ * free by the default mark absorbs.
+ */
+export function diskRoomBytes(disk: DiskReport | undefined, highWater: number): number | undefined {
+  if (!disk || !(disk.totalBytes > 0)) return undefined;
+  if (disk.full) return 0;
+  const used = disk.totalBytes - Math.min(disk.freeBytes, disk.totalBytes);
+  return Math.max(0, Math.floor(highWater * disk.totalBytes - used));
 }
 
 export interface BucketStats {
@@ -223,6 +278,23 @@ function upperBound(P: Float64Array, v: number, lo: number, hi: number): number 
 }
 
 /**
+ * The level T at which Σ min(T, cap_i) = total: what every shard would hold
+ * if each took up to T, but none past its cap (Infinity: no cap). With no
+ * finite cap it is the mean. When the caps together hold less than the total
+ * (a drain that does not fit), the largest cap.
+ */
+export function waterLevel(caps: readonly number[], total: number): number {
+  const sorted = [...caps].sort((a, b) => a - b);
+  let rest = total;
+  for (let k = 0; k < sorted.length; k++) {
+    const level = rest / (sorted.length - k);
+    if (sorted[k]! >= level) return level;
+    rest -= sorted[k]!;
+  }
+  return sorted.length > 0 ? sorted[sorted.length - 1]! : 0;
+}
+
+/**
  * Plans a rebalance. Throws CairnError('INVALID_ARGUMENT') for a map that does
  * not tile or is not bucket-aligned, duplicate shard ids, bad bucket stats or
  * a tolerance outside [0, 1).
@@ -243,11 +315,15 @@ export function plan(input: PlanInput, opts: PlanOptions = {}): Plan {
   const ids: string[] = [];
   const role: Role[] = [];
   const index = new Map<string, number>();
+  /** Bytes each shard may still be given (Infinity: unlimited); only shards in `input.shards` can have a limit. */
+  const roomOf: number[] = [];
   for (const sh of input.shards) {
     if (index.has(sh.id)) throw new CairnError('INVALID_ARGUMENT', `shards: duplicate shard id ${sh.id}`);
+    if (sh.roomBytes !== undefined && !(sh.roomBytes >= 0)) throw new CairnError('INVALID_ARGUMENT', `shards: ${sh.id} has roomBytes=${sh.roomBytes}; it must be >= 0 (or absent: unlimited)`);
     index.set(sh.id, ids.length);
     ids.push(sh.id);
     role.push(!sh.up ? Role.Fixed : sh.draining ? Role.Draining : Role.Eligible);
+    roomOf.push(sh.roomBytes ?? Infinity);
   }
   const origSpans = inputRanges.map((r) => {
     let o = index.get(r.shardId);
@@ -295,10 +371,14 @@ export function plan(input: PlanInput, opts: PlanOptions = {}): Plan {
   }
   const load = new Float64Array(nShards);
   for (let n = head; n; n = n.next) load[n.owner]! += P[n.e]! - P[n.s]!;
+  // With the key-space basis the shards taking part hold no bytes, so no piece adds any: rooms cannot bind.
+  const room = Float64Array.from({ length: nShards }, (_, i) => (basis === 'bytes' ? (roomOf[i] ?? Infinity) : Infinity));
 
   let participatingWeight = 0;
   for (let i = 0; i < nShards; i++) if (participates(i)) participatingWeight += load[i]!;
-  const T = eligible.length > 0 ? participatingWeight / eligible.length : 0;
+  // The target load: the mean, or with disk rooms the water level that the loads reach when
+  // no shard rises above what its room allows (a full shard keeps its bytes; the others share the rest).
+  const T = eligible.length === 0 ? 0 : waterLevel(eligible.map((i) => load[i]! + room[i]!), participatingWeight);
   const band = tolerance * T;
   const slack = band / 2;
   /** Candidates whose error is within one quantum count as equally close; then coarseness decides. */
@@ -366,18 +446,18 @@ export function plan(input: PlanInput, opts: PlanOptions = {}): Plan {
 
   const isOverSource = (i: number): boolean => (role[i] === Role.Eligible && load[i]! > T) || role[i] === Role.Draining;
 
-  /** The best edge piece of `s` for `d`, closest to `a` bytes, with 0 < x < limit. */
-  const bestPiece = (s: number, d: number, a: number, limit: number): Candidate | null => {
+  /** The best edge piece of `s` for `d`, closest to `a` bytes, with 0 < x < limit and x <= cap (d's room; a <= cap). */
+  const bestPiece = (s: number, d: number, a: number, limit: number, cap: number): Candidate | null => {
     // When no range of s is heavier than a, the best piece is its heaviest whole range: the
     // scan below would choose the same, and this keeps a shard of many small ranges O(log).
     const top = heaviest(s);
     if (!top || !(top.w > 0)) return null;
-    if (top.w <= a && top.w < limit) {
+    if (top.w <= a && top.w < limit && top.w <= cap) {
       return { node: top.node, side: 'prefix', cutValue: P[top.node.e]!, x: top.w, err: a - top.w, rank: 0 };
     }
     let best: Candidate | null = null;
     const consider = (node: Node, side: Side, cutValue: number, x: number): void => {
-      if (!(x > 0) || !(x < limit)) return;
+      if (!(x > 0) || !(x < limit) || x > cap) return;
       const whole = side === 'prefix' ? cutValue === P[node.e] : cutValue === P[node.s];
       const neighbour = side === 'prefix' ? node.prev : node.next;
       const rank = whole || neighbour?.owner === d ? 0 : neighbour && isOverSource(neighbour.owner) ? 1 : 2;
@@ -434,6 +514,7 @@ export function plan(input: PlanInput, opts: PlanOptions = {}): Plan {
     }
     load[s]! -= c.x;
     load[d]! += c.x;
+    room[d]! -= c.x;
     assign(piece, d);
   };
 
@@ -443,18 +524,35 @@ export function plan(input: PlanInput, opts: PlanOptions = {}): Plan {
     return d;
   };
 
-  const drainStep = (s: number): void => {
-    const d = neediest();
+  /** The eligible shard with the least load among those with disk room left (lowest index among equals), or -1. */
+  const neediestWithRoom = (): number => {
+    let d = -1;
+    for (const i of eligible) if (room[i]! > 0 && (d < 0 || load[i]! < load[d]!)) d = i;
+    return d;
+  };
+
+  /** One step of emptying draining shard `s`; false when no shard has room for any piece of it. */
+  const drainStep = (s: number): boolean => {
     if (load[s]! > 0) {
-      // As in balanceStep, the receiver may rise above T by half the band when no other
-      // shard is below the band: fewer, larger pieces, none of which need to move again.
-      const othersUnder = eligible.some((i) => i !== d && T - load[i]! > band);
-      let a = Math.min(load[s]!, T - load[d]! + (othersUnder ? 0 : slack));
-      if (!(a > 0)) a = load[s]!;
-      const c = bestPiece(s, d, a, Infinity)!;
-      applyPiece(c, s, d);
-      return;
+      const give = (d: number): boolean => {
+        // As in balanceStep, the receiver may rise above T by half the band when no other
+        // shard is below the band: fewer, larger pieces, none of which need to move again.
+        const othersUnder = eligible.some((i) => i !== d && T - load[i]! > band);
+        let a = Math.min(load[s]!, T - load[d]! + (othersUnder ? 0 : slack));
+        if (!(a > 0)) a = load[s]!;
+        const c = bestPiece(s, d, Math.min(a, room[d]!), Infinity, room[d]!);
+        if (!c) return false;
+        applyPiece(c, s, d);
+        return true;
+      };
+      const first = neediestWithRoom();
+      if (first < 0) return false;
+      if (give(first)) return true;
+      // Its room is smaller than every piece s can give: try the others, neediest first.
+      const others = eligible.filter((i) => i !== first && room[i]! > 0).sort((x, y) => load[x]! - load[y]! || x - y);
+      return others.some(give);
     }
+    const d = neediest();
     // Only empty ranges are left: hand each to a neighbour that keeps it, so they merge.
     const rest = [...owned[s]!].sort((x, y) => x.s - y.s);
     for (const node of rest) {
@@ -466,6 +564,7 @@ export function plan(input: PlanInput, opts: PlanOptions = {}): Plan {
             : d;
       assign(node, to);
     }
+    return true;
   };
 
   /**
@@ -480,12 +579,13 @@ export function plan(input: PlanInput, opts: PlanOptions = {}): Plan {
     for (let k = 0; k < eligible.length; k++) {
       const i = eligible[k]!;
       const l = load[i]!;
-      if (d < 0 || l < load[d]!) d = i;
+      // The receiver: the neediest shard whose disk can still take something.
+      if (room[i]! > 0 && (d < 0 || l < load[d]!)) d = i;
       if (l > T && (first < 0 || l > load[first]!)) first = i;
       if (l - T > band) overBand++;
       else if (T - l > band) underBand++;
     }
-    if (overBand + underBand === 0 || first < 0) return false;
+    if (overBand + underBand === 0 || first < 0 || d < 0) return false;
     const n = T - load[d]!;
     if (!(n > 0)) return false;
     const dUnder = n > band ? 1 : 0;
@@ -495,8 +595,8 @@ export function plan(input: PlanInput, opts: PlanOptions = {}): Plan {
       // when no other shard is out of band on that side, so the extra is never handed back.
       const ss = overBand - (e > band ? 1 : 0) === 0 ? slack : 0;
       const sd = underBand - dUnder === 0 ? slack : 0;
-      const a = Math.min(n + sd, e + ss, Math.max(e, n));
-      const c = bestPiece(s, d, a, e + n);
+      const a = Math.min(n + sd, e + ss, Math.max(e, n), room[d]!);
+      const c = bestPiece(s, d, a, e + n, room[d]!);
       if (!c) return false;
       applyPiece(c, s, d);
       return true;
@@ -514,7 +614,7 @@ export function plan(input: PlanInput, opts: PlanOptions = {}): Plan {
     let budget = 10 * (inputRanges.length + nShards) + 10_000;
     for (let s = 0; s < nShards; s++) {
       if (role[s] !== Role.Draining) continue;
-      while (owned[s]!.size > 0 && budget-- > 0) drainStep(s);
+      while (owned[s]!.size > 0 && budget-- > 0) if (!drainStep(s)) break;
     }
     while (budget-- > 0 && balanceStep());
   }

@@ -119,7 +119,9 @@ export function masterServiceImpl(master: Master, env: HandlerEnv): MasterServic
       if (!(req.opsPerSec >= 0) || !Number.isFinite(req.opsPerSec)) throw invalidArgument(`ops_per_sec: must be a finite number >= 0, got ${req.opsPerSec}`);
       const ranges = heartbeatRanges(req.ranges);
       checkId('session_id', req.sessionId, true);
-      master.heartbeat(req.shardId, { sessionId: req.sessionId, epoch: req.epoch, opsPerSec: req.opsPerSec, stopping: req.stopping, ranges });
+      if (req.diskFreeBytes > req.diskTotalBytes) throw invalidArgument(`disk_free_bytes: ${req.diskFreeBytes} is more than disk_total_bytes (${req.diskTotalBytes})`);
+      const disk = { freeBytes: Number(req.diskFreeBytes), totalBytes: Number(req.diskTotalBytes), full: req.diskFull };
+      master.heartbeat(req.shardId, { sessionId: req.sessionId, epoch: req.epoch, opsPerSec: req.opsPerSec, stopping: req.stopping, ranges, disk });
       return { header: header(), revocations: revocationsToProto(master) };
     }),
     getMap: unary(env, 'GetMap', 'r', async () => ({ header: header(), map: mapToProto(master.currentMap()) })),
@@ -165,6 +167,8 @@ export function adminServiceImpl(master: Master, env: HandlerEnv): AdminServiceS
         bytes: BigInt(s.bytes),
         rows: BigInt(s.rows),
         lastHeartbeatMs: BigInt(s.lastHeartbeatMs),
+        diskFreeBytes: BigInt(s.diskFreeBytes),
+        diskTotalBytes: BigInt(s.diskTotalBytes),
       })),
     })),
     planRebalance: unary(env, 'PlanRebalance', 'admin', async (req) => {

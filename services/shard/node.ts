@@ -122,6 +122,7 @@ export class ShardNode {
       }
       for (const f of node.fences.all()) opts.log.warn('range stays fenced until its move is aborted or committed', { moveId: f.moveId, range: showRange(f.range) });
       node.janitor.start();
+      store.onDiskState((s) => node.diskStateChanged(s.full, s.message));
     } catch (err) {
       await store.close();
       throw err;
@@ -151,6 +152,17 @@ export class ShardNode {
 
   requestStop(why: { refused?: string } = {}): void {
     this.stopResolve(why);
+  }
+
+  /** Logs a full disk once, and on recovery retries the deletions of lost ranges that failed meanwhile. */
+  private diskStateChanged(full: boolean, message: string): void {
+    if (full) {
+      this.log.error('disk full: writes are refused until space is freed; reads are served; writes resume by themselves', { dataDir: this.opts.dataDir, error: message });
+      return;
+    }
+    this.log.info('disk has room again: LevelDB reopened, writes are taken again', { dataDir: this.opts.dataDir });
+    this.janitor.start();
+    if (this.registered) void this.heartbeat();
   }
 
   countOp(n = 1): void {
@@ -414,11 +426,23 @@ export class ShardNode {
     this.opsSinceHeartbeat = 0;
     this.lastHeartbeatAt = now;
     try {
+      // The planner keeps moves off shards short of space; 0/0 (not reported) when statfs fails.
+      const disk = await this.store.diskSpace().catch(() => ({ freeBytes: 0, totalBytes: 0 }));
       const c = this.masterClient();
       const res = await call(
         c,
         c.heartbeat,
-        { shardId: this.id, sessionId: this.sessionId, epoch: this.map.epoch, ranges: this.rangeCounts(), opsPerSec, stopping },
+        {
+          shardId: this.id,
+          sessionId: this.sessionId,
+          epoch: this.map.epoch,
+          ranges: this.rangeCounts(),
+          opsPerSec,
+          stopping,
+          diskFreeBytes: BigInt(disk.freeBytes),
+          diskTotalBytes: BigInt(disk.totalBytes),
+          diskFull: this.store.diskState().full,
+        },
         { token: this.serverToken.get(), timeoutMs: Math.max(1000, intervalMs) },
       );
       await this.takeRevocations(res.revocations);

@@ -4,6 +4,8 @@
  * `metricsListen`) Prometheus metrics.
  *
  * Health is NOT_SERVING until the master has admitted the shard, then SERVING.
+ * While its disk is full, `cairn.v1.ShardService` reports NOT_SERVING (writes
+ * are refused, reads answered) and the overall status stays as it was.
  * stop(): NOT_SERVING at once; new calls are refused (retryable UNAVAILABLE)
  * while those in flight get `graceMs` to finish; then the server closes and
  * the node tells the master it is stopping (shown down at once; it keeps its
@@ -100,6 +102,11 @@ export async function startShardServer(opts: ShardServerOptions): Promise<Runnin
   node.onAdmission = (admitted) => {
     if (!abort.signal.aborted) serving.setServing(admitted && !!node.id);
   };
+  // A full disk: the data service reports NOT_SERVING (it cannot take writes) until the store resumes by itself.
+  const holdWhileFull = (full: boolean, message: string) => serving.holdService(SHARD_SERVICES[0]!, full ? message : null);
+  const disk = node.store.diskState();
+  if (disk.full) holdWhileFull(true, disk.message);
+  const stopWatchingDisk = node.store.onDiskState((s) => holdWhileFull(s.full, s.message));
   const registered = node.register(abort.signal);
   let stopping: Promise<void> | undefined;
   return {
@@ -114,6 +121,7 @@ export async function startShardServer(opts: ShardServerOptions): Promise<Runnin
       stopping ??= (async () => {
         const started = Date.now();
         abort.abort();
+        stopWatchingDisk();
         const drained = await serving.drain(graceMs);
         if (!drained) opts.log.warn('calls still in flight after the grace period; cancelling them', { graceMs, inFlight: serving.inFlightCalls });
         await shutdownServer(server, Math.max(1000, graceMs - (Date.now() - started)));

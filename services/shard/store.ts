@@ -26,8 +26,9 @@
  * Input is trusted: handlers check requests with validate.ts first.
  */
 import * as crypto from 'node:crypto';
+import { statfs } from 'node:fs/promises';
 import { Level, type BatchOperation } from 'level';
-import { CairnError, invalidArgument } from '../common/errors.js';
+import { CairnError, invalidArgument, isNoSpaceError } from '../common/errors.js';
 import { HASH_SPACE_END } from '../common/hash.js';
 import { BUCKET_BITS, BUCKET_COUNT, bucketOf, bucketSpan, isBucketAligned, type HashRange } from '../common/ranges.js';
 import { HybridClock } from './clock.js';
@@ -79,6 +80,44 @@ export interface StoreOptions {
   requestIdTtlMs?: number;
   /** How often expired request ids are swept (default min(ttl, 1 minute), at least 1 s). */
   sweepIntervalMs?: number;
+  /** While the disk is full: how often free space is checked (default 1 s). */
+  diskPollMs?: number;
+  /** While the disk is full: the free bytes at which writes resume (default resumeFreeBytes(total)). */
+  resumeFreeBytes?: number;
+}
+
+/** Free and total bytes of the file system holding the data directory (for the unprivileged user: statfs bavail). */
+export interface DiskSpace {
+  freeBytes: number;
+  totalBytes: number;
+}
+
+/**
+ * The store's write state as to disk space. `full` from the first write that
+ * failed for lack of space until LevelDB has been reopened with room again;
+ * `message` is what refused writes are told.
+ */
+export interface DiskState {
+  full: boolean;
+  message: string;
+}
+
+export const DEFAULT_DISK_POLL_MS = 1000;
+
+/**
+ * Free bytes needed before a full store reopens and takes writes again: 5% of
+ * the file system, at least 1 MiB and at most 64 MiB. Enough that LevelDB can
+ * write its recovered memtable and a few batches, so it does not fill again
+ * at once; a small bound, so freeing a little space is enough on a big disk.
+ */
+export function resumeFreeBytes(totalBytes: number): number {
+  return Math.min(64 * 1024 * 1024, Math.max(1024 * 1024, Math.floor(totalBytes * 0.05)));
+}
+
+/** statfs of a directory as free and total bytes. */
+export async function diskSpaceOf(dir: string): Promise<DiskSpace> {
+  const s = await statfs(dir);
+  return { freeBytes: s.bavail * s.bsize, totalBytes: s.blocks * s.bsize };
 }
 
 export const DEFAULT_REQUEST_ID_TTL_MS = 10 * 60 * 1000;
@@ -431,12 +470,18 @@ export class ShardStore {
   private sweeping = false;
   private closed = false;
   private readonly ttlMs: number;
+  /** Set while the disk is full (see enterDiskFull): every write is refused with it, without touching LevelDB. */
+  private diskFull: CairnError | null = null;
+  private diskTimer: NodeJS.Timeout | undefined;
+  /** Set while LevelDB is closed and reopened after a full disk: reads wait for it. */
+  private reopening: Promise<void> | null = null;
+  private readonly diskListeners = new Set<(state: DiskState) => void>();
 
   private constructor(
     readonly dir: string,
     private readonly db: Level<Buffer, Buffer>,
     private readonly subs: Subs,
-    opts: StoreOptions,
+    private readonly opts: StoreOptions,
   ) {
     this.ttlMs = opts.requestIdTtlMs ?? DEFAULT_REQUEST_ID_TTL_MS;
   }
@@ -470,9 +515,118 @@ export class ShardStore {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.sweepTimer);
+    clearTimeout(this.diskTimer);
+    await this.reopening;
     await this.drain();
     await this.flushing;
-    await this.db.close();
+    if (this.db.status !== 'closed') await this.db.close();
+  }
+
+  // ---------------------------------------------------------------- disk space
+
+  /** Free and total bytes of the file system the data directory is on. */
+  diskSpace(): Promise<DiskSpace> {
+    return diskSpaceOf(this.dir);
+  }
+
+  /** Whether writes are refused for lack of space, and what they are told. */
+  diskState(): DiskState {
+    return { full: this.diskFull !== null, message: this.diskFull?.message ?? '' };
+  }
+
+  /** Calls `listener` when the store fills up and when it takes writes again. Returns the unsubscribe function. */
+  onDiskState(listener: (state: DiskState) => void): () => void {
+    this.diskListeners.add(listener);
+    return () => void this.diskListeners.delete(listener);
+  }
+
+  /**
+   * The first write that failed for lack of space puts the store in the full
+   * state. LevelDB cannot be written on from then on: after a failed append
+   * its log writer has lost its place in the file, so on a full-then-freed
+   * disk later writes succeed but are unreadable at the next open (measured
+   * on tmpfs: acknowledged, then gone after a reopen), and a failed
+   * compaction leaves an error that fails every write until a reopen. So
+   * every write is refused here until free space is back, and then LevelDB
+   * is closed and opened again, which replays the log up to the failed
+   * record (which nobody was told succeeded) and starts a new one.
+   */
+  private enterDiskFull(cause: unknown): CairnError {
+    if (!this.diskFull) {
+      const why = String((cause as Error)?.message ?? cause);
+      this.diskFull = new CairnError(
+        'DISK_FULL',
+        `no space left on device in ${this.dir}: this shard refuses writes until space is freed there, then resumes by itself (reads are still served); LevelDB said: ${why}`,
+      );
+      this.emitDiskState();
+      this.scheduleDiskCheck();
+    }
+    return this.diskFull;
+  }
+
+  private emitDiskState(): void {
+    const state = this.diskState();
+    for (const l of this.diskListeners) {
+      try {
+        l(state);
+      } catch {
+        // A listener's failure must not stop the store's own recovery.
+      }
+    }
+  }
+
+  private scheduleDiskCheck(): void {
+    if (this.closed) return;
+    clearTimeout(this.diskTimer);
+    this.diskTimer = setTimeout(() => void this.checkDiskRecovered(), this.opts.diskPollMs ?? DEFAULT_DISK_POLL_MS);
+    this.diskTimer.unref();
+  }
+
+  /** While full: reopens LevelDB once the file system has room again; otherwise looks again later. */
+  private async checkDiskRecovered(): Promise<void> {
+    if (this.closed || !this.diskFull) return;
+    try {
+      const { freeBytes, totalBytes } = await this.diskSpace();
+      if (freeBytes >= (this.opts.resumeFreeBytes ?? resumeFreeBytes(totalBytes))) await this.reopen();
+    } catch {
+      // Not yet (statfs failed, or LevelDB could not open again): the next check tries again.
+    }
+    if (this.diskFull) this.scheduleDiskCheck();
+  }
+
+  /**
+   * Closes and opens LevelDB again (writes are refused meanwhile, reads wait),
+   * reloads the stats records (a batch whose sync failed may turn out applied
+   * after all: its stats ride in it), and takes writes again.
+   */
+  private async reopen(): Promise<void> {
+    const run = (async () => {
+      await this.flushing; // every queued write was refused; let the loop end
+      if (this.db.status !== 'closed') await this.db.close();
+      await this.db.open();
+      // Sublevels close with their database and do not reopen with it.
+      for (const sub of Object.values(this.subs)) await sub.open();
+      await this.loadStatsRecords();
+      const rec = await this.subs.meta.get(META_CLOCK);
+      const stored = rec ? rec.readBigUInt64BE(0) : 0n;
+      this.clock.observe(stored);
+      if (stored > this.persistedClock) this.persistedClock = stored;
+    })();
+    this.reopening = run;
+    try {
+      await run;
+    } finally {
+      this.reopening = null;
+    }
+    if (this.closed) return;
+    this.diskFull = null;
+    clearTimeout(this.diskTimer);
+    this.emitDiskState();
+  }
+
+  /** Reads wait while LevelDB is being reopened after a full disk. */
+  private whenOpen(): Promise<void> | undefined {
+    return this.reopening?.catch(() => undefined);
   }
 
   // ---------------------------------------------------------------- writes
@@ -719,11 +873,13 @@ export class ShardStore {
 
   /** Cells of one row, by column then newest first. */
   async readRow(row: string, filter: CellFilterIn): Promise<CellOut[]> {
+    if (this.reopening) await this.whenOpen();
     return this.readCells(rowPrefix(row), filter);
   }
 
   /** The rows that have matching cells, in request order. */
   async readRows(rows: string[], filter: CellFilterIn): Promise<RowCellsOut[]> {
+    if (this.reopening) await this.whenOpen();
     const out: (RowCellsOut | null)[] = new Array(rows.length).fill(null);
     let next = 0;
     const worker = async (): Promise<void> => {
@@ -804,6 +960,7 @@ export class ShardStore {
    * examine budget runs out first.
    */
   async scan(req: ScanIn): Promise<{ rows: RowCellsOut[]; nextToken: Buffer | null }> {
+    if (this.reopening) await this.whenOpen();
     const window = hashRangeBounds({ start: req.hashStart, end: req.hashEnd });
     let gte = window.gte;
     if (req.resumeToken && req.resumeToken.length > 0) {
@@ -932,6 +1089,7 @@ export class ShardStore {
 
   /** A record stored with putMeta (shard id, cluster map), or undefined. */
   async getMeta<T = unknown>(key: string): Promise<T | undefined> {
+    if (this.reopening) await this.whenOpen();
     const v = await this.subs.meta.get(META_USER_PREFIX + key);
     return v === undefined ? undefined : (JSON.parse(v.toString('utf8')) as T);
   }
@@ -961,6 +1119,7 @@ export class ShardStore {
 
   /** A point-in-time copy of a range's per-row keys, in chunks of about chunkBytes. */
   async *exportRange(range: HashRange, chunkBytes: number): AsyncGenerator<RawOp[]> {
+    if (this.reopening) await this.whenOpen();
     const snapshot = this.db.snapshot();
     try {
       const bounds = hashRangeBounds(range);
@@ -1105,6 +1264,13 @@ export class ShardStore {
     if (this.closed) throw new CairnError('NOT_READY', `store ${this.dir} is closed`);
   }
 
+  /** Queues an entry for the group-commit writer; refused at once while the disk is full. */
+  private push(p: Pending): void {
+    if (this.diskFull) return p.reject(this.diskFull);
+    this.queue.push(p);
+    if (!this.flushing) this.flushing = this.flushLoop();
+  }
+
   private track<T>(p: Promise<T>): Promise<T> {
     this.inflight.add(p);
     const done = (): void => void this.inflight.delete(p);
@@ -1116,6 +1282,7 @@ export class ShardStore {
   private mutate<T>(prefixes: Buffer[], fn: () => Promise<T>): Promise<T> {
     try {
       this.assertOpen();
+      if (this.diskFull) throw this.diskFull; // refused before any row lock or read: nothing can be written
     } catch (err) {
       return Promise.reject(err);
     }
@@ -1138,10 +1305,7 @@ export class ShardStore {
     let any = false;
     for (const p of plans) if (p.keys.length > 0 || p.other.length > 0) any = true;
     if (!any) return;
-    await new Promise<void>((resolve, reject) => {
-      this.queue.push({ plans, derived, deltas, ops: NO_OPS, raw: NO_RAW, sync, resolve, reject });
-      if (!this.flushing) this.flushing = this.flushLoop();
-    });
+    await new Promise<void>((resolve, reject) => this.push({ plans, derived, deltas, ops: NO_OPS, raw: NO_RAW, sync, resolve, reject }));
   }
 
   /**
@@ -1298,10 +1462,7 @@ export class ShardStore {
   }
 
   private enqueue(ops: BatchOp[], raw: RawOp[], sync: boolean): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      this.queue.push({ plans: NO_PLANS, derived: NO_OPS, deltas: NO_DELTAS, ops, raw, sync, resolve, reject });
-      if (!this.flushing) this.flushing = this.flushLoop();
-    });
+    return new Promise<void>((resolve, reject) => this.push({ plans: NO_PLANS, derived: NO_OPS, deltas: NO_DELTAS, ops, raw, sync, resolve, reject }));
   }
 
   /** The group-commit writer: one batch in flight; each batch takes everything queued meanwhile. */
@@ -1309,6 +1470,13 @@ export class ShardStore {
     try {
       await undefined; // let entries queued in the same tick join the first batch
       while (this.queue.length > 0) {
+        if (this.diskFull) {
+          // Nothing more may reach LevelDB until it is reopened (see enterDiskFull).
+          const refused = this.queue;
+          this.queue = [];
+          for (const p of refused) p.reject(this.diskFull);
+          break;
+        }
         let count = 0;
         let take = 0;
         while (take < this.queue.length && (take === 0 || count + opCount(this.queue[take]!) <= MAX_GROUP_OPS)) {
@@ -1321,7 +1489,8 @@ export class ShardStore {
           await this.writeGroup(group);
         } catch (err) {
           // Nothing of the group was applied (the batch is atomic): fail every writer in it.
-          for (const p of group) p.reject(err);
+          const refusal = isNoSpaceError(err) ? this.enterDiskFull(err) : err;
+          for (const p of group) p.reject(refusal);
         }
       }
     } finally {
@@ -1407,16 +1576,7 @@ export class ShardStore {
       await this.db.batch<Buffer | string, Buffer>(ops, { sync: true });
       for (const [b, [rows, bytes]] of scanned!.buckets) this.setBucket(b, rows, bytes);
     } else {
-      const it = this.subs.meta.iterator({ gte: META_STATS_PREFIX, lt: META_STATS_PREFIX + '\uffff' });
-      try {
-        for (;;) {
-          const chunk = await it.nextv(1024);
-          if (chunk.length === 0) break;
-          for (const [k, v] of chunk) this.setBucket(parseInt(k.slice(META_STATS_PREFIX.length), 16), Number(v.readBigUInt64BE(0)), Number(v.readBigUInt64BE(8)));
-        }
-      } finally {
-        await it.close();
-      }
+      await this.loadStatsRecords();
     }
     if ((await this.subs.meta.get(META_ROWCELLS_MARKER)) === undefined || (await this.subs.meta.get(META_LATEST_MARKER)) === undefined) await this.rebuildDerived();
     this.persistedClock = clockRec === undefined ? 0n : clockRec.readBigUInt64BE(0);
@@ -1465,6 +1625,24 @@ export class ShardStore {
     ops.push({ type: 'put', sublevel: this.subs.meta, key: META_ROWCELLS_MARKER, value: Buffer.from('1') });
     ops.push({ type: 'put', sublevel: this.subs.meta, key: META_LATEST_MARKER, value: Buffer.from('1') });
     await this.db.batch<Buffer | string, Buffer>(ops, { sync: true });
+  }
+
+  /** Sets every bucket's counts from its stats record (absent = empty). */
+  private async loadStatsRecords(): Promise<void> {
+    this.statRows.fill(0);
+    this.statBytes.fill(0);
+    this.totalRows = 0;
+    this.totalBytes = 0;
+    const it = this.subs.meta.iterator({ gte: META_STATS_PREFIX, lt: META_STATS_PREFIX + '\uffff' });
+    try {
+      for (;;) {
+        const chunk = await it.nextv(1024);
+        if (chunk.length === 0) break;
+        for (const [k, v] of chunk) this.setBucket(parseInt(k.slice(META_STATS_PREFIX.length), 16), Number(v.readBigUInt64BE(0)), Number(v.readBigUInt64BE(8)));
+      }
+    } finally {
+      await it.close();
+    }
   }
 
   private setBucket(b: number, rows: number, bytes: number): void {

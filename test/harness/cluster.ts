@@ -97,6 +97,8 @@ export async function startProcCluster(
     masterEnv?: NodeJS.ProcessEnv;
     /** Extra environment for the first shards only, by index (shardEnv[0] for the first shard). */
     shardEnv?: NodeJS.ProcessEnv[];
+    /** Data directories for the first shards, by index (default DIR/shard1, …): e.g. one on a small tmpfs. */
+    shardDataDirs?: string[];
     /** Start on copies of existing data directories: DIR/master, DIR/shard1, … (a fixture). */
     dataFrom?: string;
     /** Wait until the shards are up and the cluster has a map (default true). */
@@ -129,7 +131,7 @@ export async function startProcCluster(
   const shardArgs = (i: number, listen: string) => [
     'shard',
     '--listen', listen,
-    '--data-dir', join(dir, `shard${i}`),
+    '--data-dir', o.shardDataDirs?.[i - 1] ?? join(dir, `shard${i}`),
     '--master', masterAddress,
     '--server-credential-file', credFile,
     '--heartbeat-interval-ms', '250',
