@@ -293,6 +293,11 @@ export function channelOptions(maxMessageBytes: number): grpc.ChannelOptions {
     'grpc.max_receive_message_length': maxMessageBytes,
     'grpc.max_send_message_length': maxMessageBytes,
     'grpc.keepalive_time_ms': 30_000,
+    // A restarted master or shard must be found again within a heartbeat or two. grpc-js backs off reconnects
+    // up to 120 s by default (1 s × 1.6 per attempt): after ten seconds down, a shard could take ten more to
+    // notice its master was back (seen as a flaky rejoin under load).
+    'grpc.initial_reconnect_backoff_ms': 250,
+    'grpc.max_reconnect_backoff_ms': 2000,
     // channelz (per-call bookkeeping for a debugging service we do not serve) was ~7% of a shard's busy time under point reads.
     'grpc.enable_channelz': 0,
   };
