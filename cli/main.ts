@@ -46,7 +46,8 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
         if (cmd === 'master' && rest[0] === 'rebuild') return await (await import('./rebuild.js')).runRebuild(flags, io);
         if (flags.help) return io.out(USAGE), EXIT.OK;
         const servers = await import('./servers.js');
-        return cmd === 'master' ? servers.runMaster(flags) : servers.runShard(flags);
+        // Awaited here, so that a server that cannot start (a refused data directory) is reported below, with its hint.
+        return await (cmd === 'master' ? servers.runMaster(flags) : servers.runShard(flags));
       }
       case 'dev': {
         const { runDev } = await import('./dev.js');
@@ -83,7 +84,9 @@ function reportError(err: unknown, io: Io, verbose: boolean): number {
     return EXIT.BAD_ARGS;
   } else {
     io.err(`error: ${e?.message ?? String(err)}`);
-    if (!verbose) io.err('hint: run with --verbose for details');
+    // Errors that know what to do about them (a refused data directory) say so; the rest point at --verbose.
+    if (typeof e?.hint === 'string') io.err(`hint: ${e.hint}`);
+    else if (!verbose) io.err('hint: run with --verbose for details');
   }
   if (verbose && e?.stack) io.err(e.stack);
   return e.exitCode ?? EXIT.ERROR;

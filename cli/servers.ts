@@ -13,6 +13,7 @@
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'winston';
 import { loadConfig, type MasterConfig, type ShardConfig } from '../services/common/config.js';
+import { DataDirError } from '../services/common/datadir.js';
 import type { TlsFiles } from '../services/common/grpc.js';
 import { createLogger } from '../services/common/log.js';
 import { startMasterServer } from '../services/master/server.js';
@@ -34,6 +35,14 @@ function limitsOf(c: MasterConfig | ShardConfig) {
     maxValueBytes: c.maxValueBytes,
     maxCellsPerCall: c.maxCellsPerCall,
     maxMessageBytes: c.maxMessageBytes,
+  };
+}
+
+/** A refused data directory goes to the JSON log too (main prints it on stderr as `error:` and `hint:`), then exits 1. */
+function logDataDirRefusal(log: Logger) {
+  return (err: unknown): never => {
+    if (err instanceof DataDirError) log.error('data directory refused', { dataDir: err.dir, code: err.code, error: err.message, hint: err.hint });
+    throw err;
   };
 }
 
@@ -107,7 +116,7 @@ export async function runMaster(flags: Flags): Promise<number> {
     log,
     onFatal: (err) => halt(err),
     reloadConfig: () => rereadMasterConfig(flags, c),
-  }));
+  }).catch(logDataDirRefusal(log)));
   log.info(`Starting Data Master on ${running.address}`, { expectShards: c.expectShards });
   const failed = await Promise.race([untilSignal(log).then(() => undefined), halted]);
   offHangup();
@@ -141,7 +150,7 @@ export async function runShard(flags: Flags): Promise<number> {
     metricsListen: c.metricsListen,
     shutdownGraceMs: c.shutdownGraceMs,
     log,
-  });
+  }).catch(logDataDirRefusal(log));
   const why = await Promise.race([untilSignal(log).then(() => ({ refused: undefined })), running.node.stopRequested]);
   offHangup();
   await running.stop(c.shutdownGraceMs);

@@ -71,11 +71,14 @@ describe('a master on the wrong state, and a lost master', () => {
     await cluster.stop(cluster.master);
     const emptyYaml = await masterYamlWith(cluster, join(cluster.dir, 'master-empty'), 'master-empty.yaml');
     const impostor = await spawnCairn('master-empty', ['master', '--config', emptyYaml, '--listen', `127.0.0.1:${cluster.master.port}`], cluster.env);
+    const refused = (id: string) => impostor.logs.find((l) => l.message === 'shard refused' && l.shardId === id);
+    // The shards reach the new master when their gRPC reconnect backoff says so (a second or more). A new shard
+    // registering first takes the id s1 there, and s1's next heartbeat is then answered SESSION_SUPERSEDED and
+    // it stops: so the joiner comes only once every shard of the cluster has been refused.
+    await waitUntil(() => ['s1', 's2', 's3'].every((id) => refused(id)), 20_000, 'the empty master to refuse every shard of the cluster');
     // A new shard joining is the map change that made the shards delete data before.
     const joiner = await cluster.addShard();
     try {
-      const refused = (id: string) => impostor.logs.find((l) => l.message === 'shard refused' && l.shardId === id);
-      await waitUntil(() => ['s1', 's2', 's3'].every((id) => refused(id)), 20_000, 'the empty master to refuse every shard of the cluster');
       expect(refused('s1')).toMatchObject({ reason: 'CLUSTER_MISMATCH', why: expect.stringContaining(clusterId) });
       expect(String(refused('s1')!.why)).toContain(`map epoch ${epoch}`);
       expect(String(refused('s1')!.why)).toContain('cairn master rebuild');

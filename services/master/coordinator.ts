@@ -24,7 +24,7 @@ import { failpoint } from '../common/failpoints.js';
 import { call, metadataFor, type ClientPool } from '../common/grpc.js';
 import { endToProto } from '../common/hash.js';
 import type { ServerTokenSource } from '../common/auth.js';
-import { copiedFraction, isTerminal, moveFromJson, moveToJson, newMove, resumeAction, transition, type Move, type MoveState } from './moves.js';
+import { copiedFraction, isTerminal, RateWindow, moveFromJson, moveToJson, newMove, resumeAction, transition, type Move, type MoveState } from './moves.js';
 import type { Plan } from './planner.js';
 
 /**
@@ -308,8 +308,8 @@ export class MoveCoordinator {
     );
     this.streams.add(stream);
     let ready = false;
-    let lastAt = Date.now();
-    let lastBytes = 0;
+    const rate = new RateWindow();
+    rate.add(Date.now(), 0);
     // The source bounds its own fence (maxFenceMs) until it seals it; after the seal only this master's outcome lifts it.
     // A destination that goes silent between the seal and READY would keep it up, so the pull gets a bound of its own.
     let fenceBound: NodeJS.Timeout | undefined;
@@ -323,11 +323,7 @@ export class MoveCoordinator {
         // Only forward: a report can arrive out of step with the last one, and a bar that shrinks lies.
         prog.copiedBytes = Math.max(prog.copiedBytes, Math.round(move.bytes * copied));
         prog.transferredBytes = Number(p.bytesReceived);
-        if (now - lastAt >= 200) {
-          prog.bytesPerSec = ((prog.copiedBytes - lastBytes) * 1000) / (now - lastAt);
-          lastAt = now;
-          lastBytes = prog.copiedBytes;
-        }
+        prog.bytesPerSec = rate.add(now, prog.copiedBytes);
         const rec = this.moves.get(move.id)!;
         rec.move = { ...rec.move, copiedBytes: prog.copiedBytes };
         if (p.phase === TransferPhase.TRANSFER_PHASE_COPY) failpoint('master-during-copy');

@@ -12,6 +12,8 @@ import {
   moveFromJson,
   moveToJson,
   newMove,
+  RATE_WINDOW_MS,
+  RateWindow,
   resumeAction,
   transition,
   TRANSITIONS,
@@ -246,6 +248,39 @@ describe('copiedFraction', () => {
         const reports = [{ copying: true, rowsReceived: 0, sourceRows: 0 }, ...sorted.map((n) => ({ copying: true, rowsReceived: n, sourceRows: rows })), { copying: false, rowsReceived: rows, sourceRows: rows }];
         const f = reports.map(copiedFraction);
         for (let i = 1; i < f.length; i++) expect(f[i]!).toBeGreaterThanOrEqual(f[i - 1]!);
+      }),
+    );
+  });
+});
+
+describe('RateWindow', () => {
+  it('shows the average over the last 5 s, not the jump since the previous sample', () => {
+    const w = new RateWindow();
+    expect(RATE_WINDOW_MS).toBe(5000);
+    expect(w.add(0, 0)).toBe(0);
+    expect(w.add(100, 1_000_000)).toBe(0); // under 200 ms of samples: nothing to show yet
+    expect(w.add(1000, 1_000_000)).toBe(1_000_000); // 1 MB in the first second
+    for (let t = 2000; t <= 10_000; t += 1000) w.add(t, t * 1000); // 1 MB/s from then on
+    expect(w.add(10_500, 10_500_000)).toBeCloseTo(1_000_000, 6); // over 5.5 s back to the sample at 5000
+  });
+
+  it('never shows more than the bytes over the window when a chunk lands at once (property)', () => {
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.integer({ min: 1, max: 1000 }), fc.integer({ min: 0, max: 200_000 })), { minLength: 1, maxLength: 200 }), (steps) => {
+        const w = new RateWindow();
+        const seen: Array<{ at: number; bytes: number }> = [{ at: 0, bytes: 0 }];
+        w.add(0, 0);
+        let at = 0;
+        let bytes = 0;
+        for (const [dt, db] of steps) {
+          at += dt;
+          bytes += db;
+          seen.push({ at, bytes });
+          const shown = w.add(at, bytes);
+          // Whatever it shows is the average over some span of at least 200 ms ending now.
+          const spans = seen.filter((s) => at - s.at >= 200).map((s) => ((bytes - s.bytes) * 1000) / (at - s.at));
+          if (spans.length) expect(shown).toBeLessThanOrEqual(Math.max(...spans) + 1e-6);
+        }
       }),
     );
   });

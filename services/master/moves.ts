@@ -159,6 +159,35 @@ export function copiedFraction(r: { copying: boolean; rowsReceived: number; sour
   return Math.min(1, Math.max(0, r.rowsReceived / r.sourceRows));
 }
 
+/** The span a move's shown rate is averaged over: the throttle's promise is about windows of 5 s. */
+export const RATE_WINDOW_MS = 5000;
+/** A rate is shown only once its samples span this long; until then the last one stands (0 at first). */
+const MIN_RATE_SPAN_MS = 200;
+
+/**
+ * A move's transfer rate as shown to the operator: bytes per second over the
+ * last `spanMs` of progress samples (less at the start). The rate used to be
+ * the change since the previous sample at least 200 ms before, so each chunk
+ * arriving showed as a spike (5 MB/s under a 1 MB/s limit) and the mean of
+ * what was shown ran well above the limit.
+ */
+export class RateWindow {
+  private readonly samples: Array<{ at: number; bytes: number }> = [];
+  private rate = 0;
+
+  constructor(private readonly spanMs: number = RATE_WINDOW_MS) {}
+
+  /** Adds a sample (time in ms, bytes so far) and returns the current rate in bytes per second. */
+  add(at: number, bytes: number): number {
+    this.samples.push({ at, bytes });
+    // Keep one sample at or before the window's start, so the rate spans the whole window once there is one.
+    while (this.samples.length > 2 && this.samples[1]!.at <= at - this.spanMs) this.samples.shift();
+    const first = this.samples[0]!;
+    if (at - first.at >= MIN_RATE_SPAN_MS) this.rate = Math.max(0, ((bytes - first.bytes) * 1000) / (at - first.at));
+    return this.rate;
+  }
+}
+
 /** Records copy progress (never backwards); does not change the state. */
 export function withProgress(move: Move, copiedBytes: number): Move {
   if (!(Number.isFinite(copiedBytes) && copiedBytes >= 0)) {

@@ -6,6 +6,7 @@
  * one is durable without the other.
  */
 import { Level } from 'level';
+import { openDataDir } from '../common/datadir.js';
 import type { ClusterMap } from '../common/map.js';
 import type { AppliedClient, Revocation } from './client-list.js';
 
@@ -64,14 +65,8 @@ export class MasterStore {
   private constructor(private readonly db: Level<string, string>) {}
 
   static async open(dir: string): Promise<MasterStore> {
-    const db = new Level<string, string>(dir, { valueEncoding: 'utf8' });
-    try {
-      await db.open();
-    } catch (err) {
-      const cause = (err as { cause?: { code?: string } }).cause;
-      if (cause?.code === 'LEVEL_LOCKED') throw new Error(`data directory ${dir} is in use by another process`);
-      throw err;
-    }
+    // Refuses a file, unrelated files, a shard's directory or a damaged LevelDB, naming what it found (DataDirError).
+    const db = await openDataDir(dir, 'master', () => new Level<string, string>(dir, { valueEncoding: 'utf8' }));
     return new MasterStore(db);
   }
 

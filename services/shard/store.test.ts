@@ -4,6 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Level } from 'level';
+import { DataDirError } from '../common/datadir.js';
 import { CairnError } from '../common/errors.js';
 import { HASH_SPACE_END, rowHash } from '../common/hash.js';
 import { BUCKET_SIZE, bucketOf, bucketStart, type HashRange } from '../common/ranges.js';
@@ -842,8 +843,9 @@ describe('persistence', () => {
         holder.on('exit', (code) => reject(new Error(`lock holder exited with ${code}`)));
       });
       const err = await ShardStore.open(dir).catch((e: unknown) => e);
-      expect(err).toBeInstanceOf(CairnError);
-      expect((err as CairnError).message).toBe(`data directory ${dir} is in use by another process`);
+      expect(err).toBeInstanceOf(DataDirError);
+      expect(err).toMatchObject({ code: 'LOCKED', dir, hint: expect.stringMatching(/another process is using it/) });
+      expect((err as DataDirError).message).toMatch(new RegExp(`^the shard cannot open its data directory ${dir}: it is in use by another process \\(IO error: lock .*LOCK: .+\\)$`));
     } finally {
       holder.kill();
     }

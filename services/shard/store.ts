@@ -28,6 +28,7 @@
 import * as crypto from 'node:crypto';
 import { statfs } from 'node:fs/promises';
 import { Level, type BatchOperation } from 'level';
+import { openDataDir } from '../common/datadir.js';
 import { CairnError, invalidArgument, isNoSpaceError } from '../common/errors.js';
 import { HASH_SPACE_END } from '../common/hash.js';
 import { BUCKET_BITS, BUCKET_COUNT, bucketOf, bucketSpan, isBucketAligned, type HashRange } from '../common/ranges.js';
@@ -487,16 +488,8 @@ export class ShardStore {
   }
 
   static async open(dir: string, opts: StoreOptions = {}): Promise<ShardStore> {
-    const db = new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
-    try {
-      await db.open();
-    } catch (err) {
-      const e = err as { code?: string; cause?: { code?: string } };
-      if (e.code === 'LEVEL_LOCKED' || e.cause?.code === 'LEVEL_LOCKED') {
-        throw new CairnError('CONFLICT', `data directory ${dir} is in use by another process`);
-      }
-      throw err;
-    }
+    // Refuses a file, unrelated files, a master's directory or a damaged LevelDB, naming what it found (DataDirError).
+    const db = await openDataDir(dir, 'shard', () => new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' }));
     const store = new ShardStore(dir, db, sublevels(db), opts);
     try {
       await store.load();

@@ -33,11 +33,15 @@ import { ShardStore, type RawOp } from './store.js';
 import {
   AckTracker,
   checksumMismatch,
+  chunkBytesFor,
+  DEFAULT_CHUNK_BYTES,
+  MIN_CHUNK_BYTES,
   fromWireOps,
   MoveRegistry,
   rangeFromRequest,
   StreamVerifier,
   Throttle,
+  THROTTLED_CHUNK_SECONDS,
   toWireOps,
   TransferDigest,
   TransferPhase,
@@ -269,22 +273,82 @@ describe('ack tracker (source side)', () => {
 });
 
 describe('throttle', () => {
-  it('keeps the average under the rate, measured from the first take', async () => {
-    let now = 1000;
-    const slept: number[] = [];
-    const t = new Throttle(1000, () => now, async (ms) => {
-      slept.push(ms);
-      now += ms;
+  /** A throttle on a fake clock whose sleeps advance the clock. */
+  function fakeThrottle(rate: number, start = 1000) {
+    const clock = { now: start, slept: [] as number[] };
+    const t = new Throttle(rate, () => clock.now, async (ms) => {
+      clock.slept.push(ms);
+      clock.now += ms;
     });
-    await t.take(500); // due at 1500
-    expect(now).toBe(1500);
-    now += 200; // the caller was slow: credit is not lost, but it is not banked past "due" either
-    await t.take(100); // due at 1600 < 1700
-    expect(now).toBe(1700);
-    await t.take(1000); // due at 2600
-    expect(now).toBe(2600);
-    expect(slept.every((ms) => ms <= 100)).toBe(true);
+    return { t, clock };
+  }
+
+  it('lets n bytes go only once n / rate has passed, the first chunk included, and banks no idle time', async () => {
+    const { t, clock } = fakeThrottle(1000);
+    await t.take(500); // reserved 1000..1500: the first chunk is not free
+    expect(clock.now).toBe(1500);
+    clock.now += 200; // the sender was idle: that time is not credited
+    await t.take(100); // reserved 1700..1800
+    expect(clock.now).toBe(1800);
+    await t.take(1000); // 1800..2800
+    expect(clock.now).toBe(2800);
+    expect(clock.slept.every((ms) => ms <= 100)).toBe(true);
     expect(new Throttle(0).delayFor(1e9)).toBe(0);
+  });
+
+  it('over any window of 5 s or more, lets through at most the rate plus 1% (property, fake clock)', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 20_480, max: 20_000_000 }), // bytes/s where a chunk is 50 ms of the rate (MIN_CHUNK_BYTES below, 1 MiB above)
+        fc.array(
+          fc.tuple(
+            fc.double({ min: 0.05, max: 1, noNaN: true }),
+            // Mostly back to back, now and then a pause (up to 5 s) that must not turn into a burst afterwards.
+            fc.oneof({ arbitrary: fc.constant(0), weight: 150 }, { arbitrary: fc.integer({ min: 1, max: 5000 }), weight: 1 }),
+          ),
+          { minLength: 100, maxLength: 400, size: 'max' }, // 2.5 to 20 s of chunks: several 5 s windows
+        ),
+        async (rate, steps) => {
+          const { t, clock } = fakeThrottle(rate);
+          const maxChunk = chunkBytesFor(DEFAULT_CHUNK_BYTES, rate);
+          const first = clock.now;
+          const granted: Array<{ at: number; bytes: number }> = [];
+          for (const [fraction, idleMs] of steps) {
+            const bytes = Math.max(1, Math.round(fraction * maxChunk)); // a chunk the transfer may cut
+            await t.take(bytes);
+            granted.push({ at: clock.now, bytes });
+            clock.now += idleMs; // the sender busy elsewhere, or waiting for acknowledgements
+          }
+          // From the first request: at most rate * t, with no burst at all (the worst excess over that, in bytes).
+          let total = 0;
+          let overFromStart = 0;
+          for (const g of granted) {
+            total += g.bytes;
+            overFromStart = Math.max(overFromStart, total - (rate * (g.at - first)) / 1000);
+          }
+          // Any window [a, a + W], W >= 5 s (the worst ones start at a grant): the most it held, as a multiple of rate * W.
+          let worstWindow = 0;
+          for (const W of [5000, 7500, 20_000]) {
+            for (let i = 0, j = 0, inWindow = 0; i < granted.length; inWindow -= granted[i]!.bytes, i++) {
+              for (; j < granted.length && granted[j]!.at <= granted[i]!.at + W; j++) inWindow += granted[j]!.bytes;
+              worstWindow = Math.max(worstWindow, inWindow / ((rate * W) / 1000));
+            }
+          }
+          expect(overFromStart).toBeLessThanOrEqual(1e-6 * total); // float rounding only
+          expect(worstWindow).toBeLessThanOrEqual(1.01 + 1e-9);
+        },
+      ),
+      { numRuns: 200, endOnFailure: true }, // a counterexample is a long schedule: shrinking it takes minutes
+    );
+  });
+
+  it('cuts a throttled transfer\'s chunks to 50 ms of its rate, never under the minimum, and leaves an unthrottled one alone', () => {
+    expect(THROTTLED_CHUNK_SECONDS).toBe(0.05);
+    expect(chunkBytesFor(DEFAULT_CHUNK_BYTES, 0)).toBe(DEFAULT_CHUNK_BYTES);
+    expect(chunkBytesFor(DEFAULT_CHUNK_BYTES, 1e6)).toBe(50_000); // 1 MB/s: 10^6 bytes per second
+    expect(chunkBytesFor(DEFAULT_CHUNK_BYTES, 10_000)).toBe(MIN_CHUNK_BYTES);
+    expect(chunkBytesFor(DEFAULT_CHUNK_BYTES, 1e9)).toBe(DEFAULT_CHUNK_BYTES);
+    expect(chunkBytesFor(4096, 1e6)).toBe(4096);
   });
 
   it('stops waiting when the waiter throws', async () => {

@@ -31,8 +31,10 @@
  *      are decided in one synchronous step each, so exactly one of them wins.
  *   Flow control: at most ACK_WINDOW_CHUNKS chunks are unacknowledged; S
  *   waits for acks instead of sending more. The copy and catch-up also honour
- *   a bytes/s throttle; the fenced tail is not throttled, to keep the
- *   critical section short.
+ *   a bytes/s throttle (key and value bytes, paced before each chunk, with
+ *   chunks cut to 50 ms of the rate); the fenced tail is not throttled, to
+ *   keep the critical section short (it is under one such chunk plus the
+ *   writes that were in flight).
  *
  * Destination D, PullRange (called by the master): refuse if D owns any of R;
  * delete any leftover of R; open TransferRange on S; check sequence numbers,
@@ -414,12 +416,32 @@ export interface Waiter {
 }
 
 /**
- * Keeps the average rate at or under `bytesPerSec` since the first `take`:
- * after n bytes, `take` returns no earlier than start + n / rate. 0 = unlimited.
+ * A throttled transfer's chunks are cut to at most this many seconds of its
+ * rate (never under MIN_CHUNK_BYTES): any window of time may hold one chunk
+ * more than the rate allows, so a chunk of 50 ms is 1% of a 5 s window, where
+ * the default 1 MiB chunk was 21% of 5 s at 1 MB/s.
+ */
+export const THROTTLED_CHUNK_SECONDS = 0.05;
+
+/** The chunk size a transfer uses: `chunkBytes`, cut to THROTTLED_CHUNK_SECONDS of the rate when throttled. */
+export function chunkBytesFor(chunkBytes: number, bytesPerSec: number): number {
+  if (!(bytesPerSec > 0)) return chunkBytes;
+  return Math.min(chunkBytes, Math.max(MIN_CHUNK_BYTES, Math.floor(bytesPerSec * THROTTLED_CHUNK_SECONDS)));
+}
+
+/**
+ * Paces a transfer to `bytesPerSec` (0 = unlimited). Call `take(n)` BEFORE
+ * sending n bytes: it reserves n / rate of the link, starting when the
+ * previous reservation ends or now, whichever is later, and returns when the
+ * reservation ends. So, from the first `take`, the bytes let through by time
+ * t are at most rate * t (the first chunk is not free), and any window of
+ * length W lets through at most rate * W plus one chunk. Time the sender
+ * spent idle (a slow destination, a quiet write log) is not banked: it
+ * cannot be spent later as a burst.
  */
 export class Throttle {
-  private start: number | undefined;
-  private sent = 0;
+  /** When the reservations made so far end (ms, on `now`'s clock). */
+  private reservedUntil: number | undefined;
 
   constructor(
     private readonly bytesPerSec: number,
@@ -427,22 +449,26 @@ export class Throttle {
     private readonly sleep: (ms: number) => Promise<void> = (ms) => new Promise((r) => setTimeout(r, ms)),
   ) {}
 
-  /** Milliseconds to wait after `bytes` more have been sent (0 when unlimited or on time). */
+  /** Reserves `bytes` and returns the milliseconds until they may go (0 when unlimited). */
   delayFor(bytes: number): number {
     if (!(this.bytesPerSec > 0)) return 0;
-    this.start ??= this.now();
-    this.sent += bytes;
-    const due = this.start + (this.sent * 1000) / this.bytesPerSec;
-    return Math.max(0, Math.ceil(due - this.now()));
+    const now = this.now();
+    this.reservedUntil = Math.max(now, this.reservedUntil ?? now) + (bytes * 1000) / this.bytesPerSec;
+    return this.remaining(now);
   }
 
+  /** Waits until `bytes` more may be sent. */
   async take(bytes: number, w?: Waiter): Promise<void> {
     let wait = this.delayFor(bytes);
     while (wait > 0) {
       w?.check();
       await this.sleep(Math.min(wait, 100)); // short slices, so a cancelled transfer stops promptly
-      wait = this.delayFor(0);
+      wait = this.remaining(this.now());
     }
+  }
+
+  private remaining(now: number): number {
+    return this.reservedUntil === undefined ? 0 : Math.max(0, Math.ceil(this.reservedUntil - now));
   }
 }
 
@@ -751,7 +777,8 @@ export async function serveTransfer(
     const seq = digest.update(ops);
     await send({ header: header(), chunk: { seq: BigInt(seq), phase, ops: toWireOps(ops) } });
   };
-  log.info('transfer started', { moveId: p.moveId, range: showRange(p.range), chunkBytes: p.chunkBytes, maxBytesPerSec: p.maxBytesPerSec, maxFenceMs });
+  const chunkBytes = chunkBytesFor(p.chunkBytes, p.maxBytesPerSec);
+  log.info('transfer started', { moveId: p.moveId, range: showRange(p.range), chunkBytes, maxBytesPerSec: p.maxBytesPerSec, maxFenceMs });
   try {
     task.phase = TransferPhase.TRANSFER_PHASE_COPY;
     // Every write that has started is now in the log, in the snapshot, or both.
@@ -760,12 +787,12 @@ export async function serveTransfer(
     const stats = store.rangeStats(p.range);
     await send({ header: header(), begin: { rows: BigInt(stats.rows), bytes: BigInt(stats.bytes), maxFenceMs } });
     const throttle = new Throttle(p.maxBytesPerSec);
-    for await (const ops of store.exportRange(p.range, p.chunkBytes)) {
+    for await (const ops of store.exportRange(p.range, chunkBytes)) {
       task.check();
       checkLog();
+      await throttle.take(opsBytes(ops), task);
       await sendChunk(ops, TransferPhase.TRANSFER_PHASE_COPY);
       failpoint('source-during-snapshot');
-      await throttle.take(opsBytes(ops), task);
     }
     const snapshotBytes = digest.bytes;
     await send({ header: header(), snapshotDone: digest.totals() });
@@ -778,11 +805,11 @@ export async function serveTransfer(
       task.check();
       checkLog();
       if (acks.failure) throw acks.failure;
-      if (wlog.bytes > p.chunkBytes && Date.now() < catchUpUntil) {
-        const ops = wlog.take(p.chunkBytes);
+      if (wlog.bytes > chunkBytes && Date.now() < catchUpUntil) {
+        const ops = wlog.take(chunkBytes);
+        await throttle.take(opsBytes(ops), task);
         await sendChunk(ops, TransferPhase.TRANSFER_PHASE_CATCH_UP);
         failpoint('source-during-catch-up');
-        await throttle.take(opsBytes(ops), task);
         continue;
       }
       if (acks.applied === digest.chunks) break;
@@ -807,7 +834,7 @@ export async function serveTransfer(
     await store.drain();
     task.check();
     do {
-      await sendChunk(wlog.take(p.chunkBytes), TransferPhase.TRANSFER_PHASE_FENCED);
+      await sendChunk(wlog.take(chunkBytes), TransferPhase.TRANSFER_PHASE_FENCED);
     } while (wlog.length > 0);
     endSent = true;
     await send({ header: header(), end: digest.totals() });
