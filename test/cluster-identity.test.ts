@@ -68,17 +68,21 @@ describe('a master on the wrong state, and a lost master', () => {
 
   it('a master started on an empty directory forms nothing; the shards keep their map and data, and rejoin their own master by themselves', async () => {
     const pids = cluster.shards.map((s) => s.child.pid);
+    // The cluster's shards are paused while the masters are swapped, so a new shard registers with the empty
+    // master first and takes the id s1 there: s1's next heartbeat then names an id the empty master gave to
+    // another process. It must be refused as another cluster's, never answered "superseded" (which stops s1).
+    for (const s of cluster.shards) s.child.kill('SIGSTOP');
     await cluster.stop(cluster.master);
     const emptyYaml = await masterYamlWith(cluster, join(cluster.dir, 'master-empty'), 'master-empty.yaml');
     const impostor = await spawnCairn('master-empty', ['master', '--config', emptyYaml, '--listen', `127.0.0.1:${cluster.master.port}`], cluster.env);
     const refused = (id: string) => impostor.logs.find((l) => l.message === 'shard refused' && l.shardId === id);
-    // The shards reach the new master when their gRPC reconnect backoff says so (a second or more). A new shard
-    // registering first takes the id s1 there, and s1's next heartbeat is then answered SESSION_SUPERSEDED and
-    // it stops: so the joiner comes only once every shard of the cluster has been refused.
-    await waitUntil(() => ['s1', 's2', 's3'].every((id) => refused(id)), 20_000, 'the empty master to refuse every shard of the cluster');
-    // A new shard joining is the map change that made the shards delete data before.
-    const joiner = await cluster.addShard();
+    let joiner: Awaited<ReturnType<typeof cluster.addShard>> | undefined;
     try {
+      // A new shard joining is the map change that made the shards delete data before.
+      joiner = await cluster.addShard();
+      await waitUntil(() => impostor.logs.some((l) => l.message === 'shard registered' && l.shardId === 's1'), 20_000, 'the new shard to take the id s1 on the empty master');
+      for (const s of cluster.shards) if (s !== joiner) s.child.kill('SIGCONT');
+      await waitUntil(() => ['s1', 's2', 's3'].every((id) => refused(id)), 20_000, 'the empty master to refuse every shard of the cluster');
       expect(refused('s1')).toMatchObject({ reason: 'CLUSTER_MISMATCH', why: expect.stringContaining(clusterId) });
       expect(String(refused('s1')!.why)).toContain(`map epoch ${epoch}`);
       expect(String(refused('s1')!.why)).toContain('cairn master rebuild');
@@ -93,8 +97,11 @@ describe('a master on the wrong state, and a lost master', () => {
         expect(health.code).toBe(1); // NOT_SERVING while a master that is not its own refuses it
       }
     } finally {
-      await cluster.stop(joiner, 'SIGKILL');
-      cluster.shards.splice(cluster.shards.indexOf(joiner), 1);
+      for (const s of cluster.shards) s.child.kill('SIGCONT');
+      if (joiner) {
+        await cluster.stop(joiner, 'SIGKILL');
+        cluster.shards.splice(cluster.shards.indexOf(joiner), 1);
+      }
       await cluster.stop(impostor);
     }
 

@@ -477,7 +477,21 @@ export class Master {
   }
 
   /** Records a heartbeat; refused when the shard is unknown, or when another process now holds its id. */
-  heartbeat(shardId: string, hb: { sessionId: string; epoch: bigint; ranges: RangeCount[]; opsPerSec: number; stopping: boolean; disk?: DiskReport }): void {
+  heartbeat(
+    shardId: string,
+    hb: { clusterId?: string; sessionId: string; epoch: bigint; ranges: RangeCount[]; opsPerSec: number; stopping: boolean; disk?: DiskReport },
+  ): void {
+    // A shard of another cluster (its server token says which) may carry an id this master gave to one of its own:
+    // it must hear "another cluster" and register (to be refused), never "superseded", which would stop it.
+    // An empty id is a shard that has not yet taken the id of a cluster that has just formed.
+    const theirs = hb.clusterId ?? '';
+    if (theirs && theirs !== this.clusterIdValue) {
+      throw new CairnError(
+        'PRECONDITION',
+        `heartbeat from shard ${shardId} of cluster ${theirs}, and this master's cluster is ${this.clusterIdValue || '(none: it has no state)'}: register again`,
+        { reason: 'CLUSTER_MISMATCH' },
+      );
+    }
     const rec = this.shards.find((s) => s.id === shardId);
     if (!rec || rec.sessionId === undefined) {
       throw new CairnError('NOT_FOUND', `unknown shard ${shardId}: register first`);

@@ -449,7 +449,8 @@ export class ShardNode {
       if ((res.header?.epoch ?? 0n) > this.map.epoch) await this.refreshMap();
     } catch (err) {
       const e = err as CairnError;
-      if (e.code === 'NOT_FOUND' && !stopping && !this.stopping) {
+      // Unknown here, or a master of another cluster (one started on the wrong state): register, to be admitted or refused.
+      if ((e.code === 'NOT_FOUND' || e.details?.reason === 'CLUSTER_MISMATCH') && !stopping && !this.stopping) {
         this.registered = false;
         void this.register();
         return;
