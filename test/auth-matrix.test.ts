@@ -1,7 +1,7 @@
 /**
  * The auth matrix: every RPC of every service (Master, Shard, Admin) × every
  * way a credential can be wrong → the exact status, and the message that
- * says which check failed (DESIGN "Membership and security": a bad token
+ * says which check failed (docs/design.md "Security": a bad token
  * gets UNAUTHENTICATED, too low a role PERMISSION_DENIED; internal calls
  * need the server credential).
  *
@@ -21,7 +21,7 @@ import { deriveTokenKey, mintToken, ROLES, type Role } from '../services/common/
 import { startInProcCluster, TEST_CREDENTIAL, type InProcCluster } from './harness/inproc.js';
 import { allRpcs, invokeRaw, rawClient, type Rpc } from './nemesis/rpc.js';
 
-/** What each RPC needs (null: no token, Login), from the proto docs and DESIGN. */
+/** What each RPC needs (null: no token, Login), from the proto docs and docs/design.md "Security". */
 const NEEDS: Record<string, Role | null> = {
   'MasterService.RegisterShard': 'server',
   'MasterService.Heartbeat': 'server',

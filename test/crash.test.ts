@@ -1,5 +1,5 @@
 /**
- * Crash tests for online range moves (DESIGN "Moving data": an acknowledged
+ * Crash tests for online range moves (docs/design.md "Moving data": an acknowledged
  * write is never lost, and no range is ever served by two shards or by none,
  * whatever crashes).
  *

@@ -4,7 +4,7 @@
  * own CairnClient, user `writer`) hammer a mix of puts, batched writes, reads
  * and check-and-mutates on overlapping keys, `ctl rebalance --yes`, then
  * `ctl dropserver <new shard> --yes`, then `ctl remserver <new shard> --yes`
- * run one after another. Then the clients stop and we check DESIGN.md's
+ * run one after another. Then the clients stop and we check docs/design.md's
  * "Moving data" rules:
  *
  *  - no client saw an error (the SDK must hide FENCED / WRONG_SHARD);

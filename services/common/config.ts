@@ -94,7 +94,7 @@ export interface ShardConfig extends CommonConfig {
   /**
    * The longest a source keeps a range fenced for a move before the
    * destination confirms the fenced tail; past it the source lifts the fence
-   * and the move aborts (DESIGN "Moving data", step 4).
+   * and the move aborts (docs/design.md "Moving data", step 4).
    */
   maxFenceMs: number;
 }

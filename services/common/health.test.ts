@@ -14,7 +14,7 @@ import { dirname, join } from 'node:path';
 import winston from 'winston';
 import { runHealth } from '../../cli/health.js';
 import { EXIT } from '../../cli/exit.js';
-import { shutdownServer } from '../master/server.js';
+import { shutdownServer } from './server.js';
 import { checkHealth, HEALTH_SERVICE_NAME, packageDefinition, protoRoot, ServingState } from './health.js';
 import { startServer, unary, withPort } from './grpc.js';
 

@@ -1,5 +1,5 @@
 /**
- * The master's admission rules (DESIGN "Membership and security": cluster
+ * The master's admission rules (docs/design.md "Membership": cluster
  * identity, one live session per shard id), through the real Master on a
  * real LevelDB in a temp dir, calling register and heartbeat in-process as
  * the gRPC service does. Shard addresses are 127.0.0.2 with low ports, where

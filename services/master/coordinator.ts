@@ -1,6 +1,6 @@
 /**
  * The move coordinator: runs the moves of a rebalance or drain, journaling
- * every step before acting on it (DESIGN "Moving data").
+ * every step before acting on it (docs/design.md "Moving data").
  *
  *   planned → copying → catching_up → fenced → committed → cleaned
  *                 \___________\____________\→ aborted

@@ -303,7 +303,7 @@ export class Master {
    * cluster forms: its id is minted and the space split evenly. Refused, with
    * nothing changed (`admission` says why): a shard of another cluster, a
    * shard that belongs to a cluster when this master has no state, a removed
-   * id, and a second live process for one shard id (DESIGN "Membership").
+   * id, and a second live process for one shard id (docs/design.md "Membership").
    */
   register(hello: ShardHello): Promise<{ shardId: string; map: ClusterMap }> {
     return this.serial.run(async () => {
@@ -583,7 +583,7 @@ export class Master {
 
   /**
    * A move's commit: the map with the range given to the destination, and
-   * the move's journal record, in ONE synced batch (DESIGN step 4).
+   * the move's journal record, in ONE synced batch (docs/design.md "Moving data", step 5).
    */
   commitMove(move: Move, journal: unknown): Promise<void> {
     return this.serial.run(async () => {

@@ -24,7 +24,7 @@ import {
 
 const spec = { id: 'm1', start: 1n << 48n, end: HASH_SPACE_END, from: 's1', to: 's2', bytes: 1234 };
 
-/** The protocol as the design describes it, written out independently of TRANSITIONS. */
+/** The protocol as docs/design.md "Moving data" describes it, written out independently of TRANSITIONS. */
 const LEGAL = new Set([
   'planned>copying',
   'copying>catching_up',

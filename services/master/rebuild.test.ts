@@ -1,6 +1,6 @@
 /**
  * rebuildState (services/master/rebuild.ts): a lost master's state from what
- * the shards hold (DESIGN "Membership and security": cluster identity). Pure,
+ * the shards hold (docs/design.md "Membership": cluster identity). Pure,
  * so unit cases and fast-check properties over random clusters.
  */
 import { describe, expect, it } from '@jest/globals';

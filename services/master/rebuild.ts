@@ -1,5 +1,5 @@
 /**
- * Rebuilding a lost master's state from what the shards hold (DESIGN
+ * Rebuilding a lost master's state from what the shards hold (docs/design.md
  * "Membership": cluster identity). Pure: the shards' descriptions in, the
  * master's state out, or an error that says what is missing.
  *

@@ -1,7 +1,8 @@
 /**
- * Assembles a master process: Master state plus the Master and Admin gRPC
- * services, the standard health service, reflection, and (with
- * `metricsListen`) Prometheus metrics.
+ * Wires a master process: Master state plus the Master and Admin gRPC
+ * services, on the shared server assembly (services/common/server.ts: health,
+ * reflection, the call gate, and with `metricsListen` Prometheus metrics).
+ * The master reports SERVING as soon as it is bound.
  *
  * stop(): NOT_SERVING at once; new calls are refused (retryable UNAVAILABLE)
  * while those in flight get `graceMs` to finish; then the server closes, the
@@ -11,27 +12,16 @@
 import type { Server } from '@grpc/grpc-js';
 import { AdminServiceService } from '../../proto/gen/cairn/v1/admin.js';
 import { MasterServiceService } from '../../proto/gen/cairn/v1/master.js';
-import { startServer, withPort, type CallObserver, type HandlerEnv, type TlsFiles } from '../common/grpc.js';
-import { ServingState } from '../common/health.js';
-import { DURATION_BUCKETS, Metrics, serveMetrics, type MetricsServer } from '../common/metrics.js';
+import type { HandlerEnv } from '../common/grpc.js';
+import type { ServingState } from '../common/health.js';
+import { DURATION_BUCKETS, type Metrics } from '../common/metrics.js';
+import { serverOptionsOf, startProcessServer, type ServerOptions } from '../common/server.js';
 import { Master, type MasterOptions } from './master.js';
 import { isTerminal } from './moves.js';
 import { adminServiceImpl, masterServiceImpl } from './service.js';
 
-export interface MasterServerOptions extends MasterOptions {
-  listen: string;
-  tls?: TlsFiles;
-  /**
-   * Mutual TLS between servers (needs `tls` with a CA): shards' calls must
-   * come with a client certificate the CA signed; clients need only trust the CA.
-   */
-  mutualTls?: boolean;
-  observe?: CallObserver;
-  /** host:port for Prometheus `/metrics`; no metrics endpoint when unset. */
-  metricsListen?: string;
-  /** Default grace for stop(). */
-  shutdownGraceMs?: number;
-}
+/** `mutualTls`: shards' calls must come with a client certificate the CA signed. */
+export interface MasterServerOptions extends MasterOptions, ServerOptions {}
 
 export interface RunningMaster {
   master: Master;
@@ -50,71 +40,25 @@ export const MASTER_SERVICES = ['cairn.v1.MasterService', 'cairn.v1.AdminService
 
 export async function startMasterServer(opts: MasterServerOptions): Promise<RunningMaster> {
   const master = await Master.open(opts);
-  const serving = new ServingState(MASTER_SERVICES);
-  let metrics: Metrics | undefined;
-  let metricsServer: MetricsServer | undefined;
-  let started;
-  try {
-    if (opts.metricsListen) {
-      metrics = new Metrics();
-      registerMasterMetrics(metrics, master);
-      metricsServer = await serveMetrics(metrics, opts.metricsListen, opts.log);
-      opts.log.info('metrics listening', { address: metricsServer.address, role: 'master' });
-    }
-    const observe = combine(opts.observe, metrics?.observe);
-    const env: HandlerEnv = {
-      service: 'master',
-      log: opts.log,
-      tokenKey: master.tokenKey,
-      observe,
-      gate: serving,
-      requirePeerCert: !!(opts.mutualTls && opts.tls?.ca),
-      checkClientCall: (claims) => master.checkClientCall(claims),
-    };
-    started = await startServer(
-      opts.listen,
-      [
+  const running = await startProcessServer({
+    role: 'master',
+    log: opts.log,
+    ...serverOptionsOf(opts),
+    healthServices: MASTER_SERVICES,
+    maxMessageBytes: opts.maxMessageBytes,
+    registerMetrics: (metrics) => registerMasterMetrics(metrics, master),
+    services: (assembled) => {
+      const env: HandlerEnv = { ...assembled, service: 'master', tokenKey: master.tokenKey, checkClientCall: (claims) => master.checkClientCall(claims) };
+      return [
         [MasterServiceService, masterServiceImpl(master, env)],
         [AdminServiceService, adminServiceImpl(master, { ...env, service: 'admin' })],
-      ],
-      { maxMessageBytes: opts.maxMessageBytes, tls: opts.tls, requestClientCert: env.requirePeerCert, register: (s) => serving.addToServer(s) },
-    );
-  } catch (err) {
-    await metricsServer?.close();
-    await master.close();
-    throw err;
-  }
-  const { server, port } = started;
-  const address = withPort(opts.listen, port);
-  serving.setServing(true);
-  opts.log.info('listening', { address, role: 'master', tls: !!opts.tls, mutualTls: !!(opts.mutualTls && opts.tls?.ca) });
-  let stopping: Promise<void> | undefined;
-  return {
-    master,
-    server,
-    address,
-    metricsAddress: metricsServer?.address,
-    serving,
-    metrics,
-    stop(graceMs = opts.shutdownGraceMs ?? 5000) {
-      stopping ??= (async () => {
-        const started = Date.now();
-        const drained = await serving.drain(graceMs);
-        if (!drained) opts.log.warn('calls still in flight after the grace period; cancelling them', { graceMs, inFlight: serving.inFlightCalls });
-        await shutdownServer(server, Math.max(1000, graceMs - (Date.now() - started)));
-        await master.close();
-        await metricsServer?.close();
-      })();
-      return stopping;
+      ];
     },
-  };
-}
-
-function combine(...fns: Array<CallObserver | undefined>): CallObserver | undefined {
-  const list = fns.filter((f): f is CallObserver => !!f);
-  if (list.length === 0) return undefined;
-  if (list.length === 1) return list[0];
-  return (...args) => list.forEach((f) => f(...args));
+    servingOnceBound: true,
+    close: () => master.close(),
+  });
+  const { server, address, metricsAddress, serving, metrics, stop } = running;
+  return { master, server, address, metricsAddress, serving, metrics, stop };
 }
 
 /** The master's view: the map epoch, every shard's size, and the moves. */
@@ -178,18 +122,4 @@ export function registerMasterMetrics(metrics: Metrics, master: Master): void {
       }
     },
   );
-}
-
-/** Stops accepting calls, lets those in flight finish within graceMs, then forces the rest. */
-export function shutdownServer(server: Server, graceMs: number): Promise<void> {
-  return new Promise((resolve) => {
-    const force = setTimeout(() => {
-      server.forceShutdown();
-      resolve();
-    }, graceMs);
-    server.tryShutdown(() => {
-      clearTimeout(force);
-      resolve();
-    });
-  });
 }

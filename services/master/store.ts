@@ -17,7 +17,7 @@ export interface ShardRecord {
   /**
    * The session the master last admitted for this id: the data directory's
    * start counter and the process's random session id. A second process on
-   * a copy of the directory has another session id (DESIGN "Membership").
+   * a copy of the directory has another session id (docs/design.md "Membership": sessions).
    */
   generation?: number;
   sessionId?: string;

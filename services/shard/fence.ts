@@ -2,7 +2,7 @@
  * What a shard must not serve, and what it must not keep.
  *
  * - Fences: a source fences a range for the critical section of a move
- *   (DESIGN "Moving data", step 4). While fenced, reads and writes of the
+ *   (docs/design.md "Moving data", step 4). While fenced, reads and writes of the
  *   range get FENCED (UNAVAILABLE with a retry hint). A fence is persisted
  *   (synced) before the source sends the last of its log, and it lasts until
  *   the shard learns the outcome: a map that no longer gives it the range

@@ -49,7 +49,7 @@ export class ShardNode {
   map: ClusterMap = EMPTY_MAP;
   /** The cluster this shard belongs to, kept in its data directory; '' until it first joins one. */
   clusterId = '';
-  /** Process starts of this data directory, this one included (DESIGN "Membership": sessions). */
+  /** Process starts of this data directory, this one included (docs/design.md "Membership": sessions). */
   generation = 0;
   /** Random per process start: tells this process from another on a copy of the same directory. */
   readonly sessionId = randomBytes(12).toString('hex');

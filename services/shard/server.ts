@@ -1,7 +1,8 @@
 /**
- * Assembles a shard process: the node (store, map, membership) plus the Shard
- * gRPC service, the standard health service, reflection, and (with
- * `metricsListen`) Prometheus metrics.
+ * Wires a shard process: the node (store, map, membership) plus the Shard
+ * gRPC service, on the shared server assembly (services/common/server.ts:
+ * health, reflection, the call gate, and with `metricsListen` Prometheus
+ * metrics).
  *
  * Health is NOT_SERVING until the master has admitted the shard, then SERVING.
  * While its disk is full, `cairn.v1.ShardService` reports NOT_SERVING (writes
@@ -13,31 +14,19 @@
  */
 import type { Server } from '@grpc/grpc-js';
 import { ShardServiceService } from '../../proto/gen/cairn/v1/shard.js';
-import { startServer, withPort, type CallObserver, type HandlerEnv, type TlsFiles } from '../common/grpc.js';
-import { ServingState } from '../common/health.js';
-import { Metrics, serveMetrics, type MetricsServer } from '../common/metrics.js';
-import { shutdownServer } from '../master/server.js';
+import { withPort, type HandlerEnv } from '../common/grpc.js';
+import type { ServingState } from '../common/health.js';
+import type { Metrics } from '../common/metrics.js';
+import { serverOptionsOf, startProcessServer, type ServerOptions } from '../common/server.js';
 import { registerFenceMetrics } from './fence.js';
 import { ShardNode, type ShardOptions } from './node.js';
 import { shardServiceImpl } from './service.js';
 
-export interface ShardServerOptions extends Omit<ShardOptions, 'advertise'> {
-  listen: string;
+export interface ShardServerOptions extends Omit<ShardOptions, 'advertise'>, ServerOptions {
   /** Defaults to the bound listen address. */
   advertise?: string;
-  tls?: TlsFiles;
   /** Fail the TLS handshake of any client without a CA-signed certificate (clients too, not only servers). */
   requireClientCert?: boolean;
-  /**
-   * Mutual TLS between servers (needs `tls` with a CA): internal calls must
-   * come with a client certificate the CA signed; clients need only trust the CA.
-   */
-  mutualTls?: boolean;
-  observe?: CallObserver;
-  /** host:port for Prometheus `/metrics`; no metrics endpoint when unset. */
-  metricsListen?: string;
-  /** Default grace for stop(). */
-  shutdownGraceMs?: number;
 }
 
 export interface RunningShard {
@@ -58,46 +47,38 @@ export const SHARD_SERVICES = ['cairn.v1.ShardService'];
 
 export async function startShardServer(opts: ShardServerOptions): Promise<RunningShard> {
   const node = await ShardNode.open({ ...opts, advertise: opts.advertise ?? opts.listen });
-  const serving = new ServingState(SHARD_SERVICES);
-  let metrics: Metrics | undefined;
-  let metricsServer: MetricsServer | undefined;
-  let started;
-  try {
-    if (opts.metricsListen) {
-      metrics = new Metrics();
-      registerShardMetrics(metrics, node);
-      metricsServer = await serveMetrics(metrics, opts.metricsListen, opts.log);
-      opts.log.info('metrics listening', { address: metricsServer.address, role: 'shard' });
-    }
-    const observers = [opts.observe, metrics?.observe].filter((f): f is CallObserver => !!f);
-    const env: HandlerEnv = {
-      service: 'shard',
-      log: opts.log,
-      tokenKey: node.tokenKey,
-      observe: observers.length ? (...a) => observers.forEach((f) => f(...a)) : undefined,
-      gate: serving,
-      requirePeerCert: !!(opts.mutualTls && opts.tls?.ca),
-      checkServerCall: (claims, method) => node.checkServerCall(claims, method),
-      checkClientCall: (claims) => node.checkClientCall(claims),
-    };
-    started = await startServer(opts.listen, [[ShardServiceService, shardServiceImpl(node, env)]], {
-      maxMessageBytes: opts.limits.maxMessageBytes,
-      tls: opts.tls,
-      requireClientCert: opts.requireClientCert,
-      requestClientCert: env.requirePeerCert,
-      register: (s) => serving.addToServer(s),
-    });
-  } catch (err) {
-    await metricsServer?.close();
-    await node.close();
-    throw err;
-  }
-  const { server, port } = started;
-  const address = withPort(opts.listen, port);
-  const advertise = opts.advertise && !opts.advertise.endsWith(':0') ? opts.advertise : withPort(opts.advertise ?? opts.listen, port);
-  node.opts.advertise = advertise;
-  opts.log.info('listening', { address, advertise, role: 'shard', tls: !!opts.tls, mutualTls: !!(opts.mutualTls && opts.tls?.ca) });
   const abort = new AbortController();
+  let stopWatchingDisk: (() => void) | undefined;
+  const running = await startProcessServer({
+    role: 'shard',
+    log: opts.log,
+    ...serverOptionsOf(opts),
+    healthServices: SHARD_SERVICES,
+    maxMessageBytes: opts.limits.maxMessageBytes,
+    requireClientCert: opts.requireClientCert,
+    registerMetrics: (metrics) => registerShardMetrics(metrics, node),
+    services: (assembled) => {
+      const env: HandlerEnv = {
+        ...assembled,
+        service: 'shard',
+        tokenKey: node.tokenKey,
+        checkServerCall: (claims, method) => node.checkServerCall(claims, method),
+        checkClientCall: (claims) => node.checkClientCall(claims),
+      };
+      return [[ShardServiceService, shardServiceImpl(node, env)]];
+    },
+    onBound: (port) => {
+      const advertise = opts.advertise && !opts.advertise.endsWith(':0') ? opts.advertise : withPort(opts.advertise ?? opts.listen, port);
+      node.opts.advertise = advertise;
+      return { advertise };
+    },
+    onStop: () => {
+      abort.abort();
+      stopWatchingDisk?.();
+    },
+    close: () => node.close(),
+  });
+  const { server, address, metricsAddress, serving, metrics, stop } = running;
   // SERVING while the master admits this process; NOT_SERVING while a master (of another cluster, or with no state) refuses it.
   node.onAdmission = (admitted) => {
     if (!abort.signal.aborted) serving.setServing(admitted && !!node.id);
@@ -106,31 +87,9 @@ export async function startShardServer(opts: ShardServerOptions): Promise<Runnin
   const holdWhileFull = (full: boolean, message: string) => serving.holdService(SHARD_SERVICES[0]!, full ? message : null);
   const disk = node.store.diskState();
   if (disk.full) holdWhileFull(true, disk.message);
-  const stopWatchingDisk = node.store.onDiskState((s) => holdWhileFull(s.full, s.message));
+  stopWatchingDisk = node.store.onDiskState((s) => holdWhileFull(s.full, s.message));
   const registered = node.register(abort.signal);
-  let stopping: Promise<void> | undefined;
-  return {
-    node,
-    server,
-    address,
-    metricsAddress: metricsServer?.address,
-    serving,
-    metrics,
-    registered,
-    stop(graceMs = opts.shutdownGraceMs ?? 5000) {
-      stopping ??= (async () => {
-        const started = Date.now();
-        abort.abort();
-        stopWatchingDisk();
-        const drained = await serving.drain(graceMs);
-        if (!drained) opts.log.warn('calls still in flight after the grace period; cancelling them', { graceMs, inFlight: serving.inFlightCalls });
-        await shutdownServer(server, Math.max(1000, graceMs - (Date.now() - started)));
-        await node.close();
-        await metricsServer?.close();
-      })();
-      return stopping;
-    },
-  };
+  return { node, server, address, metricsAddress, serving, metrics, registered, stop };
 }
 
 /** The shard's own view: its map epoch and the size of what it owns. */

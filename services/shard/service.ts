@@ -3,7 +3,7 @@
  * check (validate.ts), routes by the shard's map, and delegates to the store
  * or forwards one hop to the owner. Errors go through the one table.
  *
- * Routing rule (DESIGN "Requests and routing"):
+ * Routing rule (docs/design.md "Requests and routing"):
  * - the shard serves a key only while its own map says it owns the key;
  * - a request with an epoch for a key owned elsewhere gets WRONG_SHARD
  *   (FAILED_PRECONDITION) naming the owner and the current epoch;

@@ -1,5 +1,5 @@
 /**
- * Range moves, shard side (DESIGN "Moving data"): the source's streamed
+ * Range moves, shard side (docs/design.md "Moving data"): the source's streamed
  * transfer and the destination's pull.
  *
  * The destination acknowledges the highest chunk it has applied with

@@ -1,5 +1,5 @@
 /**
- * The bounded nemesis run CI makes (DESIGN "Moving data": an acknowledged
+ * The bounded nemesis run CI makes (docs/design.md "Moving data": an acknowledged
  * write is never lost, a read never returns data older than an acknowledged
  * write, no range is ever served by two shards or by none).
  *
