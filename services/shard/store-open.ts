@@ -26,7 +26,7 @@ import {
 } from './keys.js';
 import { entries, hex, keysIn, metaKeysIn, type BatchOp, type Subs } from './store-db.js';
 import { decodeCount, encodeCount } from './store-plan.js';
-import { encodeStats, type BucketStats, type GroupWriter, type RangeStats } from './store-writer.js';
+import { decodeClockMark, encodeStats, type BucketStats, type GroupWriter, type RangeStats } from './store-writer.js';
 
 /**
  * Loads (or rebuilds) the bucket stats and the derived records. Returns the
@@ -51,7 +51,7 @@ export async function loadStore(db: Level<Buffer, Buffer>, subs: Subs, stats: Bu
     await stats.load(subs.meta);
   }
   if ((await subs.meta.get(META_ROWCELLS_MARKER)) === undefined || (await subs.meta.get(META_LATEST_MARKER)) === undefined) await rebuildDerived(db, subs);
-  const persistedClock = clockRec === undefined ? 0n : clockRec.readBigUInt64BE(0);
+  const persistedClock = decodeClockMark(clockRec);
   let floor = persistedClock;
   if (scanned && scanned.maxTs > floor) floor = scanned.maxTs;
   return { persistedClock, clockFloor: floor };
@@ -112,7 +112,7 @@ export async function reopenStore(db: Level<Buffer, Buffer>, subs: Subs, writer:
   for (const sub of Object.values(subs)) await sub.open();
   await writer.stats.load(subs.meta);
   const rec = await subs.meta.get(META_CLOCK);
-  const stored = rec ? rec.readBigUInt64BE(0) : 0n;
+  const stored = decodeClockMark(rec);
   clock().observe(stored);
   if (stored > writer.persistedClock) writer.persistedClock = stored;
 }

@@ -8,7 +8,7 @@
  * computed, under the row locks; the writer only applies what settle decided.
  */
 import type { HybridClock } from './clock.js';
-import { bucketOfKey, cellColumnKey, cellKey, cellTimestampTail, columnBounds, prefixBounds } from './keys.js';
+import { bucketOfKey, cellColumnKey, cellKey, cellKeyTimestamp, cellTimestampTail, columnBounds, decodeCellTail, hasCellKeyShape, prefixBounds } from './keys.js';
 import { entries, hex, keysIn, lookup, startsWith, toBuffer, type BatchOp, type RawOp, type Subs } from './store-db.js';
 import type { CellIn } from './validate.js';
 
@@ -328,4 +328,71 @@ async function planReplace(subs: Subs, plan: RowPlan, segs: { cells: CellIn[]; r
     planPuts(plan, s.cells, now);
   }
   return now;
+}
+
+/**
+ * The rows of one WriteRows, each once: entries for the same row are merged
+ * (so one request-id record covers all of them). `slotOf` maps each entry to
+ * its row; null when the rows are distinct.
+ */
+export function mergeRowWrites<W extends { row: string }>(rows: W[]): { names: string[]; segsOf: W[][]; slotOf: number[] | null } {
+  let names: string[];
+  let segsOf: W[][];
+  let slotOf: number[] | null = null; // rows[i] -> its merged entry; null when rows are distinct
+  if (rows.length === 1) {
+    names = [rows[0]!.row];
+    segsOf = [rows];
+  } else {
+    const at = new Map<string, number>();
+    names = [];
+    segsOf = [];
+    const slots = new Array<number>(rows.length);
+    for (let i = 0; i < rows.length; i++) {
+      const r = rows[i]!;
+      let k = at.get(r.row);
+      if (k === undefined) {
+        at.set(r.row, (k = names.length));
+        names.push(r.row);
+        segsOf.push([r]);
+      } else {
+        segsOf[k]!.push(r);
+      }
+      slots[i] = k;
+    }
+    if (names.length < rows.length) slotOf = slots;
+  }
+  return { names, segsOf, slotOf };
+}
+
+/**
+ * Row plans for raw per-row ops (an exported chunk or a logged batch), one
+ * plan per row; every cell timestamp is observed by the clock. Keys and
+ * values are used as given (no copies).
+ */
+export function planRawOps(ops: RawOp[], prefixes: Buffer[], clock: HybridClock): RowPlan[] {
+  const plans = new Map<string, RowPlan>();
+  let plan: RowPlan | undefined;
+  for (let i = 0; i < ops.length; i++) {
+    const op = ops[i]!;
+    const p = prefixes[i]!;
+    // Exported chunks and commit logs come row by row: most ops belong to the previous op's row.
+    if (!plan || !plan.prefix.equals(p)) {
+      plan = plans.get(hex(p));
+      if (!plan) plans.set(hex(p), (plan = new RowPlan(p)));
+    }
+    if (op.sublevel === 'cells') {
+      const key = op.key;
+      // A well-formed cell key ends with the column terminator and a timestamp tail; decodeCellTail names what is wrong otherwise.
+      if (!hasCellKeyShape(key, p.length)) decodeCellTail(key, p.length);
+      if (op.value) {
+        clock.observe(cellKeyTimestamp(key));
+        plan.put(key, op.value);
+      } else {
+        plan.del(key);
+      }
+    } else {
+      plan.other.push(op.value ? { sublevel: op.sublevel, key: op.key, value: op.value } : { sublevel: op.sublevel, key: op.key });
+    }
+  }
+  return [...plans.values()];
 }

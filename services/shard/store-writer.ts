@@ -94,10 +94,16 @@ export function encodeStats(rows: number, bytes: number): Buffer {
   return b;
 }
 
-function u64(n: bigint): Buffer {
+/** The clock's high-water mark record (META_CLOCK): u64 BE microseconds. */
+function encodeClockMark(n: bigint): Buffer {
   const b = Buffer.allocUnsafe(8);
   b.writeBigUInt64BE(n, 0);
   return b;
+}
+
+/** The mark in a clock record; 0 when there is none. */
+export function decodeClockMark(rec: Buffer | undefined): bigint {
+  return rec === undefined ? 0n : rec.readBigUInt64BE(0);
 }
 
 /** One entry of the group-commit queue: settled row plans, or plain ops (meta records, request-id sweeps). */
@@ -261,7 +267,7 @@ export class GroupWriter {
       else ops.push({ type: 'put', sublevel: this.subs.meta, key: bucketStatsKey(b), value: encodeStats(t.rows, t.bytes) });
     }
     const high = this.host.clock().high();
-    if (high > this.persistedClock) ops.push({ type: 'put', sublevel: this.subs.meta, key: META_CLOCK, value: u64(high) });
+    if (high > this.persistedClock) ops.push({ type: 'put', sublevel: this.subs.meta, key: META_CLOCK, value: encodeClockMark(high) });
     // No options object unless syncing: abstract-level spreads the options into every op, and
     // with a plain { sync: false } that spread cost ~10 µs per op (measured; see bench/NOTES.md).
     await (this.db.batch as (ops: BatchOp[], o?: { sync: boolean }) => Promise<void>).call(this.db, ops, sync ? SYNC : undefined);

@@ -42,11 +42,8 @@ import { HASH_SPACE_END } from '../common/hash.js';
 import type { HashRange } from '../common/ranges.js';
 import { HybridClock } from './clock.js';
 import {
-  cellKeyTimestamp,
   columnBounds,
   columnTimeBounds,
-  decodeCellTail,
-  hasCellKeyShape,
   hashRangeBounds,
   requestIdKeys,
   rowBounds,
@@ -58,7 +55,7 @@ import { entries, hex, lookup, PER_ROW, rangeOpts, sublevels, type RawOp, type S
 import { DiskFullGuard, diskSpaceOf, type DiskSpace, type DiskState } from './store-disk.js';
 import { checkHeld, getLease, hasLease, planDropLease, planPutLease, takeLease } from './store-leases.js';
 import { loadStore, recountStats, reopenStore, verifyDerived } from './store-open.js';
-import { planWrite, RowLocks, RowPlan } from './store-plan.js';
+import { mergeRowWrites, planRawOps, planWrite, RowLocks, RowPlan } from './store-plan.js';
 import { readCells, scanPage, type RowCellsOut } from './store-reads.js';
 import {
   casDigest,
@@ -188,31 +185,7 @@ export class ShardStore {
    */
   writeRows(rows: RowWriteIn[], o: WriteOpts): Promise<bigint[]> {
     // Entries for the same row are merged so one request id record covers all of them.
-    let names: string[];
-    let segsOf: RowWriteIn[][];
-    let slotOf: number[] | null = null; // rows[i] -> its merged entry; null when rows are distinct
-    if (rows.length === 1) {
-      names = [rows[0]!.row];
-      segsOf = [rows];
-    } else {
-      const at = new Map<string, number>();
-      names = [];
-      segsOf = [];
-      const slots = new Array<number>(rows.length);
-      for (let i = 0; i < rows.length; i++) {
-        const r = rows[i]!;
-        let k = at.get(r.row);
-        if (k === undefined) {
-          at.set(r.row, (k = names.length));
-          names.push(r.row);
-          segsOf.push([r]);
-        } else {
-          segsOf[k]!.push(r);
-        }
-        slots[i] = k;
-      }
-      if (names.length < rows.length) slotOf = slots;
-    }
+    const { names, segsOf, slotOf } = mergeRowWrites(rows);
     let prefixes: Buffer[];
     // Per row: what this call asks of it, kept in its request-id record (only with a request id).
     let digests: Buffer[] | null = null;
@@ -490,31 +463,8 @@ export class ShardStore {
     // Keys and values are used as given (no copies): callers hand over buffers they no longer change.
     const prefixes = ops.map((op) => rowPrefixOf(op.key));
     return this.mutate(prefixes, async () => {
-      const plans = new Map<string, RowPlan>();
-      let plan: RowPlan | undefined;
-      for (let i = 0; i < ops.length; i++) {
-        const op = ops[i]!;
-        const p = prefixes[i]!;
-        // Exported chunks and commit logs come row by row: most ops belong to the previous op's row.
-        if (!plan || !plan.prefix.equals(p)) {
-          plan = plans.get(hex(p));
-          if (!plan) plans.set(hex(p), (plan = new RowPlan(p)));
-        }
-        if (op.sublevel === 'cells') {
-          const key = op.key;
-          // A well-formed cell key ends with the column terminator and a timestamp tail; decodeCellTail names what is wrong otherwise.
-          if (!hasCellKeyShape(key, p.length)) decodeCellTail(key, p.length);
-          if (op.value) {
-            this.clock.observe(cellKeyTimestamp(key));
-            plan.put(key, op.value);
-          } else {
-            plan.del(key);
-          }
-        } else {
-          plan.other.push(op.value ? { sublevel: op.sublevel, key: op.key, value: op.value } : { sublevel: op.sublevel, key: op.key });
-        }
-      }
-      await this.writer.commitPlans([...plans.values()], o.sync);
+      const plans = planRawOps(ops, prefixes, this.clock);
+      await this.writer.commitPlans(plans, o.sync);
     });
   }
 
