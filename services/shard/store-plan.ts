@@ -3,9 +3,11 @@
  * exact before they are queued: old value lengths, each row's bucket stats
  * delta, and the ops that keep the derived records (cell counts and
  * newest-version pointers) in step with the cells. Also the per-row locks
- * every plan is made under, and the planning of cell writes. Kept apart from
- * the group-commit writer: this is where the store's invariants are
- * computed, under the row locks; the writer only applies what settle decided.
+ * every plan is made under, and the building of plans: cell writes (with
+ * replace), a WriteRows' entries merged by row, and raw ops from a move.
+ * Kept apart from the group-commit writer: this is where the store's
+ * invariants are computed, under the row locks; the writer only applies
+ * what settle decided.
  */
 import type { HybridClock } from './clock.js';
 import { bucketOfKey, cellColumnKey, cellKey, cellKeyTimestamp, cellTimestampTail, columnBounds, decodeCellTail, hasCellKeyShape, prefixBounds } from './keys.js';

@@ -9,8 +9,7 @@
  * full (see store-disk.ts) it refuses entries without touching LevelDB.
  */
 import type { Level } from 'level';
-import type { CairnError } from '../common/errors.js';
-import { isNoSpaceError } from '../common/errors.js';
+import { isNoSpaceError, type CairnError } from '../common/errors.js';
 import { HASH_SPACE_END } from '../common/hash.js';
 import { BUCKET_COUNT, bucketSpan, isBucketAligned, type HashRange } from '../common/ranges.js';
 import type { HybridClock } from './clock.js';
