@@ -1,9 +1,19 @@
 import { describe, expect, test } from '@jest/globals';
 import fc from 'fast-check';
 import { HASH_SPACE_END, hashToBytes, rowHash, rowHashBytes } from '../common/hash.js';
+import { BUCKET_COUNT, bucketOf } from '../common/ranges.js';
 import {
+  bucketOfKey,
+  bucketOfStatsKey,
+  bucketStatsBounds,
+  bucketStatsKey,
+  cellColumnKey,
   cellKey,
+  cellKeyOfTail,
+  cellKeyTimestamp,
+  cellTimestampTail,
   columnBounds,
+  columnKeyPrefix,
   columnPrefixBounds,
   columnTimeBounds,
   decodeCellKey,
@@ -12,14 +22,21 @@ import {
   decodeScanToken,
   encodeScanToken,
   escapeColumn,
+  hasCellKeyShape,
+  hashOfKey,
   hashRangeBounds,
+  isTimestampTail,
   leaseKey,
   makeRowPrefix,
   requestIdKey,
+  requestIdKeys,
   rowBounds,
+  rowKeyBytes,
   rowPrefix,
   rowPrefixOf,
   strinc,
+  timestampOfTail,
+  userMetaKey,
   type KeyBounds,
 } from './keys.js';
 
@@ -262,5 +279,76 @@ describe('request ids and scan tokens', () => {
     expect(() => decodeScanToken(t.subarray(0, 5))).toThrow('malformed resume token');
     expect(() => decodeScanToken(t.subarray(0, t.length - 1))).toThrow('malformed resume token');
     expect(() => decodeScanToken(Buffer.concat([t, Buffer.from('x')]))).toThrow('malformed resume token');
+  });
+});
+
+describe('key parts the store reads without decoding', () => {
+  test('row key bytes, hash and bucket of a row prefix and of any per-row key', () => {
+    fc.assert(
+      fc.property(tricky, tricky, (row, column) => {
+        const p = rowPrefix(row);
+        expect(rowKeyBytes(p).toString('utf8')).toBe(row);
+        for (const key of [p, cellKey(p, column, 7n), requestIdKey(p, 'r')]) {
+          expect(hashOfKey(key)).toBe(rowHash(row));
+          expect(bucketOfKey(key)).toBe(bucketOf(rowHash(row)));
+        }
+      }),
+    );
+  });
+
+  test('a cell key is its column key prefix followed by its timestamp tail', () => {
+    fc.assert(
+      fc.property(tricky, tricky, fc.bigInt({ min: 0n, max: U64_MAX }), (row, column, ts) => {
+        const p = rowPrefix(row);
+        const key = cellKey(p, column, ts);
+        const colKey = cellColumnKey(key);
+        const tail = cellTimestampTail(key);
+        expect(colKey).toEqual(columnKeyPrefix(p, column));
+        expect(isTimestampTail(tail)).toBe(true);
+        expect(timestampOfTail(tail)).toBe(ts);
+        expect(cellKeyTimestamp(key)).toBe(ts);
+        expect(cellKeyOfTail(colKey, tail)).toEqual(key);
+        expect(hasCellKeyShape(key, p.length)).toBe(true);
+      }),
+    );
+  });
+
+  test('tails of newer versions sort first', () => {
+    const p = rowPrefix('r');
+    expect(Buffer.compare(cellTimestampTail(cellKey(p, 'c', 9n)), cellTimestampTail(cellKey(p, 'c', 8n)))).toBe(-1);
+    expect(isTimestampTail(Buffer.alloc(7))).toBe(false);
+  });
+
+  test('hasCellKeyShape refuses keys without a terminator and timestamp', () => {
+    const p = rowPrefix('r');
+    expect(hasCellKeyShape(p, p.length)).toBe(false);
+    expect(hasCellKeyShape(requestIdKey(p, 'abcdefghij'), p.length)).toBe(false);
+    expect(hasCellKeyShape(cellKey(p, 'c', 1n).subarray(0, -1), p.length)).toBe(false);
+  });
+
+  test('requestIdKeys is requestIdKey of each prefix', () => {
+    const ps = ['a', 'b', ''].map(rowPrefix);
+    expect(requestIdKeys(ps, 'id-1')).toEqual(ps.map((p) => requestIdKey(p, 'id-1')));
+  });
+});
+
+describe('meta keys', () => {
+  test('bucket stats keys round-trip, sort in bucket order and fall in their bounds', () => {
+    const { gte, lt } = bucketStatsBounds();
+    let last = '';
+    for (const b of [0, 1, 15, 16, 255, 4096, BUCKET_COUNT - 1]) {
+      const k = bucketStatsKey(b);
+      expect(bucketOfStatsKey(k)).toBe(b);
+      expect(k > last).toBe(true);
+      expect(k >= gte && k < lt).toBe(true);
+      last = k;
+    }
+    expect(bucketStatsKey(10)).toBe('stats/b/000a');
+  });
+
+  test('user meta keys are apart from the stats records', () => {
+    const { gte, lt } = bucketStatsBounds();
+    const k = userMetaKey('stats/b/0001');
+    expect(k >= gte && k < lt).toBe(false);
   });
 });

@@ -18,13 +18,15 @@
  * P" one contiguous range. The inverted timestamp sorts newer versions first.
  */
 import { HASH_SPACE_END, hashToBytes, rowHashBytes } from '../common/hash.js';
-import type { HashRange } from '../common/ranges.js';
+import { BUCKET_BITS, type HashRange } from '../common/ranges.js';
 
 /** Largest row key the u16 length field can hold (validation applies the smaller configured limit). */
 export const MAX_ROW_KEY_BYTES = 0xffff;
 const U64_MAX = (1n << 64n) - 1n;
 const HEADER = 10; // hash (8) + length (2)
 const TERMINATOR = Buffer.from([0x00, 0x01]);
+/** Bytes of the inverted timestamp that ends every cell key (its "timestamp tail"). */
+export const TIMESTAMP_BYTES = 8;
 
 /** Key bounds for a LevelDB iterator; `lt` undefined means "to the end of the sublevel". */
 export interface KeyBounds {
@@ -67,6 +69,21 @@ export function decodeRowPrefix(key: Uint8Array): { hash: bigint; row: string } 
   const n = rowPrefixLength(key);
   const b = Buffer.from(key.buffer, key.byteOffset, key.length);
   return { hash: b.readBigUInt64BE(0), row: b.toString('utf8', HEADER, n) };
+}
+
+/** The row key's UTF-8 bytes inside a row prefix (a view, no copy). */
+export function rowKeyBytes(prefix: Buffer): Buffer {
+  return prefix.subarray(HEADER);
+}
+
+/** The hash of the row a per-row key (or row prefix) belongs to: its first 8 bytes. */
+export function hashOfKey(key: Buffer): bigint {
+  return key.readBigUInt64BE(0);
+}
+
+/** The stats bucket of a per-row key (or row prefix): the top BUCKET_BITS bits of its row hash. */
+export function bucketOfKey(key: Buffer): number {
+  return key.readUInt32BE(0) >>> (32 - BUCKET_BITS);
 }
 
 /** The column's UTF-8 bytes with 0x00 escaped as 0x00 0xFF (no terminator). */
@@ -142,6 +159,50 @@ export function decodeCellTail(key: Uint8Array, prefixLength: number): { column:
   return { column: Buffer.from(bytes).toString('utf8'), timestampUs: ts };
 }
 
+/**
+ * The column key prefix of a cell key: everything but its timestamp tail, the
+ * same bytes as `columnKeyPrefix` (a view, no copy). It keys the column's
+ * newest-version pointer.
+ */
+export function cellColumnKey(key: Buffer): Buffer {
+  return key.subarray(0, key.length - TIMESTAMP_BYTES);
+}
+
+/** The timestamp tail of a cell key: its last 8 bytes, the inverted timestamp (a view, no copy). */
+export function cellTimestampTail(key: Buffer): Buffer {
+  return key.subarray(key.length - TIMESTAMP_BYTES);
+}
+
+/** Whether a stored value has the shape of a timestamp tail (a newest-version pointer). */
+export function isTimestampTail(b: Buffer): boolean {
+  return b.length === TIMESTAMP_BYTES;
+}
+
+/** The timestamp (µs) a timestamp tail stands for. */
+export function timestampOfTail(tail: Buffer): bigint {
+  return U64_MAX - tail.readBigUInt64BE(0);
+}
+
+/** The timestamp (µs) of a cell key, read from its tail without decoding the column. */
+export function cellKeyTimestamp(key: Buffer): bigint {
+  return U64_MAX - key.readBigUInt64BE(key.length - TIMESTAMP_BYTES);
+}
+
+/** The cell key of one version: its column key prefix followed by its timestamp tail. */
+export function cellKeyOfTail(colKey: Buffer, tail: Buffer): Buffer {
+  return Buffer.concat([colKey, tail]);
+}
+
+/**
+ * A cheap check that a key whose row prefix is `prefixLength` bytes ends like
+ * a cell key: the column terminator, then a timestamp tail. It does not check
+ * the column's escaping; decodeCellTail does, and names what is wrong.
+ */
+export function hasCellKeyShape(key: Uint8Array, prefixLength: number): boolean {
+  const n = key.length;
+  return n >= prefixLength + TERMINATOR.length + TIMESTAMP_BYTES && key[n - 10] === 0x00 && key[n - 9] === 0x01;
+}
+
 export interface DecodedCellKey {
   hash: bigint;
   row: string;
@@ -158,6 +219,12 @@ export const leaseKey = (prefix: Uint8Array): Buffer => Buffer.from(prefix);
 
 export function requestIdKey(prefix: Uint8Array, requestId: string): Buffer {
   return Buffer.concat([prefix, Buffer.from(requestId, 'utf8')]);
+}
+
+/** requestIdKey of each row prefix for one request id (the id is encoded once). */
+export function requestIdKeys(prefixes: readonly Buffer[], requestId: string): Buffer[] {
+  const id = Buffer.from(requestId, 'utf8');
+  return prefixes.map((p) => Buffer.concat([p, id], p.length + id.length));
 }
 
 export function decodeRequestIdKey(key: Uint8Array): { hash: bigint; row: string; requestId: string } {
@@ -235,4 +302,43 @@ export function decodeScanToken(token: Uint8Array): Buffer {
   }
   if (n !== token.length) throw new RangeError('malformed resume token');
   return Buffer.from(token);
+}
+
+/*
+ * Keys of the `meta` sublevel (UTF-8 strings), which is not per-row:
+ *
+ *     stats/b/<bucket, 4 lower-case hex digits>   a bucket's rows and bytes
+ *     x/<name>                                    getMeta/putMeta records
+ *
+ * plus the single keys below. Fixed-width hex keeps the buckets in numeric order.
+ */
+/** Present once the bucket stats records are complete and exact. */
+export const META_STATS_MARKER = 'stats/v1';
+/** Present once every row's cell-count record is complete and exact. */
+export const META_ROWCELLS_MARKER = 'rc/v1';
+/** Present once every column's newest-version pointer is complete and exact. */
+export const META_LATEST_MARKER = 'lv/v1';
+/** The clock's persisted high-water mark. */
+export const META_CLOCK = 'clock';
+const META_STATS_PREFIX = 'stats/b/';
+const META_USER_PREFIX = 'x/'; // getMeta/putMeta keys live here, apart from the store's own
+
+/** The meta key of a bucket's stats record. */
+export function bucketStatsKey(bucket: number): string {
+  return META_STATS_PREFIX + bucket.toString(16).padStart(4, '0');
+}
+
+/** The bucket a stats record key names. */
+export function bucketOfStatsKey(key: string): number {
+  return parseInt(key.slice(META_STATS_PREFIX.length), 16);
+}
+
+/** Bounds of every bucket stats record in the meta sublevel. */
+export function bucketStatsBounds(): { gte: string; lt: string } {
+  return { gte: META_STATS_PREFIX, lt: META_STATS_PREFIX + '\uffff' };
+}
+
+/** The meta key of a getMeta/putMeta record, apart from the store's own keys. */
+export function userMetaKey(name: string): string {
+  return META_USER_PREFIX + name;
 }

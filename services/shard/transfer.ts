@@ -67,7 +67,7 @@ import { call, metadataFor, type RpcContext } from '../common/grpc.js';
 import { endFromProto, endToProto, HASH_SPACE_END } from '../common/hash.js';
 import { isBucketAligned, rangesOverlap, type HashRange } from '../common/ranges.js';
 import { coveredBy, showRange, subtractRanges } from './fence.js';
-import { rowPrefixLength } from './keys.js';
+import { hashOfKey, rowPrefixLength, rowPrefixOf } from './keys.js';
 import type { ShardNode } from './node.js';
 import type { PerRowSublevel, RawOp } from './store.js';
 
@@ -174,7 +174,7 @@ export function fromWireOps(ops: readonly TransferOp[], range: HashRange): RawOp
     } catch {
       throw protocolError(`op ${i} has a malformed key (${key.length} bytes)`);
     }
-    const hash = key.readBigUInt64BE(0);
+    const hash = hashOfKey(key);
     if (hash < range.start || hash >= range.end) throw protocolError(`op ${i} has hash ${hash}, outside the range ${showRange(range)}`);
     if (op.isDelete) return { sublevel, key };
     return { sublevel, key, value: asBuffer(op.value) };
@@ -337,8 +337,7 @@ export class StreamVerifier {
   private countRows(ops: RawOp[]): void {
     for (const op of ops) {
       if (op.sublevel !== 'cells') continue;
-      const n = rowPrefixLength(op.key);
-      const prefix = op.key.subarray(0, n);
+      const prefix = rowPrefixOf(op.key);
       if (!this.lastRow || !this.lastRow.equals(prefix)) {
         this.rows++;
         this.lastRow = Buffer.from(prefix);
@@ -490,7 +489,7 @@ export class WriteLog {
   readonly listener = (batch: RawOp[]): void => {
     if (this.overflowed) return;
     for (const op of batch) {
-      const h = op.key.readBigUInt64BE(0);
+      const h = hashOfKey(op.key);
       if (h < this.range.start || h >= this.range.end) continue;
       this.ops.push(op);
       this.bytes += op.key.length + (op.value?.length ?? 0);

@@ -1,0 +1,289 @@
+/**
+ * The group-commit writer and the bucket stats it keeps. Every commit of the
+ * store goes through one GroupWriter: it merges queued entries (settled row
+ * plans, or plain ops) into a single LevelDB batch, one batch in flight at a
+ * time, so batches apply in order, and it writes each touched bucket's stats
+ * record and the clock's high-water mark in the same batch as the data they
+ * describe. Listeners (`onCommit`) see each batch's per-row ops after it is
+ * applied and before any of its writers is acknowledged. While the disk is
+ * full (see store-disk.ts) it refuses entries without touching LevelDB.
+ */
+import type { Level } from 'level';
+import { isNoSpaceError, type CairnError } from '../common/errors.js';
+import { HASH_SPACE_END } from '../common/hash.js';
+import { BUCKET_COUNT, bucketSpan, isBucketAligned, type HashRange } from '../common/ranges.js';
+import type { HybridClock } from './clock.js';
+import { bucketOfStatsKey, bucketStatsBounds, bucketStatsKey, META_CLOCK } from './keys.js';
+import { settle, type Delta, type RowPlan } from './store-plan.js';
+import type { BatchOp, RawOp, Subs } from './store-db.js';
+
+const MAX_GROUP_OPS = 20_000; // ops merged into one group commit (at least one entry always goes)
+
+export interface RangeStats {
+  rows: number;
+  bytes: number;
+}
+
+/** Exact live rows and bytes (cell key + value) per bucket, as the stats records in meta hold them. */
+export class BucketStats {
+  readonly rows = new Float64Array(BUCKET_COUNT);
+  readonly bytes = new Float64Array(BUCKET_COUNT);
+  totalRows = 0;
+  totalBytes = 0;
+
+  set(b: number, rows: number, bytes: number): void {
+    this.totalRows += rows - this.rows[b]!;
+    this.totalBytes += bytes - this.bytes[b]!;
+    this.rows[b] = rows;
+    this.bytes[b] = bytes;
+  }
+
+  /** Sets every bucket's counts from its stats record (absent = empty). */
+  async load(meta: Subs['meta']): Promise<void> {
+    this.rows.fill(0);
+    this.bytes.fill(0);
+    this.totalRows = 0;
+    this.totalBytes = 0;
+    const it = meta.iterator(bucketStatsBounds());
+    try {
+      for (;;) {
+        const chunk = await it.nextv(1024);
+        if (chunk.length === 0) break;
+        for (const [k, v] of chunk) this.set(bucketOfStatsKey(k), Number(v.readBigUInt64BE(0)), Number(v.readBigUInt64BE(8)));
+      }
+    } finally {
+      await it.close();
+    }
+  }
+
+  /** Rows and bytes in a bucket-aligned range. */
+  range(range: HashRange): RangeStats {
+    const [first, end] = span(range);
+    let rows = 0;
+    let bytes = 0;
+    for (let b = first; b < end; b++) {
+      rows += this.rows[b]!;
+      bytes += this.bytes[b]!;
+    }
+    return { rows, bytes };
+  }
+
+  /** Non-empty buckets in a bucket-aligned range. */
+  buckets(range: HashRange): { bucket: number; rows: number; bytes: number }[] {
+    const [first, end] = span(range);
+    const out: { bucket: number; rows: number; bytes: number }[] = [];
+    for (let b = first; b < end; b++) {
+      if (this.rows[b] !== 0 || this.bytes[b] !== 0) out.push({ bucket: b, rows: this.rows[b]!, bytes: this.bytes[b]! });
+    }
+    return out;
+  }
+}
+
+function span(range: HashRange): [number, number] {
+  if (!isBucketAligned(range.start) || !(range.end === HASH_SPACE_END || isBucketAligned(range.end)) || range.end <= range.start) {
+    throw new RangeError(`range [${range.start}, ${range.end}) is not bucket-aligned`);
+  }
+  return bucketSpan(range);
+}
+
+export function encodeStats(rows: number, bytes: number): Buffer {
+  const b = Buffer.allocUnsafe(16);
+  b.writeBigUInt64BE(BigInt(rows), 0);
+  b.writeBigUInt64BE(BigInt(bytes), 8);
+  return b;
+}
+
+/** The clock's high-water mark record (META_CLOCK): u64 BE microseconds. */
+function encodeClockMark(n: bigint): Buffer {
+  const b = Buffer.allocUnsafe(8);
+  b.writeBigUInt64BE(n, 0);
+  return b;
+}
+
+/** The mark in a clock record; 0 when there is none. */
+export function decodeClockMark(rec: Buffer | undefined): bigint {
+  return rec === undefined ? 0n : rec.readBigUInt64BE(0);
+}
+
+/** One entry of the group-commit queue: settled row plans, or plain ops (meta records, request-id sweeps). */
+export interface Pending {
+  plans: RowPlan[];
+  /** Ops on the derived records (cell counts, newest-version pointers) of the plans' rows. */
+  derived: BatchOp[];
+  deltas: Delta[];
+  ops: BatchOp[];
+  /** What listeners see of `ops`. */
+  raw: RawOp[];
+  sync: boolean;
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
+
+const SYNC = Object.freeze({ sync: true });
+const NO_OPS: BatchOp[] = [];
+export const NO_RAW: RawOp[] = [];
+const NO_PLANS: RowPlan[] = [];
+
+const NO_DELTAS: Delta[] = [];
+
+/** About how many batch ops an entry adds (for the group size cap). */
+function opCount(p: Pending): number {
+  let n = p.ops.length + p.derived.length;
+  for (const plan of p.plans) n += plan.keys.length + plan.other.length + 1;
+  return n;
+}
+
+/** The per-row ops of a group, as listeners see them: each plan's cells, then its other ops (count records are shard-local and left out). */
+function rawOf(group: Pending[]): RawOp[] {
+  const raw: RawOp[] = [];
+  for (const p of group) {
+    for (const plan of p.plans) {
+      for (let i = 0; i < plan.keys.length; i++) {
+        const value = plan.values[i];
+        raw.push(value ? { sublevel: 'cells', key: plan.keys[i]!, value } : { sublevel: 'cells', key: plan.keys[i]! });
+      }
+      for (const op of plan.other) raw.push(op);
+    }
+    for (const op of p.raw) raw.push(op);
+  }
+  return raw;
+}
+
+/** What the writer asks of the store that owns it. */
+export interface WriterHost {
+  /** The store's clock (replaced at open), whose high-water mark rides in every batch. */
+  clock(): HybridClock;
+  /** The refusal while the disk is full, else null. */
+  diskFull(): CairnError | null;
+  /** Puts the store in the full state after a write failed for lack of space; returns the refusal. */
+  enterDiskFull(cause: unknown): CairnError;
+}
+
+export class GroupWriter {
+  readonly stats = new BucketStats();
+  readonly listeners = new Set<(ops: RawOp[]) => void>();
+  /** The clock mark last written (or read at open). */
+  persistedClock = 0n;
+  /** The running flush loop, if any: awaited before LevelDB is closed or reopened. */
+  flushing: Promise<void> | null = null;
+  private queue: Pending[] = [];
+
+  constructor(
+    private readonly db: Level<Buffer, Buffer>,
+    private readonly subs: Subs,
+    private readonly host: WriterHost,
+  ) {}
+
+  /** Queues an entry for the group-commit writer; refused at once while the disk is full. */
+  push(p: Pending): void {
+    const full = this.host.diskFull();
+    if (full) return p.reject(full);
+    this.queue.push(p);
+    if (!this.flushing) this.flushing = this.flushLoop();
+  }
+
+  /** Settles plans (reads what stats need, under the caller's row locks) and commits them in one batch. */
+  async commitPlans(plans: RowPlan[], sync: boolean): Promise<void> {
+    if (plans.length === 0) return;
+    const { deltas, derived } = await settle(this.subs, plans);
+    let any = false;
+    for (const p of plans) if (p.keys.length > 0 || p.other.length > 0) any = true;
+    if (!any) return;
+    await new Promise<void>((resolve, reject) => this.push({ plans, derived, deltas, ops: NO_OPS, raw: NO_RAW, sync, resolve, reject }));
+  }
+
+  /** Queues plain ops (meta records, request-id sweeps); `raw` is what listeners see of them. */
+  enqueue(ops: BatchOp[], raw: RawOp[], sync: boolean): Promise<void> {
+    return new Promise<void>((resolve, reject) => this.push({ plans: NO_PLANS, derived: NO_OPS, deltas: NO_DELTAS, ops, raw, sync, resolve, reject }));
+  }
+
+  /** The group-commit writer: one batch in flight; each batch takes everything queued meanwhile. */
+  private async flushLoop(): Promise<void> {
+    try {
+      await undefined; // let entries queued in the same tick join the first batch
+      while (this.queue.length > 0) {
+        const full = this.host.diskFull();
+        if (full) {
+          // Nothing more may reach LevelDB until it is reopened (see DiskFullGuard.enter).
+          const refused = this.queue;
+          this.queue = [];
+          for (const p of refused) p.reject(full);
+          break;
+        }
+        let count = 0;
+        let take = 0;
+        while (take < this.queue.length && (take === 0 || count + opCount(this.queue[take]!) <= MAX_GROUP_OPS)) {
+          count += opCount(this.queue[take]!);
+          take++;
+        }
+        const group = take === this.queue.length ? this.queue : this.queue.slice(0, take);
+        this.queue = take === this.queue.length ? [] : this.queue.slice(take);
+        try {
+          await this.writeGroup(group);
+        } catch (err) {
+          // Nothing of the group was applied (the batch is atomic): fail every writer in it.
+          const refusal = isNoSpaceError(err) ? this.host.enterDiskFull(err) : err;
+          for (const p of group) p.reject(refusal);
+        }
+      }
+    } finally {
+      this.flushing = null;
+    }
+  }
+
+  private async writeGroup(group: Pending[]): Promise<void> {
+    const ops: BatchOp[] = [];
+    const touched = new Map<number, { rows: number; bytes: number }>();
+    let sync = false;
+    const cells = this.subs.cells;
+    for (const p of group) {
+      for (let k = 0; k < p.plans.length; k++) {
+        const plan = p.plans[k]!;
+        for (let i = 0; i < plan.keys.length; i++) {
+          const value = plan.values[i];
+          ops.push(value ? { type: 'put', sublevel: cells, key: plan.keys[i]!, value } : { type: 'del', sublevel: cells, key: plan.keys[i]! });
+        }
+        for (const op of plan.other) {
+          const sublevel = this.subs[op.sublevel];
+          ops.push(op.value ? { type: 'put', sublevel, key: op.key, value: op.value } : { type: 'del', sublevel, key: op.key });
+        }
+      }
+      for (const op of p.derived) ops.push(op);
+      for (const op of p.ops) ops.push(op);
+      for (const d of p.deltas) {
+        if (d.rows === 0 && d.bytes === 0) continue;
+        let t = touched.get(d.bucket);
+        if (!t) touched.set(d.bucket, (t = { rows: this.stats.rows[d.bucket]!, bytes: this.stats.bytes[d.bucket]! }));
+        t.rows += d.rows;
+        t.bytes += d.bytes;
+      }
+      sync ||= p.sync;
+    }
+    // Stats records and the clock mark ride in the same batch as the data they describe.
+    for (const [b, t] of touched) {
+      if (t.rows < 0 || t.bytes < 0) throw new Error(`stats of bucket ${b} would go negative (${t.rows} rows, ${t.bytes} bytes): a bug`);
+      if (t.rows === 0 && t.bytes === 0) ops.push({ type: 'del', sublevel: this.subs.meta, key: bucketStatsKey(b) });
+      else ops.push({ type: 'put', sublevel: this.subs.meta, key: bucketStatsKey(b), value: encodeStats(t.rows, t.bytes) });
+    }
+    const high = this.host.clock().high();
+    if (high > this.persistedClock) ops.push({ type: 'put', sublevel: this.subs.meta, key: META_CLOCK, value: encodeClockMark(high) });
+    // No options object unless syncing: abstract-level spreads the options into every op, and
+    // with a plain { sync: false } that spread cost ~10 µs per op (measured; see bench/NOTES.md).
+    await (this.db.batch as (ops: BatchOp[], o?: { sync: boolean }) => Promise<void>).call(this.db, ops, sync ? SYNC : undefined);
+    for (const [b, t] of touched) this.stats.set(b, t.rows, t.bytes);
+    if (high > this.persistedClock) this.persistedClock = high;
+    if (this.listeners.size > 0) {
+      const raw = rawOf(group);
+      if (raw.length > 0) {
+        for (const l of this.listeners) {
+          try {
+            l(raw);
+          } catch {
+            // A broken listener must not fail writes that are already committed.
+          }
+        }
+      }
+    }
+    for (const p of group) p.resolve();
+  }
+}
