@@ -2,9 +2,11 @@
  * `cairn ctl`: the scriptable face of the Admin API plus data commands.
  * Results go to stdout (`--json` for scripts); diagnostics to stderr.
  */
+import { connect as tcpConnect } from 'node:net';
 import { createInterface } from 'node:readline/promises';
 import type { MoveInfo, Plan as PlanProto } from '../proto/gen/cairn/v1/admin.js';
 import { CairnClient } from '../services/client/index.js';
+import { parseHostPort } from '../services/common/config.js';
 import { CairnError } from '../services/common/errors.js';
 import { endFromProto } from '../services/common/hash.js';
 import { formatHash } from '../services/common/ranges.js';
@@ -71,11 +73,57 @@ async function connect(flags: Flags, io: Io): Promise<CairnClient> {
   if (!user || password === undefined) {
     throw new CliError('no credentials', EXIT.AUTH, 'pass --user and --password, or set CAIRN_USER and CAIRN_PASSWORD');
   }
+  const timeoutMs = int(flags, 'timeout', 10_000, 1);
+  const tls = clientTlsFrom(flags, io.env);
+  // Ask the network first: the SDK retries a refused connection until the deadline, and says so in grpc's words.
+  const unreachable = await probe(master, Math.min(5000, Math.max(50, Math.floor(timeoutMs * 0.9))));
+  if (unreachable) throw new CliError(unreachable, EXIT.UNAVAILABLE, `is the master running there? (--master HOST:PORT or CAIRN_MASTER)`);
   try {
-    return await CairnClient.connect({ master, user, password, timeoutMs: int(flags, 'timeout', 10_000, 1), tls: clientTlsFrom(flags, io.env) });
+    return await CairnClient.connect({ master, user, password, timeoutMs, tls });
   } catch (err) {
     throw asCliError(err, master);
   }
+}
+
+/**
+ * Opens and closes one TCP connection to `address`. Resolves to a plain
+ * sentence when nothing accepted it within `ms` (refused, no such host, or
+ * silence), else to undefined.
+ */
+export function probe(address: string, ms: number): Promise<string | undefined> {
+  let host: string;
+  let port: number;
+  try {
+    ({ host, port } = parseHostPort(address, { allowPortZero: false }));
+  } catch (err) {
+    throw new CliError(`--master: ${(err as Error).message}`, EXIT.BAD_ARGS);
+  }
+  return new Promise((resolve) => {
+    const socket = tcpConnect({ host, port });
+    const done = (why: string | undefined) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(why);
+    };
+    const timer = setTimeout(() => done(`nothing answered at ${address} within ${ms} ms`), ms);
+    socket.once('connect', () => done(undefined));
+    socket.once('error', (e: NodeJS.ErrnoException) => done(unreachableSentence(address, e.code ?? e.message)));
+  });
+}
+
+function unreachableSentence(address: string, code: string): string {
+  if (code === 'ECONNREFUSED') return `nothing answered at ${address} (connection refused)`;
+  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return `nothing answered at ${address}: the host name does not resolve`;
+  if (code === 'EHOSTUNREACH' || code === 'ENETUNREACH') return `nothing answered at ${address}: no route to that host`;
+  return `nothing answered at ${address} (${code})`;
+}
+
+/** grpc-js's "No connection established. Last error: … Resolution note: …" in plain words. */
+export function plainTransportMessage(message: string, address: string): string {
+  if (!/No connection established|Resolution note|Name resolution failed/.test(message)) return message;
+  const code = /\b(E[A-Z]{3,})\b/.exec(message)?.[1];
+  if (/Name resolution failed/.test(message)) return unreachableSentence(address, 'ENOTFOUND');
+  return code ? unreachableSentence(address, code) : `nothing answered at ${address}`;
 }
 
 export function asCliError(err: unknown, master?: string): CliError {
@@ -99,7 +147,7 @@ export function asCliError(err: unknown, master?: string): CliError {
             'start expectShards shards; a master started on an empty or wrong dataDir refuses the shards of an existing cluster and its log ("shard refused") says which cluster and how to rebuild',
           );
         }
-        return new CliError(err.message, EXIT.UNAVAILABLE, master ? `is the master running at ${master}? (--master HOST:PORT)` : undefined);
+        return new CliError(master ? plainTransportMessage(err.message, master) : err.message, EXIT.UNAVAILABLE, master ? `is the master running at ${master}? (--master HOST:PORT)` : undefined);
       case 'INVALID_ARGUMENT':
       case 'LIMIT_EXCEEDED':
         return new CliError(err.message, EXIT.BAD_ARGS);
@@ -372,7 +420,10 @@ export async function runCtl(positionals: string[], flags: Flags, io: Io): Promi
           cells.map((c) => `${c.column}\t${c.timestampUs}\t${c.value.toString('utf8')}`),
           { row: args[0], cells: cells.map((c) => ({ column: c.column, timestampUs: c.timestampUs.toString(), value: c.value.toString('utf8') })) },
         );
-        return cells.length ? EXIT.OK : EXIT.ERROR;
+        if (cells.length) return EXIT.OK;
+        // Not found is an answer, not silence: say so (the JSON above already shows no cells).
+        io.err(`row ${JSON.stringify(args[0])} not found${args.length > 1 ? ` (or it has none of the columns ${args.slice(1).join(', ')})` : ''}`);
+        return EXIT.ERROR;
       }
       case 'scan': {
         const limit = int(flags, 'limit', 100, 1);

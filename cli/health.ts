@@ -12,7 +12,7 @@
 import type { ServiceError } from '@grpc/grpc-js';
 import { checkHealth } from '../services/common/health.js';
 import { flagString, type FlagValue } from './args.js';
-import type { Io } from './ctl.js';
+import { plainTransportMessage, type Io } from './ctl.js';
 import { CliError, EXIT } from './exit.js';
 import { clientTlsFrom } from './tls.js';
 
@@ -41,7 +41,7 @@ export async function runHealth(flags: Record<string, FlagValue>, io: Io): Promi
     status = await checkHealth(addr, { service, tls: clientTlsFrom(flags, io.env), timeoutMs: timeout ? Number(timeout) : 5000 });
   } catch (err) {
     const e = err as ServiceError;
-    const reason = e.details || e.message;
+    const reason = plainTransportMessage(e.details || e.message, addr);
     if (json) io.out(JSON.stringify({ address: addr, service, status: 'UNREACHABLE', error: reason }));
     else io.err(`error: ${addr}: no health answer: ${reason}`);
     return EXIT.UNAVAILABLE;
