@@ -152,6 +152,8 @@ export function buildProgram(io: Io, run: Handlers, setCode: (code: number) => v
     .configureOutput({
       writeOut: (s) => io.out(s.replace(/\n$/, '')),
       writeErr: (s) => io.err(s.replace(/\n$/, '')),
+      // As cairn said before commander: unknown command "x", in double quotes.
+      outputError: (s, write) => write(s.replace(/^error: unknown command '([^']*)'/, 'error: unknown command "$1"')),
     });
   verboseOption(program);
   const act = (fn: Run) =>

@@ -12,6 +12,8 @@ import { CliError, EXIT } from './exit.js';
 /** commander's own exits: help asked for is 0; everything else it refuses is a bad command line. */
 function commanderExit(e: CommanderError): number {
   if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') return EXIT.OK;
+  // `cairn help master` is help asked for (0); `cairn ctl` with no command is help shown for a mistake (1 → 2).
+  if (e.code === 'commander.help' && e.exitCode === 0) return EXIT.OK;
   return EXIT.BAD_ARGS;
 }
 

@@ -165,6 +165,15 @@ describe('every subcommand', () => {
   }, 240_000);
 });
 
+describe('help as a command', () => {
+  it('cairn help master and cairn ctl help put print help and exit 0', async () => {
+    for (const args of [['help', 'master'], ['ctl', 'help', 'put'], ['help']]) {
+      const r = await cairn(args);
+      expect([args.join(' '), r.code, /Usage: cairn/.test(r.stdout), r.trapHits, r.created]).toEqual([args.join(' '), 0, true, 0, []]);
+    }
+  }, 30_000);
+});
+
 describe('server help', () => {
   it.each(['master', 'shard'] as const)('%s --help lists every config key with its env variable and default', async (role) => {
     const r = await cairn([role, '--help']);
