@@ -172,6 +172,12 @@ export function buildProgram(io: Io, run: Handlers, setCode: (code: number) => v
       .addOption(new Option('--allow-missing', 'rebuild even when a shard the newest map names does not answer')),
     'master',
   );
+  rebuild.addHelpText('after', `
+Each shard keeps its cluster id and the last map it was given. rebuild writes
+the newest map, the cluster id and the shard list into the master's dataDir
+(from --config or --data-dir), which must be empty, then exits; start the
+master on it with "cairn master --config FILE". Every shard the newest map
+names must answer, unless --allow-missing.`);
   rebuild.action(act(run.rebuild));
 
   addConfigOptions(program.command('shard').description('run a shard (stores rows in LevelDB)'), 'shard').action(act(run.shard));
@@ -208,7 +214,12 @@ export function buildProgram(io: Io, run: Handlers, setCode: (code: number) => v
       .addOption(new Option('--tls-ca <file>', 'trust this CA (default: CAIRN_TLS_CA)'))
       .addOption(new Option('--tls-cert <file>', 'client certificate (default: CAIRN_TLS_CERT)'))
       .addOption(new Option('--tls-key <file>', 'key of --tls-cert (default: CAIRN_TLS_KEY)')),
-  ).action(act(run.health));
+  )
+    .addHelpText('after', `
+Exit codes: 0 SERVING; 1 another answer (NOT_SERVING while it drains, or before
+a shard has registered); 2 bad arguments; 3 no answer (refused, timed out, or
+a TLS mismatch).`)
+    .action(act(run.health));
 
   verboseOption(
     program
@@ -221,7 +232,14 @@ export function buildProgram(io: Io, run: Handlers, setCode: (code: number) => v
       .addOption(new Option('--tls-ca <file>', 'trust this CA (default: CAIRN_TLS_CA)'))
       .addOption(new Option('--tls-cert <file>', 'client certificate (default: CAIRN_TLS_CERT)'))
       .addOption(new Option('--tls-key <file>', 'key of --tls-cert (default: CAIRN_TLS_KEY)')),
-  ).action(act(run.admin));
+  )
+    .addHelpText('after', `
+A live dashboard of the shards, the map and the moves in flight, and a prompt
+(Manager(N servers)>) for the manager commands: servers, ranges, plan,
+rebalance, dropserver, remserver, addserver, sync, moves, recover, help, exit.
+Type help inside for details. History is kept in CAIRN_HISTORY_FILE (default
+~/.cairn_history). Needs a terminal; for scripts use "cairn ctl <command> --json".`)
+    .action(act(run.admin));
 
   program
     .command('hash-password')

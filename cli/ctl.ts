@@ -26,33 +26,6 @@ type Flags = Record<string, FlagValue>;
 
 const CTL_COMMANDS = ['servers', 'ranges', 'plan', 'rebalance', 'dropserver', 'remserver', 'addserver', 'sync', 'moves', 'recover', 'reload', 'put', 'get', 'scan', 'delete', 'load', 'verify'];
 
-export const CTL_USAGE = `Usage: cairn ctl <command> [args] [--master HOST:PORT] [--user U] [--password P] [--json]
-
-Cluster:
-  servers                         shards with address, status, size, rows, ranges, share and load
-  ranges                          the map: each range, its owner, rows and bytes
-  plan [--drain ID]               dry run: the moves a rebalance (or drain) would make, with bytes
-  rebalance [--yes] [--max-mbps X]        balance bytes across shards, online; follows progress; X: MB/s per move
-  dropserver <id|host:port> [--yes]       drain every range of a shard to the others
-  remserver <id|host:port> [--yes]        remove a shard that owns no range; its process exits
-  addserver <host:port>           approve a shard address (clusters with requireApproval)
-  sync                            push the current map to every shard
-  moves [--all]                   moves in flight (or every journaled move)
-  recover <move-id>               show a move's journal and drive it to committed or aborted
-  reload                          have the master read its client list again (as SIGHUP does);
-                                  tokens of removed or lowered users stop working within seconds
-Data:
-  put ROW COLUMN VALUE            write one cell
-  get ROW [COLUMN...]             read the newest cells of a row
-  scan [PREFIX] [--limit N]       list rows by key prefix (storage order)
-  delete ROW                      delete a row
-  load --rows N [--value-size B] [--concurrency C] [--seed S]     write deterministic rows
-  verify --rows N [--value-size B] [--seed S]                     read them back; exit 5 if any is missing or wrong
-
-Connection: --master defaults to 127.0.0.1:7000; --user/--password default to
-CAIRN_USER/CAIRN_PASSWORD. --timeout MS sets the per-call deadline.
-TLS: --tls-ca FILE trusts a CA (or CAIRN_TLS_CA); --tls-cert/--tls-key add a client certificate.`;
-
 function str(flags: Flags, name: string): string | undefined {
   const v = flags[name];
   if (v === undefined || typeof v === 'boolean') return undefined;
@@ -287,10 +260,7 @@ export async function runCtl(positionals: string[], flags: Flags, io: Io): Promi
   const json = flags.json === true;
   const print = (human: string[] | string, obj: unknown) =>
     json ? io.out(JSON.stringify(obj)) : (Array.isArray(human) ? human : [human]).forEach((l) => io.out(l));
-  if (!cmd || cmd === 'help' || flags.help === true) {
-    io.out(CTL_USAGE);
-    return cmd || flags.help === true ? EXIT.OK : EXIT.BAD_ARGS;
-  }
+  if (!cmd) throw new CliError('no command', EXIT.BAD_ARGS, 'run "cairn ctl --help" for the list');
   const master = str(flags, 'master') ?? io.env.CAIRN_MASTER ?? '127.0.0.1:7000';
   const need = (n: number, usage: string) => {
     if (args.length < n) throw new CliError(`${cmd}: missing arguments`, EXIT.BAD_ARGS, `usage: cairn ctl ${usage}`);

@@ -16,19 +16,7 @@ import { plainTransportMessage, type Io } from './ctl.js';
 import { CliError, EXIT } from './exit.js';
 import { clientTlsFrom } from './tls.js';
 
-export const HEALTH_USAGE = `Usage: cairn health --addr HOST:PORT [--service NAME] [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] [--timeout MS] [--json]
-
-Asks the gRPC health service of a cairn master or shard and prints its status.
-Exits 0 only when the answer is SERVING (1: another answer, 3: no answer).
---addr defaults to CAIRN_HEALTH_ADDR; --tls-ca, --tls-cert and --tls-key to
-CAIRN_TLS_CA, CAIRN_TLS_CERT and CAIRN_TLS_KEY. --service asks about one
-service (cairn.v1.ShardService, …) instead of the whole process.`;
-
 export async function runHealth(flags: Record<string, FlagValue>, io: Io): Promise<number> {
-  if (flags.help === true) {
-    io.out(HEALTH_USAGE);
-    return EXIT.OK;
-  }
   const addr = flagString(flags, 'addr') ?? (io.env.CAIRN_HEALTH_ADDR || undefined);
   if (!addr) throw new CliError('health: --addr HOST:PORT is required', EXIT.BAD_ARGS, 'e.g. cairn health --addr 127.0.0.1:7000');
   if (!/^(\[[0-9A-Fa-f:.%]+\]|[^\s:[\]/]+):\d{1,5}$/.test(addr)) throw new CliError(`health: --addr: expected host:port, got "${addr}"`, EXIT.BAD_ARGS);
