@@ -4,7 +4,7 @@
  * Sources, later ones winning key by key:
  *   1. a YAML file (`--config PATH`, else `CAIRN_CONFIG`), keys in camelCase;
  *   2. environment variables `CAIRN_<UPPER_SNAKE>` (an empty variable counts as unset);
- *   3. flags `--kebab-case` (as parsed by cli/args.ts).
+ *   3. flags `--kebab-case` (cli/commands.ts declares one per key from the table below, via configKeyInfo).
  * Every key is settable all three ways: `expectShards` ⇔ `CAIRN_EXPECT_SHARDS` ⇔ `--expect-shards`.
  *
  * Everything is validated at start-up. Each problem names the key, where the
@@ -100,7 +100,7 @@ export interface ShardConfig extends CommonConfig {
 }
 
 export interface LoadConfigOptions {
-  /** Parsed kebab-case flags (cli/args.ts). Flags that are not config keys are ignored. */
+  /** Parsed kebab-case flags (cli/commands.ts refuses any that are not config keys; here they are ignored). */
   flags: Record<string, string | boolean | string[]>;
   /** Defaults to process.env. */
   env?: NodeJS.ProcessEnv;
