@@ -9,24 +9,7 @@ import { CliError, EXIT } from './exit.js';
 import { clientTlsFrom } from './tls.js';
 import { historyFile } from './ui/history.js';
 
-export const ADMIN_USAGE = `Usage: cairn admin [--master HOST:PORT] [--user U] [--password P] [--timeout MS] [--tls-ca FILE]
-
-The operator's console: a live dashboard of the shards, the map and the moves
-in flight, and a prompt (Manager(N servers)>) for the manager commands:
-servers, ranges, plan, rebalance, dropserver, remserver, addserver, sync,
-moves, recover, help, exit. Type help inside for details.
-
---master defaults to CAIRN_MASTER or 127.0.0.1:7000; --user/--password default
-to CAIRN_USER/CAIRN_PASSWORD, and a missing password is asked for; TLS flags
-as for cairn ctl (--tls-ca, --tls-cert, --tls-key or CAIRN_TLS_*). History is
-kept in CAIRN_HISTORY_FILE (default ~/.cairn_history). Needs a terminal; for
-scripts use "cairn ctl <command> --json".`;
-
 export async function runAdmin(flags: Record<string, FlagValue>, io: Io): Promise<number> {
-  if (flags.help === true) {
-    io.out(ADMIN_USAGE);
-    return EXIT.OK;
-  }
   if (!process.stdin.isTTY || !process.stdout.isTTY) {
     throw new CliError(
       'cairn admin needs a terminal (stdin and stdout must be a TTY)',

@@ -2,9 +2,11 @@
  * `cairn ctl`: the scriptable face of the Admin API plus data commands.
  * Results go to stdout (`--json` for scripts); diagnostics to stderr.
  */
+import { connect as tcpConnect } from 'node:net';
 import { createInterface } from 'node:readline/promises';
 import type { MoveInfo, Plan as PlanProto } from '../proto/gen/cairn/v1/admin.js';
 import { CairnClient } from '../services/client/index.js';
+import { parseHostPort } from '../services/common/config.js';
 import { CairnError } from '../services/common/errors.js';
 import { endFromProto } from '../services/common/hash.js';
 import { formatHash } from '../services/common/ranges.js';
@@ -23,33 +25,6 @@ export interface Io {
 type Flags = Record<string, FlagValue>;
 
 const CTL_COMMANDS = ['servers', 'ranges', 'plan', 'rebalance', 'dropserver', 'remserver', 'addserver', 'sync', 'moves', 'recover', 'reload', 'put', 'get', 'scan', 'delete', 'load', 'verify'];
-
-export const CTL_USAGE = `Usage: cairn ctl <command> [args] [--master HOST:PORT] [--user U] [--password P] [--json]
-
-Cluster:
-  servers                         shards with address, status, size, rows, ranges, share and load
-  ranges                          the map: each range, its owner, rows and bytes
-  plan [--drain ID]               dry run: the moves a rebalance (or drain) would make, with bytes
-  rebalance [--yes] [--max-mbps X]        balance bytes across shards, online; follows progress; X: MB/s per move
-  dropserver <id|host:port> [--yes]       drain every range of a shard to the others
-  remserver <id|host:port> [--yes]        remove a shard that owns no range; its process exits
-  addserver <host:port>           approve a shard address (clusters with requireApproval)
-  sync                            push the current map to every shard
-  moves [--all]                   moves in flight (or every journaled move)
-  recover <move-id>               show a move's journal and drive it to committed or aborted
-  reload                          have the master read its client list again (as SIGHUP does);
-                                  tokens of removed or lowered users stop working within seconds
-Data:
-  put ROW COLUMN VALUE            write one cell
-  get ROW [COLUMN...]             read the newest cells of a row
-  scan [PREFIX] [--limit N]       list rows by key prefix (storage order)
-  delete ROW                      delete a row
-  load --rows N [--value-size B] [--concurrency C] [--seed S]     write deterministic rows
-  verify --rows N [--value-size B] [--seed S]                     read them back; exit 5 if any is missing or wrong
-
-Connection: --master defaults to 127.0.0.1:7000; --user/--password default to
-CAIRN_USER/CAIRN_PASSWORD. --timeout MS sets the per-call deadline.
-TLS: --tls-ca FILE trusts a CA (or CAIRN_TLS_CA); --tls-cert/--tls-key add a client certificate.`;
 
 function str(flags: Flags, name: string): string | undefined {
   const v = flags[name];
@@ -71,11 +46,57 @@ async function connect(flags: Flags, io: Io): Promise<CairnClient> {
   if (!user || password === undefined) {
     throw new CliError('no credentials', EXIT.AUTH, 'pass --user and --password, or set CAIRN_USER and CAIRN_PASSWORD');
   }
+  const timeoutMs = int(flags, 'timeout', 10_000, 1);
+  const tls = clientTlsFrom(flags, io.env);
+  // Ask the network first: the SDK retries a refused connection until the deadline, and says so in grpc's words.
+  const unreachable = await probe(master, Math.min(5000, Math.max(50, Math.floor(timeoutMs * 0.9))));
+  if (unreachable) throw new CliError(unreachable, EXIT.UNAVAILABLE, `is the master running there? (--master HOST:PORT or CAIRN_MASTER)`);
   try {
-    return await CairnClient.connect({ master, user, password, timeoutMs: int(flags, 'timeout', 10_000, 1), tls: clientTlsFrom(flags, io.env) });
+    return await CairnClient.connect({ master, user, password, timeoutMs, tls });
   } catch (err) {
     throw asCliError(err, master);
   }
+}
+
+/**
+ * Opens and closes one TCP connection to `address`. Resolves to a plain
+ * sentence when nothing accepted it within `ms` (refused, no such host, or
+ * silence), else to undefined.
+ */
+export function probe(address: string, ms: number): Promise<string | undefined> {
+  let host: string;
+  let port: number;
+  try {
+    ({ host, port } = parseHostPort(address, { allowPortZero: false }));
+  } catch (err) {
+    throw new CliError(`--master: ${(err as Error).message}`, EXIT.BAD_ARGS);
+  }
+  return new Promise((resolve) => {
+    const socket = tcpConnect({ host, port });
+    const done = (why: string | undefined) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(why);
+    };
+    const timer = setTimeout(() => done(`nothing answered at ${address} within ${ms} ms`), ms);
+    socket.once('connect', () => done(undefined));
+    socket.once('error', (e: NodeJS.ErrnoException) => done(unreachableSentence(address, e.code ?? e.message)));
+  });
+}
+
+function unreachableSentence(address: string, code: string): string {
+  if (code === 'ECONNREFUSED') return `nothing answered at ${address} (connection refused)`;
+  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return `nothing answered at ${address}: the host name does not resolve`;
+  if (code === 'EHOSTUNREACH' || code === 'ENETUNREACH') return `nothing answered at ${address}: no route to that host`;
+  return `nothing answered at ${address} (${code})`;
+}
+
+/** grpc-js's "No connection established. Last error: … Resolution note: …" in plain words. */
+export function plainTransportMessage(message: string, address: string): string {
+  if (!/No connection established|Resolution note|Name resolution failed/.test(message)) return message;
+  const code = /\b(E[A-Z]{3,})\b/.exec(message)?.[1];
+  if (/Name resolution failed/.test(message)) return unreachableSentence(address, 'ENOTFOUND');
+  return code ? unreachableSentence(address, code) : `nothing answered at ${address}`;
 }
 
 export function asCliError(err: unknown, master?: string): CliError {
@@ -99,7 +120,7 @@ export function asCliError(err: unknown, master?: string): CliError {
             'start expectShards shards; a master started on an empty or wrong dataDir refuses the shards of an existing cluster and its log ("shard refused") says which cluster and how to rebuild',
           );
         }
-        return new CliError(err.message, EXIT.UNAVAILABLE, master ? `is the master running at ${master}? (--master HOST:PORT)` : undefined);
+        return new CliError(master ? plainTransportMessage(err.message, master) : err.message, EXIT.UNAVAILABLE, master ? `is the master running at ${master}? (--master HOST:PORT)` : undefined);
       case 'INVALID_ARGUMENT':
       case 'LIMIT_EXCEEDED':
         return new CliError(err.message, EXIT.BAD_ARGS);
@@ -239,10 +260,7 @@ export async function runCtl(positionals: string[], flags: Flags, io: Io): Promi
   const json = flags.json === true;
   const print = (human: string[] | string, obj: unknown) =>
     json ? io.out(JSON.stringify(obj)) : (Array.isArray(human) ? human : [human]).forEach((l) => io.out(l));
-  if (!cmd || cmd === 'help' || flags.help === true) {
-    io.out(CTL_USAGE);
-    return cmd || flags.help === true ? EXIT.OK : EXIT.BAD_ARGS;
-  }
+  if (!cmd) throw new CliError('no command', EXIT.BAD_ARGS, 'run "cairn ctl --help" for the list');
   const master = str(flags, 'master') ?? io.env.CAIRN_MASTER ?? '127.0.0.1:7000';
   const need = (n: number, usage: string) => {
     if (args.length < n) throw new CliError(`${cmd}: missing arguments`, EXIT.BAD_ARGS, `usage: cairn ctl ${usage}`);
@@ -372,7 +390,10 @@ export async function runCtl(positionals: string[], flags: Flags, io: Io): Promi
           cells.map((c) => `${c.column}\t${c.timestampUs}\t${c.value.toString('utf8')}`),
           { row: args[0], cells: cells.map((c) => ({ column: c.column, timestampUs: c.timestampUs.toString(), value: c.value.toString('utf8') })) },
         );
-        return cells.length ? EXIT.OK : EXIT.ERROR;
+        if (cells.length) return EXIT.OK;
+        // Not found is an answer, not silence: say so (the JSON above already shows no cells).
+        io.err(`row ${JSON.stringify(args[0])} not found${args.length > 1 ? ` (or it has none of the columns ${args.slice(1).join(', ')})` : ''}`);
+        return EXIT.ERROR;
       }
       case 'scan': {
         const limit = int(flags, 'limit', 100, 1);

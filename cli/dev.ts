@@ -10,6 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { CairnClient } from '../services/client/index.js';
@@ -60,12 +61,20 @@ export async function runDev(flags: Record<string, FlagValue>, io: Io): Promise<
     delete env.CAIRN_CONFIG; // each child gets its settings from the flags below
     const child = spawn(process.execPath, [CAIRN_BIN, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env });
     child.stderr!.pipe(log);
+    const tail: string[] = [];
+    createInterface({ input: child.stderr! }).on('line', (l) => tail.push(l) > 20 && tail.shift());
     child.on('exit', (code, signal) => {
-      if (!stopping) io.err(`${name} exited (${signal ?? code}); see ${join(dataDir, 'logs', `${name}.log`)}`);
+      if (stopping) return;
+      const logFile = join(dataDir, 'logs', `${name}.log`);
+      if (!ready) firstExit ??= { name, status: String(signal ?? code), cause: causeOf(tail), logFile };
+      else io.err(`${name} exited (${signal ?? code}); see ${logFile}`);
     });
     children.push(child);
   };
   let stopping = false;
+  let ready = false;
+  /** The first process to exit while the cluster comes up: the cause is said at once, not after the wait. */
+  let firstExit: { name: string; status: string; cause: string | undefined; logFile: string } | undefined;
   const stopAll = async () => {
     stopping = true;
     await Promise.all(
@@ -99,8 +108,7 @@ export async function runDev(flags: Record<string, FlagValue>, io: Io): Promise<
 
   // Wait until every shard reports up, then say how to connect.
   const until = Date.now() + 30_000;
-  let ready = false;
-  while (!ready && Date.now() < until) {
+  while (!ready && !firstExit && Date.now() < until) {
     try {
       const client = await CairnClient.connect({ master: masterAddr, user: 'admin', password, timeoutMs: 2000 });
       try {
@@ -112,7 +120,12 @@ export async function runDev(flags: Record<string, FlagValue>, io: Io): Promise<
     } catch {
       /* not up yet */
     }
-    if (!ready) await new Promise((r) => setTimeout(r, 250));
+    if (!ready && !firstExit) await new Promise((r) => setTimeout(r, 250));
+  }
+  if (firstExit) {
+    const { name, status, cause, logFile } = firstExit;
+    await stopAll();
+    throw new CliError(`the dev cluster did not come up: ${name} exited (${status})${cause ? `: ${cause}` : ''}`, EXIT.ERROR, `see ${logFile}`);
   }
   if (!ready) {
     await stopAll();
@@ -129,4 +142,22 @@ export async function runDev(flags: Record<string, FlagValue>, io: Io): Promise<
   io.err('stopping the dev cluster…');
   await stopAll();
   return EXIT.OK;
+}
+
+/**
+ * Why a child stopped, from the last lines of its stderr: its own `error:`
+ * line (main.ts), else the last JSON log record at level error.
+ */
+function causeOf(lines: string[]): string | undefined {
+  const plain = lines.filter((l) => l.startsWith('error: ')).pop();
+  if (plain) return plain.slice('error: '.length);
+  for (const l of [...lines].reverse()) {
+    try {
+      const rec = JSON.parse(l) as { level?: string; message?: string; error?: string };
+      if (rec.level === 'error') return rec.error ? `${rec.message}: ${rec.error}` : rec.message;
+    } catch {
+      /* not a log record */
+    }
+  }
+  return undefined;
 }

@@ -12,23 +12,11 @@
 import type { ServiceError } from '@grpc/grpc-js';
 import { checkHealth } from '../services/common/health.js';
 import { flagString, type FlagValue } from './args.js';
-import type { Io } from './ctl.js';
+import { plainTransportMessage, type Io } from './ctl.js';
 import { CliError, EXIT } from './exit.js';
 import { clientTlsFrom } from './tls.js';
 
-export const HEALTH_USAGE = `Usage: cairn health --addr HOST:PORT [--service NAME] [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] [--timeout MS] [--json]
-
-Asks the gRPC health service of a cairn master or shard and prints its status.
-Exits 0 only when the answer is SERVING (1: another answer, 3: no answer).
---addr defaults to CAIRN_HEALTH_ADDR; --tls-ca, --tls-cert and --tls-key to
-CAIRN_TLS_CA, CAIRN_TLS_CERT and CAIRN_TLS_KEY. --service asks about one
-service (cairn.v1.ShardService, …) instead of the whole process.`;
-
 export async function runHealth(flags: Record<string, FlagValue>, io: Io): Promise<number> {
-  if (flags.help === true) {
-    io.out(HEALTH_USAGE);
-    return EXIT.OK;
-  }
   const addr = flagString(flags, 'addr') ?? (io.env.CAIRN_HEALTH_ADDR || undefined);
   if (!addr) throw new CliError('health: --addr HOST:PORT is required', EXIT.BAD_ARGS, 'e.g. cairn health --addr 127.0.0.1:7000');
   if (!/^(\[[0-9A-Fa-f:.%]+\]|[^\s:[\]/]+):\d{1,5}$/.test(addr)) throw new CliError(`health: --addr: expected host:port, got "${addr}"`, EXIT.BAD_ARGS);
@@ -41,7 +29,7 @@ export async function runHealth(flags: Record<string, FlagValue>, io: Io): Promi
     status = await checkHealth(addr, { service, tls: clientTlsFrom(flags, io.env), timeoutMs: timeout ? Number(timeout) : 5000 });
   } catch (err) {
     const e = err as ServiceError;
-    const reason = e.details || e.message;
+    const reason = plainTransportMessage(e.details || e.message, addr);
     if (json) io.out(JSON.stringify({ address: addr, service, status: 'UNREACHABLE', error: reason }));
     else io.err(`error: ${addr}: no health answer: ${reason}`);
     return EXIT.UNAVAILABLE;

@@ -16,16 +16,7 @@ import { flagString, type FlagValue } from './args.js';
 import type { Io } from './ctl.js';
 import { CliError, EXIT } from './exit.js';
 
-export const REBUILD_USAGE = `Usage: cairn master rebuild --config FILE --from HOST:PORT[,HOST:PORT...] [--allow-missing]
-
-Rebuilds a lost master's state from the shards: each keeps its cluster id and
-the last map it was given. Writes the newest map, the cluster id and the shard
-list into the master's dataDir (from --config or --data-dir), which must be
-empty, then exits; start the master on it with \`cairn master --config FILE\`.
-Every shard the newest map names must answer, unless --allow-missing.`;
-
 export async function runRebuild(flags: Record<string, FlagValue>, io: Io): Promise<number> {
-  if (flags.help === true) return io.out(REBUILD_USAGE), EXIT.OK;
   const from = flagString(flags, 'from');
   if (!from) throw new CliError('master rebuild: --from HOST:PORT[,HOST:PORT...] is required (the shards to read)', EXIT.BAD_ARGS);
   const addresses = from.split(',').map((a) => a.trim()).filter(Boolean);

@@ -19,7 +19,7 @@ import { createLogger } from '../services/common/log.js';
 import { startMasterServer } from '../services/master/server.js';
 import { startShardServer } from '../services/shard/server.js';
 import type { FlagValue } from './args.js';
-import { EXIT } from './exit.js';
+import { CliError, EXIT } from './exit.js';
 
 type Flags = Record<string, FlagValue>;
 
@@ -42,6 +42,27 @@ function limitsOf(c: MasterConfig | ShardConfig) {
 function logDataDirRefusal(log: Logger) {
   return (err: unknown): never => {
     if (err instanceof DataDirError) log.error('data directory refused', { dataDir: err.dir, code: err.code, error: err.message, hint: err.hint });
+    throw err;
+  };
+}
+
+/**
+ * An address in the config that this host cannot bind (a host name that does
+ * not resolve, an address that is not this host's) is a config error: exit 2,
+ * naming the key and where its value came from. A port in use stays exit 1.
+ */
+function bindErrorAsConfig(c: MasterConfig | ShardConfig) {
+  return (err: unknown): never => {
+    const msg = (err as Error)?.message ?? '';
+    if (/Name resolution failed|EADDRNOTAVAIL|ENOTFOUND|EAI_AGAIN/.test(msg)) {
+      for (const key of ['listen', 'metricsListen'] as const) {
+        const addr = c[key];
+        if (!addr || !msg.includes(addr)) continue;
+        const why = /EADDRNOTAVAIL/.test(msg) ? 'is not an address of this host' : 'has a host name that does not resolve';
+        const source = c.sources[key] ?? 'default';
+        throw new CliError(`config: ${key} (${source === 'default' ? 'default' : `from ${source}`}): ${addr} ${why}`, EXIT.BAD_ARGS, `set ${key} (--${key === 'listen' ? 'listen' : 'metrics-listen'}) to host:port on this machine, e.g. 0.0.0.0:PORT or 127.0.0.1:PORT`);
+      }
+    }
     throw err;
   };
 }
@@ -116,7 +137,7 @@ export async function runMaster(flags: Flags): Promise<number> {
     log,
     onFatal: (err) => halt(err),
     reloadConfig: () => rereadMasterConfig(flags, c),
-  }).catch(logDataDirRefusal(log)));
+  }).catch(logDataDirRefusal(log)).catch(bindErrorAsConfig(c)));
   log.info(`Starting Data Master on ${running.address}`, { expectShards: c.expectShards });
   const failed = await Promise.race([untilSignal(log).then(() => undefined), halted]);
   offHangup();
@@ -150,7 +171,7 @@ export async function runShard(flags: Flags): Promise<number> {
     metricsListen: c.metricsListen,
     shutdownGraceMs: c.shutdownGraceMs,
     log,
-  }).catch(logDataDirRefusal(log));
+  }).catch(logDataDirRefusal(log)).catch(bindErrorAsConfig(c));
   const why = await Promise.race([untilSignal(log).then(() => ({ refused: undefined })), running.node.stopRequested]);
   offHangup();
   await running.stop(c.shutdownGraceMs);

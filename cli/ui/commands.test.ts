@@ -22,6 +22,12 @@ describe('parseCommandLine', () => {
     expect(parseCommandLine('plan --drain')).toEqual({ ok: false, error: 'plan: --drain needs a value' });
   });
 
+  it('refuses a flag the command does not take, suggesting the nearest (issue 12: never ignored)', () => {
+    expect(parseCommandLine('rebalance --max-mbs 5')).toEqual({ ok: false, error: 'rebalance: unknown flag --max-mbs (did you mean --max-mbps?); usage: rebalance [--max-mbps X]' });
+    expect(parseCommandLine('servers --verbose yes')).toEqual({ ok: false, error: 'servers: unknown flag --verbose; usage: servers' });
+    expect(parseCommandLine('dropserver s1 --max-mbps 1')).toMatchObject({ ok: true, command: { flags: { 'max-mbps': '1' } } });
+  });
+
   it('has a help line for every command', () => {
     const help = helpLines().join('\n');
     for (const n of COMMAND_NAMES) expect(help).toContain(`  ${n}`);

@@ -62,8 +62,25 @@ export function parseCommandLine(line: string): ParseResult {
   } catch (err) {
     return { ok: false, error: `${name}: ${err instanceof ArgsError ? err.message : String(err)}` };
   }
+  // A flag the command does not take is refused, never ignored (a mistyped --max-mbps would run unthrottled).
+  const known = [...spec.usage.matchAll(/--([a-z][a-z-]*)/g)].map((m) => m[1]!);
+  const unknown = Object.keys(parsed.flags).find((f) => !known.includes(f));
+  if (unknown !== undefined) {
+    const near = known.find((k) => editDistance(k, unknown) <= 2);
+    return { ok: false, error: `${name}: unknown flag --${unknown}${near ? ` (did you mean --${near}?)` : ''}; usage: ${spec.usage}` };
+  }
   if (parsed.positionals.length < spec.args) return { ok: false, error: `${name}: missing argument; usage: ${spec.usage}` };
   return { ok: true, command: { name, args: parsed.positionals, flags: parsed.flags } };
+}
+
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) row[j] = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = row;
+  }
+  return prev[b.length]!;
 }
 
 export interface Completion {

@@ -4,7 +4,7 @@
  * Sources, later ones winning key by key:
  *   1. a YAML file (`--config PATH`, else `CAIRN_CONFIG`), keys in camelCase;
  *   2. environment variables `CAIRN_<UPPER_SNAKE>` (an empty variable counts as unset);
- *   3. flags `--kebab-case` (as parsed by cli/args.ts).
+ *   3. flags `--kebab-case` (cli/commands.ts declares one per key from the table below, via configKeyInfo).
  * Every key is settable all three ways: `expectShards` ⇔ `CAIRN_EXPECT_SHARDS` ⇔ `--expect-shards`.
  *
  * Everything is validated at start-up. Each problem names the key, where the
@@ -100,7 +100,7 @@ export interface ShardConfig extends CommonConfig {
 }
 
 export interface LoadConfigOptions {
-  /** Parsed kebab-case flags (cli/args.ts). Flags that are not config keys are ignored. */
+  /** Parsed kebab-case flags (cli/commands.ts refuses any that are not config keys; here they are ignored). */
   flags: Record<string, string | boolean | string[]>;
   /** Defaults to process.env. */
   env?: NodeJS.ProcessEnv;
@@ -185,6 +185,84 @@ export function envName(key: string): string {
 /** `expectShards` → `expect-shards`. */
 export function flagName(key: string): string {
   return key.replace(/([a-z0-9])([A-Z])/g, '$1-$2').toLowerCase();
+}
+
+/** What `--help` says about each key (the README's Configuration table in one line). */
+const KEY_DOCS: Record<Key, string> = {
+  listen: 'address to bind (port 0 picks a free port)',
+  advertise: 'address other processes dial',
+  dataDir: 'LevelDB directory, one process per directory',
+  serverCredential: 'shared secret of the master and every shard (this or serverCredentialFile is required)',
+  serverCredentialFile: 'file holding the server credential',
+  logLevel: `log level: ${LOG_LEVELS.join(', ')}`,
+  verbose: 'human-readable logs on a terminal; stack traces',
+  metricsListen: 'host:port for Prometheus /metrics (unset: no metrics)',
+  tlsCert: 'PEM certificate: the gRPC port speaks only TLS',
+  tlsKey: 'PEM key of tlsCert',
+  tlsCa: 'PEM CA: mutual TLS between servers',
+  maxKeyBytes: 'largest row key',
+  maxColumnBytes: 'largest column name',
+  maxValueBytes: 'largest value',
+  maxCellsPerCall: 'most cells in one call',
+  maxMessageBytes: 'largest gRPC message',
+  heartbeatIntervalMs: 'shard heartbeat period',
+  shutdownGraceMs: 'on SIGTERM, how long calls in flight may take',
+  expectShards: 'split the space once this many shards have registered',
+  clients: 'client users, user:<hash>:role[,...] (repeatable; hash from cairn hash-password)',
+  tokenTtlSeconds: 'lifetime of login tokens',
+  shardDownAfterMs: 'a shard silent this long is shown as down',
+  requireApproval: 'new shards join only after cairn ctl addserver',
+  maxConcurrentMoves: 'moves a rebalance runs at once',
+  moveMaxMbps: 'default throttle per move in MB/s (0: unthrottled)',
+  diskHighWater: 'the planner keeps each disk under this fraction of its size',
+  master: "the master's address",
+  maxFenceMs: 'the longest a source keeps a range fenced for a move',
+};
+
+const KIND_ARG: Record<Kind, string> = {
+  hostport: 'host:port',
+  hostportNonZero: 'host:port',
+  path: 'path',
+  secret: 'secret',
+  logLevel: 'level',
+  bool: 'bool',
+  posint: 'n',
+  nonnegNumber: 'x',
+  fraction: 'x',
+  clients: 'entries',
+};
+
+/** One config key as a command line shows it (for `cairn master --help` and the flag parser). */
+export interface ConfigKeyInfo {
+  key: string;
+  /** `--expect-shards` without the dashes. */
+  flag: string;
+  env: string;
+  /** The value's name in help: `n`, `host:port`, `path`, …; `bool` for switches. */
+  arg: string;
+  isSwitch: boolean;
+  repeatable: boolean;
+  doc: string;
+  /** The default as help prints it, or undefined when the key has none. */
+  defaultText?: string;
+}
+
+/** The keys one process accepts, in table order, as flags (the table is the only list of them). */
+export function configKeyInfo(role: ServerRole): ConfigKeyInfo[] {
+  return keysOf(role).map((k) => {
+    const def = keyDef(k);
+    const d = def.default?.(role);
+    return {
+      key: k,
+      flag: flagName(k),
+      env: envName(k),
+      arg: KIND_ARG[def.kind],
+      isSwitch: def.kind === 'bool',
+      repeatable: CONFIG_REPEATABLE_FLAGS.includes(flagName(k)),
+      doc: KEY_DOCS[k],
+      defaultText: d === undefined ? undefined : Array.isArray(d) ? (d.length ? JSON.stringify(d) : 'none') : String(d),
+    };
+  });
 }
 
 /** Long flags that are switches, for `parseArgs({ booleans })`: `verbose`, `require-approval`. */
