@@ -84,17 +84,29 @@ export function addConfigOptions(cmd: Command, role: ServerRole): Command {
   return cmd;
 }
 
-/** --master, --user, … : on `ctl` and on each of its subcommands, so they may come before or after it. */
-function addCtlGlobals(cmd: Command): Command {
-  return verboseOption(cmd)
-    .addOption(new Option('--master <host:port>', 'the master (default: CAIRN_MASTER or 127.0.0.1:7000)'))
-    .addOption(new Option('--user <name>', 'user (default: CAIRN_USER)'))
-    .addOption(new Option('--password <password>', 'password (default: CAIRN_PASSWORD)'))
-    .addOption(new Option('--json', 'results as JSON on stdout, for scripts'))
-    .addOption(new Option('--timeout <ms>', 'per-call deadline in milliseconds (default: 10000)'))
+/** --tls-ca, --tls-cert, --tls-key: how a client (ctl, admin, health) dials a cluster with TLS. */
+function clientTlsOptions(cmd: Command): Command {
+  return cmd
     .addOption(new Option('--tls-ca <file>', 'trust this CA (default: CAIRN_TLS_CA)'))
     .addOption(new Option('--tls-cert <file>', 'client certificate (default: CAIRN_TLS_CERT)'))
     .addOption(new Option('--tls-key <file>', 'key of --tls-cert (default: CAIRN_TLS_KEY)'));
+}
+
+/** --master, --user, --password: who a client of the master (ctl, admin) logs in as, and where. */
+function loginOptions(cmd: Command, password: string): Command {
+  return cmd
+    .addOption(new Option('--master <host:port>', 'the master (default: CAIRN_MASTER or 127.0.0.1:7000)'))
+    .addOption(new Option('--user <name>', 'user (default: CAIRN_USER)'))
+    .addOption(new Option('--password <password>', password));
+}
+
+/** --master, --user, … : on `ctl` and on each of its subcommands, so they may come before or after it. */
+function addCtlGlobals(cmd: Command): Command {
+  return clientTlsOptions(
+    loginOptions(verboseOption(cmd), 'password (default: CAIRN_PASSWORD)')
+      .addOption(new Option('--json', 'results as JSON on stdout, for scripts'))
+      .addOption(new Option('--timeout <ms>', 'per-call deadline in milliseconds (default: 10000)')),
+  );
 }
 
 interface CtlSpec {
@@ -204,16 +216,15 @@ names must answer, unless --allow-missing.`);
   }
 
   verboseOption(
-    program
-      .command('health')
-      .description("ask a process's gRPC health service; exit 0 only when SERVING (1: another answer, 3: no answer)")
-      .addOption(new Option('--addr <host:port>', 'the process to ask (default: CAIRN_HEALTH_ADDR)'))
-      .addOption(new Option('--service <name>', 'ask about one service (cairn.v1.ShardService, …) instead of the whole process'))
-      .addOption(new Option('--timeout <ms>', 'deadline in milliseconds (default: 5000)'))
-      .addOption(new Option('--json', 'the answer as JSON'))
-      .addOption(new Option('--tls-ca <file>', 'trust this CA (default: CAIRN_TLS_CA)'))
-      .addOption(new Option('--tls-cert <file>', 'client certificate (default: CAIRN_TLS_CERT)'))
-      .addOption(new Option('--tls-key <file>', 'key of --tls-cert (default: CAIRN_TLS_KEY)')),
+    clientTlsOptions(
+      program
+        .command('health')
+        .description("ask a process's gRPC health service; exit 0 only when SERVING (1: another answer, 3: no answer)")
+        .addOption(new Option('--addr <host:port>', 'the process to ask (default: CAIRN_HEALTH_ADDR)'))
+        .addOption(new Option('--service <name>', 'ask about one service (cairn.v1.ShardService, …) instead of the whole process'))
+        .addOption(new Option('--timeout <ms>', 'deadline in milliseconds (default: 5000)'))
+        .addOption(new Option('--json', 'the answer as JSON')),
+    ),
   )
     .addHelpText('after', `
 Exit codes: 0 SERVING; 1 another answer (NOT_SERVING while it drains, or before
@@ -222,16 +233,12 @@ a TLS mismatch).`)
     .action(act(run.health));
 
   verboseOption(
-    program
-      .command('admin')
-      .description("the operator's console: live dashboard, plans, moves with progress bars (needs a terminal)")
-      .addOption(new Option('--master <host:port>', 'the master (default: CAIRN_MASTER or 127.0.0.1:7000)'))
-      .addOption(new Option('--user <name>', 'user (default: CAIRN_USER)'))
-      .addOption(new Option('--password <password>', 'password (default: CAIRN_PASSWORD; asked for when missing)'))
-      .addOption(new Option('--timeout <ms>', 'per-call deadline in milliseconds'))
-      .addOption(new Option('--tls-ca <file>', 'trust this CA (default: CAIRN_TLS_CA)'))
-      .addOption(new Option('--tls-cert <file>', 'client certificate (default: CAIRN_TLS_CERT)'))
-      .addOption(new Option('--tls-key <file>', 'key of --tls-cert (default: CAIRN_TLS_KEY)')),
+    clientTlsOptions(
+      loginOptions(
+        program.command('admin').description("the operator's console: live dashboard, plans, moves with progress bars (needs a terminal)"),
+        'password (default: CAIRN_PASSWORD; asked for when missing)',
+      ).addOption(new Option('--timeout <ms>', 'per-call deadline in milliseconds')),
+    ),
   )
     .addHelpText('after', `
 A live dashboard of the shards, the map and the moves in flight, and a prompt
