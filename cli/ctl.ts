@@ -359,7 +359,7 @@ export async function runCtl(positionals: string[], flags: Flags, io: Io): Promi
       case 'reload': {
         const r = await client.reload();
         const list = (what: string, users: string[]) => (users.length ? [`  ${what}: ${users.join(', ')}`] : []);
-        const revoked = [...new Set([...r.removed, ...r.lowered, ...r.passwordChanged])].sort();
+        const revoked = r.revoked;
         print(
           [
             `Reloaded the client list: ${r.users} user${r.users === 1 ? '' : 's'}.`,

@@ -153,8 +153,6 @@ export class Master {
   private clients: ClientUser[];
   /** Users whose earlier tokens no longer hold (client-list.ts); shards get them with each heartbeat. */
   private revocations: Revocation[] = [];
-  /** `clients` as applied (passwords as digests): what the next reload is compared with. */
-  private appliedClients: ReturnType<typeof applied> = [];
   /** Set while a new client list is being saved: logins wait, so none mints a token under the old list after the revocation time. */
   private applyingClients: Promise<unknown> | undefined;
   /** Answers of admin calls by the caller's operation id (answerOnce). */
@@ -436,7 +434,6 @@ export class Master {
       this.applyingClients = undefined;
     }
     this.clients = next;
-    this.appliedClients = nextApplied;
     this.revocations = revocations;
     const changed = Object.entries(change).filter(([k, v]) => k !== 'revoked' && v.length);
     if (changed.length || why === 'reload') {
@@ -460,7 +457,7 @@ export class Master {
       } catch (err) {
         throw new CairnError('PRECONDITION', `reload refused, nothing changed: ${(err as Error).message}`);
       }
-      const change = await this.applyClientList(loaded.clients, this.appliedClients, 'reload');
+      const change = await this.applyClientList(loaded.clients, applied(this.clients), 'reload');
       if (loaded.restartNeeded.length) this.log.warn('reload: these keys changed and take effect only at a restart', { keys: loaded.restartNeeded });
       return { change, users: loaded.clients.length, restartNeeded: loaded.restartNeeded };
     });

@@ -245,6 +245,7 @@ export function adminServiceImpl(master: Master, env: HandlerEnv): AdminServiceS
         raised: c.raised,
         passwordChanged: c.passwordChanged,
         restartNeeded: r.restartNeeded,
+        revoked: c.revoked,
       };
     }),
     getRanges: unary(env, 'GetRanges', 'admin', async () => ({
