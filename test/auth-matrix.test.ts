@@ -237,6 +237,14 @@ describe('auth matrix', () => {
     expect({ code: status[got.code], details: got.details }).toEqual({ code: 'FAILED_PRECONDITION', details: expect.stringMatching(`this shard belongs to cluster ${clusterId}`) });
   });
 
+  // The master's internal RPCs (RegisterShard aside: admission() refuses another cluster's shard with more to say).
+  const masterInternal = guarded.filter((r) => r.service === 'MasterService' && NEEDS[id(r)] === 'server' && r.name !== 'RegisterShard');
+
+  it.each(masterInternal.map((r) => ({ rpc: id(r), r })))('$rpc with a valid server token of another cluster is refused: the master belongs to another cluster', async ({ r }) => {
+    const got = await invokeRaw(clientFor(r), r, r.encode(BODIES[id(r)]!), bearer(token('server', KEY, 600_000, Date.now(), 'c-00000000000000ff')));
+    expect({ code: status[got.code], details: got.details }).toEqual({ code: 'FAILED_PRECONDITION', details: expect.stringMatching(`this master's cluster is ${clusterId}`) });
+  });
+
   it('ShardService.DescribeShard answers a server token with no cluster id (what `cairn master rebuild` holds)', async () => {
     const r = rpcs.find((x) => id(x) === 'ShardService.DescribeShard')!;
     const got = await invokeRaw(shardClient, r, r.encode({}), bearer(token('server', KEY, 600_000, Date.now(), '')));

@@ -463,6 +463,25 @@ export class Master {
     });
   }
 
+  /**
+   * Checks every call made with a server token (HandlerEnv.checkServerCall).
+   * A shard of another cluster, say after this master was started on the
+   * wrong state, must hear "another cluster" on every call: never
+   * "superseded" on a heartbeat because a new shard took its id here (it
+   * would stop), nor "unknown move" on GetMoveStatus (it would lift a fence
+   * its own master may have committed). RegisterShard is judged by
+   * admission(), which says more. An empty id is a shard not yet in a cluster.
+   */
+  checkServerCall(claims: Claims, method: string): void {
+    const theirs = claims.cid ?? '';
+    if (method === 'RegisterShard' || !theirs || theirs === this.clusterIdValue) return;
+    throw new CairnError(
+      'PRECONDITION',
+      `refused ${method} from a process of cluster ${theirs} (${claims.sub}): this master's cluster is ${this.clusterIdValue || '(none: it has no state)'}`,
+      { reason: 'CLUSTER_MISMATCH' },
+    );
+  }
+
   /** Checks a client token's cluster and revocation (HandlerEnv.checkClientCall). */
   checkClientCall(claims: Claims): void {
     checkClientClaims(claims, { clusterId: this.clusterIdValue, revokedBefore: (u) => revokedBefore(this.revocations, u) });
@@ -474,21 +493,7 @@ export class Master {
   }
 
   /** Records a heartbeat; refused when the shard is unknown, or when another process now holds its id. */
-  heartbeat(
-    shardId: string,
-    hb: { clusterId?: string; sessionId: string; epoch: bigint; ranges: RangeCount[]; opsPerSec: number; stopping: boolean; disk?: DiskReport },
-  ): void {
-    // A shard of another cluster (its server token says which) may carry an id this master gave to one of its own:
-    // it must hear "another cluster" and register (to be refused), never "superseded", which would stop it.
-    // An empty id is a shard that has not yet taken the id of a cluster that has just formed.
-    const theirs = hb.clusterId ?? '';
-    if (theirs && theirs !== this.clusterIdValue) {
-      throw new CairnError(
-        'PRECONDITION',
-        `heartbeat from shard ${shardId} of cluster ${theirs}, and this master's cluster is ${this.clusterIdValue || '(none: it has no state)'}: register again`,
-        { reason: 'CLUSTER_MISMATCH' },
-      );
-    }
+  heartbeat(shardId: string, hb: { sessionId: string; epoch: bigint; ranges: RangeCount[]; opsPerSec: number; stopping: boolean; disk?: DiskReport }): void {
     const rec = this.shards.find((s) => s.id === shardId);
     if (!rec || rec.sessionId === undefined) {
       throw new CairnError('NOT_FOUND', `unknown shard ${shardId}: register first`);

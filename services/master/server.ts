@@ -48,7 +48,7 @@ export async function startMasterServer(opts: MasterServerOptions): Promise<Runn
     maxMessageBytes: opts.maxMessageBytes,
     registerMetrics: (metrics) => registerMasterMetrics(metrics, master),
     services: (assembled) => {
-      const env: HandlerEnv = { ...assembled, service: 'master', tokenKey: master.tokenKey, checkClientCall: (claims) => master.checkClientCall(claims) };
+      const env: HandlerEnv = { ...assembled, service: 'master', tokenKey: master.tokenKey, checkClientCall: (claims) => master.checkClientCall(claims), checkServerCall: (claims, method) => master.checkServerCall(claims, method) };
       return [
         [MasterServiceService, masterServiceImpl(master, env)],
         [AdminServiceService, adminServiceImpl(master, { ...env, service: 'admin' })],

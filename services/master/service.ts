@@ -114,15 +114,14 @@ export function masterServiceImpl(master: Master, env: HandlerEnv): MasterServic
       });
       return { header: header(), shardId, map: mapToProto(map), heartbeatIntervalMs: master.heartbeatIntervalMs, revocations: revocationsToProto(master) };
     }),
-    heartbeat: unary(env, 'Heartbeat', 'server', async (req, ctx) => {
+    heartbeat: unary(env, 'Heartbeat', 'server', async (req) => {
       if (!req.shardId) throw invalidArgument('shard_id: must not be empty');
       if (!(req.opsPerSec >= 0) || !Number.isFinite(req.opsPerSec)) throw invalidArgument(`ops_per_sec: must be a finite number >= 0, got ${req.opsPerSec}`);
       const ranges = heartbeatRanges(req.ranges);
       checkId('session_id', req.sessionId, true);
       if (req.diskFreeBytes > req.diskTotalBytes) throw invalidArgument(`disk_free_bytes: ${req.diskFreeBytes} is more than disk_total_bytes (${req.diskTotalBytes})`);
       const disk = { freeBytes: Number(req.diskFreeBytes), totalBytes: Number(req.diskTotalBytes), full: req.diskFull };
-      const clusterId = ctx.claims?.cid ?? '';
-      master.heartbeat(req.shardId, { clusterId, sessionId: req.sessionId, epoch: req.epoch, opsPerSec: req.opsPerSec, stopping: req.stopping, ranges, disk });
+      master.heartbeat(req.shardId, { sessionId: req.sessionId, epoch: req.epoch, opsPerSec: req.opsPerSec, stopping: req.stopping, ranges, disk });
       return { header: header(), revocations: revocationsToProto(master) };
     }),
     getMap: unary(env, 'GetMap', 'r', async () => ({ header: header(), map: mapToProto(master.currentMap()) })),
