@@ -230,7 +230,7 @@ describe('an unreachable master', () => {
     expect(r.code).toBe(3);
     expect(r.stderr).toContain(`nothing answered at 127.0.0.1:${port}`);
     expect(r.stderr).not.toContain('Resolution note');
-    expect(r.ms).toBeLessThan(5000);
+    expect(r.ms).toBeLessThan(10_000); // the --timeout: it did not wait for the deadline to say so
   }, 40_000);
 });
 
@@ -254,7 +254,7 @@ describe('cairn dev with a busy port', () => {
       expect(r.stderr).toContain('master exited');
       expect(r.stderr).toContain(`EADDRINUSE`);
       expect(r.stderr).toContain(`127.0.0.1:${base + 100}`);
-      expect(r.ms).toBeLessThan(25_000);
+      expect(r.ms).toBeLessThan(30_000); // the old wait before "did not come up"
     } finally {
       await new Promise((r) => busy.close(r));
     }

@@ -668,13 +668,17 @@ export class CairnClient {
    * and the map current at each attempt, so a retry after a refresh routes
    * by the new map. A token the server calls expired is renewed once.
    */
-  private run<T>(deadline: number, fn: (token: string | undefined, map: ClusterMap, deadline: number) => Promise<T>): Promise<T> {
+  private run<T>(
+    deadline: number,
+    fn: (token: string | undefined, map: ClusterMap, deadline: number) => Promise<T>,
+    previous?: CairnError,
+  ): Promise<T> {
     return retryLoop(
       async () => {
         if (this.closed) throw new CairnError('CANCELLED', 'the client is closed');
         return this.withToken(deadline, (token) => fn(token, this.currentMap, deadline));
       },
-      { deadline, onRefresh: () => this.refreshMap(deadline) },
+      { deadline, onRefresh: () => this.refreshMap(deadline), previous },
     );
   }
 
@@ -743,7 +747,7 @@ export class CairnClient {
       if (Date.now() + delay >= deadline) throw err;
       if (delay > 0) await realSleep(delay);
     }
-    return this.run(deadline, fn);
+    return this.run(deadline, fn, err);
   }
 
   /** The current token when it can be sent as is; STALE when a login must come first. */

@@ -130,6 +130,33 @@ describe('retryLoop', () => {
     expect(n).toBe(5); // tried at 0, 40, 80, 120, 160; 200 would be past the deadline
   });
 
+  it('reports the server error it was retrying, not the deadline, when the last attempt is cut off', async () => {
+    const clock = fakeClock();
+    let n = 0;
+    const p = retryLoop(
+      async () => {
+        n += 1;
+        // A loaded machine: the second attempt's own gRPC deadline fires first.
+        throw n === 1 ? err('FENCED', { retryAfterMs: 40 }) : err('DEADLINE_EXCEEDED');
+      },
+      { deadline: clock.now() + 200, ...clock, random: () => 0 },
+    );
+    await expect(p).rejects.toMatchObject({ code: 'FENCED', message: 'FENCED from the server' });
+    expect(n).toBe(2);
+    // The same when the caller made the first attempt itself.
+    const q = retryLoop(
+      async () => {
+        throw err('DEADLINE_EXCEEDED');
+      },
+      { deadline: clock.now() + 200, ...clock, previous: err('NOT_READY') },
+    );
+    await expect(q).rejects.toMatchObject({ code: 'NOT_READY' });
+    // With nothing retried before, the deadline is the answer.
+    await expect(retryLoop(async () => Promise.reject(err('DEADLINE_EXCEEDED')), { deadline: clock.now() + 200, ...clock })).rejects.toMatchObject({
+      code: 'DEADLINE_EXCEEDED',
+    });
+  });
+
   it('does not sleep past the deadline even when the server hint is long', async () => {
     const clock = fakeClock();
     await expect(

@@ -51,6 +51,8 @@ export interface RetryOptions {
   sleep?: (ms: number) => Promise<void>;
   now?: () => number;
   random?: () => number;
+  /** The retryable error that led here, when the caller already tried once (client.ts `recover`). */
+  previous?: CairnError;
 }
 
 export const realSleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -68,6 +70,7 @@ export async function retryLoop<T>(fn: (attempt: number) => Promise<T>, o: Retry
   const now = o.now ?? Date.now;
   const sleep = o.sleep ?? realSleep;
   let refreshesInARow = 0;
+  let lastRetryable = o.previous;
   for (let attempt = 0; ; attempt++) {
     let err: CairnError;
     try {
@@ -75,6 +78,9 @@ export async function retryLoop<T>(fn: (attempt: number) => Promise<T>, o: Retry
     } catch (e) {
       err = fromServiceError(e);
     }
+    // An attempt cut off by the deadline says less than the server's answer
+    // that made us retry ("range fenced for move m7"): report that one.
+    if (err.code === 'DEADLINE_EXCEEDED' && lastRetryable) throw lastRetryable;
     let action = classify(err);
     if (action === 'fail') throw err;
     if (action === 'refresh-map') {
@@ -93,6 +99,7 @@ export async function retryLoop<T>(fn: (attempt: number) => Promise<T>, o: Retry
     } else {
       refreshesInARow = 0;
     }
+    lastRetryable = err;
     const delay = action === 'refresh-map' && refreshesInARow === 1 ? 0 : backoffMs(attempt, err.details.retryAfterMs, o.random);
     if (now() + delay >= o.deadline) throw err;
     if (delay > 0) await sleep(delay);
