@@ -4,7 +4,6 @@
  */
 import type { ClientTls } from '../common/grpc.js';
 
-
 /** A cell value: strings are stored as UTF-8. */
 export type Value = string | Uint8Array;
 
