@@ -51,7 +51,7 @@ export interface RetryOptions {
   sleep?: (ms: number) => Promise<void>;
   now?: () => number;
   random?: () => number;
-  /** The retryable error that led here, when the caller already tried once (client.ts `recover`). */
+  /** The retryable error that led here, when the caller already tried once (calls.ts `recover`). */
   previous?: CairnError;
 }
 
