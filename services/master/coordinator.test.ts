@@ -88,6 +88,57 @@ describe('MoveCoordinator', () => {
   });
 });
 
+describe('journaling each step before taking it', () => {
+  type Internals = { moves: Map<string, { move: Move; operationId: string; cleanupDone: boolean }>; step(id: string, to: string): Promise<Move> };
+
+  it('writes the journal before the move changes in memory, and leaves it unchanged when the write fails', async () => {
+    const seen: string[] = [];
+    let fail = false;
+    const { h, journal } = host({
+      saveMove: async (id, j) => {
+        // While the record is being written, the coordinator still holds the old state.
+        seen.push(`${(j as { move: { state: string } }).move.state} while ${c.moveStatus(id).state}`);
+        if (fail) throw new Error('fsync failed');
+        journal.set(id, j as { move: { state: string } });
+      },
+    });
+    const c = coordinator(h);
+    try {
+      const internals = c as unknown as Internals;
+      internals.moves.set('mv-3', { move: transition(newMove({ id: 'mv-3', start: 0n, end: 1n << 60n, from: 's1', to: 's2', bytes: 1 }), 'copying'), operationId: 'op-3', cleanupDone: false });
+      await internals.step('mv-3', 'catching_up');
+      expect(seen).toEqual(['catching_up while copying']);
+      expect(c.moveStatus('mv-3').state).toBe('catching_up');
+      fail = true;
+      await expect(internals.step('mv-3', 'fenced')).rejects.toThrow(/fsync failed/);
+      expect(c.moveStatus('mv-3').state).toBe('catching_up');
+      expect(journal.get('mv-3')!.move.state).toBe('catching_up');
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('holds a started move as journaled only once its planned record is written, while its operation already shows it', async () => {
+    let release!: () => void;
+    const written = new Promise<void>((r) => (release = r));
+    const { h } = host({ saveMove: () => written.then(() => undefined) });
+    const c = coordinator(h);
+    try {
+      const op = c.start({ moves: [{ start: 0n, end: 1n << 60n, from: 's1', to: 's2', bytes: 1, rows: 0 }] } as never, 'rebalance', 0);
+      const [id] = op.moveIds;
+      expect(c.movesOf(op).map((m) => m.move.state)).toEqual(['planned']);
+      expect(c.moveStatus(id!).known).toBe(false);
+      expect(c.listMoves(true)).toEqual([]);
+      const closing = c.close(); // nothing more is journaled or run after the planned records
+      release();
+      await closing;
+      expect(c.moveStatus(id!).state).toBe('planned');
+    } finally {
+      await c.close();
+    }
+  });
+});
+
 describe('retrying the cleanup of an aborted move', () => {
   it('backs off, doubling up to a bound, so a shard that keeps refusing (a full disk) is not asked every second forever', () => {
     const delays = Array.from({ length: 8 }, (_, i) => cleanupRetryDelayMs(i + 1));

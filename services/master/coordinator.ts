@@ -1,9 +1,9 @@
 /**
- * The move coordinator: runs the moves of a rebalance or drain, journaling
- * every step before acting on it (docs/design.md "Moving data").
- *
- *   planned → copying → catching_up → fenced → committed → cleaned
- *                 \___________\____________\→ aborted
+ * The move coordinator: runs the moves of a rebalance or drain by driving the
+ * steps declared in move-steps.ts (docs/design.md "Moving data"). Every change
+ * of a move's state goes through `step`, which journals it (synced) before the
+ * coordinator takes it in memory or acts on it; `stepsOn` says which states an
+ * event leads to. The shard RPCs it makes are in move-calls.ts.
  *
  * - Before the commit, any failure aborts: the source lifts its fence
  *   (AbortMove) and the destination drops what it received (DropRange).
@@ -21,11 +21,14 @@ import type { Logger } from 'winston';
 import { TransferPhase, type ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
 import { CairnError, fromServiceError } from '../common/errors.js';
 import { failpoint } from '../common/failpoints.js';
-import { call, metadataFor, type ClientPool } from '../common/grpc.js';
-import { endToProto } from '../common/hash.js';
+import type { ClientPool } from '../common/grpc.js';
 import type { ServerTokenSource } from '../common/auth.js';
-import { copiedFraction, isTerminal, RateWindow, moveFromJson, moveToJson, newMove, resumeAction, transition, type Move, type MoveState } from './moves.js';
+import { MoveCalls } from './move-calls.js';
+import { cleanupRetryDelayMs, fenceReadyBoundMs, pullDeadline, RETRY_INTERVAL_MS, stepsOn, type MoveEvent } from './move-steps.js';
+import { copiedFraction, isTerminal, RateWindow, moveFromJson, moveToJson, newMove, resumeAction, transition, withProgress, type Move, type MoveState } from './moves.js';
 import type { Plan } from './planner.js';
+
+export { CLEANUP_RETRY_MAX_MS, CLEANUP_RETRY_MIN_MS, cleanupRetryDelayMs } from './move-steps.js';
 
 /**
  * A durable write whose outcome is unknown: it failed, but it may have reached
@@ -52,9 +55,6 @@ export interface CoordinatorHost {
   saveMove(id: string, journal: unknown): Promise<void>;
   epoch(): bigint;
 }
-
-/** How much longer than the source's maxFenceMs (at least) a pull may take from FENCED to READY before the master cancels it. */
-const FENCE_READY_MARGIN_MS = 2000;
 
 export interface MoveProgress {
   /** How much of the planned bytes has been copied (bytes × fraction of the snapshot's rows received). */
@@ -85,22 +85,21 @@ interface Journaled {
   fenceMs?: number;
 }
 
-/** First and longest pause between retries of an aborted move's cleanup (AbortMove + DropRange). */
-export const CLEANUP_RETRY_MIN_MS = 1000;
-export const CLEANUP_RETRY_MAX_MS = 30_000;
-
-/**
- * The pause before retrying an aborted move's cleanup after `failures`
- * failures in a row: doubling from CLEANUP_RETRY_MIN_MS up to
- * CLEANUP_RETRY_MAX_MS, and never shorter than the shard's retry hint.
- */
-export function cleanupRetryDelayMs(failures: number, retryAfterMs = 0): number {
-  const backoff = Math.min(CLEANUP_RETRY_MAX_MS, CLEANUP_RETRY_MIN_MS * 2 ** Math.max(0, failures - 1));
-  return Math.max(backoff, Math.min(retryAfterMs, CLEANUP_RETRY_MAX_MS));
+/** A journaled move as the coordinator holds it in memory: what its journal record says, plus the cleanup's backoff. */
+interface MoveRecord {
+  move: Move;
+  operationId: string;
+  kind: Operation['kind'];
+  cleanupDone: boolean;
+  cleanupFailures?: number;
+  nextCleanupAt?: number;
 }
 
 export class MoveCoordinator {
-  private readonly moves = new Map<string, { move: Move; operationId: string; kind: Operation['kind']; cleanupDone: boolean; cleanupFailures?: number; nextCleanupAt?: number }>();
+  /** Moves as journaled: changed only after the journal write (`step`, `saveCleanupDone`). */
+  private readonly moves = new Map<string, MoveRecord>();
+  /** Moves of a starting operation not journaled yet: shown (WatchOperation), never acted on. */
+  private readonly planned = new Map<string, Move>();
   private readonly progress = new Map<string, MoveProgress>();
   private readonly operations = new Map<string, Operation>();
   private readonly running = new Map<string, Promise<Move>>();
@@ -112,12 +111,16 @@ export class MoveCoordinator {
   /** Resumes and cleanup retries running now; awaited when the master stops. */
   private readonly background = new Set<Promise<unknown>>();
 
+  private readonly calls: MoveCalls;
+
   constructor(
     private readonly host: CoordinatorHost,
-    private readonly shards: ClientPool<ShardServiceClient>,
-    private readonly token: ServerTokenSource,
+    shards: ClientPool<ShardServiceClient>,
+    token: ServerTokenSource,
     private readonly opts: { maxConcurrentMoves: number; moveMaxMbps: number },
-  ) {}
+  ) {
+    this.calls = new MoveCalls(shards, token, (id) => host.addressOf(id));
+  }
 
   private get log(): Logger {
     return this.host.log;
@@ -152,13 +155,13 @@ export class MoveCoordinator {
       op.done = Promise.allSettled(waits).then(() => void (op.finished = true));
       this.operations.set(id, op);
     }
-    this.retryTimer = setInterval(() => this.track(this.retryCleanups()), 1000);
+    this.retryTimer = setInterval(() => this.track(this.retryCleanups()), RETRY_INTERVAL_MS);
     this.retryTimer.unref();
   }
 
-  private journal(id: string): Journaled {
-    const m = this.moves.get(id)!;
-    return { move: moveToJson(m.move), operationId: m.operationId, kind: m.kind, cleanupDone: m.cleanupDone, fenceMs: this.progress.get(id)?.fenceMs };
+  /** The journal record of a move as it will be once `move` and `cleanupDone` are taken. */
+  private journal(rec: Pick<MoveRecord, 'operationId' | 'kind'>, move: Move, cleanupDone: boolean): Journaled {
+    return { move: moveToJson(move), operationId: rec.operationId, kind: rec.kind, cleanupDone, fenceMs: this.progress.get(move.id)?.fenceMs };
   }
 
   private track(p: Promise<unknown>): void {
@@ -167,14 +170,38 @@ export class MoveCoordinator {
     void t.finally(() => this.background.delete(t));
   }
 
-  /** Moves to a new state: journaled (synced) before the caller acts on it. Refused, with nothing written, once the master is stopping. */
-  private async step(id: string, to: MoveState, error?: string): Promise<Move> {
+  /**
+   * Enters the next step: the new state is journaled (synced) first, and only
+   * then taken in memory and returned for the caller to act on. `committed` is
+   * journaled together with the new map, in one batch (host.commitMove): if
+   * that write fails, nothing changed. Refused, with nothing written, once the
+   * master is stopping. `cleanupDone` is journaled with the state (cleaned).
+   */
+  private async step(id: string, to: MoveState, error?: string, cleanupDone?: boolean): Promise<Move> {
     if (this.closed) throw new CairnError('NOT_READY', `move ${id}: the master is stopping; the move stays at its last journaled step`);
     const rec = this.moves.get(id)!;
-    rec.move = transition(rec.move, to, Date.now());
-    if (error) rec.move = { ...rec.move, error };
-    if (to !== 'committed') await this.host.saveMove(id, this.journal(id));
-    return rec.move;
+    const next = transition(rec.move, to, Date.now(), error || undefined);
+    const done = cleanupDone ?? rec.cleanupDone;
+    if (to === 'committed') await this.host.commitMove(next, this.journal(rec, next, done));
+    else await this.host.saveMove(id, this.journal(rec, next, done));
+    rec.move = next;
+    rec.cleanupDone = done;
+    return next;
+  }
+
+  /** Drives a move on an event: enters, in order, each step it leads to (stepsOn). */
+  private async drive(id: string, event: MoveEvent, error?: string, cleanupDone?: boolean): Promise<Move> {
+    let move = this.moves.get(id)!.move;
+    for (const to of stepsOn(move.state, event)) move = await this.step(id, to, error, cleanupDone);
+    return move;
+  }
+
+  /** Journals that an aborted move's shards were told (fence lifted, copy dropped), then takes it in memory. */
+  private async saveCleanupDone(id: string): Promise<void> {
+    const rec = this.moves.get(id)!;
+    await this.host.saveMove(id, this.journal(rec, rec.move, true));
+    rec.cleanupDone = true;
+    rec.cleanupFailures = 0;
   }
 
   busy(): boolean {
@@ -190,19 +217,18 @@ export class MoveCoordinator {
     if (this.busy()) throw new CairnError('CONFLICT', 'another rebalance or drain is still running; watch it with `cairn ctl moves`');
     if (operationId && this.operations.has(operationId)) throw new CairnError('CONFLICT', `operation_id: "${operationId}" was already used for an earlier operation`);
     const opId = operationId || `op-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
-    const ids: string[] = [];
-    for (const pm of plan.moves) {
-      const id = `mv-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
-      const move = newMove({ id, start: pm.start, end: pm.end, from: pm.from, to: pm.to, bytes: pm.bytes });
-      this.moves.set(id, { move, operationId: opId, kind, cleanupDone: false });
-      ids.push(id);
-    }
+    const moves = plan.moves.map((pm) => newMove({ id: `mv-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`, start: pm.start, end: pm.end, from: pm.from, to: pm.to, bytes: pm.bytes }));
+    const ids = moves.map((m) => m.id);
+    for (const m of moves) this.planned.set(m.id, m);
     const op: Operation = { id: opId, kind, moveIds: ids, finished: false, done: Promise.resolve() };
     op.done = (async () => {
-      // Every move is journaled as planned before any starts.
-      for (const id of ids) {
+      // Every move is journaled as planned before any starts, and held as journaled only once it is.
+      for (const move of moves) {
         if (this.closed) return;
-        await this.host.saveMove(id, this.journal(id));
+        const rec: MoveRecord = { move, operationId: opId, kind, cleanupDone: false };
+        await this.host.saveMove(move.id, this.journal(rec, move, false));
+        this.moves.set(move.id, rec);
+        this.planned.delete(move.id);
       }
       let next = 0;
       const worker = async () => {
@@ -227,19 +253,13 @@ export class MoveCoordinator {
     return p;
   }
 
-  private client(shardId: string): ShardServiceClient {
-    const address = this.host.addressOf(shardId);
-    if (!address) throw new CairnError('NOT_FOUND', `shard ${shardId} has no known address`);
-    return this.shards.get(address);
-  }
-
   /** One move from planned to cleaned, or to aborted. */
   private async execute(id: string, maxMbps: number): Promise<Move> {
     let move = this.moves.get(id)!.move;
     const prog: MoveProgress = { copiedBytes: 0, bytesPerSec: 0, fenceMs: 0, startedAt: Date.now() };
     this.progress.set(id, prog);
     try {
-      move = await this.step(id, 'copying');
+      move = await this.step(id, 'copying'); // the `start` event's one step (stepsOn)
       failpoint('master-after-copy-journaled');
       await this.pull(move, prog, maxMbps);
       failpoint('master-before-commit');
@@ -263,9 +283,8 @@ export class MoveCoordinator {
     // `committed` in memory only once that step is durable; if it fails, nothing
     // changed (the batch is atomic) and the move can still abort.
     const rec = this.moves.get(id)!;
-    const committed = transition(rec.move, 'committed', Date.now());
     try {
-      await this.host.commitMove(committed, { ...this.journal(id), move: moveToJson(committed) });
+      await this.drive(id, { kind: 'ready' });
     } catch (err) {
       if (err instanceof AmbiguousWrite) {
         // Committed or not, only the journal on disk can say: the restarted master finishes or aborts it from there.
@@ -277,7 +296,6 @@ export class MoveCoordinator {
       this.log.error('commit refused; aborting the move', { moveId: id, error: e.message });
       return this.abort(id, `commit failed: ${e.message}`);
     }
-    rec.move = committed;
     this.log.info('move committed', { moveId: id, start: move.start.toString(), end: move.end.toString(), from: move.from, to: move.to, epoch: this.host.epoch().toString() });
     failpoint('master-after-commit');
     return this.finish(id);
@@ -285,33 +303,13 @@ export class MoveCoordinator {
 
   /** Drives the destination's pull, journaling the phases it reports. */
   private async pull(move: Move, prog: MoveProgress, maxMbps: number): Promise<void> {
-    const dest = this.client(move.to);
-    const sourceAddress = this.host.addressOf(move.from);
-    if (!sourceAddress) throw new CairnError('NOT_FOUND', `source shard ${move.from} has no known address`);
     const mbps = maxMbps || this.opts.moveMaxMbps;
-    // A generous deadline: the copy may be throttled; a stalled peer still fails the move.
-    const expectSeconds = mbps > 0 ? move.bytes / (mbps * 1e6) : move.bytes / 5e6;
-    const deadline = Date.now() + 60_000 + expectSeconds * 4000;
-    const stream = dest.pullRange(
-      {
-        moveId: move.id,
-        start: move.start,
-        end: endToProto(move.end),
-        sourceShardId: move.from,
-        sourceAddress,
-        epoch: this.host.epoch(),
-        chunkBytes: 0,
-        maxBytesPerSec: BigInt(Math.round(mbps * 1e6)),
-      },
-      metadataFor(this.token.get()),
-      { deadline },
-    );
+    const stream = this.calls.pull(move, this.host.epoch(), mbps, pullDeadline(move.bytes, mbps));
     this.streams.add(stream);
     let ready = false;
     const rate = new RateWindow();
     rate.add(Date.now(), 0);
-    // The source bounds its own fence (maxFenceMs) until it seals it; after the seal only this master's outcome lifts it.
-    // A destination that goes silent between the seal and READY would keep it up, so the pull gets a bound of its own.
+    // After FENCED the pull gets a bound of its own (fenceReadyBoundMs): after the seal only this master's outcome lifts the fence.
     let fenceBound: NodeJS.Timeout | undefined;
     let fenceBoundHit: CairnError | undefined;
     try {
@@ -324,21 +322,20 @@ export class MoveCoordinator {
         prog.copiedBytes = Math.max(prog.copiedBytes, Math.round(move.bytes * copied));
         prog.transferredBytes = Number(p.bytesReceived);
         prog.bytesPerSec = rate.add(now, prog.copiedBytes);
+        // Progress is not a step: kept in memory, and journaled with the next one.
         const rec = this.moves.get(move.id)!;
-        rec.move = { ...rec.move, copiedBytes: prog.copiedBytes };
+        rec.move = withProgress(rec.move, prog.copiedBytes);
         if (p.phase === TransferPhase.TRANSFER_PHASE_COPY) failpoint('master-during-copy');
-        if (p.phase === TransferPhase.TRANSFER_PHASE_CATCH_UP && rec.move.state === 'copying') {
-          await this.step(move.id, 'catching_up');
-          failpoint('master-during-catch-up');
+        // The report moves the move forward to the step it belongs to, journaling each step on the way.
+        const path = stepsOn(rec.move.state, { kind: 'report', phase: p.phase });
+        for (const to of path) {
+          if (to === 'fenced') prog.fenceStartedAt ??= now;
+          await this.step(move.id, to);
         }
-        if ((p.phase === TransferPhase.TRANSFER_PHASE_FENCED || p.phase === TransferPhase.TRANSFER_PHASE_READY) && rec.move.state !== 'fenced') {
-          if (rec.move.state === 'copying') await this.step(move.id, 'catching_up');
-          prog.fenceStartedAt ??= now;
-          await this.step(move.id, 'fenced');
-          failpoint('master-after-fence');
-        }
+        if (path.at(-1) === 'catching_up') failpoint('master-during-catch-up');
+        if (path.at(-1) === 'fenced') failpoint('master-after-fence');
         if (p.phase === TransferPhase.TRANSFER_PHASE_FENCED && !fenceBound && p.maxFenceMs > 0) {
-          const boundMs = p.maxFenceMs + Math.max(FENCE_READY_MARGIN_MS, p.maxFenceMs);
+          const boundMs = fenceReadyBoundMs(p.maxFenceMs);
           fenceBound = setTimeout(() => {
             fenceBoundHit = new CairnError(
               'CONFLICT',
@@ -384,15 +381,14 @@ export class MoveCoordinator {
     }
     if (this.closed) return rec.move; // committed: the restarted master pushes the map again and marks it cleaned
     failpoint('master-before-cleaned');
-    rec.cleanupDone = true;
-    return this.step(id, 'cleaned');
+    return this.drive(id, { kind: 'mapTaken' }, undefined, true);
   }
 
   /** Before the commit: journal `aborted`, then tell both shards (retried until they answer). */
   private async abort(id: string, reason: string): Promise<Move> {
     const rec = this.moves.get(id)!;
     if (this.closed) return rec.move; // not journaled: the restarted master aborts it
-    if (rec.move.state !== 'aborted') await this.step(id, 'aborted', reason);
+    await this.drive(id, { kind: 'failed' }, reason);
     await this.cleanupAborted(id);
     return rec.move;
   }
@@ -401,17 +397,10 @@ export class MoveCoordinator {
     if (this.closed) return;
     const rec = this.moves.get(id)!;
     const m = rec.move;
-    const token = this.token.get();
-    const epoch = this.host.epoch();
     try {
-      const src = this.client(m.from);
-      await call(src, src.abortMove, { moveId: m.id, epoch }, { token, timeoutMs: 5000 });
-      const dst = this.client(m.to);
-      await call(dst, dst.dropRange, { moveId: m.id, start: m.start, end: endToProto(m.end), epoch }, { token, timeoutMs: 60_000 });
+      await this.calls.abort(m, this.host.epoch());
       if (this.closed) return; // the shards were told; the restarted master tells them again (both calls are idempotent)
-      rec.cleanupDone = true;
-      rec.cleanupFailures = 0;
-      await this.host.saveMove(id, this.journal(id));
+      await this.saveCleanupDone(id);
       this.log.info('move aborted and cleaned up', { moveId: id, reason: m.error });
     } catch (err) {
       // Backed off: a shard that refuses (a full disk) or is down is not asked every second for as long as that lasts.
@@ -471,7 +460,7 @@ export class MoveCoordinator {
   }
 
   movesOf(op: Operation) {
-    return op.moveIds.map((id) => ({ move: this.moves.get(id)!.move, operationId: op.id, progress: this.progress.get(id) }));
+    return op.moveIds.map((id) => ({ move: this.moves.get(id)?.move ?? this.planned.get(id)!, operationId: op.id, progress: this.progress.get(id) }));
   }
 
   /**

@@ -5,12 +5,14 @@
  *   planned → copying → catching_up → fenced → committed → cleaned
  *      └─────────┴───────────┴───────────┴──→ aborted
  *
- * The one table below is the whole protocol (after PD's operator/status.go):
- * a transition it does not list cannot happen. Before `committed` any state
- * may abort (D drops what it received, S lifts the fence). `committed` is the
- * point of no return: the new map is durable, so the move only goes forward to
- * `cleaned` (S has deleted its copy). A master that restarts reads each move
- * from its journal and asks `resumeAction` what to do with it.
+ * The one table below is the whole set of transitions (after PD's
+ * operator/status.go): a transition it does not list cannot happen. Before
+ * `committed` any state may abort (D drops what it received, S lifts the
+ * fence). `committed` is the point of no return: the new map is durable, so
+ * the move only goes forward to `cleaned` (S has deleted its copy). A master
+ * that restarts reads each move from its journal and asks `resumeAction` what
+ * to do with it. What each state means for the master and both shards, what
+ * completes it, its timeout and its display name are its step in move-steps.ts.
  */
 import { CairnError } from '../common/errors.js';
 import { HASH_SPACE_END } from '../common/hash.js';

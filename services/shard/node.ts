@@ -1,8 +1,9 @@
 /**
  * A shard process: its store, its copy of the map, registration with the
  * master and heartbeats, and the state of range moves (fences, pending drops,
- * running transfers and pulls). Data handlers live in service.ts, the move
- * drivers in transfer.ts.
+ * running transfers and pulls). Data handlers live in service.ts; the two
+ * sides of a move, in transfer-source.ts and transfer-sink.ts, reach the node
+ * through the narrow interfaces it implements (TransferSource, TransferSink).
  */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'winston';
@@ -17,7 +18,10 @@ import { EMPTY_MAP, mapError, mapFromProto, rangesOf, type ClusterMap } from '..
 import type { HashRange } from '../common/ranges.js';
 import { coveredBy, FenceReconciler, FenceTable, overlapsAny, RangeJanitor, showRange, subtractRanges } from './fence.js';
 import { ShardStore } from './store.js';
-import { DEFAULT_MAX_FENCE_MS, MoveRegistry } from './transfer.js';
+import { MoveRegistry } from './move-tasks.js';
+import type { TransferSink } from './transfer-sink.js';
+import type { TransferSource } from './transfer-source.js';
+import { DEFAULT_MAX_FENCE_MS } from './transfer-wire.js';
 import type { Limits } from './validate.js';
 
 export interface ShardOptions {
@@ -40,7 +44,7 @@ interface MapJson {
   shards: Array<{ id: string; address: string }>;
 }
 
-export class ShardNode {
+export class ShardNode implements TransferSource, TransferSink {
   readonly tokenKey: Buffer;
   readonly serverToken: ServerTokenSource;
   readonly peers: ClientPool<ShardServiceClient>;

@@ -14,7 +14,8 @@
  *   tracked, so a fence can wait for the calls that passed the check.
  *
  * The move RPCs (PullRange, TransferRange, AbortMove, DropRange, GetMoveState)
- * are internal and need a server token; transfer.ts drives them.
+ * are internal and need a server token; transfer-source.ts and
+ * transfer-sink.ts drive them.
  */
 import type { UntypedServiceImplementation } from '@grpc/grpc-js';
 import type { CellFilter, Cell, CellWrite, RowCells } from '../../proto/gen/cairn/v1/common.js';
@@ -27,7 +28,9 @@ import { rangeContains, type HashRange } from '../common/ranges.js';
 import { showRange } from './fence.js';
 import type { ShardNode } from './node.js';
 import type { CellFilterIn, CellIn, CellOut } from './store.js';
-import { checkMoveId, dropAbortedCopy, rangeFromRequest, runPull, serveTransfer, transferParams } from './transfer.js';
+import { dropAbortedCopy, runPull } from './transfer-sink.js';
+import { serveTransfer } from './transfer-source.js';
+import { checkMoveId, rangeFromRequest, transferParams } from './transfer-wire.js';
 import * as check from './validate.js';
 
 export const toFilter = (f: CellFilter | undefined): CellFilterIn => ({

@@ -30,24 +30,21 @@ import {
 } from './fence.js';
 import { cellKey, leaseKey, requestIdKey, rowPrefix } from './keys.js';
 import { ShardStore, type RawOp } from './store.js';
+import { MoveRegistry } from './move-tasks.js';
+import { chunkBytesFor, Throttle, THROTTLED_CHUNK_SECONDS, WriteLog } from './transfer-source.js';
 import {
   AckTracker,
   checksumMismatch,
-  chunkBytesFor,
   DEFAULT_CHUNK_BYTES,
   MIN_CHUNK_BYTES,
   fromWireOps,
-  MoveRegistry,
   rangeFromRequest,
   StreamVerifier,
-  Throttle,
-  THROTTLED_CHUNK_SECONDS,
   toWireOps,
   TransferDigest,
   TransferPhase,
   transferParams,
-  WriteLog,
-} from './transfer.js';
+} from './transfer-wire.js';
 import { TransferRangeRequest, type TransferRangeResponse } from '../../proto/gen/cairn/v1/shard.js';
 
 const ALL: HashRange = { start: 0n, end: HASH_SPACE_END };

@@ -19,7 +19,7 @@
  * was not refused: it deleted B's finished copy, and the master then
  * committed B onto an empty range (every acknowledged write in it lost).
  *
- * The fix (services/shard/transfer.ts `dropAbortedCopy`): DropRange deletes
+ * The fix (services/shard/transfer-sink.ts `dropAbortedCopy`): DropRange deletes
  * only the parts of the range the shard neither owns nor holds for another
  * move. Every pull clears its range before copying, so A's leftovers there
  * are gone already.
