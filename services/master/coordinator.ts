@@ -18,7 +18,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'winston';
-import { TransferPhase, type ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
+import { TransferPhase, type ShardControlServiceClient } from '../../proto/gen/cairn/v1/control.js';
 import { CairnError, fromServiceError } from '../common/errors.js';
 import { failpoint } from '../common/failpoints.js';
 import { call, metadataFor, type ClientPool } from '../common/grpc.js';
@@ -114,7 +114,7 @@ export class MoveCoordinator {
 
   constructor(
     private readonly host: CoordinatorHost,
-    private readonly shards: ClientPool<ShardServiceClient>,
+    private readonly shards: ClientPool<ShardControlServiceClient>,
     private readonly token: ServerTokenSource,
     private readonly opts: { maxConcurrentMoves: number; moveMaxMbps: number },
   ) {}
@@ -227,7 +227,7 @@ export class MoveCoordinator {
     return p;
   }
 
-  private client(shardId: string): ShardServiceClient {
+  private client(shardId: string): ShardControlServiceClient {
     const address = this.host.addressOf(shardId);
     if (!address) throw new CairnError('NOT_FOUND', `shard ${shardId} has no known address`);
     return this.shards.get(address);

@@ -4,7 +4,7 @@
  * acknowledged or pushed; the map always tiles [0, 2^64) once it exists.
  */
 import type { Logger } from 'winston';
-import { ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
+import { ShardControlServiceClient } from '../../proto/gen/cairn/v1/control.js';
 import { randomBytes } from 'node:crypto';
 import { checkClientClaims, deriveTokenKey, hashPasswordAsync, mintToken, ServerTokenSource, verifyPasswordAsync, type Claims, type Role } from '../common/auth.js';
 import { CairnError } from '../common/errors.js';
@@ -134,7 +134,7 @@ export class Master {
   private readonly live = new Map<string, LiveState>();
   private readonly serial = new Serial();
   private readonly watchers = new Set<(m: ClusterMap) => void>();
-  private readonly shardClients: ClientPool<ShardServiceClient>;
+  private readonly shardClients: ClientPool<ShardControlServiceClient>;
   private readonly serverToken: ServerTokenSource;
   private closed = false;
   /** Set once a durable write failed: the master acts no more (see MasterOptions.onFatal). */
@@ -169,7 +169,7 @@ export class Master {
     this.clients = opts.clients;
     this.tokenKey = deriveTokenKey(opts.serverCredential);
     this.serverToken = new ServerTokenSource(this.tokenKey, this.nodeId, { clusterId: () => this.clusterIdValue });
-    this.shardClients = new ClientPool(ShardServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.maxMessageBytes });
+    this.shardClients = new ClientPool(ShardControlServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.maxMessageBytes });
   }
 
   static async open(opts: MasterOptions): Promise<Master> {

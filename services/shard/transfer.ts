@@ -60,7 +60,7 @@ import {
   type TransferOp,
   type TransferRangeResponse,
   type PullRangeResponse,
-} from '../../proto/gen/cairn/v1/shard.js';
+} from '../../proto/gen/cairn/v1/control.js';
 import { CairnError, fromServiceError, invalidArgument } from '../common/errors.js';
 import { failpoint } from '../common/failpoints.js';
 import { call, metadataFor, type RpcContext } from '../common/grpc.js';
@@ -71,7 +71,7 @@ import { hashOfKey, rowPrefixLength, rowPrefixOf } from './keys.js';
 import type { ShardNode } from './node.js';
 import type { PerRowSublevel, RawOp } from './store.js';
 
-export { TransferPhase } from '../../proto/gen/cairn/v1/shard.js';
+export { TransferPhase } from '../../proto/gen/cairn/v1/control.js';
 
 export const DEFAULT_CHUNK_BYTES = 1 << 20;
 export const MIN_CHUNK_BYTES = 1024;
@@ -955,7 +955,7 @@ export async function runPull(node: ShardNode, p: PullParams, ctx: RpcContext, s
     task.check();
     await store.deleteRange(p.range);
     task.check();
-    const client = node.peers.get(p.sourceAddress);
+    const client = node.controlPeers.get(p.sourceAddress);
     stream = client.transferRange(
       {
         moveId: p.moveId,
