@@ -5,7 +5,7 @@
  * on it. See services/master/rebuild.ts for the rules.
  */
 import { readFileSync } from 'node:fs';
-import { ShardServiceClient } from '../proto/gen/cairn/v1/shard.js';
+import { ShardControlServiceClient } from '../proto/gen/cairn/v1/control.js';
 import { deriveTokenKey, ServerTokenSource } from '../services/common/auth.js';
 import { loadConfig, parseHostPort, type MasterConfig } from '../services/common/config.js';
 import { call, ClientPool } from '../services/common/grpc.js';
@@ -59,7 +59,7 @@ export async function runRebuild(flags: Record<string, FlagValue>, io: Io): Prom
 
 async function describeAll(addresses: string[], c: MasterConfig): Promise<ShardDescription[]> {
   const tls = c.tlsCa ? { ca: readFileSync(c.tlsCa), cert: c.tlsCert ? readFileSync(c.tlsCert) : undefined, key: c.tlsKey ? readFileSync(c.tlsKey) : undefined } : undefined;
-  const pool = new ClientPool(ShardServiceClient, { tls, maxMessageBytes: c.maxMessageBytes });
+  const pool = new ClientPool(ShardControlServiceClient, { tls, maxMessageBytes: c.maxMessageBytes });
   const token = new ServerTokenSource(deriveTokenKey(c.serverCredential), 'rebuild');
   try {
     return await Promise.all(

@@ -1,5 +1,6 @@
 /**
- * The auth matrix: every RPC of every service (Master, Shard, Admin) × every
+ * The auth matrix: every RPC of every service (Master, Shard, Shard control,
+ * Admin) × every
  * way a credential can be wrong → the exact status, and the message that
  * says which check failed (docs/design.md "Security": a bad token
  * gets UNAUTHENTICATED, too low a role PERMISSION_DENIED; internal calls
@@ -18,7 +19,8 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { status, type Client } from '@grpc/grpc-js';
 import { deriveTokenKey, mintToken, ROLES, type Role } from '../services/common/auth.js';
-import { startInProcCluster, TEST_CREDENTIAL, type InProcCluster } from './harness/inproc.js';
+import { startInProcCluster, TEST_CREDENTIAL, USERS, type InProcCluster } from './harness/inproc.js';
+import { login } from './harness/raw.js';
 import { allRpcs, invokeRaw, rawClient, type Rpc } from './nemesis/rpc.js';
 
 /** What each RPC needs (null: no token, Login), from the proto docs and docs/design.md "Security". */
@@ -39,16 +41,16 @@ const NEEDS: Record<string, Role | null> = {
   'ShardService.LockRow': 'rw',
   'ShardService.ExtendLease': 'rw',
   'ShardService.UnlockRow': 'rw',
-  'ShardService.PushMap': 'server',
-  'ShardService.PullRange': 'server',
-  'ShardService.TransferRange': 'server',
-  'ShardService.AckTransfer': 'server',
-  'ShardService.AbortMove': 'server',
-  'ShardService.DropRange': 'server',
-  'ShardService.GetMoveState': 'server',
-  'ShardService.GetBucketStats': 'server',
-  'ShardService.StopShard': 'server',
-  'ShardService.DescribeShard': 'server',
+  'ShardControlService.PushMap': 'server',
+  'ShardControlService.PullRange': 'server',
+  'ShardControlService.TransferRange': 'server',
+  'ShardControlService.AckTransfer': 'server',
+  'ShardControlService.AbortMove': 'server',
+  'ShardControlService.DropRange': 'server',
+  'ShardControlService.GetMoveState': 'server',
+  'ShardControlService.GetBucketStats': 'server',
+  'ShardControlService.StopShard': 'server',
+  'ShardControlService.DescribeShard': 'server',
   'AdminService.ListServers': 'admin',
   'AdminService.GetRanges': 'admin',
   'AdminService.PlanRebalance': 'admin',
@@ -81,16 +83,16 @@ const BODIES: Record<string, object> = {
   'ShardService.LockRow': { row: 'auth/lock', leaseMs: 0 },
   'ShardService.ExtendLease': { row: 'auth/lock', leaseId: 'nope', leaseMs: 1000 },
   'ShardService.UnlockRow': { row: 'auth/lock', leaseId: 'nope' },
-  'ShardService.PushMap': {},
-  'ShardService.PullRange': { moveId: '' },
-  'ShardService.TransferRange': { moveId: '' },
-  'ShardService.AckTransfer': { moveId: '' },
-  'ShardService.AbortMove': { moveId: '' },
-  'ShardService.DropRange': { moveId: '' },
-  'ShardService.GetMoveState': { moveId: 'mv-auth-matrix' },
-  'ShardService.GetBucketStats': {},
-  'ShardService.StopShard': { shardId: 'not-this-shard' },
-  'ShardService.DescribeShard': {},
+  'ShardControlService.PushMap': {},
+  'ShardControlService.PullRange': { moveId: '' },
+  'ShardControlService.TransferRange': { moveId: '' },
+  'ShardControlService.AckTransfer': { moveId: '' },
+  'ShardControlService.AbortMove': { moveId: '' },
+  'ShardControlService.DropRange': { moveId: '' },
+  'ShardControlService.GetMoveState': { moveId: 'mv-auth-matrix' },
+  'ShardControlService.GetBucketStats': {},
+  'ShardControlService.StopShard': { shardId: 'not-this-shard' },
+  'ShardControlService.DescribeShard': {},
   'AdminService.ListServers': {},
   'AdminService.GetRanges': {},
   'AdminService.PlanRebalance': {},
@@ -200,7 +202,7 @@ afterAll(async () => {
 });
 
 const rpcs = allRpcs();
-const clientFor = (r: Rpc) => (r.service === 'ShardService' ? shardClient : masterClient);
+const clientFor = (r: Rpc) => (r.service === 'ShardService' || r.service === 'ShardControlService' ? shardClient : masterClient);
 const id = (r: Rpc) => `${r.service}.${r.name}`;
 
 describe('auth matrix', () => {
@@ -226,7 +228,7 @@ describe('auth matrix', () => {
     expect([status.UNAUTHENTICATED, status.PERMISSION_DENIED, status.INTERNAL, status.UNKNOWN]).not.toContain(got.code);
   });
 
-  const internal = guarded.filter((r) => r.service === 'ShardService' && NEEDS[id(r)] === 'server' && r.name !== 'DescribeShard');
+  const internal = guarded.filter((r) => r.service === 'ShardControlService' && r.name !== 'DescribeShard');
   const foreign = internal.flatMap((r) => [
     { rpc: id(r), cid: 'c-00000000000000ff', r },
     { rpc: id(r), cid: '', r },
@@ -245,8 +247,8 @@ describe('auth matrix', () => {
     expect({ code: status[got.code], details: got.details }).toEqual({ code: 'FAILED_PRECONDITION', details: expect.stringMatching(`this master's cluster is ${clusterId}`) });
   });
 
-  it('ShardService.DescribeShard answers a server token with no cluster id (what `cairn master rebuild` holds)', async () => {
-    const r = rpcs.find((x) => id(x) === 'ShardService.DescribeShard')!;
+  it('ShardControlService.DescribeShard answers a server token with no cluster id (what `cairn master rebuild` holds)', async () => {
+    const r = rpcs.find((x) => id(x) === 'ShardControlService.DescribeShard')!;
     const got = await invokeRaw(shardClient, r, r.encode({}), bearer(token('server', KEY, 600_000, Date.now(), '')));
     expect(status[got.code]).toBe('OK');
   });
@@ -264,5 +266,33 @@ describe('auth matrix', () => {
     const unknown = await invokeRaw(masterClient, r, r.encode({ user: 'nobody', password: 'nope' }), undefined);
     expect([status[wrong.code], wrong.details]).toEqual(['UNAUTHENTICATED', 'login failed: unknown user or wrong password']);
     expect([status[unknown.code], unknown.details]).toEqual(['UNAUTHENTICATED', 'login failed: unknown user or wrong password']);
+  });
+});
+
+describe('the shard control service', () => {
+  const control = rpcs.filter((r) => r.service === 'ShardControlService');
+
+  it('is where the internal RPCs live: the data service has only the data RPCs', () => {
+    expect(control.map((r) => r.name).sort()).toEqual(
+      ['AbortMove', 'AckTransfer', 'DescribeShard', 'DropRange', 'GetBucketStats', 'GetMoveState', 'PullRange', 'PushMap', 'StopShard', 'TransferRange'].sort(),
+    );
+    for (const r of rpcs.filter((x) => x.service === 'ShardService')) expect({ rpc: r.name, need: NEEDS[id(r)] }).toEqual({ rpc: r.name, need: expect.stringMatching(/^rw?$/) });
+  });
+
+  it.each(USERS.map((u) => ({ user: u.user, role: u.role })))('refuses every call with the client credential of $user (role $role), logged in at the master', async ({ user, role }) => {
+    const t = await login(cluster.masterAddress, user, USERS.find((u) => u.user === user)!.password);
+    for (const r of control) {
+      const got = await invokeRaw(shardClient, r, r.encode(BODIES[id(r)]!), bearer(t));
+      expect({ rpc: r.name, code: status[got.code], details: got.details }).toEqual({ rpc: r.name, code: 'PERMISSION_DENIED', details: `role ${role} may not call ${r.name} (needs server)` });
+    }
+  });
+
+  it('the data service no longer offers the internal RPCs: each answers UNIMPLEMENTED there, even to a server token', async () => {
+    for (const r of control) {
+      const onData = { ...r, path: r.path.replace('/cairn.v1.ShardControlService/', '/cairn.v1.ShardService/') };
+      expect(onData.path).toBe(`/cairn.v1.ShardService/${r.name}`);
+      const got = await invokeRaw(shardClient, onData, r.encode(BODIES[id(r)]!), bearer(token('server')));
+      expect({ rpc: r.name, code: status[got.code] }).toEqual({ rpc: r.name, code: 'UNIMPLEMENTED' });
+    }
   });
 });

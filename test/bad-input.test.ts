@@ -7,14 +7,16 @@ import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { status } from '@grpc/grpc-js';
 import { mintToken } from '../services/common/auth.js';
 import { deriveTokenKey } from '../services/common/auth.js';
-import { login, rawCall, shardClient } from './harness/raw.js';
+import { controlClient, login, rawCall, shardClient } from './harness/raw.js';
 import { startInProcCluster, TEST_CREDENTIAL, type InProcCluster } from './harness/inproc.js';
+import type { ShardControlServiceClient } from '../proto/gen/cairn/v1/control.js';
 import type { ShardServiceClient } from '../proto/gen/cairn/v1/shard.js';
 
 let cluster: InProcCluster;
 let writer: string;
 let reader: string;
 let client: ShardServiceClient;
+let control: ShardControlServiceClient;
 
 const cell = (value: Buffer | string, column = 'c') => ({ column, timestampUs: 0n, value: Buffer.from(value) });
 const write = (rows: Array<{ row: string; cells: ReturnType<typeof cell>[] }>, token = writer) =>
@@ -31,10 +33,12 @@ beforeAll(async () => {
   writer = await login(cluster.masterAddress, 'writer', 'writer-pass');
   reader = await login(cluster.masterAddress, 'reader', 'reader-pass');
   client = shardClient(cluster.shards[0]!.address);
+  control = controlClient(cluster.shards[0]!.address);
   expect((await write([{ row: 'canary', cells: [cell('alive')] }])).err).toBeUndefined();
 });
 afterAll(async () => {
   client.close();
+  control.close();
   await cluster.stop();
 });
 
@@ -88,7 +92,7 @@ const cases: Array<{ name: string; run: () => Promise<{ err?: { code: number; de
   { name: 'a read-only user writing', run: () => write([{ row: 'canary', cells: [cell('evil')] }], reader), code: status.PERMISSION_DENIED, message: /role r .*WriteRows.*rw/ },
   {
     name: 'a client token on an internal call',
-    run: () => rawCall(client, client.pushMap, { map: undefined }, writer),
+    run: () => rawCall(control, control.pushMap, { map: undefined }, writer),
     code: status.PERMISSION_DENIED,
     message: /PushMap/,
   },

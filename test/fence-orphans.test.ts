@@ -23,7 +23,7 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import * as grpc from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
-import { TransferPhase, type TransferRangeResponse } from '../proto/gen/cairn/v1/shard.js';
+import { TransferPhase, type TransferRangeResponse } from '../proto/gen/cairn/v1/control.js';
 import { deriveTokenKey, ServerTokenSource } from '../services/common/auth.js';
 import { endToProto, rowHash } from '../services/common/hash.js';
 import { rangesOf } from '../services/common/map.js';
@@ -31,7 +31,7 @@ import { BUCKET_SIZE, type HashRange } from '../services/common/ranges.js';
 import { FenceTable } from '../services/shard/fence.js';
 import type { RunningShard } from '../services/shard/server.js';
 import { ShardStore } from '../services/shard/store.js';
-import { login, rawCall, rowsIn, shardClient } from './harness/raw.js';
+import { controlClient, login, rawCall, rowsIn, shardClient } from './harness/raw.js';
 import { startInProcCluster, TEST_CREDENTIAL, waitFor, type InProcCluster } from './harness/inproc.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -78,7 +78,7 @@ async function preload(rows: string[]): Promise<void> {
 
 /** Opens TransferRange on shard `a` as a destination would; `ack` acknowledges with AckTransfer, as the destination does. */
 function openTransfer(moveId: string, r: HashRange) {
-  const client = shardClient(a.address);
+  const client = controlClient(a.address);
   const md = new grpc.Metadata();
   md.set('authorization', `Bearer ${serverToken()}`);
   const call = client.transferRange({ moveId, start: r.start, end: endToProto(r.end), epoch: a.node.map.epoch, chunkBytes: 1024, maxBytesPerSec: 0n }, md, { deadline: Date.now() + 60_000 });

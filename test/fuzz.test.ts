@@ -51,12 +51,8 @@ const SEED = process.env.CAIRN_FUZZ_SEED ? Number(process.env.CAIRN_FUZZ_SEED) :
 
 const NEEDS: Record<ServiceName, (name: string) => Role | null> = {
   MasterService: (n) => (n === 'Login' ? null : n === 'RegisterShard' || n === 'Heartbeat' || n === 'GetMoveStatus' ? 'server' : 'r'),
-  ShardService: (n) =>
-    ['ReadRow', 'ReadRows', 'ScanRows'].includes(n)
-      ? 'r'
-      : ['WriteRows', 'DeleteRow', 'DeleteCells', 'CheckAndMutate', 'LockRow', 'ExtendLease', 'UnlockRow'].includes(n)
-        ? 'rw'
-        : 'server',
+  ShardService: (n) => (['ReadRow', 'ReadRows', 'ScanRows'].includes(n) ? 'r' : 'rw'),
+  ShardControlService: () => 'server',
   AdminService: () => 'admin',
 };
 
@@ -255,6 +251,9 @@ function clientAt(address: string): Client {
 }
 
 const rpcs = allRpcs();
+/** The shard's two services (the data API and the internal control service) share its port. */
+const isShardService = (s: ServiceName) => s === 'ShardService' || s === 'ShardControlService';
+
 const rpcByName = (service: ServiceName, name: string) => rpcs.find((r) => r.service === service && r.name === name)!;
 
 async function call<T>(service: ServiceName, name: string, req: object, address = cluster.masterAddress): Promise<T> {
@@ -293,7 +292,7 @@ async function snapshot(): Promise<string> {
     for (const c of row.cells) h.update(`\u0000${c.column}\u0000${c.timestampUs}\u0000`).update(c.value);
   }
   const buckets: unknown[] = [];
-  for (const s of cluster.shards) buckets.push(await call('ShardService', 'GetBucketStats', {}, s.address));
+  for (const s of cluster.shards) buckets.push(await call('ShardControlService', 'GetBucketStats', {}, s.address));
   return JSON.stringify({
     epoch: map.epoch.toString(),
     ranges: map.ranges.map((r) => `${r.start}-${r.end}:${r.shardId}`),
@@ -352,20 +351,20 @@ function owns(map: ClusterMap, shardId: string, start: bigint, end: bigint): boo
 function tame(r: Rpc, req: any, targetShardId: string, map: ClusterMap): any {
   const real = new Set([...pools.shardIds, ...pools.addresses]);
   switch (`${r.service}.${r.name}`) {
-    case 'ShardService.StopShard':
+    case 'ShardControlService.StopShard':
       return real.has(req.shardId) ? { ...req, shardId: `not-${req.shardId}` } : undefined;
-    case 'ShardService.PushMap': {
+    case 'ShardControlService.PushMap': {
       if (!req.map) return undefined;
       const view = mapFromProto(req.map);
       return view.epoch > map.epoch && mapError(view) === null ? { ...req, map: { ...req.map, epoch: 1n } } : undefined;
     }
-    case 'ShardService.TransferRange': {
+    case 'ShardControlService.TransferRange': {
       const start = req.start as bigint;
       const end = endFromProto(req.end as bigint);
       // A start off the bucket grid is refused before anything is fenced (start - 1 at the top of the space, where + 1 would not fit).
       return start < end && owns(map, targetShardId, start, end) ? { ...req, start: start + 1n < HASH_SPACE_END ? start + 1n : start - 1n } : undefined;
     }
-    case 'ShardService.PullRange':
+    case 'ShardControlService.PullRange':
       return real.has(req.sourceAddress) ? { ...req, sourceAddress: '127.0.0.1:1' } : undefined;
     case 'MasterService.RegisterShard':
       return req.address ? { ...req, address: '' } : undefined;
@@ -408,7 +407,7 @@ function describeCase(r: Rpc, token: TokenKind, p: Payload, res: RawResult): str
 
 async function fuzzOne(r: Rpc, token: TokenKind, p: Payload, shardIndex: number, before: { snap: string }): Promise<void> {
   const need = NEEDS[r.service](r.name);
-  const target = r.service === 'ShardService' ? cluster.shards[shardIndex % cluster.shards.length]! : cluster.master;
+  const target = isShardService(r.service) ? cluster.shards[shardIndex % cluster.shards.length]! : cluster.master;
   let payload = encodePayload(r, p);
   if (authRefusal(token, need, r.name) === undefined) {
     // What the server will decode: tame it if a trusted master would only send it during a move.
@@ -484,7 +483,7 @@ describe('fuzzed requests', () => {
     const state = { snap: await snapshot() };
     const huge = Buffer.alloc(16 * 1024 * 1024 + 64, 0x41);
     for (const r of rpcs) {
-      const target = r.service === 'ShardService' ? cluster.shards[0]! : cluster.master;
+      const target = isShardService(r.service) ? cluster.shards[0]! : cluster.master;
       const res = await invokeRaw(clientAt(target.address), r, huge, serverHeader(), 60_000);
       expect({ rpc: r.name, code: status[res.code] }).toEqual({ rpc: r.name, code: 'RESOURCE_EXHAUSTED' });
       for (const n of cluster.all) expect(cluster.isRunning(n)).toBe(true);

@@ -11,8 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import * as grpc from '@grpc/grpc-js';
 import { status, type ServiceError } from '@grpc/grpc-js';
 import {
-  ShardServiceClient,
-  ShardServiceService,
+  ShardControlServiceService,
   TransferPhase,
   type AckTransferRequest,
   type AckTransferResponse,
@@ -20,13 +19,13 @@ import {
   type PullRangeResponse,
   type TransferRangeRequest,
   type TransferRangeResponse,
-} from '../proto/gen/cairn/v1/shard.js';
+} from '../proto/gen/cairn/v1/control.js';
 import { deriveTokenKey, ServerTokenSource } from '../services/common/auth.js';
 import { endToProto, rowHash } from '../services/common/hash.js';
 import { mapToProto, rangesOf, type ClusterMap } from '../services/common/map.js';
 import { BUCKET_SIZE, reassign, type HashRange } from '../services/common/ranges.js';
 import type { RunningShard } from '../services/shard/server.js';
-import { login, rawCall, shardClient } from './harness/raw.js';
+import { controlClient, login, rawCall, shardClient } from './harness/raw.js';
 import { startInProcCluster, TEST_CREDENTIAL, waitFor, type InProcCluster } from './harness/inproc.js';
 
 /** The cluster the test plays the master of: shards refuse internal calls from another cluster (the token's cid). */
@@ -75,7 +74,7 @@ interface PullOutcome {
 
 /** Calls PullRange on the destination as the master would, collecting every progress message. */
 async function pull(dest: RunningShard, source: RunningShard | { id: string; address: string }, moveId: string, range: HashRange, o: Partial<PullRangeRequest> = {}): Promise<PullOutcome> {
-  const c = shardClient(dest.address);
+  const c = controlClient(dest.address);
   const started = Date.now();
   const md = new grpc.Metadata();
   md.set('authorization', `Bearer ${serverToken()}`);
@@ -103,7 +102,7 @@ async function pull(dest: RunningShard, source: RunningShard | { id: string; add
 }
 
 async function internal<Res>(s: RunningShard, method: 'abortMove' | 'dropRange' | 'getMoveState' | 'pushMap', req: unknown): Promise<{ res?: Res; err?: ServiceError }> {
-  const c = shardClient(s.address);
+  const c = controlClient(s.address);
   try {
     return await rawCall(c, c[method] as never, req as never, serverToken());
   } finally {
@@ -318,9 +317,9 @@ describe('a move that commits', () => {
  * as they are.
  */
 async function startProxy(source: string, damage: (msg: TransferRangeResponse, i: number, call: grpc.ServerWritableStream<TransferRangeRequest, TransferRangeResponse>) => 'send' | 'stop') {
-  const upstreamClient = shardClient(source);
+  const upstreamClient = controlClient(source);
   const server = new grpc.Server();
-  server.addService(ShardServiceService, {
+  server.addService(ShardControlServiceService, {
     ackTransfer: (call: grpc.ServerUnaryCall<AckTransferRequest, AckTransferResponse>, callback: grpc.sendUnaryData<AckTransferResponse>) => {
       upstreamClient.ackTransfer(call.request, call.metadata, { deadline: Date.now() + 10_000 }, callback);
     },

@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from '@jest/globals';
 import winston from 'winston';
-import { ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
+import { ShardControlServiceClient } from '../../proto/gen/cairn/v1/control.js';
 import { deriveTokenKey, ServerTokenSource } from '../common/auth.js';
 import { ClientPool } from '../common/grpc.js';
 import { CLEANUP_RETRY_MAX_MS, cleanupRetryDelayMs, MoveCoordinator, type CoordinatorHost } from './coordinator.js';
@@ -29,7 +29,7 @@ function host(over: Partial<CoordinatorHost> = {}) {
 
 function coordinator(h: CoordinatorHost) {
   const key = deriveTokenKey('coordinator-test-credential');
-  return new MoveCoordinator(h, new ClientPool(ShardServiceClient, { maxMessageBytes: 1 << 20 }), new ServerTokenSource(key, 'master'), { maxConcurrentMoves: 2, moveMaxMbps: 0 });
+  return new MoveCoordinator(h, new ClientPool(ShardControlServiceClient, { maxMessageBytes: 1 << 20 }), new ServerTokenSource(key, 'master'), { maxConcurrentMoves: 2, moveMaxMbps: 0 });
 }
 
 function committedMove(): Move {

@@ -18,7 +18,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'winston';
-import { TransferPhase, type ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
+import { TransferPhase, type ShardControlServiceClient } from '../../proto/gen/cairn/v1/control.js';
 import { CairnError, fromServiceError } from '../common/errors.js';
 import { failpoint } from '../common/failpoints.js';
 import type { ClientPool } from '../common/grpc.js';
@@ -115,7 +115,7 @@ export class MoveCoordinator {
 
   constructor(
     private readonly host: CoordinatorHost,
-    shards: ClientPool<ShardServiceClient>,
+    shards: ClientPool<ShardControlServiceClient>,
     token: ServerTokenSource,
     private readonly opts: { maxConcurrentMoves: number; moveMaxMbps: number },
   ) {

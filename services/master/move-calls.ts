@@ -5,7 +5,7 @@
  * them (the map pushes are the master's own, master.ts).
  */
 import type { ClientReadableStream } from '@grpc/grpc-js';
-import type { PullRangeResponse, ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
+import type { PullRangeResponse, ShardControlServiceClient } from '../../proto/gen/cairn/v1/control.js';
 import type { ServerTokenSource } from '../common/auth.js';
 import { CairnError } from '../common/errors.js';
 import { call, metadataFor, type ClientPool } from '../common/grpc.js';
@@ -14,12 +14,12 @@ import type { Move } from './moves.js';
 
 export class MoveCalls {
   constructor(
-    private readonly shards: ClientPool<ShardServiceClient>,
+    private readonly shards: ClientPool<ShardControlServiceClient>,
     private readonly token: ServerTokenSource,
     private readonly addressOf: (shardId: string) => string | undefined,
   ) {}
 
-  private client(shardId: string): ShardServiceClient {
+  private client(shardId: string): ShardControlServiceClient {
     const address = this.addressOf(shardId);
     if (!address) throw new CairnError('NOT_FOUND', `shard ${shardId} has no known address`);
     return this.shards.get(address);

@@ -6,7 +6,7 @@
 import { describe, expect, it } from '@jest/globals';
 import fc from 'fast-check';
 import { readdirSync, readFileSync } from 'node:fs';
-import { TransferPhase } from '../../proto/gen/cairn/v1/shard.js';
+import { TransferPhase } from '../../proto/gen/cairn/v1/control.js';
 import { CairnError } from '../common/errors.js';
 import {
   cleanupRetryDelayMs,

@@ -22,7 +22,7 @@
  * and the admin API carry, TransferPhase (the proto's enum) is what the
  * shards report, and both are shown with `phaseName` / `transferPhaseName`.
  */
-import { TransferPhase } from '../../proto/gen/cairn/v1/shard.js';
+import { TransferPhase } from '../../proto/gen/cairn/v1/control.js';
 import { CairnError } from '../common/errors.js';
 import { DEFAULT_MAX_FENCE_MS, MAX_CATCH_UP_MS } from '../shard/transfer-wire.js';
 import { isCommitted, MOVE_STATES, TRANSITIONS, type MoveState } from './moves.js';

@@ -5,7 +5,7 @@
  * transfer (transfer-source.ts, transfer-sink.ts) and by the shard's
  * handlers (AbortMove, AckTransfer, GetMoveState).
  */
-import { TransferPhase, type TransferAck } from '../../proto/gen/cairn/v1/shard.js';
+import { TransferPhase, type TransferAck } from '../../proto/gen/cairn/v1/control.js';
 import { CairnError } from '../common/errors.js';
 import { rangesOverlap, type HashRange } from '../common/ranges.js';
 import { coveredBy, showRange } from './fence.js';

@@ -8,6 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'winston';
 import { MasterServiceClient } from '../../proto/gen/cairn/v1/master.js';
+import { ShardControlServiceClient } from '../../proto/gen/cairn/v1/control.js';
 import { ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
 import { checkClientClaims, deriveTokenKey, ServerTokenSource, type Claims } from '../common/auth.js';
 import { CairnError } from '../common/errors.js';
@@ -47,7 +48,10 @@ interface MapJson {
 export class ShardNode implements TransferSource, TransferSink {
   readonly tokenKey: Buffer;
   readonly serverToken: ServerTokenSource;
+  /** Other shards' data service (forwarded calls). */
   readonly peers: ClientPool<ShardServiceClient>;
+  /** Other shards' control service (a destination pulling a range from its source). */
+  readonly controlPeers: ClientPool<ShardControlServiceClient>;
   private readonly masters: ClientPool<MasterServiceClient>;
   id = '';
   map: ClusterMap = EMPTY_MAP;
@@ -93,6 +97,7 @@ export class ShardNode implements TransferSource, TransferSink {
     this.tokenKey = deriveTokenKey(opts.serverCredential);
     this.serverToken = new ServerTokenSource(this.tokenKey, 'shard', { clusterId: () => this.clusterId });
     this.peers = new ClientPool(ShardServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.limits.maxMessageBytes });
+    this.controlPeers = new ClientPool(ShardControlServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.limits.maxMessageBytes });
     this.masters = new ClientPool(MasterServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.limits.maxMessageBytes });
   }
 
@@ -515,6 +520,7 @@ export class ShardNode implements TransferSource, TransferSink {
     if (this.registered) await this.heartbeat(this.opts.heartbeatIntervalMs, true).catch(() => undefined);
     await this.fenceReconciler.stop();
     this.peers.close();
+    this.controlPeers.close();
     this.masters.close();
     await this.janitor.stop();
     await this.store.close();

@@ -1,8 +1,9 @@
 /**
- * Wires a shard process: the node (store, map, membership) plus the Shard
- * gRPC service, on the shared server assembly (services/common/server.ts:
- * health, reflection, the call gate, and with `metricsListen` Prometheus
- * metrics).
+ * Wires a shard process: the node (store, map, membership) plus its two gRPC
+ * services on one port, the data API (ShardService, service.ts) and the
+ * internal control service (ShardControlService, control-service.ts), on the
+ * shared server assembly (services/common/server.ts: health, reflection, the
+ * call gate, and with `metricsListen` Prometheus metrics).
  *
  * Health is NOT_SERVING until the master has admitted the shard, then SERVING.
  * While its disk is full, `cairn.v1.ShardService` reports NOT_SERVING (writes
@@ -13,11 +14,13 @@
  * ranges) and closes LevelDB, which flushes it.
  */
 import type { Server } from '@grpc/grpc-js';
+import { ShardControlServiceService } from '../../proto/gen/cairn/v1/control.js';
 import { ShardServiceService } from '../../proto/gen/cairn/v1/shard.js';
 import { withPort, type HandlerEnv } from '../common/grpc.js';
 import type { ServingState } from '../common/health.js';
 import type { Metrics } from '../common/metrics.js';
 import { serverOptionsOf, startProcessServer, type ServerOptions } from '../common/server.js';
+import { shardControlServiceImpl } from './control-service.js';
 import { registerFenceMetrics } from './fence.js';
 import { ShardNode, type ShardOptions } from './node.js';
 import { shardServiceImpl } from './service.js';
@@ -43,7 +46,8 @@ export interface RunningShard {
   stop(graceMs?: number): Promise<void>;
 }
 
-export const SHARD_SERVICES = ['cairn.v1.ShardService'];
+/** The data service first (a full disk holds it NOT_SERVING), then the control service. */
+export const SHARD_SERVICES = ['cairn.v1.ShardService', 'cairn.v1.ShardControlService'];
 
 export async function startShardServer(opts: ShardServerOptions): Promise<RunningShard> {
   const node = await ShardNode.open({ ...opts, advertise: opts.advertise ?? opts.listen });
@@ -65,7 +69,10 @@ export async function startShardServer(opts: ShardServerOptions): Promise<Runnin
         checkServerCall: (claims, method) => node.checkServerCall(claims, method),
         checkClientCall: (claims) => node.checkClientCall(claims),
       };
-      return [[ShardServiceService, shardServiceImpl(node, env)]];
+      return [
+        [ShardServiceService, shardServiceImpl(node, env)],
+        [ShardControlServiceService, shardControlServiceImpl(node, env)],
+      ];
     },
     onBound: (port) => {
       const advertise = opts.advertise && !opts.advertise.endsWith(':0') ? opts.advertise : withPort(opts.advertise ?? opts.listen, port);

@@ -1,7 +1,8 @@
 /**
- * Thin gRPC handlers for the Shard service. Each one validates with a pure
- * check (validate.ts), routes by the shard's map, and delegates to the store
- * or forwards one hop to the owner. Errors go through the one table.
+ * Thin gRPC handlers for the Shard data service (ShardService, the API
+ * clients call). Each one validates with a pure check (validate.ts), routes
+ * by the shard's map, and delegates to the store or forwards one hop to the
+ * owner. Errors go through the one table.
  *
  * Routing rule (docs/design.md "Requests and routing"):
  * - the shard serves a key only while its own map says it owns the key;
@@ -13,24 +14,19 @@
  *   retry hint), checked before the store is touched. Local store calls are
  *   tracked, so a fence can wait for the calls that passed the check.
  *
- * The move RPCs (PullRange, TransferRange, AbortMove, DropRange, GetMoveState)
- * are internal and need a server token; transfer-source.ts and
- * transfer-sink.ts drive them.
+ * The internal calls (map push, transfers, move state, stop) are a service of
+ * their own, on the same port: control-service.ts.
  */
 import type { UntypedServiceImplementation } from '@grpc/grpc-js';
 import type { CellFilter, Cell, CellWrite, RowCells } from '../../proto/gen/cairn/v1/common.js';
 import type { ShardServiceClient, ShardServiceServer } from '../../proto/gen/cairn/v1/shard.js';
 import { CairnError } from '../common/errors.js';
-import { call, serverStream, unary, type HandlerEnv, type RpcContext } from '../common/grpc.js';
-import { endFromProto, endToProto, hashFromBytes, HASH_SPACE_END, rowHash } from '../common/hash.js';
-import { addressOf, mapFromProto, mapToProto, ownerOfHash, type ClusterMap } from '../common/map.js';
+import { call, unary, type HandlerEnv, type RpcContext } from '../common/grpc.js';
+import { endFromProto, hashFromBytes, HASH_SPACE_END, rowHash } from '../common/hash.js';
+import { addressOf, ownerOfHash, type ClusterMap } from '../common/map.js';
 import { rangeContains, type HashRange } from '../common/ranges.js';
-import { showRange } from './fence.js';
 import type { ShardNode } from './node.js';
 import type { CellFilterIn, CellIn, CellOut } from './store.js';
-import { dropAbortedCopy, runPull } from './transfer-sink.js';
-import { serveTransfer } from './transfer-source.js';
-import { checkMoveId, rangeFromRequest, transferParams } from './transfer-wire.js';
 import * as check from './validate.js';
 
 export const toFilter = (f: CellFilter | undefined): CellFilterIn => ({
@@ -316,83 +312,6 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       if (!r.local) return router.forward(r.address, (c) => c.unlockRow, req, ctx);
       await tracked(store.unlockRow(req.row, req.leaseId));
       return { header: header() };
-    }),
-
-    getBucketStats: unary(env, 'GetBucketStats', 'server', async () => ({
-      header: header(),
-      buckets: node.ownedRanges().flatMap((r) => store.bucketStats(r).map((b) => ({ bucket: b.bucket, rows: BigInt(b.rows), bytes: BigInt(b.bytes) }))),
-    })),
-
-    stopShard: unary(env, 'StopShard', 'server', async (req) => {
-      if (req.shardId !== node.id) throw new CairnError('INVALID_ARGUMENT', `shard_id: this is shard ${node.id || '(unregistered)'}, not ${req.shardId}`);
-      node.log.info('the master removed this shard; stopping', { shardId: node.id });
-      setImmediate(() => node.requestStop());
-      return { header: header() };
-    }),
-
-    describeShard: unary(env, 'DescribeShard', 'server', async () => ({
-      header: header(),
-      clusterId: node.clusterId,
-      shardId: node.id,
-      generation: BigInt(node.generation),
-      map: mapToProto(node.map),
-      registered: node.isRegistered,
-      refusal: node.refusal,
-    })),
-
-    pushMap: unary(env, 'PushMap', 'server', async (req) => {
-      await node.installMap(mapFromProto(req.map));
-      return { header: header() };
-    }),
-
-    pullRange: serverStream(env, 'PullRange', 'server', async (req, ctx, send) => {
-      const p = transferParams(req, limits.maxMessageBytes);
-      await runPull(node, { ...p, sourceShardId: req.sourceShardId, sourceAddress: req.sourceAddress }, ctx, send);
-    }),
-
-    transferRange: serverStream(env, 'TransferRange', 'server', async (req, ctx, send) => {
-      await serveTransfer(node, transferParams(req, limits.maxMessageBytes), ctx, send);
-    }),
-
-    ackTransfer: unary(env, 'AckTransfer', 'server', async (req) => {
-      checkMoveId(req.moveId);
-      if (!req.ack) throw new CairnError('INVALID_ARGUMENT', 'ack: required (how far the destination has applied the transfer)');
-      const task = node.moves.find('transfer', req.moveId);
-      if (!task?.onAck) throw new CairnError('NOT_FOUND', `move ${req.moveId}: no transfer of it is running on this shard`);
-      task.onAck(req.ack);
-      return { header: header() };
-    }),
-
-    abortMove: unary(env, 'AbortMove', 'server', async (req) => {
-      checkMoveId(req.moveId);
-      // With an older map, learn the current one first: if it gave the range away, the move committed and the fence is dropped, not lifted.
-      await node.ensureEpoch(req.epoch);
-      const cancelled = node.moves.abort(req.moveId);
-      const lifted = await node.fences.lift(req.moveId);
-      if (lifted || cancelled) node.log.info('move aborted', { moveId: req.moveId, fenceLifted: lifted ? showRange(lifted.range) : undefined, cancelled });
-      return { header: header(), fenceLifted: !!lifted, cancelled };
-    }),
-
-    dropRange: unary(env, 'DropRange', 'server', async (req) => {
-      checkMoveId(req.moveId);
-      const range = rangeFromRequest(req.start, req.end);
-      await node.ensureEpoch(req.epoch);
-      const { deletedKeys } = await dropAbortedCopy(node, req.moveId, range);
-      return { header: header(), deletedKeys: BigInt(deletedKeys) };
-    }),
-
-    getMoveState: unary(env, 'GetMoveState', 'server', async (req) => {
-      checkMoveId(req.moveId);
-      const f = node.fences.get(req.moveId);
-      const phases = node.moves.phaseOf(req.moveId);
-      return {
-        header: header(),
-        fenced: !!f,
-        fenceStart: f?.range.start ?? 0n,
-        fenceEnd: f ? endToProto(f.range.end) : 0n,
-        transferPhase: phases.transfer,
-        pullPhase: phases.pull,
-      };
     }),
   };
 }

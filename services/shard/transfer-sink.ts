@@ -21,7 +21,7 @@
  */
 import type { ClientReadableStream } from '@grpc/grpc-js';
 import type { Logger } from 'winston';
-import type { PullRangeResponse, ShardServiceClient, TransferAck, TransferRangeResponse } from '../../proto/gen/cairn/v1/shard.js';
+import type { PullRangeResponse, ShardControlServiceClient, TransferAck, TransferRangeResponse } from '../../proto/gen/cairn/v1/control.js';
 import { CairnError, fromServiceError, invalidArgument } from '../common/errors.js';
 import { failpoint } from '../common/failpoints.js';
 import { call, metadataFor, type RpcContext } from '../common/grpc.js';
@@ -44,7 +44,7 @@ export interface TransferSink {
   readonly janitor: Pick<RangeJanitor, 'settled' | 'forget'>;
   readonly moves: MoveRegistry;
   /** Clients of the other shards, and this shard's server token for calling them. */
-  readonly peers: { get(address: string): ShardServiceClient };
+  readonly controlPeers: { get(address: string): ShardControlServiceClient };
   readonly serverToken: { get(): string };
   ensureEpoch(epoch: bigint): Promise<void>;
   assertOwnsNone(range: HashRange, moveId: string): void;
@@ -53,7 +53,7 @@ export interface TransferSink {
 
 /** The source's transfer RPCs as the destination calls them: the one place they are called. */
 function sourceClient(node: TransferSink, address: string) {
-  const client = node.peers.get(address);
+  const client = node.controlPeers.get(address);
   return {
     transfer(p: TransferParams, deadline: number): ClientReadableStream<TransferRangeResponse> {
       const req = { moveId: p.moveId, start: p.range.start, end: endToProto(p.range.end), epoch: p.epoch, chunkBytes: p.chunkBytes, maxBytesPerSec: BigInt(p.maxBytesPerSec) };

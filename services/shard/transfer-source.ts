@@ -34,7 +34,7 @@
  * serveTransfer does the I/O, through the narrow TransferSource interface.
  */
 import type { Logger } from 'winston';
-import type { TransferRangeResponse } from '../../proto/gen/cairn/v1/shard.js';
+import type { TransferRangeResponse } from '../../proto/gen/cairn/v1/control.js';
 import { CairnError } from '../common/errors.js';
 import { failpoint } from '../common/failpoints.js';
 import type { RpcContext } from '../common/grpc.js';

@@ -13,7 +13,7 @@
  * beside the server stream); the source counts only what was acknowledged.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { TransferPhase, KeySpace, type TransferAck, type TransferChecksum, type TransferOp, type TransferRangeResponse } from '../../proto/gen/cairn/v1/shard.js';
+import { TransferPhase, KeySpace, type TransferAck, type TransferChecksum, type TransferOp, type TransferRangeResponse } from '../../proto/gen/cairn/v1/control.js';
 import { CairnError, invalidArgument } from '../common/errors.js';
 import { endFromProto, HASH_SPACE_END } from '../common/hash.js';
 import { isBucketAligned, type HashRange } from '../common/ranges.js';
@@ -21,7 +21,7 @@ import { showRange } from './fence.js';
 import { hashOfKey, rowPrefixLength, rowPrefixOf } from './keys.js';
 import type { PerRowSublevel, RawOp } from './store.js';
 
-export { TransferPhase } from '../../proto/gen/cairn/v1/shard.js';
+export { TransferPhase } from '../../proto/gen/cairn/v1/control.js';
 
 export const DEFAULT_CHUNK_BYTES = 1 << 20;
 export const MIN_CHUNK_BYTES = 1024;

@@ -45,7 +45,7 @@ import {
   TransferPhase,
   transferParams,
 } from './transfer-wire.js';
-import { TransferRangeRequest, type TransferRangeResponse } from '../../proto/gen/cairn/v1/shard.js';
+import { TransferRangeRequest, type TransferRangeResponse } from '../../proto/gen/cairn/v1/control.js';
 
 const ALL: HashRange = { start: 0n, end: HASH_SPACE_END };
 const quietLogger = () => winston.createLogger({ silent: true, transports: [new winston.transports.Console()] });

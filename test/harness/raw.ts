@@ -1,6 +1,7 @@
 /** Raw gRPC clients for tests that act like a plain client in any language: no SDK, no routing. */
 import { credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
 import { MasterServiceClient } from '../../proto/gen/cairn/v1/master.js';
+import { ShardControlServiceClient } from '../../proto/gen/cairn/v1/control.js';
 import { ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
 import { deriveTokenKey, ServerTokenSource } from '../../services/common/auth.js';
 import { call } from '../../services/common/grpc.js';
@@ -21,9 +22,14 @@ export function shardClient(address: string): ShardServiceClient {
   return new ShardServiceClient(address, credentials.createInsecure());
 }
 
+/** A raw client of a shard's internal control service (ShardControlService). */
+export function controlClient(address: string): ShardControlServiceClient {
+  return new ShardControlServiceClient(address, credentials.createInsecure());
+}
+
 /** A unary call that resolves with the raw grpc-js error (status code, details, trailers) instead of throwing. */
 export function rawCall<Req, Res>(
-  client: ShardServiceClient,
+  client: ShardServiceClient | ShardControlServiceClient,
   method: (req: Req, md: Metadata, opts: object, cb: (e: ServiceError | null, r: Res) => void) => unknown,
   req: Req,
   token?: string,
@@ -37,9 +43,9 @@ export function rawCall<Req, Res>(
 
 const testServerToken = new ServerTokenSource(deriveTokenKey(TEST_CREDENTIAL), 'test');
 
-/** ShardService.DescribeShard with a server token of no cluster (as `cairn master rebuild` asks): the shard's identity and last map. */
+/** ShardControlService.DescribeShard with a server token of no cluster (as `cairn master rebuild` asks): the shard's identity and last map. */
 export async function describeShard(address: string) {
-  const c = shardClient(address);
+  const c = controlClient(address);
   try {
     return await call(c, c.describeShard, {}, { token: testServerToken.get(), timeoutMs: 5000 });
   } finally {

@@ -113,20 +113,20 @@ describe('move protocol regressions found by the nemesis', () => {
     const hdr = serverHeader(cluster.master.master.clusterId);
 
     // As the master: move B pulls the range to the destination, to READY (the source is now fenced).
-    const pull = rpc('ShardService', 'PullRange');
+    const pull = rpc('ShardControlService', 'PullRange');
     const pulled = await invokeStream(d, pull, pull.encode({ moveId: 'mv-B', start: '0', end: String(range.end), sourceShardId: source.node.id, sourceAddress: source.address, epoch }), hdr);
     expect(status[pulled.code]).toBe('OK');
     expect(decode('cairn.v1.PullRangeResponse', pulled.messages.at(-1)!).phase).toBe('TRANSFER_PHASE_READY');
     expect(dest.node.store.rangeStats(range)).toEqual(before);
 
     // The late clean-up of an earlier aborted move A of the same range reaches the destination before B commits.
-    const drop = rpc('ShardService', 'DropRange');
+    const drop = rpc('ShardControlService', 'DropRange');
     const dropped = await invokeRaw(d, drop, drop.encode({ moveId: 'mv-A', start: '0', end: String(endToProto(range.end)), epoch }), hdr);
     const after = dest.node.store.rangeStats(range);
-    const state = decode('cairn.v1.GetMoveStateResponse', (await invokeRaw(d, rpc('ShardService', 'GetMoveState'), rpc('ShardService', 'GetMoveState').encode({ moveId: 'mv-B' }), hdr)).messages[0]!);
+    const state = decode('cairn.v1.GetMoveStateResponse', (await invokeRaw(d, rpc('ShardControlService', 'GetMoveState'), rpc('ShardControlService', 'GetMoveState').encode({ moveId: 'mv-B' }), hdr)).messages[0]!);
 
     // Put things back: B aborts on both sides (lifts the source's fence).
-    const abort = rpc('ShardService', 'AbortMove');
+    const abort = rpc('ShardControlService', 'AbortMove');
     await invokeRaw(s, abort, abort.encode({ moveId: 'mv-B', epoch }), hdr);
     await invokeRaw(d, abort, abort.encode({ moveId: 'mv-B', epoch }), hdr);
 

@@ -9,6 +9,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { resolve } from 'node:path';
 import { AdminServiceService } from '../../proto/gen/cairn/v1/admin.js';
+import { ShardControlServiceService } from '../../proto/gen/cairn/v1/control.js';
 import { MasterServiceService } from '../../proto/gen/cairn/v1/master.js';
 import { ShardServiceService } from '../../proto/gen/cairn/v1/shard.js';
 
@@ -16,10 +17,11 @@ import { ShardServiceService } from '../../proto/gen/cairn/v1/shard.js';
 const SERVER_DEFS: Record<string, Record<string, grpc.MethodDefinition<any, any>>> = {
   MasterService: MasterServiceService,
   ShardService: ShardServiceService,
+  ShardControlService: ShardControlServiceService,
   AdminService: AdminServiceService,
 };
 
-export type ServiceName = 'MasterService' | 'ShardService' | 'AdminService';
+export type ServiceName = 'MasterService' | 'ShardService' | 'ShardControlService' | 'AdminService';
 
 export interface FieldDesc {
   name: string;
@@ -46,12 +48,12 @@ export interface Rpc {
   serverEncode(req: any): Buffer;
 }
 
-export const SERVICE_NAMES: readonly ServiceName[] = ['MasterService', 'ShardService', 'AdminService'];
+export const SERVICE_NAMES: readonly ServiceName[] = ['MasterService', 'ShardService', 'ShardControlService', 'AdminService'];
 
 let loaded: protoLoader.PackageDefinition | undefined;
 
 export function packageDefinition(): protoLoader.PackageDefinition {
-  loaded ??= protoLoader.loadSync(['cairn/v1/master.proto', 'cairn/v1/shard.proto', 'cairn/v1/admin.proto'], {
+  loaded ??= protoLoader.loadSync(['cairn/v1/master.proto', 'cairn/v1/shard.proto', 'cairn/v1/control.proto', 'cairn/v1/admin.proto'], {
     includeDirs: [resolve('proto')],
     longs: String,
     enums: String,
