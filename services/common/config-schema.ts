@@ -136,36 +136,44 @@ function heartbeatProblem(c: unknown): string | undefined {
   return `expected more than heartbeatIntervalMs (${beat}), got ${down}`;
 }
 
+/** One schema per base directory (a process has one; tests have a few): zod compiles a schema on its first use. */
+function perCwd<S>(build: (cwd: string) => S): (cwd: string) => S {
+  const made = new Map<string, S>();
+  return (cwd) => made.get(cwd) ?? made.set(cwd, build(cwd)).get(cwd)!;
+}
+
 /** The master's config; `cwd` is the base of relative paths. Unknown keys are refused. */
-export const masterSchema = (cwd: string) =>
+export const masterSchema = perCwd((cwd: string) =>
   z
     .strictObject(masterFields('master', cwd))
     .refine(hasCredential, { ...always, path: ['serverCredential'], message: CREDENTIAL_REQUIRED })
     .refine((c) => heartbeatProblem(c) === undefined, { ...always, path: ['shardDownAfterMs'], error: (iss) => heartbeatProblem(iss.input) })
-    .transform(settle);
+    .transform(settle),
+);
 
 /** A shard's config; `cwd` is the base of relative paths. Unknown keys are refused. */
-export const shardSchema = (cwd: string) =>
+export const shardSchema = perCwd((cwd: string) =>
   z
     .strictObject(shardFields('shard', cwd))
     .refine(hasCredential, { ...always, path: ['serverCredential'], message: CREDENTIAL_REQUIRED })
-    .transform(settle);
+    .transform(settle),
+);
 
 export type MasterSettings = z.output<ReturnType<typeof masterSchema>>;
 export type ShardSettings = z.output<ReturnType<typeof shardSchema>>;
 
-function fieldsOf(role: ServerRole, cwd: string): Record<string, z.ZodType> {
-  return role === 'master' ? masterFields(role, cwd) : shardFields(role, cwd);
-}
+const FIELDS: Record<ServerRole, Record<string, z.ZodType>> = { master: masterFields('master', '/'), shard: shardFields('shard', '/') };
+/** The fields, for their names and help (not for parsing: their paths resolve against `/`). */
+const fieldsOf = (role: ServerRole): Record<string, z.ZodType> => FIELDS[role];
 
 /** The config keys one process accepts, in help order. */
 export function configKeys(role: ServerRole): string[] {
-  return Object.keys(fieldsOf(role, '/'));
+  return Object.keys(fieldsOf(role));
 }
 
 /** Whether messages may echo the value of `key`. */
 export function isSecretKey(key: string): boolean {
-  const field = fieldsOf('master', '/')[key];
+  const field = fieldsOf('master')[key];
   return field !== undefined && KEY_HELP.get(field)?.secret === true;
 }
 
@@ -186,7 +194,7 @@ export interface ConfigKeyInfo {
 
 /** The keys one process accepts, in help order, as flags (the schema is the only list of them). */
 export function configKeyInfo(role: ServerRole): ConfigKeyInfo[] {
-  return Object.entries(fieldsOf(role, '.')).map(([k, field]) => {
+  return Object.entries(fieldsOf(role)).map(([k, field]) => {
     const help = KEY_HELP.get(field) ?? { doc: '', arg: 'value' };
     const d = help.default;
     return {
