@@ -25,12 +25,14 @@ export function shardLoads(ranges: readonly OwnedRange[], buckets: ReadonlyMap<n
 
 
 /**
- * P[k] = the sum over buckets below k, for k in 0..BUCKET_COUNT. Only the
- * buckets present are visited (in bucket order, so the sums are the same as
- * a pass over every bucket); the runs between them are filled natively,
- * which keeps a plan of a sparse cluster cheap.
+ * P[k] = the sum over buckets below k, for k in 0..BUCKET_COUNT. Sums are
+ * taken in bucket order either way; when few buckets hold data, only those
+ * are visited and the runs between them are filled natively, which keeps a
+ * plan of a sparse cluster cheap.
  */
 export function prefixSums(buckets: ReadonlyMap<number, BucketStats>): { bytes: Float64Array; rows: Float64Array } {
+  const bytes = new Float64Array(BUCKET_COUNT + 1);
+  const rows = new Float64Array(BUCKET_COUNT + 1);
   const present: number[] = [];
   for (const [b, st] of buckets) {
     if (!Number.isInteger(b) || b < 0 || b >= BUCKET_COUNT) {
@@ -39,23 +41,29 @@ export function prefixSums(buckets: ReadonlyMap<number, BucketStats>): { bytes: 
     if (!(Number.isFinite(st.bytes) && st.bytes >= 0) || !(Number.isFinite(st.rows) && st.rows >= 0)) {
       throw new CairnError('INVALID_ARGUMENT', `buckets: bucket ${b} has bytes=${st.bytes}, rows=${st.rows}; both must be finite and >= 0`);
     }
-    present.push(b);
+    bytes[b + 1] = st.bytes;
+    rows[b + 1] = st.rows;
+    present.push(b + 1);
   }
-  if (present.some((b, i) => i > 0 && b < present[i - 1]!)) present.sort((x, y) => x - y);
-  const bytes = new Float64Array(BUCKET_COUNT + 1);
-  const rows = new Float64Array(BUCKET_COUNT + 1);
+  if (present.length > BUCKET_COUNT / 64) {
+    for (let k = 1; k <= BUCKET_COUNT; k++) {
+      bytes[k]! += bytes[k - 1]!;
+      rows[k]! += rows[k - 1]!;
+    }
+    return { bytes, rows };
+  }
+  present.sort((x, y) => x - y);
   let sumBytes = 0;
   let sumRows = 0;
   let from = 1;
-  for (const b of present) {
-    bytes.fill(sumBytes, from, b + 1);
-    rows.fill(sumRows, from, b + 1);
-    const st = buckets.get(b)!;
-    sumBytes += st.bytes;
-    sumRows += st.rows;
-    bytes[b + 1] = sumBytes;
-    rows[b + 1] = sumRows;
-    from = b + 2;
+  for (const k of present) {
+    bytes.fill(sumBytes, from, k);
+    rows.fill(sumRows, from, k);
+    sumBytes += bytes[k]!;
+    sumRows += rows[k]!;
+    bytes[k] = sumBytes;
+    rows[k] = sumRows;
+    from = k + 1;
   }
   bytes.fill(sumBytes, from);
   rows.fill(sumRows, from);
