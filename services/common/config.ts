@@ -211,7 +211,7 @@ function report(role: ServerRole, raw: Map<string, Raw>, zodIssues: readonly z.c
 }
 
 /** The settings, with where each came from; throws a ConfigError listing every problem. */
-function settle<R extends ServerRole, T extends object>(
+function finish<R extends ServerRole, T extends object>(
   role: R,
   result: z.ZodSafeParseResult<T>,
   raw: Map<string, Raw>,
@@ -243,8 +243,8 @@ export function loadConfig(role: ServerRole, opts: LoadConfigOptions): MasterCon
   const issues = new Issues();
   const { raw, configFile } = gather(role, opts, cwd, issues);
   const input = Object.fromEntries([...raw].map(([k, r]) => [k, r.value]));
-  if (role === 'master') return settle('master', masterSchema(cwd).safeParse(input), raw, configFile, issues);
-  return settle('shard', shardSchema(cwd).safeParse(input), raw, configFile, issues);
+  if (role === 'master') return finish('master', masterSchema(cwd).safeParse(input), raw, configFile, issues);
+  return finish('shard', shardSchema(cwd).safeParse(input), raw, configFile, issues);
 }
 
 /** The settings as a plain object safe to log: the credential and password hashes are redacted. */
