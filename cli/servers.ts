@@ -30,16 +30,6 @@ function tlsOptionsOf(c: MasterConfig | ShardConfig): { tls?: TlsFiles; mutualTl
   return { tls, mutualTls: !!tls.ca, peerTls: { ca: tls.ca, cert: tls.cert, key: tls.key } };
 }
 
-function limitsOf(c: MasterConfig | ShardConfig) {
-  return {
-    maxKeyBytes: c.maxKeyBytes,
-    maxColumnBytes: c.maxColumnBytes,
-    maxValueBytes: c.maxValueBytes,
-    maxCellsPerCall: c.maxCellsPerCall,
-    maxMessageBytes: c.maxMessageBytes,
-  };
-}
-
 /** A refused data directory goes to the JSON log too (main prints it on stderr as `error:` and `hint:`), then exits 1. */
 function logDataDirRefusal(log: Logger) {
   return (err: unknown): never => {
@@ -143,7 +133,7 @@ export async function runShard(flags: Flags): Promise<number> {
   const running = await startShardServer({
     ...c,
     ...tlsOptionsOf(c),
-    limits: limitsOf(c),
+    limits: c, // the config holds every request limit (maxKeyBytes, …)
     log,
   }).catch(logDataDirRefusal(log)).catch(bindErrorAsConfig(c));
   const why = await Promise.race([untilSignal(log).then(() => ({ refused: undefined })), running.node.stopRequested]);
