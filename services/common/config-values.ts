@@ -40,10 +40,10 @@ const FRACTION = 'expected a fraction above 0 and at most 1 (such as 0.9 for 90%
 /** A fraction in (0, 1], such as 0.9. */
 export const fraction = z.preprocess(numberText(DECIMAL), z.number(FRACTION).gt(0, FRACTION).lte(1, FRACTION));
 
-const BOOL_TEXT: Record<string, boolean> = { true: true, 1: true, yes: true, false: false, 0: false, no: false };
+const BOOL_TEXT = new Map([['true', true], ['1', true], ['yes', true], ['false', false], ['0', false], ['no', false]]);
 /** true/false, 1/0, yes/no (as text or YAML). */
 export const bool = z.preprocess(
-  (v) => (v === 1 || v === 0 ? v === 1 : typeof v === 'string' ? (BOOL_TEXT[v.trim().toLowerCase()] ?? v) : v),
+  (v) => (v === 1 || v === 0 ? v === 1 : typeof v === 'string' ? (BOOL_TEXT.get(v.trim().toLowerCase()) ?? v) : v),
   z.boolean('expected true or false (or 1/0, yes/no)'),
 );
 
