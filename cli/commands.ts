@@ -5,8 +5,8 @@
  * help on stdout and runs nothing.
  *
  * The server flags are not listed here: `cairn master` and `cairn shard` take
- * one flag per config key, derived from the key table in
- * services/common/config.ts (with the env variable and the default in help).
+ * one flag per config key, derived from the config schema in
+ * services/common/config-schema.ts (with the env variable and the default in help).
  *
  * Actions receive the parsed flags as the rest of cli/ always took them: a
  * record keyed by the long flag name in kebab-case (`--no-x` sets `x` to

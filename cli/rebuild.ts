@@ -27,7 +27,7 @@ export async function runRebuild(flags: Record<string, FlagValue>, io: Io): Prom
       throw new CliError(`master rebuild: --from: ${(err as Error).message}`, EXIT.BAD_ARGS);
     }
   }
-  const c = loadConfig('master', { flags }) as MasterConfig;
+  const c = loadConfig('master', { flags });
 
   const store = await MasterStore.open(c.dataDir);
   try {

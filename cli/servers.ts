@@ -14,7 +14,7 @@ import { readFileSync } from 'node:fs';
 import type { Logger } from 'winston';
 import { loadConfig, type MasterConfig, type ShardConfig } from '../services/common/config.js';
 import { DataDirError } from '../services/common/datadir.js';
-import type { TlsFiles } from '../services/common/grpc.js';
+import type { ClientTls, TlsFiles } from '../services/common/grpc.js';
 import { createLogger } from '../services/common/log.js';
 import { startMasterServer } from '../services/master/server.js';
 import { startShardServer } from '../services/shard/server.js';
@@ -23,19 +23,11 @@ import { CliError, EXIT } from './exit.js';
 
 type Flags = Record<string, FlagValue>;
 
-function tlsOf(c: MasterConfig | ShardConfig): TlsFiles | undefined {
-  if (!c.tlsCert || !c.tlsKey) return undefined;
-  return { cert: readFileSync(c.tlsCert), key: readFileSync(c.tlsKey), ca: c.tlsCa ? readFileSync(c.tlsCa) : undefined };
-}
-
-function limitsOf(c: MasterConfig | ShardConfig) {
-  return {
-    maxKeyBytes: c.maxKeyBytes,
-    maxColumnBytes: c.maxColumnBytes,
-    maxValueBytes: c.maxValueBytes,
-    maxCellsPerCall: c.maxCellsPerCall,
-    maxMessageBytes: c.maxMessageBytes,
-  };
+/** The TLS options of a server: its certificate and key, and with a CA, mutual TLS between servers. */
+function tlsOptionsOf(c: MasterConfig | ShardConfig): { tls?: TlsFiles; mutualTls: boolean; peerTls?: ClientTls } {
+  if (!c.tlsCert || !c.tlsKey) return { mutualTls: false };
+  const tls = { cert: readFileSync(c.tlsCert), key: readFileSync(c.tlsKey), ca: c.tlsCa ? readFileSync(c.tlsCa) : undefined };
+  return { tls, mutualTls: !!tls.ca, peerTls: { ca: tls.ca, cert: tls.cert, key: tls.key } };
 }
 
 /** A refused data directory goes to the JSON log too (main prints it on stderr as `error:` and `hint:`), then exits 1. */
@@ -85,11 +77,11 @@ function untilSignal(log: Logger): Promise<NodeJS.Signals> {
  * error, naming the key, when the file no longer reads.
  */
 function rereadMasterConfig(flags: Flags, running: MasterConfig): { clients: MasterConfig['clients']; restartNeeded: string[] } {
-  const next = loadConfig('master', { flags }) as MasterConfig;
-  const keys = new Set([...Object.keys(running), ...Object.keys(next)]);
+  const next = loadConfig('master', { flags });
+  const [was, now] = [new Map(Object.entries(running)), new Map(Object.entries(next))];
+  const keys = new Set([...was.keys(), ...now.keys()]);
   keys.delete('clients');
-  const value = (c: MasterConfig, k: string) => JSON.stringify((c as unknown as Record<string, unknown>)[k]);
-  return { clients: next.clients, restartNeeded: [...keys].filter((k) => value(running, k) !== value(next, k)).sort() };
+  return { clients: next.clients, restartNeeded: [...keys].filter((k) => JSON.stringify(was.get(k)) !== JSON.stringify(now.get(k))).sort() };
 }
 
 /** SIGHUP: the master reloads its client list; never the default (which ends the process). */
@@ -104,9 +96,8 @@ function onHangup(log: Logger, reload: (() => Promise<void>) | undefined): () =>
 }
 
 export async function runMaster(flags: Flags): Promise<number> {
-  const c = loadConfig('master', { flags }) as MasterConfig;
+  const c = loadConfig('master', { flags });
   const log = createLogger({ component: 'master', level: c.logLevel, verbose: c.verbose });
-  const tls = tlsOf(c);
   let halt!: (err: Error) => void;
   const halted = new Promise<Error>((resolve) => (halt = resolve));
   let started: Awaited<ReturnType<typeof startMasterServer>> | undefined;
@@ -116,24 +107,8 @@ export async function runMaster(flags: Flags): Promise<number> {
     await started.master.reload();
   });
   const running = (started = await startMasterServer({
-    listen: c.listen,
-    dataDir: c.dataDir,
-    serverCredential: c.serverCredential,
-    clients: c.clients,
-    expectShards: c.expectShards,
-    tokenTtlSeconds: c.tokenTtlSeconds,
-    heartbeatIntervalMs: c.heartbeatIntervalMs,
-    shardDownAfterMs: c.shardDownAfterMs,
-    maxMessageBytes: c.maxMessageBytes,
-    requireApproval: c.requireApproval,
-    maxConcurrentMoves: c.maxConcurrentMoves,
-    moveMaxMbps: c.moveMaxMbps,
-    diskHighWater: c.diskHighWater,
-    tls,
-    mutualTls: !!tls?.ca,
-    peerTls: tls ? { ca: tls.ca, cert: tls.cert, key: tls.key } : undefined,
-    metricsListen: c.metricsListen,
-    shutdownGraceMs: c.shutdownGraceMs,
+    ...c,
+    ...tlsOptionsOf(c),
     log,
     onFatal: (err) => halt(err),
     reloadConfig: () => rereadMasterConfig(flags, c),
@@ -152,24 +127,13 @@ export async function runMaster(flags: Flags): Promise<number> {
 }
 
 export async function runShard(flags: Flags): Promise<number> {
-  const c = loadConfig('shard', { flags }) as ShardConfig;
+  const c = loadConfig('shard', { flags });
   const log = createLogger({ component: 'shard', level: c.logLevel, verbose: c.verbose });
-  const tls = tlsOf(c);
   const offHangup = onHangup(log, undefined);
   const running = await startShardServer({
-    listen: c.listen,
-    advertise: c.advertise,
-    dataDir: c.dataDir,
-    master: c.master,
-    serverCredential: c.serverCredential,
-    heartbeatIntervalMs: c.heartbeatIntervalMs,
-    maxFenceMs: c.maxFenceMs,
-    limits: limitsOf(c),
-    tls,
-    mutualTls: !!tls?.ca,
-    peerTls: tls ? { ca: tls.ca, cert: tls.cert, key: tls.key } : undefined,
-    metricsListen: c.metricsListen,
-    shutdownGraceMs: c.shutdownGraceMs,
+    ...c,
+    ...tlsOptionsOf(c),
+    limits: c, // the config holds every request limit (maxKeyBytes, …)
     log,
   }).catch(logDataDirRefusal(log)).catch(bindErrorAsConfig(c));
   const why = await Promise.race([untilSignal(log).then(() => ({ refused: undefined })), running.node.stopRequested]);

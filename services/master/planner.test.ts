@@ -251,8 +251,15 @@ const clusterArb: fc.Arbitrary<RandomCluster> = fc
     return { input: { map: mapOf(ranges, ids), shards, buckets }, maxBucket };
   });
 
+/**
+ * Runs per property: enough to meet every shape of clusterArb (its three
+ * histograms, drains, down shards, fresh shards) on each run of
+ * `npm run test:unit`; `npm run fuzz` sets CAIRN_FUZZ_RUNS for a long search.
+ */
+const fuzzRuns = (n: number): { numRuns: number } => ({ numRuns: Number(process.env.CAIRN_FUZZ_RUNS) || n });
+
 describe('plan: properties on random clusters', () => {
-  const runs = { numRuns: 400 };
+  const runs = fuzzRuns(120);
 
   it('produces a tiling, bucket-aligned target; moves go from the current owner to the target owner', () => {
     fc.assert(
@@ -374,7 +381,7 @@ describe('plan: properties on random clusters', () => {
         }
         expect(p.movedBytes).toBe(moved);
       }),
-      { numRuns: 100 },
+      fuzzRuns(60),
     );
   });
 });
@@ -481,7 +488,7 @@ describe('plan: the disk high-water mark', () => {
           if (!s.up) expect(p.moves.some((m) => m.from === s.id)).toBe(false);
         }
       }),
-      { numRuns: 400 },
+      fuzzRuns(150),
     );
   });
 
@@ -495,7 +502,7 @@ describe('plan: the disk high-water mark', () => {
         const hasEligible = shards.some((s) => s.up && !s.draining);
         for (const s of shards) if (s.up && s.draining && hasEligible) expect(p.targetMap.some((r) => r.shardId === s.id)).toBe(false);
       }),
-      { numRuns: 200 },
+      fuzzRuns(60),
     );
   });
 });

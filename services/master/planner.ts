@@ -49,177 +49,18 @@
  * map (65,536 ranges, one per bucket) plan in a few hundred milliseconds.
  */
 import { CairnError } from '../common/errors.js';
-import type { ClusterMap } from '../common/map.js';
 import { BUCKET_COUNT, bucketSpan, bucketStart, mapLayoutError, type OwnedRange } from '../common/ranges.js';
+import { KEYSPACE_SUMS, lowerBound, prefixSums, upperBound, waterLevel } from './bucket-sums.js';
+import { DEFAULT_TOLERANCE, type Plan, type PlanInput, type PlannedMove, type PlanOptions } from './plan-types.js';
+import { heapPop, heapPush, type HeapEntry, type Node } from './range-heap.js';
 
-export interface PlanShard {
-  id: string;
-  /** Down shards are neither sources nor destinations; their ranges stay put. */
-  up: boolean;
-  /** A draining shard (dropserver) must end with no range. */
-  draining?: boolean;
-  /**
-   * Live bytes the shard may still receive before its disk passes the
-   * high-water mark (diskRoomBytes); absent = unlimited (a shard that does
-   * not report its disk).
-   */
-  roomBytes?: number;
-}
-
-/** A shard's disk as it reported it: free and total bytes (total 0 = not reported), and whether it refuses writes. */
-export interface DiskReport {
-  freeBytes: number;
-  totalBytes: number;
-  full: boolean;
-}
-
-export const DEFAULT_DISK_HIGH_WATER = 0.9;
-
-const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;
-
-/**
- * Why a drain cannot be planned whole: how much would stay on the draining
- * shard, the mark, and each other shard's room before and what the moves
- * that fit would use of it.
- */
-export function drainShortfallMessage(draining: string, leftBytes: number, highWater: number, others: ReadonlyArray<{ id: string; roomBytes: number; plannedBytes: number }>): string {
-  const rooms = others.map((o) => `${o.id} ${mib(o.roomBytes)} (${mib(o.plannedBytes)} planned)`).join(', ');
-  return (
-    `cannot drain ${draining}: ${mib(leftBytes)} of its data would take the other shards' disks past the high-water mark ` +
-    `(diskHighWater ${highWater}: ${Math.round(highWater * 100)}% of each disk); room below the mark: ${rooms}; ` +
-    `free disk space on those shards or add a shard, then drain again`
-  );
-}
-
-/**
- * The bytes a shard's disk can still take before its use passes `highWater`
- * (a fraction of its size): highWater × total − used, at least 0; 0 while it
- * refuses writes for a full disk; undefined (unlimited) when it does not
- * report its disk. Live bytes stand in for what a move adds on disk: LevelDB
- * compresses, and writes a log and compacts at first, which the 10% kept
- * free by the default mark absorbs.
- */
-export function diskRoomBytes(disk: DiskReport | undefined, highWater: number): number | undefined {
-  if (!disk || !(disk.totalBytes > 0)) return undefined;
-  if (disk.full) return 0;
-  const used = disk.totalBytes - Math.min(disk.freeBytes, disk.totalBytes);
-  return Math.max(0, Math.floor(highWater * disk.totalBytes - used));
-}
-
-export interface BucketStats {
-  bytes: number;
-  rows: number;
-}
-
-export interface PlanInput {
-  map: ClusterMap;
-  /** Every shard that may take part; a shard owning ranges but missing here is treated as down. */
-  shards: readonly PlanShard[];
-  /** Exact live bytes and rows per stats bucket across the cluster; missing buckets are empty. */
-  buckets: ReadonlyMap<number, BucketStats>;
-}
-
-export interface PlanOptions {
-  /** Hysteresis: no moves while every eligible shard is within ±tolerance of the mean. Default 0.05. */
-  tolerance?: number;
-}
-
-export interface PlannedMove {
-  start: bigint;
-  /** Exclusive; at most 2^64. */
-  end: bigint;
-  from: string;
-  to: string;
-  bytes: number;
-  rows: number;
-}
-
-export interface Plan {
-  /** Ordered by start; each range is owned by `from` now and by `to` in `targetMap`. */
-  moves: PlannedMove[];
-  /** The map after every move: tiles [0, 2^64), bucket-aligned, neighbours with one owner merged. */
-  targetMap: ClusterMap['ranges'];
-  /** Live bytes in the whole cluster (down shards included). */
-  totalBytes: number;
-  /** Sum of the moves' bytes. */
-  movedBytes: number;
-  /**
-   * A lower bound on bytes any full rebalance must move: every byte of a
-   * draining shard, plus every eligible shard's bytes above the mean.
-   */
-  minimumBytes: number;
-  /** What was balanced: live bytes, or key space when the shards taking part hold no bytes. */
-  basis: 'bytes' | 'keyspace';
-}
-
-export const DEFAULT_TOLERANCE = 0.05;
-
-/** Live bytes and rows per shard under a map (shards owning nothing are absent). */
-export function shardLoads(ranges: readonly OwnedRange[], buckets: ReadonlyMap<number, BucketStats>): Map<string, BucketStats> {
-  const { bytes, rows } = prefixSums(buckets);
-  const out = new Map<string, BucketStats>();
-  for (const r of ranges) {
-    const [s, e] = bucketSpan(r);
-    const cur = out.get(r.shardId) ?? { bytes: 0, rows: 0 };
-    out.set(r.shardId, { bytes: cur.bytes + bytes[e]! - bytes[s]!, rows: cur.rows + rows[e]! - rows[s]! });
-  }
-  return out;
-}
-
-// ------------------------------------------------------------------ internals
+export { shardLoads, waterLevel, type BucketStats } from './bucket-sums.js';
+export { DEFAULT_DISK_HIGH_WATER, diskRoomBytes, drainShortfallMessage, type DiskReport } from './disk-room.js';
+export { DEFAULT_TOLERANCE, type Plan, type PlanInput, type PlannedMove, type PlanOptions, type PlanShard } from './plan-types.js';
 
 /** Eligible: up and not draining. Draining: up and draining. Fixed: down or unknown. */
 const Role = { Eligible: 0, Draining: 1, Fixed: 2 } as const;
 type Role = (typeof Role)[keyof typeof Role];
-
-/** A range of the virtual map, in bucket units [s, e). */
-interface Node {
-  s: number;
-  e: number;
-  owner: number;
-  prev: Node | null;
-  next: Node | null;
-  /** Merged into its left neighbour; no longer in the map. */
-  dead: boolean;
-}
-
-/** A heap entry: a shard's range and its weight when pushed (stale once the range changes). */
-interface HeapEntry {
-  w: number;
-  s: number;
-  node: Node;
-}
-
-/** Heap order: heavier first, then lower start. */
-const heavier = (x: HeapEntry, y: HeapEntry): boolean => x.w > y.w || (x.w === y.w && x.s < y.s);
-
-function heapPush(h: HeapEntry[], x: HeapEntry): void {
-  let i = h.length;
-  h.push(x);
-  while (i > 0) {
-    const p = (i - 1) >> 1;
-    if (!heavier(h[i]!, h[p]!)) break;
-    [h[i], h[p]] = [h[p]!, h[i]!];
-    i = p;
-  }
-}
-
-function heapPop(h: HeapEntry[]): void {
-  const last = h.pop()!;
-  if (h.length === 0) return;
-  h[0] = last;
-  let i = 0;
-  for (;;) {
-    const l = 2 * i + 1;
-    const r = l + 1;
-    let m = i;
-    if (l < h.length && heavier(h[l]!, h[m]!)) m = l;
-    if (r < h.length && heavier(h[r]!, h[m]!)) m = r;
-    if (m === i) return;
-    [h[i], h[m]] = [h[m]!, h[i]!];
-    i = m;
-  }
-}
 
 type Side = 'prefix' | 'suffix';
 
@@ -231,67 +72,6 @@ interface Candidate {
   x: number;
   err: number;
   rank: number;
-}
-
-function prefixSums(buckets: ReadonlyMap<number, BucketStats>): { bytes: Float64Array; rows: Float64Array } {
-  const bytes = new Float64Array(BUCKET_COUNT + 1);
-  const rows = new Float64Array(BUCKET_COUNT + 1);
-  for (const [b, st] of buckets) {
-    if (!Number.isInteger(b) || b < 0 || b >= BUCKET_COUNT) {
-      throw new CairnError('INVALID_ARGUMENT', `buckets: bucket ${b} is outside 0..${BUCKET_COUNT - 1}`);
-    }
-    if (!(Number.isFinite(st.bytes) && st.bytes >= 0) || !(Number.isFinite(st.rows) && st.rows >= 0)) {
-      throw new CairnError('INVALID_ARGUMENT', `buckets: bucket ${b} has bytes=${st.bytes}, rows=${st.rows}; both must be finite and >= 0`);
-    }
-    bytes[b + 1] = st.bytes;
-    rows[b + 1] = st.rows;
-  }
-  for (let k = 1; k <= BUCKET_COUNT; k++) {
-    bytes[k]! += bytes[k - 1]!;
-    rows[k]! += rows[k - 1]!;
-  }
-  return { bytes, rows };
-}
-
-/** Smallest k in [lo, hi] with P[k] >= v (hi + 1 when none). */
-function lowerBound(P: Float64Array, v: number, lo: number, hi: number): number {
-  let a = lo;
-  let b = hi + 1;
-  while (a < b) {
-    const m = (a + b) >>> 1;
-    if (P[m]! < v) a = m + 1;
-    else b = m;
-  }
-  return a;
-}
-
-/** Smallest k in [lo, hi] with P[k] > v (hi + 1 when none). */
-function upperBound(P: Float64Array, v: number, lo: number, hi: number): number {
-  let a = lo;
-  let b = hi + 1;
-  while (a < b) {
-    const m = (a + b) >>> 1;
-    if (P[m]! <= v) a = m + 1;
-    else b = m;
-  }
-  return a;
-}
-
-/**
- * The level T at which Σ min(T, cap_i) = total: what every shard would hold
- * if each took up to T, but none past its cap (Infinity: no cap). With no
- * finite cap it is the mean. When the caps together hold less than the total
- * (a drain that does not fit), the largest cap.
- */
-export function waterLevel(caps: readonly number[], total: number): number {
-  const sorted = [...caps].sort((a, b) => a - b);
-  let rest = total;
-  for (let k = 0; k < sorted.length; k++) {
-    const level = rest / (sorted.length - k);
-    if (sorted[k]! >= level) return level;
-    rest -= sorted[k]!;
-  }
-  return sorted.length > 0 ? sorted[sorted.length - 1]! : 0;
 }
 
 /**
@@ -363,12 +143,7 @@ export function plan(input: PlanInput, opts: PlanOptions = {}): Plan {
   let participatingBytes = 0;
   for (let i = 0; i < nShards; i++) if (participates(i)) participatingBytes += byteLoad[i]!;
   const basis: Plan['basis'] = participatingBytes > 0 ? 'bytes' : 'keyspace';
-  let P: Float64Array;
-  if (basis === 'bytes') P = bytesP;
-  else {
-    P = new Float64Array(BUCKET_COUNT + 1);
-    for (let k = 0; k <= BUCKET_COUNT; k++) P[k] = k;
-  }
+  const P: Float64Array = basis === 'bytes' ? bytesP : KEYSPACE_SUMS;
   const load = new Float64Array(nShards);
   for (let n = head; n; n = n.next) load[n.owner]! += P[n.e]! - P[n.s]!;
   // With the key-space basis the shards taking part hold no bytes, so no piece adds any: rooms cannot bind.
