@@ -181,7 +181,7 @@ export function useConsole(o: ConsoleOptions): ConsoleState {
   const execute = async (c: ParsedCommand) => {
     switch (c.name) {
       case 'help':
-        append({ kind: 'lines', lines: helpLines() });
+        append({ kind: 'lines', lines: helpLines(c.args[0]) });
         return;
       case 'exit':
         exit(0);
