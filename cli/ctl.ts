@@ -15,7 +15,7 @@ import { CliError, EXIT } from './exit.js';
 import { formatRanges, formatServers, humanBytes, percent, rangesJson, serversJson, type RangeRow, type ServerRow } from './format.js';
 import { LOAD_COLUMN, loadRowKey, loadValue } from './loadgen.js';
 import { FollowLostError, operationRequest, recoverLines, reloadLines, runOperation, TEXT, type OperationKind } from './operations.js';
-import { SdkOperations, type PlanView } from './operations-api.js';
+import { moveView, SdkOperations, type PlanView } from './operations-api.js';
 import { phaseName } from './phases.js';
 import { clientTlsFrom } from './tls.js';
 
@@ -292,20 +292,7 @@ export async function runCtl(positionals: string[], flags: Flags, io: Io): Promi
       }
       case 'moves': {
         const r = await client.admin((a) => a.listMoves, { all: flags.all === true });
-        const rows = r.moves.map((m) => ({
-          id: m.id,
-          operationId: m.operationId,
-          start: m.start.toString(),
-          end: endFromProto(m.end).toString(),
-          from: m.from,
-          to: m.to,
-          state: m.state,
-          bytes: Number(m.bytes),
-          copiedBytes: Number(m.copiedBytes),
-          bytesPerSec: m.bytesPerSec,
-          fenceMs: m.fenceMs,
-          error: m.error || undefined,
-        }));
+        const rows = r.moves.map((m) => ({ ...moveView(m), start: m.start.toString(), end: endFromProto(m.end).toString(), fenceMs: m.fenceMs }));
         print(
           rows.length ? rows.map((m) => `${m.id} ${m.from} -> ${m.to} ${phaseName(m.state)} ${humanBytes(m.copiedBytes)}/${humanBytes(m.bytes)}${m.error ? ` (${m.error})` : ''}`) : ['No moves in flight.'],
           { moves: rows },
