@@ -285,7 +285,7 @@ export async function runCtl(positionals: string[], flags: Flags, io: Io): Promi
       case 'sync': {
         const r = await client.admin((a) => a.syncMap, {});
         print(
-          [r.failed.length ? `Sync incomplete: ${r.synced} shards took map epoch ${r.header?.epoch}.` : `Sync done: ${r.synced} shards hold map epoch ${r.header?.epoch}.`, ...r.failed.map((f) => `  ${f.shardId} did not answer: ${f.error}`)],
+          [TEXT.synced(r, r.header?.epoch), ...r.failed.map((f) => `  ${TEXT.notSynced(f)}`)],
           { epoch: String(r.header?.epoch ?? 0n), synced: r.synced, failed: r.failed.map((f) => ({ id: f.shardId, error: f.error })) },
         );
         return r.failed.length ? EXIT.UNAVAILABLE : EXIT.OK;

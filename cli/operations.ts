@@ -64,6 +64,9 @@ export const TEXT = {
     'The dashboard shows them under "Moves in flight" (here and on the next start); "moves" lists them.',
   ],
   followLost: '(the moves keep running on the master; "moves" shows them)',
+  synced: (r: { synced: number; failed: unknown[] }, epoch: bigint | undefined) =>
+    r.failed.length ? `Sync incomplete: ${r.synced} shards took map epoch ${epoch}.` : `Sync done: ${r.synced} shards hold map epoch ${epoch}.`,
+  notSynced: (f: { shardId: string; error: string }) => `${f.shardId} did not answer: ${f.error}`,
   /** `rebalance` is how the frontend names that command: "cairn ctl rebalance" or "rebalance". */
   addServer: (address: string, approvalRequired: boolean, rebalance: string) =>
     approvalRequired

@@ -1,8 +1,9 @@
 /**
  * The console's state and calls: logging in, the command queue, each manager
- * command, the plan → confirm → progress flow of rebalance, dropserver and
- * remserver, and where keys go in each mode. Components draw what this
- * returns; nothing here draws.
+ * command, and where keys go in each mode. rebalance, dropserver and
+ * remserver run the flow of cli/operations.ts (plan → confirm → progress),
+ * which ctl runs too; this draws its steps into the log and the mode.
+ * Components draw what this returns; nothing here draws.
  *
  * Cancelling: `n` or Ctrl-C at the question (or Ctrl-C while planning)
  * changes nothing. Ctrl-C while following only stops following: the moves
@@ -218,9 +219,9 @@ export function useConsole(o: ConsoleOptions): ConsoleState {
         const r = await api.sync();
         append({
           kind: 'lines',
-          lines: [r.failed.length ? `Sync incomplete: ${r.synced} shards took map epoch ${r.epoch}.` : `Sync done: ${r.synced} shards hold map epoch ${r.epoch}.`],
+          lines: [TEXT.synced(r, r.epoch)],
         });
-        for (const f of r.failed) append({ kind: 'error', message: `${f.shardId} did not answer: ${f.error}` });
+        for (const f of r.failed) append({ kind: 'error', message: TEXT.notSynced(f) });
         return;
       }
       case 'moves': {
