@@ -7,6 +7,7 @@
  * (as ctl does); stopping a follow leaves the moves running.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { runCtl } from '../cli/ctl.js';
 import { CliError } from '../cli/exit.js';
 import { SdkOperations } from '../cli/operations-api.js';
 import { followOperation, operationRequest, runOperation, TEXT, type OperationUi } from '../cli/operations.js';
@@ -136,4 +137,31 @@ describe('followOperation', () => {
     const end = await followOperation(ops, started.operationId, () => {}).done;
     expect(end.detached).toBe(false);
   }, 120_000);
+});
+
+describe('ctl draws the same flow', () => {
+  async function ctl(words: string[], flags: Record<string, string | boolean> = {}) {
+    const out: string[] = [];
+    const err: string[] = [];
+    const login = { master: cluster.masterAddress, user: 'admin', password: 'admin-pass', yes: true };
+    const code = await runCtl(words, { ...login, ...flags }, { out: (l) => out.push(l), err: (l) => err.push(l), env: {} });
+    return { code, out, err };
+  }
+
+  it('rebalance --yes: the plan, the start, each phase change and the summary on stdout; then nothing to move', async () => {
+    const added = await cluster.addShard();
+    await waitFor(async () => (await client.listServers()).some((s) => s.id === added.node.id && s.status === 'up'), 10_000, 'the new shard up');
+    const r = await ctl(['rebalance']);
+    expect(r.err).toEqual([]);
+    expect(r.code).toBe(0);
+    expect(r.out[0]).toBe('The following moves will be made:');
+    const started = r.out.find((l) => l.startsWith('Started '))!;
+    const id = /^Started (\S+);/.exec(started)![1]!;
+    expect(started).toBe(TEXT.started(id));
+    expect(r.out.filter((l) => / -> \S+ (committed|done)$/.test(l)).length).toBeGreaterThan(0);
+    expect(r.out.at(-1)).toMatch(new RegExp(`^Rebalance ${id}: \\d+ moves committed, 0 aborted, \\S+ moved\\.$`));
+    const again = await ctl(['rebalance'], { json: true });
+    expect([again.code, JSON.parse(again.out[0]!).moves]).toEqual([0, []]);
+    expect((await ctl(['rebalance'])).out).toEqual([TEXT.balanced]);
+  }, 60_000);
 });
