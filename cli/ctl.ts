@@ -177,10 +177,10 @@ function planLines(plan: PlanView, text: { heading?: string; emptyText?: string 
   const p = planJson('', plan);
   if (p.moves.length === 0) return [text.emptyText ?? TEXT.balanced];
   return [
-    text.heading ?? 'The following moves will be made:',
+    text.heading ?? TEXT.movesHeading,
     ...plan.moves.map((m, i) => `  Move ${i + 1}: ${m.from} -> ${m.to}  [${formatHash(m.start)}, ${formatHash(m.end)}[  ${humanBytes(m.bytes)} (${m.rows} rows)`),
-    `Moves ${humanBytes(p.movedBytes)} of ${humanBytes(p.totalBytes)} (the least any balancing plan can move: ${humanBytes(p.minimumBytes)}).`,
-    'The new shares will be:',
+    TEXT.planMoves(p),
+    TEXT.sharesHeading(p.moves.length),
     ...plan.shards.map((s) => `  ${s.id}: ${humanBytes(s.bytesBefore)} -> ${humanBytes(s.bytesAfter)} (${percent(s.shareAfter)})`),
   ];
 }

@@ -47,6 +47,10 @@ const TITLES = { rebalance: 'Rebalance', dropserver: 'Drain' } as const;
 
 export const TEXT = {
   balanced: 'The cluster is balanced: nothing to move.',
+  movesHeading: 'The following moves will be made:',
+  planMoves: (p: Pick<PlanView, 'movedBytes' | 'totalBytes' | 'minimumBytes'>) =>
+    `Moves ${humanBytes(p.movedBytes)} of ${humanBytes(p.totalBytes)} (the least any balancing plan can move: ${humanBytes(p.minimumBytes)}).`,
+  sharesHeading: (moves: number) => (moves ? 'The new shares will be:' : 'The shares stay:'),
   ownsNothing: (server: string) => `${server} owns no range: nothing to move.`,
   wouldDrain: (server: string) => `${server} still owns ranges; draining it ("dropserver ${server}") would make these moves:`,
   stillOwns: (server: string) => `remserver: ${server} still owns ranges (the moves above); drain it first with "dropserver ${server}"`,
