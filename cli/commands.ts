@@ -17,6 +17,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { configKeyInfo, type ServerRole } from '../services/common/config.js';
 import type { FlagValue } from './args.js';
 import type { Io } from './ctl.js';
+import { CTL, declareOptions } from './ctl-commands.js';
 
 export type Flags = Record<string, FlagValue>;
 /** What a subcommand runs: its flags (kebab-case) and its positional arguments. */
@@ -109,42 +110,6 @@ function addCtlGlobals(cmd: Command): Command {
   );
 }
 
-interface CtlSpec {
-  name: string;
-  args?: string;
-  doc: string;
-  options?: Array<[string, string]>;
-}
-
-const YES: [string, string] = ['-y, --yes', 'do not ask for confirmation (needed without a terminal)'];
-const MAX_MBPS: [string, string] = ['--max-mbps <x>', 'MB/s per move (default: the master\'s moveMaxMbps)'];
-const LOADGEN: Array<[string, string]> = [
-  ['--rows <n>', 'number of rows (required)'],
-  ['--value-size <bytes>', 'bytes per value (default: 100)'],
-  ['--seed <s>', 'seed of the deterministic rows (default: 0)'],
-  ['--concurrency <c>', 'batches in flight (default: 8)'],
-];
-
-const CTL: CtlSpec[] = [
-  { name: 'servers', doc: 'shards with address, status, size, rows, ranges, share and load' },
-  { name: 'ranges', doc: 'the map: each range, its owner, rows and bytes' },
-  { name: 'plan', doc: 'dry run: the moves a rebalance (or drain) would make, with bytes', options: [['--drain <id>', 'plan draining this shard instead']] },
-  { name: 'rebalance', doc: 'balance bytes across shards, online; follows progress', options: [YES, MAX_MBPS] },
-  { name: 'dropserver', args: '<server>', doc: 'drain every range of a shard (id or host:port) to the others', options: [YES, MAX_MBPS] },
-  { name: 'remserver', args: '<server>', doc: 'remove a shard (id or host:port) that owns no range; its process exits', options: [YES] },
-  { name: 'addserver', args: '<host:port>', doc: 'approve a shard address (clusters with requireApproval)' },
-  { name: 'sync', doc: 'push the current map to every shard' },
-  { name: 'moves', doc: 'moves in flight (or every journaled move)', options: [['--all', 'every journaled move']] },
-  { name: 'recover', args: '<move-id>', doc: "show a move's journal and drive it to committed or aborted" },
-  { name: 'reload', doc: 'have the master read its client list again (as SIGHUP does)' },
-  { name: 'put', args: '<row> <column> <value>', doc: 'write one cell', options: [['--sync', 'wait until the write is on disk']] },
-  { name: 'get', args: '<row> [columns...]', doc: 'read the newest cells of a row (exit 1 when it has none)' },
-  { name: 'scan', args: '[prefix]', doc: 'list rows by key prefix (storage order)', options: [['--limit <n>', 'at most this many rows (default: 100)']] },
-  { name: 'delete', args: '<row>', doc: 'delete a row' },
-  { name: 'load', doc: 'write deterministic rows', options: LOADGEN },
-  { name: 'verify', doc: 'read them back; exit 5 if any is missing or wrong', options: LOADGEN },
-];
-
 const CTL_NOTES = `
 Global flags (--master, --user, --password, --json, --timeout, --tls-*) may come
 before or after the command. Exit codes: 0 ok, 1 error, 2 bad arguments,
@@ -209,7 +174,7 @@ names must answer, unless --allow-missing.`);
   ctl.addHelpText('after', CTL_NOTES);
   for (const spec of CTL) {
     const sub = addCtlGlobals(ctl.command(spec.args ? `${spec.name} ${spec.args}` : spec.name).description(spec.doc));
-    for (const [flags, doc] of spec.options ?? []) sub.addOption(new Option(flags, doc));
+    declareOptions(sub, spec, 'ctl');
     sub.action(
       act((flags, args) => run.ctl(flags, [spec.name, ...args])),
     );

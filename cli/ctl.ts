@@ -4,16 +4,19 @@
  */
 import { connect as tcpConnect } from 'node:net';
 import { createInterface } from 'node:readline/promises';
-import type { MoveInfo, Plan as PlanProto } from '../proto/gen/cairn/v1/admin.js';
 import { CairnClient } from '../services/client/index.js';
 import { parseHostPort } from '../services/common/config.js';
 import { CairnError } from '../services/common/errors.js';
 import { endFromProto } from '../services/common/hash.js';
 import { formatHash } from '../services/common/ranges.js';
 import type { FlagValue } from './args.js';
+import { CTL } from './ctl-commands.js';
 import { CliError, EXIT } from './exit.js';
 import { formatRanges, formatServers, humanBytes, percent, rangesJson, serversJson, type RangeRow, type ServerRow } from './format.js';
 import { LOAD_COLUMN, loadRowKey, loadValue } from './loadgen.js';
+import { FollowLostError, operationRequest, recoverLines, reloadLines, runOperation, TEXT, type OperationKind } from './operations.js';
+import { moveView, SdkOperations, type PlanView } from './operations-api.js';
+import { phaseName } from './phases.js';
 import { clientTlsFrom } from './tls.js';
 
 export interface Io {
@@ -24,7 +27,7 @@ export interface Io {
 
 type Flags = Record<string, FlagValue>;
 
-const CTL_COMMANDS = ['servers', 'ranges', 'plan', 'rebalance', 'dropserver', 'remserver', 'addserver', 'sync', 'moves', 'recover', 'reload', 'put', 'get', 'scan', 'delete', 'load', 'verify'];
+const CTL_COMMANDS = CTL.map((c) => c.name);
 
 function str(flags: Flags, name: string): string | undefined {
   const v = flags[name];
@@ -101,6 +104,10 @@ export function plainTransportMessage(message: string, address: string): string 
 
 export function asCliError(err: unknown, master?: string): CliError {
   if (err instanceof CliError) return err;
+  if (err instanceof FollowLostError) {
+    const e = asCliError(err.cause, master);
+    return new CliError(`${e.message} ${TEXT.followLost}`, e.exitCode, e.hint);
+  }
   if (err instanceof CairnError) {
     switch (err.code) {
       case 'UNAUTHENTICATED':
@@ -154,89 +161,63 @@ async function confirm(question: string, flags: Flags, io: Io): Promise<boolean>
   }
 }
 
-function planJson(id: string, plan: PlanProto | undefined, movedBytes?: number) {
-  const moves = (plan?.moves ?? []).map((m) => ({
-    start: m.start.toString(),
-    end: endFromProto(m.end).toString(),
-    from: m.from,
-    to: m.to,
-    bytes: Number(m.bytes),
-    rows: Number(m.rows),
-  }));
+function planJson(id: string, plan: PlanView, movedBytes?: number) {
+  const moves = plan.moves.map((m) => ({ start: m.start.toString(), end: m.end.toString(), from: m.from, to: m.to, bytes: m.bytes, rows: m.rows }));
   return {
     id,
     moves,
     movedBytes: movedBytes ?? moves.reduce((n, m) => n + m.bytes, 0),
-    totalBytes: Number(plan?.totalBytes ?? 0),
-    minimumBytes: Number(plan?.minimumBytes ?? 0),
-    shards: (plan?.shards ?? []).map((s) => ({ id: s.shardId, bytesBefore: Number(s.bytesBefore), bytesAfter: Number(s.bytesAfter), shareAfter: s.shareAfter })),
+    totalBytes: plan.totalBytes,
+    minimumBytes: plan.minimumBytes,
+    shards: plan.shards,
   };
 }
 
-function planLines(plan: PlanProto | undefined): string[] {
+function planLines(plan: PlanView, text: { heading?: string; emptyText?: string } = {}): string[] {
   const p = planJson('', plan);
-  if (p.moves.length === 0) return ['The cluster is balanced: nothing to move.'];
+  if (p.moves.length === 0) return [text.emptyText ?? TEXT.balanced];
   return [
-    'The following moves will be made:',
-    ...p.moves.map((m, i) => `  Move ${i + 1}: ${m.from} -> ${m.to}  [${formatHash(BigInt(m.start))}, ${formatHash(BigInt(m.end))}[  ${humanBytes(m.bytes)} (${m.rows} rows)`),
-    `Moves ${humanBytes(p.movedBytes)} of ${humanBytes(p.totalBytes)} (the least any balancing plan can move: ${humanBytes(p.minimumBytes)}).`,
-    'The new shares will be:',
-    ...p.shards.map((s) => `  ${s.id}: ${humanBytes(s.bytesBefore)} -> ${humanBytes(s.bytesAfter)} (${percent(s.shareAfter)})`),
+    text.heading ?? TEXT.movesHeading,
+    ...plan.moves.map((m, i) => `  Move ${i + 1}: ${m.from} -> ${m.to}  [${formatHash(m.start)}, ${formatHash(m.end)}[  ${humanBytes(m.bytes)} (${m.rows} rows)`),
+    TEXT.planMoves(p),
+    TEXT.sharesHeading(p.moves.length),
+    ...plan.shards.map((s) => `  ${s.id}: ${humanBytes(s.bytesBefore)} -> ${humanBytes(s.bytesAfter)} (${percent(s.shareAfter)})`),
   ];
 }
 
-const PHASE: Record<string, string> = { planned: 'waiting', copying: 'copy', catching_up: 'catch-up', fenced: 'cutover', committed: 'committed', cleaned: 'done', aborted: 'aborted' };
-
-/** Follows an operation to its end, printing each move's phase changes; returns its last snapshot. */
-async function follow(client: CairnClient, opId: string, io: Io, json: boolean): Promise<MoveInfo[]> {
-  const seen = new Map<string, string>();
-  let last: MoveInfo[] = [];
-  for await (const snap of client.watchOperation(opId)) {
-    last = snap.moves;
-    for (const m of snap.moves) {
-      const phase = PHASE[m.state] ?? m.state;
-      if (seen.get(m.id) === phase) continue;
-      seen.set(m.id, phase);
-      const pct = m.bytes > 0n ? Math.min(100, Math.round((Number(m.copiedBytes) * 100) / Number(m.bytes))) : 100;
-      const line = `${m.id} ${m.from} -> ${m.to} ${phase}${m.state === 'copying' || m.state === 'catching_up' ? ` ${pct}%` : ''}${m.error ? `: ${m.error}` : ''}`;
-      if (json) io.err(line);
-      else io.out(line);
+/** rebalance, dropserver and remserver: the flow of cli/operations.ts, drawn on stdout (JSON at the end with --json). */
+async function manage(client: CairnClient, kind: OperationKind, args: string[], flags: Flags, io: Io, json: boolean): Promise<number> {
+  const req = operationRequest(kind, args, flags);
+  const outcome = await runOperation(new SdkOperations(client), req, {
+    previewRemoval: false,
+    busy: () => {},
+    plan: (plan, text) => (json ? undefined : planLines(plan, text).forEach((l) => io.out(l))),
+    confirm: (question) => confirm(question, flags, io),
+    following: ({ operationId }) => (json ? undefined : io.out(TEXT.started(operationId))),
+    // With --json, stdout carries only the result.
+    progress: ({ changed }) => changed.forEach((l) => (json ? io.err(l) : io.out(l))),
+  });
+  switch (outcome.kind) {
+    case 'cancelled':
+      io.err(TEXT.cancelled);
+      return EXIT.ERROR;
+    case 'nothing':
+      if (json) io.out(JSON.stringify(planJson('', outcome.plan, 0)));
+      else if (outcome.started) io.out(TEXT.nothingStarted);
+      return EXIT.OK;
+    case 'removed': {
+      const r = outcome.removed;
+      if (json) io.out(JSON.stringify({ id: r.shardId, moves: [], movedBytes: 0, totalBytes: 0, minimumBytes: 0, stopped: r.stopped }));
+      else io.out(TEXT.removed(r));
+      return EXIT.OK;
     }
-    if (snap.done) break;
+    case 'followed': {
+      const r = outcome.result;
+      if (json) io.out(JSON.stringify({ ...planJson(r.operationId, r.plan, r.movedBytes), committed: r.committed, aborted: r.aborted }));
+      else io.out(r.summary);
+      return r.aborted ? EXIT.ERROR : EXIT.OK;
+    }
   }
-  return last;
-}
-
-async function runOperation(client: CairnClient, kind: 'rebalance' | 'dropserver', flags: Flags, io: Io, json: boolean, server?: string): Promise<number> {
-  const maxMbps = Number(str(flags, 'max-mbps') ?? 0);
-  if (!(maxMbps >= 0)) throw new CliError(`--max-mbps: expected a number >= 0, got "${str(flags, 'max-mbps')}"`, EXIT.BAD_ARGS);
-  const dry = await client.admin((a) => a.planRebalance, { drain: server ?? '' });
-  if (!json) planLines(dry.plan).forEach((l) => io.out(l));
-  if (!dry.plan?.moves.length) {
-    if (json) io.out(JSON.stringify(planJson('', dry.plan, 0)));
-    return EXIT.OK;
-  }
-  if (!(await confirm(kind === 'rebalance' ? 'Proceed with re-sharding?' : `Drain ${server}?`, flags, io))) {
-    io.err('cancelled: nothing was changed');
-    return EXIT.ERROR;
-  }
-  const started =
-    kind === 'rebalance'
-      ? await client.startRebalance({ maxMbps })
-      : await client.dropServer(server!, { maxMbps });
-  if (!started.operationId) {
-    if (json) io.out(JSON.stringify(planJson('', started.plan, 0)));
-    else io.out('Nothing to move.');
-    return EXIT.OK;
-  }
-  if (!json) io.out(`Started ${started.operationId}; following its moves (Ctrl-C leaves them running on the master).`);
-  const moves = await follow(client, started.operationId, io, json);
-  const committed = moves.filter((m) => m.state === 'committed' || m.state === 'cleaned');
-  const aborted = moves.filter((m) => m.state === 'aborted');
-  const moved = committed.reduce((n, m) => n + Number(m.bytes), 0);
-  if (json) io.out(JSON.stringify({ ...planJson(started.operationId, started.plan, moved), committed: committed.length, aborted: aborted.length }));
-  else io.out(`${kind === 'rebalance' ? 'Rebalance' : 'Drain'} ${started.operationId}: ${committed.length} moves committed, ${aborted.length} aborted, ${humanBytes(moved)} moved.`);
-  return aborted.length ? EXIT.ERROR : EXIT.OK;
 }
 
 /** Runs `items` through `fn` with at most `concurrency` in flight. */
@@ -283,98 +264,59 @@ export async function runCtl(positionals: string[], flags: Flags, io: Io): Promi
         return EXIT.OK;
       }
       case 'plan': {
-        const dry = await client.admin((a) => a.planRebalance, { drain: str(flags, 'drain') ?? '' });
-        print(planLines(dry.plan), planJson('', dry.plan));
+        const plan = await new SdkOperations(client).plan(str(flags, 'drain'));
+        print(planLines(plan), planJson('', plan));
         return EXIT.OK;
       }
       case 'rebalance':
-        return await runOperation(client, 'rebalance', flags, io, json);
+        return await manage(client, 'rebalance', args, flags, io, json);
       case 'dropserver':
         need(1, 'dropserver <id|host:port> [--yes]');
-        return await runOperation(client, 'dropserver', flags, io, json, args[0]);
-      case 'remserver': {
+        return await manage(client, 'dropserver', args, flags, io, json);
+      case 'remserver':
         need(1, 'remserver <id|host:port> [--yes]');
-        if (!(await confirm(`Remove server ${args[0]} from the cluster and stop it?`, flags, io))) {
-          io.err('cancelled: nothing was changed');
-          return EXIT.ERROR;
-        }
-        const r = await client.removeServer(args[0]!);
-        print(
-          `Removed ${r.shardId}${r.stopped ? '; its process is stopping' : '; it did not answer the stop request (stop it by hand)'}.`,
-          { id: r.shardId, moves: [], movedBytes: 0, totalBytes: 0, minimumBytes: 0, stopped: r.stopped },
-        );
-        return EXIT.OK;
-      }
+        return await manage(client, 'remserver', args, flags, io, json);
       case 'addserver': {
         need(1, 'addserver <host:port>');
-        const r = await client.admin((a) => a.addServer, { address: args[0]! });
-        print(
-          r.approvalRequired
-            ? `Approved ${args[0]}: start the shard with --advertise ${args[0]} and it will join at 0%; then run "cairn ctl rebalance".`
-            : `Noted ${args[0]}. This cluster does not require approval: any shard with the server credential joins at 0%.`,
-          { address: args[0], approvalRequired: r.approvalRequired },
-        );
+        const r = await new SdkOperations(client).addServer(args[0]!);
+        print(TEXT.addServer(args[0]!, r.approvalRequired, 'cairn ctl rebalance'), { address: args[0], approvalRequired: r.approvalRequired });
         return EXIT.OK;
       }
       case 'sync': {
         const r = await client.admin((a) => a.syncMap, {});
         print(
-          [r.failed.length ? `Sync incomplete: ${r.synced} shards took map epoch ${r.header?.epoch}.` : `Sync done: ${r.synced} shards hold map epoch ${r.header?.epoch}.`, ...r.failed.map((f) => `  ${f.shardId} did not answer: ${f.error}`)],
+          [TEXT.synced(r, r.header?.epoch), ...r.failed.map((f) => `  ${TEXT.notSynced(f)}`)],
           { epoch: String(r.header?.epoch ?? 0n), synced: r.synced, failed: r.failed.map((f) => ({ id: f.shardId, error: f.error })) },
         );
         return r.failed.length ? EXIT.UNAVAILABLE : EXIT.OK;
       }
       case 'moves': {
         const r = await client.admin((a) => a.listMoves, { all: flags.all === true });
-        const rows = r.moves.map((m) => ({
-          id: m.id,
-          operationId: m.operationId,
-          start: m.start.toString(),
-          end: endFromProto(m.end).toString(),
-          from: m.from,
-          to: m.to,
-          state: m.state,
-          bytes: Number(m.bytes),
-          copiedBytes: Number(m.copiedBytes),
-          bytesPerSec: m.bytesPerSec,
-          fenceMs: m.fenceMs,
-          error: m.error || undefined,
-        }));
+        const rows = r.moves.map((m) => ({ ...moveView(m), start: m.start.toString(), end: endFromProto(m.end).toString(), fenceMs: m.fenceMs }));
         print(
-          rows.length ? rows.map((m) => `${m.id} ${m.from} -> ${m.to} ${PHASE[m.state] ?? m.state} ${humanBytes(m.copiedBytes)}/${humanBytes(m.bytes)}${m.error ? ` (${m.error})` : ''}`) : ['No moves in flight.'],
+          rows.length ? rows.map((m) => `${m.id} ${m.from} -> ${m.to} ${phaseName(m.state)} ${humanBytes(m.copiedBytes)}/${humanBytes(m.bytes)}${m.error ? ` (${m.error})` : ''}`) : ['No moves in flight.'],
           { moves: rows },
         );
         return EXIT.OK;
       }
       case 'recover': {
         need(1, 'recover <move-id>');
-        const r = await client.admin((a) => a.recoverMove, { moveId: args[0]! });
-        const m = r.move!;
-        print(
-          [`Move ${m.id}: ${m.from} -> ${m.to} [${formatHash(m.start)}, ${formatHash(endFromProto(m.end))}[`, ...m.history.map((h) => `  ${new Date(Number(h.atMs)).toISOString()} ${h.state}`), `Now ${m.state}: ${r.action}`],
-          { id: m.id, state: m.state, action: r.action, history: m.history.map((h) => ({ state: h.state, atMs: Number(h.atMs) })) },
-        );
+        const r = await new SdkOperations(client).recover(args[0]!);
+        print(recoverLines(r), { id: r.move.id, state: r.move.state, action: r.action, history: r.move.history });
         return EXIT.OK;
       }
       case 'reload': {
         const r = await client.reload();
-        const list = (what: string, users: string[]) => (users.length ? [`  ${what}: ${users.join(', ')}`] : []);
-        const revoked = r.revoked;
-        print(
-          [
-            `Reloaded the client list: ${r.users} user${r.users === 1 ? '' : 's'}.`,
-            ...list('added', r.added),
-            ...list('removed', r.removed),
-            ...list('lowered', r.lowered),
-            ...list('raised', r.raised),
-            ...list('new password', r.passwordChanged),
-            revoked.length
-              ? `Tokens of ${revoked.join(', ')} no longer work on the master, and on every shard after its next heartbeat.`
-              : 'No token was revoked.',
-            ...(r.restartNeeded.length ? [`Changed, and taking effect only at a restart: ${r.restartNeeded.join(', ')}.`] : []),
-          ],
-          { users: r.users, added: r.added, removed: r.removed, lowered: r.lowered, raised: r.raised, passwordChanged: r.passwordChanged, revoked, restartNeeded: r.restartNeeded },
-        );
+        print(reloadLines(r), {
+          users: r.users,
+          added: r.added,
+          removed: r.removed,
+          lowered: r.lowered,
+          raised: r.raised,
+          passwordChanged: r.passwordChanged,
+          revoked: r.revoked,
+          restartNeeded: r.restartNeeded,
+        });
         return EXIT.OK;
       }
       case 'put': {

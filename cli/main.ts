@@ -4,7 +4,6 @@
  * code; a stack trace appears only with --verbose.
  */
 import { CommanderError } from 'commander';
-import { ArgsError } from './args.js';
 import { buildProgram } from './commands.js';
 import { runCtl, type Io } from './ctl.js';
 import { CliError, EXIT } from './exit.js';
@@ -53,7 +52,7 @@ function reportError(err: unknown, io: Io, verbose: boolean): number {
   if (err instanceof CliError) {
     io.err(`error: ${e.message}`);
     if (e.hint) io.err(`hint: ${e.hint}`);
-  } else if (err instanceof ArgsError || e?.name === 'ConfigError') {
+  } else if (e?.name === 'ConfigError') {
     io.err(`error: ${e.message}`);
     if (verbose && e.stack) io.err(e.stack);
     return EXIT.BAD_ARGS;

@@ -2,6 +2,7 @@
 import { Box, Text } from 'ink';
 import { formatHash } from '../../services/common/ranges.js';
 import { humanBytes, percent } from '../format.js';
+import { TEXT } from '../operations.js';
 import type { PlanView } from './model.js';
 
 export interface PlanTableProps {
@@ -12,7 +13,7 @@ export interface PlanTableProps {
   heading?: string;
 }
 
-export function PlanTable({ plan, emptyText = 'The cluster is balanced: nothing to move.', heading = 'The following moves will be made:' }: PlanTableProps) {
+export function PlanTable({ plan, emptyText = TEXT.balanced, heading = TEXT.movesHeading }: PlanTableProps) {
   const w = Math.max(5, ...plan.shards.map((s) => s.id.length), ...plan.moves.map((m) => Math.max(m.from.length, m.to.length)));
   return (
     <Box flexDirection="column">
@@ -27,12 +28,12 @@ export function PlanTable({ plan, emptyText = 'The cluster is balanced: nothing 
               {`  ${String(i + 1).padStart(3)}  ${m.from.padEnd(w)}  ${m.to.padEnd(w)}  ${`[${formatHash(m.start)}, ${formatHash(m.end)}[`.padEnd(46)}  ${humanBytes(m.bytes).padStart(8)}  ${String(m.rows).padStart(9)}`}
             </Text>
           ))}
-          <Text>{`Moves ${humanBytes(plan.movedBytes)} of ${humanBytes(plan.totalBytes)} (the least any balancing plan can move: ${humanBytes(plan.minimumBytes)}).`}</Text>
+          <Text>{TEXT.planMoves(plan)}</Text>
         </>
       )}
       {plan.shards.length > 0 ? (
         <>
-          <Text>{plan.moves.length ? 'The new shares will be:' : 'The shares stay:'}</Text>
+          <Text>{TEXT.sharesHeading(plan.moves.length)}</Text>
           <Text bold>{`  ${'SHARD'.padEnd(w)}  ${'BEFORE'.padStart(8)}  ${'AFTER'.padStart(8)}  ${'SHARE'.padStart(5)}`}</Text>
           {plan.shards.map((s) => (
             <Text key={s.id}>{`  ${s.id.padEnd(w)}  ${humanBytes(s.bytesBefore).padStart(8)}  ${humanBytes(s.bytesAfter).padStart(8)}  ${percent(s.shareAfter).padStart(5)}`}</Text>

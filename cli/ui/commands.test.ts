@@ -1,4 +1,5 @@
 import { describe, expect, it } from '@jest/globals';
+import { buildProgram } from '../commands.js';
 import { COMMAND_NAMES, complete, helpLines, parseCommandLine } from './commands.js';
 
 describe('parseCommandLine', () => {
@@ -51,5 +52,41 @@ describe('complete', () => {
     expect(complete('remserver s2', ['s1', 's2'])).toEqual({ value: 'remserver s2 ', options: [] });
     expect(complete('servers x', ['s1'])).toEqual({ value: 'servers x', options: [] });
     expect(complete('zzz')).toEqual({ value: 'zzz', options: [] });
+  });
+});
+
+describe('the same declarations as ctl (issue 12)', () => {
+  /** What `cairn ctl <words>` says on stderr, parsed by the real command tree; nothing runs. */
+  async function ctlRefusal(words: string[]): Promise<string> {
+    const err: string[] = [];
+    const never = async () => {
+      throw new Error('ran');
+    };
+    const program = buildProgram({ out: () => {}, err: (l) => err.push(l), env: {} }, { master: never, shard: never, rebuild: never, dev: never, ctl: never, admin: never, health: never, hashPassword: never }, () => {});
+    await expect(program.parseAsync(['ctl', ...words], { from: 'user' })).rejects.toThrow();
+    return err.join('\n');
+  }
+
+  it.each([
+    ['rebalance --max-mbs 5', '--max-mbs', '--max-mbps'],
+    ['dropserver s1 --max-mpbs 5', '--max-mpbs', '--max-mbps'],
+    ['plan --drian s1', '--drian', '--drain'],
+    ['moves --al', '--al', '--all'],
+    ['servers --bogus-flag', '--bogus-flag', undefined],
+  ])('%s: the flag and the suggestion ctl names', async (line, flag, near) => {
+    const ctl = await ctlRefusal(line.split(' '));
+    expect(ctl).toContain(`'${flag}'`);
+    if (near) expect(ctl).toContain(`Did you mean ${near}?`);
+    else expect(ctl).not.toContain('Did you mean');
+    const r = parseCommandLine(line);
+    expect(r.ok).toBe(false);
+    expect(!r.ok && r.error).toMatch(new RegExp(`^${line.split(' ')[0]}: unknown flag ${flag}${near ? ` \\(did you mean ${near}\\?\\)` : ''}; usage: `));
+  });
+
+  it('refuses --yes (the console asks) and extra arguments, and takes --help', () => {
+    expect(parseCommandLine('rebalance --yes')).toEqual({ ok: false, error: 'rebalance: unknown flag --yes; usage: rebalance [--max-mbps X]' });
+    expect(parseCommandLine('servers s1')).toEqual({ ok: false, error: 'servers: too many arguments; usage: servers' });
+    expect(parseCommandLine('dropserver --help')).toEqual({ ok: true, command: { name: 'help', args: ['dropserver'], flags: {} } });
+    expect(helpLines('dropserver')).toEqual(['usage: dropserver <id|host:port> [--max-mbps X]', '  drain every range of a shard to the others']);
   });
 });

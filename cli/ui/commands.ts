@@ -1,37 +1,45 @@
 /**
  * The manager commands the console accepts, how a typed line parses, and Tab
- * completion. Pure: no React, no I/O.
+ * completion. A line parses with commander and the declarations `cairn ctl`
+ * uses (cli/ctl-commands.ts), less --yes (the console asks): a flag ctl
+ * refuses, the console refuses, with commander's suggestion, in one line.
+ * Pure: no React, no I/O.
  */
-import { ArgsError, parseArgs, type FlagValue } from '../args.js';
+import { Command, CommanderError } from 'commander';
+import { flagsOf, type Flags } from '../commands.js';
+import { CTL, declareOptions, optionsOf, type CtlSpec } from '../ctl-commands.js';
 
 export interface CommandSpec {
   name: string;
   usage: string;
   help: string;
-  /** Positional arguments required. */
-  args: number;
   /** What the first argument completes to. */
   completes?: 'server';
+  /** ctl's declaration, for the commands ctl has too. */
+  ctl?: CtlSpec;
+}
+
+/** `rebalance [--max-mbps X]`: the command, its arguments, and its options with their values in capitals. */
+function usageOf(spec: CtlSpec): string {
+  const options = optionsOf(spec, 'console').map(([flags]) => {
+    const m = /(--[a-z][a-z-]*)(?: <([^>]+)>)?$/.exec(flags)!;
+    return `[${m[1]}${m[2] ? ` ${m[2].toUpperCase()}` : ''}]`;
+  });
+  return [spec.name, ...(spec.args ? [spec.args] : []), ...options].join(' ');
 }
 
 export const COMMANDS: CommandSpec[] = [
-  { name: 'servers', usage: 'servers', help: 'shards with address, status, size, rows, ranges, share and load', args: 0 },
-  { name: 'ranges', usage: 'ranges', help: 'the map: each range and its owner, and every shard\'s share', args: 0 },
-  { name: 'plan', usage: 'plan [--drain ID]', help: 'dry run: the moves a rebalance (or a drain) would make', args: 0 },
-  { name: 'rebalance', usage: 'rebalance [--max-mbps X]', help: 'balance bytes across shards, online: plan, confirm, then progress', args: 0 },
-  { name: 'dropserver', usage: 'dropserver <id|host:port> [--max-mbps X]', help: 'drain every range of a shard to the others', args: 1, completes: 'server' },
-  { name: 'remserver', usage: 'remserver <id|host:port>', help: 'remove a shard that owns no range; its process exits', args: 1, completes: 'server' },
-  { name: 'addserver', usage: 'addserver <host:port>', help: 'approve a shard address (clusters with requireApproval)', args: 1 },
-  { name: 'sync', usage: 'sync', help: 'push the current map to every shard', args: 0 },
-  { name: 'moves', usage: 'moves [--all]', help: 'moves in flight (or every journaled move)', args: 0 },
-  { name: 'recover', usage: 'recover <move-id>', help: 'show a move\'s journal and drive it to committed or aborted', args: 1 },
-  { name: 'help', usage: 'help', help: 'this list', args: 0 },
-  { name: 'exit', usage: 'exit', help: 'leave (moves in flight keep running on the master)', args: 0 },
+  ...CTL.filter((c) => c.console).map((c) => ({ name: c.name, usage: usageOf(c), help: c.doc, completes: c.completes, ctl: c })),
+  { name: 'help', usage: 'help', help: 'this list' },
+  { name: 'exit', usage: 'exit', help: 'leave (moves in flight keep running on the master)' },
 ];
 
 export const COMMAND_NAMES = COMMANDS.map((c) => c.name);
 
-export function helpLines(): string[] {
+/** Every command; or, for `rebalance --help`, the one named. */
+export function helpLines(only?: string): string[] {
+  const one = COMMANDS.find((c) => c.name === only);
+  if (one) return [`usage: ${one.usage}`, `  ${one.help}`];
   const w = Math.max(...COMMANDS.map((c) => c.usage.length));
   return [
     'Commands:',
@@ -43,10 +51,40 @@ export function helpLines(): string[] {
 export interface ParsedCommand {
   name: string;
   args: string[];
-  flags: Record<string, FlagValue>;
+  flags: Flags;
 }
 
 export type ParseResult = { ok: true; command: ParsedCommand } | { ok: false; error: string } | { ok: true; command: undefined };
+
+/** Commander's refusal in the console's one line: `rebalance: unknown flag --max-mbs (did you mean --max-mbps?); usage: …`. */
+function refusal(spec: CommandSpec, err: CommanderError): string {
+  const usage = `usage: ${spec.usage}`;
+  switch (err.code) {
+    case 'commander.unknownOption': {
+      const flag = /unknown option '([^']+)'/.exec(err.message)?.[1];
+      const near = /Did you mean (\S+)\?/.exec(err.message)?.[1];
+      return `${spec.name}: unknown flag ${flag}${near ? ` (did you mean ${near}?)` : ''}; ${usage}`;
+    }
+    case 'commander.optionMissingArgument':
+      return `${spec.name}: ${/'(--[a-z-]+)/.exec(err.message)?.[1]} needs a value`;
+    case 'commander.missingArgument':
+      return `${spec.name}: missing argument; ${usage}`;
+    case 'commander.excessArguments':
+      return `${spec.name}: too many arguments; ${usage}`;
+    default:
+      return `${spec.name}: ${err.message.replace(/^error: /, '').replace(/\s+/g, ' ')}; ${usage}`;
+  }
+}
+
+/** Parses `words` with `spec`'s declaration; throws CommanderError. */
+function parseWith(spec: CtlSpec, words: string[]): { args: string[]; flags: Flags } {
+  const cmd = new Command(spec.name).exitOverride().showSuggestionAfterError(true);
+  cmd.configureOutput({ writeOut: () => {}, writeErr: () => {} });
+  if (spec.args) cmd.arguments(spec.args);
+  declareOptions(cmd, spec, 'console').action(() => {});
+  cmd.parse(words, { from: 'user' });
+  return { args: cmd.args, flags: flagsOf(cmd) };
+}
 
 /** Parses a typed line; an empty line is no command. */
 export function parseCommandLine(line: string): ParseResult {
@@ -56,31 +94,15 @@ export function parseCommandLine(line: string): ParseResult {
   const name = first!.toLowerCase() === 'quit' ? 'exit' : first!.toLowerCase();
   const spec = COMMANDS.find((c) => c.name === name);
   if (!spec) return { ok: false, error: `unknown command "${first}": type help for the list` };
-  let parsed;
   try {
-    parsed = parseArgs(rest, { booleans: ['all'] });
+    const parsed = spec.ctl ? parseWith(spec.ctl, rest) : parseWith({ name, doc: spec.help }, rest);
+    return { ok: true, command: { name, ...parsed } };
   } catch (err) {
-    return { ok: false, error: `${name}: ${err instanceof ArgsError ? err.message : String(err)}` };
+    // `rebalance --help` asks for help, as in ctl.
+    if (err instanceof CommanderError && err.code === 'commander.helpDisplayed') return { ok: true, command: { name: 'help', args: [name], flags: {} } };
+    if (err instanceof CommanderError) return { ok: false, error: refusal(spec, err) };
+    throw err;
   }
-  // A flag the command does not take is refused, never ignored (a mistyped --max-mbps would run unthrottled).
-  const known = [...spec.usage.matchAll(/--([a-z][a-z-]*)/g)].map((m) => m[1]!);
-  const unknown = Object.keys(parsed.flags).find((f) => !known.includes(f));
-  if (unknown !== undefined) {
-    const near = known.find((k) => editDistance(k, unknown) <= 2);
-    return { ok: false, error: `${name}: unknown flag --${unknown}${near ? ` (did you mean --${near}?)` : ''}; usage: ${spec.usage}` };
-  }
-  if (parsed.positionals.length < spec.args) return { ok: false, error: `${name}: missing argument; usage: ${spec.usage}` };
-  return { ok: true, command: { name, args: parsed.positionals, flags: parsed.flags } };
-}
-
-function editDistance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const row = [i];
-    for (let j = 1; j <= b.length; j++) row[j] = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-    prev = row;
-  }
-  return prev[b.length]!;
 }
 
 export interface Completion {

@@ -3,42 +3,13 @@
  * pure functions that derive it (progress, ETA, phases, shares, the map
  * strip). No React, no I/O: tested on its own in model.test.ts.
  */
-import type { MoveInfo, Plan } from '../../proto/gen/cairn/v1/admin.js';
-import { endFromProto, HASH_SPACE_END } from '../../services/common/hash.js';
+import { HASH_SPACE_END } from '../../services/common/hash.js';
 import type { RangeRow, ServerRow } from '../format.js';
+import type { MoveView, PlanView } from '../operations-api.js';
+import { phaseName } from '../phases.js';
 
 export type { RangeRow, ServerRow } from '../format.js';
-
-/** One move as the UI draws it: numbers instead of the wire's bigints. */
-export interface MoveView {
-  id: string;
-  operationId: string;
-  from: string;
-  to: string;
-  /** planned, copying, catching_up, fenced, committed, cleaned or aborted. */
-  state: string;
-  bytes: number;
-  copiedBytes: number;
-  bytesPerSec: number;
-  error?: string;
-}
-
-export interface PlanMoveView {
-  start: bigint;
-  end: bigint;
-  from: string;
-  to: string;
-  bytes: number;
-  rows: number;
-}
-
-export interface PlanView {
-  moves: PlanMoveView[];
-  movedBytes: number;
-  totalBytes: number;
-  minimumBytes: number;
-  shards: Array<{ id: string; bytesBefore: number; bytesAfter: number; shareAfter: number }>;
-}
+export type { MoveView, PlanMoveView, PlanView } from '../operations-api.js';
 
 /** What the dashboard shows: one poll of the master. */
 export interface Snapshot {
@@ -49,31 +20,6 @@ export interface Snapshot {
   moves: MoveView[];
   /** When the poll answered, ms since the Unix epoch. */
   at: number;
-}
-
-export function moveView(m: MoveInfo): MoveView {
-  return {
-    id: m.id,
-    operationId: m.operationId,
-    from: m.from,
-    to: m.to,
-    state: m.state,
-    bytes: Number(m.bytes),
-    copiedBytes: Number(m.copiedBytes),
-    bytesPerSec: m.bytesPerSec,
-    error: m.error || undefined,
-  };
-}
-
-export function planView(p: Plan | undefined): PlanView {
-  const moves = (p?.moves ?? []).map((m) => ({ start: m.start, end: endFromProto(m.end), from: m.from, to: m.to, bytes: Number(m.bytes), rows: Number(m.rows) }));
-  return {
-    moves,
-    movedBytes: Number(p?.movedBytes ?? 0n) || moves.reduce((n, m) => n + m.bytes, 0),
-    totalBytes: Number(p?.totalBytes ?? 0n),
-    minimumBytes: Number(p?.minimumBytes ?? 0n),
-    shards: (p?.shards ?? []).map((s) => ({ id: s.shardId, bytesBefore: Number(s.bytesBefore), bytesAfter: Number(s.bytesAfter), shareAfter: s.shareAfter })),
-  };
 }
 
 /** One entry of the console's log (the part of the screen that scrolls). */
@@ -98,18 +44,12 @@ export type ConsoleMode =
 // ---------------------------------------------------------------------------
 // Moves: phase, fraction, rate, ETA
 
-/** The operator's names for a move's states: copy, catch-up and cutover, then done. */
-export const PHASES: Record<string, string> = {
-  planned: 'waiting',
-  copying: 'copy',
-  catching_up: 'catch-up',
-  fenced: 'cutover',
-  committed: 'done',
-  cleaned: 'done',
-  aborted: 'aborted',
-};
-
-export const phaseOf = (state: string): string => PHASES[state] ?? state;
+/**
+ * A move's phase as its progress bar names it (cli/phases.ts): copy,
+ * catch-up and cutover, then done. A committed move is whole for the
+ * operator, so its bar says done as a cleaned one's does.
+ */
+export const phaseOf = (state: string): string => (state === 'committed' ? phaseName('cleaned') : phaseName(state));
 
 export const isFinished = (m: Pick<MoveView, 'state'>): boolean => m.state === 'committed' || m.state === 'cleaned' || m.state === 'aborted';
 const isDone = (m: Pick<MoveView, 'state'>): boolean => m.state === 'committed' || m.state === 'cleaned';

@@ -1,8 +1,9 @@
 /**
  * The console's state and calls: logging in, the command queue, each manager
- * command, the plan → confirm → progress flow of rebalance, dropserver and
- * remserver, and where keys go in each mode. Components draw what this
- * returns; nothing here draws.
+ * command, and where keys go in each mode. rebalance, dropserver and
+ * remserver run the flow of cli/operations.ts (plan → confirm → progress),
+ * which ctl runs too; this draws its steps into the log and the mode.
+ * Components draw what this returns; nothing here draws.
  *
  * Cancelling: `n` or Ctrl-C at the question (or Ctrl-C while planning)
  * changes nothing. Ctrl-C while following only stops following: the moves
@@ -10,12 +11,13 @@
  */
 import { useInput } from 'ink';
 import { useCallback, useEffect, useRef, useState } from 'react';
-import { formatHash } from '../../services/common/ranges.js';
-import { formatRanges, formatServers, humanBytes } from '../format.js';
+import { flagString } from '../args.js';
+import { formatRanges, formatServers } from '../format.js';
+import { operationRequest, recoverLines, runOperation, TEXT, type OperationKind } from '../operations.js';
 import { complete as completeLine, helpLines, parseCommandLine, type ParsedCommand } from './commands.js';
 import type { History } from './history.js';
 import type { LineEvent } from './line-editor.js';
-import { phaseOf, sharesLine, type ConsoleMode, type LogItem, type LogRecord, type MoveView } from './model.js';
+import { sharesLine, type ConsoleMode, type LogItem, type LogRecord } from './model.js';
 import { describeError, type AdminApi } from './session.js';
 import { useLineInput } from './use-line-input.js';
 
@@ -45,8 +47,6 @@ export interface ConsoleState {
 
 /** Thrown inside a command to end it with one error line. */
 class CommandError extends Error {}
-
-const TITLES = { rebalance: 'Rebalance', dropserver: 'Drain' } as const;
 
 export function useConsole(o: ConsoleOptions): ConsoleState {
   const { api, history, exit } = o;
@@ -142,91 +142,38 @@ export function useConsole(o: ConsoleOptions): ConsoleState {
       setMode({ kind: 'confirm', question });
     });
 
-  const follow = async (kind: 'rebalance' | 'dropserver', operationId: string) => {
-    const title = `${TITLES[kind]} ${operationId}`;
-    setMode({ kind: 'following', title, operationId, moves: [] });
-    const it = api.watch(operationId)[Symbol.asyncIterator]();
-    const detached = new Promise<'detached'>((resolve) => (detach.current = () => resolve('detached')));
-    let last: MoveView[] = [];
-    try {
-      for (;;) {
-        const r = await Promise.race([it.next(), detached]);
-        if (r === 'detached') {
-          it.return?.()?.catch(() => {});
-          append({
-            kind: 'lines',
-            lines: [
-              `Stopped following ${operationId}: its moves keep running on the master.`,
-              'The dashboard shows them under "Moves in flight" (here and on the next start); "moves" lists them.',
-            ],
-          });
-          return;
-        }
-        if (r.done) break;
-        last = r.value.moves;
-        setMode({ kind: 'following', title, operationId, moves: last });
-        if (r.value.done) break;
-      }
-    } catch (err) {
-      throw new CommandError(`${describeError(err, api.master).line} (the moves keep running on the master; "moves" shows them)`);
-    } finally {
-      detach.current = undefined;
-    }
-    const committed = last.filter((m) => m.state === 'committed' || m.state === 'cleaned');
-    const aborted = last.filter((m) => m.state === 'aborted');
-    const moved = committed.reduce((n, m) => n + m.bytes, 0);
-    const unfinished = last.length - committed.length - aborted.length;
-    append({
-      kind: 'moves',
-      title,
-      moves: last,
-      total: true,
-      summary:
-        `${TITLES[kind]} ${operationId}: ${committed.length} moves committed, ${aborted.length} aborted, ${humanBytes(moved)} moved.` +
-        (unfinished ? ` The progress stream ended early: ${unfinished} still running on the master ("moves" shows them).` : ''),
-    });
-  };
-
-  const maxMbpsOf = (c: ParsedCommand): number | undefined => {
-    const v = c.flags['max-mbps'];
-    if (v === undefined) return undefined;
-    const n = Number(v);
-    if (typeof v !== 'string' || !(n >= 0)) throw new CommandError(`--max-mbps: expected a number >= 0, got "${String(v)}"`);
-    return n;
-  };
-
-  /** Plan first; then ask; then start and follow. Nothing changes before "y". */
-  const operation = async (kind: 'rebalance' | 'dropserver' | 'remserver', c: ParsedCommand) => {
-    const server = kind === 'rebalance' ? undefined : c.args[0]!;
-    const maxMbps = maxMbpsOf(c);
+  /** rebalance, dropserver and remserver: the flow of cli/operations.ts, drawn into the log and the mode. */
+  const operation = async (kind: OperationKind, c: ParsedCommand) => {
+    const req = operationRequest(kind, c.args, c.flags);
     cancelled.current = false;
-    setMode({ kind: 'busy', what: server ? `planning the drain of ${server}` : 'planning' });
-    const plan = await api.plan(server);
-    if (kind === 'remserver') {
-      append({ kind: 'plan', plan, emptyText: `${server} owns no range: nothing to move.`, heading: `${server} still owns ranges; draining it ("dropserver ${server}") would make these moves:` });
-      if (plan.moves.length) throw new CommandError(`remserver: ${server} still owns ranges (the moves above); drain it first with "dropserver ${server}"`);
-    } else {
-      append({ kind: 'plan', plan, emptyText: server ? `${server} owns no range: nothing to move.` : undefined });
-      if (!plan.moves.length) return;
+    const outcome = await runOperation(api, req, {
+      previewRemoval: true,
+      busy: (what) => setMode({ kind: 'busy', what }),
+      plan: (plan, text) => append({ kind: 'plan', plan, ...text }),
+      // Ctrl-C while planning: the question is not asked.
+      confirm: (question) => (cancelled.current ? Promise.resolve(false) : ask(question)),
+      following: ({ operationId, title, stop }) => {
+        detach.current = stop;
+        setMode({ kind: 'following', title, operationId, moves: [] });
+      },
+      progress: ({ moves }) => {
+        const m = modeRef.current;
+        if (m.kind === 'following') setMode({ ...m, moves });
+      },
+    }).finally(() => (detach.current = undefined));
+    switch (outcome.kind) {
+      case 'cancelled':
+        return append({ kind: 'lines', lines: [TEXT.cancelled] });
+      case 'nothing':
+        return outcome.started ? append({ kind: 'lines', lines: [TEXT.nothingStarted] }) : undefined;
+      case 'removed':
+        return append({ kind: 'lines', lines: [TEXT.removed(outcome.removed)] });
+      case 'followed': {
+        const r = outcome.result;
+        if (r.detached) return append({ kind: 'lines', lines: TEXT.detached(r.operationId) });
+        return append({ kind: 'moves', title: r.title, moves: r.moves, total: true, summary: r.summary });
+      }
     }
-    const question = kind === 'rebalance' ? 'Proceed with re-sharding?' : kind === 'dropserver' ? `Drain ${server}?` : `Remove server ${server} from the cluster and stop it?`;
-    if (cancelled.current || !(await ask(question))) {
-      append({ kind: 'lines', lines: ['Cancelled: nothing was changed.'] });
-      return;
-    }
-    if (kind === 'remserver') {
-      setMode({ kind: 'busy', what: `removing ${server}` });
-      const r = await api.removeServer(server!);
-      append({ kind: 'lines', lines: [`Removed ${r.shardId}${r.stopped ? '; its process is stopping' : '; it did not answer the stop request (stop it by hand)'}.`] });
-      return;
-    }
-    setMode({ kind: 'busy', what: 'starting the moves' });
-    const started = await api.start(kind, { server, maxMbps });
-    if (!started.operationId) {
-      append({ kind: 'lines', lines: ['Nothing to move.'] });
-      return;
-    }
-    await follow(kind, started.operationId);
   };
 
   // -------------------------------------------------------------------------
@@ -235,7 +182,7 @@ export function useConsole(o: ConsoleOptions): ConsoleState {
   const execute = async (c: ParsedCommand) => {
     switch (c.name) {
       case 'help':
-        append({ kind: 'lines', lines: helpLines() });
+        append({ kind: 'lines', lines: helpLines(c.args[0]) });
         return;
       case 'exit':
         exit(0);
@@ -255,9 +202,7 @@ export function useConsole(o: ConsoleOptions): ConsoleState {
         return;
       }
       case 'plan': {
-        const drain = c.flags.drain;
-        if (drain === true || Array.isArray(drain)) throw new CommandError('plan: --drain needs one shard id or host:port');
-        append({ kind: 'plan', plan: await api.plan(drain || undefined) });
+        append({ kind: 'plan', plan: await api.plan(flagString(c.flags, 'drain') || undefined) });
         return;
       }
       case 'rebalance':
@@ -267,23 +212,16 @@ export function useConsole(o: ConsoleOptions): ConsoleState {
         return;
       case 'addserver': {
         const r = await api.addServer(c.args[0]!);
-        append({
-          kind: 'lines',
-          lines: [
-            r.approvalRequired
-              ? `Approved ${c.args[0]}: start the shard with --advertise ${c.args[0]} and it will join at 0%; then run "rebalance".`
-              : `Noted ${c.args[0]}. This cluster does not require approval: any shard with the server credential joins at 0%.`,
-          ],
-        });
+        append({ kind: 'lines', lines: [TEXT.addServer(c.args[0]!, r.approvalRequired, 'rebalance')] });
         return;
       }
       case 'sync': {
         const r = await api.sync();
         append({
           kind: 'lines',
-          lines: [r.failed.length ? `Sync incomplete: ${r.synced} shards took map epoch ${r.epoch}.` : `Sync done: ${r.synced} shards hold map epoch ${r.epoch}.`],
+          lines: [TEXT.synced(r, r.epoch)],
         });
-        for (const f of r.failed) append({ kind: 'error', message: `${f.shardId} did not answer: ${f.error}` });
+        for (const f of r.failed) append({ kind: 'error', message: TEXT.notSynced(f) });
         return;
       }
       case 'moves': {
@@ -291,19 +229,9 @@ export function useConsole(o: ConsoleOptions): ConsoleState {
         append({ kind: 'moves', title: all ? 'Every journaled move:' : 'Moves in flight:', moves: await api.moves(all) });
         return;
       }
-      case 'recover': {
-        const r = await api.recover(c.args[0]!);
-        const m = r.move;
-        append({
-          kind: 'lines',
-          lines: [
-            `Move ${m.id}: ${m.from} -> ${m.to} [${formatHash(m.start)}, ${formatHash(m.end)}[`,
-            ...m.history.map((h) => `  ${new Date(h.atMs).toISOString()} ${h.state}`),
-            `Now ${m.state} (${phaseOf(m.state)}): ${r.action}`,
-          ],
-        });
+      case 'recover':
+        append({ kind: 'lines', lines: recoverLines(await api.recover(c.args[0]!)) });
         return;
-      }
     }
   };
 
