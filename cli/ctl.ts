@@ -16,7 +16,7 @@ import { formatRanges, formatServers, humanBytes, percent, rangesJson, serversJs
 import { LOAD_COLUMN, loadRowKey, loadValue } from './loadgen.js';
 import { FollowLostError, operationRequest, recoverLines, reloadLines, runOperation, TEXT, type OperationKind } from './operations.js';
 import { moveView, SdkOperations, type PlanView } from './operations-api.js';
-import { phaseName } from './phases.js';
+import { phaseName } from '../services/master/move-steps.js';
 import { clientTlsFrom } from './tls.js';
 
 export interface Io {

@@ -15,7 +15,7 @@ import { formatHash } from '../services/common/ranges.js';
 import { CliError, EXIT } from './exit.js';
 import { humanBytes } from './format.js';
 import type { MoveView, OperationsApi, PlanView, Recovered, Removed } from './operations-api.js';
-import { phaseName } from './phases.js';
+import { phaseName } from '../services/master/move-steps.js';
 
 export type OperationKind = 'rebalance' | 'dropserver' | 'remserver';
 

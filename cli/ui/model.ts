@@ -6,7 +6,7 @@
 import { HASH_SPACE_END } from '../../services/common/hash.js';
 import type { RangeRow, ServerRow } from '../format.js';
 import type { MoveView, PlanView } from '../operations-api.js';
-import { phaseName } from '../phases.js';
+import { phaseName } from '../../services/master/move-steps.js';
 
 export type { RangeRow, ServerRow } from '../format.js';
 export type { MoveView, PlanMoveView, PlanView } from '../operations-api.js';
@@ -45,7 +45,7 @@ export type ConsoleMode =
 // Moves: phase, fraction, rate, ETA
 
 /**
- * A move's phase as its progress bar names it (cli/phases.ts): copy,
+ * A move's phase as its progress bar names it (services/master/move-steps.ts): copy,
  * catch-up and cutover, then done. A committed move is whole for the
  * operator, so its bar says done as a cleaned one's does.
  */
