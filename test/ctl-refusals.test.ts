@@ -21,8 +21,8 @@ describe('an operation already running', () => {
   afterAll(() => cluster?.cleanup());
 
   it('dropserver is refused before any plan is printed, and plan says why', async () => {
-    // Throttled, so the rebalance is still running when dropserver asks.
-    const rebalance = cluster.ctl(['rebalance', '--yes', '--max-mbps', '0.05', '--json'], { timeoutMs: 120_000 });
+    // Throttled to 10 KB/s, so the rebalance runs for several seconds and is still running when dropserver asks, even on a loaded machine (at 50 KB/s it could end first).
+    const rebalance = cluster.ctl(['rebalance', '--yes', '--max-mbps', '0.01', '--json'], { timeoutMs: 150_000 });
     await waitUntil(async () => (await cluster.ctl(['moves', '--json'])).json.moves.length > 0, 20_000, 'the rebalance to start');
     const drop = await cluster.ctl(['dropserver', 's1', '--yes']);
     expect(drop.code).toBe(1);
