@@ -3,24 +3,15 @@
  * shapes that scripts rely on (hash positions and epochs as decimal strings,
  * counts as numbers, the last range ending at "18446744073709551616").
  */
+import type { ServerInfo } from '../services/client/types.js';
 import { formatHash } from '../services/common/ranges.js';
 
-export interface ServerRow {
-  id: string;
-  address: string;
-  status: string;
-  bytes: number;
-  rows: number;
-  ranges: number;
-  share: number;
-  opsPerSec: number;
-  lastHeartbeatMs?: number;
-  /** Free bytes on the shard's data directory's file system; with diskTotalBytes 0 or absent, not reported. */
-  diskFreeBytes?: number;
-  diskTotalBytes?: number;
-  /** The shard refuses writes because its disk is full. */
-  diskFull?: boolean;
-}
+/**
+ * A server as ctl prints it: the SDK's ServerInfo, where the heartbeat and
+ * disk figures may be absent (a master from before they were reported).
+ */
+type Optional = 'lastHeartbeatMs' | 'diskFreeBytes' | 'diskTotalBytes' | 'diskFull';
+export type ServerRow = Omit<ServerInfo, Optional> & Partial<Pick<ServerInfo, Optional>>;
 
 export interface RangeRow {
   start: bigint;
