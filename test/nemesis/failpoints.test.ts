@@ -27,7 +27,7 @@ import { runCtl } from '../harness/cluster.js';
 import { login } from '../harness/raw.js';
 import { USERS } from '../harness/inproc.js';
 import { checkFinal, linearizabilityAnomalies, type FinalVersion } from './checker.js';
-import { NemesisCluster, type Node } from './cluster.js';
+import { ProcessCluster, type Server } from '../harness/procs.js';
 import { showOp } from './history.js';
 import { invokeRaw, rawClient, rpc } from './rpc.js';
 import { checkOwnership, settleMoves } from './run.js';
@@ -39,7 +39,7 @@ const adminUser = USERS.find((u) => u.role === 'admin')!;
 /** An admin token of the cluster at `master`: tokens carry the cluster id, so it comes from a real login. */
 const adminHeader = async (master: string) => `Bearer ${await login(master, adminUser.user, adminUser.password)}`;
 
-let cluster: NemesisCluster | undefined;
+let cluster: ProcessCluster | undefined;
 let dir: string | undefined;
 const closers: Array<() => void> = [];
 
@@ -66,12 +66,12 @@ interface Scenario {
   /** The end the move that hit the point must reach. */
   expect: 'aborted' | 'cleaned';
   /** After the victim died: anything more before everything restarts. */
-  then?: (c: NemesisCluster, admin: CairnClient, dest: Node) => Promise<void>;
+  then?: (c: ProcessCluster, admin: CairnClient, dest: Server) => Promise<void>;
 }
 
 async function run(s: Scenario): Promise<void> {
   dir = mkdtempSync(join(tmpdir(), 'cairn-failpoints-'));
-  const c = (cluster = await NemesisCluster.start({ dir, shards: 2, firstEnv: s.masterFailpoint ? { master: { CAIRN_FAILPOINTS: s.masterFailpoint } } : undefined }));
+  const c = (cluster = await ProcessCluster.start({ dir, shards: 2, firstEnv: s.masterFailpoint ? { master: { CAIRN_FAILPOINTS: s.masterFailpoint } } : undefined }));
   const ctlEnv = () => ({ CAIRN_USER: adminUser.user, CAIRN_PASSWORD: adminUser.password, CAIRN_MASTER: c.masterAddress, CAIRN_CONFIG: '' });
   const load = await runCtl(['load', '--rows', String(ROWS), '--json'], ctlEnv());
   expect(load.code).toBe(0);

@@ -28,7 +28,7 @@ import { mapFromProto, ownerOfHash, type ClusterMap } from '../../services/commo
 import { login, rawCall, shardClient } from '../harness/raw.js';
 import { USERS } from '../harness/inproc.js';
 import { byKey, checkFinal, linearizabilityAnomalies, type Anomaly, type FinalVersion } from './checker.js';
-import { NemesisCluster } from './cluster.js';
+import { ProcessCluster } from '../harness/procs.js';
 import { HistoryRecorder, saveHistory, showOp, type Op } from './history.js';
 import { Nemesis, type FaultKind } from './nemesis.js';
 import { NetnsLab, probeNetns } from './netns.js';
@@ -149,7 +149,7 @@ function probeKey(start: bigint, end: bigint, salt: string): string {
  * it, and it must be the map's owner. Shards still behind (NOT_READY) or
  * fenced are asked again for up to `timeoutMs`.
  */
-export async function checkOwnership(cluster: NemesisCluster, hotKeys: string[], timeoutMs = 30_000): Promise<Anomaly[]> {
+export async function checkOwnership(cluster: ProcessCluster, hotKeys: string[], timeoutMs = 30_000): Promise<Anomaly[]> {
   const reader = USERS.find((u) => u.role === 'r')!;
   const token = await login(cluster.masterAddress, reader.user, reader.password);
   const map = await masterMap(cluster.masterAddress, token);
@@ -237,7 +237,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   }
   log(partitions.enabled ? `partitions: on (network namespaces, subnet ${net!.subnet}.0/24)` : `partitions: SKIPPED — ${partitions.reason}`);
 
-  let cluster: NemesisCluster | undefined;
+  let cluster: ProcessCluster | undefined;
   let admin: CairnClient | undefined;
   const cleanup = async () => {
     admin?.close();
@@ -251,7 +251,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   process.once('SIGTERM', onSignal);
 
   try {
-    cluster = await NemesisCluster.start({ dir, shards: nShards, net });
+    cluster = await ProcessCluster.start({ dir, shards: nShards, net });
     admin = await connectClient(cluster.masterAddress, 30_000, 'admin');
     const adminClient = admin;
     // Every shard up and in the map.
