@@ -195,12 +195,12 @@ export class InProcDriver implements Cluster<InProcServer> {
     return this.stop(s, 0);
   }
 
-  pause(): void {
-    throw new Error('the in-process driver cannot pause a server');
+  pause(s: InProcServer): void {
+    throw new Error(`the in-process driver cannot pause a server (${s.name})`);
   }
 
-  resume(): void {
-    throw new Error('the in-process driver cannot pause a server');
+  resume(s: InProcServer): void {
+    this.pause(s);
   }
 
   async restart(s: InProcServer): Promise<void> {
