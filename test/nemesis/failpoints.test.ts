@@ -26,12 +26,11 @@ import type { CairnClient } from '../../services/client/client.js';
 import { runCtl } from '../harness/cluster.js';
 import { login } from '../harness/raw.js';
 import { USERS } from '../harness/inproc.js';
-import { checkFinal, linearizabilityAnomalies, type FinalVersion } from './checker.js';
 import { ProcessCluster, type Server } from '../harness/procs.js';
 import { showOp } from './history.js';
 import { invokeRaw, rawClient, rpc } from './rpc.js';
 import { checkOwnership, settleMoves } from './run.js';
-import { COLUMN, connectClient, runOp, startWorkload } from './workload.js';
+import { checkHistory, connectClient, startWorkload } from './workload.js';
 
 const ROWS = 2000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -113,15 +112,8 @@ async function run(s: Scenario): Promise<void> {
   expect({ code: verify.code, json: verify.json }).toEqual({ code: 0, json: { checked: ROWS, missing: 0, wrong: 0 } });
   expect(await checkOwnership(c, keys)).toEqual([]);
 
-  const reader = await connectClient(c.masterAddress, 30_000);
-  closers.push(() => reader.close());
-  const finals = new Map<string, FinalVersion[]>();
-  for (const k of keys) {
-    await runOp(reader, workload.recorder, 99, k, 'get', {}, 30_000);
-    finals.set(k, (await reader.get(k, { columns: [COLUMN], allVersions: true })).map((x) => ({ value: x.value.toString(), timestampUs: x.timestampUs })));
-  }
+  const { anomalies } = await checkHistory(c.masterAddress, workload.recorder, 99);
   const history = workload.recorder.ops;
-  const anomalies = [...linearizabilityAnomalies(history).anomalies, ...checkFinal(history, finals)];
   expect(anomalies.map((a) => [a.message, ...(a.ops ?? []).map(showOp)].join('\n'))).toEqual([]);
   expect(history.filter((o) => o.outcome === 'ok').length).toBeGreaterThan(10);
 }

@@ -27,12 +27,12 @@ import { rowHash } from '../../services/common/hash.js';
 import { mapFromProto, ownerOfHash, type ClusterMap } from '../../services/common/map.js';
 import { login, rawCall, shardClient } from '../harness/raw.js';
 import { USERS } from '../harness/inproc.js';
-import { byKey, checkFinal, linearizabilityAnomalies, type Anomaly, type FinalVersion } from './checker.js';
+import { byKey, type Anomaly } from './checker.js';
 import { ProcessCluster } from '../harness/procs.js';
 import { HistoryRecorder, saveHistory, showOp, type Op } from './history.js';
 import { Nemesis, type FaultKind } from './nemesis.js';
 import { NetnsLab, probeNetns } from './netns.js';
-import { COLUMN, connectClient, runOp, startWorkload } from './workload.js';
+import { checkHistory, connectClient, startWorkload } from './workload.js';
 
 export interface ChaosOptions {
   durationMs: number;
@@ -293,25 +293,12 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     log('checking that every range is served by exactly one shard');
     anomalies.push(...(await checkOwnership(cluster, keys)));
 
-    // Final reads: a recorded read of each key, and every version of it.
-    const reader = await connectClient(cluster.masterAddress, 30_000);
-    const finals = new Map<string, FinalVersion[]>();
-    for (const k of keys) {
-      const op = await runOp(reader, recorder, nClients, k, 'get', {}, 30_000);
-      if (op.outcome !== 'ok') anomalies.push({ kind: 'other', key: k, message: `final read of ${k} failed: ${op.error}` });
-      const cells = await reader.get(k, { columns: [COLUMN], allVersions: true, timeoutMs: 30_000 });
-      finals.set(
-        k,
-        cells.map((c) => ({ value: c.value.toString('utf8'), timestampUs: c.timestampUs })),
-      );
-    }
-    reader.close();
+    // Final reads, then the checker.
+    log(`checking ${recorder.ops.length} ops on ${keys.length} keys`);
+    const checked = await checkHistory(cluster.masterAddress, recorder, nClients);
+    anomalies.push(...checked.anomalies);
+    const lin = checked;
     const history = recorder.ops;
-
-    log(`checking ${history.length} ops on ${keys.length} keys`);
-    const lin = linearizabilityAnomalies(history);
-    anomalies.push(...lin.anomalies);
-    anomalies.push(...checkFinal(history, finals));
 
     const movesAll = await adminClient.admin((a) => a.listMoves, { all: true }, { timeoutMs: 15_000 }).catch(() => ({ moves: [] }));
     const moves = count(movesAll.moves, (m) => m.state);
