@@ -49,8 +49,6 @@ export interface WorkloadOptions {
   valueBytes?: number;
   /** Pause after each op, ms (default none; 50 ms after a failed one). */
   pauseMs?: number;
-  /** Half of the puts replace the row. */
-  replace?: boolean;
   /** Client ids (and values) start here, so workloads can share a recorder. */
   firstClient?: number;
 }
@@ -71,7 +69,6 @@ export function connectClient(master: string, timeoutMs: number, role: 'rw' | 'r
 export interface OpOptions {
   timeoutMs: number;
   staleTimestamp?: bigint;
-  replace?: boolean;
 }
 
 const outcomeOf = (rec: HistoryRecorder, ops: Op[], f: Op['f'], err: unknown) => {
@@ -97,7 +94,7 @@ export async function runOp(
       const v = await client.getValue(key, COLUMN, { timeoutMs });
       rec.ok(op, v === undefined ? null : v.toString('utf8'));
     } else if (f === 'put') {
-      await client.put(key, o.staleTimestamp ? [{ column: COLUMN, value: args.value!, timestampUs: o.staleTimestamp }] : { [COLUMN]: args.value! }, { timeoutMs, replace: o.replace });
+      await client.put(key, o.staleTimestamp ? [{ column: COLUMN, value: args.value!, timestampUs: o.staleTimestamp }] : { [COLUMN]: args.value! }, { timeoutMs });
       rec.ok(op);
     } else {
       const check = args.expected === null ? { column: COLUMN, absent: true } : { column: COLUMN, equals: args.expected! };
@@ -153,7 +150,7 @@ export async function startWorkload(o: WorkloadOptions, rec = new HistoryRecorde
       seq++;
       const value = `c${id}-${seq}`.padEnd(o.valueBytes ?? 0, '.');
       const fresh = () => o.nextKey!(id, seq);
-      const opts: OpOptions = { timeoutMs: o.opTimeoutMs, replace: o.replace && random() < 0.5, staleTimestamp: o.sabotage && id === 0 ? BigInt(seq) : undefined };
+      const opts: OpOptions = { timeoutMs: o.opTimeoutMs, staleTimestamp: o.sabotage && id === 0 ? BigInt(seq) : undefined };
       let ops: Op[];
       if (f === 'get') ops = [await runOp(client, rec, id, pick(), 'get', {}, opts)];
       else if (f === 'getRows') ops = await runBatch(client, rec, id, some(), 'get', undefined, opts);
