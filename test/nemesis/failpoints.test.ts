@@ -23,7 +23,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { CairnClient } from '../../services/client/client.js';
-import { runCtl } from '../harness/cluster.js';
+import { runCtl, waitUntil } from '../harness/cluster.js';
 import { login } from '../harness/raw.js';
 import { USERS } from '../harness/inproc.js';
 import { ProcessCluster, type Server } from '../harness/procs.js';
@@ -77,15 +77,11 @@ async function run(s: Scenario): Promise<void> {
   const dest = await c.addShard(s.destFailpoint ? { CAIRN_FAILPOINTS: s.destFailpoint } : undefined);
   const admin = await connectClient(c.masterAddress, 30_000, 'admin');
   closers.push(() => admin.close());
-  for (const until = Date.now() + 30_000; ; await sleep(200)) {
-    const servers = await admin.listServers().catch(() => []);
-    if (servers.length === 3 && servers.every((x) => x.status === 'up')) break;
-    if (Date.now() > until) throw new Error('3 shards did not come up');
-  }
+  await c.waitReady();
 
   const keys = Array.from({ length: 4 }, (_, i) => `failpoints/${Date.now().toString(36)}/k${i}`);
   const workload = await startWorkload({ master: c.masterAddress, keys, clients: 4, opTimeoutMs: 10_000 });
-  await sleep(500);
+  await waitUntil(() => workload.completed() >= 20, 10_000, 'the clients to get going');
 
   // One attempt, no retry: a StartRebalance retried after the master's crash would start a second one.
   const client = rawClient(c.masterAddress);

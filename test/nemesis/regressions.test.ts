@@ -60,11 +60,7 @@ describe('move protocol regressions found by the nemesis', () => {
     await c.addShard();
     const admin = await connectClient(c.masterAddress, 30_000, 'admin');
     cleanups.push(() => admin.close());
-    for (const until = Date.now() + 30_000; ; await sleep(200)) {
-      const servers = await admin.listServers().catch(() => []);
-      if (servers.length === 3 && servers.every((s) => s.status === 'up')) break;
-      if (Date.now() > until) throw new Error('3 shards did not come up');
-    }
+    await c.waitReady();
     // A clean rebalance gives the new shard a range B that an earlier shard owned.
     await admin.startRebalance();
     let moved: { start: bigint; end: bigint; from: string; to: string } | undefined;

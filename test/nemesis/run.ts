@@ -254,13 +254,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     cluster = await ProcessCluster.start({ dir, shards: nShards, net });
     admin = await connectClient(cluster.masterAddress, 30_000, 'admin');
     const adminClient = admin;
-    // Every shard up and in the map.
-    for (const until = Date.now() + 30_000; ; ) {
-      const servers = await adminClient.listServers().catch(() => []);
-      if (servers.length === nShards && servers.every((s) => s.status === 'up')) break;
-      if (Date.now() > until) throw new Error(`${nShards} shards did not come up: ${JSON.stringify(servers)}`);
-      await sleep(200);
-    }
+    await cluster.waitReady();
     const fillerRows = o.fillerRows ?? 2000;
     if (fillerRows > 0) {
       const w = await connectClient(cluster.masterAddress, 60_000);
