@@ -309,17 +309,11 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'cairn-fuzz-'));
   cluster = await ProcessCluster.start({ dir, shards: 2 });
   admin = await connectClient(cluster.masterAddress, 30_000, 'admin');
-  for (const until = Date.now() + 30_000; ; ) {
-    const servers = await admin.listServers().catch(() => []);
-    if (servers.length === 2 && servers.every((s) => s.status === 'up')) {
-      pools.shardIds = servers.map((s) => s.id);
-      pools.addresses = servers.map((s) => s.address);
-      clusterId = (await currentMap()).clusterId;
-      break;
-    }
-    if (Date.now() > until) throw new Error('shards did not come up');
-    await new Promise((r) => setTimeout(r, 200));
-  }
+  await cluster.waitReady();
+  const servers = await admin.listServers();
+  pools.shardIds = servers.map((s) => s.id);
+  pools.addresses = servers.map((s) => s.address);
+  clusterId = (await currentMap()).clusterId;
   sdk = await connectClient(cluster.masterAddress, 30_000, 'rw');
   await sdk.put('fuzz/canary', { c: 'alive' });
   await sdk.put('fuzz/canary', { c: 'still alive', v: 'x' });
