@@ -119,7 +119,7 @@ describe('online rebalancing under load', () => {
     const steps: TimedCtl[] = [];
     let newShardId = '';
     let removedExit: number | null | string = 'not reached';
-    let shardAddrs: Array<{ id: string; address: string }> = [];
+    let shardAddrs: Array<{ id: string; address: string; status: string }> = [];
     let late: CairnClient | undefined;
     let lateEpoch = 0n;
     let lateRoutedToNew = 0;
@@ -129,14 +129,15 @@ describe('online rebalancing under load', () => {
       // A third shard joins at 0%, with nothing restarted.
       const ta = Date.now();
       const proc = await cluster.addShard();
+      const adminClient = await CairnClient.connect({ master: cluster.masterAddress, user: admin.user, password: admin.password });
+      opened.push(adminClient);
       await waitUntil(async () => {
-        const s = (await cluster.ctl(['servers', '--json'])).json.servers as Array<{ id: string; address: string; status: string }>;
-        const mine = s.find((x) => x.address.endsWith(`:${proc.port}`) && x.status === 'up');
+        shardAddrs = await adminClient.listServers();
+        const mine = shardAddrs.find((x) => x.address === proc.address && x.status === 'up');
         if (mine) newShardId = mine.id;
-        return s.length === 3 && !!mine;
+        return shardAddrs.length === 3 && !!mine;
       }, 15_000, 'the third shard');
       phases.push({ name: `addShard (${newShardId})`, t0: ta, t1: Date.now() });
-      shardAddrs = (await cluster.ctl(['servers', '--json'])).json.servers;
 
       const rebalance = await timedCtl(['rebalance', '--yes', '--json', '--max-mbps', MAX_MBPS]);
       steps.push(rebalance);
