@@ -5,21 +5,18 @@
  * Each process serves Prometheus metrics on 127.0.0.1, from --metrics-base-port
  * (default base port + 100: the master, then shard 1, 2, …); --no-metrics turns them off.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, existsSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { CairnClient } from '../services/client/index.js';
 import { hashPassword } from '../services/common/auth.js';
 import type { FlagValue } from './args.js';
 import { CliError, EXIT } from './exit.js';
+import { causeOf, launchCairn } from './launch.js';
 import type { Io } from './ctl.js';
-
-const CAIRN_BIN = fileURLToPath(new URL('../../bin/cairn.js', import.meta.url));
 
 export async function runDev(flags: Record<string, FlagValue>, io: Io): Promise<number> {
   const dataDir = resolve(typeof flags['data-dir'] === 'string' ? flags['data-dir'] : './data');
@@ -56,20 +53,16 @@ export async function runDev(flags: Record<string, FlagValue>, io: Io): Promise<
 
   const children: ChildProcess[] = [];
   const start = (name: string, args: string[]) => {
-    const log = createWriteStream(join(dataDir, 'logs', `${name}.log`), { flags: 'a' });
     const env = { ...process.env };
     delete env.CAIRN_CONFIG; // each child gets its settings from the flags below
-    const child = spawn(process.execPath, [CAIRN_BIN, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env });
-    child.stderr!.pipe(log);
-    const tail: string[] = [];
-    createInterface({ input: child.stderr! }).on('line', (l) => tail.push(l) > 20 && tail.shift());
-    child.on('exit', (code, signal) => {
+    const logFile = join(dataDir, 'logs', `${name}.log`);
+    const p = launchCairn({ name, args, env, logFile });
+    void p.exited.then(({ code, signal }) => {
       if (stopping) return;
-      const logFile = join(dataDir, 'logs', `${name}.log`);
-      if (!ready) firstExit ??= { name, status: String(signal ?? code), cause: causeOf(tail), logFile };
+      if (!ready) firstExit ??= { name, status: String(signal ?? code), cause: causeOf(p.tail), logFile };
       else io.err(`${name} exited (${signal ?? code}); see ${logFile}`);
     });
-    children.push(child);
+    children.push(p.child);
   };
   let stopping = false;
   let ready = false;
@@ -142,22 +135,4 @@ export async function runDev(flags: Record<string, FlagValue>, io: Io): Promise<
   io.err('stopping the dev cluster…');
   await stopAll();
   return EXIT.OK;
-}
-
-/**
- * Why a child stopped, from the last lines of its stderr: its own `error:`
- * line (main.ts), else the last JSON log record at level error.
- */
-function causeOf(lines: string[]): string | undefined {
-  const plain = lines.filter((l) => l.startsWith('error: ')).pop();
-  if (plain) return plain.slice('error: '.length);
-  for (const l of [...lines].reverse()) {
-    try {
-      const rec = JSON.parse(l) as { level?: string; message?: string; error?: string };
-      if (rec.level === 'error') return rec.error ? `${rec.message}: ${rec.error}` : rec.message;
-    } catch {
-      /* not a log record */
-    }
-  }
-  return undefined;
 }

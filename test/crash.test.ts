@@ -18,18 +18,18 @@
  * shard point that ends its move long before the other move reaches the
  * master's point.
  *
- * Clients keep working throughout: a writer adds rows, another overwrites a
- * few counters (some in each moving range) while a reader checks that no read
- * returns less than what was already acknowledged, and in the catch-up run a
- * hot writer fills the moving ranges so that catch-up has chunks to send.
+ * Clients keep working throughout (the one workload, nemesis/workload.ts, all
+ * into one history): a writer adds rows, two clients overwrite and read back a
+ * few counters (some in each moving range), and in the catch-up run a hot
+ * writer fills the moving ranges so that catch-up has chunks to send.
  *
  * After each run: every move ends `cleaned` or `aborted` with nothing pending
  * (`ctl recover` drives any that has not), the aborted copy is dropped or the
  * committed source deletes its copy, `ctl verify` finds every loaded row, every
- * acknowledged write is there and no read was stale, every shard asked
- * directly (ReadRow with the current epoch) agrees that exactly one shard
- * serves each sampled row and nothing stays fenced, and a fresh rebalance
- * completes. A failing run writes every process's log to a file it names
+ * shard asked directly (ReadRow with the current epoch) agrees that exactly
+ * one shard serves each sampled row and nothing stays fenced, a fresh
+ * rebalance completes, and the checker (nemesis/checker.ts) finds the history
+ * linearizable with every acknowledged write there, once. A failing run writes every process's log to a file it names
  * (CRASH_DUMP=1 keeps them for passing runs too).
  */
 import { afterAll, afterEach, describe, expect, it } from '@jest/globals';
@@ -40,6 +40,8 @@ import { endFromProto, HASH_SPACE_END, rowHash } from '../services/common/hash.j
 import { LOAD_COLUMN, loadRowKey, loadValue } from '../cli/loadgen.js';
 import { startProcCluster, waitUntil, type Proc, type ProcCluster } from './harness/cluster.js';
 import { login, rawCall, shardClient } from './harness/raw.js';
+import { HistoryRecorder, showOp } from './nemesis/history.js';
+import { checkHistory, startWorkload, type Workload } from './nemesis/workload.js';
 
 const ROWS = 3000;
 /** Move throttle in MB/s: a move of ~110 KB takes about a second, long enough to crash mid-copy. */
@@ -180,126 +182,6 @@ function keysIn(ranges: ReadonlyArray<{ start: bigint; end: bigint }>, perRange:
     }
   }
   return out;
-}
-
-/**
- * A writer that records what was acknowledged.
- * Gentle: a small row every ~25 ms, far below the throttle, so catch-up always
- * converges. Hot: 2 KB rows aimed at given keys, about as fast as it can.
- */
-class Writer {
-  readonly acked = new Map<string, string>();
-  errors = 0;
-  private stopped = false;
-  private readonly loops: Promise<void>[];
-
-  constructor(
-    private readonly client: CairnClient,
-    o: { key: (i: number) => string; valueBytes: number; batch: number; pauseMs: number; timeoutMs: number; concurrency?: number },
-  ) {
-    let next = 0;
-    this.loops = Array.from({ length: o.concurrency ?? 1 }, async () => {
-      while (!this.stopped) {
-        const rows = Array.from({ length: o.batch }, () => {
-          const row = o.key(next++);
-          return { row, value: `${row}=`.padEnd(o.valueBytes, 'x') };
-        });
-        try {
-          await client.writeRows(rows.map((r) => ({ row: r.row, cells: { 'w:v': r.value } })), { timeoutMs: o.timeoutMs });
-          for (const r of rows) this.acked.set(r.row, r.value);
-        } catch {
-          this.errors++; // not acknowledged: it may or may not have landed, and either is fine
-        }
-        if (o.pauseMs) await sleep(o.pauseMs);
-      }
-    });
-  }
-
-  /** Stops after the calls in flight; resolves when they have ended. */
-  async stop(): Promise<void> {
-    this.stopped = true;
-    await Promise.all(this.loops);
-  }
-
-  /** Acknowledged rows that are missing or hold another value. */
-  async lost(): Promise<string[]> {
-    const bad: string[] = [];
-    const rows = [...this.acked.keys()];
-    for (let i = 0; i < rows.length; i += 40) {
-      const part = rows.slice(i, i + 40);
-      const got = await this.client.getRows(part, { columns: ['w:v'], timeoutMs: 10_000 });
-      for (const r of part) if (got.get(r)?.[0]?.value.toString() !== this.acked.get(r)) bad.push(r);
-    }
-    return bad;
-  }
-}
-
-/**
- * Stale reads: one writer keeps overwriting a few rows with a growing counter
- * while a reader reads them back. A read must never return less than what was
- * already acknowledged when the read began, unless the value came from a write
- * that failed (a write that was not acknowledged may still land at any time).
- */
-class Overwriter {
-  /** Per row, the highest counter acknowledged. */
-  private readonly acked = new Map<string, number>();
-  private readonly failed = new Set<number>();
-  readonly stale: string[] = [];
-  reads = 0;
-  writes = 0;
-  private stopped = false;
-  private readonly loops: Promise<void>[];
-
-  constructor(
-    private readonly client: CairnClient,
-    private readonly rows: string[],
-  ) {
-    this.loops = [
-      (async () => {
-        for (let i = 1; !this.stopped; i++) {
-          const row = rows[i % rows.length]!;
-          try {
-            await client.writeRows([{ row, cells: { 'c:n': String(i) } }], { timeoutMs: 8000 });
-            this.acked.set(row, i);
-            this.writes++;
-          } catch {
-            this.failed.add(i);
-          }
-          await sleep(20);
-        }
-      })(),
-      (async () => {
-        while (!this.stopped) {
-          const before = new Map(this.acked);
-          try {
-            const got = await client.getRows(rows, { columns: ['c:n'], timeoutMs: 8000 });
-            this.reads++;
-            for (const row of rows) this.check(row, before.get(row), got.get(row)?.[0]?.value.toString());
-          } catch {
-            /* a failed read returns nothing stale */
-          }
-          await sleep(40);
-        }
-      })(),
-    ];
-  }
-
-  private check(row: string, acked: number | undefined, read: string | undefined): void {
-    if (acked === undefined) return;
-    const n = read === undefined ? 0 : Number(read);
-    if (n < acked && !this.failed.has(n)) this.stale.push(`${row}: read ${read ?? '(nothing)'} after ${acked} was acknowledged`);
-  }
-
-  async stop(): Promise<void> {
-    this.stopped = true;
-    await Promise.all(this.loops);
-  }
-
-  /** One last read of every row. */
-  async final(): Promise<void> {
-    const got = await this.client.getRows(this.rows, { columns: ['c:n'], timeoutMs: 10_000 });
-    for (const row of this.rows) this.check(row, this.acked.get(row), got.get(row)?.[0]?.value.toString());
-  }
 }
 
 // ---------------------------------------------------------------- the report
@@ -516,27 +398,30 @@ async function crashRun(run: Run): Promise<void> {
     });
 
     const tag = `w${Date.now().toString(36)}`;
-    const gentle = new Writer(admin, { key: (i) => `${tag}/gentle/${i}`, valueBytes: 200, batch: 1, pauseMs: 25, timeoutMs: 8000 });
-    l.writers.push(gentle);
+    // Every client op goes in one history, checked at the end (nemesis/checker.ts).
+    const history = new HistoryRecorder();
+    const work = (o: Omit<Parameters<typeof startWorkload>[0], 'master'>): Promise<Workload> =>
+      startWorkload({ master: cluster.masterAddress, ...o }, history).then((w) => (l.writers.push(w), w));
+    // Gentle: a small row every ~25 ms, far below the throttle, so catch-up always converges.
+    await work({ keys: [], nextKey: (_c, seq) => `${tag}/gentle/${seq}`, clients: 1, mix: { put: 1, get: 0, cas: 0 }, valueBytes: 200, pauseMs: 25, opTimeoutMs: 8000 });
     // Counters in both moving ranges and elsewhere, overwritten and read back throughout.
     const ranges = plan.map((m) => ({ start: BigInt(m.start), end: BigInt(m.end) }));
-    const counters = new Overwriter(admin, [...keysIn(ranges, 5, `${tag}/ctr`), ...Array.from({ length: 4 }, (_, i) => `${tag}/ctr/x/${i}`)]);
-    l.writers.push(counters);
+    const counterKeys = [...keysIn(ranges, 5, `${tag}/ctr`), ...Array.from({ length: 4 }, (_, i) => `${tag}/ctr/x/${i}`)];
+    await work({ keys: counterKeys, clients: 2, firstClient: 1, mix: { put: 1, getRows: 1, get: 0, cas: 0 }, batch: counterKeys.length, pauseMs: 20, opTimeoutMs: 8000 });
     lap('join');
 
     // The crash: a rebalance that loses a process (it may fail, or end with aborted moves; it must not hang).
     const rebalance = cluster
       .ctl(['rebalance', '--yes', '--json', '--max-mbps', MAX_MBPS], { timeoutMs: 60_000 })
       .catch((e: Error) => ({ code: -1, stdout: '', stderr: e.message, json: undefined }));
-    let hot: Writer | undefined;
+    let hot: Workload | undefined;
     if (run.hotWriter) {
       // Aimed at the ranges actually moving, once the copies have begun (the plan is fixed by then).
       let moving: MoveJson[] = [];
       await waitUntil(async () => (moving = (await openMoves(admin)).open).length === 2 && moving.every((m) => m.state === 'copying'), 15_000, 'both moves copying');
+      // 2 KB rows in both moving ranges, 8 a call, about as fast as it can, so both logs fill at once.
       const hotKeys = keysIn(moving.map((m) => ({ start: BigInt(m.start), end: BigInt(m.end) })), 3000, `${tag}/hot`);
-      // Alternate between the two moving ranges, so both logs fill at once (a key written again gets the same value).
-      hot = new Writer(admin, { key: (i) => hotKeys[(i % 2) * 3000 + ((i >> 1) % 3000)]!, valueBytes: 2048, batch: 8, pauseMs: 5, timeoutMs: 3000, concurrency: 2 });
-      l.writers.push(hot);
+      hot = await work({ keys: hotKeys, clients: 2, firstClient: 3, mix: { writeRows: 1, put: 0, get: 0, cas: 0 }, batch: 8, valueBytes: 2048, pauseMs: 5, opTimeoutMs: 3000 });
     }
     await Promise.all(
       victims.map(async ({ point, proc }) => {
@@ -594,12 +479,12 @@ async function crashRun(run: Run): Promise<void> {
     const verify = await cluster.ctl(['verify', '--rows', String(ROWS), '--json']);
     expect({ verify: verify.json, stderr: verify.json ? '' : verify.stderr }).toEqual({ verify: { checked: ROWS, missing: 0, wrong: 0 }, stderr: '' });
     await hotStopped;
-    if (hot) expect(await hot.lost()).toEqual([]);
     if (process.env.CRASH_DUMP) dumpLogs(`ok-${run.name}`); // CRASH_DUMP=1 keeps the logs of passing runs too
 
     // Each range served by exactly one shard, and nothing left fenced.
     const token = await login(cluster.masterAddress, 'reader', 'reader-pass');
-    const sample = [...Array.from({ length: ROWS / 20 }, (_, i) => loadRowKey(0, i * 20)), ...[...gentle.acked.keys()].slice(-30)];
+    const gentleAcked = history.ops.filter((op) => op.client === 0 && op.outcome === 'ok').map((op) => op.key);
+    const sample = [...Array.from({ length: ROWS / 20 }, (_, i) => loadRowKey(0, i * 20)), ...gentleAcked.slice(-30)];
     const checked = await checkSingleOwner(cluster, admin, token, sample);
     lap('check');
 
@@ -607,16 +492,18 @@ async function crashRun(run: Run): Promise<void> {
     const again = await cluster.ctl(['rebalance', '--yes', '--json'], { timeoutMs: 60_000 });
     expect({ code: again.code, stderr: again.stderr }).toEqual({ code: 0, stderr: expect.any(String) });
     if (again.json?.moves?.length) expect(again.json.aborted).toBe(0);
-    await gentle.stop();
-    expect(await gentle.lost()).toEqual([]);
-    await counters.stop();
-    await counters.final();
-    expect(counters.stale).toEqual([]);
+    // Then the check (nemesis/checker.ts) of every client op: nothing acknowledged lost, no stale read.
+    await Promise.all(l.writers.map((w) => w.stop()));
+    const final = await checkHistory(cluster.masterAddress, history, 10);
+    expect(final.anomalies.map((a) => [`${a.kind}: ${a.message}`, ...(a.ops ?? []).slice(0, 20).map(showOp)].join('\n    '))).toEqual([]);
+    const acked = history.ops.filter((op) => op.f === 'put' && op.outcome === 'ok');
+    const ackedBy = (from: number, to: number) => acked.filter((op) => op.client >= from && op.client < to).length;
+    const reads = history.ops.filter((op) => op.f === 'get' && op.client < 10 && op.outcome === 'ok').length;
     lap('rebalance');
     for (const r of recovered) report(`  recover ${r}`);
     report(
       `  ok in ${secs(Date.now() - t0)} s: crash rebalance exit ${rb.code}; ${checked} rows each on one shard; ` +
-        `${gentle.acked.size}${hot ? ` + ${hot.acked.size} hot` : ''} acknowledged writes kept; ${counters.reads} reads of ${counters.writes} overwrites, none stale; fresh rebalance made ${again.json?.moves.length ?? 0} moves (${laps.join(', ')})`,
+        `${ackedBy(0, 1)}${hot ? ` + ${ackedBy(3, 5)} hot` : ''} acknowledged writes kept; ${reads} counter reads of ${ackedBy(1, 3)} overwrites, linearizable; fresh rebalance made ${again.json?.moves.length ?? 0} moves (${laps.join(', ')})`,
     );
   } catch (err) {
     const e = err as Error;

@@ -180,7 +180,12 @@ describe('fences that cannot strand a range (real processes)', () => {
     const rebalance = cluster.ctl(['rebalance', '--yes', '--json', '--max-mbps', '0.1'], { timeoutMs: 120_000 });
     let started: ReturnType<typeof transferStarted>;
     await waitUntil(() => !!(started = transferStarted(source, mark)), 20_000, 'the transfer to start');
-    await sleep(300);
+    const admin = await CairnClient.connect({ master: cluster.masterAddress, user: 'admin', password: 'admin-pass' });
+    try {
+      await waitUntil(async () => (await admin.admin((x) => x.listMoves, { all: false })).moves.some((m) => m.id === started!.moveId && m.copiedBytes > 0n), 20_000, 'the copy under way');
+    } finally {
+      admin.close();
+    }
     dest.child.kill('SIGSTOP');
     const stoppedAt = Date.now();
     await waitUntil(() => isPaused(dest), 5000, 'the destination to stop');

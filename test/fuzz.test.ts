@@ -42,7 +42,7 @@ import { deriveTokenKey, mintToken, ROLES, type Role } from '../services/common/
 import { endFromProto, HASH_SPACE_END } from '../services/common/hash.js';
 import { mapError, mapFromProto, rangesOf, type ClusterMap } from '../services/common/map.js';
 import { TEST_CREDENTIAL } from './harness/inproc.js';
-import { NemesisCluster } from './nemesis/cluster.js';
+import { ProcessCluster } from './harness/procs.js';
 import { allRpcs, encodeAs, fieldsOf, invokeRaw, packageDefinition, rawClient, SERVICE_NAMES, type FieldDesc, type RawResult, type Rpc, type ServiceName } from './nemesis/rpc.js';
 import { connectClient } from './nemesis/workload.js';
 
@@ -238,7 +238,7 @@ function encodePayload(r: Rpc, p: Payload): Buffer {
 // The cluster
 
 let dir: string;
-let cluster: NemesisCluster;
+let cluster: ProcessCluster;
 let sdk: CairnClient;
 let admin: CairnClient;
 const clients = new Map<string, Client>();
@@ -306,19 +306,13 @@ async function snapshot(): Promise<string> {
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'cairn-fuzz-'));
-  cluster = await NemesisCluster.start({ dir, shards: 2 });
+  cluster = await ProcessCluster.start({ dir, shards: 2 });
   admin = await connectClient(cluster.masterAddress, 30_000, 'admin');
-  for (const until = Date.now() + 30_000; ; ) {
-    const servers = await admin.listServers().catch(() => []);
-    if (servers.length === 2 && servers.every((s) => s.status === 'up')) {
-      pools.shardIds = servers.map((s) => s.id);
-      pools.addresses = servers.map((s) => s.address);
-      clusterId = (await currentMap()).clusterId;
-      break;
-    }
-    if (Date.now() > until) throw new Error('shards did not come up');
-    await new Promise((r) => setTimeout(r, 200));
-  }
+  await cluster.waitReady();
+  const servers = await admin.listServers();
+  pools.shardIds = servers.map((s) => s.id);
+  pools.addresses = servers.map((s) => s.address);
+  clusterId = (await currentMap()).clusterId;
   sdk = await connectClient(cluster.masterAddress, 30_000, 'rw');
   await sdk.put('fuzz/canary', { c: 'alive' });
   await sdk.put('fuzz/canary', { c: 'still alive', v: 'x' });

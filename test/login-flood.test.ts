@@ -23,7 +23,7 @@ import * as grpc from '@grpc/grpc-js';
 import { spawn } from 'node:child_process';
 import { MasterServiceClient } from '../proto/gen/cairn/v1/master.js';
 import { call } from '../services/common/grpc.js';
-import { CAIRN_BIN, startProcCluster, type ProcCluster } from './harness/cluster.js';
+import { CAIRN_BIN, startProcCluster, waitUntil, type ProcCluster } from './harness/cluster.js';
 import { login } from './harness/raw.js';
 
 const FLOODERS = 300;
@@ -123,8 +123,8 @@ describe('a login flood', () => {
     });
 
     const failures: string[] = [];
+    await waitUntil(() => answers.length > 0, 10_000, 'the first answers to the flood'); // the first wave is in
     const until = Date.now() + CHECK_MS;
-    await sleep(200); // the first wave is in
 
     const servers = sampleUntil(until, 200, async () => {
       // As admin, from this host: its login goes through the same gate as the flood's.

@@ -232,7 +232,7 @@ describe('a move that commits', () => {
     };
     const writers = [0, 1, 2, 3].map(writer);
     try {
-      await sleep(50);
+      await waitFor(() => acked.length > 0, 10_000, 'the writers to get going');
       const ackedBefore = acked.length;
       out = await pull(b, a, 'move-commit', R, { chunkBytes: 16384, maxBytesPerSec: 1_000_000n });
       expect(out.err).toBeUndefined();

@@ -1,30 +1,67 @@
 /**
- * A cluster of real child processes — `cairn master` and `cairn shard`, each
- * with its own LevelDB in a temp dir, on 127.0.0.1 — for tests that stop,
- * kill and restart processes. Runs the built CLI (dist/, made by `pretest`).
+ * The test cluster: one interface (`Cluster`) with two drivers — real
+ * processes (procs.ts: `ProcessCluster`, the built CLI in dist/) and
+ * in-process servers (inproc.ts: `InProcDriver`). `startProcCluster` is the
+ * process driver behind the interface most process tests use (a `Proc` per
+ * start, `ctl` as the admin); `runCtl`, `waitUntil` and `freeBasePort` are
+ * the helpers around it.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
-import { createInterface } from 'node:readline';
-import { stringify } from 'yaml';
-import { hashPassword } from '../../services/common/auth.js';
-import { TEST_CREDENTIAL, USERS, type TestUser } from './inproc.js';
+import { launchCairn } from '../../cli/launch.js';
+import { CairnClient } from '../../services/client/index.js';
+import { USERS, type TestUser } from './inproc.js';
+import { CAIRN_BIN, ProcessCluster, type Proc } from './procs.js';
 
-export const CAIRN_BIN = resolve('bin/cairn.js');
+export { CAIRN_BIN, ProcessCluster, type Proc, type Server } from './procs.js';
 
-export interface Proc {
-  name: string;
-  args: string[];
-  child: ChildProcess;
-  /** The bound port, learnt from the "listening" log line. */
-  port: number;
-  address: string;
-  /** Log lines (parsed JSON) seen so far. */
-  logs: Array<Record<string, unknown>>;
-  exited: Promise<number | null>;
+/** A server of a cluster, whichever the driver. */
+export interface ClusterServer {
+  readonly name: string;
+  readonly role: 'master' | 'shard';
+  readonly address: string;
+  readonly dataDir: string;
+}
+
+/**
+ * What both drivers offer. An in-process server cannot be paused, and its
+ * `kill` is a stop with no grace (not a SIGKILL: the process is the test's).
+ */
+export interface Cluster<S extends ClusterServer = ClusterServer> {
+  readonly dir: string;
+  readonly masterAddress: string;
+  readonly master: S;
+  readonly shards: readonly S[];
+  addShard(): Promise<S>;
+  isRunning(s: S): boolean;
+  /** A clean shutdown; resolves once the server is down. */
+  stop(s: S): Promise<unknown>;
+  kill(s: S): Promise<void>;
+  pause(s: S): void;
+  resume(s: S): void;
+  /** Starts a stopped server again on its address and data dir. */
+  restart(s: S): Promise<unknown>;
+  /** The server's log records so far (its current start). */
+  logs(s: S): ReadonlyArray<Record<string, unknown>>;
+  /** Until every shard is up and the cluster has a map. */
+  waitReady(timeoutMs?: number): Promise<void>;
+  /** Stops everything and removes what the cluster made. */
+  cleanup(): Promise<void>;
+}
+
+export const ADMIN = USERS.find((u) => u.role === 'admin')!;
+
+/** Until `shards` shards are registered and up, and the map has an epoch. */
+export function waitReady(masterAddress: string, shards: number, timeoutMs = 30_000): Promise<void> {
+  return waitUntil(async () => {
+    const c = await CairnClient.connect({ master: masterAddress, user: ADMIN.user, password: ADMIN.password, timeoutMs: 2000 });
+    try {
+      const servers = await c.listServers();
+      return servers.length === shards && servers.every((s) => s.status === 'up') && c.map.epoch > 0n;
+    } finally {
+      c.close();
+    }
+  }, timeoutMs, `${shards} shards up`);
 }
 
 export interface CtlResult {
@@ -34,39 +71,30 @@ export interface CtlResult {
   json: any;
 }
 
-export function spawnCairn(name: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<Proc> {
-  const child = spawn(process.execPath, [CAIRN_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
-  const logs: Array<Record<string, unknown>> = [];
-  const exited = new Promise<number | null>((done) => child.once('exit', (code) => done(code)));
-  return new Promise<Proc>((resolveProc, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${name} did not report "listening" within 20 s; logs: ${JSON.stringify(logs.slice(-5))}`)), 20_000);
-    createInterface({ input: child.stderr! }).on('line', (line) => {
-      let rec: Record<string, unknown>;
-      try {
-        rec = JSON.parse(line);
-      } catch {
-        rec = { message: line };
-      }
-      logs.push(rec);
-      if (rec.message === 'listening') {
-        clearTimeout(timer);
-        const address = String(rec.address);
-        resolveProc({ name, args, child, port: Number(address.slice(address.lastIndexOf(':') + 1)), address, logs, exited });
-      }
-    });
-    child.stdout!.resume();
-    void exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`${name} exited with ${code} before listening; logs: ${JSON.stringify(logs.slice(-5))}`));
-    });
-  });
+/** Starts one `cairn` process outside any cluster; resolves once it is listening. */
+export async function spawnCairn(name: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<Proc> {
+  const logs: Proc['logs'] = [];
+  const l = launchCairn({ name, args, bin: CAIRN_BIN, env: { ...process.env, ...env }, readyTimeoutMs: 20_000, onLine: (line) => logs.push(parseLine(line)) });
+  const address = await l.listening;
+  return { name, args, child: l.child, port: Number(address.slice(address.lastIndexOf(':') + 1)), address, logs, exited: l.exited.then((x) => x.code) };
 }
+
+export const parseLine = (line: string): Record<string, unknown> => {
+  try {
+    return JSON.parse(line);
+  } catch {
+    return { message: line };
+  }
+};
 
 export interface ProcCluster {
   dir: string;
+  /** The current start of each server. */
   master: Proc;
   shards: Proc[];
   masterAddress: string;
+  /** The driver underneath, for what this view does not offer (pause, logs by server, …). */
+  driver: ProcessCluster;
   /** Environment for `cairn ctl` as the admin user. */
   ctlEnv: NodeJS.ProcessEnv;
   ctl(args: string[], opts?: { env?: NodeJS.ProcessEnv; timeoutMs?: number }): Promise<CtlResult>;
@@ -76,7 +104,7 @@ export interface ProcCluster {
   masterYaml: string;
   credFile: string;
   env: NodeJS.ProcessEnv;
-  /** Stops a process with a signal and waits for it to exit; returns the exit code. */
+  /** Stops a process (of the cluster or not) with a signal and waits for it to exit; returns the exit code. */
   stop(p: Proc, signal?: NodeJS.Signals): Promise<number | null>;
   /**
    * Starts a stopped process again on the same port and data dir, with the
@@ -108,84 +136,51 @@ export async function startProcCluster(
   } = {},
 ): Promise<ProcCluster> {
   const n = o.shards ?? 2;
-  const dir = await mkdtemp(join(tmpdir(), 'cairn-proc-'));
-  if (o.dataFrom) await cp(o.dataFrom, dir, { recursive: true });
-  const credFile = join(dir, 'credential');
-  await writeFile(credFile, TEST_CREDENTIAL + '\n', { mode: 0o600 });
-  const masterYaml = join(dir, 'master.yaml');
-  await writeFile(
-    masterYaml,
-    stringify({
-      dataDir: join(dir, 'master'),
-      expectShards: o.expectShards ?? n,
-      serverCredentialFile: credFile,
-      heartbeatIntervalMs: 250,
-      shardDownAfterMs: 2000,
-      clients: [...USERS, ...(o.extraUsers ?? [])].map((u) => ({ user: u.user, passwordHash: hashPassword(u.password), role: u.role })),
-    }),
-  );
-  const env = { CAIRN_CONFIG: '', ...o.env };
-  const master = await spawnCairn('master', ['master', '--config', masterYaml, '--listen', '127.0.0.1:0', ...(o.masterArgs ?? [])], { ...env, ...o.masterEnv });
-  const masterAddress = master.address;
-  let count = 0;
-  const shardArgs = (i: number, listen: string) => [
-    'shard',
-    '--listen', listen,
-    '--data-dir', o.shardDataDirs?.[i - 1] ?? join(dir, `shard${i}`),
-    '--master', masterAddress,
-    '--server-credential-file', credFile,
-    '--heartbeat-interval-ms', '250',
-  ];
-  const shards: Proc[] = [];
-  const addShard = async (opts: { env?: NodeJS.ProcessEnv } = {}) => {
-    count += 1;
-    const p = await spawnCairn(`shard${count}`, shardArgs(count, '127.0.0.1:0'), { ...env, ...o.shardEnv?.[count - 1], ...opts.env });
-    shards.push(p);
-    return p;
-  };
-  await Promise.all(Array.from({ length: n }, () => addShard()));
-  const admin = USERS.find((u) => u.role === 'admin')!;
-  const ctlEnv = { CAIRN_USER: admin.user, CAIRN_PASSWORD: admin.password, CAIRN_MASTER: masterAddress };
-
+  const firstEnv: Record<string, NodeJS.ProcessEnv | undefined> = { master: o.masterEnv };
+  o.shardEnv?.forEach((e, i) => (firstEnv[`shard${i + 1}`] = e));
+  const driver = await ProcessCluster.start({ ...o, shards: n, firstEnv, readyTimeoutMs: 20_000 });
+  const ctlEnv = { CAIRN_USER: ADMIN.user, CAIRN_PASSWORD: ADMIN.password, CAIRN_MASTER: driver.masterAddress };
+  const serverOf = (p: Proc) => driver.all.find((s) => s.proc === p);
   const cluster: ProcCluster = {
-    dir,
-    master,
-    shards,
-    masterAddress,
+    dir: driver.dir,
+    master: driver.master.proc!,
+    shards: driver.shards.map((s) => s.proc!),
+    masterAddress: driver.masterAddress,
+    driver,
     ctlEnv,
-    masterYaml,
-    credFile,
-    env,
+    masterYaml: driver.masterYaml,
+    credFile: driver.credFile,
+    env: driver.env,
     ctl: (args, opts = {}) => runCtl(args, { ...ctlEnv, ...opts.env }, opts.timeoutMs),
-    addShard,
+    async addShard(opts = {}) {
+      const s = await driver.addShard(opts.env);
+      cluster.shards.push(s.proc!);
+      return s.proc!;
+    },
     async stop(p, signal = 'SIGTERM') {
+      const s = serverOf(p);
+      if (s) return driver.stop(s, signal);
       if (p.child.exitCode !== null || p.child.signalCode !== null) return p.child.exitCode;
       p.child.kill(signal);
       return p.exited;
     },
     async restart(p, opts = {}) {
-      // Same data dir and the same port, so addresses in the map stay valid.
-      const args = p.args.map((a, i) => (p.args[i - 1] === '--listen' ? `127.0.0.1:${p.port}` : a));
-      const fresh = await spawnCairn(p.name, args, { ...env, ...opts.env });
+      const s = driver.all.find((x) => x.name === p.name);
+      if (!s) throw new Error(`${p.name} is not a server of this cluster`);
+      const fresh = await driver.restart(s, opts.env);
+      // In its place: a test may have taken a shard out of `shards`.
       if (p === cluster.master) cluster.master = fresh;
-      const i = shards.indexOf(p);
-      if (i >= 0) shards[i] = fresh;
+      const i = cluster.shards.indexOf(p);
+      if (i >= 0) cluster.shards[i] = fresh;
       return fresh;
     },
-    async stopAll(signal = 'SIGTERM') {
-      await Promise.all(shards.map((s) => cluster.stop(s, signal)));
-      await cluster.stop(cluster.master, signal);
-    },
-    async cleanup() {
-      await cluster.stopAll('SIGKILL');
-      await rm(dir, { recursive: true, force: true });
-    },
+    stopAll: (signal = 'SIGTERM') => driver.stopAll(signal),
+    cleanup: () => driver.cleanup(),
   };
-  if (o.waitForMap === false) return cluster;
-  await waitUntil(async () => {
-    const r = await cluster.ctl(['servers', '--json']);
-    return r.code === 0 && r.json.servers.length === n && r.json.servers.every((s: { status: string }) => s.status === 'up') && r.json.epoch !== '0';
-  }, 30_000, `${n} shards up`);
+  if (o.waitForMap !== false) await driver.waitReady().catch(async (err) => {
+    await driver.cleanup();
+    throw err;
+  });
   return cluster;
 }
 

@@ -23,15 +23,14 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { CairnClient } from '../../services/client/client.js';
-import { runCtl } from '../harness/cluster.js';
+import { runCtl, waitUntil } from '../harness/cluster.js';
 import { login } from '../harness/raw.js';
 import { USERS } from '../harness/inproc.js';
-import { checkFinal, linearizabilityAnomalies, type FinalVersion } from './checker.js';
-import { NemesisCluster, type Node } from './cluster.js';
+import { ProcessCluster, type Server } from '../harness/procs.js';
 import { showOp } from './history.js';
 import { invokeRaw, rawClient, rpc } from './rpc.js';
 import { checkOwnership, settleMoves } from './run.js';
-import { COLUMN, connectClient, runOp, startWorkload } from './workload.js';
+import { checkHistory, connectClient, startWorkload } from './workload.js';
 
 const ROWS = 2000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -39,7 +38,7 @@ const adminUser = USERS.find((u) => u.role === 'admin')!;
 /** An admin token of the cluster at `master`: tokens carry the cluster id, so it comes from a real login. */
 const adminHeader = async (master: string) => `Bearer ${await login(master, adminUser.user, adminUser.password)}`;
 
-let cluster: NemesisCluster | undefined;
+let cluster: ProcessCluster | undefined;
 let dir: string | undefined;
 const closers: Array<() => void> = [];
 
@@ -66,27 +65,23 @@ interface Scenario {
   /** The end the move that hit the point must reach. */
   expect: 'aborted' | 'cleaned';
   /** After the victim died: anything more before everything restarts. */
-  then?: (c: NemesisCluster, admin: CairnClient, dest: Node) => Promise<void>;
+  then?: (c: ProcessCluster, admin: CairnClient, dest: Server) => Promise<void>;
 }
 
 async function run(s: Scenario): Promise<void> {
   dir = mkdtempSync(join(tmpdir(), 'cairn-failpoints-'));
-  const c = (cluster = await NemesisCluster.start({ dir, shards: 2, firstEnv: s.masterFailpoint ? { master: { CAIRN_FAILPOINTS: s.masterFailpoint } } : undefined }));
+  const c = (cluster = await ProcessCluster.start({ dir, shards: 2, firstEnv: s.masterFailpoint ? { master: { CAIRN_FAILPOINTS: s.masterFailpoint } } : undefined }));
   const ctlEnv = () => ({ CAIRN_USER: adminUser.user, CAIRN_PASSWORD: adminUser.password, CAIRN_MASTER: c.masterAddress, CAIRN_CONFIG: '' });
   const load = await runCtl(['load', '--rows', String(ROWS), '--json'], ctlEnv());
   expect(load.code).toBe(0);
   const dest = await c.addShard(s.destFailpoint ? { CAIRN_FAILPOINTS: s.destFailpoint } : undefined);
   const admin = await connectClient(c.masterAddress, 30_000, 'admin');
   closers.push(() => admin.close());
-  for (const until = Date.now() + 30_000; ; await sleep(200)) {
-    const servers = await admin.listServers().catch(() => []);
-    if (servers.length === 3 && servers.every((x) => x.status === 'up')) break;
-    if (Date.now() > until) throw new Error('3 shards did not come up');
-  }
+  await c.waitReady();
 
   const keys = Array.from({ length: 4 }, (_, i) => `failpoints/${Date.now().toString(36)}/k${i}`);
   const workload = await startWorkload({ master: c.masterAddress, keys, clients: 4, opTimeoutMs: 10_000 });
-  await sleep(500);
+  await waitUntil(() => workload.completed() >= 20, 10_000, 'the clients to get going');
 
   // One attempt, no retry: a StartRebalance retried after the master's crash would start a second one.
   const client = rawClient(c.masterAddress);
@@ -113,15 +108,8 @@ async function run(s: Scenario): Promise<void> {
   expect({ code: verify.code, json: verify.json }).toEqual({ code: 0, json: { checked: ROWS, missing: 0, wrong: 0 } });
   expect(await checkOwnership(c, keys)).toEqual([]);
 
-  const reader = await connectClient(c.masterAddress, 30_000);
-  closers.push(() => reader.close());
-  const finals = new Map<string, FinalVersion[]>();
-  for (const k of keys) {
-    await runOp(reader, workload.recorder, 99, k, 'get', {}, 30_000);
-    finals.set(k, (await reader.get(k, { columns: [COLUMN], allVersions: true })).map((x) => ({ value: x.value.toString(), timestampUs: x.timestampUs })));
-  }
+  const { anomalies } = await checkHistory(c.masterAddress, workload.recorder, 99);
   const history = workload.recorder.ops;
-  const anomalies = [...linearizabilityAnomalies(history).anomalies, ...checkFinal(history, finals)];
   expect(anomalies.map((a) => [a.message, ...(a.ops ?? []).map(showOp)].join('\n'))).toEqual([]);
   expect(history.filter((o) => o.outcome === 'ok').length).toBeGreaterThan(10);
 }

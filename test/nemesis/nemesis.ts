@@ -15,7 +15,7 @@
  */
 import type { CairnClient } from '../../services/client/client.js';
 import type { MoveInfo } from '../../proto/gen/cairn/v1/admin.js';
-import type { NemesisCluster, Node } from './cluster.js';
+import type { ProcessCluster, Server } from '../harness/procs.js';
 import type { NetnsLab } from './netns.js';
 
 export const FAULT_KINDS = ['kill-shard', 'pause-shard', 'partition', 'kill-master', 'rebalance', 'drain'] as const;
@@ -28,7 +28,7 @@ export interface FaultRecord {
 }
 
 export interface NemesisOptions {
-  cluster: NemesisCluster;
+  cluster: ProcessCluster;
   /** An SDK client logged in as admin. */
   admin: CairnClient;
   /** Present when partitions can be made. */
@@ -143,12 +143,12 @@ export class Nemesis {
     return new Map(servers.map((s) => [s.address, s.id]));
   }
 
-  private async nodeOf(shardId: string): Promise<Node | undefined> {
+  private async nodeOf(shardId: string): Promise<Server | undefined> {
     const ids = await this.shardIds();
     return this.o.cluster.shards.find((n) => ids.get(n.address) === shardId);
   }
 
-  private async idOf(n: Node): Promise<string> {
+  private async idOf(n: Server): Promise<string> {
     return (await this.shardIds()).get(n.address) ?? '?';
   }
 
@@ -201,7 +201,7 @@ export class Nemesis {
   }
 
   /** A shard to hit: half the time the source or destination of a move in flight. */
-  private async target(): Promise<{ node: Node; why: string }> {
+  private async target(): Promise<{ node: Server; why: string }> {
     if (this.random() < 0.5) {
       const mv = await this.moveInFlight(4000).catch(() => undefined);
       if (mv) {

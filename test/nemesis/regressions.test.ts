@@ -35,7 +35,7 @@ import { endToProto } from '../../services/common/hash.js';
 import { MasterStore } from '../../services/master/store.js';
 import { moveToJson, newMove, transition } from '../../services/master/moves.js';
 import { startInProcCluster, TEST_CREDENTIAL, type InProcCluster } from '../harness/inproc.js';
-import { NemesisCluster } from './cluster.js';
+import { ProcessCluster } from '../harness/procs.js';
 import { decode, invokeRaw, invokeStream, rawClient, rpc } from './rpc.js';
 import { connectClient } from './workload.js';
 
@@ -52,7 +52,7 @@ describe('move protocol regressions found by the nemesis', () => {
   it('stuck clean-up: an aborted move whose destination has since come to own its range finishes its clean-up', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'cairn-regression-'));
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-    const c = await NemesisCluster.start({ dir, shards: 2 });
+    const c = await ProcessCluster.start({ dir, shards: 2 });
     cleanups.push(() => c.stopAll());
     const writer = await connectClient(c.masterAddress, 30_000);
     await writer.writeRows(Array.from({ length: 600 }, (_, i) => ({ row: `reg/${i}`, cells: { c: 'x'.repeat(100) } })));
@@ -60,11 +60,7 @@ describe('move protocol regressions found by the nemesis', () => {
     await c.addShard();
     const admin = await connectClient(c.masterAddress, 30_000, 'admin');
     cleanups.push(() => admin.close());
-    for (const until = Date.now() + 30_000; ; await sleep(200)) {
-      const servers = await admin.listServers().catch(() => []);
-      if (servers.length === 3 && servers.every((s) => s.status === 'up')) break;
-      if (Date.now() > until) throw new Error('3 shards did not come up');
-    }
+    await c.waitReady();
     // A clean rebalance gives the new shard a range B that an earlier shard owned.
     await admin.startRebalance();
     let moved: { start: bigint; end: bigint; from: string; to: string } | undefined;

@@ -27,12 +27,12 @@ import { rowHash } from '../../services/common/hash.js';
 import { mapFromProto, ownerOfHash, type ClusterMap } from '../../services/common/map.js';
 import { login, rawCall, shardClient } from '../harness/raw.js';
 import { USERS } from '../harness/inproc.js';
-import { byKey, checkFinal, linearizabilityAnomalies, type Anomaly, type FinalVersion } from './checker.js';
-import { NemesisCluster } from './cluster.js';
+import { byKey, type Anomaly } from './checker.js';
+import { ProcessCluster } from '../harness/procs.js';
 import { HistoryRecorder, saveHistory, showOp, type Op } from './history.js';
 import { Nemesis, type FaultKind } from './nemesis.js';
 import { NetnsLab, probeNetns } from './netns.js';
-import { COLUMN, connectClient, runOp, startWorkload } from './workload.js';
+import { checkHistory, connectClient, startWorkload } from './workload.js';
 
 export interface ChaosOptions {
   durationMs: number;
@@ -149,7 +149,7 @@ function probeKey(start: bigint, end: bigint, salt: string): string {
  * it, and it must be the map's owner. Shards still behind (NOT_READY) or
  * fenced are asked again for up to `timeoutMs`.
  */
-export async function checkOwnership(cluster: NemesisCluster, hotKeys: string[], timeoutMs = 30_000): Promise<Anomaly[]> {
+export async function checkOwnership(cluster: ProcessCluster, hotKeys: string[], timeoutMs = 30_000): Promise<Anomaly[]> {
   const reader = USERS.find((u) => u.role === 'r')!;
   const token = await login(cluster.masterAddress, reader.user, reader.password);
   const map = await masterMap(cluster.masterAddress, token);
@@ -237,7 +237,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   }
   log(partitions.enabled ? `partitions: on (network namespaces, subnet ${net!.subnet}.0/24)` : `partitions: SKIPPED — ${partitions.reason}`);
 
-  let cluster: NemesisCluster | undefined;
+  let cluster: ProcessCluster | undefined;
   let admin: CairnClient | undefined;
   const cleanup = async () => {
     admin?.close();
@@ -251,16 +251,10 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   process.once('SIGTERM', onSignal);
 
   try {
-    cluster = await NemesisCluster.start({ dir, shards: nShards, net });
+    cluster = await ProcessCluster.start({ dir, shards: nShards, net });
     admin = await connectClient(cluster.masterAddress, 30_000, 'admin');
     const adminClient = admin;
-    // Every shard up and in the map.
-    for (const until = Date.now() + 30_000; ; ) {
-      const servers = await adminClient.listServers().catch(() => []);
-      if (servers.length === nShards && servers.every((s) => s.status === 'up')) break;
-      if (Date.now() > until) throw new Error(`${nShards} shards did not come up: ${JSON.stringify(servers)}`);
-      await sleep(200);
-    }
+    await cluster.waitReady();
     const fillerRows = o.fillerRows ?? 2000;
     if (fillerRows > 0) {
       const w = await connectClient(cluster.masterAddress, 60_000);
@@ -293,25 +287,12 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     log('checking that every range is served by exactly one shard');
     anomalies.push(...(await checkOwnership(cluster, keys)));
 
-    // Final reads: a recorded read of each key, and every version of it.
-    const reader = await connectClient(cluster.masterAddress, 30_000);
-    const finals = new Map<string, FinalVersion[]>();
-    for (const k of keys) {
-      const op = await runOp(reader, recorder, nClients, k, 'get', {}, 30_000);
-      if (op.outcome !== 'ok') anomalies.push({ kind: 'other', key: k, message: `final read of ${k} failed: ${op.error}` });
-      const cells = await reader.get(k, { columns: [COLUMN], allVersions: true, timeoutMs: 30_000 });
-      finals.set(
-        k,
-        cells.map((c) => ({ value: c.value.toString('utf8'), timestampUs: c.timestampUs })),
-      );
-    }
-    reader.close();
+    // Final reads, then the checker.
+    log(`checking ${recorder.ops.length} ops on ${keys.length} keys`);
+    const checked = await checkHistory(cluster.masterAddress, recorder, nClients);
+    anomalies.push(...checked.anomalies);
+    const lin = checked;
     const history = recorder.ops;
-
-    log(`checking ${history.length} ops on ${keys.length} keys`);
-    const lin = linearizabilityAnomalies(history);
-    anomalies.push(...lin.anomalies);
-    anomalies.push(...checkFinal(history, finals));
 
     const movesAll = await adminClient.admin((a) => a.listMoves, { all: true }, { timeoutMs: 15_000 }).catch(() => ({ moves: [] }));
     const moves = count(movesAll.moves, (m) => m.state);
