@@ -3,7 +3,7 @@
  * calls as `cairn ctl`. This module checks the flags and the terminal; all
  * drawing lives in cli/ui/ (reached through ui/ui.js, never Ink directly).
  */
-import { flagString, type FlagValue } from './args.js';
+import { flagString, type FlagValue } from './flags.js';
 import type { Io } from './ctl.js';
 import { CliError, EXIT } from './exit.js';
 import { clientTlsFrom } from './tls.js';

@@ -15,7 +15,7 @@
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { configKeyInfo, type ServerRole } from '../services/common/config.js';
-import type { FlagValue } from './args.js';
+import type { FlagValue } from './flags.js';
 import type { Io } from './ctl.js';
 import { CTL, declareOptions } from './ctl-commands.js';
 

@@ -9,7 +9,7 @@ import { parseHostPort } from '../services/common/config.js';
 import { CairnError } from '../services/common/errors.js';
 import { endFromProto } from '../services/common/hash.js';
 import { formatHash } from '../services/common/ranges.js';
-import type { FlagValue } from './args.js';
+import type { FlagValue } from './flags.js';
 import { CTL } from './ctl-commands.js';
 import { CliError, EXIT } from './exit.js';
 import { formatRanges, formatServers, humanBytes, percent, rangesJson, serversJson, type RangeRow, type ServerRow } from './format.js';

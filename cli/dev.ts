@@ -13,7 +13,7 @@ import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import { CairnClient } from '../services/client/index.js';
 import { hashPassword } from '../services/common/auth.js';
-import type { FlagValue } from './args.js';
+import type { FlagValue } from './flags.js';
 import { CliError, EXIT } from './exit.js';
 import { causeOf, launchCairn } from './launch.js';
 import type { Io } from './ctl.js';

@@ -11,7 +11,7 @@
  */
 import type { ServiceError } from '@grpc/grpc-js';
 import { checkHealth } from '../services/common/health.js';
-import { flagString, type FlagValue } from './args.js';
+import { flagString, type FlagValue } from './flags.js';
 import { plainTransportMessage, type Io } from './ctl.js';
 import { CliError, EXIT } from './exit.js';
 import { clientTlsFrom } from './tls.js';

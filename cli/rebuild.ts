@@ -12,7 +12,7 @@ import { call, ClientPool } from '../services/common/grpc.js';
 import { mapFromProto } from '../services/common/map.js';
 import { rebuildState, RebuildError, type ShardDescription } from '../services/master/rebuild.js';
 import { MasterStore } from '../services/master/store.js';
-import { flagString, type FlagValue } from './args.js';
+import { flagString, type FlagValue } from './flags.js';
 import type { Io } from './ctl.js';
 import { CliError, EXIT } from './exit.js';
 

@@ -18,7 +18,7 @@ import type { ClientTls, TlsFiles } from '../services/common/grpc.js';
 import { createLogger } from '../services/common/log.js';
 import { startMasterServer } from '../services/master/server.js';
 import { startShardServer } from '../services/shard/server.js';
-import type { FlagValue } from './args.js';
+import type { FlagValue } from './flags.js';
 import { CliError, EXIT } from './exit.js';
 
 type Flags = Record<string, FlagValue>;

@@ -1,7 +1,7 @@
 /** Client TLS for the CLI (`ctl`, `health`, `admin`): --tls-ca/--tls-cert/--tls-key, else CAIRN_TLS_CA/CERT/KEY. */
 import { readFileSync } from 'node:fs';
 import type { ClientTls } from '../services/common/grpc.js';
-import { flagString, type FlagValue } from './args.js';
+import { flagString, type FlagValue } from './flags.js';
 import { CliError, EXIT } from './exit.js';
 
 function readPem(flag: string, path: string): Buffer {

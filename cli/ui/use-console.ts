@@ -11,7 +11,7 @@
  */
 import { useInput } from 'ink';
 import { useCallback, useEffect, useRef, useState } from 'react';
-import { flagString } from '../args.js';
+import { flagString } from '../flags.js';
 import { formatRanges, formatServers } from '../format.js';
 import { operationRequest, recoverLines, runOperation, TEXT, type OperationKind } from '../operations.js';
 import { complete as completeLine, helpLines, parseCommandLine, type ParsedCommand } from './commands.js';

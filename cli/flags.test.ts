@@ -1,5 +1,5 @@
 import { describe, expect, it } from '@jest/globals';
-import { flagString } from './args.js';
+import { flagString } from './flags.js';
 
 describe('flagString', () => {
   it('takes the last of a repeated flag, and nothing of a switch or an absent flag', () => {
