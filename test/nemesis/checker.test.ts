@@ -368,3 +368,66 @@ describe('end state', () => {
     expect(checkFinal([put('a', 1, 4), put('b', 2, 3)], finals(v('a', 20), v('b', 10)))).toEqual([]);
   });
 });
+
+describe('end state with replacing puts', () => {
+  const v = (value: string, ts: number): FinalVersion => ({ value, timestampUs: BigInt(ts) });
+  const finals = (...versions: FinalVersion[]) => new Map([['k', versions]]);
+  /** An op with the timestamp its ack (put) or read (get) reported. */
+  const at = (o: Op, ts: number): Op => ({ ...o, timestampUs: String(ts) });
+  const replace = (o: Op): Op => ({ ...o, replace: true });
+  const kinds = (ops: Op[], f: Map<string, FinalVersion[]>) => checkFinal(ops, f).map((x) => x.kind);
+
+  it('(a) does not report writes a later replace dropped', () => {
+    // Acknowledged puts below an acknowledged replace's timestamp.
+    expect(kinds([at(put('a', 1, 2), 10), at(put('b', 3, 4), 20), at(replace(put('r', 5, 6)), 30)], finals(v('r', 30)))).toEqual([]);
+    // A chain: the replace that dropped the first was itself dropped by a later one.
+    expect(kinds([at(put('a', 1, 2), 10), at(replace(put('r', 3, 4)), 20), at(replace(put('s', 5, 6)), 30), at(put('t', 7, 8), 40)], finals(v('t', 40), v('s', 30)))).toEqual([]);
+    // A replace of unknown outcome that a read saw: applied, at the timestamp the read reported.
+    expect(kinds([at(put('a', 1, 2), 10), replace(put('r', 3)), at(get('r', 4, 5), 20), at(put('b', 6, 7), 30)], finals(v('b', 30), v('r', 20)))).toEqual([]);
+    // A cas (its timestamp unknown) concurrent with the replace, applied while "a" (timestamp 10 < 30) was the latest.
+    expect(kinds([at(put('a', 1, 2), 10), cas('a', 'c', true, 3, 6), at(replace(put('r', 4, 5)), 30)], finals(v('r', 30)))).toEqual([]);
+    // A cas that expected absence came before any replace, and so did the cas that expected its value.
+    expect(kinds([cas(null, 'c', true, 1, 4), cas('c', 'd', true, 5, 6), at(replace(put('r', 2, 8)), 30)], finals(v('r', 30)))).toEqual([]);
+  });
+
+  it('(b) reports a missing write when no replace came after it', () => {
+    // Later plain puts do not drop anything.
+    const a = checkFinal([at(put('a', 1, 2), 10), at(put('b', 3, 4), 20), at(put('c', 5, 6), 30)], finals(v('c', 30), v('b', 20)));
+    expect(a.map((x) => x.kind)).toEqual(['lost-write']);
+    expect(a[0]!.ops!.map((o) => o.value)).toEqual(['a']);
+    // A replace before it (in time and timestamp) does not excuse it.
+    expect(kinds([at(replace(put('r', 1, 2)), 10), at(put('a', 3, 4), 20), at(put('b', 5, 6), 30)], finals(v('b', 30), v('r', 10)))).toEqual(['lost-write']);
+    // Nor a replace on another key.
+    const other: Op = { ...at(replace(put('r', 3, 4)), 30), key: 'k2' };
+    expect(kinds([at(put('a', 1, 2), 10), other], new Map([['k', []], ['k2', [v('r', 30)]]]))).toEqual(['lost-write']);
+    // A cas that expected the replace's value was applied after it: the replace did not drop it.
+    expect(kinds([at(put('a', 1, 2), 10), at(replace(put('r', 3, 6)), 30), cas('r', 'c', true, 4, 7)], finals(v('r', 30)))).toEqual(['lost-write']);
+    // Concurrent with the replace and no timestamp to order them: not excused.
+    expect(kinds([put('a', 1, 6), at(replace(put('r', 2, 5)), 30)], finals(v('r', 30)))).toEqual(['lost-write']);
+  });
+
+  it('(c) a replace whose timestamp is below the missing write does not excuse it', () => {
+    // Even though the replace came later in real time: the timestamps decide.
+    expect(kinds([at(put('a', 1, 2), 20), at(replace(put('r', 3, 4)), 10)], finals(v('r', 10)))).toEqual(['lost-write']);
+    // Equal timestamps do not either.
+    expect(kinds([at(put('a', 1, 2), 20), at(replace(put('r', 3, 4)), 20)], finals(v('r', 20)))).toEqual(['lost-write']);
+    // The same history with the replace above it passes.
+    expect(kinds([at(put('a', 1, 2), 20), at(replace(put('r', 3, 4)), 21)], finals(v('r', 21)))).toEqual([]);
+  });
+
+  it('(d) a replace of unknown outcome that nobody observed does not excuse it', () => {
+    // Invoked after "a" was acknowledged: had it been applied, it would have dropped "a".
+    const ops = [at(put('a', 1, 2), 10), replace(put('r', 3))];
+    expect(kinds(ops, finals())).toEqual(['lost-write']);
+    // A failed read, a read of something else, or a failed or unknown cas that expected it are no evidence either.
+    const failedGet: Op = { ...get('r', 4, 5), outcome: 'fail', result: undefined };
+    expect(kinds([...ops, failedGet, get(null, 6, 7), cas('r', 'z', false, 8, 9), cas('r', 'y', undefined, 10)], finals())).toEqual(['lost-write']);
+    // Each piece of evidence on its own (the final versions are left as they are to isolate it):
+    // a read saw it, a cas that expected it succeeded, or the final read has it.
+    expect(kinds([...ops, get('r', 4, 5)], finals())).toEqual([]);
+    // (The cas's own value, applied after the replace, is then the one lost.)
+    const viaCas = checkFinal([...ops, cas('r', 'z', true, 4, 5)], finals());
+    expect(viaCas.map((x) => [x.kind, x.ops!.map((o) => o.value)])).toEqual([['lost-write', ['z']]]);
+    expect(kinds([...ops], finals(v('r', 20)))).toEqual([]);
+  });
+});

@@ -14,6 +14,13 @@
  *    its invocation, or never (which is the same as "after everything").
  *    A cas of unknown outcome, if it ran, ran deterministically.
  *
+ *    A replacing put (`op.replace`) is modelled as a plain put: it is a
+ *    register write of the key. Replace only drops the column's older
+ *    *versions*; the newest version after it is still its own value (its
+ *    clock timestamp is above every version stored), so every read of the
+ *    latest value sees exactly what it would after a put. The versions it
+ *    drops matter only to the end check (3).
+ *
  *    Two exact reductions keep unknown writes from blowing up the search:
  *    - an unknown write whose value nobody ever observed (no read returned
  *      it, no cas expected it) is indistinguishable from any other such
@@ -41,6 +48,13 @@
  *    wrote or whose cas said "not applied", and acknowledged writes that
  *    followed each other in real time have growing timestamps (else "latest"
  *    would go back).
+ *
+ *    Replace: an acknowledged write W missing at the end is not lost when a
+ *    replacing put R of the key (the workload writes one column) is known to
+ *    have been applied — acknowledged, its value read or expected by a cas
+ *    that succeeded, or present at the end — and was applied after W: R's
+ *    timestamp is above W's. See `droppedByReplace` for how that order is
+ *    established when a timestamp is not known.
  */
 import { showOp, type Op } from './history.js';
 
@@ -405,8 +419,45 @@ export interface FinalVersion {
 }
 
 /**
+ * Whether the missing acknowledged write `w` is explained by a replacing put
+ * known to be applied (`replaces`): one applied after `w`, which drops every
+ * version of the column stored before it. "After w" is established, in this
+ * order, by
+ *  1. timestamps, when both are known (`tsOf`: from the write's ack, a read
+ *     of its value, or the final read): R's above W's. Nothing else is
+ *     consulted then: a replace whose timestamp is not above W's does not
+ *     excuse W (were it applied later in real time, the timestamps went back,
+ *     itself a bug);
+ *  2. real time: W was acknowledged before R was invoked;
+ *  3. for a successful cas W (whose timestamp the SDK does not return): W
+ *     was applied while its expected value E was the latest. Values are
+ *     unique and the workload never deletes, so once R is applied the latest
+ *     is R or a write applied after R, never an earlier value, and never
+ *     "absent": hence W precedes R when E is absent, or when E ≠ R's value
+ *     and E's write precedes R (by the same rules, recursively).
+ * Anything else (unknown timestamps and concurrent ops) does not excuse W.
+ */
+function droppedByReplace(w: Op, replaces: readonly Op[], tsOf: ReadonlyMap<string, bigint>, writers: ReadonlyMap<string, Op>): boolean {
+  const precedes = (x: Op, r: Op, depth: number): boolean => {
+    const tx = tsOf.get(x.value!);
+    const tr = tsOf.get(r.value!);
+    if (tx !== undefined && tr !== undefined) return tx < tr;
+    if (x.outcome === 'ok' && x.ret !== undefined && x.ret < r.call) return true;
+    if (x.f === 'cas' && !isFailedCas(x) && depth < 1000) {
+      if (x.expected === null) return true;
+      if (x.expected === undefined || x.expected === r.value) return false;
+      const e = writers.get(x.expected);
+      return e !== undefined && e !== x && precedes(e, r, depth + 1);
+    }
+    return false;
+  };
+  return replaces.some((r) => r !== w && precedes(w, r, 0));
+}
+
+/**
  * Checks the all-versions read of each key made at the end against the
- * history: every acknowledged write is there, once; nothing is there that no
+ * history: every acknowledged write is there (unless a replacing put applied
+ * after it dropped it: `droppedByReplace`), once; nothing is there that no
  * write wrote (or whose cas said it did not write); and acknowledged writes
  * ordered in real time have growing timestamps.
  */
@@ -442,7 +493,26 @@ export function checkFinal(ops: readonly Op[], finals: ReadonlyMap<string, reado
       else if (isFailedCas(w)) note('phantom-value', `value ${JSON.stringify(v.value)} is stored but its cas answered "not applied"`, [w]);
     }
     const acked = list.filter((o) => o.outcome === 'ok' && (o.f === 'put' || (o.f === 'cas' && o.result === true)));
-    for (const w of acked) if (!tsOf.has(w.value!)) note('lost-write', `acknowledged write ${showOp(w)} is missing at the end`, [w]);
+    const missing = acked.filter((w) => !tsOf.has(w.value!));
+    if (missing.length > 0) {
+      // Which replacing puts certainly ran, and every timestamp known for a value (the final read's first).
+      const appliedValues = new Set<string>(tsOf.keys());
+      const known = new Map<string, bigint>();
+      for (const o of list) {
+        if (o.outcome !== 'ok') continue;
+        if (isWrite(o) && o.result !== false) appliedValues.add(o.value!);
+        if (o.f === 'get' && typeof o.result === 'string') appliedValues.add(o.result);
+        if (o.f === 'cas' && o.result === true && typeof o.expected === 'string') appliedValues.add(o.expected);
+        const v = o.f === 'get' ? o.result : o.value;
+        if (typeof v === 'string' && o.timestampUs !== undefined && o.timestampUs !== '0' && !known.has(v)) known.set(v, BigInt(o.timestampUs));
+      }
+      for (const [v, t] of tsOf) known.set(v, t);
+      const replaces = list.filter((o) => o.f === 'put' && o.replace === true && o.value !== undefined && appliedValues.has(o.value) && writers.get(o.value) === o);
+      for (const w of missing) {
+        if (droppedByReplace(w, replaces, known, writers)) continue;
+        note('lost-write', `acknowledged write ${showOp(w)} is missing at the end${replaces.length ? ', and no replacing put known to be applied came after it' : ''}`, [w]);
+      }
+    }
 
     // Real-time order → timestamp order, among acknowledged writes that are present.
     const present = acked.filter((w) => tsOf.has(w.value!));

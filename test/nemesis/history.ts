@@ -35,6 +35,18 @@ export interface Op {
   value?: string;
   /** cas: the value the check expects; null means "expect absent". */
   expected?: string | null;
+  /**
+   * put: a replacing put (the SDK's `replace: true`): the shard drops every
+   * version of the column stored before it. Still a register write of the key.
+   */
+  replace?: boolean;
+  /**
+   * Timestamp (µs, decimal: histories are JSON) of the version involved, when
+   * the client learnt it: put / writeRows, the one the write was given (as the
+   * SDK returns it); get, the one of the version read. Absent for cas (the SDK
+   * does not return it) and for ops not ok.
+   */
+  timestampUs?: string;
   /** get: the value read (null = absent); cas: whether the write happened. Set when outcome is ok. */
   result?: string | null | boolean;
   outcome: Outcome;
@@ -56,18 +68,20 @@ export class HistoryRecorder {
   readonly ops: Op[] = [];
 
   /** Call just before the request is sent. */
-  invoke(client: number, key: string, f: OpKind, args: { value?: string; expected?: string | null } = {}): Op {
+  invoke(client: number, key: string, f: OpKind, args: { value?: string; expected?: string | null; replace?: boolean } = {}): Op {
     const op: Op = { id: this.nextId++, client, key, f, outcome: 'unknown', call: ++this.clock, callMs: Date.now() };
     if (args.value !== undefined) op.value = args.value;
     if (args.expected !== undefined) op.expected = args.expected;
+    if (args.replace) op.replace = true;
     this.ops.push(op);
     return op;
   }
 
-  /** Call just after the answer arrived. */
-  ok(op: Op, result?: string | null | boolean): void {
+  /** Call just after the answer arrived; `timestampUs` as on Op. */
+  ok(op: Op, result?: string | null | boolean, timestampUs?: bigint): void {
     op.outcome = 'ok';
     if (result !== undefined) op.result = result;
+    if (timestampUs !== undefined) op.timestampUs = String(timestampUs);
     op.ret = ++this.clock;
     op.retMs = Date.now();
   }
@@ -95,7 +109,7 @@ export function showOp(op: Op): string {
   let what: string;
   switch (op.f) {
     case 'put':
-      what = `put(${q(op.value)})`;
+      what = `${op.replace ? 'put-replace' : 'put'}(${q(op.value)})`;
       break;
     case 'get':
       what = op.outcome === 'ok' ? `get() -> ${q(op.result as string | null)}` : 'get()';
@@ -104,7 +118,7 @@ export function showOp(op: Op): string {
       what = `cas(${q(op.expected)} -> ${q(op.value)})${op.outcome === 'ok' ? ` -> ${op.result}` : ''}`;
       break;
   }
-  return `#${op.id} c${op.client} ${op.key} ${span} ${what} ${op.outcome}${op.error ? ` (${op.error})` : ''}`;
+  return `#${op.id} c${op.client} ${op.key} ${span} ${what} ${op.outcome}${op.timestampUs ? ` @${op.timestampUs}` : ''}${op.error ? ` (${op.error})` : ''}`;
 }
 
 export function saveHistory(path: string, ops: readonly Op[]): void {

@@ -11,9 +11,16 @@
  * Outcomes: a read that fails took no effect (fail); a write that fails may
  * or may not have taken effect, now or later (unknown).
  *
+ * With `replaceFraction`, that fraction of the single-key puts is sent with
+ * `replace: true` (the shard drops the column's older versions), recorded as
+ * `op.replace`. Puts and writeRows record the timestamp the SDK returns, reads
+ * the timestamp of the version they read (`op.timestampUs`), so the end check
+ * can tell a version a replace dropped from a lost one.
+ *
  * `checkHistory` reads every key at the end (recorded, and all versions) and
  * runs the checker (checker.ts): per-key linearizability, and the final state
- * (every acknowledged write present, once, in timestamp order).
+ * (every acknowledged write present, once, in timestamp order, unless a
+ * replacing put applied after it dropped it).
  */
 import { CairnClient } from '../../services/client/client.js';
 import { fromServiceError } from '../../services/common/errors.js';
@@ -51,6 +58,11 @@ export interface WorkloadOptions {
   pauseMs?: number;
   /** Client ids (and values) start here, so workloads can share a recorder. */
   firstClient?: number;
+  /**
+   * Fraction (0..1) of the single-key puts sent with `replace: true`
+   * (default 0: no replace, and no extra draw from `random`).
+   */
+  replaceFraction?: number;
 }
 
 export interface Workload {
@@ -69,6 +81,8 @@ export function connectClient(master: string, timeoutMs: number, role: 'rw' | 'r
 export interface OpOptions {
   timeoutMs: number;
   staleTimestamp?: bigint;
+  /** put: send it with `replace: true`. */
+  replace?: boolean;
 }
 
 const outcomeOf = (rec: HistoryRecorder, ops: Op[], f: Op['f'], err: unknown) => {
@@ -87,15 +101,17 @@ export async function runOp(
   args: { value?: string; expected?: string | null },
   o: OpOptions,
 ): Promise<Op> {
-  const op = rec.invoke(id, key, f, args);
+  const op = rec.invoke(id, key, f, f === 'put' && o.replace ? { ...args, replace: true } : args);
   const { timeoutMs } = o;
   try {
     if (f === 'get') {
-      const v = await client.getValue(key, COLUMN, { timeoutMs });
-      rec.ok(op, v === undefined ? null : v.toString('utf8'));
+      const cell = (await client.get(key, { columns: [COLUMN], timeoutMs })).find((c) => c.column === COLUMN);
+      rec.ok(op, cell === undefined ? null : cell.value.toString('utf8'), cell?.timestampUs);
     } else if (f === 'put') {
-      await client.put(key, o.staleTimestamp ? [{ column: COLUMN, value: args.value!, timestampUs: o.staleTimestamp }] : { [COLUMN]: args.value! }, { timeoutMs });
-      rec.ok(op);
+      const cells = o.staleTimestamp ? [{ column: COLUMN, value: args.value!, timestampUs: o.staleTimestamp }] : { [COLUMN]: args.value! };
+      const ts = await client.put(key, cells, { timeoutMs, replace: o.replace ?? false });
+      // put returns the timestamp given to cells sent without one (0 when every cell had its own).
+      rec.ok(op, undefined, o.staleTimestamp ?? ts);
     } else {
       const check = args.expected === null ? { column: COLUMN, absent: true } : { column: COLUMN, equals: args.expected! };
       const ok = await client.checkAndMutate(key, check, { [COLUMN]: args.value! }, { timeoutMs });
@@ -115,11 +131,14 @@ export async function runBatch(client: CairnClient, rec: HistoryRecorder, id: nu
   const ops = keys.map((key) => rec.invoke(id, key, f, f === 'put' ? { value } : {}));
   try {
     if (f === 'put') {
-      await client.writeRows(keys.map((row) => ({ row, cells: { [COLUMN]: value! } })), { timeoutMs: o.timeoutMs });
-      for (const op of ops) rec.ok(op);
+      const ts = await client.writeRows(keys.map((row) => ({ row, cells: { [COLUMN]: value! } })), { timeoutMs: o.timeoutMs });
+      ops.forEach((op, i) => rec.ok(op, undefined, ts[i]));
     } else {
       const got = await client.getRows(keys, { columns: [COLUMN], timeoutMs: o.timeoutMs });
-      for (const op of ops) rec.ok(op, got.get(op.key)?.find((c) => c.column === COLUMN)?.value.toString('utf8') ?? null);
+      for (const op of ops) {
+        const cell = got.get(op.key)?.find((c) => c.column === COLUMN);
+        rec.ok(op, cell?.value.toString('utf8') ?? null, cell?.timestampUs);
+      }
     }
   } catch (err) {
     outcomeOf(rec, ops, f, err);
@@ -151,6 +170,7 @@ export async function startWorkload(o: WorkloadOptions, rec = new HistoryRecorde
       const value = `c${id}-${seq}`.padEnd(o.valueBytes ?? 0, '.');
       const fresh = () => o.nextKey!(id, seq);
       const opts: OpOptions = { timeoutMs: o.opTimeoutMs, staleTimestamp: o.sabotage && id === 0 ? BigInt(seq) : undefined };
+      if (f === 'put' && (o.replaceFraction ?? 0) > 0) opts.replace = random() < o.replaceFraction!;
       let ops: Op[];
       if (f === 'get') ops = [await runOp(client, rec, id, pick(), 'get', {}, opts)];
       else if (f === 'getRows') ops = await runBatch(client, rec, id, some(), 'get', undefined, opts);
