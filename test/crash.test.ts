@@ -489,7 +489,13 @@ async function crashRun(run: Run): Promise<void> {
     lap('check');
 
     // The cluster is healthy: a fresh rebalance completes, and no write the gentle writer had acknowledged, before or since, is lost.
-    const again = await cluster.ctl(['rebalance', '--yes', '--json'], { timeoutMs: 60_000 });
+    // A loaded machine may abort a move at its fence bound (maxFenceMs: the source lifts the
+    // fence rather than stall writes), which is the cluster working as designed; a rebalance
+    // that still cannot finish on the third try is not.
+    let again = await cluster.ctl(['rebalance', '--yes', '--json'], { timeoutMs: 60_000 });
+    for (let tries = 1; tries < 3 && again.code !== 0 && again.json?.aborted > 0; tries++) {
+      again = await cluster.ctl(['rebalance', '--yes', '--json'], { timeoutMs: 60_000 });
+    }
     expect({ code: again.code, stderr: again.stderr }).toEqual({ code: 0, stderr: expect.any(String) });
     if (again.json?.moves?.length) expect(again.json.aborted).toBe(0);
     // Then the check (nemesis/checker.ts) of every client op: nothing acknowledged lost, no stale read.

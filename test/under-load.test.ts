@@ -2,7 +2,8 @@
  * Online rebalancing under load, with real processes. A cluster of 2 shards
  * holds some loaded rows; a third shard joins. While 8 SDK clients (the one
  * workload, nemesis/workload.ts: each its own CairnClient, user `writer`)
- * hammer a mix of puts, batched writes,
+ * hammer a mix of puts (half of them replacing: `replace: true` drops the
+ * column's older versions), batched writes,
  * reads, batched reads and check-and-mutates on 128 shared keys,
  * `ctl rebalance --yes`, then `ctl dropserver <new shard> --yes`, then
  * `ctl remserver <new shard> --yes` run one after another. Then the clients
@@ -12,7 +13,8 @@
  *  - the checker (nemesis/checker.ts) finds the history linearizable per key
  *    — no stale read, no lost update, no read of a write whose CAS said "not
  *    applied" — and every acknowledged write in the final state, once, with
- *    timestamps in real-time order;
+ *    timestamps in real-time order, unless a replacing put applied after it
+ *    dropped it;
  *  - `ctl verify` of the loaded rows is clean;
  *  - a 9th client that took its map after the rebalance and then sat idle
  *    through the drain and the removal can still read every test row (its map
@@ -104,6 +106,7 @@ describe('online rebalancing under load', () => {
         clients: CLIENTS,
         opTimeoutMs: 15_000,
         mix: { put: 20, writeRows: 8, get: 30, getRows: 5, cas: 25 },
+        replaceFraction: 0.5,
       },
       history,
     );
@@ -202,7 +205,7 @@ describe('online rebalancing under load', () => {
     const failures = clientOps.filter((op) => op.outcome !== 'ok');
     const kinds = new Map<string, { n: number; maxMs: number }>();
     for (const op of clientOps) {
-      const k = `${op.f}${op.f === 'cas' && op.outcome === 'ok' ? (op.result ? ' (applied)' : ' (lost race)') : ''}`;
+      const k = `${op.f}${op.replace ? ' (replace)' : ''}${op.f === 'cas' && op.outcome === 'ok' ? (op.result ? ' (applied)' : ' (lost race)') : ''}`;
       const x = kinds.get(k) ?? { n: 0, maxMs: 0 };
       x.n++;
       x.maxMs = Math.max(x.maxMs, (op.retMs ?? 0) - (op.callMs ?? 0));
@@ -247,6 +250,7 @@ describe('online rebalancing under load', () => {
     expect(Math.min(...moves.map((m) => m.history[0]!.at))).toBeGreaterThan(T0);
     expect(Math.max(...moves.map((m) => m.history[m.history.length - 1]!.at))).toBeLessThan(tEnd);
     expect(kinds.get('cas (applied)')?.n ?? 0).toBeGreaterThan(0);
+    expect(kinds.get('put (replace)')?.n ?? 0).toBeGreaterThan(0);
     // Both operations moved some of the rows the clients were busy with.
     for (const s of steps.slice(0, 2)) {
       const mine = moves.filter((m) => m.operationId === s.json.id);
