@@ -10,6 +10,7 @@ import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import { launchCairn } from '../../cli/launch.js';
 import { CairnClient } from '../../services/client/index.js';
+import type { ClientTls } from '../../services/common/grpc.js';
 import { USERS, type TestUser } from './inproc.js';
 import { CAIRN_BIN, ProcessCluster, type Proc } from './procs.js';
 
@@ -52,9 +53,9 @@ export interface Cluster<S extends ClusterServer = ClusterServer> {
 export const ADMIN = USERS.find((u) => u.role === 'admin')!;
 
 /** Until `shards` shards are registered and up, and the map has an epoch. */
-export function waitReady(masterAddress: string, shards: number, timeoutMs = 30_000): Promise<void> {
+export function waitReady(masterAddress: string, shards: number, timeoutMs = 30_000, tls?: ClientTls): Promise<void> {
   return waitUntil(async () => {
-    const c = await CairnClient.connect({ master: masterAddress, user: ADMIN.user, password: ADMIN.password, timeoutMs: 2000 });
+    const c = await CairnClient.connect({ master: masterAddress, user: ADMIN.user, password: ADMIN.password, timeoutMs: 2000, tls });
     try {
       const servers = await c.listServers();
       return servers.length === shards && servers.every((s) => s.status === 'up') && c.map.epoch > 0n;

@@ -10,6 +10,7 @@
  * <dir>/logs/<name>.log.
  */
 import type { ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { cp, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -262,7 +263,9 @@ export class ProcessCluster implements Cluster<Server> {
 
   /** Until every shard started is up and the cluster has a map. */
   waitReady(timeoutMs = 30_000): Promise<void> {
-    return waitReady(this.masterAddress, this.shards.length, timeoutMs);
+    // A cluster on TLS is asked over TLS, trusting the CA its processes (and ctl) trust.
+    const ca = this.env.CAIRN_TLS_CA || process.env.CAIRN_TLS_CA;
+    return waitReady(this.masterAddress, this.shards.length, timeoutMs, ca ? { ca: readFileSync(ca) } : undefined);
   }
 
   /** Resumes what is paused and starts what is down. */
