@@ -20,7 +20,6 @@ The generated stubs must be importable (see generate.py and load_stubs).
 """
 import bisect
 import hashlib
-import os
 import random
 import sys
 import time
@@ -310,9 +309,9 @@ class Client:
         def attempt(md, timeout):
             nonlocal calls
             groups = {}
+            forwarder = self._forwarder() if self.route == 'forward' else None
             for row in pending:
-                stub_addr = self._forwarder() if self.route == 'forward' else self.map.owner(row)[1]
-                groups.setdefault(stub_addr, []).append(row)
+                groups.setdefault(forwarder or self.map.owner(row)[1], []).append(row)
             epoch = 0 if self.route == 'forward' else self.map.epoch
             calls = len(groups)
             first_error = None
