@@ -100,8 +100,10 @@ withPython('the Python example against a real cluster', () => {
     expect(line('login')).toMatch(/^login: user writer, role rw, token valid for [12] s$/);
     expect(line('map')).toBe('map: epoch 1, 3 ranges, 3 shards');
     expect(line('done')).toBe(`done: ${ROWS.length} rows under ${PREFIX}`);
-    // A few seconds: stubs, 2 s of waiting for the token to expire, the calls.
-    expect(run.ms).toBeLessThan(20_000);
+    // A few seconds (stubs, 2 s of waiting for the token to expire, the calls);
+    // the bound is loose for a loaded CI machine, and catches a retry loop that
+    // sleeps to its deadline.
+    expect(run.ms).toBeLessThan(30_000);
   });
 
   it('writes, reads, batches, scans in pages, checks-and-mutates, leases and forwards', () => {
