@@ -25,6 +25,7 @@ import { call, unary, type HandlerEnv, type RpcContext } from '../common/grpc.js
 import { endFromProto, hashFromBytes, HASH_SPACE_END, rowHash } from '../common/hash.js';
 import { addressOf, ownerOfHash, type ClusterMap } from '../common/map.js';
 import { rangeContains, type HashRange } from '../common/ranges.js';
+import { encodeScanToken, rowPrefix } from './keys.js';
 import type { ShardNode } from './node.js';
 import type { CellFilterIn, CellIn, CellOut } from './store.js';
 import * as check from './validate.js';
@@ -240,6 +241,9 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
         from = segEnd;
         token = undefined;
       }
+      // The page filled exactly where a range ended and more of the window is
+      // left (an epoch-0 walk): resume after the last row, not "done".
+      if (from < window.end && rows.length > 0) return { header: header(), rows, nextToken: encodeScanToken(rowPrefix(rows[rows.length - 1]!.row)) };
       return { header: header(), rows, nextToken: Buffer.alloc(0) };
     }),
 
