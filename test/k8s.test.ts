@@ -1,6 +1,7 @@
 /**
  * deploy/k8s/ against the Kubernetes schemas and the code. No cluster runs
- * here, so: every manifest validates with its kubernetes-models class; the
+ * here, so: every manifest validates with its kubernetes-models class, and
+ * names no field its interface lacks (tsc's excess-property check); the
  * commands, flags, CAIRN_* variables, config files, ports, names, selectors
  * and Secrets it names exist and agree (the way test/deploy.test.ts checks
  * compose); the grace period outlasts shutdownGraceMs; and the probes'
@@ -43,6 +44,7 @@ import {
   stsOfRole,
   portOf,
   type Doc,
+  unknownFieldProblems,
 } from './harness/k8s.js';
 
 const loaded = loadManifests();
@@ -388,6 +390,20 @@ describe('deploy/k8s', () => {
     expect(await schemaProblems(mutated((d) => (d[0].apiVersion = 'cairn.dev/v1')))).toEqual([expect.stringContaining('no Kubernetes model')]);
     expect(await schemaProblems(mutated((d) => delete shardSts(d).spec.selector))).toEqual([expect.stringContaining('selector')]);
   });
+
+  it('names no field the Kubernetes schemas lack (kubectl refuses unknown fields; the validators above let them through)', () => {
+    expect(unknownFieldProblems([...DOCS, ...SECRETS], join(dir, 'fields'))).toEqual([]);
+    const typos = mutated((d) => {
+      const c = shardC(d);
+      c.readinesProbe = c.readinessProbe;
+      delete c.readinessProbe;
+      named(d, 'Service', 'cairn-shard').spec.publishNotReadyAddress = true;
+    });
+    expect(unknownFieldProblems(typos, join(dir, 'fields-typos'))).toEqual([
+      expect.stringMatching(/^Service cairn-shard: .*'"?publishNotReadyAddress"?' does not exist/),
+      expect.stringMatching(/^StatefulSet cairn-shard: .*'"?readinesProbe"?' does not exist/),
+    ]);
+  }, 120_000);
 
   it('containers run the image\'s cairn with a real role; probes run `cairn health` with real flags', () => {
     expect(commandProblems(DOCS)).toEqual([]);

@@ -12,7 +12,7 @@
  * then the real config loader reads it.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import YAML from 'yaml';
 import { configKeys, envName, loadConfig, parseHostPort, type MasterConfig, type ServerRole, type ShardConfig } from '../../services/common/config.js';
@@ -73,6 +73,42 @@ export async function schemaProblems(docs: Doc[]): Promise<string[]> {
     if (!d.metadata?.name) problems.push(`${what}: no metadata.name`);
     if (d.metadata?.namespace) problems.push(`${what}: sets a namespace (kubectl -n chooses it)`);
   }
+  return problems;
+}
+
+/**
+ * Fields the schemas do not know. The validators of kubernetes-models check
+ * types and required fields but let unknown fields through, which kubectl
+ * (strict field validation) refuses and a typo (`readinesProbe`) would
+ * otherwise hide. So each document is type-checked, as an object literal, against
+ * its kubernetes-models interface: TypeScript's excess-property check names
+ * every field the schema lacks. Runs this checkout's tsc in `dir`.
+ */
+export function unknownFieldProblems(docs: Doc[], dir: string): string[] {
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'package.json'), JSON.stringify({ type: 'module' }));
+  writeFileSync(
+    join(dir, 'tsconfig.json'),
+    JSON.stringify({ compilerOptions: { strict: true, noEmit: true, module: 'nodenext', moduleResolution: 'nodenext', target: 'es2022', skipLibCheck: true, types: [] }, files: ['manifests.ts'] }),
+  );
+  if (!existsSync(join(dir, 'node_modules'))) symlinkSync(join(REPO, 'node_modules'), join(dir, 'node_modules'));
+  const imports: string[] = [];
+  const lines: string[] = [];
+  docs.forEach((d, i) => {
+    imports.push(`import type { I${d.kind} as T${i} } from 'kubernetes-models/${d.apiVersion}/${d.kind}';`);
+    lines.push(`export const d${i}: T${i} = ${JSON.stringify(d)};`);
+  });
+  // One document per line, after the imports: a diagnostic's line number says which.
+  writeFileSync(join(dir, 'manifests.ts'), [...imports, ...lines].join('\n') + '\n');
+  const r = spawnSync(join(REPO, 'node_modules/.bin/tsc'), ['-p', dir], { encoding: 'utf8' });
+  const out = `${r.stdout}${r.stderr}`;
+  const problems: string[] = [];
+  for (const m of out.matchAll(/manifests\.ts\((\d+),\d+\): error TS\d+: (.*)/g)) {
+    const i = Number(m[1]) - 1 - imports.length;
+    const d = docs[i];
+    problems.push(d ? `${d.kind} ${d.metadata?.name}: ${m[2]}` : `manifests: ${m[2]}`);
+  }
+  if (r.status !== 0 && problems.length === 0) problems.push(`tsc failed: ${out.slice(0, 2000)}`);
   return problems;
 }
 
