@@ -413,7 +413,7 @@ describe('deploy/k8s', () => {
     expect(commandProblems(mutated((d) => (shardC(d).livenessProbe.exec.command[2] = 'cairn helth --addr 127.0.0.1:7001; [ $? -le 1 ]')))).not.toEqual([]);
     expect(commandProblems(mutated((d) => (shardC(d).command = ['node'])))).toEqual([expect.stringContaining('sets command')]);
     expect(commandProblems(mutated((d) => (shardC(d).image = 'cairn:latest')))).toEqual([expect.stringContaining('not the compose file')]);
-  });
+  }, 120_000);
 
   it('every CAIRN_* variable is a config key of the container\'s role', () => {
     expect(envProblems(DOCS)).toEqual([]);
@@ -519,7 +519,7 @@ describe('deploy/k8s', () => {
     const scaleDown = 'kubectl -n cairn scale statefulset cairn-shard --replicas=3\n';
     const swapped = README_SECTION.replace(scaleDown, '').replace('ctl dropserver', `${scaleDown}ctl dropserver`);
     expect(readmeProblems(swapped, DOCS)).toEqual(['README: scale-in is not drain, remserver, then scale down']);
-  });
+  }, 120_000);
 });
 
 // ---------------------------------------------------------------------------
@@ -597,5 +597,5 @@ describe('the probes, run against real processes', () => {
     expect(runProbe(masterContainer.livenessProbe, masterPort, master.address, path)).toBe(0);
     expect(await master.stop()).toBe(0);
     expect(runProbe(masterContainer.livenessProbe, masterPort, master.address, path)).not.toBe(0);
-  }, 60_000);
+  }, 120_000);
 });
