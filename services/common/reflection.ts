@@ -13,15 +13,17 @@
  * bytes without buf or the .proto files at run time. The alternatives were
  * worse: @grpc/reflection is fed by proto-loader, which merges a package into
  * one synthetic file (`cairn_v1.proto`) and drops every comment; parsing the
- * .proto files at run time with protobufjs keeps comments but not the source
- * locations a descriptor needs (Go's protodesc, behind grpcurl, rejects
- * locations without spans).
+ * .proto files at run time with protobufjs keeps comments but not their
+ * source locations (paths and spans), which a descriptor's source code info
+ * is made of and which we would have had to rebuild by hand; and shipping a
+ * `buf build` output would need a build step outside `buf generate`.
  *
  * grpc.health.v1 comes from grpc-health-check's health.proto through
  * proto-loader (one file, no imports), under its usual name
  * `grpc/health/v1/health.proto`, without comments.
  *
- * The file descriptors are served exactly as encoded by the compiler; a
+ * The file descriptors are served as the compiler described them (decoded
+ * and encoded again by @bufbuild/protobuf, which keeps every field); a
  * request for a file or a symbol returns that file first, then every file it
  * imports, transitively.
  */
