@@ -3,8 +3,8 @@
  * name commands, files, config keys and ports that exist. No Docker engine
  * runs here, so the runtime stage's file layout is rebuilt from its COPY lines
  * (from this checkout, built by `pretest`) and the image's `cairn` is run from
- * it: --help, `health`, and a master that starts (reflection finds its .proto
- * files there), reports SERVING, and exits 0 on SIGTERM.
+ * it: --help, `health`, and a master that starts (reflection serves the descriptors compiled
+ * into dist/), reports SERVING, and exits 0 on SIGTERM.
  */
 import { afterAll, describe, expect, it } from '@jest/globals';
 import { spawn, spawnSync } from 'node:child_process';

@@ -15,7 +15,7 @@ import winston from 'winston';
 import { runHealth } from '../../cli/health.js';
 import { EXIT } from '../../cli/exit.js';
 import { shutdownServer } from './server.js';
-import { checkHealth, HEALTH_SERVICE_NAME, packageDefinition, protoRoot, ServingState } from './health.js';
+import { checkHealth, HEALTH_SERVICE_NAME, ServingState } from './health.js';
 import { startServer, unary, withPort } from './grpc.js';
 
 const log = winston.createLogger({ silent: true, transports: [new winston.transports.Console()] });
@@ -118,7 +118,7 @@ describe('health and reflection over gRPC', () => {
     expect(JSON.parse(j.out)).toEqual({ address, service: '', status: 'SERVING' });
   });
 
-  it('reflection lists the process services and health, and describes them from the .proto files', async () => {
+  it('reflection lists the process services and health, and describes them', async () => {
     const reflectionProto = join(dirname(createRequire(import.meta.url).resolve('@grpc/reflection/package.json')), 'build', 'proto');
     const pkg = protoLoader.loadSync('grpc/reflection/v1/reflection.proto', { includeDirs: [reflectionProto], keepCase: true, defaults: true, oneofs: true });
     const loaded = grpc.loadPackageDefinition(pkg) as any;
@@ -141,9 +141,7 @@ describe('health and reflection over gRPC', () => {
     expect(protos.length).toBeGreaterThan(0);
     expect(Buffer.concat(protos).toString('latin1')).toContain('WriteRows');
     client.close();
-    // The full package definition knows every Cairn service, from proto/cairn/v1 at run time.
-    expect(Object.keys(packageDefinition())).toEqual(expect.arrayContaining(['cairn.v1.ShardService', 'cairn.v1.MasterService', 'cairn.v1.AdminService', HEALTH_SERVICE_NAME]));
-    expect(protoRoot()).toMatch(/proto$/);
+    // The descriptors themselves, comments and all, are checked in reflection.test.ts.
   });
 
   it('while it drains: NOT_SERVING, new calls refused with UNAVAILABLE, the call in flight finishes', async () => {

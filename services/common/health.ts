@@ -4,8 +4,9 @@
  * - the standard gRPC health service (`grpc.health.v1.Health`, from
  *   grpc-health-check), with the overall status under the empty service name
  *   and one status per Cairn service (`cairn.v1.ShardService`, …);
- * - server reflection (@grpc/reflection) over the .proto files in
- *   proto/cairn/v1, loaded at run time, so `grpcurl` works without them;
+ * - server reflection, v1 and v1alpha (services/common/reflection.ts), serving
+ *   the real cairn/v1/*.proto descriptors with their comments, so `grpcurl`
+ *   works without the files and shows the documented API;
  * - the call gate the handler wrappers go through (services/common/grpc.ts):
  *   on shutdown the process reports NOT_SERVING first, then refuses new calls
  *   with a retryable UNAVAILABLE and waits for the calls in flight.
@@ -13,14 +14,10 @@
  * `checkHealth` is the client side, used by `cairn health`.
  */
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
-import { ReflectionService } from '@grpc/reflection';
-import { HealthImplementation, protoPath as HEALTH_PROTO_PATH, service as HEALTH_SERVICE } from 'grpc-health-check';
-import { existsSync, readdirSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { HealthImplementation, service as HEALTH_SERVICE } from 'grpc-health-check';
 import { CairnError } from './errors.js';
 import { clientCredentials, type CallGate, type ClientTls } from './grpc.js';
+import { addReflection } from './reflection.js';
 
 export type HealthStatus = 'SERVING' | 'NOT_SERVING';
 
@@ -133,48 +130,6 @@ export class ServingState implements CallGate {
     this.health.addToServer(server);
     addReflection(server, [...this.services, HEALTH_SERVICE_NAME]);
   }
-}
-
-// ---------------------------------------------------------------------------
-// Reflection
-
-/** The directory holding `cairn/v1/*.proto`: searched upwards from this module (src/ and dist/ layouts, and /app in the image). */
-export function protoRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    const candidate = join(dir, 'proto');
-    if (existsSync(join(candidate, 'cairn', 'v1', 'shard.proto'))) return candidate;
-    const up = dirname(dir);
-    if (up === dir) throw new Error(`cannot find proto/cairn/v1/*.proto above ${dirname(fileURLToPath(import.meta.url))}; the .proto files must ship with the program`);
-    dir = up;
-  }
-}
-
-let cachedDefinition: protoLoader.PackageDefinition | undefined;
-
-/** Every Cairn service plus grpc.health.v1, as a proto-loader package definition (loaded once). */
-export function packageDefinition(): protoLoader.PackageDefinition {
-  if (cachedDefinition) return cachedDefinition;
-  const root = protoRoot();
-  const files = readdirSync(join(root, 'cairn', 'v1'))
-    .filter((f) => f.endsWith('.proto'))
-    .sort()
-    .map((f) => `cairn/v1/${f}`);
-  const healthRoot = resolve(dirname(HEALTH_PROTO_PATH), '..', '..');
-  cachedDefinition = protoLoader.loadSync([...files, 'health/v1/health.proto'], {
-    includeDirs: [root, healthRoot],
-    keepCase: true,
-    longs: String,
-    enums: String,
-    defaults: true,
-    oneofs: true,
-  });
-  return cachedDefinition;
-}
-
-/** Adds gRPC server reflection (v1 and v1alpha) describing `services` (default: every Cairn service and health). */
-export function addReflection(server: grpc.Server, services?: string[]): void {
-  new ReflectionService(packageDefinition(), services ? { services } : undefined).addToServer(server);
 }
 
 // ---------------------------------------------------------------------------
