@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// The `cairn` command. Install (`npm ci`) builds dist/ via the `prepare` script.
+// The `cairn` command. In a checkout, `npm ci` builds dist/ (the `prepare` script);
+// the package from `npm pack` ships it built, beside this file.
 import { main } from '../dist/cli/main.js';
 
 main(process.argv.slice(2)).then(
