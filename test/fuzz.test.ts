@@ -283,23 +283,29 @@ async function currentMap(): Promise<ClusterMap> {
 
 /** Everything a rejected request must leave alone. */
 async function snapshot(): Promise<string> {
-  const map = await currentMap();
-  const servers = (await admin.listServers()).map((s) => `${s.id}@${s.address}`).sort();
-  const moves = (await admin.admin((a) => a.listMoves, { all: true })).moves.map((m) => `${m.id}:${m.state}`).sort();
-  const h = createHash('sha256');
-  for await (const row of sdk.scan('', { allVersions: true })) {
-    h.update(row.row);
-    for (const c of row.cells) h.update(`\u0000${c.column}\u0000${c.timestampUs}\u0000`).update(c.value);
-  }
-  const buckets: unknown[] = [];
-  for (const s of cluster.shards) buckets.push(await call('ShardControlService', 'GetBucketStats', {}, s.address));
+  // One snapshot per request: its parts are independent reads, so they go out together.
+  const dataDigest = async () => {
+    const h = createHash('sha256');
+    for await (const row of sdk.scan('', { allVersions: true })) {
+      h.update(row.row);
+      for (const c of row.cells) h.update(`\u0000${c.column}\u0000${c.timestampUs}\u0000`).update(c.value);
+    }
+    return h.digest('hex');
+  };
+  const [map, servers, moves, data, buckets] = await Promise.all([
+    currentMap(),
+    admin.listServers().then((list) => list.map((s) => `${s.id}@${s.address}`).sort()),
+    admin.admin((a) => a.listMoves, { all: true }).then((r) => r.moves.map((m) => `${m.id}:${m.state}`).sort()),
+    dataDigest(),
+    Promise.all(cluster.shards.map((s) => call('ShardControlService', 'GetBucketStats', {}, s.address))),
+  ]);
   return JSON.stringify({
     epoch: map.epoch.toString(),
     ranges: map.ranges.map((r) => `${r.start}-${r.end}:${r.shardId}`),
     shards: map.shards.map((s) => `${s.id}@${s.address}`),
     servers,
     moves,
-    data: h.digest('hex'),
+    data,
     buckets,
   });
 }

@@ -5,6 +5,7 @@
  * (plans, writer, reads, request ids, leases, open) agree on one set of types
  * and read LevelDB the same way; no part owns the database, ShardStore does.
  */
+import type { AbstractSublevel } from 'abstract-level';
 import type { BatchOperation, Level } from 'level';
 
 export type PerRowSublevel = 'cells' | 'leases' | 'reqids';
@@ -20,7 +21,24 @@ export interface RawOp {
 /** Entries per nextv. */
 export const CHUNK = 256;
 
-export function sublevels(db: Level<Buffer, Buffer>) {
+/** A sublevel of the store's database with keys of type K and binary values. */
+type Sublevel<K> = AbstractSublevel<Level<Buffer, Buffer>, string | Buffer | Uint8Array, K, Buffer>;
+
+/**
+ * The store's sublevels. Declared rather than inferred: the inferred type
+ * names abstract-level's own path, which a declaration build (npm pack) may
+ * not be able to reach.
+ */
+export interface Subs {
+  cells: Sublevel<Buffer>;
+  leases: Sublevel<Buffer>;
+  reqids: Sublevel<Buffer>;
+  rowcells: Sublevel<Buffer>;
+  latest: Sublevel<Buffer>;
+  meta: Sublevel<string>;
+}
+
+export function sublevels(db: Level<Buffer, Buffer>): Subs {
   const bin = { keyEncoding: 'buffer', valueEncoding: 'buffer' } as const;
   return {
     cells: db.sublevel<Buffer, Buffer>('cells', bin),
@@ -33,7 +51,6 @@ export function sublevels(db: Level<Buffer, Buffer>) {
     meta: db.sublevel<string, Buffer>('meta', { keyEncoding: 'utf8', valueEncoding: 'buffer' }),
   };
 }
-export type Subs = ReturnType<typeof sublevels>;
 export type BinSub = Subs['cells'];
 export type Snapshot = ReturnType<Level<Buffer, Buffer>['snapshot']>;
 export type BatchOp = BatchOperation<Level<Buffer, Buffer>, Buffer | string, Buffer>;
