@@ -178,3 +178,6 @@ export function shareOf(ranges: readonly HashRange[]): number {
 export function formatHash(h: bigint): string {
   return h.toString().padStart(20, '0');
 }
+
+/** A range as logs and messages print it: `[start, end)`. */
+export const showRange = (r: HashRange): string => `[${r.start}, ${r.end})`;

@@ -13,7 +13,7 @@ import { CairnError } from '../common/errors.js';
 import { serverStream, unary, type HandlerEnv } from '../common/grpc.js';
 import { endToProto } from '../common/hash.js';
 import { mapFromProto, mapToProto } from '../common/map.js';
-import { showRange } from './fence.js';
+import { showRange } from '../common/ranges.js';
 import type { ShardNode } from './node.js';
 import { dropAbortedCopy, runPull } from './transfer-sink.js';
 import { serveTransfer } from './transfer-source.js';

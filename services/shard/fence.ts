@@ -27,7 +27,7 @@
 import type { Logger } from 'winston';
 import { CairnError } from '../common/errors.js';
 import { DURATION_BUCKETS, type Metrics } from '../common/metrics.js';
-import { rangesOverlap, type HashRange } from '../common/ranges.js';
+import { rangesOverlap, showRange, type HashRange } from '../common/ranges.js';
 
 // ---------------------------------------------------------------- range sets (pure)
 
@@ -74,7 +74,6 @@ export function overlapsAny(r: HashRange, others: readonly HashRange[]): boolean
   return others.some((o) => rangesOverlap(r, o));
 }
 
-export const showRange = (r: HashRange): string => `[${r.start}, ${r.end})`;
 
 // ---------------------------------------------------------------- persistence seam
 

@@ -8,7 +8,8 @@
 import { TransferPhase, type TransferAck } from '../../proto/gen/cairn/v1/control.js';
 import { CairnError } from '../common/errors.js';
 import { rangesOverlap, type HashRange } from '../common/ranges.js';
-import { coveredBy, showRange } from './fence.js';
+import { showRange } from '../common/ranges.js';
+import { coveredBy } from './fence.js';
 
 export type TaskKind = 'transfer' | 'pull' | 'drop';
 

@@ -17,7 +17,7 @@ import { TransferPhase, KeySpace, type TransferAck, type TransferChecksum, type 
 import { CairnError, invalidArgument } from '../common/errors.js';
 import { endFromProto, HASH_SPACE_END } from '../common/hash.js';
 import { isBucketAligned, type HashRange } from '../common/ranges.js';
-import { showRange } from './fence.js';
+import { showRange } from '../common/ranges.js';
 import { hashOfKey, rowPrefixLength, rowPrefixOf } from './keys.js';
 import type { PerRowSublevel, RawOp } from './store.js';
 
