@@ -269,7 +269,7 @@ describe('recovering without the caller seeing an error', () => {
 
   it('logs in again when a shard says the token expired', async () => {
     const expired = mintToken(cluster.master.master.tokenKey, 'writer', 'rw', 1, Date.now() - 60_000).token;
-    (db as unknown as { currentToken: string }).currentToken = expired;
+    (db as unknown as { session: { token: string } }).session.token = expired; // plant it where the client keeps its token
     await db.put('relogin', { c: 'ok' });
     expect(db.token).not.toBe(expired);
     expect((await db.getValue('relogin', 'c'))?.toString()).toBe('ok');

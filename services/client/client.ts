@@ -115,14 +115,6 @@ export class CairnClient {
   }
 
   /**
-   * The token slot under its name before the split into modules: a test
-   * plants an expired token here (client.test.ts, "logs in again").
-   */
-  private set currentToken(token: string | undefined) {
-    this.session.token = token;
-  }
-
-  /**
    * Replaces the cached map, whatever its epoch. For tests and tools: a wrong
    * map is harmless, since the first WRONG_SHARD answer makes the client
    * fetch the real one.

@@ -8,7 +8,8 @@ import winston from 'winston';
 import { ShardControlServiceClient } from '../../proto/gen/cairn/v1/control.js';
 import { deriveTokenKey, ServerTokenSource } from '../common/auth.js';
 import { ClientPool } from '../common/grpc.js';
-import { CLEANUP_RETRY_MAX_MS, cleanupRetryDelayMs, MoveCoordinator, type CoordinatorHost } from './coordinator.js';
+import { MoveCoordinator, type CoordinatorHost } from './coordinator.js';
+import { CLEANUP_RETRY_MAX_MS, cleanupRetryDelayMs } from './move-steps.js';
 import { moveToJson, newMove, transition, type Move } from './moves.js';
 
 const log = winston.createLogger({ silent: true, transports: [new winston.transports.Console()] });

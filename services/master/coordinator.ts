@@ -28,7 +28,6 @@ import { cleanupRetryDelayMs, fenceReadyBoundMs, pullDeadline, RETRY_INTERVAL_MS
 import { copiedFraction, isTerminal, RateWindow, moveFromJson, moveToJson, newMove, resumeAction, transition, withProgress, type Move, type MoveState } from './moves.js';
 import type { Plan } from './planner.js';
 
-export { CLEANUP_RETRY_MAX_MS, CLEANUP_RETRY_MIN_MS, cleanupRetryDelayMs } from './move-steps.js';
 
 /**
  * A durable write whose outcome is unknown: it failed, but it may have reached
