@@ -43,6 +43,33 @@ export function mapToProto(m: ClusterMap): ClusterMapProto {
   };
 }
 
+/** The map as the master persists it (JSON: bigints as decimal strings). */
+export interface MapJson {
+  epoch: string;
+  ranges: Array<{ start: string; end: string; shardId: string }>;
+  shards: Array<{ id: string; address: string }>;
+  /** Absent in maps written before cluster ids. */
+  clusterId?: string;
+}
+
+export function mapToJson(m: ClusterMap): MapJson {
+  return {
+    epoch: m.epoch.toString(),
+    ranges: m.ranges.map((r) => ({ start: r.start.toString(), end: r.end.toString(), shardId: r.shardId })),
+    shards: m.shards.map((s) => ({ ...s })),
+    clusterId: m.clusterId,
+  };
+}
+
+export function mapFromJson(j: MapJson): ClusterMap {
+  return {
+    epoch: BigInt(j.epoch),
+    ranges: j.ranges.map((r) => ({ start: BigInt(r.start), end: BigInt(r.end), shardId: r.shardId })),
+    shards: j.shards,
+    clusterId: j.clusterId ?? '',
+  };
+}
+
 /** Describes why a map with epoch > 0 is not valid, or null. */
 export function mapError(m: ClusterMap): string | null {
   if (m.epoch === 0n) return m.ranges.length === 0 ? null : 'epoch 0 map must have no ranges';

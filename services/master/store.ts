@@ -7,7 +7,7 @@
  */
 import { Level } from 'level';
 import { openDataDir } from '../common/datadir.js';
-import type { ClusterMap } from '../common/map.js';
+import { mapFromJson, mapToJson, type ClusterMap, type MapJson } from '../common/map.js';
 import type { AppliedClient, Revocation } from './client-list.js';
 
 export interface ShardRecord {
@@ -39,28 +39,6 @@ export interface AdminOpRecord {
   address: string;
 }
 
-interface MapJson {
-  epoch: string;
-  ranges: Array<{ start: string; end: string; shardId: string }>;
-  shards: Array<{ id: string; address: string }>;
-  /** Absent in maps written before cluster ids. */
-  clusterId?: string;
-}
-
-const toJson = (m: ClusterMap): MapJson => ({
-  epoch: m.epoch.toString(),
-  ranges: m.ranges.map((r) => ({ start: r.start.toString(), end: r.end.toString(), shardId: r.shardId })),
-  shards: m.shards.map((s) => ({ ...s })),
-  clusterId: m.clusterId,
-});
-
-const fromJson = (j: MapJson): ClusterMap => ({
-  epoch: BigInt(j.epoch),
-  ranges: j.ranges.map((r) => ({ start: BigInt(r.start), end: BigInt(r.end), shardId: r.shardId })),
-  shards: j.shards,
-  clusterId: j.clusterId ?? '',
-});
-
 export class MasterStore {
   private constructor(private readonly db: Level<string, string>) {}
 
@@ -74,7 +52,7 @@ export class MasterStore {
     const [map, shards, next, removed, clusterId] = await this.db.getMany(['map', 'shards', 'nextShardNumber', 'removedShards', 'clusterId']);
     return {
       clusterId: clusterId ?? '',
-      map: map ? fromJson(JSON.parse(map) as MapJson) : undefined,
+      map: map ? mapFromJson(JSON.parse(map) as MapJson) : undefined,
       shards: shards ? (JSON.parse(shards) as ShardRecord[]) : [],
       nextShardNumber: next ? Number(next) : 1,
       removed: removed ? (JSON.parse(removed) as string[]) : [],
@@ -89,7 +67,7 @@ export class MasterStore {
       { type: 'put', key: 'removedShards', value: JSON.stringify(state.removed) },
       { type: 'put', key: 'clusterId', value: state.clusterId },
     ];
-    if (state.map) ops.push({ type: 'put', key: 'map', value: JSON.stringify(toJson(state.map)) });
+    if (state.map) ops.push({ type: 'put', key: 'map', value: JSON.stringify(mapToJson(state.map)) });
     for (const m of state.moves ?? []) ops.push({ type: 'put', key: `move/${m.id}`, value: JSON.stringify(m.json) });
     for (const o of state.adminOps ?? []) ops.push({ type: 'put', key: `adminOp/${o.id}`, value: JSON.stringify(o.json) });
     await this.db.batch(ops, { sync: true });
