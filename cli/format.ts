@@ -10,16 +10,37 @@ import { formatHash } from '../services/common/ranges.js';
  * A server as ctl prints it: the SDK's ServerInfo, where the heartbeat and
  * disk figures may be absent (a master from before they were reported).
  */
-type Optional = 'lastHeartbeatMs' | 'diskFreeBytes' | 'diskTotalBytes' | 'diskFull';
+type Optional = 'lastHeartbeatMs' | 'diskFreeBytes' | 'diskTotalBytes' | 'diskFull' | 'primaries' | 'followers' | 'learners';
 export type ServerRow = Omit<ServerInfo, Optional> & Partial<Pick<ServerInfo, Optional>>;
 
 export interface RangeRow {
   start: bigint;
   end: bigint;
+  /** The primary. */
   shard: string;
   address: string;
   bytes: number;
   rows: number;
+  /** The replica group; absent (from a master before replication) = the primary alone. */
+  replicas?: string[];
+  inSync?: string[];
+  learners?: string[];
+}
+
+/**
+ * What a range's copies are doing, for a replicated range ('' for a single
+ * copy, so the seed's lines stay as they were): followers in sync, followers
+ * catching up, learners.
+ */
+export function replicaNote(r: RangeRow): string {
+  const followers = (r.replicas ?? [r.shard]).filter((s) => s !== r.shard);
+  const learners = r.learners ?? [];
+  if (followers.length === 0 && learners.length === 0) return '';
+  const inSync = new Set(r.inSync ?? [r.shard]);
+  const parts = [`followers ${followers.map((s) => (inSync.has(s) ? s : `${s} (catching up)`)).join(', ') || 'none'}`];
+  if (learners.length) parts.push(`learners ${learners.join(', ')}`);
+  const copies = 1 + followers.filter((s) => inSync.has(s)).length;
+  return `  ${parts.join('; ')}; ${copies} in sync`;
 }
 
 export function humanBytes(n: number): string {
@@ -55,7 +76,7 @@ export function formatRanges(servers: Array<Pick<ServerRow, 'id' | 'share'>>, ra
     for (const r of own) {
       const share = Number(((r.end - r.start) * 10_000n) / (1n << 64n)) / 10_000;
       const counts = r.rows || r.bytes ? `  ${r.rows} rows, ${humanBytes(r.bytes)}` : '';
-      lines.push(`Server ${i} ${percent(share)} [${formatHash(r.start)}, ${formatHash(r.end)}[${counts}`);
+      lines.push(`Server ${i} ${percent(share)} [${formatHash(r.start)}, ${formatHash(r.end)}[${counts}${replicaNote(r)}`);
     }
   });
   return lines;
@@ -73,9 +94,17 @@ export function formatServers(servers: ServerRow[], epoch: bigint): string[] {
     `Map epoch ${epoch}: ${servers.length} servers, ${up} up`,
     ...servers.map(
       (s, i) =>
-        `Server ${i} ${s.id} ${s.address} ${s.status} (Size: ${humanBytes(s.bytes)}, Rows: ${s.rows}, Ranges: ${s.ranges}, Share: ${percent(s.share)}, Load: ${Math.round(s.opsPerSec)} ops/s, Disk free: ${diskFree(s)}${s.diskFull ? ': writes refused until space is freed' : ''})`,
+        `Server ${i} ${s.id} ${s.address} ${s.status} (Size: ${humanBytes(s.bytes)}, Rows: ${s.rows}, Ranges: ${s.ranges}${copiesNote(s)}, Share: ${percent(s.share)}, Load: ${Math.round(s.opsPerSec)} ops/s, Disk free: ${diskFree(s)}${s.diskFull ? ': writes refused until space is freed' : ''})`,
     ),
   ];
+}
+
+/** A shard's copies of other primaries' ranges, when it holds any ('' otherwise: the seed's line). */
+function copiesNote(s: ServerRow): string {
+  const parts = [];
+  if (s.followers) parts.push(`following ${s.followers}`);
+  if (s.learners) parts.push(`learning ${s.learners}`);
+  return parts.length ? ` as primary, ${parts.join(', ')}` : '';
 }
 
 export function serversJson(servers: ServerRow[], epoch: bigint) {
@@ -94,6 +123,9 @@ export function serversJson(servers: ServerRow[], epoch: bigint) {
       diskFreeBytes: s.diskFreeBytes ?? 0,
       diskTotalBytes: s.diskTotalBytes ?? 0,
       diskFull: s.diskFull ?? false,
+      primaries: s.primaries ?? s.ranges,
+      followers: s.followers ?? 0,
+      learners: s.learners ?? 0,
     })),
   };
 }
@@ -108,6 +140,10 @@ export function rangesJson(ranges: RangeRow[], epoch: bigint) {
       address: r.address,
       bytes: r.bytes,
       rows: r.rows,
+      primary: r.shard,
+      replicas: r.replicas ?? [r.shard],
+      inSync: r.inSync ?? [r.shard],
+      learners: r.learners ?? [],
     })),
   };
 }

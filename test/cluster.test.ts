@@ -28,6 +28,8 @@ describe('two shards as separate processes', () => {
     expect(json.ranges[0].end).toBe(json.ranges[1].start);
     expect(json.ranges[1].end).toBe(HASH_SPACE_END.toString());
     expect(new Set(json.ranges.map((r: { shard: string }) => r.shard)).size).toBe(2);
+    // One copy each: the group names the primary alone.
+    for (const r of json.ranges) expect(r).toMatchObject({ primary: r.shard, replicas: [r.shard], inSync: [r.shard], learners: [] });
   });
 
   it(`loads ${ROWS} rows and verifies them: 0 missing, 0 wrong`, async () => {
@@ -56,6 +58,7 @@ describe('two shards as separate processes', () => {
       expect(s.share).toBeCloseTo(0.5, 3);
       expect(s.rows).toBeGreaterThan(ROWS * 0.45);
       expect(s.bytes).toBeGreaterThan(s.rows * 100);
+      expect(s).toMatchObject({ primaries: 1, followers: 0, learners: 0 });
     }
   });
 

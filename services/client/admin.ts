@@ -48,6 +48,9 @@ export async function listServers(c: Calls, o: CallOptions): Promise<ServerInfo[
     diskFreeBytes: Number(s.diskFreeBytes),
     diskTotalBytes: Number(s.diskTotalBytes),
     diskFull: s.diskFull,
+    primaries: s.primaries,
+    followers: s.followers,
+    learners: s.learners,
   }));
 }
 
@@ -60,6 +63,11 @@ export async function getRanges(c: Calls, o: CallOptions): Promise<RangeInfo[]> 
     address: r.address,
     bytes: Number(r.bytes),
     rows: Number(r.rows),
+    // A master from before replication sends no group: the primary alone.
+    replicas: r.replicas.length ? r.replicas : [r.shardId],
+    inSync: r.inSync.length ? r.inSync : [r.shardId],
+    learners: r.learners,
+    version: r.version,
   }));
 }
 

@@ -118,16 +118,30 @@ export interface ServerInfo {
   diskTotalBytes: number;
   /** The shard refuses writes because its disk is full (it resumes by itself once space is freed). */
   diskFull: boolean;
+  /** Ranges it is the primary of (as `ranges`), holds as a follower, and is receiving as a learner. */
+  primaries: number;
+  followers: number;
+  learners: number;
 }
 
 export interface RangeInfo {
   start: bigint;
   /** Exclusive; 2^64 for the last range. */
   end: bigint;
+  /** The primary: it takes the range's reads and writes. */
   shardId: string;
+  /** The primary's address. */
   address: string;
   bytes: number;
   rows: number;
+  /** Every shard holding a full copy, the primary first ([shardId] with one copy). */
+  replicas: string[];
+  /** The replicas with every acknowledged write, the primary included. */
+  inSync: string[];
+  /** Shards receiving a copy that counts for nothing yet. */
+  learners: string[];
+  /** The replica group's version. */
+  version: bigint;
 }
 
 export interface ConnectOptions {

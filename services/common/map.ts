@@ -184,6 +184,17 @@ export function rangesOf(m: ClusterMap, shardId: string): OwnedRange[] {
   return m.ranges.filter((r) => r.shardId === shardId);
 }
 
+/** How many ranges a shard holds in each role: primary, follower (a full copy), learner. */
+export function roleCounts(m: ClusterMap, shardId: string): { primaries: number; followers: number; learners: number } {
+  const counts = { primaries: 0, followers: 0, learners: 0 };
+  for (const r of m.ranges) {
+    if (r.shardId === shardId) counts.primaries++;
+    else if (replicasOf(r).includes(shardId)) counts.followers++;
+    else if (learnersOf(r).includes(shardId)) counts.learners++;
+  }
+  return counts;
+}
+
 export function shareOfShard(m: ClusterMap, shardId: string): number {
   return shareOf(rangesOf(m, shardId));
 }

@@ -8,7 +8,7 @@
  */
 import type { Logger } from 'winston';
 import { CairnError } from '../common/errors.js';
-import { rangesOf, type ClusterMap } from '../common/map.js';
+import { rangesOf, roleCounts, type ClusterMap, type MapRange } from '../common/map.js';
 import { evenSplit, rangeCovers, shareOf, type HashRange } from '../common/ranges.js';
 import { newClusterId, type ClusterState } from './cluster-state.js';
 import type { DiskReport } from './planner.js';
@@ -67,10 +67,12 @@ export interface ServerView {
   diskFreeBytes: number;
   diskTotalBytes: number;
   diskFull: boolean;
+  primaries: number;
+  followers: number;
+  learners: number;
 }
 
-export interface RangeView extends HashRange {
-  shardId: string;
+export interface RangeView extends MapRange {
   address: string;
   rows: number;
   bytes: number;
@@ -296,6 +298,7 @@ export class Membership {
         diskFreeBytes: live?.disk.freeBytes ?? 0,
         diskTotalBytes: live?.disk.totalBytes ?? 0,
         diskFull: live?.disk.full ?? false,
+        ...roleCounts(map, s.id),
       };
     });
   }

@@ -10,7 +10,7 @@ import { CairnError, invalidArgument } from '../common/errors.js';
 import { failpoint } from '../common/failpoints.js';
 import { serverStream, unary, type HandlerEnv } from '../common/grpc.js';
 import { endFromProto, endToProto } from '../common/hash.js';
-import { mapToProto } from '../common/map.js';
+import { groupVersionOf, inSyncOf, learnersOf, mapToProto, replicasOf } from '../common/map.js';
 import type { Master } from './master.js';
 import type { MoveProgress } from './coordinator.js';
 import type { Move } from './moves.js';
@@ -256,6 +256,10 @@ export function adminServiceImpl(master: Master, env: HandlerEnv): AdminServiceS
         address: r.address,
         bytes: BigInt(r.bytes),
         rows: BigInt(r.rows),
+        replicas: [...replicasOf(r)],
+        inSync: [...inSyncOf(r)],
+        learners: [...learnersOf(r)],
+        version: groupVersionOf(r),
       })),
     })),
   };
