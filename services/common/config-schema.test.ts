@@ -56,6 +56,9 @@ const VALUES: Record<string, fc.Arbitrary<unknown>> = {
   diskHighWater: fc.integer({ min: 1, max: 1000 }).map((n) => n / 1000),
   master: dialAddress,
   maxFenceMs: posInt,
+  replicationFactor: posInt,
+  replicaLeaseMs: posInt,
+  replicaAckTimeoutMs: posInt,
 };
 /** Keys whose values are files that must exist, or that the credential rule couples: set by hand below. */
 const SKIPPED = new Set(['serverCredentialFile', 'tlsCert', 'tlsKey', 'tlsCa']);

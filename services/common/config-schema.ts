@@ -75,6 +75,8 @@ function masterFields(role: 'master', cwd: string) {
     moveMaxMbps: keyOr(nonnegNumber, 0, { doc: 'default throttle per move in MB/s (0: unthrottled)', arg: 'x' }),
     /** The planner never takes a shard's disk use past this fraction of its size (0 < x <= 1). */
     diskHighWater: keyOr(fraction, 0.9, { doc: 'the planner keeps each disk under this fraction of its size', arg: 'x' }),
+    /** Kept with the map: read when the cluster forms (docs/design.md "Replication and failover"). */
+    replicationFactor: keyOr(posInt, 1, { doc: 'how many shards hold each range, set when the cluster forms', arg: N }),
   };
 }
 
@@ -88,6 +90,9 @@ function shardFields(role: 'shard', cwd: string) {
      * and the move aborts (docs/design.md "Moving data", step 4).
      */
     maxFenceMs: keyOr(posInt, 1000, { doc: 'the longest a source keeps a range fenced for a move', arg: N }),
+    /** PacificA's lease: a primary serves only while every in-sync follower answered within it. */
+    replicaLeaseMs: keyOr(posInt, 2000, { doc: 'a primary serves only while every in-sync follower answered within this', arg: N }),
+    replicaAckTimeoutMs: keyOr(posInt, 3000, { doc: 'a follower this late is reported to the master for removal from the in-sync set', arg: N }),
   };
 }
 

@@ -12,7 +12,7 @@ import { Metadata, status as Status, type ServiceError } from '@grpc/grpc-js';
 export type ErrorCode =
   | 'WRONG_SHARD' // the key is owned by another shard, or the epoch is stale
   | 'FENCED' // the range is fenced for a move; retry shortly
-  | 'NOT_READY' // no map yet, shard not registered, or a peer is unreachable
+  | 'NOT_READY' // no map yet, shard not registered, a peer is unreachable, or a replicated range cannot serve now (below minInSync, no lease, primary changing)
   | 'UNREACHABLE' // (client side) the transport failed: no process answered at the address
   | 'INVALID_ARGUMENT' // bad input; the message names the field
   | 'LIMIT_EXCEEDED' // a per-call limit; the message names the limit and the value

@@ -281,6 +281,48 @@ export function serverStream<Req, Res>(
   };
 }
 
+/**
+ * Wraps an async bidirectional-streaming handler: auth by role once, then
+ * `fn` reads the caller's messages (`requests`, each decoded as a unary
+ * request is) and answers with `send`; errors through the table.
+ */
+export function duplexStream<Req, Res>(
+  env: HandlerEnv,
+  method: string,
+  need: Role | null,
+  fn: (requests: AsyncIterable<Req>, ctx: RpcContext, send: (msg: Res) => Promise<void>) => Promise<void>,
+): grpc.handleBidiStreamingCall<Req, Res> {
+  return (call) => {
+    const { enter, done } = meter(env, method);
+    const send = async (msg: Res) => {
+      if (call.cancelled) throw new CairnError('CANCELLED', 'the caller cancelled the stream');
+      if (!call.write(msg)) await Promise.race([once(call, 'drain'), once(call, 'cancelled')]);
+    };
+    async function* requests(): AsyncIterable<Req> {
+      for await (const req of call as AsyncIterable<Req>) yield decoded(req, method);
+    }
+    let result: Promise<void>;
+    try {
+      enter();
+      const ctx = authenticate(env, call, method, need);
+      result = fn(requests(), ctx, send);
+    } catch (err) {
+      result = Promise.reject(err);
+    }
+    result.then(
+      () => {
+        done(grpc.status.OK);
+        call.end();
+      },
+      (err) => {
+        const se = reportError(env, method, err);
+        done(se.code);
+        if (!call.cancelled) call.emit('error', se);
+      },
+    );
+  };
+}
+
 export interface TlsFiles {
   cert: Buffer;
   key: Buffer;

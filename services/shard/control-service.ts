@@ -10,11 +10,12 @@
 import type { UntypedServiceImplementation } from '@grpc/grpc-js';
 import type { ShardControlServiceServer } from '../../proto/gen/cairn/v1/control.js';
 import { CairnError } from '../common/errors.js';
-import { serverStream, unary, type HandlerEnv } from '../common/grpc.js';
+import { duplexStream, serverStream, unary, type HandlerEnv } from '../common/grpc.js';
 import { endToProto } from '../common/hash.js';
 import { mapFromProto, mapToProto } from '../common/map.js';
 import { showRange } from '../common/ranges.js';
 import type { ShardNode } from './node.js';
+import { serveReplicate } from './replica-apply.js';
 import { dropAbortedCopy, runPull } from './transfer-sink.js';
 import { serveTransfer } from './transfer-source.js';
 import { checkMoveId, rangeFromRequest, transferParams } from './transfer-wire.js';
@@ -46,6 +47,8 @@ export function shardControlServiceImpl(node: ShardNode, env: HandlerEnv): Shard
       registered: node.isRegistered,
       refusal: node.refusal,
     })),
+
+    replicate: duplexStream(env, 'Replicate', 'server', (requests, _ctx, send) => serveReplicate(node, requests, send)),
 
     pushMap: unary(env, 'PushMap', 'server', async (req) => {
       await node.installMap(mapFromProto(req.map));

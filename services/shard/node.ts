@@ -15,7 +15,7 @@ import { CairnError } from '../common/errors.js';
 import { failpoint } from '../common/failpoints.js';
 import { call, ClientPool, type ClientTls } from '../common/grpc.js';
 import { endToProto } from '../common/hash.js';
-import { EMPTY_MAP, mapError, mapFromProto, rangesOf, type ClusterMap } from '../common/map.js';
+import { EMPTY_MAP, learnersOf, mapError, mapFromJson, mapFromProto, mapToJson, rangesOf, replicasOf, type ClusterMap, type MapJson } from '../common/map.js';
 import type { HashRange } from '../common/ranges.js';
 import { showRange } from '../common/ranges.js';
 import { coveredBy, FenceReconciler, FenceTable, overlapsAny, RangeJanitor, subtractRanges } from './fence.js';
@@ -24,6 +24,9 @@ import { MoveRegistry } from './move-tasks.js';
 import type { TransferSink } from './transfer-sink.js';
 import type { TransferSource } from './transfer-source.js';
 import { DEFAULT_MAX_FENCE_MS } from './transfer-wire.js';
+import { positionFromJson, RangeLogs } from './replica-log.js';
+import type { ReplicaHost } from './replica-apply.js';
+import { DEFAULT_REPLICATION_TIMINGS, Replicator, type ReplicatorHost } from './replicator.js';
 import type { Limits } from './validate.js';
 
 export interface ShardOptions {
@@ -38,15 +41,13 @@ export interface ShardOptions {
   log: Logger;
   /** The longest a transfer keeps a range fenced before the destination confirms the fenced tail (default DEFAULT_MAX_FENCE_MS). */
   maxFenceMs?: number;
+  /** A primary serves a replicated range only while every in-sync follower answered within this (default 2000). */
+  replicaLeaseMs?: number;
+  /** An in-sync follower this late is reported to the master (default 3000). */
+  replicaAckTimeoutMs?: number;
 }
 
-interface MapJson {
-  epoch: string;
-  ranges: Array<{ start: string; end: string; shardId: string }>;
-  shards: Array<{ id: string; address: string }>;
-}
-
-export class ShardNode implements TransferSource, TransferSink {
+export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, ReplicaHost {
   readonly tokenKey: Buffer;
   readonly serverToken: ServerTokenSource;
   /** Other shards' data service (forwarded calls). */
@@ -90,6 +91,12 @@ export class ShardNode implements TransferSource, TransferSink {
   private readonly localCalls = new Set<Promise<unknown>>();
   /** Map installs run one at a time, so the persisted map is always the newest installed. */
   private installing: Promise<unknown> = Promise.resolve();
+  /** The logs of the replicated ranges this shard holds a copy of. */
+  readonly rangeLogs: RangeLogs;
+  /** The primary's side of replication (the follower's is replica-apply.ts, called by the control service). */
+  replicator!: Replicator;
+  /** When this shard last heard from each range's primary, as a follower (rangeKey → ms). */
+  private readonly primaryHeard = new Map<string, number>();
 
   private constructor(
     readonly opts: ShardOptions,
@@ -100,6 +107,7 @@ export class ShardNode implements TransferSource, TransferSink {
     this.peers = new ClientPool(ShardServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.limits.maxMessageBytes });
     this.controlPeers = new ClientPool(ShardControlServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.limits.maxMessageBytes });
     this.masters = new ClientPool(MasterServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.limits.maxMessageBytes });
+    this.rangeLogs = new RangeLogs(async (key) => positionFromJson(await store.getMeta(key)));
   }
 
   static async open(opts: ShardOptions): Promise<ShardNode> {
@@ -109,20 +117,13 @@ export class ShardNode implements TransferSource, TransferSink {
     node.clusterId = ((await store.getMeta('clusterId')) as string | undefined) ?? '';
     node.revocations = new Map((((await store.getMeta('revocations')) as Array<[string, number]> | undefined) ?? []).map(([u, t]) => [u, t]));
     const saved = (await store.getMeta('map')) as MapJson | undefined;
-    if (saved) {
-      node.map = {
-        epoch: BigInt(saved.epoch),
-        ranges: saved.ranges.map((r) => ({ start: BigInt(r.start), end: BigInt(r.end), shardId: r.shardId })),
-        shards: saved.shards,
-        clusterId: node.clusterId,
-      };
-    }
+    if (saved) node.map = { ...mapFromJson(saved), clusterId: node.clusterId };
     try {
       // Synced before anything is served: two processes on copies of one directory never share a session.
       node.generation = (((await store.getMeta('generation')) as number | undefined) ?? 0) + 1;
       await store.putMeta('generation', node.generation, true);
       node.fences = await FenceTable.load(store);
-      node.janitor = await RangeJanitor.load(store, () => node.ownedRanges(), () => node.moves.destinationRanges(), opts.log);
+      node.janitor = await RangeJanitor.load(store, () => node.heldRanges(), () => node.moves.destinationRanges(), opts.log);
       // A fence whose range the persisted map no longer gives us belongs to a move that committed while we were down.
       const owned = node.ownedRanges();
       const committed = node.fences.all().filter((f) => !overlapsAny(f.range, owned));
@@ -133,6 +134,11 @@ export class ShardNode implements TransferSource, TransferSink {
       for (const f of node.fences.all()) opts.log.warn('range stays fenced until its move is aborted or committed', { moveId: f.moveId, range: showRange(f.range) });
       node.janitor.start();
       store.onDiskState((s) => node.diskStateChanged(s.full, s.message));
+      node.replicator = new Replicator(node, {
+        leaseMs: opts.replicaLeaseMs ?? DEFAULT_REPLICATION_TIMINGS.leaseMs,
+        ackTimeoutMs: opts.replicaAckTimeoutMs ?? DEFAULT_REPLICATION_TIMINGS.ackTimeoutMs,
+      });
+      await node.replicator.onMap(node.map);
     } catch (err) {
       await store.close();
       throw err;
@@ -179,8 +185,24 @@ export class ShardNode implements TransferSource, TransferSink {
     this.opsSinceHeartbeat += n;
   }
 
+  /** The ranges this shard serves: those it is the primary of. */
   ownedRanges(): HashRange[] {
     return this.id ? rangesOf(this.map, this.id) : [];
+  }
+
+  /** The ranges this shard keeps a copy of: as primary, follower or learner. */
+  heldRanges(map: ClusterMap = this.map): HashRange[] {
+    if (!this.id) return [];
+    return map.ranges.filter((r) => r.shardId === this.id || replicasOf(r).includes(this.id) || learnersOf(r).includes(this.id));
+  }
+
+  heardFromPrimary(range: HashRange, atMs: number): void {
+    this.primaryHeard.set(`${range.start}-${range.end}`, atMs);
+  }
+
+  /** A follower did not answer in time: the master should take it out of the range's in-sync set. */
+  reportOverdue(range: HashRange, version: bigint, follower: string): void {
+    this.log.warn('an in-sync follower is overdue; writes to the range wait until it answers or the master removes it', { range: showRange(range), version: String(version), follower });
   }
 
   /** Throws PRECONDITION (FAILED_PRECONDITION, not retried) unless this shard's map gives it every hash of the range. */
@@ -251,13 +273,10 @@ export class ShardNode implements TransferSource, TransferSink {
     if (next.epoch <= this.map.epoch) return false;
     const err = mapError(next);
     if (err) throw new CairnError('INVALID_ARGUMENT', `map: ${err}`);
-    const json: MapJson = {
-      epoch: next.epoch.toString(),
-      ranges: next.ranges.map((r) => ({ start: r.start.toString(), end: r.end.toString(), shardId: r.shardId })),
-      shards: next.shards,
-    };
+    const json = mapToJson(next);
     const after = this.id ? rangesOf(next, this.id) : [];
-    const lost = subtractRanges(this.ownedRanges(), after);
+    // Only a range the shard keeps no copy of is deleted: a primary that becomes a follower keeps its data.
+    const lost = subtractRanges(this.heldRanges(), this.heldRanges(next));
     if (lost.length) await this.janitor.record(lost);
     await this.store.putMeta('map', json, true);
     if (lost.length) failpoint('source-before-cleanup');
@@ -271,6 +290,8 @@ export class ShardNode implements TransferSource, TransferSink {
       this.log.info('ranges lost in the new map are deleted in the background', { epoch: next.epoch.toString(), ranges: lost.map(showRange) });
       this.janitor.start();
     }
+    this.rangeLogs.keepOnly(this.heldRanges());
+    await this.replicator.onMap(next);
     this.log.info('map installed', { epoch: next.epoch.toString(), ownedRanges: this.ownedRanges().length });
     // Report counts for the new ranges now: the master shows only counts of ranges a shard owns,
     // so until this heartbeat a shard that just gained or lost a range would show too little.
@@ -520,6 +541,7 @@ export class ShardNode implements TransferSource, TransferSink {
     clearTimeout(this.heartbeatTimer);
     if (this.registered) await this.heartbeat(this.opts.heartbeatIntervalMs, true).catch(() => undefined);
     await this.fenceReconciler.stop();
+    this.replicator?.close();
     this.peers.close();
     this.controlPeers.close();
     this.masters.close();

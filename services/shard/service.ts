@@ -50,8 +50,8 @@ export class Router {
     return this.node.map;
   }
 
-  /** Where a hash is served, or the error the caller must see. */
-  routeHash(hash: bigint, epoch: bigint): Route {
+  /** Where a hash is served, or the error the caller must see (a write needs enough of a replicated range's members in sync). */
+  routeHash(hash: bigint, epoch: bigint, write = false): Route {
     const map = this.map;
     if (map.epoch === 0n || !this.node.id) {
       throw new CairnError('NOT_READY', 'this shard has no cluster map yet (the master is waiting for shards to register)', { retryAfterMs: 200 });
@@ -60,6 +60,7 @@ export class Router {
     if (!owner) throw new CairnError('INTERNAL', `map epoch ${map.epoch} does not cover hash ${hash}`);
     if (owner.shardId === this.node.id) {
       this.node.fences.checkHash(hash);
+      this.node.replicator.assertServing(hash, write);
       return { local: true };
     }
     const address = addressOf(map, owner.shardId) ?? '';
@@ -86,8 +87,8 @@ export class Router {
     this.node.fences.checkRange(window);
   }
 
-  routeRow(row: string, epoch: bigint): Route {
-    return this.routeHash(rowHash(row), epoch);
+  routeRow(row: string, epoch: bigint, write = false): Route {
+    return this.routeHash(rowHash(row), epoch, write);
   }
 
   /** Calls the same method on the owner, one hop, with our epoch and the caller's token and deadline. */
@@ -110,11 +111,11 @@ export class Router {
 }
 
 /** Groups items by route, keeping each item's index so results can be merged in request order. */
-function groupByRoute<T>(router: Router, items: T[], keyOf: (t: T) => string, epoch: bigint) {
+function groupByRoute<T>(router: Router, items: T[], keyOf: (t: T) => string, epoch: bigint, write = false) {
   const local: Array<{ i: number; item: T }> = [];
   const remote = new Map<string, Array<{ i: number; item: T }>>();
   items.forEach((item, i) => {
-    const r = router.routeRow(keyOf(item), epoch);
+    const r = router.routeRow(keyOf(item), epoch, write);
     if (r.local) local.push({ i, item });
     else {
       const list = remote.get(r.address) ?? [];
@@ -130,7 +131,16 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
   const limits = node.opts.limits;
   const store = node.store;
   const header = () => ({ nodeId: node.nodeId, epoch: node.map.epoch });
-  const tracked = <T>(p: Promise<T>): Promise<T> => node.trackLocal(p);
+  /**
+   * A local call: tracked (a fence waits for it), then answered only once
+   * what it wrote or read is on every in-sync member of the replicated
+   * ranges of these rows (nothing to wait for with a single copy).
+   */
+  const served = async <T>(p: Promise<T>, rows: Iterable<string>): Promise<T> => {
+    const out = await node.trackLocal(p);
+    await node.replicator.committed([...rows].map(rowHash));
+    return out;
+  };
 
   return {
     writeRows: unary(env, 'WriteRows', 'rw', async (req, ctx) => {
@@ -140,19 +150,15 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       );
       check.checkRequestId(req.requestId);
       node.countOp(req.rows.length);
-      const { local, remote } = groupByRoute(router, req.rows, (r) => r.row, req.epoch);
+      const { local, remote } = groupByRoute(router, req.rows, (r) => r.row, req.epoch, true);
       const timestamps: bigint[] = new Array(req.rows.length).fill(0n);
       const work: Promise<void>[] = [];
       if (local.length) {
         work.push(
-          node
-            .trackLocal(
-              store.writeRows(
-                local.length === req.rows.length ? req.rows : local.map(({ item }) => item),
-                { requestId: req.requestId, sync: req.sync },
-              ),
-            )
-            .then((ts) => ts.forEach((t, k) => (timestamps[local[k]!.i] = t))),
+          served(
+            store.writeRows(local.length === req.rows.length ? req.rows : local.map(({ item }) => item), { requestId: req.requestId, sync: req.sync }),
+            local.map(({ item }) => item.row),
+          ).then((ts) => ts.forEach((t, k) => (timestamps[local[k]!.i] = t))),
         );
       }
       for (const [address, part] of remote) {
@@ -173,7 +179,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       node.countOp();
       const r = router.routeRow(req.row, req.epoch);
       if (!r.local) return router.forward(r.address, (c) => c.readRow, req, ctx);
-      return { header: header(), cells: fromCells(await tracked(store.readRow(req.row, filter))) };
+      return { header: header(), cells: fromCells(await served(store.readRow(req.row, filter), [req.row])) };
     }),
 
     readRows: unary(env, 'ReadRows', 'r', async (req, ctx) => {
@@ -185,7 +191,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       const work: Promise<void>[] = [];
       if (local.length) {
         work.push(
-          node.trackLocal(store.readRows(local.map((l) => l.item), filter)).then((rows) => {
+          served(store.readRows(local.map((l) => l.item), filter), local.map((l) => l.item)).then((rows) => {
             const index = new Map(local.map((l) => [l.item, l.i]));
             for (const row of rows) found.push({ i: index.get(row.row)!, rows: { row: row.row, cells: fromCells(row.cells) } });
           }),
@@ -224,7 +230,8 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
         let next: Buffer | null;
         if (route.local) {
           router.checkUnfenced({ start: from, end: segEnd });
-          const page = await tracked(store.scan({ rowPrefix: req.rowPrefix, filter, limit: limit - rows.length, resumeToken: token, hashStart: from, hashEnd: segEnd }));
+          const page = await node.trackLocal(store.scan({ rowPrefix: req.rowPrefix, filter, limit: limit - rows.length, resumeToken: token, hashStart: from, hashEnd: segEnd }));
+          await node.replicator.committed([from]);
           rows.push(...page.rows.map((r) => ({ row: r.row, cells: fromCells(r.cells) })));
           next = page.nextToken;
         } else {
@@ -251,9 +258,9 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       check.checkRowKey(req.row, limits, 'row');
       check.checkRequestId(req.requestId);
       node.countOp();
-      const r = router.routeRow(req.row, req.epoch);
+      const r = router.routeRow(req.row, req.epoch, true);
       if (!r.local) return router.forward(r.address, (c) => c.deleteRow, req, ctx);
-      const n = await tracked(store.deleteRow(req.row, { requestId: req.requestId, sync: req.sync }));
+      const n = await served(store.deleteRow(req.row, { requestId: req.requestId, sync: req.sync }), [req.row]);
       return { header: header(), deletedCells: BigInt(n) };
     }),
 
@@ -262,9 +269,9 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       check.checkDeleteCells(req.row, req.columns, timeRange, limits);
       check.checkRequestId(req.requestId);
       node.countOp();
-      const r = router.routeRow(req.row, req.epoch);
+      const r = router.routeRow(req.row, req.epoch, true);
       if (!r.local) return router.forward(r.address, (c) => c.deleteCells, req, ctx);
-      const n = await tracked(store.deleteCells(req.row, req.columns, timeRange, { requestId: req.requestId, sync: req.sync }));
+      const n = await served(store.deleteCells(req.row, req.columns, timeRange, { requestId: req.requestId, sync: req.sync }), [req.row]);
       return { header: header(), deletedCells: BigInt(n) };
     }),
 
@@ -280,9 +287,9 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       check.checkCheckAndMutate(m, limits);
       check.checkRequestId(req.requestId);
       node.countOp();
-      const r = router.routeRow(req.row, req.epoch);
+      const r = router.routeRow(req.row, req.epoch, true);
       if (!r.local) return router.forward(r.address, (c) => c.checkAndMutate, req, ctx);
-      const out = await tracked(store.checkAndMutate(m, { requestId: req.requestId, sync: req.sync }));
+      const out = await served(store.checkAndMutate(m, { requestId: req.requestId, sync: req.sync }), [req.row]);
       return { header: header(), succeeded: out.succeeded, timestampUs: out.timestampUs };
     }),
 
@@ -291,9 +298,9 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       check.checkLease(req.leaseMs);
       check.checkRequestId(req.requestId);
       node.countOp();
-      const r = router.routeRow(req.row, req.epoch);
+      const r = router.routeRow(req.row, req.epoch, true);
       if (!r.local) return router.forward(r.address, (c) => c.lockRow, req, ctx);
-      const l = await tracked(store.lockRow(req.row, req.leaseMs, req.requestId));
+      const l = await served(store.lockRow(req.row, req.leaseMs, req.requestId), [req.row]);
       return { header: header(), leaseId: l.leaseId, expiresAtMs: BigInt(l.expiresAtMs) };
     }),
 
@@ -302,9 +309,9 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       check.checkLease(req.leaseMs);
       if (!req.leaseId) throw new CairnError('INVALID_ARGUMENT', 'lease_id: must not be empty');
       node.countOp();
-      const r = router.routeRow(req.row, req.epoch);
+      const r = router.routeRow(req.row, req.epoch, true);
       if (!r.local) return router.forward(r.address, (c) => c.extendLease, req, ctx);
-      const l = await tracked(store.extendLease(req.row, req.leaseId, req.leaseMs));
+      const l = await served(store.extendLease(req.row, req.leaseId, req.leaseMs), [req.row]);
       return { header: header(), expiresAtMs: BigInt(l.expiresAtMs) };
     }),
 
@@ -312,9 +319,9 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       check.checkRowKey(req.row, limits, 'row');
       if (!req.leaseId) throw new CairnError('INVALID_ARGUMENT', 'lease_id: must not be empty');
       node.countOp();
-      const r = router.routeRow(req.row, req.epoch);
+      const r = router.routeRow(req.row, req.epoch, true);
       if (!r.local) return router.forward(r.address, (c) => c.unlockRow, req, ctx);
-      await tracked(store.unlockRow(req.row, req.leaseId));
+      await served(store.unlockRow(req.row, req.leaseId), [req.row]);
       return { header: header() };
     }),
   };

@@ -115,6 +115,8 @@ export interface Pending {
   /** What listeners see of `ops`. */
   raw: RawOp[];
   sync: boolean;
+  /** Applied on a follower from its primary's log: the sequencer does not number it again. */
+  replicated?: boolean;
   resolve: () => void;
   reject: (err: unknown) => void;
 }
@@ -149,6 +151,14 @@ function rawOf(group: Pending[]): RawOp[] {
   return raw;
 }
 
+/**
+ * Numbers a batch's writes in the log of each replicated range it touches
+ * (replicator.ts): it sees the batch's per-row ops before the batch is
+ * written, returns the records of the new log positions to write in the same
+ * batch, and is told whether the batch was written.
+ */
+export type Sequencer = (raw: RawOp[], sync: boolean) => { ops: BatchOp[]; written(ok: boolean): void } | undefined;
+
 /** What the writer asks of the store that owns it. */
 export interface WriterHost {
   /** The store's clock (replaced at open), whose high-water mark rides in every batch. */
@@ -162,6 +172,7 @@ export interface WriterHost {
 export class GroupWriter {
   readonly stats = new BucketStats();
   readonly listeners = new Set<(ops: RawOp[]) => void>();
+  sequencer: Sequencer | undefined;
   /** The clock mark last written (or read at open). */
   persistedClock = 0n;
   /** The running flush loop, if any: awaited before LevelDB is closed or reopened. */
@@ -183,13 +194,14 @@ export class GroupWriter {
   }
 
   /** Settles plans (reads what stats need, under the caller's row locks) and commits them in one batch. */
-  async commitPlans(plans: RowPlan[], sync: boolean): Promise<void> {
-    if (plans.length === 0) return;
+  async commitPlans(plans: RowPlan[], sync: boolean, replicated?: { ops: BatchOp[] }): Promise<void> {
+    if (plans.length === 0 && !replicated?.ops.length) return;
     const { deltas, derived } = await settle(this.subs, plans);
-    let any = false;
+    let any = !!replicated?.ops.length;
     for (const p of plans) if (p.keys.length > 0 || p.other.length > 0) any = true;
     if (!any) return;
-    await new Promise<void>((resolve, reject) => this.push({ plans, derived, deltas, ops: NO_OPS, raw: NO_RAW, sync, resolve, reject }));
+    const ops = replicated?.ops ?? NO_OPS;
+    await new Promise<void>((resolve, reject) => this.push({ plans, derived, deltas, ops, raw: NO_RAW, sync, replicated: !!replicated, resolve, reject }));
   }
 
   /** Queues plain ops (meta records, request-id sweeps); `raw` is what listeners see of them. */
@@ -231,6 +243,14 @@ export class GroupWriter {
     }
   }
 
+  /** The sequencer's view of a group: the per-row ops of the entries written here first (not those a primary sent). */
+  private sequence(group: Pending[]): ReturnType<Sequencer> {
+    const own = group.filter((p) => !p.replicated);
+    if (own.length === 0) return undefined;
+    const raw = rawOf(own);
+    return raw.length ? this.sequencer!(raw, own.some((p) => p.sync)) : undefined;
+  }
+
   private async writeGroup(group: Pending[]): Promise<void> {
     const ops: BatchOp[] = [];
     const touched = new Map<number, { rows: number; bytes: number }>();
@@ -267,9 +287,18 @@ export class GroupWriter {
     }
     const high = this.host.clock().high();
     if (high > this.persistedClock) ops.push({ type: 'put', sublevel: this.subs.meta, key: META_CLOCK, value: encodeClockMark(high) });
-    // No options object unless syncing: abstract-level spreads the options into every op, and
-    // with a plain { sync: false } that spread cost ~10 µs per op (measured; see bench/NOTES.md).
-    await (this.db.batch as (ops: BatchOp[], o?: { sync: boolean }) => Promise<void>).call(this.db, ops, sync ? SYNC : undefined);
+    // A replicated range's log positions ride in the same batch as the writes they number.
+    const sequenced = this.sequencer ? this.sequence(group) : undefined;
+    if (sequenced) for (const op of sequenced.ops) ops.push(op);
+    try {
+      // No options object unless syncing: abstract-level spreads the options into every op, and
+      // with a plain { sync: false } that spread cost ~10 µs per op (measured; see bench/NOTES.md).
+      await (this.db.batch as (ops: BatchOp[], o?: { sync: boolean }) => Promise<void>).call(this.db, ops, sync ? SYNC : undefined);
+    } catch (err) {
+      sequenced?.written(false);
+      throw err;
+    }
+    sequenced?.written(true);
     for (const [b, t] of touched) this.stats.set(b, t.rows, t.bytes);
     if (high > this.persistedClock) this.persistedClock = high;
     if (this.listeners.size > 0) {

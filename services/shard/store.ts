@@ -51,7 +51,7 @@ import {
   rowPrefixOf,
   userMetaKey,
 } from './keys.js';
-import { entries, hex, lookup, PER_ROW, rangeOpts, sublevels, type RawOp, type Subs } from './store-db.js';
+import { entries, hex, lookup, PER_ROW, rangeOpts, sublevels, type BatchOp, type RawOp, type Subs } from './store-db.js';
 import { DiskFullGuard, diskSpaceOf, type DiskSpace, type DiskState } from './store-disk.js';
 import { checkHeld, getLease, hasLease, planDropLease, planPutLease, takeLease } from './store-leases.js';
 import { loadStore, recountStats, reopenStore, verifyDerived } from './store-open.js';
@@ -69,7 +69,7 @@ import {
   sweepRequestIds,
   writeDigest,
 } from './store-reqids.js';
-import { GroupWriter, NO_RAW, type RangeStats } from './store-writer.js';
+import { GroupWriter, NO_RAW, type RangeStats, type Sequencer } from './store-writer.js';
 import type { CellFilterIn, CellOut, CheckAndMutateIn, RowWriteIn, ScanIn, TimeRangeIn, WriteOpts } from './validate.js';
 
 export type { CellFilterIn, CellIn, CellOut, CheckAndMutateIn, RowWriteIn, ScanIn, TimeRangeIn, WriteOpts } from './validate.js';
@@ -77,7 +77,8 @@ export type { PerRowSublevel, RawOp } from './store-db.js';
 export { DEFAULT_DISK_POLL_MS, diskSpaceOf, resumeFreeBytes, type DiskSpace, type DiskState } from './store-disk.js';
 export { DEFAULT_REQUEST_ID_TTL_MS } from './store-reqids.js';
 export { DEFAULT_SCAN_PAGE, SCAN_EXAMINE_BUDGET, type RowCellsOut } from './store-reads.js';
-export type { RangeStats } from './store-writer.js';
+export type { RangeStats, Sequencer } from './store-writer.js';
+export type { BatchOp } from './store-db.js';
 
 export interface StoreOptions {
   /** How long a request id is remembered (default 10 minutes). */
@@ -409,6 +410,29 @@ export class ShardStore {
   putMeta(key: string, value: unknown, sync = true): Promise<void> {
     const v = Buffer.from(JSON.stringify(value), 'utf8');
     return this.track(this.writer.enqueue([{ type: 'put', sublevel: this.subs.meta, key: userMetaKey(key), value: v }], NO_RAW, sync));
+  }
+
+  /** Sets (or, with undefined, removes) what numbers the writes of replicated ranges in the log (replicator.ts). */
+  setSequencer(sequencer: Sequencer | undefined): void {
+    this.writer.sequencer = sequencer;
+  }
+
+  /** A meta record (as putMeta writes it) as an op for a batch the caller builds. */
+  metaOp(key: string, value: unknown): BatchOp {
+    return { type: 'put', sublevel: this.subs.meta, key: userMetaKey(key), value: Buffer.from(JSON.stringify(value), 'utf8') };
+  }
+
+  /**
+   * Applies entries a primary sent (raw per-row ops) with the follower's
+   * records of its log position, as one batch that the sequencer does not
+   * number again: the copy and its position never disagree after a crash.
+   */
+  applyReplicated(ops: RawOp[], records: BatchOp[], o: { sync: boolean }): Promise<void> {
+    const prefixes = ops.map((op) => rowPrefixOf(op.key));
+    return this.mutate(prefixes, async () => {
+      const plans = planRawOps(ops, prefixes, this.clock);
+      await this.writer.commitPlans(plans, o.sync, { ops: records });
+    });
   }
 
   delMeta(key: string, sync = true): Promise<void> {

@@ -1,0 +1,169 @@
+/**
+ * One replicated range's log as a shard keeps it (docs/design.md
+ * "Replication and failover"). Pure: no I/O.
+ *
+ * Every write batch that touches a replicated range gets the next log
+ * sequence number (lsn) of that range and the term it was written under (the
+ * group version of its primary). Entries are applied to the store as they
+ * are numbered, on the primary and on followers alike; what a replica keeps
+ * durable is only its position: the last (lsn, term) it holds and where each
+ * term began (Kafka's leader-epoch cache, KIP-101), written in the same batch
+ * as the rows. The term history answers "which term is the entry at lsn L?"
+ * for every L the replica holds, which is all log matching needs: two
+ * replicas that agree on the term of the entry at L hold the same entries up
+ * to L, because one version has one primary and it numbers each lsn once.
+ *
+ * Recent entries are also kept in memory (bounded), so a follower that is a
+ * little behind catches up from them; one further behind (or one whose log
+ * has entries this one lacks) gets a snapshot.
+ */
+import type { RawOp } from './store-db.js';
+
+/** The durable position: where the log ends and where each term began. */
+export interface LogPosition {
+  lastLsn: bigint;
+  lastTerm: bigint;
+  /** [term, first lsn written under it], ascending; the first one may start after lsn 1 (after a snapshot). */
+  terms: Array<[bigint, bigint]>;
+}
+
+export interface LogEntry {
+  lsn: bigint;
+  term: bigint;
+  ops: RawOp[];
+  sync: boolean;
+  /** Key and value bytes, for the memory bound. */
+  bytes: number;
+}
+
+/** How many bytes of recent entries a range keeps in memory for followers that fall behind. */
+export const DEFAULT_RETAINED_BYTES = 32 * 1024 * 1024;
+
+export const EMPTY_POSITION: LogPosition = Object.freeze({ lastLsn: 0n, lastTerm: 0n, terms: [] }) as LogPosition;
+
+export class RangeLog {
+  lastLsn: bigint;
+  lastTerm: bigint;
+  private terms: Array<[bigint, bigint]>;
+  /** Contiguous entries ending at lastLsn (or none). */
+  private entries: LogEntry[] = [];
+  private retainedBytes = 0;
+
+  constructor(
+    position: LogPosition = EMPTY_POSITION,
+    private readonly maxRetainedBytes = DEFAULT_RETAINED_BYTES,
+  ) {
+    this.lastLsn = position.lastLsn;
+    this.lastTerm = position.lastTerm;
+    this.terms = position.terms.map(([t, l]) => [t, l]);
+  }
+
+  position(): LogPosition {
+    return { lastLsn: this.lastLsn, lastTerm: this.lastTerm, terms: this.terms.map(([t, l]) => [t, l]) };
+  }
+
+  /**
+   * The term of the entry at `lsn`: 0 for lsn 0 (the empty log), undefined
+   * past the end or before what the term history reaches (before a snapshot).
+   */
+  termAt(lsn: bigint): bigint | undefined {
+    if (lsn === 0n) return 0n;
+    if (lsn > this.lastLsn) return undefined;
+    for (let i = this.terms.length - 1; i >= 0; i--) {
+      const [term, start] = this.terms[i]!;
+      if (start <= lsn) return term;
+    }
+    return undefined;
+  }
+
+  /** Appends the next entry (lsn must be lastLsn + 1; the term never goes down). */
+  append(entry: LogEntry): void {
+    if (entry.lsn !== this.lastLsn + 1n) throw new Error(`log append out of order: lsn ${entry.lsn} after ${this.lastLsn}`);
+    if (entry.term < this.lastTerm) throw new Error(`log append with term ${entry.term} below ${this.lastTerm}`);
+    if (entry.term !== this.lastTerm || this.terms.length === 0) this.terms.push([entry.term, entry.lsn]);
+    this.lastLsn = entry.lsn;
+    this.lastTerm = entry.term;
+    this.entries.push(entry);
+    this.retainedBytes += entry.bytes;
+    while (this.entries.length > 1 && this.retainedBytes > this.maxRetainedBytes) this.retainedBytes -= this.entries.shift()!.bytes;
+  }
+
+  /** Entries from `fromLsn` on, up to about maxBytes (at least one); undefined when they are no longer kept (a snapshot is needed). */
+  entriesFrom(fromLsn: bigint, maxBytes: number): LogEntry[] | undefined {
+    if (fromLsn > this.lastLsn) return [];
+    const first = this.entries[0];
+    if (!first || fromLsn < first.lsn) return undefined;
+    const out: LogEntry[] = [];
+    let bytes = 0;
+    for (let i = Number(fromLsn - first.lsn); i < this.entries.length; i++) {
+      const e = this.entries[i]!;
+      if (out.length > 0 && bytes + e.bytes > maxBytes) break;
+      out.push(e);
+      bytes += e.bytes;
+    }
+    return out;
+  }
+
+  /** Forgets kept entries below `lsn` (every follower has them). */
+  forgetBelow(lsn: bigint): void {
+    while (this.entries.length > 0 && this.entries[0]!.lsn < lsn) this.retainedBytes -= this.entries.shift()!.bytes;
+  }
+
+  /** After a snapshot that ends at (lsn, term): the log is that position alone. */
+  resetTo(lsn: bigint, term: bigint): void {
+    this.lastLsn = lsn;
+    this.lastTerm = term;
+    this.terms = lsn === 0n ? [] : [[term, lsn]];
+    this.entries = [];
+    this.retainedBytes = 0;
+  }
+
+  get keptEntries(): number {
+    return this.entries.length;
+  }
+}
+
+/**
+ * The logs of the replicated ranges a shard holds, primary or follower: one
+ * per range, loaded from its durable position once. Shared by both sides, so
+ * a follower that is promoted keeps the recent entries it received.
+ */
+export class RangeLogs {
+  private readonly logs = new Map<string, Promise<RangeLog>>();
+
+  constructor(private readonly load: (key: string) => Promise<LogPosition>) {}
+
+  get(range: { start: bigint; end: bigint }): Promise<RangeLog> {
+    const key = positionKey(range);
+    let log = this.logs.get(key);
+    if (!log) {
+      log = this.load(key).then((p) => new RangeLog(p));
+      this.logs.set(key, log);
+      log.catch(() => this.logs.delete(key));
+    }
+    return log;
+  }
+
+  /** Forgets ranges the shard no longer holds a copy of. */
+  keepOnly(ranges: Array<{ start: bigint; end: bigint }>): void {
+    const keep = new Set(ranges.map(positionKey));
+    for (const key of this.logs.keys()) if (!keep.has(key)) this.logs.delete(key);
+  }
+}
+
+// ---------------------------------------------------------------- the durable record
+
+/** The position as JSON for the store's meta records (bigints as decimal strings). */
+export function positionToJson(p: LogPosition): { lastLsn: string; lastTerm: string; terms: Array<[string, string]> } {
+  return { lastLsn: p.lastLsn.toString(), lastTerm: p.lastTerm.toString(), terms: p.terms.map(([t, l]) => [t.toString(), l.toString()]) };
+}
+
+export function positionFromJson(j: { lastLsn: string; lastTerm: string; terms: Array<[string, string]> } | undefined): LogPosition {
+  if (!j) return EMPTY_POSITION;
+  return { lastLsn: BigInt(j.lastLsn), lastTerm: BigInt(j.lastTerm), terms: j.terms.map(([t, l]) => [BigInt(t), BigInt(l)]) };
+}
+
+/** The meta record name of a range's log position. */
+export function positionKey(range: { start: bigint; end: bigint }): string {
+  return `replog/${range.start}-${range.end}`;
+}

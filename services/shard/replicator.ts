@@ -1,0 +1,471 @@
+/**
+ * The primary's side of replication on a shard (docs/design.md "Replication
+ * and failover"): for every range this shard is the primary of and that has
+ * other copies, it numbers the writes (the store's sequencer), streams them
+ * to each follower and learner over a long-lived Replicate stream, and holds
+ * back each client's answer until every in-sync member has the write and the
+ * lease holds. The bookkeeping (what to send, what is committed, the lease)
+ * is the pure PrimaryReplication; the follower's side is replica-apply.ts.
+ *
+ * One link per (range, follower): one request in flight, each carrying every
+ * entry waiting (batched), or an empty append every leaseMs/4 so the lease
+ * stays renewed. A follower whose log cannot continue from what this primary
+ * keeps (too far behind, or holding entries this primary lacks) gets a
+ * snapshot of the range first, as a move's copy does.
+ *
+ * Ranges held alone (replicationFactor 1) have no group here: the sequencer
+ * skips them and nothing waits, so a single copy behaves as before.
+ */
+import type { ClientDuplexStream } from '@grpc/grpc-js';
+import type { Logger } from 'winston';
+import type { ReplicateRequest, ReplicateResponse, ShardControlServiceClient } from '../../proto/gen/cairn/v1/control.js';
+import { CairnError } from '../common/errors.js';
+import { endToProto } from '../common/hash.js';
+import { metadataFor, type ClientPool } from '../common/grpc.js';
+import { addressOf, factorOf, inSyncOf, learnersOf, replicasOf, type ClusterMap, type MapRange } from '../common/map.js';
+import { findRangeIndex, rangeKey, showRange, type HashRange } from '../common/ranges.js';
+import { hashOfKey } from './keys.js';
+import { positionKey, positionToJson, type LogEntry, type RangeLog, type RangeLogs } from './replica-log.js';
+import { PrimaryReplication } from './replication.js';
+import type { BatchOp, RawOp, ShardStore } from './store.js';
+import { opsBytes, toWireOps } from './transfer-wire.js';
+
+/** Replication timings (shard config). */
+export interface ReplicationTimings {
+  /** A primary that has not heard from an in-sync follower for this long serves nothing. */
+  leaseMs: number;
+  /** An in-sync follower that leaves a write unacknowledged this long is reported to the master. */
+  ackTimeoutMs: number;
+}
+
+export const DEFAULT_REPLICATION_TIMINGS: ReplicationTimings = { leaseMs: 2000, ackTimeoutMs: 3000 };
+
+/** Bytes of entries in one append; a snapshot chunk is as big. */
+const APPEND_BYTES = 1024 * 1024;
+
+/** What the replicator needs from its shard (ShardNode implements it). */
+export interface ReplicatorHost {
+  readonly log: Logger;
+  readonly nodeId: string;
+  readonly map: ClusterMap;
+  readonly store: Pick<ShardStore, 'metaOp' | 'setSequencer' | 'drain' | 'exportRange'>;
+  readonly rangeLogs: RangeLogs;
+  readonly controlPeers: ClientPool<ShardControlServiceClient>;
+  readonly serverToken: { get(): string };
+  /** The master should take a follower out of the range's in-sync set (it did not answer in time). */
+  reportOverdue(range: HashRange, version: bigint, follower: string): void;
+  /** A follower answered with a newer version: fetch the map. */
+  refreshMap(): Promise<void>;
+}
+
+/** The replica group a range has in the map, when it has more than one member. */
+export function groupOf(r: MapRange): { followers: string[]; learners: string[] } | undefined {
+  const followers = replicasOf(r).filter((s) => s !== r.shardId);
+  const learners = [...learnersOf(r)];
+  return followers.length || learners.length ? { followers, learners } : undefined;
+}
+
+/** How many members must be in sync for a write: min(2, the replicas the range can have). */
+export function minInSyncOf(map: ClusterMap): number {
+  return Math.min(2, Math.min(factorOf(map), map.shards.length));
+}
+
+interface Waiter {
+  lsn: bigint;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
+
+/** One range this shard is the primary of. */
+class PrimaryGroup {
+  readonly links = new Map<string, FollowerLink>();
+  readonly waiters: Waiter[] = [];
+  /** Wakes links when entries were added or the configuration changed. */
+  private wake: Array<() => void> = [];
+  closed = false;
+
+  constructor(
+    readonly range: MapRange,
+    readonly log: RangeLog,
+    readonly state: PrimaryReplication,
+    readonly minInSync: number,
+    readonly servesFrom: number,
+  ) {}
+
+  /** Why the range cannot be served now (the lease, or, for writes, too few in sync), or undefined. */
+  problem(now: number, write: boolean): string | undefined {
+    if (now < this.servesFrom) return `a new primary waits ${this.servesFrom - now} ms for a deposed one's lease to run out`;
+    if (write) {
+      const ok = this.state.canWrite(now, this.minInSync);
+      return ok.ok ? undefined : ok.reason;
+    }
+    return this.state.leaseProblem(now);
+  }
+
+  signal(): void {
+    const w = this.wake;
+    this.wake = [];
+    for (const f of w) f();
+  }
+
+  waitForWork(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, ms);
+      t.unref();
+      this.wake.push(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+  }
+
+  /** Resolves the waiters that are committed now (and the lease holds). */
+  settle(now = Date.now()): void {
+    if (this.problem(now, false)) return;
+    const committed = this.state.committedLsn();
+    for (let i = this.waiters.length - 1; i >= 0; i--) {
+      const w = this.waiters[i]!;
+      if (w.lsn <= committed) {
+        this.waiters.splice(i, 1);
+        w.resolve();
+      }
+    }
+  }
+
+  fail(err: CairnError): void {
+    this.closed = true;
+    for (const w of this.waiters.splice(0)) w.reject(err);
+    this.signal();
+  }
+}
+
+export class Replicator {
+  private readonly groups = new Map<string, PrimaryGroup>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly host: ReplicatorHost,
+    readonly timings: ReplicationTimings = DEFAULT_REPLICATION_TIMINGS,
+  ) {
+    host.store.setSequencer((raw, sync) => this.sequence(raw, sync));
+    this.timer = setInterval(() => this.tick(), Math.max(50, Math.floor(timings.leaseMs / 4)));
+    this.timer.unref();
+  }
+
+  /** Takes the map's groups: starts, reconfigures or ends the groups this shard is the primary of. */
+  async onMap(map: ClusterMap): Promise<void> {
+    const me = this.host.nodeId;
+    const wanted = new Map(map.ranges.filter((r) => r.shardId === me && groupOf(r)).map((r) => [rangeKey(r), r]));
+    for (const [key, g] of this.groups) {
+      const next = wanted.get(key);
+      if (!next) {
+        this.end(key, g, `shard ${me} is no longer the primary of ${showRange(g.range)} (map epoch ${map.epoch})`);
+        continue;
+      }
+      if ((next.version ?? 0n) > g.state.version) {
+        const out = g.state.reconfigure({ version: next.version ?? 0n, inSync: inSyncOf(next).filter((s) => s !== me), learners: [...learnersOf(next)] }, Date.now());
+        if (out.kind === 'refused') this.end(key, g, `reconfigure refused: ${out.reason}`);
+        else {
+          (g as { range: MapRange }).range = next;
+          this.startLinks(g, map);
+          g.settle();
+          g.signal();
+        }
+      }
+    }
+    for (const [key, r] of wanted) {
+      if (this.groups.has(key)) continue;
+      const log = await this.host.rangeLogs.get(r);
+      if (this.groups.has(key) || this.host.map.epoch !== map.epoch) continue; // a newer map came meanwhile: it decides
+      const state = new PrimaryReplication({
+        version: r.version ?? 0n,
+        inSync: inSyncOf(r).filter((s) => s !== me),
+        learners: [...learnersOf(r)],
+        lastLsn: log.lastLsn,
+        lastTerm: log.lastTerm,
+        committedLsn: 0n,
+        leaseMs: this.timings.leaseMs,
+        ackTimeoutMs: this.timings.ackTimeoutMs,
+        now: Date.now(),
+        termAt: (lsn) => log.termAt(lsn),
+      });
+      // A new primary serves only once the lease a deposed one may still hold has run out.
+      const g = new PrimaryGroup(r, log, state, minInSyncOf(map), Date.now() + this.timings.leaseMs);
+      this.groups.set(key, g);
+      this.host.log.info('primary of a replicated range', { range: showRange(r), version: String(r.version ?? 0n), followers: state.inSync, learners: state.learners, lastLsn: String(log.lastLsn) });
+      this.startLinks(g, map);
+    }
+  }
+
+  private end(key: string, g: PrimaryGroup, why: string): void {
+    this.groups.delete(key);
+    g.fail(new CairnError('NOT_READY', `${why}; retry`, { retryAfterMs: 100 }));
+  }
+
+  /** The group serving a hash, if this shard is the primary of a replicated range holding it. */
+  private groupOfHash(hash: bigint): PrimaryGroup | undefined {
+    if (this.groups.size === 0) return undefined;
+    const map = this.host.map;
+    const i = findRangeIndex(map.ranges, hash);
+    return i < 0 ? undefined : this.groups.get(rangeKey(map.ranges[i]!));
+  }
+
+  /**
+   * Throws UNAVAILABLE unless the range of `hash` may be served here now: a
+   * replicated range needs its lease (every in-sync follower answered lately)
+   * and, for writes, minInSync members. A single copy always may.
+   */
+  assertServing(hash: bigint, write: boolean): void {
+    const g = this.groupOfHash(hash);
+    if (!g) {
+      const r = this.host.map.ranges[findRangeIndex(this.host.map.ranges, hash)];
+      if (r && groupOf(r)) throw new CairnError('NOT_READY', `range ${showRange(r)} is not ready to serve on shard ${this.host.nodeId} yet; retry`, { retryAfterMs: 100 });
+      return;
+    }
+    const problem = g.problem(Date.now(), write);
+    if (problem) throw new CairnError('NOT_READY', `range ${showRange(g.range)} on shard ${this.host.nodeId}: ${problem}`, { retryAfterMs: 200 });
+  }
+
+  /**
+   * Resolves once everything this shard has written to the replicated ranges
+   * holding these hashes is on every in-sync member (and the lease holds): a
+   * write may then be acknowledged, and what a read returned is committed.
+   */
+  async committed(hashes: Iterable<bigint>): Promise<void> {
+    if (this.groups.size === 0) return;
+    const seen = new Set<PrimaryGroup>();
+    for (const h of hashes) {
+      const g = this.groupOfHash(h);
+      if (g) seen.add(g);
+    }
+    await Promise.all([...seen].map((g) => this.waitCommitted(g, g.log.lastLsn)));
+  }
+
+  private waitCommitted(g: PrimaryGroup, lsn: bigint): Promise<void> {
+    if (g.closed) return Promise.reject(new CairnError('NOT_READY', `range ${showRange(g.range)}: no longer the primary here; retry`, { retryAfterMs: 100 }));
+    if (lsn <= g.state.committedLsn() && !g.problem(Date.now(), false)) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      g.waiters.push({ lsn, resolve, reject });
+      g.signal();
+    });
+  }
+
+  // ------------------------------------------------------------ numbering writes
+
+  private sequence(raw: RawOp[], sync: boolean): { ops: BatchOp[]; written(ok: boolean): void } | undefined {
+    if (this.groups.size === 0) return undefined;
+    const per = new Map<PrimaryGroup, RawOp[]>();
+    for (const op of raw) {
+      const g = this.groupOfHash(hashOfKey(op.key));
+      if (!g) continue;
+      const list = per.get(g);
+      if (list) list.push(op);
+      else per.set(g, [op]);
+    }
+    if (per.size === 0) return undefined;
+    const entries: Array<[PrimaryGroup, LogEntry]> = [];
+    const ops: BatchOp[] = [];
+    for (const [g, list] of per) {
+      const entry: LogEntry = { lsn: g.log.lastLsn + 1n, term: g.state.version, ops: list, sync, bytes: opsBytes(list) };
+      entries.push([g, entry]);
+      const after = g.log.position();
+      if (after.terms.at(-1)?.[0] !== entry.term) after.terms.push([entry.term, entry.lsn]);
+      ops.push(this.host.store.metaOp(positionKey(g.range), positionToJson({ ...after, lastLsn: entry.lsn, lastTerm: entry.term })));
+    }
+    return {
+      ops,
+      written: (ok) => {
+        if (!ok) return;
+        for (const [g, entry] of entries) {
+          g.log.append(entry);
+          g.state.append(1);
+          g.signal();
+        }
+      },
+    };
+  }
+
+  // ------------------------------------------------------------ links
+
+  private startLinks(g: PrimaryGroup, map: ClusterMap): void {
+    const members = [...g.state.inSync, ...g.state.learners];
+    for (const [id, link] of g.links) {
+      if (!members.includes(id)) {
+        link.stop();
+        g.links.delete(id);
+      }
+    }
+    for (const id of members) {
+      if (g.links.has(id)) continue;
+      const link = new FollowerLink(this, g, id, () => addressOf(this.host.map, id) ?? addressOf(map, id) ?? '');
+      g.links.set(id, link);
+      void link.run();
+    }
+  }
+
+  /** Periodic: overdue followers are reported; waiters re-checked (the lease may have come back). */
+  private tick(): void {
+    const now = Date.now();
+    for (const g of this.groups.values()) {
+      for (const f of g.state.overdue(now)) this.host.reportOverdue(g.range, g.state.version, f);
+      g.settle(now);
+      g.signal();
+    }
+  }
+
+  get hostRef(): ReplicatorHost {
+    return this.host;
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    for (const [key, g] of this.groups) this.end(key, g, 'the shard is stopping');
+    this.host.store.setSequencer(undefined);
+  }
+}
+
+/** One follower's stream from this primary. */
+class FollowerLink {
+  private stopped = false;
+  private stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse> | undefined;
+
+  constructor(
+    private readonly r: Replicator,
+    private readonly g: PrimaryGroup,
+    readonly follower: string,
+    private readonly address: () => string,
+  ) {}
+
+  stop(): void {
+    this.stopped = true;
+    this.stream?.cancel();
+  }
+
+  private get live(): boolean {
+    return !this.stopped && !this.g.closed;
+  }
+
+  async run(): Promise<void> {
+    let backoff = 100;
+    while (this.live) {
+      try {
+        await this.session();
+        backoff = 100;
+      } catch (err) {
+        if (!this.live) return;
+        this.r.hostRef.log.debug('replication stream ended; reconnecting', { range: showRange(this.g.range), follower: this.follower, error: (err as Error).message });
+      }
+      await new Promise((res) => setTimeout(res, backoff).unref());
+      backoff = Math.min(backoff * 2, 1000);
+    }
+  }
+
+  /** One stream: appends (or a snapshot) until it breaks or the link stops. */
+  private async session(): Promise<void> {
+    const host = this.r.hostRef;
+    const client = host.controlPeers.get(this.address());
+    const stream = client.replicate(metadataFor(host.serverToken.get()));
+    this.stream = stream;
+    const answers = stream[Symbol.asyncIterator]() as AsyncIterator<ReplicateResponse>;
+    const ask = async (req: Partial<ReplicateRequest>): Promise<ReplicateResponse> => {
+      const g = this.g;
+      stream.write({
+        start: g.range.start,
+        end: endToProto(g.range.end),
+        version: g.state.version,
+        epoch: host.map.epoch,
+        primary: host.nodeId,
+        prevLsn: 0n,
+        prevTerm: 0n,
+        entries: [],
+        committedLsn: g.state.committedLsn(),
+        snapshotBegin: false,
+        snapshotOps: [],
+        snapshotEnd: false,
+        snapshotLsn: 0n,
+        snapshotTerm: 0n,
+        ...req,
+      });
+      const next = await answers.next();
+      if (next.done) throw new Error('the follower closed the stream');
+      return next.value;
+    };
+    try {
+      while (this.live) {
+        const now = Date.now();
+        const send = this.g.state.nextSend(this.follower, 10_000, now) ?? this.g.state.heartbeat(this.follower, now);
+        if (!send) return;
+        let entries: LogEntry[] | undefined = [];
+        if (send.toLsn >= send.fromLsn) {
+          entries = this.g.log.entriesFrom(send.fromLsn, APPEND_BYTES);
+          if (entries) entries = entries.filter((e) => e.lsn <= send.toLsn);
+        }
+        const prevTerm = send.prevTerm ?? this.g.log.termAt(send.prevLsn);
+        if (entries === undefined || prevTerm === undefined) {
+          await this.snapshot(ask);
+          continue;
+        }
+        const sentAt = Date.now();
+        const res = await ask({
+          prevLsn: send.prevLsn,
+          prevTerm,
+          entries: entries.map((e) => ({ lsn: e.lsn, term: e.term, ops: toWireOps(e.ops), sync: e.sync })),
+        });
+        if (!(await this.answer(res, sentAt))) await this.snapshot(ask);
+        if (entries.length === 0) await this.g.waitForWork(Math.floor(this.r.timings.leaseMs / 4));
+      }
+    } finally {
+      stream.end();
+      this.stream = undefined;
+    }
+  }
+
+  /** Takes a follower's answer; false when only a snapshot can bring it back. */
+  private async answer(res: ReplicateResponse, sentAt: number): Promise<boolean> {
+    const g = this.g;
+    const now = Date.now();
+    switch (res.outcome) {
+      case 'ACCEPTED':
+        g.state.onAck(this.follower, { version: res.version, matchLsn: res.lastLsn, sentAt }, now);
+        g.settle(now);
+        g.log.forgetBelow(g.state.retainFrom());
+        return true;
+      case 'MISMATCH': {
+        // Its log ends elsewhere: continue after its end if ours has the same entry there, else copy the range.
+        const same = res.lastLsn <= g.log.lastLsn && g.log.termAt(res.lastLsn) === res.lastTerm;
+        g.state.onReject(this.follower, { version: res.version, expectLsn: res.lastLsn + 1n, sentAt }, now);
+        return same;
+      }
+      case 'STALE':
+        g.state.onReject(this.follower, { version: res.version, sentAt }, now);
+        void this.r.hostRef.refreshMap().catch(() => undefined);
+        throw new Error(`follower ${this.follower} holds a newer version ${res.version} of ${showRange(g.range)}`);
+      default:
+        g.state.onReject(this.follower, { version: res.version, sentAt }, now);
+        return false;
+    }
+  }
+
+  /** Replaces the follower's copy with this primary's, then continues from the snapshot's position. */
+  private async snapshot(ask: (req: Partial<ReplicateRequest>) => Promise<ReplicateResponse>): Promise<void> {
+    const g = this.g;
+    const host = this.r.hostRef;
+    host.log.info('sending a snapshot to a follower', { range: showRange(g.range), follower: this.follower });
+    await host.store.drain();
+    const lsn = g.log.lastLsn;
+    const term = g.log.termAt(lsn) ?? g.state.version;
+    let res = await ask({ snapshotBegin: true });
+    if (res.outcome !== 'ACCEPTED') throw new Error(`snapshot of ${showRange(g.range)} refused by ${this.follower}: ${res.message}`);
+    for await (const chunk of host.store.exportRange(g.range, APPEND_BYTES)) {
+      if (!this.live) throw new Error('link stopped');
+      res = await ask({ snapshotOps: toWireOps(chunk) });
+      if (res.outcome !== 'ACCEPTED') throw new Error(`snapshot chunk refused by ${this.follower}: ${res.message}`);
+    }
+    const sentAt = Date.now();
+    res = await ask({ snapshotEnd: true, snapshotLsn: lsn, snapshotTerm: term });
+    if (res.outcome !== 'ACCEPTED') throw new Error(`snapshot end refused by ${this.follower}: ${res.message}`);
+    g.state.onReject(this.follower, { version: res.version, expectLsn: lsn + 1n, sentAt }, Date.now());
+    g.state.onAck(this.follower, { version: res.version, matchLsn: lsn, sentAt }, Date.now());
+    g.settle();
+  }
+}
