@@ -1,7 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import fc from 'fast-check';
 import { CairnError } from '../common/errors.js';
-import { groupVersionOf, inSyncOf, learnersOf, mapError, replicasOf, type ClusterMap, type MapRange } from '../common/map.js';
+import { groupVersionOf, mapError, replicasOf, type ClusterMap, type MapRange } from '../common/map.js';
 import { evenSplit, showRange, type HashRange } from '../common/ranges.js';
 import {
   addLearner,
