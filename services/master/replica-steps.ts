@@ -52,15 +52,7 @@ export function roleOf(r: MapRange, shard: string): ReplicaRole | undefined {
  * it may miss acknowledged writes.
  */
 export function promote(map: ClusterMap, range: HashRange, candidate: string): StepResult {
-  return step(map, range, candidate, (r, where) => {
-    const notPromotable = inSyncFollowerError(r, candidate, where, 'promoted');
-    if (notPromotable) return notPromotable;
-    return {
-      replicas: [candidate, ...without(replicasOf(r), candidate)],
-      inSync: [candidate, ...without(inSyncOf(r), candidate, r.shardId)],
-      learners: learnersOf(r),
-    };
-  });
+  return primacyTo(map, range, candidate, { oldPrimaryInSync: false, what: 'promoted' });
 }
 
 /**
@@ -69,15 +61,7 @@ export function promote(map: ClusterMap, range: HashRange, candidate: string): S
  * stays in the in-sync set, as a follower.
  */
 export function handOver(map: ClusterMap, range: HashRange, to: string): StepResult {
-  return step(map, range, to, (r, where) => {
-    const notEligible = inSyncFollowerError(r, to, where, 'handed primacy');
-    if (notEligible) return notEligible;
-    return {
-      replicas: [to, ...without(replicasOf(r), to)],
-      inSync: [to, ...without(inSyncOf(r), to)],
-      learners: learnersOf(r),
-    };
-  });
+  return primacyTo(map, range, to, { oldPrimaryInSync: true, what: 'handed primacy' });
 }
 
 /**
@@ -296,14 +280,17 @@ function step(map: ClusterMap, range: HashRange, shard: string, change: (r: MapR
   return { ok: true, map: result };
 }
 
-/** The common check of promote and handOver: `shard` must be an in-sync follower. */
-function inSyncFollowerError(r: MapRange, shard: string, where: string, what: string): Refusal | undefined {
-  const role = roleOf(r, shard);
-  if (role === 'primary') return precondition(`shard ${shard} is already the primary of ${where}`);
-  if (role === 'learner') return precondition(`shard ${shard} is a learner of ${where}: it cannot be ${what} before it joins the in-sync set`);
-  if (!role) return precondition(`shard ${shard} is not a replica of ${where}`);
-  if (!inSyncOf(r).includes(shard)) return precondition(`shard ${shard} is not in the in-sync set of ${where}: it may miss acknowledged writes`);
-  return undefined;
+/** promote and handOver: `to`, an in-sync follower, becomes the first replica; the old primary stays a replica, in sync or not. */
+function primacyTo(map: ClusterMap, range: HashRange, to: string, how: { oldPrimaryInSync: boolean; what: string }): StepResult {
+  return step(map, range, to, (r, where) => {
+    const role = roleOf(r, to);
+    if (role === 'primary') return precondition(`shard ${to} is already the primary of ${where}`);
+    if (role === 'learner') return precondition(`shard ${to} is a learner of ${where}: it cannot be ${how.what} before it joins the in-sync set`);
+    if (!role) return precondition(`shard ${to} is not a replica of ${where}`);
+    if (!inSyncOf(r).includes(to)) return precondition(`shard ${to} is not in the in-sync set of ${where}: it may miss acknowledged writes`);
+    const followersInSync = without(inSyncOf(r), to, ...(how.oldPrimaryInSync ? [] : [r.shardId]));
+    return { replicas: [to, ...without(replicasOf(r), to)], inSync: [to, ...followersInSync], learners: learnersOf(r) };
+  });
 }
 
 const refusal = (code: ErrorCode, reason: string): Refusal => ({ ok: false, code, reason });
