@@ -20,6 +20,7 @@ import { Access, type ClientUser } from './access.js';
 import type { ClientListChange } from './client-list.js';
 import { ClusterState } from './cluster-state.js';
 import { MoveCoordinator } from './coordinator.js';
+import { planFailover } from './failover.js';
 import type { LoginCaller } from './logins.js';
 import { Membership, type RangeView, type ServerView, type ShardBeat, type ShardHello } from './membership.js';
 import { Operations, type StartedOperation } from './operations.js';
@@ -49,6 +50,8 @@ export interface MasterOptions {
   moveMaxMbps?: number;
   /** The planner never gives a shard data that would take its disk's use past this fraction of its size (default 0.9). */
   diskHighWater?: number;
+  /** How many shards hold each range, where there are that many; read when the cluster forms (default 1). */
+  replicationFactor?: number;
   /** TLS used when the master dials shards. */
   peerTls?: ClientTls;
   log: Logger;
@@ -68,6 +71,9 @@ export interface MasterOptions {
   onFatal?: (err: Error) => void;
 }
 
+/** How often the master looks for replica groups to change. */
+const REPLICA_PASS_MS = 250;
+
 export class Master {
   readonly nodeId: string;
   readonly tokenKey: Buffer;
@@ -76,6 +82,9 @@ export class Master {
   private readonly access: Access;
   private readonly calls: ShardCalls;
   private readonly operations: Operations;
+  /** Failover, in-sync removals and rejoins of replicated ranges (failover.ts), a pass every REPLICA_PASS_MS. */
+  private readonly replicaTimer: NodeJS.Timeout;
+  private replicaPassRunning = false;
 
   private constructor(
     private readonly opts: MasterOptions,
@@ -102,6 +111,27 @@ export class Master {
       { maxConcurrentMoves: opts.maxConcurrentMoves ?? 2, moveMaxMbps: opts.moveMaxMbps ?? 0 },
     );
     this.operations = new Operations({ state, members: this.members, calls: this.calls, coordinator: this.coordinator, store, log: opts.log, diskHighWater: opts.diskHighWater });
+    this.replicaTimer = setInterval(() => void this.replicaPass(), REPLICA_PASS_MS);
+    this.replicaTimer.unref();
+  }
+
+  /** One failover pass: the group changes the shards' state calls for, as one durable map step. */
+  private async replicaPass(): Promise<void> {
+    if (this.replicaPassRunning || this.state.closed || this.state.map.epoch === 0n) return;
+    this.replicaPassRunning = true;
+    try {
+      if (!planFailover(this.state.map, this.members.failoverView())) return;
+      await this.state.serial.run(async () => {
+        const plan = planFailover(this.state.map, this.members.failoverView()); // again, on the map as it is now
+        if (!plan || this.state.closed) return;
+        await this.state.commitMap(plan.map);
+        for (const change of plan.changes) this.opts.log.warn('replica group changed', { change, epoch: plan.map.epoch.toString() });
+      });
+    } catch (err) {
+      this.opts.log.error('a failover pass failed; the next pass tries again', { error: (err as Error).message });
+    } finally {
+      this.replicaPassRunning = false;
+    }
   }
 
   static async open(opts: MasterOptions): Promise<Master> {
@@ -212,6 +242,7 @@ export class Master {
 
   async close(): Promise<void> {
     this.state.closed = true;
+    clearInterval(this.replicaTimer);
     await this.coordinator.close();
     await this.state.close();
     this.calls.close();

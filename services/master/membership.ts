@@ -10,6 +10,8 @@ import type { Logger } from 'winston';
 import { CairnError } from '../common/errors.js';
 import { rangesOf, roleCounts, type ClusterMap, type MapRange } from '../common/map.js';
 import { evenSplit, rangeCovers, shareOf, type HashRange } from '../common/ranges.js';
+import type { FailoverView, FollowerNote } from './failover.js';
+import { initialGroups } from './replica-steps.js';
 import { newClusterId, type ClusterState } from './cluster-state.js';
 import type { DiskReport } from './planner.js';
 import type { MasterStore } from './store.js';
@@ -39,6 +41,11 @@ export interface ShardBeat {
   opsPerSec: number;
   stopping: boolean;
   disk?: DiskReport;
+  /** Where its log ends in each replicated range it holds a copy of. */
+  replicas?: Array<{ range: HashRange; lastLsn: bigint; lastTerm: bigint }>;
+  /** As a primary: in-sync followers that did not answer in time, and followers ready to join. */
+  overdue?: FollowerNote[];
+  caughtUp?: FollowerNote[];
 }
 
 interface LiveState {
@@ -50,6 +57,9 @@ interface LiveState {
   opsPerSec: number;
   /** The shard's data directory's file system at the last heartbeat; total 0 = not reported (an older shard). */
   disk: DiskReport;
+  replicas?: ShardBeat['replicas'];
+  overdue?: FollowerNote[];
+  caughtUp?: FollowerNote[];
 }
 
 export const NO_DISK_REPORT: DiskReport = Object.freeze({ freeBytes: 0, totalBytes: 0, full: false });
@@ -80,6 +90,8 @@ export interface RangeView extends MapRange {
 
 export interface MembershipOptions {
   expectShards: number;
+  /** Copies of each range when the cluster forms (default 1). */
+  replicationFactor?: number;
   shardDownAfterMs: number;
   /** Refuse shards whose address was not approved with AddServer. */
   requireApproval?: boolean;
@@ -148,10 +160,11 @@ export class Membership {
 
       if (state.map.epoch === 0n && state.shards.length >= this.opts.expectShards) {
         const owners = state.shards.slice(0, this.opts.expectShards);
-        const ranges = evenSplit(owners.length).map((r, i) => ({ ...r, shardId: owners[i]!.id }));
+        const factor = this.opts.replicationFactor ?? 1;
+        const ranges = initialGroups(evenSplit(owners.length), owners.map((o) => o.id), factor);
         state.clusterId = newClusterId();
-        this.log.info('All data servers have registered!', { shards: owners.map((s) => s.id), clusterId: state.clusterId });
-        await state.commitMap({ epoch: 1n, ranges, shards: state.shardRefs(), clusterId: state.clusterId });
+        this.log.info('All data servers have registered!', { shards: owners.map((s) => s.id), clusterId: state.clusterId, replicationFactor: factor });
+        await state.commitMap({ epoch: 1n, ranges, shards: state.shardRefs(), clusterId: state.clusterId, ...(factor > 1 ? { replicationFactor: factor } : {}) });
       } else if (state.map.epoch > 0n && (isNew || addressChanged)) {
         await state.commitShards();
       } else {
@@ -244,6 +257,17 @@ export class Membership {
       else this.log.info('shard takes writes again: its disk has room', { shardId, diskFreeBytes: disk.freeBytes, diskTotalBytes: disk.totalBytes });
     }
     if (hb.stopping) this.log.info('shard is stopping', { shardId });
+  }
+
+  /** What failover decides from: who is up, where each copy's log ends, what primaries reported. */
+  failoverView(now = Date.now()): FailoverView {
+    const live = [...this.live.entries()].filter(([id]) => this.isUp(id, now));
+    return {
+      isUp: (id) => this.isUp(id, now),
+      positionOf: (id, range) => this.live.get(id)?.replicas?.find((p) => p.range.start === range.start && p.range.end === range.end),
+      overdue: live.flatMap(([, l]) => l.overdue ?? []),
+      caughtUp: live.flatMap(([, l]) => l.caughtUp ?? []),
+    };
   }
 
   /** Forgets a removed shard's live state (its record leaves the registry in the same step). */

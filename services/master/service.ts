@@ -59,6 +59,13 @@ function heartbeatRanges(ranges: Array<{ start: bigint; end: bigint; rows: bigin
   });
 }
 
+/** A range of a heartbeat's replica reports; a bad one is refused naming the list. */
+function rangeFromWire(start: bigint, protoEnd: bigint, field: string): { start: bigint; end: bigint } {
+  const end = endFromProto(protoEnd);
+  if (start >= end) throw invalidArgument(`${field}: start ${start} must be below end ${protoEnd === 0n ? '2^64' : protoEnd}`);
+  return { start, end };
+}
+
 function planToProto(p: { plan: Plan; before: Map<string, number>; after: Map<string, number> }, shardIds: string[]): PlanProto {
   const total = [...p.after.values()].reduce((a, b) => a + b, 0);
   return {
@@ -121,7 +128,19 @@ export function masterServiceImpl(master: Master, env: HandlerEnv): MasterServic
       checkId('session_id', req.sessionId, true);
       if (req.diskFreeBytes > req.diskTotalBytes) throw invalidArgument(`disk_free_bytes: ${req.diskFreeBytes} is more than disk_total_bytes (${req.diskTotalBytes})`);
       const disk = { freeBytes: Number(req.diskFreeBytes), totalBytes: Number(req.diskTotalBytes), full: req.diskFull };
-      master.heartbeat(req.shardId, { sessionId: req.sessionId, epoch: req.epoch, opsPerSec: req.opsPerSec, stopping: req.stopping, ranges, disk });
+      const range = (r: { start: bigint; end: bigint }) => rangeFromWire(r.start, r.end, 'replicas, overdue or caught_up');
+      const note = (n: { start: bigint; end: bigint; version: bigint; follower: string }) => ({ range: range(n), version: n.version, follower: n.follower });
+      master.heartbeat(req.shardId, {
+        sessionId: req.sessionId,
+        epoch: req.epoch,
+        opsPerSec: req.opsPerSec,
+        stopping: req.stopping,
+        ranges,
+        disk,
+        replicas: req.replicas.map((p) => ({ range: range(p), lastLsn: p.lastLsn, lastTerm: p.lastTerm })),
+        overdue: req.overdue.map(note),
+        caughtUp: req.caughtUp.map(note),
+      });
       return { header: header(), revocations: revocationsToProto(master) };
     }),
     getMap: unary(env, 'GetMap', 'r', async () => ({ header: header(), map: mapToProto(master.currentMap()) })),

@@ -200,10 +200,6 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
     this.primaryHeard.set(`${range.start}-${range.end}`, atMs);
   }
 
-  /** A follower did not answer in time: the master should take it out of the range's in-sync set. */
-  reportOverdue(range: HashRange, version: bigint, follower: string): void {
-    this.log.warn('an in-sync follower is overdue; writes to the range wait until it answers or the master removes it', { range: showRange(range), version: String(version), follower });
-  }
 
   /** Throws PRECONDITION (FAILED_PRECONDITION, not retried) unless this shard's map gives it every hash of the range. */
   assertOwnsAll(range: HashRange, moveId: string): void {
@@ -473,6 +469,7 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
           diskFreeBytes: BigInt(disk.freeBytes),
           diskTotalBytes: BigInt(disk.totalBytes),
           diskFull: this.store.diskState().full,
+          ...this.replicaReports(),
         },
         { token: this.serverToken.get(), timeoutMs: Math.max(1000, intervalMs) },
       );
@@ -494,6 +491,16 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
       this.log.debug('heartbeat failed', { error: e.message });
     }
     if (!stopping && !this.stopping) this.scheduleHeartbeat(intervalMs);
+  }
+
+  /** What the heartbeat tells the master of replicated ranges: log ends, overdue followers, followers ready to join. */
+  private replicaReports() {
+    const report = (r: { range: HashRange; version: bigint; follower: string }) => ({ start: r.range.start, end: endToProto(r.range.end), version: r.version, follower: r.follower });
+    return {
+      replicas: this.rangeLogs.positions().map((p) => ({ start: p.range.start, end: endToProto(p.range.end), lastLsn: p.lastLsn, lastTerm: p.lastTerm })),
+      overdue: this.replicator.overdue.map(report),
+      caughtUp: this.replicator.caughtUp.map(report),
+    };
   }
 
   /** Fetches the current map from the master. */

@@ -130,6 +130,7 @@ export class RangeLog {
  */
 export class RangeLogs {
   private readonly logs = new Map<string, Promise<RangeLog>>();
+  private readonly ready = new Map<string, { range: { start: bigint; end: bigint }; log: RangeLog }>();
 
   constructor(private readonly load: (key: string) => Promise<LogPosition>) {}
 
@@ -137,7 +138,11 @@ export class RangeLogs {
     const key = positionKey(range);
     let log = this.logs.get(key);
     if (!log) {
-      log = this.load(key).then((p) => new RangeLog(p));
+      log = this.load(key).then((p) => {
+        const l = new RangeLog(p);
+        this.ready.set(key, { range: { start: range.start, end: range.end }, log: l });
+        return l;
+      });
       this.logs.set(key, log);
       log.catch(() => this.logs.delete(key));
     }
@@ -148,6 +153,12 @@ export class RangeLogs {
   keepOnly(ranges: Array<{ start: bigint; end: bigint }>): void {
     const keep = new Set(ranges.map(positionKey));
     for (const key of this.logs.keys()) if (!keep.has(key)) this.logs.delete(key);
+    for (const key of this.ready.keys()) if (!keep.has(key)) this.ready.delete(key);
+  }
+
+  /** Where each loaded log ends (what the heartbeat reports). */
+  positions(): Array<{ range: { start: bigint; end: bigint }; lastLsn: bigint; lastTerm: bigint }> {
+    return [...this.ready.values()].map(({ range, log }) => ({ range, lastLsn: log.lastLsn, lastTerm: log.lastTerm }));
   }
 }
 

@@ -52,8 +52,6 @@ export interface ReplicatorHost {
   readonly rangeLogs: RangeLogs;
   readonly controlPeers: ClientPool<ShardControlServiceClient>;
   readonly serverToken: { get(): string };
-  /** The master should take a follower out of the range's in-sync set (it did not answer in time). */
-  reportOverdue(range: HashRange, version: bigint, follower: string): void;
   /** A follower answered with a newer version: fetch the map. */
   refreshMap(): Promise<void>;
 }
@@ -65,6 +63,19 @@ export function groupOf(r: MapRange): { followers: string[]; learners: string[] 
   return followers.length || learners.length ? { followers, learners } : undefined;
 }
 
+/** Followers that receive the stream and count for nothing: learners, and replicas out of sync (catching up). */
+function nonVoting(r: MapRange): string[] {
+  const inSync = inSyncOf(r);
+  return [...replicasOf(r).filter((s) => !inSync.includes(s)), ...learnersOf(r)];
+}
+
+/** One follower of one range, at the group version the primary saw (a heartbeat's overdue and caught-up lists). */
+export interface FollowerReport {
+  range: HashRange;
+  version: bigint;
+  follower: string;
+}
+
 /** How many members must be in sync for a write: min(2, the replicas the range can have). */
 export function minInSyncOf(map: ClusterMap): number {
   return Math.min(2, Math.min(factorOf(map), map.shards.length));
@@ -72,6 +83,7 @@ export function minInSyncOf(map: ClusterMap): number {
 
 interface Waiter {
   lsn: bigint;
+  since: number;
   resolve: () => void;
   reject: (e: unknown) => void;
 }
@@ -142,6 +154,9 @@ class PrimaryGroup {
 export class Replicator {
   private readonly groups = new Map<string, PrimaryGroup>();
   private timer: NodeJS.Timeout | undefined;
+  /** In-sync followers late at the last tick, and followers ready to join: the next heartbeat tells the master. */
+  overdue: FollowerReport[] = [];
+  caughtUp: FollowerReport[] = [];
 
   constructor(
     private readonly host: ReplicatorHost,
@@ -163,7 +178,7 @@ export class Replicator {
         continue;
       }
       if ((next.version ?? 0n) > g.state.version) {
-        const out = g.state.reconfigure({ version: next.version ?? 0n, inSync: inSyncOf(next).filter((s) => s !== me), learners: [...learnersOf(next)] }, Date.now());
+        const out = g.state.reconfigure({ version: next.version ?? 0n, inSync: inSyncOf(next).filter((s) => s !== me), learners: nonVoting(next) }, Date.now());
         if (out.kind === 'refused') this.end(key, g, `reconfigure refused: ${out.reason}`);
         else {
           (g as { range: MapRange }).range = next;
@@ -180,7 +195,7 @@ export class Replicator {
       const state = new PrimaryReplication({
         version: r.version ?? 0n,
         inSync: inSyncOf(r).filter((s) => s !== me),
-        learners: [...learnersOf(r)],
+        learners: nonVoting(r),
         lastLsn: log.lastLsn,
         lastTerm: log.lastTerm,
         committedLsn: 0n,
@@ -245,7 +260,7 @@ export class Replicator {
     if (g.closed) return Promise.reject(new CairnError('NOT_READY', `range ${showRange(g.range)}: no longer the primary here; retry`, { retryAfterMs: 100 }));
     if (lsn <= g.state.committedLsn() && !g.problem(Date.now(), false)) return Promise.resolve();
     return new Promise((resolve, reject) => {
-      g.waiters.push({ lsn, resolve, reject });
+      g.waiters.push({ lsn, since: Date.now(), resolve, reject });
       g.signal();
     });
   }
@@ -303,14 +318,32 @@ export class Replicator {
     }
   }
 
-  /** Periodic: overdue followers are reported; waiters re-checked (the lease may have come back). */
+  /**
+   * Periodic: notes the overdue followers and those ready to join the in-sync
+   * set (the heartbeat carries both to the master), and re-checks waiters
+   * (the lease may have come back). A follower ready to join counts for
+   * commit from now on (proposeJoin), so no write is acknowledged without it
+   * while the master adds it.
+   */
   private tick(): void {
     const now = Date.now();
+    const overdue: FollowerReport[] = [];
+    const caughtUp: FollowerReport[] = [];
     for (const g of this.groups.values()) {
-      for (const f of g.state.overdue(now)) this.host.reportOverdue(g.range, g.state.version, f);
+      const report = (follower: string): FollowerReport => ({ range: g.range, version: g.state.version, follower });
+      for (const f of g.state.overdue(now)) overdue.push(report(f));
+      // Only a follower answering now may start counting: one that died would hold every write back.
+      for (const f of g.state.learners) if (g.links.get(f)?.answeredSince(now - this.timings.leaseMs) && 'ok' in g.state.proposeJoin(f)) caughtUp.push(report(f));
+      const oldest = g.waiters.reduce((m, w) => Math.min(m, w.since), now);
+      if (now - oldest > this.timings.ackTimeoutMs) {
+        this.host.log.warn('writes wait for their followers', { range: showRange(g.range), version: String(g.state.version), waiting: g.waiters.length, committedLsn: String(g.state.committedLsn()), lastLsn: String(g.log.lastLsn), lease: g.problem(now, false) ?? 'holds' });
+      }
       g.settle(now);
       g.signal();
     }
+    for (const o of overdue) if (!this.overdue.some((x) => x.follower === o.follower && x.version === o.version)) this.host.log.warn('an in-sync follower is overdue: writes to the range wait until it answers or the master takes it out of the in-sync set', { range: showRange(o.range), version: String(o.version), follower: o.follower });
+    this.overdue = overdue;
+    this.caughtUp = caughtUp;
   }
 
   get hostRef(): ReplicatorHost {
@@ -327,6 +360,12 @@ export class Replicator {
 /** One follower's stream from this primary. */
 class FollowerLink {
   private stopped = false;
+  /** When the follower last answered on this link. */
+  private lastAnswerAt = 0;
+
+  answeredSince(t: number): boolean {
+    return this.lastAnswerAt >= t;
+  }
   private stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse> | undefined;
 
   constructor(
@@ -364,9 +403,15 @@ class FollowerLink {
   private async session(): Promise<void> {
     const host = this.r.hostRef;
     const client = host.controlPeers.get(this.address());
-    const stream = client.replicate(metadataFor(host.serverToken.get()));
+    // waitForReady: a channel whose peer was down keeps trying to connect rather than failing each call with its last error.
+    const md = metadataFor(host.serverToken.get());
+    md.setOptions({ waitForReady: true });
+    const stream = client.replicate(md);
     this.stream = stream;
     const answers = stream[Symbol.asyncIterator]() as AsyncIterator<ReplicateResponse>;
+    // What the last stream sent and never heard back about may be lost: send again from after what the
+    // follower acknowledged (a rewind, not an answer: sentAt 0 renews no lease).
+    this.g.state.onReject(this.follower, { version: this.g.state.version, expectLsn: 1n, sentAt: 0 }, Date.now());
     const ask = async (req: Partial<ReplicateRequest>): Promise<ReplicateResponse> => {
       const g = this.g;
       stream.write({
@@ -386,8 +431,15 @@ class FollowerLink {
         snapshotTerm: 0n,
         ...req,
       });
-      const next = await answers.next();
+      // A follower that stops answering (paused, or a connection that died without a reset) must not hold the
+      // link: past the ack timeout the stream is dropped and opened again.
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no answer from ${this.follower} within ${this.r.timings.ackTimeoutMs} ms`)), this.r.timings.ackTimeoutMs);
+      });
+      const next = await Promise.race([answers.next(), late]).finally(() => clearTimeout(timer));
       if (next.done) throw new Error('the follower closed the stream');
+      this.lastAnswerAt = Date.now();
       return next.value;
     };
     try {
@@ -415,7 +467,7 @@ class FollowerLink {
         if (entries.length === 0) await this.g.waitForWork(Math.floor(this.r.timings.leaseMs / 4));
       }
     } finally {
-      stream.end();
+      stream.cancel();
       this.stream = undefined;
     }
   }
