@@ -25,6 +25,7 @@ import { Membership, type RangeView, type ServerView, type ShardBeat, type Shard
 import { Operations, type StartedOperation } from './operations.js';
 import type { Plan } from './planner.js';
 import { ShardCalls } from './shard-calls.js';
+import type { MasterState } from './meta-store.js';
 import { MasterStore } from './store.js';
 
 export type { ClientUser } from './access.js';
@@ -79,7 +80,7 @@ export class Master {
 
   private constructor(
     private readonly opts: MasterOptions,
-    private readonly store: MasterStore,
+    private readonly store: MasterState,
     private readonly state: ClusterState,
   ) {
     this.nodeId = opts.nodeId ?? 'master';

@@ -12,7 +12,7 @@ import { rangesOf, type ClusterMap } from '../common/map.js';
 import { evenSplit, rangeCovers, shareOf, type HashRange } from '../common/ranges.js';
 import { newClusterId, type ClusterState } from './cluster-state.js';
 import type { DiskReport } from './planner.js';
-import type { MasterStore } from './store.js';
+import type { MasterState } from './meta-store.js';
 
 /** What a registering shard says about itself (RegisterShardRequest). */
 export interface ShardHello {
@@ -92,7 +92,7 @@ export class Membership {
 
   constructor(
     private readonly state: ClusterState,
-    private readonly store: MasterStore,
+    private readonly store: MasterState,
     private readonly opts: MembershipOptions,
     private readonly log: Logger,
   ) {}

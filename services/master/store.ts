@@ -7,39 +7,12 @@
  */
 import { Level } from 'level';
 import { openDataDir } from '../common/datadir.js';
-import { mapFromJson, mapToJson, type ClusterMap, type MapJson } from '../common/map.js';
+import { mapFromJson, mapToJson, type MapJson } from '../common/map.js';
 import type { AppliedClient, Revocation } from './client-list.js';
+import type { AdminOpRecord, ClientState, MasterState, ShardRecord, StateSave, StoredState } from './meta-store.js';
 
-export interface ShardRecord {
-  id: string;
-  address: string;
-  registeredAtMs: number;
-  /**
-   * The session the master last admitted for this id: the data directory's
-   * start counter and the process's random session id. A second process on
-   * a copy of the directory has another session id (docs/design.md "Membership": sessions).
-   */
-  generation?: number;
-  sessionId?: string;
-}
-
-/** The shard registry as persisted: the cluster id, current shards, the next id to hand out, and ids removed for good. */
-export interface Registry {
-  /** '' until the cluster forms (or, for state written before cluster ids, until the master mints one). */
-  clusterId: string;
-  shards: ShardRecord[];
-  nextShardNumber: number;
-  removed: string[];
-}
-
-/** A removal recorded under the caller's operation id, so its retry answers as the first call did. */
-export interface AdminOpRecord {
-  what: string;
-  shardId: string;
-  address: string;
-}
-
-export class MasterStore {
+/** The embedded implementation of MasterState (meta-store.ts): the default, needing nothing but a directory. */
+export class MasterStore implements MasterState {
   private constructor(private readonly db: Level<string, string>) {}
 
   static async open(dir: string): Promise<MasterStore> {
@@ -48,7 +21,7 @@ export class MasterStore {
     return new MasterStore(db);
   }
 
-  async load(): Promise<Registry & { map: ClusterMap | undefined }> {
+  async load(): Promise<StoredState> {
     const [map, shards, next, removed, clusterId] = await this.db.getMany(['map', 'shards', 'nextShardNumber', 'removedShards', 'clusterId']);
     return {
       clusterId: clusterId ?? '',
@@ -60,7 +33,7 @@ export class MasterStore {
   }
 
   /** Writes the registry, and optionally a new map and journal records, in one synced batch. */
-  async save(state: Registry & { map?: ClusterMap; moves?: Array<{ id: string; json: unknown }>; adminOps?: Array<{ id: string; json: AdminOpRecord }> }): Promise<void> {
+  async save(state: StateSave): Promise<void> {
     const ops: Array<{ type: 'put'; key: string; value: string }> = [
       { type: 'put', key: 'shards', value: JSON.stringify(state.shards) },
       { type: 'put', key: 'nextShardNumber', value: String(state.nextShardNumber) },
@@ -92,7 +65,7 @@ export class MasterStore {
   }
 
   /** The client list as last applied (undefined before the first) and the revocations in force. */
-  async loadClientState(): Promise<{ clients: AppliedClient[] | undefined; revocations: Revocation[] }> {
+  async loadClientState(): Promise<ClientState> {
     const [clients, revocations] = await this.db.getMany(['appliedClients', 'revocations']);
     return {
       clients: clients ? (JSON.parse(clients) as AppliedClient[]) : undefined,
