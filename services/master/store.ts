@@ -7,9 +7,28 @@
  */
 import { Level } from 'level';
 import { openDataDir } from '../common/datadir.js';
-import { mapFromJson, mapToJson, type MapJson } from '../common/map.js';
 import type { AppliedClient, Revocation } from './client-list.js';
-import type { AdminOpRecord, ClientState, MasterState, ShardRecord, StateSave, StoredState } from './meta-store.js';
+import {
+  APPROVALS_KEY,
+  CLIENT_KEYS,
+  MOVE_PREFIX,
+  STATE_KEYS,
+  adminOpKey,
+  clientEntries,
+  decodeAdminOp,
+  decodeApprovals,
+  decodeClientState,
+  decodeState,
+  moveKey,
+  saveEntries,
+  type AdminOpRecord,
+  type ClientState,
+  type MasterState,
+  type StateSave,
+  type StoredState,
+} from './meta-store.js';
+
+const puts = (entries: Array<[string, string]>) => entries.map(([key, value]) => ({ type: 'put' as const, key, value }));
 
 /** The embedded implementation of MasterState (meta-store.ts): the default, needing nothing but a directory. */
 export class MasterStore implements MasterState {
@@ -22,75 +41,45 @@ export class MasterStore implements MasterState {
   }
 
   async load(): Promise<StoredState> {
-    const [map, shards, next, removed, clusterId] = await this.db.getMany(['map', 'shards', 'nextShardNumber', 'removedShards', 'clusterId']);
-    return {
-      clusterId: clusterId ?? '',
-      map: map ? mapFromJson(JSON.parse(map) as MapJson) : undefined,
-      shards: shards ? (JSON.parse(shards) as ShardRecord[]) : [],
-      nextShardNumber: next ? Number(next) : 1,
-      removed: removed ? (JSON.parse(removed) as string[]) : [],
-    };
+    return decodeState(await this.db.getMany([...STATE_KEYS]));
   }
 
   /** Writes the registry, and optionally a new map and journal records, in one synced batch. */
   async save(state: StateSave): Promise<void> {
-    const ops: Array<{ type: 'put'; key: string; value: string }> = [
-      { type: 'put', key: 'shards', value: JSON.stringify(state.shards) },
-      { type: 'put', key: 'nextShardNumber', value: String(state.nextShardNumber) },
-      { type: 'put', key: 'removedShards', value: JSON.stringify(state.removed) },
-      { type: 'put', key: 'clusterId', value: state.clusterId },
-    ];
-    if (state.map) ops.push({ type: 'put', key: 'map', value: JSON.stringify(mapToJson(state.map)) });
-    for (const m of state.moves ?? []) ops.push({ type: 'put', key: `move/${m.id}`, value: JSON.stringify(m.json) });
-    for (const o of state.adminOps ?? []) ops.push({ type: 'put', key: `adminOp/${o.id}`, value: JSON.stringify(o.json) });
-    await this.db.batch(ops, { sync: true });
+    await this.db.batch(puts(saveEntries(state)), { sync: true });
   }
 
-  /** What an admin call recorded under its operation id, or undefined. */
   async loadAdminOp(id: string): Promise<AdminOpRecord | undefined> {
-    const v = await this.db.get(`adminOp/${id}`);
-    return v ? (JSON.parse(v) as AdminOpRecord) : undefined;
+    return decodeAdminOp(await this.db.get(adminOpKey(id)));
   }
 
   /** Journals one move record (synced) before the step it describes is acted on. */
   async saveMove(id: string, json: unknown): Promise<void> {
-    await this.db.put(`move/${id}`, JSON.stringify(json), { sync: true });
+    await this.db.put(moveKey(id), JSON.stringify(json), { sync: true });
   }
 
-  /** Every journaled move, oldest first (ids sort by creation time). */
   async loadMoves(): Promise<unknown[]> {
     const out: unknown[] = [];
-    for await (const v of this.db.values({ gte: 'move/', lt: 'move0' })) out.push(JSON.parse(v));
+    // 'move0' is the first key after every 'move/…' ('0' follows '/').
+    for await (const v of this.db.values({ gte: MOVE_PREFIX, lt: 'move0' })) out.push(JSON.parse(v));
     return out;
   }
 
-  /** The client list as last applied (undefined before the first) and the revocations in force. */
   async loadClientState(): Promise<ClientState> {
-    const [clients, revocations] = await this.db.getMany(['appliedClients', 'revocations']);
-    return {
-      clients: clients ? (JSON.parse(clients) as AppliedClient[]) : undefined,
-      revocations: revocations ? (JSON.parse(revocations) as Revocation[]) : [],
-    };
+    return decodeClientState(await this.db.getMany([...CLIENT_KEYS]));
   }
 
   /** Writes the applied client list and the revocations in one synced batch: a revocation never outlives a crash unsaved. */
   async saveClientState(clients: AppliedClient[], revocations: Revocation[]): Promise<void> {
-    await this.db.batch(
-      [
-        { type: 'put', key: 'appliedClients', value: JSON.stringify(clients) },
-        { type: 'put', key: 'revocations', value: JSON.stringify(revocations) },
-      ],
-      { sync: true },
-    );
+    await this.db.batch(puts(clientEntries(clients, revocations)), { sync: true });
   }
 
   async loadApprovals(): Promise<string[]> {
-    const v = await this.db.get('approvals');
-    return v ? (JSON.parse(v) as string[]) : [];
+    return decodeApprovals(await this.db.get(APPROVALS_KEY));
   }
 
   async saveApprovals(addresses: string[]): Promise<void> {
-    await this.db.put('approvals', JSON.stringify(addresses), { sync: true });
+    await this.db.put(APPROVALS_KEY, JSON.stringify(addresses), { sync: true });
   }
 
   close(): Promise<void> {
