@@ -34,25 +34,8 @@ import type { AppliedClient, Revocation } from './client-list.js';
 import { Serial } from './cluster-state.js';
 import { AmbiguousWrite } from './coordinator.js';
 import { leaderKey } from './etcd-leadership.js';
-import {
-  APPROVALS_KEY,
-  CLIENT_KEYS,
-  MOVE_PREFIX,
-  STATE_KEYS,
-  adminOpKey,
-  clientEntries,
-  decodeAdminOp,
-  decodeApprovals,
-  decodeClientState,
-  decodeState,
-  moveKey,
-  saveEntries,
-  type AdminOpRecord,
-  type ClientState,
-  type MasterState,
-  type StateSave,
-  type StoredState,
-} from './meta-store.js';
+import type { AdminOpRecord, ClientState, MasterState, StateSave, StoredState } from './meta-store.js';
+import * as form from './state-form.js';
 
 export interface EtcdStoreOptions {
   /** The term writes are fenced with: the leadership key's create revision (Leadership.term); undefined while not leading. */
@@ -98,40 +81,40 @@ export class EtcdStore implements MasterState {
   }
 
   async load(): Promise<StoredState> {
-    return decodeState(await this.readTogether(STATE_KEYS.map((k) => this.key(k))));
+    return form.decodeState(await this.readTogether(form.STATE_KEYS.map((k) => this.key(k))));
   }
 
   async save(state: StateSave): Promise<void> {
-    await this.write(saveEntries(state));
+    await this.write(form.saveEntries(state));
   }
 
   async loadAdminOp(id: string): Promise<AdminOpRecord | undefined> {
-    return decodeAdminOp((await this.readTogether([this.key(adminOpKey(id))]))[0]);
+    return form.decodeAdminOp((await this.readTogether([this.key(form.adminOpKey(id))]))[0]);
   }
 
   async saveMove(id: string, json: unknown): Promise<void> {
-    await this.write([[moveKey(id), JSON.stringify(json)]]);
+    await this.write([[form.moveKey(id), JSON.stringify(json)]]);
   }
 
   async loadMoves(): Promise<unknown[]> {
-    const r = await this.client.getAll().prefix(this.key(MOVE_PREFIX)).sort('Key', 'Ascend').exec();
+    const r = await this.client.getAll().prefix(this.key(form.MOVE_PREFIX)).sort('Key', 'Ascend').exec();
     return r.kvs.map((kv) => JSON.parse(kv.value.toString()) as unknown);
   }
 
   async loadClientState(): Promise<ClientState> {
-    return decodeClientState(await this.readTogether(CLIENT_KEYS.map((k) => this.key(k))));
+    return form.decodeClientState(await this.readTogether(form.CLIENT_KEYS.map((k) => this.key(k))));
   }
 
   async saveClientState(clients: AppliedClient[], revocations: Revocation[]): Promise<void> {
-    await this.write(clientEntries(clients, revocations));
+    await this.write(form.clientEntries(clients, revocations));
   }
 
   async loadApprovals(): Promise<string[]> {
-    return decodeApprovals((await this.readTogether([this.key(APPROVALS_KEY)]))[0]);
+    return form.decodeApprovals((await this.readTogether([this.key(form.APPROVALS_KEY)]))[0]);
   }
 
   async saveApprovals(addresses: string[]): Promise<void> {
-    await this.write([[APPROVALS_KEY, JSON.stringify(addresses)]]);
+    await this.write([[form.APPROVALS_KEY, JSON.stringify(addresses)]]);
   }
 
   /** Stops writing. The etcd client and the leadership belong to the caller. */

@@ -8,25 +8,8 @@
 import { Level } from 'level';
 import { openDataDir } from '../common/datadir.js';
 import type { AppliedClient, Revocation } from './client-list.js';
-import {
-  APPROVALS_KEY,
-  CLIENT_KEYS,
-  MOVE_PREFIX,
-  STATE_KEYS,
-  adminOpKey,
-  clientEntries,
-  decodeAdminOp,
-  decodeApprovals,
-  decodeClientState,
-  decodeState,
-  moveKey,
-  saveEntries,
-  type AdminOpRecord,
-  type ClientState,
-  type MasterState,
-  type StateSave,
-  type StoredState,
-} from './meta-store.js';
+import type { AdminOpRecord, ClientState, MasterState, StateSave, StoredState } from './meta-store.js';
+import * as form from './state-form.js';
 
 const puts = (entries: Array<[string, string]>) => entries.map(([key, value]) => ({ type: 'put' as const, key, value }));
 
@@ -41,45 +24,45 @@ export class MasterStore implements MasterState {
   }
 
   async load(): Promise<StoredState> {
-    return decodeState(await this.db.getMany([...STATE_KEYS]));
+    return form.decodeState(await this.db.getMany([...form.STATE_KEYS]));
   }
 
   /** Writes the registry, and optionally a new map and journal records, in one synced batch. */
   async save(state: StateSave): Promise<void> {
-    await this.db.batch(puts(saveEntries(state)), { sync: true });
+    await this.db.batch(puts(form.saveEntries(state)), { sync: true });
   }
 
   async loadAdminOp(id: string): Promise<AdminOpRecord | undefined> {
-    return decodeAdminOp(await this.db.get(adminOpKey(id)));
+    return form.decodeAdminOp(await this.db.get(form.adminOpKey(id)));
   }
 
   /** Journals one move record (synced) before the step it describes is acted on. */
   async saveMove(id: string, json: unknown): Promise<void> {
-    await this.db.put(moveKey(id), JSON.stringify(json), { sync: true });
+    await this.db.put(form.moveKey(id), JSON.stringify(json), { sync: true });
   }
 
   async loadMoves(): Promise<unknown[]> {
     const out: unknown[] = [];
     // 'move0' is the first key after every 'move/…' ('0' follows '/').
-    for await (const v of this.db.values({ gte: MOVE_PREFIX, lt: 'move0' })) out.push(JSON.parse(v));
+    for await (const v of this.db.values({ gte: form.MOVE_PREFIX, lt: 'move0' })) out.push(JSON.parse(v));
     return out;
   }
 
   async loadClientState(): Promise<ClientState> {
-    return decodeClientState(await this.db.getMany([...CLIENT_KEYS]));
+    return form.decodeClientState(await this.db.getMany([...form.CLIENT_KEYS]));
   }
 
   /** Writes the applied client list and the revocations in one synced batch: a revocation never outlives a crash unsaved. */
   async saveClientState(clients: AppliedClient[], revocations: Revocation[]): Promise<void> {
-    await this.db.batch(puts(clientEntries(clients, revocations)), { sync: true });
+    await this.db.batch(puts(form.clientEntries(clients, revocations)), { sync: true });
   }
 
   async loadApprovals(): Promise<string[]> {
-    return decodeApprovals(await this.db.get(APPROVALS_KEY));
+    return form.decodeApprovals(await this.db.get(form.APPROVALS_KEY));
   }
 
   async saveApprovals(addresses: string[]): Promise<void> {
-    await this.db.put(APPROVALS_KEY, JSON.stringify(addresses), { sync: true });
+    await this.db.put(form.APPROVALS_KEY, JSON.stringify(addresses), { sync: true });
   }
 
   close(): Promise<void> {
