@@ -102,6 +102,28 @@ withEtcd('leader-fenced writes on a real etcd', () => {
     expect(changed.sort()).toEqual([`${prefix}/approvals`, `${prefix}/write-stamp`]);
   });
 
+  it('a standby waits while the leader holds the key, and leads with a greater term once it resigns', async () => {
+    const prefix = `/fence-${++prefixes}`;
+    const a = master(prefix, 'master-a');
+    const b = master(prefix, 'master-b');
+    const termA = await a.leadership.campaign();
+    expect(await a.leadership.campaign()).toBe(termA); // its own key: still the same term
+    let bTerm: string | undefined;
+    const bLeads = b.leadership.campaign().then((t) => (bTerm = t));
+    await b.store.loadApprovals(); // a round trip to etcd while B campaigns
+    await new Promise((done) => setTimeout(done, 200));
+    expect(bTerm).toBeUndefined();
+    expect(await b.leadership.leader()).toEqual({ id: 'master-a', term: termA });
+    await expectNotLeader(b.store.saveApprovals(['b']));
+
+    await a.leadership.resign();
+    await bLeads;
+    expect(BigInt(bTerm!)).toBeGreaterThan(BigInt(termA));
+    expect(await a.leadership.leader()).toEqual({ id: 'master-b', term: bTerm });
+    await b.store.saveApprovals(['b']);
+    await expectNotLeader(a.store.saveApprovals(['a']));
+  });
+
   it('settle: a held-back original is "not landed" and can never apply after; an applied one is "landed"', async () => {
     const prefix = `/fence-${++prefixes}`;
     const a = master(prefix, 'master-a');

@@ -66,9 +66,13 @@ export class Leadership {
       const r = await this.client
         .if(this.key, 'Create', '==', 0)
         .then(this.client.put(this.key).value(this.id).lease(leaseId))
+        .else(this.client.get(this.key))
         .commit();
       // The put made this revision, so it is the key's create revision.
       if (r.succeeded) return (this.currentTerm = String(r.header.revision));
+      // On this master's own lease, the key is its own: an earlier attempt whose answer was lost (the client resends), or a second call.
+      const held = r.responses[0]?.response_range?.kvs[0];
+      if (held && String(held.lease) === leaseId) return (this.currentTerm = String(held.create_revision));
       await new Promise((done) => setTimeout(done, this.opts.retryMs ?? 500));
     }
   }
@@ -84,6 +88,7 @@ export class Leadership {
   async resign(): Promise<void> {
     const lease = this.lease;
     this.lease = undefined;
+    this.currentTerm = undefined;
     if (lease && !lease.revoked()) await lease.revoke();
   }
 
