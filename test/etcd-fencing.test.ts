@@ -173,3 +173,39 @@ withEtcd('leader-fenced writes on a real etcd', () => {
     expect(Number(move.version)).toBe(2);
   });
 });
+
+withEtcd('the state on a 3-member etcd', () => {
+  let etcd: EtcdCluster;
+  let client: Etcd3 | undefined;
+  let leadership: Leadership | undefined;
+
+  beforeAll(async () => {
+    etcd = await EtcdCluster.start(3);
+  });
+  afterAll(async () => {
+    await leadership?.close();
+    client?.close();
+    await etcd?.close();
+  });
+
+  it('keeps taking writes with one member killed, and the member catches up after its restart', async () => {
+    client = new Etcd3({ hosts: etcd.endpoints });
+    const lead = new Leadership(client, '/three', 'master-a', { ttlSeconds: 10 });
+    leadership = lead;
+    const store = new EtcdStore(client, '/three', { term: () => lead.term, callTimeoutMs: 2000 });
+    await lead.campaign();
+    await store.saveMove('mv-1', { step: 1 });
+
+    await etcd.kill(0);
+    for (let step = 2; step <= 6; step++) await store.saveMove('mv-1', { step });
+    expect(await store.loadMoves()).toEqual([{ step: 6 }]);
+
+    await etcd.restart(0);
+    const onlyFirst = new Etcd3({ hosts: etcd.endpoints[0]! });
+    try {
+      expect(JSON.parse((await onlyFirst.get('/three/move/mv-1').string())!)).toEqual({ step: 6 });
+    } finally {
+      onlyFirst.close();
+    }
+  });
+});

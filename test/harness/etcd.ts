@@ -12,6 +12,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Etcd3 } from 'etcd3';
 import { freePort } from './compose.js';
 
 /** The etcd binary: $CAIRN_TEST_ETCD, or `etcd` on the PATH. */
@@ -31,6 +32,19 @@ export function etcdMissing(): string | undefined {
  */
 export function etcdSkipReason(): string | undefined {
   return process.env.CI === 'true' ? undefined : etcdMissing();
+}
+
+/** True once a gRPC client (as the stores use) reads from this member alone: /health can answer a moment before. */
+async function answersGrpc(url: string): Promise<boolean> {
+  const client = new Etcd3({ hosts: [url], dialTimeout: 1000 });
+  try {
+    await client.get('health-probe').options({ deadline: Date.now() + 1000 }).exec();
+    return true;
+  } catch {
+    return false;
+  } finally {
+    client.close();
+  }
 }
 
 export interface EtcdMember {
@@ -106,7 +120,7 @@ export class EtcdCluster {
     for (const until = Date.now() + timeoutMs; Date.now() < until && !exited; ) {
       try {
         const r = await fetch(`${m.clientUrl}/health`, { signal: AbortSignal.timeout(1000) });
-        if (r.ok && ((await r.json()) as { health?: string }).health === 'true') return;
+        if (r.ok && ((await r.json()) as { health?: string }).health === 'true' && (await answersGrpc(m.clientUrl))) return;
       } catch {
         // not listening yet, or no leader yet
       }
