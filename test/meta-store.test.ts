@@ -143,6 +143,13 @@ describe.each(backends)('MasterState: %s', (_name, make, runs) => {
     expect(await state.loadMoves()).toEqual(expected);
   });
 
+  maybe('a save that names one move twice keeps the last record', async () => {
+    const id = moveId(30_000, 'ee');
+    await state.save({ ...registry(3), moves: [{ id, json: { v: 1 } }, { id, json: { v: 2 } }] });
+    expect(await state.loadMoves()).toContainEqual({ v: 2 });
+    expect(await state.loadMoves()).not.toContainEqual({ v: 1 });
+  });
+
   maybe('keeps the client list with its revocations, and the approvals', async () => {
     const clients = [{ user: 'ada', role: 'admin' as const, passwordDigest: 'd1' }];
     const revocations = [{ user: 'bob', notBeforeMs: 10, untilMs: 20 }];

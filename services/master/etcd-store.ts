@@ -97,7 +97,7 @@ export class EtcdStore implements MasterState {
   }
 
   async loadMoves(): Promise<unknown[]> {
-    const r = await this.client.getAll().prefix(this.key(form.MOVE_PREFIX)).sort('Key', 'Ascend').exec();
+    const r = await this.client.getAll().prefix(this.key(form.MOVE_PREFIX)).sort('Key', 'Ascend').options(this.deadline()).exec();
     return r.kvs.map((kv) => JSON.parse(kv.value.toString()) as unknown);
   }
 
@@ -125,12 +125,14 @@ export class EtcdStore implements MasterState {
 
   /** The values of `keys` (undefined where absent) read at one revision. */
   private async readTogether(keys: string[]): Promise<Array<string | undefined>> {
-    const r = await this.client.kv.txn({ compare: [], success: keys.map((k) => ({ request_range: { key: Buffer.from(k) } })), failure: [] });
+    const r = await this.client.kv.txn({ compare: [], success: keys.map((k) => ({ request_range: { key: Buffer.from(k) } })), failure: [] }, this.deadline());
     return r.responses.map((op) => op.response_range?.kvs[0]?.value.toString());
   }
 
   /** One fenced transaction for `puts` (keys relative to the prefix), settled if its outcome is unknown, serialized after the last. */
-  private write(puts: Array<[string, string]>): Promise<void> {
+  private write(entries: Array<[string, string]>): Promise<void> {
+    // etcd refuses a transaction that names a key twice; a LevelDB batch keeps the last put, and so does this.
+    const puts = [...new Map(entries)];
     return this.serial.run(async () => {
       for (let attempt = 1; ; attempt++) {
         if ((await this.writeOnce(puts)) === 'landed') return;
@@ -161,7 +163,7 @@ export class EtcdStore implements MasterState {
     if (term === undefined) throw new CairnError('NOT_LEADER', 'this master does not lead: it writes nothing to the cluster state');
     if (this.stampTerm !== term) {
       // Once this term's leadership key exists, no earlier leader's write can land, so the stamp holds still but for this leader's writes.
-      const r = await this.client.get(this.stampKey).exec();
+      const r = await this.client.get(this.stampKey).options(this.deadline()).exec();
       this.lastStampRevision = r.kvs[0]?.mod_revision ?? '0';
       this.stampTerm = term;
     }
@@ -175,7 +177,12 @@ export class EtcdStore implements MasterState {
       .and(this.stampKey, 'Mod', '==', this.lastStampRevision)
       .then(...ops, this.client.put(this.stampKey).value(stamp))
       .else(this.client.get(this.stampKey), this.client.get(this.leaderKey))
-      .options({ deadline: Date.now() + (this.opts.callTimeoutMs ?? 5000) });
+      .options(this.deadline());
+  }
+
+  /** One etcd call's deadline: past it, a write's outcome is unknown until settled. */
+  private deadline(): { deadline: number } {
+    return { deadline: Date.now() + (this.opts.callTimeoutMs ?? 5000) };
   }
 
   /**
