@@ -66,7 +66,7 @@ withEtcd('leader-fenced writes on a real etcd', () => {
   };
 
   it.each([
-    ['its lease is revoked', async (a: Leadership) => void (await admin.leaseClient.leaseRevoke({ ID: (await a.leaseId())! }))],
+    ['its lease is revoked', async (a: Leadership) => void (await admin.leaseClient.leaseRevoke({ ID: (await admin.get(a.key).exec()).kvs[0]!.lease }))],
     ['its key is deleted', async (a: Leadership) => void (await admin.delete().key(a.key))],
   ])('a deposed leader (%s) writes nothing, though it still holds its term', async (_how, depose) => {
     const prefix = `/fence-${++prefixes}`;

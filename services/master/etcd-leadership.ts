@@ -48,11 +48,6 @@ export class Leadership {
     return this.currentTerm;
   }
 
-  /** The id of the lease holding the key (for tests that revoke it). */
-  async leaseId(): Promise<string | undefined> {
-    return this.lease?.grant();
-  }
-
   /**
    * Campaigns until this master creates the leadership key; returns its term.
    * Put-if-absent: the key is created only when its create revision is 0
