@@ -124,6 +124,29 @@ withEtcd('leader-fenced writes on a real etcd', () => {
     await expectNotLeader(a.store.saveApprovals(['a']));
   });
 
+  it('of masters campaigning at once, exactly one leads at a time, each later term greater, and only it can write', async () => {
+    const prefix = `/fence-${++prefixes}`;
+    const masters = ['m0', 'm1', 'm2', 'm3', 'm4'].map((id) => ({ id, ...master(prefix, id) }));
+    const campaigns = new Map(masters.map((m) => [m.id, m.leadership.campaign().then(() => m)]));
+    const terms: bigint[] = [];
+    while (campaigns.size > 0) {
+      const winner = await Promise.race(campaigns.values());
+      campaigns.delete(winner.id);
+      expect(await winner.leadership.leader()).toEqual({ id: winner.id, term: winner.leadership.term });
+      terms.push(BigInt(winner.leadership.term!));
+      // Everyone else is still campaigning: none holds a term, none can write.
+      for (const m of masters.filter((o) => campaigns.has(o.id))) {
+        expect(m.leadership.term).toBeUndefined();
+        await expectNotLeader(m.store.saveApprovals([m.id]));
+      }
+      await winner.store.saveApprovals([winner.id]);
+      expect(await winner.store.loadApprovals()).toEqual([winner.id]);
+      await winner.leadership.resign();
+    }
+    expect(terms).toEqual([...terms].sort((x, y) => (x < y ? -1 : 1)));
+    expect(new Set(terms).size).toBe(masters.length);
+  });
+
   it('settle: a held-back original is "not landed" and can never apply after; an applied one is "landed"', async () => {
     const prefix = `/fence-${++prefixes}`;
     const a = master(prefix, 'master-a');
