@@ -54,6 +54,12 @@ export interface MasterOptions {
   peerTls?: ClientTls;
   log: Logger;
   /**
+   * Opens the durable state; default: the LevelDB store in dataDir. Whoever
+   * passes another (the etcd store) holds its leadership; the master closes
+   * the state at close. Until `metaStore: etcd` is configured, tests use it.
+   */
+  openState?: () => Promise<MasterState>;
+  /**
    * Reads the client list again from where it came from (the config file,
    * flags and environment), for SIGHUP and AdminService.Reload; throws with
    * the config error. `restartNeeded` names other keys that changed, which
@@ -106,7 +112,7 @@ export class Master {
   }
 
   static async open(opts: MasterOptions): Promise<Master> {
-    const store = await MasterStore.open(opts.dataDir);
+    const store = await (opts.openState?.() ?? MasterStore.open(opts.dataDir));
     let m: Master | undefined;
     const state = new ClusterState(store, opts.log, {
       onHalt: () => void m?.coordinator.close(0),
