@@ -3,6 +3,7 @@
  * its leadership writes nothing, even while it still believes it leads, and
  * a write whose answer is lost is settled from etcd's state.
  *
+ * - A leader idle past its lease TTL still leads (the lease is kept alive).
  * - Two Leaderships, A and B, campaign on one prefix; A wins. A's leadership
  *   ends behind its back (its lease revoked, or its key deleted), B wins a
  *   later term. A's store still holds A's term, yet each of its writes fails
@@ -46,9 +47,9 @@ withEtcd('leader-fenced writes on a real etcd', () => {
   });
 
   /** A master's view: its own client, leadership and store on `prefix`. */
-  function master(prefix: string, id: string, opts: { callTimeoutMs?: number; warnings?: string[] } = {}) {
+  function master(prefix: string, id: string, opts: { callTimeoutMs?: number; warnings?: string[]; ttlSeconds?: number } = {}) {
     const client = new Etcd3({ hosts: etcd.endpoints });
-    const leadership = new Leadership(client, prefix, id, { ttlSeconds: 10, retryMs: 50 });
+    const leadership = new Leadership(client, prefix, id, { ttlSeconds: opts.ttlSeconds ?? 10, retryMs: 50 });
     const store = new EtcdStore(client, prefix, {
       term: () => leadership.term,
       callTimeoutMs: opts.callTimeoutMs,
@@ -100,6 +101,16 @@ withEtcd('leader-fenced writes on a real etcd', () => {
     expect(await a.store.loadMoves()).toEqual([{ by: 'a', step: 1 }]);
     const changed = (await everything(prefix)).filter((kv) => Number(kv.mod_revision) > revisionAtLoss).map((kv) => kv.key.toString());
     expect(changed.sort()).toEqual([`${prefix}/approvals`, `${prefix}/write-stamp`]);
+  });
+
+  it('a leader idle for longer than its lease keeps leading: the lease is kept alive', async () => {
+    const prefix = `/fence-${++prefixes}`;
+    const a = master(prefix, 'master-a', { ttlSeconds: 2 });
+    const term = await a.leadership.campaign();
+    await new Promise((done) => setTimeout(done, 5000));
+    expect(await a.leadership.leader()).toEqual({ id: 'master-a', term });
+    await a.store.saveApprovals(['still leading']);
+    expect(await a.store.loadApprovals()).toEqual(['still leading']);
   });
 
   it('a standby waits while the leader holds the key, and leads with a greater term once it resigns', async () => {
