@@ -9,11 +9,14 @@
  *   later term. A's store still holds A's term, yet each of its writes fails
  *   with NOT_LEADER, and etcd shows that nothing under the prefix changed
  *   after A lost but B's leadership key and B's own writes.
+ * - Five masters campaign at once: one holds a term at a time, terms grow,
+ *   and only the holder writes; a standby leads once the leader resigns.
  * - Settling: an original write built but held back while `settle` runs is
  *   "not landed", and can never apply afterwards; one that applied is
  *   "landed". A deposed leader's settle is NOT_LEADER.
  * - A write sent while etcd is paused (SIGSTOP) times out, is settled once
  *   etcd is resumed, and resolves with the value in etcd exactly once.
+ * - On a 3-member etcd, writes go on with one member killed.
  *
  * Skipped, saying why, when etcd is not installed (unless CI=true).
  */
