@@ -19,6 +19,7 @@ export type ErrorCode =
   | 'DISK_FULL' // the shard's disk is full: nothing was applied; the message names the directory; it resumes by itself once space is freed
   | 'PRECONDITION' // the cluster's state forbids it now (e.g. removing a shard that owns ranges)
   | 'CONFLICT' // lease held by another, move already running, …
+  | 'NOT_LEADER' // this master does not lead (a standby, or deposed): it changed nothing; ask the leader
   | 'NOT_FOUND' // unknown lease, move, shard or user
   | 'UNAUTHENTICATED' // missing, malformed, expired or badly signed token
   | 'PERMISSION_DENIED' // role too low
@@ -36,6 +37,7 @@ const TO_STATUS: Record<ErrorCode, Status> = {
   DISK_FULL: Status.RESOURCE_EXHAUSTED,
   PRECONDITION: Status.FAILED_PRECONDITION,
   CONFLICT: Status.ABORTED,
+  NOT_LEADER: Status.UNAVAILABLE,
   NOT_FOUND: Status.NOT_FOUND,
   UNAUTHENTICATED: Status.UNAUTHENTICATED,
   PERMISSION_DENIED: Status.PERMISSION_DENIED,

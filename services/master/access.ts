@@ -13,7 +13,7 @@ import { CairnError } from '../common/errors.js';
 import { applied, diffClients, revoke, revokedBefore, type ClientListChange, type Revocation } from './client-list.js';
 import type { ClusterState } from './cluster-state.js';
 import { LoginGate, type LoginCaller } from './logins.js';
-import type { MasterStore } from './store.js';
+import type { MasterState } from './meta-store.js';
 
 export interface ClientUser {
   user: string;
@@ -45,7 +45,7 @@ export class Access {
 
   constructor(
     private readonly state: ClusterState,
-    private readonly store: MasterStore,
+    private readonly store: MasterState,
     private readonly tokenKey: Buffer,
     /** The client list in force: from the config at start, replaced by reload(). */
     private clients: ClientUser[],

@@ -1,7 +1,7 @@
 /**
  * The master's durable state in memory: the cluster map, the cluster id and
  * the shard registry, and the one way they change. State changes are
- * serialized (`serial`) and written durably (synced, MasterStore) before they
+ * serialized (`serial`) and written durably (MasterState: synced, or committed by etcd) before they
  * take effect, are acknowledged or are pushed; the map always tiles
  * [0, 2^64) once it exists (docs/design.md "The map and epochs").
  *
@@ -16,7 +16,7 @@ import { EMPTY_MAP, mapError, type ClusterMap } from '../common/map.js';
 import { reassign, rangesOverlap } from '../common/ranges.js';
 import { AmbiguousWrite } from './coordinator.js';
 import type { Move } from './moves.js';
-import type { AdminOpRecord, MasterStore, Registry, ShardRecord } from './store.js';
+import type { AdminOpRecord, MasterState, Registry, ShardRecord } from './meta-store.js';
 
 /** Serializes async state changes so each is one durable step after the previous. */
 export class Serial {
@@ -53,7 +53,7 @@ export class ClusterState {
   private readonly watchers = new Set<(m: ClusterMap) => void>();
 
   constructor(
-    private readonly store: MasterStore,
+    private readonly store: MasterState,
     private readonly log: Logger,
     private readonly hooks: ClusterStateHooks,
   ) {}

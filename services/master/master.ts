@@ -26,6 +26,7 @@ import { Membership, type RangeView, type ServerView, type ShardBeat, type Shard
 import { Operations, type StartedOperation } from './operations.js';
 import type { Plan } from './planner.js';
 import { ShardCalls } from './shard-calls.js';
+import type { MasterState } from './meta-store.js';
 import { MasterStore } from './store.js';
 
 export type { ClientUser } from './access.js';
@@ -55,6 +56,12 @@ export interface MasterOptions {
   /** TLS used when the master dials shards. */
   peerTls?: ClientTls;
   log: Logger;
+  /**
+   * Opens the durable state; default: the LevelDB store in dataDir. Whoever
+   * passes another (the etcd store) holds its leadership; the master closes
+   * the state at close. Until `metaStore: etcd` is configured, tests use it.
+   */
+  openState?: () => Promise<MasterState>;
   /**
    * Reads the client list again from where it came from (the config file,
    * flags and environment), for SIGHUP and AdminService.Reload; throws with
@@ -88,7 +95,7 @@ export class Master {
 
   private constructor(
     private readonly opts: MasterOptions,
-    private readonly store: MasterStore,
+    private readonly store: MasterState,
     private readonly state: ClusterState,
   ) {
     this.nodeId = opts.nodeId ?? 'master';
@@ -135,7 +142,7 @@ export class Master {
   }
 
   static async open(opts: MasterOptions): Promise<Master> {
-    const store = await MasterStore.open(opts.dataDir);
+    const store = await (opts.openState?.() ?? MasterStore.open(opts.dataDir));
     let m: Master | undefined;
     const state = new ClusterState(store, opts.log, {
       onHalt: () => void m?.coordinator.close(0),

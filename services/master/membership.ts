@@ -14,7 +14,7 @@ import type { FailoverView, FollowerNote } from './failover.js';
 import { initialGroups } from './replica-steps.js';
 import { newClusterId, type ClusterState } from './cluster-state.js';
 import type { DiskReport } from './planner.js';
-import type { MasterStore } from './store.js';
+import type { MasterState } from './meta-store.js';
 
 /** What a registering shard says about itself (RegisterShardRequest). */
 export interface ShardHello {
@@ -106,7 +106,7 @@ export class Membership {
 
   constructor(
     private readonly state: ClusterState,
-    private readonly store: MasterStore,
+    private readonly store: MasterState,
     private readonly opts: MembershipOptions,
     private readonly log: Logger,
   ) {}

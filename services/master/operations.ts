@@ -13,7 +13,7 @@ import type { MoveCoordinator, Operation } from './coordinator.js';
 import type { Membership } from './membership.js';
 import { DEFAULT_DISK_HIGH_WATER, diskRoomBytes, drainShortfallMessage, plan as planMoves, shardLoads, type Plan } from './planner.js';
 import type { ShardCalls } from './shard-calls.js';
-import type { MasterStore } from './store.js';
+import type { MasterState } from './meta-store.js';
 
 /** Admin answers kept in memory by operation id: far more than an operator retries at once. */
 const ANSWERS_KEPT = 256;
@@ -25,7 +25,7 @@ export interface OperationsParts {
   members: Membership;
   calls: ShardCalls;
   coordinator: MoveCoordinator;
-  store: MasterStore;
+  store: MasterState;
   log: Logger;
   /** The planner never gives a shard data that would take its disk's use past this fraction of its size. */
   diskHighWater?: number;

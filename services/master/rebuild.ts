@@ -13,7 +13,7 @@
  * it left is garbage that the next pull of that range clears.
  */
 import { mapError, type ClusterMap } from '../common/map.js';
-import type { Registry } from './store.js';
+import type { Registry } from './meta-store.js';
 
 export interface ShardDescription {
   /** Where it was asked. */

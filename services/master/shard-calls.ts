@@ -11,7 +11,7 @@ import type { ServerTokenSource } from '../common/auth.js';
 import { call, ClientPool, type ClientTls } from '../common/grpc.js';
 import { mapToProto } from '../common/map.js';
 import type { ClusterState } from './cluster-state.js';
-import type { ShardRecord } from './store.js';
+import type { ShardRecord } from './meta-store.js';
 
 export class ShardCalls {
   /** Shared with the coordinator, which makes the move calls. */

@@ -7,39 +7,14 @@
  */
 import { Level } from 'level';
 import { openDataDir } from '../common/datadir.js';
-import { mapFromJson, mapToJson, type ClusterMap, type MapJson } from '../common/map.js';
 import type { AppliedClient, Revocation } from './client-list.js';
+import type { AdminOpRecord, ClientState, MasterState, StateSave, StoredState } from './meta-store.js';
+import * as form from './state-form.js';
 
-export interface ShardRecord {
-  id: string;
-  address: string;
-  registeredAtMs: number;
-  /**
-   * The session the master last admitted for this id: the data directory's
-   * start counter and the process's random session id. A second process on
-   * a copy of the directory has another session id (docs/design.md "Membership": sessions).
-   */
-  generation?: number;
-  sessionId?: string;
-}
+const puts = (entries: Array<[string, string]>) => entries.map(([key, value]) => ({ type: 'put' as const, key, value }));
 
-/** The shard registry as persisted: the cluster id, current shards, the next id to hand out, and ids removed for good. */
-export interface Registry {
-  /** '' until the cluster forms (or, for state written before cluster ids, until the master mints one). */
-  clusterId: string;
-  shards: ShardRecord[];
-  nextShardNumber: number;
-  removed: string[];
-}
-
-/** A removal recorded under the caller's operation id, so its retry answers as the first call did. */
-export interface AdminOpRecord {
-  what: string;
-  shardId: string;
-  address: string;
-}
-
-export class MasterStore {
+/** The embedded implementation of MasterState (meta-store.ts): the default, needing nothing but a directory. */
+export class MasterStore implements MasterState {
   private constructor(private readonly db: Level<string, string>) {}
 
   static async open(dir: string): Promise<MasterStore> {
@@ -48,76 +23,46 @@ export class MasterStore {
     return new MasterStore(db);
   }
 
-  async load(): Promise<Registry & { map: ClusterMap | undefined }> {
-    const [map, shards, next, removed, clusterId] = await this.db.getMany(['map', 'shards', 'nextShardNumber', 'removedShards', 'clusterId']);
-    return {
-      clusterId: clusterId ?? '',
-      map: map ? mapFromJson(JSON.parse(map) as MapJson) : undefined,
-      shards: shards ? (JSON.parse(shards) as ShardRecord[]) : [],
-      nextShardNumber: next ? Number(next) : 1,
-      removed: removed ? (JSON.parse(removed) as string[]) : [],
-    };
+  async load(): Promise<StoredState> {
+    return form.decodeState(await this.db.getMany([...form.STATE_KEYS]));
   }
 
   /** Writes the registry, and optionally a new map and journal records, in one synced batch. */
-  async save(state: Registry & { map?: ClusterMap; moves?: Array<{ id: string; json: unknown }>; adminOps?: Array<{ id: string; json: AdminOpRecord }> }): Promise<void> {
-    const ops: Array<{ type: 'put'; key: string; value: string }> = [
-      { type: 'put', key: 'shards', value: JSON.stringify(state.shards) },
-      { type: 'put', key: 'nextShardNumber', value: String(state.nextShardNumber) },
-      { type: 'put', key: 'removedShards', value: JSON.stringify(state.removed) },
-      { type: 'put', key: 'clusterId', value: state.clusterId },
-    ];
-    if (state.map) ops.push({ type: 'put', key: 'map', value: JSON.stringify(mapToJson(state.map)) });
-    for (const m of state.moves ?? []) ops.push({ type: 'put', key: `move/${m.id}`, value: JSON.stringify(m.json) });
-    for (const o of state.adminOps ?? []) ops.push({ type: 'put', key: `adminOp/${o.id}`, value: JSON.stringify(o.json) });
-    await this.db.batch(ops, { sync: true });
+  async save(state: StateSave): Promise<void> {
+    await this.db.batch(puts(form.saveEntries(state)), { sync: true });
   }
 
-  /** What an admin call recorded under its operation id, or undefined. */
   async loadAdminOp(id: string): Promise<AdminOpRecord | undefined> {
-    const v = await this.db.get(`adminOp/${id}`);
-    return v ? (JSON.parse(v) as AdminOpRecord) : undefined;
+    return form.decodeAdminOp(await this.db.get(form.adminOpKey(id)));
   }
 
   /** Journals one move record (synced) before the step it describes is acted on. */
   async saveMove(id: string, json: unknown): Promise<void> {
-    await this.db.put(`move/${id}`, JSON.stringify(json), { sync: true });
+    await this.db.put(form.moveKey(id), JSON.stringify(json), { sync: true });
   }
 
-  /** Every journaled move, oldest first (ids sort by creation time). */
   async loadMoves(): Promise<unknown[]> {
     const out: unknown[] = [];
-    for await (const v of this.db.values({ gte: 'move/', lt: 'move0' })) out.push(JSON.parse(v));
+    // 'move0' is the first key after every 'move/…' ('0' follows '/').
+    for await (const v of this.db.values({ gte: form.MOVE_PREFIX, lt: 'move0' })) out.push(JSON.parse(v));
     return out;
   }
 
-  /** The client list as last applied (undefined before the first) and the revocations in force. */
-  async loadClientState(): Promise<{ clients: AppliedClient[] | undefined; revocations: Revocation[] }> {
-    const [clients, revocations] = await this.db.getMany(['appliedClients', 'revocations']);
-    return {
-      clients: clients ? (JSON.parse(clients) as AppliedClient[]) : undefined,
-      revocations: revocations ? (JSON.parse(revocations) as Revocation[]) : [],
-    };
+  async loadClientState(): Promise<ClientState> {
+    return form.decodeClientState(await this.db.getMany([...form.CLIENT_KEYS]));
   }
 
   /** Writes the applied client list and the revocations in one synced batch: a revocation never outlives a crash unsaved. */
   async saveClientState(clients: AppliedClient[], revocations: Revocation[]): Promise<void> {
-    await this.db.batch(
-      [
-        { type: 'put', key: 'appliedClients', value: JSON.stringify(clients) },
-        { type: 'put', key: 'revocations', value: JSON.stringify(revocations) },
-      ],
-      { sync: true },
-    );
+    await this.db.batch(puts(form.clientEntries(clients, revocations)), { sync: true });
   }
 
   async loadApprovals(): Promise<string[]> {
-    const v = await this.db.get('approvals');
-    return v ? (JSON.parse(v) as string[]) : [];
+    return form.decodeApprovals(await this.db.get(form.APPROVALS_KEY));
   }
 
   async saveApprovals(addresses: string[]): Promise<void> {
-    await this.db.put('approvals', JSON.stringify(addresses), { sync: true });
+    await this.db.put(form.APPROVALS_KEY, JSON.stringify(addresses), { sync: true });
   }
 
   close(): Promise<void> {

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import winston from 'winston';
 import { hashPassword } from '../../services/common/auth.js';
+import type { MasterOptions } from '../../services/master/master.js';
 import { startMasterServer, type RunningMaster } from '../../services/master/server.js';
 import { startShardServer, type RunningShard } from '../../services/shard/server.js';
 import { DEFAULT_LIMITS, type Limits } from '../../services/shard/validate.js';
@@ -71,6 +72,8 @@ export async function startInProcCluster(
     requireApproval?: boolean;
     /** Each server's logger, by name (master, shard1, …); default silent. */
     logger?: (name: string) => winston.Logger;
+    /** Opens the master's durable state at each (re)start; default: LevelDB in its data directory. */
+    openMasterState?: MasterOptions['openState'];
   } = {},
 ): Promise<InProcCluster> {
   const n = o.shards ?? 2;
@@ -89,6 +92,7 @@ export async function startInProcCluster(
     maxMessageBytes: limits.maxMessageBytes,
     requireApproval: o.requireApproval,
     log: logger('master'),
+    openState: o.openMasterState,
   });
   const master = await startMaster('127.0.0.1:0');
   const shards: RunningShard[] = [];
