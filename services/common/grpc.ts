@@ -253,32 +253,7 @@ export function serverStream<Req, Res>(
   need: Role | null,
   fn: (req: Req, ctx: RpcContext, send: (msg: Res) => Promise<void>) => Promise<void>,
 ): grpc.handleServerStreamingCall<Req, Res> {
-  return (call) => {
-    const { enter, done } = meter(env, method);
-    const send = async (msg: Res) => {
-      if (call.cancelled) throw new CairnError('CANCELLED', 'the caller cancelled the stream');
-      if (!call.write(msg)) await Promise.race([once(call, 'drain'), once(call, 'cancelled')]);
-    };
-    let result: Promise<void>;
-    try {
-      enter();
-      const ctx = authenticate(env, call, method, need);
-      result = fn(decoded(call.request, method), ctx, send);
-    } catch (err) {
-      result = Promise.reject(err);
-    }
-    result.then(
-      () => {
-        done(grpc.status.OK);
-        call.end();
-      },
-      (err) => {
-        const se = reportError(env, method, err);
-        done(se.code);
-        if (!call.cancelled) call.emit('error', se);
-      },
-    );
-  };
+  return (call) => serveStream(env, method, need, call, (ctx, send) => fn(decoded(call.request, method), ctx, send));
 }
 
 /**
@@ -293,34 +268,44 @@ export function duplexStream<Req, Res>(
   fn: (requests: AsyncIterable<Req>, ctx: RpcContext, send: (msg: Res) => Promise<void>) => Promise<void>,
 ): grpc.handleBidiStreamingCall<Req, Res> {
   return (call) => {
-    const { enter, done } = meter(env, method);
-    const send = async (msg: Res) => {
-      if (call.cancelled) throw new CairnError('CANCELLED', 'the caller cancelled the stream');
-      if (!call.write(msg)) await Promise.race([once(call, 'drain'), once(call, 'cancelled')]);
-    };
     async function* requests(): AsyncIterable<Req> {
       for await (const req of call as AsyncIterable<Req>) yield decoded(req, method);
     }
-    let result: Promise<void>;
-    try {
-      enter();
-      const ctx = authenticate(env, call, method, need);
-      result = fn(requests(), ctx, send);
-    } catch (err) {
-      result = Promise.reject(err);
-    }
-    result.then(
-      () => {
-        done(grpc.status.OK);
-        call.end();
-      },
-      (err) => {
-        const se = reportError(env, method, err);
-        done(se.code);
-        if (!call.cancelled) call.emit('error', se);
-      },
-    );
+    serveStream(env, method, need, call, (ctx, send) => fn(requests(), ctx, send));
   };
+}
+
+/** The part both stream wrappers share: meter, auth, a `send` that waits for 'drain', the end or the error. */
+function serveStream<Res>(
+  env: HandlerEnv,
+  method: string,
+  need: Role | null,
+  call: grpc.ServerWritableStream<unknown, Res> | grpc.ServerDuplexStream<unknown, Res>,
+  run: (ctx: RpcContext, send: (msg: Res) => Promise<void>) => Promise<void>,
+): void {
+  const { enter, done } = meter(env, method);
+  const send = async (msg: Res) => {
+    if (call.cancelled) throw new CairnError('CANCELLED', 'the caller cancelled the stream');
+    if (!call.write(msg)) await Promise.race([once(call, 'drain'), once(call, 'cancelled')]);
+  };
+  let result: Promise<void>;
+  try {
+    enter();
+    result = run(authenticate(env, call, method, need), send);
+  } catch (err) {
+    result = Promise.reject(err);
+  }
+  result.then(
+    () => {
+      done(grpc.status.OK);
+      call.end();
+    },
+    (err) => {
+      const se = reportError(env, method, err);
+      done(se.code);
+      if (!call.cancelled) call.emit('error', se);
+    },
+  );
 }
 
 export interface TlsFiles {
