@@ -1,0 +1,298 @@
+/**
+ * The replica-aware planner (issue 13): the map with its replica groups, the
+ * shards and the bucket stats in; an ordered list of steps (split, addReplica,
+ * replaceReplica, handOver, dropReplica) and the target map out. Pure: no I/O,
+ * no clock, no randomness; the same input gives the same plan, and planning
+ * again on the target map gives no steps.
+ *
+ * Factor 1 with no groups (every range a single copy, as before replication)
+ * is delegated to planner.ts, so such clusters are planned exactly as before:
+ * each of its moves becomes the splits at its ends and one replaceReplica per
+ * range it covers.
+ *
+ * Otherwise (docs/design.md "Replication and failover"):
+ *
+ * - Roles. Eligible: up and not draining; it may give and take. Draining (up):
+ *   must end with no copy. Gone: down and in `replaceDown`; its copies are
+ *   rebuilt elsewhere from the primary. Fixed: down otherwise (or unknown);
+ *   nothing is fenced on it or rebuilt from it, so every range with a copy on
+ *   it is *frozen*: left as it is. So is a range with learners (a change of its
+ *   group is under way) and one whose primary is gone with no in-sync replica
+ *   that is up to take over. Frozen copies still count in their shards' loads.
+ * - Every other range ends with want = min(factor, eligible shards) replicas,
+ *   all on eligible shards, no shard holding two copies (the steps never give
+ *   a copy to a shard that holds one, so no intermediate map does either).
+ * - The target load T of an eligible shard is its share of W, the bytes the
+ *   eligible shards hold when every range has `want` copies: the mean W / E, or
+ *   with disk rooms the water level (as in planner.ts).
+ * - Phases, each a greedy over the working map (replica-groups.ts):
+ *   1. Trim: a primary on a leaving shard hands over to an in-sync eligible
+ *      replica; a range with more than `want` replicas drops those on leaving
+ *      shards first, then the one on the fullest shard (a primary hands over
+ *      first).
+ *   2. Evacuate: each copy on a leaving shard is replaced, piece by piece, on
+ *      the neediest eligible shard without a copy of that range, each piece cut
+ *      at a bucket boundary to about what that shard lacks.
+ *   3. Fill: each range short of `want` replicas gets new ones the same way.
+ *   4. Balance: unless every eligible shard is within ±tolerance of T
+ *      (hysteresis), each step takes from the most over-full shard the piece of
+ *      one of its ranges closest to what both can use, for the neediest shard
+ *      without a copy of that range, and replaces the copy there. A step is
+ *      taken only when it lowers Σ|load − T|, so the loop ends, and it ends in a
+ *      state where planning again finds nothing to do.
+ *   5. Primaries: hand-overs (no bytes) along augmenting paths (a → b → … → t,
+ *      each hop a range whose primary is one shard and in-sync replica the next)
+ *      from a shard with the most primaries to one with two fewer, until none is
+ *      left: the counts are then as even as the groups allow, within one of even
+ *      whenever any assignment of primaries to in-sync replicas is.
+ * - minimumBytes, a lower bound on the bytes of any plan, is the larger of:
+ *   (a) the bytes of every copy that must be created: for each range that is
+ *   not frozen, (want − its replicas on eligible shards, at least 0) × its
+ *   bytes; no step but addReplica and replaceReplica creates a copy; and
+ *   (b) Σ over eligible shards of max(0, min(T, load + room) − load): a shard's
+ *   load rises only by the copies it receives, so a plan that leaves every
+ *   eligible shard at its target copies at least that much.
+ *   Either can be the larger: (a) when ranges lack replicas but the shards are
+ *   even, (b) when the shards are uneven and no copy is missing.
+ *
+ * Cost: O(buckets + ranges) to set up; a step of phases 1–3 costs O(shards);
+ * a balancing step O(shards² × ranges) at worst (every source and receiver
+ * tried, every range scanned for the best piece), and each augmenting path
+ * O(ranges × factor). Meant for maps of thousands of ranges, not the 65,536
+ * planner.ts plans in a few hundred milliseconds.
+ */
+import { CairnError } from '../common/errors.js';
+import { factorOf, inSyncOf, isSingleCopy, learnersOf, mapError, replicasOf, type MapRange } from '../common/map.js';
+import { BUCKET_COUNT, bucketSpan } from '../common/ranges.js';
+import { KEYSPACE_SUMS, prefixSums, waterLevel } from './bucket-sums.js';
+import { DEFAULT_TOLERANCE, type PlanInput } from './plan-types.js';
+import { plan } from './planner.js';
+import { GroupMap, type Seg } from './replica-groups.js';
+import { evenPrimaries } from './replica-primaries.js';
+import type { ReplicaPlan, ReplicaPlanOptions } from './replica-steps.js';
+
+export { applyReplicaStep, type ReplicaPlan, type ReplicaPlanOptions, type ReplicaStep } from './replica-steps.js';
+
+export const Role = { Eligible: 0, Draining: 1, Gone: 2, Fixed: 3 } as const;
+export type Role = (typeof Role)[keyof typeof Role];
+
+/**
+ * Plans the replica groups' changes. Throws CairnError('INVALID_ARGUMENT') for
+ * an invalid map (mapError), duplicate shard ids, bad bucket stats or rooms,
+ * or a tolerance outside [0, 1).
+ */
+export function planReplicas(input: PlanInput, opts: ReplicaPlanOptions = {}): ReplicaPlan {
+  const tolerance = opts.tolerance ?? DEFAULT_TOLERANCE;
+  if (!(tolerance >= 0 && tolerance < 1)) throw new CairnError('INVALID_ARGUMENT', `tolerance must be in [0, 1), got ${tolerance}`);
+  const factor = factorOf(input.map);
+  if (!(Number.isInteger(factor) && factor >= 1)) throw new CairnError('INVALID_ARGUMENT', `replicationFactor must be an integer >= 1, got ${factor}`);
+  const mapErr = mapError(input.map);
+  if (mapErr) throw new CairnError('INVALID_ARGUMENT', `map: ${mapErr}`);
+  if (factor === 1 && input.map.ranges.every(isSingleCopy)) return singleCopyPlan(input, opts);
+
+  const { bytes: bytesP } = prefixSums(input.buckets);
+  const totalBytes = bytesP[BUCKET_COUNT]!;
+  const ranges = input.map.ranges;
+  if (ranges.length === 0) return { steps: [], targetMap: [], totalBytes, movedBytes: 0, minimumBytes: 0, basis: 'bytes' };
+
+  // ---- shards and roles (index order = input order, then shards only the map names)
+  const ids: string[] = [];
+  const role: Role[] = [];
+  const index = new Map<string, number>();
+  const roomOf: number[] = [];
+  const addShard = (id: string, r: Role, room: number): number => {
+    index.set(id, ids.length);
+    ids.push(id);
+    role.push(r);
+    roomOf.push(room);
+    return ids.length - 1;
+  };
+  for (const sh of input.shards) {
+    if (index.has(sh.id)) throw new CairnError('INVALID_ARGUMENT', `shards: duplicate shard id ${sh.id}`);
+    if (sh.roomBytes !== undefined && !(sh.roomBytes >= 0)) throw new CairnError('INVALID_ARGUMENT', `shards: ${sh.id} has roomBytes=${sh.roomBytes}; it must be >= 0 (or absent: unlimited)`);
+    const r = !sh.up ? (opts.replaceDown?.has(sh.id) ? Role.Gone : Role.Fixed) : sh.draining ? Role.Draining : Role.Eligible;
+    addShard(sh.id, r, sh.roomBytes ?? Infinity);
+  }
+  const shardIndex = (id: string): number => index.get(id) ?? addShard(id, Role.Fixed, Infinity);
+  const eligible = ids.map((_, i) => i).filter((i) => role[i] === Role.Eligible);
+  const E = eligible.length;
+  const want = Math.min(factor, E);
+
+  // ---- the working map
+  const segs: Seg[] = ranges.map((r) => toSeg(r, shardIndex, role));
+  // Key space when the eligible and leaving shards hold no bytes at all (an empty cluster), as in planner.ts.
+  const basisBytes = segs.some((g) => bytesP[g.e]! > bytesP[g.s]! && g.replicas.some((i) => role[i] !== Role.Fixed));
+  const basis: ReplicaPlan['basis'] = basisBytes ? 'bytes' : 'keyspace';
+  const P = basisBytes ? bytesP : KEYSPACE_SUMS;
+  const room = Float64Array.from(roomOf, (r) => (basisBytes ? r : Infinity));
+  const gm = new GroupMap(ids, segs, P, bytesP, room);
+  if (E === 0) return { steps: [], targetMap: gm.toMap(), totalBytes, movedBytes: 0, minimumBytes: 0, basis };
+
+  // ---- the target load and the lower bound
+  let W = 0;
+  let forcedBytes = 0;
+  for (const g of segs) {
+    const onEligible = [...g.replicas, ...g.learners].filter((i) => role[i] === Role.Eligible).length;
+    W += gm.weight(g) * (g.frozen ? onEligible : want);
+    if (!g.frozen) forcedBytes += gm.bytes(g) * Math.max(0, want - onEligible);
+  }
+  const load0 = Float64Array.from(gm.load);
+  const T = waterLevel(eligible.map((i) => load0[i]! + room[i]!), W);
+  let shortBytes = 0;
+  for (const i of eligible) shortBytes += Math.max(0, Math.min(T, load0[i]! + room[i]!) - load0[i]!);
+  const minimumBytes = basisBytes ? Math.max(forcedBytes, shortBytes) : 0;
+  const band = tolerance * T;
+  const slack = band / 2;
+
+  const { load, primaries } = gm;
+  const leaving = (i: number): boolean => role[i] === Role.Draining || role[i] === Role.Gone;
+  const byLoad = (xs: number[]): number[] => xs.sort((x, y) => load[x]! - load[y]! || x - y);
+
+  /** Hands primacy of `g` to its in-sync replica on an eligible shard with the fewest primaries, if it has one. */
+  const handOverToEligible = (g: Seg): boolean => {
+    const p = g.replicas[0]!;
+    let best = -1;
+    for (const i of g.inSync) if (i !== p && role[i] === Role.Eligible && (best < 0 || primaries[i]! < primaries[best]!)) best = i;
+    if (best < 0) return false;
+    gm.handOver(g, best);
+    return true;
+  };
+
+  /** True when `s` may give up its copy of `g`: a follower, a primary alone in sync, or one that can hand over to an eligible replica. */
+  const canLetGo = (g: Seg, s: number): boolean =>
+    g.replicas[0] !== s || g.inSync.every((i) => i === s) || g.inSync.some((i) => i !== s && role[i] === Role.Eligible);
+
+  /** How much to give receiver d of a range weighing w: what it lacks (a little over T when no other shard is under the band). */
+  const sizeFor = (d: number, w: number): number => {
+    const othersUnder = eligible.some((i) => i !== d && T - load[i]! > band);
+    const a = Math.min(w, T - load[d]! + (othersUnder ? 0 : slack));
+    return a > 0 ? a : w;
+  };
+
+  /**
+   * Gives a piece of `g` to the neediest eligible shard without a copy that has room for one:
+   * replacing `from`'s copy, or as a new replica when from < 0. False when no shard can take any piece.
+   */
+  const placePiece = (g: Seg, from: number): boolean => {
+    const receivers = byLoad(eligible.filter((d) => !gm.holds(g, d)));
+    // When every receiver will be needed anyway (a fill onto all the shards there are), cutting gains nothing.
+    const all = from < 0 && want - g.replicas.length >= receivers.length;
+    for (const d of receivers) {
+      const piece = gm.bestPiece(g, all ? gm.weight(g) : sizeFor(d, gm.weight(g)), room[d]!);
+      if (!piece) continue;
+      const part = gm.cut(g, piece);
+      if (from < 0) gm.addReplica(part, d);
+      else gm.replaceReplica(part, from, d);
+      return true;
+    }
+    return false;
+  };
+
+  // ---- 1. trim: hand primacy off leaving shards; drop copies beyond `want`
+  for (const g of segs) {
+    if (g.frozen) continue;
+    if (leaving(g.replicas[0]!) && !handOverToEligible(g) && role[g.replicas[0]!] === Role.Gone) {
+      // The gone primary can serve nothing: an in-sync draining replica takes over (toSeg made sure there is one).
+      gm.handOver(g, g.inSync.find((i) => i !== g.replicas[0] && role[i] === Role.Draining)!);
+    }
+    while (g.replicas.length > want) {
+      const victim =
+        g.replicas.slice(1).find(leaving) ??
+        g.replicas.filter((i) => i !== g.replicas[0] || g.inSync.some((j) => j !== i && role[j] === Role.Eligible)).sort((x, y) => load[y]! - load[x]! || x - y)[0]!;
+      if (victim === g.replicas[0]) handOverToEligible(g);
+      gm.dropReplica(g, victim);
+    }
+  }
+
+  // ---- 2. evacuate leaving shards, and 3. fill ranges short of replicas (ranges split as they go: walk by index)
+  for (const phase of ['evacuate', 'fill'] as const) {
+    for (let k = 0; k < segs.length; k++) {
+      const g = segs[k]!;
+      if (g.frozen) continue;
+      for (;;) {
+        if (phase === 'fill' ? g.replicas.length >= want : !g.replicas.some(leaving)) break;
+        // Followers first: once they are replaced, every other in-sync replica is eligible and
+        // a leaving primary can hand over (or, alone in sync, move with its copy).
+        const from = phase === 'fill' ? -1 : (g.replicas.slice(1).find(leaving) ?? g.replicas[0]!);
+        if (from === g.replicas[0]) handOverToEligible(g);
+        if (!placePiece(g, from)) break; // no eligible shard has room for any of it: it stays (the caller reports)
+      }
+    }
+  }
+
+  // ---- 4. balance
+  /** One balancing step, or false when all are within the band or no piece helps. */
+  const balanceStep = (): boolean => {
+    let overBand = 0;
+    let underBand = 0;
+    for (const i of eligible) {
+      if (load[i]! - T > band) overBand++;
+      else if (T - load[i]! > band) underBand++;
+    }
+    if (overBand + underBand === 0) return false;
+    const sources = byLoad(eligible.filter((i) => load[i]! > T)).reverse();
+    const receivers = byLoad(eligible.filter((i) => load[i]! < T && room[i]! > 0));
+    for (const s of sources) {
+      const e = load[s]! - T;
+      // As in planner.ts: a source may dip below T (or the receiver rise above it) by half the band,
+      // but only when no other shard is out of band on that side, so the extra is never handed back.
+      const ss = overBand - (e > band ? 1 : 0) === 0 ? slack : 0;
+      for (const d of receivers) {
+        const n = T - load[d]!;
+        const sd = underBand - (n > band ? 1 : 0) === 0 ? slack : 0;
+        const a = Math.min(n + sd, e + ss, Math.max(e, n), room[d]!);
+        let best: { g: Seg; piece: NonNullable<ReturnType<GroupMap['bestPiece']>> } | null = null;
+        for (const g of segs) {
+          if (g.frozen || !g.replicas.includes(s) || gm.holds(g, d) || !canLetGo(g, s)) continue;
+          const piece = gm.bestPiece(g, a, room[d]!, e + n);
+          if (piece && (!best || Math.abs(piece.x - a) < Math.abs(best.piece.x - a))) best = { g, piece };
+        }
+        if (!best) continue;
+        const part = gm.cut(best.g, best.piece);
+        if (part.replicas[0] === s) handOverToEligible(part);
+        gm.replaceReplica(part, s, d);
+        return true;
+      }
+    }
+    return false;
+  };
+  let budget = 10 * (segs.length + ids.length) + 10_000;
+  while (budget-- > 0 && balanceStep());
+
+  // ---- 5. primaries
+  evenPrimaries(gm, eligible);
+
+  return { steps: gm.steps, targetMap: gm.toMap(), totalBytes, movedBytes: gm.movedBytes, minimumBytes, basis };
+}
+
+/** A range of the input as the working map holds it, frozen when the planner must leave it alone. */
+function toSeg(r: MapRange, shardIndex: (id: string) => number, role: readonly Role[]): Seg {
+  const [s, e] = bucketSpan(r);
+  const replicas = replicasOf(r).map(shardIndex);
+  const inSync = inSyncOf(r).map(shardIndex);
+  const learners = learnersOf(r).map(shardIndex);
+  const primaryStuck = role[replicas[0]!] === Role.Gone && !inSync.some((i) => role[i] === Role.Eligible || role[i] === Role.Draining);
+  const frozen = learners.length > 0 || primaryStuck || replicas.some((i) => role[i] === Role.Fixed);
+  return { s, e, replicas, inSync, learners, version: r.version ?? 0n, frozen, orig: r, changed: false };
+}
+
+/** Factor 1, single copies: planner.ts's moves, each as splits at its ends and a replaceReplica per range it covers. */
+function singleCopyPlan(input: PlanInput, opts: ReplicaPlanOptions): ReplicaPlan {
+  const p = plan(input, { tolerance: opts.tolerance });
+  const ids = [...new Set([...input.shards.map((s) => s.id), ...input.map.ranges.map((r) => r.shardId), ...p.moves.map((m) => m.to)])];
+  const index = new Map(ids.map((id, i) => [id, i]));
+  const segs: Seg[] = input.map.ranges.map((r) => toSeg(r, (id) => index.get(id)!, []));
+  const { bytes: bytesP } = prefixSums(input.buckets);
+  const gm = new GroupMap(ids, segs, bytesP, bytesP, new Float64Array(ids.length).fill(Infinity));
+  for (const m of p.moves) {
+    const [ms, me] = bucketSpan(m);
+    for (let k = segs.findIndex((g) => g.e > ms); k < segs.length && segs[k]!.s < me; k++) {
+      let g = segs[k]!;
+      if (g.s < ms) g = gm.split(g, ms);
+      if (g.e > me) gm.split(g, me);
+      gm.replaceReplica(g, index.get(m.from)!, index.get(m.to)!);
+      k = segs.indexOf(g);
+    }
+  }
+  return { steps: gm.steps, targetMap: gm.toMap(), totalBytes: p.totalBytes, movedBytes: p.movedBytes, minimumBytes: p.minimumBytes, basis: p.basis };
+}
