@@ -105,10 +105,10 @@ describe('planReplicas: unit cases', () => {
     expect(planReplicas({ map: after, shards: up('s0', 's1', 's2', 's3'), buckets }).steps).toEqual([]);
   });
 
-  it('trims when the factor is lowered: drops and hand-overs only, no bytes', () => {
+  it('trims when the factor is lowered: drops, hand-overs and free splits only, no bytes', () => {
     const map = groupMap(evenSplit(6), [['s0', 's1', 's2'], ['s1', 's2', 's0'], ['s2', 's0', 's1']], ['s0', 's1', 's2'], 2);
     const p = planReplicas({ map, shards: up('s0', 's1', 's2'), buckets });
-    expect([...kinds(p.steps)].every((k) => k === 'dropReplica' || k === 'handOver')).toBe(true);
+    expect([...kinds(p.steps)].every((k) => k === 'dropReplica' || k === 'handOver' || k === 'split')).toBe(true);
     expect(p.movedBytes).toBe(0);
     const after = applySteps(map, p);
     for (const r of after.ranges) expect(replicasOf(r)).toHaveLength(2);
@@ -176,5 +176,218 @@ describe('planReplicas: unit cases', () => {
     expect(got('s2')).toBeLessThanOrEqual(100_000);
     expect(got('s3')).toBeGreaterThan(0.4 * total);
     applySteps(map, p);
+  });
+});
+
+// ------------------------------------------------------------------ properties
+
+interface RandomReplicated {
+  input: { map: ClusterMap; shards: PlanShard[]; buckets: Map<number, BucketStats> };
+  opts: ReplicaPlanOptions;
+  maxBucket: number;
+}
+
+/** 3–8 shards (some down or draining), factor 1–3, ranges with one copy fewer to one more than the factor, some followers out of sync. */
+export const replicatedArbForTiming = (singleCopy = false): fc.Arbitrary<RandomReplicated> => replicatedArb(singleCopy);
+const replicatedArb = (singleCopy = false): fc.Arbitrary<RandomReplicated> =>
+  fc
+    .record({
+      n: fc.integer({ min: 3, max: 8 }),
+      factor: singleCopy ? fc.constant(1) : fc.integer({ min: 1, max: 3 }),
+      splits: fc.uniqueArray(fc.integer({ min: 1, max: BUCKET_COUNT - 1 }), { maxLength: 16 }),
+      picks: fc.array(fc.tuple(fc.array(fc.nat(), { minLength: 4, maxLength: 4 }), fc.integer({ min: -1, max: 1 }), fc.boolean()), { minLength: 17, maxLength: 17 }),
+      status: fc.array(fc.constantFrom('up', 'up', 'up', 'up', 'up', 'down', 'draining'), { minLength: 8, maxLength: 8 }),
+      replaceDown: fc.boolean(),
+      histogram: fc.oneof(
+        fc.array(fc.tuple(fc.integer({ min: 0, max: BUCKET_COUNT - 1 }), fc.integer({ min: 1, max: 10_000 })), { maxLength: 300 }),
+        fc.tuple(fc.integer({ min: 0, max: BUCKET_COUNT - 600 }), fc.array(fc.tuple(fc.integer({ min: 0, max: 599 }), fc.integer({ min: 1, max: 1_000_000 })), { maxLength: 80 })).map(
+          ([base, xs]) => xs.map(([o, v]) => [base + o, v] as [number, number]),
+        ),
+        fc.constant([] as Array<[number, number]>),
+      ),
+    })
+    .map(({ n, factor, splits, picks, status, replaceDown, histogram }) => {
+      const ids = Array.from({ length: n }, (_, i) => `s${i}`);
+      const points = [0, ...splits.sort((a, b) => a - b), BUCKET_COUNT];
+      const ranges: MapRange[] = [];
+      for (let i = 0; i + 1 < points.length; i++) {
+        const [shuffle, delta, lagging] = picks[i]!;
+        const left = [...ids];
+        const copies = singleCopy ? 1 : Math.max(1, Math.min(n, factor + delta));
+        const replicas = Array.from({ length: copies }, (_, k) => left.splice(shuffle[k]! % left.length, 1)[0]!);
+        const r: MapRange = { start: bucketStart(points[i]!), end: bucketStart(points[i + 1]!), shardId: replicas[0]! };
+        // A lagging range has its last follower out of sync.
+        if (copies > 1) Object.assign(r, { replicas, inSync: lagging ? replicas.slice(0, -1) : replicas, version: 3n });
+        ranges.push(r);
+      }
+      const shards: PlanShard[] = ids.map((id, i) => ({ id, up: status[i] !== 'down', draining: status[i] === 'draining' }));
+      const buckets = new Map<number, BucketStats>();
+      let maxBucket = 0;
+      for (const [b, v] of histogram) {
+        const cur = buckets.get(b)?.bytes ?? 0;
+        buckets.set(b, { bytes: cur + v, rows: 1 });
+        maxBucket = Math.max(maxBucket, cur + v);
+      }
+      const map: ClusterMap = { epoch: 1n, ranges, shards: ids.map((id) => ({ id, address: `${id}:1` })), clusterId: 'c', ...(factor > 1 ? { replicationFactor: factor } : {}) };
+      const opts: ReplicaPlanOptions = replaceDown ? { replaceDown: new Set(shards.filter((s) => !s.up).map((s) => s.id)) } : {};
+      return { input: { map, shards, buckets }, opts, maxBucket };
+    });
+
+/** Roles as the planner's header defines them, computed here on their own. */
+function rolesOf({ input, opts }: RandomReplicated) {
+  const sh = (id: string) => input.shards.find((s) => s.id === id)!;
+  const eligible = input.shards.filter((s) => s.up && !s.draining).map((s) => s.id);
+  const gone = (id: string) => !sh(id).up && (opts.replaceDown?.has(id) ?? false);
+  const fixed = (id: string) => !sh(id).up && !gone(id);
+  /** Left as it is: a copy on a down shard not given up on, or a gone primary with no in-sync replica that is up. */
+  const frozen = (r: MapRange) =>
+    replicasOf(r).some(fixed) || (gone(r.shardId) && !(r.inSync ?? [r.shardId]).some((id) => sh(id).up));
+  return { eligible, gone, fixed, frozen };
+}
+
+/**
+ * Runs per property: enough to meet every shape of replicatedArb on each run
+ * of `npm run test:unit`; `npm run fuzz` sets CAIRN_FUZZ_RUNS for a long search.
+ */
+const fuzzRuns = (n: number): { numRuns: number } => ({ numRuns: Number(process.env.CAIRN_FUZZ_RUNS) || n });
+
+describe('planReplicas: properties on random replicated clusters', () => {
+  const runs = fuzzRuns(150);
+  const arb = replicatedArb();
+
+  it('1. never puts two copies of a range on one shard, in the target or any intermediate map; is deterministic', () => {
+    fc.assert(
+      fc.property(arb, ({ input, opts }) => {
+        const p = planReplicas(input, opts);
+        applySteps(input.map, p);
+        expect(planReplicas(input, opts)).toEqual(p);
+      }),
+      runs,
+    );
+  });
+
+  it('2. gives every range min(factor, eligible) replicas on eligible shards; touches no down shard not given up on', () => {
+    fc.assert(
+      fc.property(arb, (c) => {
+        const { input, opts } = c;
+        const { eligible, fixed, frozen } = rolesOf(c);
+        const p = planReplicas(input, opts);
+        for (const s of p.steps) {
+          const named = s.kind === 'dropReplica' ? [s.shard] : s.kind === 'split' ? [] : s.kind === 'addReplica' ? [s.to] : [s.from, s.to];
+          expect(named.some(fixed)).toBe(false);
+          if (s.kind === 'addReplica' || s.kind === 'replaceReplica') expect(eligible).toContain(s.to);
+        }
+        if (eligible.length === 0) return;
+        const want = Math.min(factorOf(input.map), eligible.length);
+        for (const t of p.targetMap) {
+          const before = input.map.ranges[findRangeIndex(input.map.ranges, t.start)]!;
+          if (frozen(before)) {
+            expect(replicasOf(t)).toEqual(replicasOf(before));
+            continue;
+          }
+          expect(replicasOf(t)).toHaveLength(want);
+          for (const id of replicasOf(t)) expect(eligible).toContain(id);
+        }
+      }),
+      runs,
+    );
+  });
+
+  const ratios: number[] = [];
+  it('3. balances every copy\'s bytes within tolerance (or a bucket), moving at most 1.05 × the lower bound (plus a bucket per receiver)', () => {
+    fc.assert(
+      fc.property(arb, (c) => {
+        const { input, opts, maxBucket } = c;
+        const { eligible, frozen } = rolesOf(c);
+        const p = planReplicas(input, opts);
+        const receivers = new Set(copySteps(p.steps).map((s) => s.to)).size;
+        expect(p.movedBytes).toBeLessThanOrEqual(1.05 * p.minimumBytes + maxBucket * receivers + 1e-6);
+        if (p.minimumBytes > 0) ratios.push(p.movedBytes / p.minimumBytes);
+        // Copies of ranges left alone cannot move, so they may hold a shard above the band.
+        if (eligible.length === 0 || p.basis !== 'bytes' || input.map.ranges.some(frozen)) return;
+        const loads = copyLoads(p.targetMap, input.buckets);
+        const mean = eligible.reduce((n, id) => n + (loads.get(id) ?? 0), 0) / eligible.length;
+        for (const id of eligible) {
+          const dev = Math.abs((loads.get(id) ?? 0) - mean);
+          if (dev > 0.05 * mean + 1e-6) expect(dev).toBeLessThanOrEqual(maxBucket);
+        }
+      }),
+      runs,
+    );
+    ratios.sort((a, b) => a - b);
+    console.log(`replica plans: moved / lower bound over ${ratios.length} runs with bytes to move: median ${ratios[ratios.length >> 1]?.toFixed(4)}, max ${ratios[ratios.length - 1]?.toFixed(4)}`);
+  });
+
+  let evenRuns = 0;
+  let primaryRuns = 0;
+  it('4. spreads primaries as evenly as hand-overs can: no chain of hand-overs could move one to a shard with two fewer', () => {
+    fc.assert(
+      fc.property(arb, (c) => {
+        const { input, opts } = c;
+        const { eligible, frozen } = rolesOf(c);
+        const p = planReplicas(input, opts);
+        if (eligible.length === 0 || factorOf(input.map) < 2) return;
+        const count = new Map(eligible.map((id) => [id, p.targetMap.filter((r) => r.shardId === id).length]));
+        // Who may pass primacy to whom: the primary of a range that is not left alone, to its other in-sync replicas.
+        const next = new Map<string, Set<string>>(eligible.map((id) => [id, new Set()]));
+        for (const r of p.targetMap) {
+          if (frozen(input.map.ranges[findRangeIndex(input.map.ranges, r.start)]!) || !count.has(r.shardId)) continue;
+          for (const id of r.inSync ?? []) if (id !== r.shardId && count.has(id)) next.get(r.shardId)!.add(id);
+        }
+        for (const a of eligible) {
+          const seen = new Set([a]);
+          const todo = [a];
+          while (todo.length > 0) for (const b of next.get(todo.pop()!)!) if (!seen.has(b) && seen.add(b)) todo.push(b);
+          for (const b of seen) expect(count.get(b)!).toBeGreaterThan(count.get(a)! - 2);
+        }
+        primaryRuns++;
+        if (Math.max(...count.values()) - Math.min(...count.values()) <= 1) evenRuns++;
+      }),
+      runs,
+    );
+    console.log(`replica plans: primaries within one of even in ${evenRuns} of ${primaryRuns} runs with factor >= 2`);
+  });
+
+  it('5. plans nothing on its own result', () => {
+    fc.assert(
+      fc.property(arb, ({ input, opts }) => {
+        const p = planReplicas(input, opts);
+        const after = applySteps(input.map, p);
+        const again = planReplicas({ ...input, map: after }, opts);
+        expect(again.steps).toEqual([]);
+        expect(again.targetMap).toEqual(after.ranges);
+      }),
+      runs,
+    );
+  });
+
+  it('5. with factor 1 and no groups, moves what planner.ts moves', () => {
+    fc.assert(
+      fc.property(replicatedArb(true), ({ input }) => {
+        const p = planReplicas(input);
+        expect(p.movedBytes).toBe(plan(input).movedBytes);
+        applySteps(input.map, p);
+      }),
+      fuzzRuns(60),
+    );
+  });
+
+  it('6. gives no shard more than its disk room', () => {
+    const withRooms = fc.tuple(arb, fc.array(fc.oneof(fc.constant(undefined), fc.constant(0), fc.double({ min: 0, max: 1, noNaN: true })), { minLength: 8, maxLength: 8 }));
+    fc.assert(
+      fc.property(withRooms, ([{ input, opts }, fractions]) => {
+        const total = [...input.buckets.values()].reduce((n, b) => n + b.bytes, 0);
+        const shards = input.shards.map((s, i) => ({ ...s, roomBytes: fractions[i] === undefined ? undefined : Math.floor(fractions[i]! * total) }));
+        const p = planReplicas({ ...input, shards }, opts);
+        const got = new Map<string, number>();
+        for (const s of copySteps(p.steps)) got.set(s.to, (got.get(s.to) ?? 0) + s.bytes);
+        for (const [id, bytes] of got) {
+          const room = shards.find((s) => s.id === id)?.roomBytes;
+          if (room !== undefined) expect(bytes).toBeLessThanOrEqual(room);
+        }
+        applySteps(input.map, p);
+      }),
+      fuzzRuns(100),
+    );
   });
 });

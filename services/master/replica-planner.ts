@@ -49,9 +49,12 @@
  *   (a) the bytes of every copy that must be created: for each range that is
  *   not frozen, (want − its replicas on eligible shards, at least 0) × its
  *   bytes; no step but addReplica and replaceReplica creates a copy; and
- *   (b) Σ over eligible shards of max(0, min(T, load + room) − load): a shard's
- *   load rises only by the copies it receives, so a plan that leaves every
- *   eligible shard at its target copies at least that much.
+ *   (b) Σ over eligible shards of max(0, min(T, load + room) − keepable): a
+ *   shard ends with what it keeps plus what it receives, and keeps at most
+ *   `keepable`, its load less the copies no plan can keep (with want = 1, the
+ *   followers of a primary that no eligible in-sync replica can take over
+ *   from), so a plan that leaves every eligible shard at its target copies at
+ *   least that much.
  *   Either can be the larger: (a) when ranges lack replicas but the shards are
  *   even, (b) when the shards are uneven and no copy is missing.
  *
@@ -65,9 +68,10 @@ import { CairnError } from '../common/errors.js';
 import { factorOf, inSyncOf, isSingleCopy, learnersOf, mapError, replicasOf, type MapRange } from '../common/map.js';
 import { BUCKET_COUNT, bucketSpan } from '../common/ranges.js';
 import { KEYSPACE_SUMS, prefixSums, waterLevel } from './bucket-sums.js';
-import { DEFAULT_TOLERANCE, type PlanInput } from './plan-types.js';
+import { DEFAULT_TOLERANCE, type PlanInput, type PlannedMove } from './plan-types.js';
 import { plan } from './planner.js';
 import { GroupMap, type Seg } from './replica-groups.js';
+import { balance } from './replica-balance.js';
 import { evenPrimaries } from './replica-primaries.js';
 import type { ReplicaPlan, ReplicaPlanOptions } from './replica-steps.js';
 
@@ -138,8 +142,16 @@ export function planReplicas(input: PlanInput, opts: ReplicaPlanOptions = {}): R
   }
   const load0 = Float64Array.from(gm.load);
   const T = waterLevel(eligible.map((i) => load0[i]! + room[i]!), W);
+  // What each shard could keep at most: its copies, less those no plan can keep (with want = 1, a
+  // primary that no eligible replica can take over from stays, so every other copy goes).
+  const keepable = Float64Array.from(load0);
+  for (const g of segs) {
+    const p = g.replicas[0]!;
+    if (g.frozen || want !== 1 || role[p] !== Role.Eligible || g.inSync.some((i) => i !== p && role[i] === Role.Eligible)) continue;
+    for (const i of g.replicas.slice(1)) keepable[i]! -= gm.weight(g);
+  }
   let shortBytes = 0;
-  for (const i of eligible) shortBytes += Math.max(0, Math.min(T, load0[i]! + room[i]!) - load0[i]!);
+  for (const i of eligible) shortBytes += Math.max(0, Math.min(T, load0[i]! + room[i]!) - keepable[i]!);
   const minimumBytes = basisBytes ? Math.max(forcedBytes, shortBytes) : 0;
   const band = tolerance * T;
   const slack = band / 2;
@@ -188,28 +200,41 @@ export function planReplicas(input: PlanInput, opts: ReplicaPlanOptions = {}): R
     return false;
   };
 
-  // ---- 1. trim: hand primacy off leaving shards; drop copies beyond `want`
+  /**
+   * Drops one copy of (a piece of) `g`, which has more than `want` replicas: one on a leaving
+   * shard if any (all of it: it must go anyway), else the fullest shard's, cut to about what
+   * that shard holds above T, so that trimming balances as it goes.
+   */
+  const trimStep = (g: Seg): void => {
+    const gone = g.replicas.slice(1).find(leaving);
+    if (gone !== undefined) return gm.dropReplica(g, gone);
+    const canDrop = (i: number): boolean => i !== g.replicas[0] || g.inSync.some((j) => j !== i && role[j] === Role.Eligible);
+    const victim = g.replicas.filter(canDrop).sort((x, y) => load[y]! - load[x]! || x - y)[0]!;
+    const excess = load[victim]! - T;
+    const part = gm.cut(g, gm.bestPiece(g, excess > 0 ? excess : gm.weight(g), Infinity)!);
+    if (victim === part.replicas[0]) handOverToEligible(part);
+    gm.dropReplica(part, victim);
+  };
+
+  // ---- 1. primacy off leaving shards, where an eligible (or for a gone primary, any live) in-sync replica can take it
   for (const g of segs) {
-    if (g.frozen) continue;
-    if (leaving(g.replicas[0]!) && !handOverToEligible(g) && role[g.replicas[0]!] === Role.Gone) {
-      // The gone primary can serve nothing: an in-sync draining replica takes over (toSeg made sure there is one).
-      gm.handOver(g, g.inSync.find((i) => i !== g.replicas[0] && role[i] === Role.Draining)!);
-    }
-    while (g.replicas.length > want) {
-      const victim =
-        g.replicas.slice(1).find(leaving) ??
-        g.replicas.filter((i) => i !== g.replicas[0] || g.inSync.some((j) => j !== i && role[j] === Role.Eligible)).sort((x, y) => load[y]! - load[x]! || x - y)[0]!;
-      if (victim === g.replicas[0]) handOverToEligible(g);
-      gm.dropReplica(g, victim);
-    }
+    if (g.frozen || !leaving(g.replicas[0]!) || handOverToEligible(g) || role[g.replicas[0]!] !== Role.Gone) continue;
+    // The gone primary can serve nothing: an in-sync draining replica takes over (toSeg made sure there is one).
+    gm.handOver(g, g.inSync.find((i) => i !== g.replicas[0] && role[i] === Role.Draining)!);
   }
 
-  // ---- 2. evacuate leaving shards, and 3. fill ranges short of replicas (ranges split as they go: walk by index)
-  for (const phase of ['evacuate', 'fill'] as const) {
+  // ---- 2. trim ranges with too many replicas, 3. evacuate leaving shards, 4. fill ranges short of replicas
+  // (ranges split as they go, the pieces right after them: walk by index)
+  for (const phase of ['trim', 'evacuate', 'fill'] as const) {
     for (let k = 0; k < segs.length; k++) {
       const g = segs[k]!;
       if (g.frozen) continue;
       for (;;) {
+        if (phase === 'trim') {
+          if (g.replicas.length <= want) break;
+          trimStep(g);
+          continue;
+        }
         if (phase === 'fill' ? g.replicas.length >= want : !g.replicas.some(leaving)) break;
         // Followers first: once they are replaced, every other in-sync replica is eligible and
         // a leaving primary can hand over (or, alone in sync, move with its copy).
@@ -220,46 +245,17 @@ export function planReplicas(input: PlanInput, opts: ReplicaPlanOptions = {}): R
     }
   }
 
-  // ---- 4. balance
-  /** One balancing step, or false when all are within the band or no piece helps. */
-  const balanceStep = (): boolean => {
-    let overBand = 0;
-    let underBand = 0;
-    for (const i of eligible) {
-      if (load[i]! - T > band) overBand++;
-      else if (T - load[i]! > band) underBand++;
-    }
-    if (overBand + underBand === 0) return false;
-    const sources = byLoad(eligible.filter((i) => load[i]! > T)).reverse();
-    const receivers = byLoad(eligible.filter((i) => load[i]! < T && room[i]! > 0));
-    for (const s of sources) {
-      const e = load[s]! - T;
-      // As in planner.ts: a source may dip below T (or the receiver rise above it) by half the band,
-      // but only when no other shard is out of band on that side, so the extra is never handed back.
-      const ss = overBand - (e > band ? 1 : 0) === 0 ? slack : 0;
-      for (const d of receivers) {
-        const n = T - load[d]!;
-        const sd = underBand - (n > band ? 1 : 0) === 0 ? slack : 0;
-        const a = Math.min(n + sd, e + ss, Math.max(e, n), room[d]!);
-        let best: { g: Seg; piece: NonNullable<ReturnType<GroupMap['bestPiece']>> } | null = null;
-        for (const g of segs) {
-          if (g.frozen || !g.replicas.includes(s) || gm.holds(g, d) || !canLetGo(g, s)) continue;
-          const piece = gm.bestPiece(g, a, room[d]!, e + n);
-          if (piece && (!best || Math.abs(piece.x - a) < Math.abs(best.piece.x - a))) best = { g, piece };
-        }
-        if (!best) continue;
-        const part = gm.cut(best.g, best.piece);
-        if (part.replicas[0] === s) handOverToEligible(part);
-        gm.replaceReplica(part, s, d);
-        return true;
-      }
-    }
-    return false;
-  };
-  let budget = 10 * (segs.length + ids.length) + 10_000;
-  while (budget-- > 0 && balanceStep());
+  // ---- 5. balance (replica-balance.ts)
+  if (factor === 1 && segs.every((g) => g.replicas.length === 1 && g.learners.length === 0)) {
+    // Trimming left single copies: balance them as planner.ts does, so that planning again
+    // (which delegates such a map to planner.ts) finds nothing to do.
+    const shards = input.shards.map((sh) => (sh.roomBytes === undefined || !basisBytes ? sh : { ...sh, roomBytes: Math.max(0, room[index.get(sh.id)!]!) }));
+    applyMoves(gm, plan({ ...input, map: { ...input.map, ranges: gm.toMap() }, shards }, { tolerance }).moves, index);
+  } else {
+    balance({ gm, eligible, T, band, slack, canLetGo, handOverToEligible });
+  }
 
-  // ---- 5. primaries
+  // ---- 6. primaries
   evenPrimaries(gm, eligible);
 
   return { steps: gm.steps, targetMap: gm.toMap(), totalBytes, movedBytes: gm.movedBytes, minimumBytes, basis };
@@ -284,7 +280,14 @@ function singleCopyPlan(input: PlanInput, opts: ReplicaPlanOptions): ReplicaPlan
   const segs: Seg[] = input.map.ranges.map((r) => toSeg(r, (id) => index.get(id)!, []));
   const { bytes: bytesP } = prefixSums(input.buckets);
   const gm = new GroupMap(ids, segs, bytesP, bytesP, new Float64Array(ids.length).fill(Infinity));
-  for (const m of p.moves) {
+  applyMoves(gm, p.moves, index);
+  return { steps: gm.steps, targetMap: gm.toMap(), totalBytes: p.totalBytes, movedBytes: p.movedBytes, minimumBytes: p.minimumBytes, basis: p.basis };
+}
+
+/** planner.ts's moves as steps: the splits at each move's ends, and a replaceReplica for each range it covers. */
+function applyMoves(gm: GroupMap, moves: readonly PlannedMove[], index: ReadonlyMap<string, number>): void {
+  const segs = gm.segs;
+  for (const m of moves) {
     const [ms, me] = bucketSpan(m);
     for (let k = segs.findIndex((g) => g.e > ms); k < segs.length && segs[k]!.s < me; k++) {
       let g = segs[k]!;
@@ -294,5 +297,4 @@ function singleCopyPlan(input: PlanInput, opts: ReplicaPlanOptions): ReplicaPlan
       k = segs.indexOf(g);
     }
   }
-  return { steps: gm.steps, targetMap: gm.toMap(), totalBytes: p.totalBytes, movedBytes: p.movedBytes, minimumBytes: p.minimumBytes, basis: p.basis };
 }
