@@ -188,7 +188,6 @@ interface RandomReplicated {
 }
 
 /** 3–8 shards (some down or draining), factor 1–3, ranges with one copy fewer to one more than the factor, some followers out of sync. */
-export const replicatedArbForTiming = (singleCopy = false): fc.Arbitrary<RandomReplicated> => replicatedArb(singleCopy);
 const replicatedArb = (singleCopy = false): fc.Arbitrary<RandomReplicated> =>
   fc
     .record({

@@ -8,7 +8,9 @@
  * Factor 1 with no groups (every range a single copy, as before replication)
  * is delegated to planner.ts, so such clusters are planned exactly as before:
  * each of its moves becomes the splits at its ends and one replaceReplica per
- * range it covers.
+ * range it covers. A factor-1 map with groups (the factor was lowered) is
+ * trimmed and evacuated here, then balanced by planner.ts too, so that the
+ * plan made on its result (delegated) finds nothing to do.
  *
  * Otherwise (docs/design.md "Replication and failover"):
  *
@@ -25,44 +27,53 @@
  * - The target load T of an eligible shard is its share of W, the bytes the
  *   eligible shards hold when every range has `want` copies: the mean W / E, or
  *   with disk rooms the water level (as in planner.ts).
- * - Phases, each a greedy over the working map (replica-groups.ts):
- *   1. Trim: a primary on a leaving shard hands over to an in-sync eligible
- *      replica; a range with more than `want` replicas drops those on leaving
- *      shards first, then the one on the fullest shard (a primary hands over
- *      first).
- *   2. Evacuate: each copy on a leaving shard is replaced, piece by piece, on
+ * - Phases, each a greedy over the working map (replica-groups.ts); a step
+ *   never gives a shard more than its disk room:
+ *   1. Primacy leaves leaving shards: a primary there hands over to an in-sync
+ *      eligible replica (a gone one to any live in-sync replica).
+ *   2. Trim: a range with more than `want` replicas drops those on leaving
+ *      shards first, then the fullest shard's copy of a piece of it cut to
+ *      about what that shard holds above T (a primary hands over first), so
+ *      that a lowered factor evens the loads without copying a byte.
+ *   3. Evacuate: each copy on a leaving shard is replaced, piece by piece, on
  *      the neediest eligible shard without a copy of that range, each piece cut
  *      at a bucket boundary to about what that shard lacks.
- *   3. Fill: each range short of `want` replicas gets new ones the same way.
- *   4. Balance: unless every eligible shard is within ±tolerance of T
- *      (hysteresis), each step takes from the most over-full shard the piece of
- *      one of its ranges closest to what both can use, for the neediest shard
- *      without a copy of that range, and replaces the copy there. A step is
- *      taken only when it lowers Σ|load − T|, so the loop ends, and it ends in a
- *      state where planning again finds nothing to do.
- *   5. Primaries: hand-overs (no bytes) along augmenting paths (a → b → … → t,
- *      each hop a range whose primary is one shard and in-sync replica the next)
- *      from a shard with the most primaries to one with two fewer, until none is
- *      left: the counts are then as even as the groups allow, within one of even
- *      whenever any assignment of primaries to in-sync replicas is.
- * - minimumBytes, a lower bound on the bytes of any plan, is the larger of:
+ *   4. Fill: each range short of `want` replicas gets new ones the same way.
+ *   5. Balance (replica-balance.ts): unless every eligible shard is within
+ *      ±tolerance of T (hysteresis), each step takes from the most over-full
+ *      shard the piece of one of its ranges closest to what both can use, for
+ *      the neediest shard without a copy of that range, and replaces the copy
+ *      there; when that shard holds every range of the fullest, a relay through
+ *      a third shard. Steps only lower Σ|load − T|, so the loop ends, in a state
+ *      where planning again finds nothing to do.
+ *   6. Primaries (replica-primaries.ts): hand-overs (no bytes) along augmenting
+ *      paths until the counts are as even as the in-sync sets allow: within
+ *      one of even whenever some assignment of primaries to in-sync eligible
+ *      replicas is.
+ * - minimumBytes, a lower bound on the bytes a full rebalance copies (as
+ *   planner.ts's), is the larger of:
  *   (a) the bytes of every copy that must be created: for each range that is
- *   not frozen, (want − its replicas on eligible shards, at least 0) × its
- *   bytes; no step but addReplica and replaceReplica creates a copy; and
+ *   not frozen, (want − its copies that can be kept, at least 0) × its bytes;
+ *   no step but addReplica and replaceReplica creates a copy, so this bounds
+ *   every plan that gives each range its replicas; and
  *   (b) Σ over eligible shards of max(0, min(T, load + room) − keepable): a
- *   shard ends with what it keeps plus what it receives, and keeps at most
- *   `keepable`, its load less the copies no plan can keep (with want = 1, the
- *   followers of a primary that no eligible in-sync replica can take over
- *   from), so a plan that leaves every eligible shard at its target copies at
- *   least that much.
+ *   shard ends with what it keeps plus what it receives, so a plan that
+ *   leaves every eligible shard at its target copies at least that much (one
+ *   that stops inside the tolerance band, as this one does, may copy less).
+ *   A copy can be kept when it is on an eligible shard and, if one replica is
+ *   wanted, in sync (the one left must be the primary, and primacy passes
+ *   only to in-sync replicas); `keepable` is the load of such copies.
  *   Either can be the larger: (a) when ranges lack replicas but the shards are
  *   even, (b) when the shards are uneven and no copy is missing.
  *
- * Cost: O(buckets + ranges) to set up; a step of phases 1–3 costs O(shards);
+ * Cost: O(buckets + ranges) to set up; a step of phases 1–4 costs O(shards)
+ * plus O(ranges) for a split (an array splice);
  * a balancing step O(shards² × ranges) at worst (every source and receiver
- * tried, every range scanned for the best piece), and each augmenting path
- * O(ranges × factor). Meant for maps of thousands of ranges, not the 65,536
- * planner.ts plans in a few hundred milliseconds.
+ * tried, every range scanned for the best piece; a relay tries every third
+ * shard), and each augmenting path O(ranges × factor). Measured: 4,096 ranges
+ * on 65 shards, factor 3, a drain and a new shard: about 0.4 s and 800 steps.
+ * Meant for maps of thousands of ranges; planner.ts plans the largest map
+ * (65,536 ranges) on 1,000 shards in a few hundred milliseconds, this would not.
  */
 import { CairnError } from '../common/errors.js';
 import { factorOf, inSyncOf, isSingleCopy, learnersOf, mapError, replicasOf, type MapRange } from '../common/map.js';
@@ -77,8 +88,8 @@ import type { ReplicaPlan, ReplicaPlanOptions } from './replica-steps.js';
 
 export { applyReplicaStep, type ReplicaPlan, type ReplicaPlanOptions, type ReplicaStep } from './replica-steps.js';
 
-export const Role = { Eligible: 0, Draining: 1, Gone: 2, Fixed: 3 } as const;
-export type Role = (typeof Role)[keyof typeof Role];
+const Role = { Eligible: 0, Draining: 1, Gone: 2, Fixed: 3 } as const;
+type Role = (typeof Role)[keyof typeof Role];
 
 /**
  * Plans the replica groups' changes. Throws CairnError('INVALID_ARGUMENT') for
@@ -133,26 +144,8 @@ export function planReplicas(input: PlanInput, opts: ReplicaPlanOptions = {}): R
   if (E === 0) return { steps: [], targetMap: gm.toMap(), totalBytes, movedBytes: 0, minimumBytes: 0, basis };
 
   // ---- the target load and the lower bound
-  let W = 0;
-  let forcedBytes = 0;
-  for (const g of segs) {
-    const onEligible = [...g.replicas, ...g.learners].filter((i) => role[i] === Role.Eligible).length;
-    W += gm.weight(g) * (g.frozen ? onEligible : want);
-    if (!g.frozen) forcedBytes += gm.bytes(g) * Math.max(0, want - onEligible);
-  }
-  const load0 = Float64Array.from(gm.load);
-  const T = waterLevel(eligible.map((i) => load0[i]! + room[i]!), W);
-  // What each shard could keep at most: its copies, less those no plan can keep (with want = 1, a
-  // primary that no eligible replica can take over from stays, so every other copy goes).
-  const keepable = Float64Array.from(load0);
-  for (const g of segs) {
-    const p = g.replicas[0]!;
-    if (g.frozen || want !== 1 || role[p] !== Role.Eligible || g.inSync.some((i) => i !== p && role[i] === Role.Eligible)) continue;
-    for (const i of g.replicas.slice(1)) keepable[i]! -= gm.weight(g);
-  }
-  let shortBytes = 0;
-  for (const i of eligible) shortBytes += Math.max(0, Math.min(T, load0[i]! + room[i]!) - keepable[i]!);
-  const minimumBytes = basisBytes ? Math.max(forcedBytes, shortBytes) : 0;
+  const { T, minimumBytes: shortOrForced } = targetAndMinimum(gm, role, eligible, want);
+  const minimumBytes = basisBytes ? shortOrForced : 0;
   const band = tolerance * T;
   const slack = band / 2;
 
@@ -259,6 +252,42 @@ export function planReplicas(input: PlanInput, opts: ReplicaPlanOptions = {}): R
   evenPrimaries(gm, eligible);
 
   return { steps: gm.steps, targetMap: gm.toMap(), totalBytes, movedBytes: gm.movedBytes, minimumBytes, basis };
+}
+
+/**
+ * T, the load each eligible shard should end with, and minimumBytes (see the
+ * header): the larger of the bytes of copies that must be created and what
+ * the shards lack to reach T beyond what they can keep.
+ */
+function targetAndMinimum(gm: GroupMap, role: readonly Role[], eligible: readonly number[], want: number): { T: number; minimumBytes: number } {
+  const { segs, room } = gm;
+  // A copy no plan can keep: with one replica wanted, the one left must be the primary, and primacy
+  // passes only to in-sync replicas, so a copy that is not in sync goes.
+  const keeps = (g: Seg, i: number): boolean => role[i] === Role.Eligible && (want > 1 || g.inSync.includes(i));
+  let W = 0;
+  let forcedBytes = 0;
+  const keepable = new Float64Array(gm.ids.length);
+  for (const g of segs) {
+    const w = gm.weight(g);
+    if (g.frozen) {
+      // Left as it is: its copies on eligible shards stay.
+      for (const i of [...g.replicas, ...g.learners]) {
+        if (role[i] !== Role.Eligible) continue;
+        W += w;
+        keepable[i]! += w;
+      }
+      continue;
+    }
+    W += w * want;
+    const kept = g.replicas.filter((i) => keeps(g, i));
+    for (const i of kept) keepable[i]! += w;
+    forcedBytes += gm.bytes(g) * Math.max(0, want - kept.length);
+  }
+  const cap = (i: number): number => gm.load[i]! + room[i]!;
+  const T = waterLevel(eligible.map(cap), W);
+  let shortBytes = 0;
+  for (const i of eligible) shortBytes += Math.max(0, Math.min(T, cap(i)) - keepable[i]!);
+  return { T, minimumBytes: Math.max(forcedBytes, shortBytes) };
 }
 
 /** A range of the input as the working map holds it, frozen when the planner must leave it alone. */
