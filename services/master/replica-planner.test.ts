@@ -167,6 +167,43 @@ describe('planReplicas: unit cases', () => {
     expect(owners).toEqual(['s0', 's2', 's2', 's1']);
   });
 
+  it('relays through a third shard when the neediest holds every range the fullest can give', () => {
+    // s0 is over-full because of F, which stays (a copy on the down s3); the neediest, s1, holds A, the only other range of s0.
+    const at = (f: number): bigint => bucketStart(Math.round(f * BUCKET_COUNT));
+    const cuts = [{ start: 0n, end: at(0.4) }, { start: at(0.4), end: at(0.7) }, { start: at(0.7), end: HASH_SPACE_END }];
+    const map = groupMap(cuts, [['s0', 's3'], ['s0', 's1'], ['s2', 's4']], ['s0', 's1', 's2', 's3', 's4'], 2);
+    const shards: PlanShard[] = [...up('s0', 's1', 's2', 's4'), { id: 's3', up: false }];
+    const p = planReplicas({ map, shards, buckets });
+    const after = applySteps(map, p);
+    // One bucket at a time through a shard near T would take thousands of steps.
+    expect(p.steps.length).toBeLessThan(20);
+    const loads = copyLoads(after.ranges, buckets);
+    const T = (0.4 + 2 * 0.6) * total / 4;
+    for (const id of ['s0', 's1', 's2', 's4']) expect(Math.abs(loads.get(id)! - T)).toBeLessThanOrEqual(0.05 * T);
+    expect(planReplicas({ map: after, shards, buckets }).steps).toEqual([]);
+  });
+
+  it('trims a map whose factor was lowered to 1, then balances as planner.ts does, so planning again finds nothing', () => {
+    const map = groupMap(evenSplit(4), [['s0', 's1'], ['s1', 's0'], ['s0', 's1'], ['s0', 's1']], ['s0', 's1', 's2'], 1);
+    const p = planReplicas({ map, shards: up('s0', 's1', 's2'), buckets });
+    const after = applySteps(map, p);
+    for (const r of after.ranges) expect(replicasOf(r)).toHaveLength(1);
+    const loads = copyLoads(after.ranges, buckets);
+    for (const id of ['s0', 's1', 's2']) expect(Math.abs(loads.get(id)! - total / 3)).toBeLessThanOrEqual(0.05 * (total / 3));
+    expect(planReplicas({ map: after, shards: up('s0', 's1', 's2'), buckets }).steps).toEqual([]);
+  });
+
+  it('counts a copy that is not in sync as lost when one replica is wanted (the lower bound)', () => {
+    // The only in-sync copy of the second half is on the draining s2: s0's stale copy cannot become its primary.
+    const map = groupMap(evenSplit(2), [['s0'], ['s2', 's0']], ['s0', 's1', 's2'], 1);
+    map.ranges[1] = { ...map.ranges[1]!, inSync: ['s2'] };
+    const shards: PlanShard[] = [...up('s0', 's1'), { id: 's2', up: true, draining: true }];
+    const p = planReplicas({ map, shards, buckets });
+    expect(p.minimumBytes).toBe(total / 2);
+    expect(p.movedBytes).toBeLessThanOrEqual(1.05 * p.minimumBytes);
+    expect(applySteps(map, p).ranges.some((r) => replicasOf(r).includes('s2'))).toBe(false);
+  });
+
   it('gives no shard more than its disk room', () => {
     const map = groupMap([{ start: 0n, end: HASH_SPACE_END }], [['s0', 's1']], ['s0', 's1', 's2', 's3'], 2);
     const shards: PlanShard[] = [...up('s0', 's1'), { id: 's2', up: true, roomBytes: 100_000 }, { id: 's3', up: true }];
