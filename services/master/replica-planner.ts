@@ -199,8 +199,8 @@ export function planReplicas(input: PlanInput, opts: ReplicaPlanOptions = {}): R
    * that shard holds above T, so that trimming balances as it goes.
    */
   const trimStep = (g: Seg): void => {
-    const gone = g.replicas.slice(1).find(leaving);
-    if (gone !== undefined) return gm.dropReplica(g, gone);
+    const onLeaving = g.replicas.slice(1).find(leaving);
+    if (onLeaving !== undefined) return gm.dropReplica(g, onLeaving);
     const canDrop = (i: number): boolean => i !== g.replicas[0] || g.inSync.some((j) => j !== i && role[j] === Role.Eligible);
     const victim = g.replicas.filter(canDrop).sort((x, y) => load[y]! - load[x]! || x - y)[0]!;
     const excess = load[victim]! - T;
