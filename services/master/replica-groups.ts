@@ -8,7 +8,7 @@
 import type { MapRange } from '../common/map.js';
 import { bucketStart, type HashRange } from '../common/ranges.js';
 import { lowerBound, upperBound } from './bucket-sums.js';
-import { withGroup, type ReplicaStep } from './replica-steps.js';
+import { withGroup, type ReplicaStep } from './replica-plan-steps.js';
 
 /** A range of the working map, [s, e) in buckets; shards are indices into GroupMap.ids. */
 export interface Seg {

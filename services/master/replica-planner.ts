@@ -84,9 +84,9 @@ import { plan } from './planner.js';
 import { GroupMap, type Seg } from './replica-groups.js';
 import { balance } from './replica-balance.js';
 import { evenPrimaries } from './replica-primaries.js';
-import type { ReplicaPlan, ReplicaPlanOptions } from './replica-steps.js';
+import type { ReplicaPlan, ReplicaPlanOptions } from './replica-plan-steps.js';
 
-export { applyReplicaStep, type ReplicaPlan, type ReplicaPlanOptions, type ReplicaStep } from './replica-steps.js';
+export { applyReplicaStep, type ReplicaPlan, type ReplicaPlanOptions, type ReplicaStep } from './replica-plan-steps.js';
 
 const Role = { Eligible: 0, Draining: 1, Gone: 2, Fixed: 3 } as const;
 type Role = (typeof Role)[keyof typeof Role];
