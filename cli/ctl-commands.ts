@@ -41,6 +41,7 @@ export const CTL: CtlSpec[] = [
   { name: 'moves', doc: 'moves in flight (or every journaled move)', options: [['--all', 'every journaled move']], console: true },
   { name: 'recover', args: '<move-id>', doc: "show a move's journal and drive it to committed or aborted", console: true },
   { name: 'reload', doc: 'have the master read its client list again (as SIGHUP does)' },
+  { name: 'factor', args: '[n]', doc: 'show the replication factor, or set it to n (new copies are made, or extra ones dropped, by themselves)' },
   { name: 'put', args: '<row> <column> <value>', doc: 'write one cell', options: [['--sync', 'wait until the write is on disk']] },
   { name: 'get', args: '<row> [columns...]', doc: 'read the newest cells of a row (exit 1 when it has none)' },
   { name: 'scan', args: '[prefix]', doc: 'list rows by key prefix (storage order)', options: [['--limit <n>', 'at most this many rows (default: 100)']] },

@@ -305,6 +305,21 @@ export async function runCtl(positionals: string[], flags: Flags, io: Io): Promi
         print(recoverLines(r), { id: r.move.id, state: r.move.state, action: r.action, history: r.move.history });
         return EXIT.OK;
       }
+      case 'factor': {
+        if (args[0] === undefined) {
+          const factor = client.map.replicationFactor ?? 1;
+          print([`Replication factor ${factor}`], { factor });
+          return EXIT.OK;
+        }
+        const n = Number(args[0]);
+        if (!Number.isInteger(n) || n < 1) throw new CairnError('INVALID_ARGUMENT', `factor: expected a whole number of 1 or more, got ${args[0]}`);
+        const r = await client.setReplicationFactor(n);
+        print(
+          [r.previous === r.factor ? `Replication factor stays ${r.factor}` : `Replication factor ${r.previous} -> ${r.factor}: the master ${r.factor > r.previous ? 'makes the new copies' : 'drops the extra copies'} by itself; \`cairn ctl ranges\` shows them`],
+          r,
+        );
+        return EXIT.OK;
+      }
       case 'reload': {
         const r = await client.reload();
         print(reloadLines(r), {

@@ -32,7 +32,7 @@ const ranges = async (): Promise<RangeJson[]> => (await cluster.ctl(['ranges', '
 const rangeOfRow = (all: RangeJson[], row: string) => all.find((r) => BigInt(r.start) <= rowHash(row) && rowHash(row) < BigInt(r.end))!;
 
 beforeAll(async () => {
-  cluster = await startProcCluster({ shards: 3, masterArgs: ['--replication-factor', '3'], env: { CAIRN_REPLICA_LEASE_MS: '1000', CAIRN_REPLICA_ACK_TIMEOUT_MS: '1500' } });
+  cluster = await startProcCluster({ shards: 3, masterArgs: ['--replication-factor', '3', '--replica-down-timeout-ms', '4000'], env: { CAIRN_REPLICA_LEASE_MS: '1000', CAIRN_REPLICA_ACK_TIMEOUT_MS: '1500' } });
   client = await CairnClient.connect({ master: cluster.masterAddress, user: WRITER.user, password: WRITER.password, timeoutMs: 20_000 });
 }, 60_000);
 
@@ -133,4 +133,38 @@ describe('a cluster formed with replicationFactor 3', () => {
     for (let i = 0; i < 200; i++) expect((await client.getValue(`rep-${i}`, 'v'))?.toString()).toBe(i === 3 ? 'after-failover' : `a-${i}`);
   }, 120_000);
 
+
+  it('a 4th shard joins: the lost machine\'s copies are rebuilt on it by themselves, every range has 3 in-sync replicas again', async () => {
+    const joined = await cluster.addShard();
+    await waitUntil(
+      async () => {
+        const all = await ranges();
+        return all.every((r) => r.replicas.length === 3 && r.inSync.length === 3) && all.some((r) => r.address !== joined.address && r.replicas.length === 3);
+      },
+      90_000,
+      'three in-sync replicas on every range, one of them on the new shard',
+    );
+    const { json } = await cluster.ctl(['servers', '--json']);
+    const fresh = json.servers.find((s: { address: string }) => s.address === joined.address);
+    expect(fresh.primaries + fresh.followers).toBeGreaterThan(0);
+    for (let i = 200; i < 320; i++) expect((await client.getValue(`rep-${i}`, 'v'))?.toString()).toBe(`${i < 260 ? 'b' : 'c'}-${i}`);
+  }, 120_000);
+});
+
+describe('raising the factor of a cluster formed with one copy', () => {
+  let single: ProcCluster;
+  afterAll(() => single?.cleanup());
+
+  it('ctl factor 3: every range gets two more copies by itself, in sync, and verify is clean', async () => {
+    single = await startProcCluster({ shards: 3 });
+    expect((await single.ctl(['factor', '--json'])).json).toEqual({ factor: 1 });
+    expect((await single.ctl(['load', '--rows', '3000', '--json'])).json).toEqual({ written: 3000, errors: 0 });
+    const set = await single.ctl(['factor', '3', '--json']);
+    expect(set.json).toEqual({ previous: 1, factor: 3 });
+    await waitUntil(async () => ((await single.ctl(['ranges', '--json'])).json.ranges as RangeJson[]).every((r) => r.inSync.length === 3), 60_000, 'three in-sync replicas per range');
+    const verify = await single.ctl(['verify', '--rows', '3000', '--json']);
+    expect(verify.json).toEqual({ checked: 3000, missing: 0, wrong: 0 });
+    // The copies hold the rows: each shard's bytes now count every copy it keeps.
+    expect((await single.ctl(['factor', '--json'])).json).toEqual({ factor: 3 });
+  }, 120_000);
 });

@@ -258,6 +258,11 @@ export class CairnClient {
   }
 
   /** Has the master read its client list again (as SIGHUP does); says who lost their tokens. */
+  /** Changes how many shards hold each range; the master makes or drops copies by itself. */
+  setReplicationFactor(factor: number, o: CallOptions = {}): Promise<{ previous: number; factor: number }> {
+    return this.admin((a) => a.setReplicationFactor, { factor }, o).then((r) => ({ previous: r.previous, factor: r.factor }));
+  }
+
   reload(o: CallOptions = {}): Promise<ReloadResponse> {
     return this.admin((a) => a.reload, {}, o);
   }

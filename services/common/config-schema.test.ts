@@ -57,6 +57,7 @@ const VALUES: Record<string, fc.Arbitrary<unknown>> = {
   master: dialAddress,
   maxFenceMs: posInt,
   replicationFactor: posInt,
+  replicaDownTimeoutMs: posInt,
   replicaLeaseMs: posInt,
   replicaAckTimeoutMs: posInt,
 };

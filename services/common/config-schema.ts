@@ -77,6 +77,8 @@ function masterFields(role: 'master', cwd: string) {
     diskHighWater: keyOr(fraction, 0.9, { doc: 'the planner keeps each disk under this fraction of its size', arg: 'x' }),
     /** Kept with the map: read when the cluster forms (docs/design.md "Replication and failover"). */
     replicationFactor: keyOr(posInt, 1, { doc: 'how many shards hold each range, set when the cluster forms', arg: N }),
+    /** As TiKV's down-store time: past it a down shard's copies are made again on other shards. */
+    replicaDownTimeoutMs: keyOr(posInt, 600_000, { doc: "a shard down this long has its copies of ranges rebuilt elsewhere", arg: N }),
   };
 }
 

@@ -14,9 +14,11 @@ const cluster = (): ClusterMap => ({
   replicationFactor: 3,
 });
 
-function view(o: { down?: string[]; positions?: Record<string, bigint>; overdue?: FollowerNote[]; caughtUp?: FollowerNote[] } = {}): FailoverView {
+function view(o: { down?: string[]; givenUp?: string[]; positions?: Record<string, bigint>; overdue?: FollowerNote[]; caughtUp?: FollowerNote[]; maxLearners?: number } = {}): FailoverView {
   return {
-    isUp: (id) => !(o.down ?? []).includes(id),
+    isUp: (id) => !(o.down ?? []).includes(id) && !(o.givenUp ?? []).includes(id),
+    givenUp: (id) => (o.givenUp ?? []).includes(id),
+    maxLearners: o.maxLearners ?? 2,
     positionOf: (id) => ({ lastLsn: o.positions?.[id] ?? 0n, lastTerm: 1n }),
     overdue: o.overdue ?? [],
     caughtUp: o.caughtUp ?? [],
@@ -83,5 +85,42 @@ describe('planFailover', () => {
       }),
       { numRuns: 100 },
     );
+  });
+
+  it('re-replication: a copy on a given-up shard is made again on a shard holding none, then the extra replica is dropped', () => {
+    const map = cluster();
+    map.shards.push({ id: 's4', address: 'a-s4' });
+    const first = planFailover(map, view({ givenUp: ['s1'] }))!;
+    // s1's copies leave the in-sync sets, its primacy moves, and new copies start on s4 (at most two learners at once).
+    const learning = first.map.ranges.filter((r) => (r.learners ?? []).includes('s4'));
+    expect(learning).toHaveLength(2);
+    for (const r of first.map.ranges) expect(r.shardId).not.toBe('s1');
+    // s4 catches up on one range: it joins, and the range drops the given-up copy.
+    const r = learning[0]!;
+    const joined = planFailover(first.map, view({ givenUp: ['s1'], caughtUp: [{ range: r, version: r.version!, follower: 's4' }] }))!;
+    const after = joined.map.ranges.find((x) => x.start === r.start)!;
+    expect(replicasOf(after)).toContain('s4');
+    expect(inSyncOf(after)).toContain('s4');
+    expect(replicasOf(after)).not.toContain('s1');
+    expect(replicasOf(after)).toHaveLength(3);
+  });
+
+  it('a raised factor gets new copies on single-copy ranges; a lowered one drops copies, never the primary', () => {
+    const single: ClusterMap = { ...cluster(), ranges: evenSplit(3).map((r, i) => ({ ...r, shardId: IDS[i]! })), replicationFactor: 2 };
+    const raised = planFailover(single, view())!;
+    expect(raised.map.ranges.filter((r) => (r.learners ?? []).length === 1)).toHaveLength(2);
+    const lowered = planFailover({ ...cluster(), replicationFactor: 2 }, view())!;
+    for (const [i, r] of lowered.map.ranges.entries()) {
+      expect(replicasOf(r)).toHaveLength(2);
+      expect(r.shardId).toBe(cluster().ranges[i]!.shardId);
+    }
+  });
+
+  it('a learner whose shard went down is dropped, so another can start', () => {
+    const map = cluster();
+    map.shards.push({ id: 's4', address: 'a-s4' });
+    map.ranges[0] = { ...map.ranges[0]!, learners: ['s4'], version: 2n };
+    const out = planFailover(map, view({ down: ['s4'] }))!;
+    expect(out.map.ranges[0]!.learners ?? []).toEqual([]);
   });
 });

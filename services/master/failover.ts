@@ -12,14 +12,24 @@
  *   without it (and it catches up when it is back);
  * - a follower out of sync (or a learner) that its primary reports caught up
  *   at the current version rejoins the in-sync set.
+ * - re-replication: a range with fewer usable copies than min(factor,
+ *   shards) gets a learner on an up shard holding no copy (the fewest copies
+ *   first); its primary streams it a snapshot and the log, and it joins as
+ *   above. A copy is unusable on a shard removed from the map or down longer
+ *   than replicaDownTimeoutMs. At most `maxLearners` learners at once in
+ *   the cluster (the throttle), one per range.
+ * - trimming: a range with more replicas than wanted (a replacement joined,
+ *   or the factor was lowered) drops one: a given-up copy first, then a down
+ *   one, then one out of sync, then the follower on the shard with the most
+ *   copies. Never the primary.
  *
  * Every change of one pass goes into one map, one epoch on.
  */
 import type { ClusterMap, MapRange } from '../common/map.js';
-import { inSyncOf, learnersOf, replicasOf } from '../common/map.js';
+import { factorOf, inSyncOf, learnersOf, replicasOf } from '../common/map.js';
 import { rangeKey, showRange, type HashRange } from '../common/ranges.js';
 import { chooseNewPrimary } from '../shard/replication.js';
-import { promote, promoteLearner, rejoinInSync, removeFromInSync, type StepResult } from './replica-steps.js';
+import { addLearner, dropReplica, promote, promoteLearner, rejoinInSync, removeFromInSync, type StepResult } from './replica-steps.js';
 
 /** One follower of one range at the version its primary saw (from a heartbeat). */
 export interface FollowerNote {
@@ -37,6 +47,10 @@ export interface FailoverView {
   overdue: readonly FollowerNote[];
   /** Followers and learners their primaries reported caught up. */
   caughtUp: readonly FollowerNote[];
+  /** A shard down longer than replicaDownTimeoutMs (or gone from the map): its copies are rebuilt elsewhere. */
+  givenUp(shardId: string): boolean;
+  /** Learners at once in the whole cluster (re-replication's throttle). */
+  maxLearners: number;
 }
 
 /** The same group at the next version (the primary takes it as a new configuration). */
@@ -86,5 +100,55 @@ export function planFailover(map: ClusterMap, view: FailoverView): { map: Cluste
       }
     }
   }
+  repair(next, view, take);
   return changes.length ? { map: { ...next, epoch: map.epoch + 1n }, changes } : undefined;
+}
+
+/** Re-replication and trimming (see the header), on the map as the failover steps left it. */
+function repair(start: ClusterMap, view: FailoverView, take: (result: StepResult, what: string) => void): void {
+  let map = start;
+  const keep = (result: StepResult, what: string): void => {
+    take(result, what);
+    if (result.ok) map = result.map;
+  };
+  const known = new Set(map.shards.map((s) => s.id));
+  const usable = (id: string) => known.has(id) && !view.givenUp(id);
+  const wanted = Math.min(factorOf(map), map.shards.length);
+  const copies = new Map<string, number>(map.shards.map((s) => [s.id, 0]));
+  for (const r of map.ranges) for (const id of [...replicasOf(r), ...learnersOf(r)]) copies.set(id, (copies.get(id) ?? 0) + 1);
+  let learners = map.ranges.reduce((n, r) => n + learnersOf(r).length, 0);
+  for (const original of map.ranges) {
+    const range = { start: original.start, end: original.end };
+    const r = map.ranges.find((x) => x.start === range.start && x.end === range.end)!;
+    const replicas = replicasOf(r);
+    const stalled = learnersOf(r).find((id) => !view.isUp(id));
+    if (stalled) {
+      // A learner that went down copies nothing: free its place (it may be given a copy again later).
+      keep(dropReplica(map, range, stalled), `${showRange(range)}: learner ${stalled} is down; dropped`);
+      learners--;
+      continue;
+    }
+    if (replicas.length > wanted) {
+      const inSync = inSyncOf(r);
+      const rank = (id: string) => (!usable(id) ? 0 : !view.isUp(id) ? 1 : !inSync.includes(id) ? 2 : 3);
+      const victim = replicas
+        .filter((id) => id !== r.shardId)
+        .sort((a, b) => rank(a) - rank(b) || (copies.get(b) ?? 0) - (copies.get(a) ?? 0) || a.localeCompare(b))[0];
+      if (victim) {
+        keep(dropReplica(map, range, victim), `${showRange(range)}: ${replicas.length} replicas, ${wanted} wanted; ${victim} dropped`);
+        copies.set(victim, (copies.get(victim) ?? 1) - 1);
+      }
+      continue;
+    }
+    const live = replicas.filter(usable).length + learnersOf(r).filter(usable).length;
+    if (live >= wanted || learnersOf(r).length > 0 || learners >= view.maxLearners || !view.isUp(r.shardId)) continue;
+    const target = map.shards
+      .map((s) => s.id)
+      .filter((id) => view.isUp(id) && usable(id) && !replicas.includes(id))
+      .sort((a, b) => (copies.get(a) ?? 0) - (copies.get(b) ?? 0) || a.localeCompare(b))[0];
+    if (!target) continue;
+    keep(addLearner(map, range, target), `${showRange(range)}: ${live} usable copies of ${wanted}; a new copy on ${target}`);
+    copies.set(target, (copies.get(target) ?? 0) + 1);
+    learners++;
+  }
 }

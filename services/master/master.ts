@@ -15,7 +15,8 @@
 import type { Logger } from 'winston';
 import { deriveTokenKey, ServerTokenSource, type Claims } from '../common/auth.js';
 import type { ClientTls } from '../common/grpc.js';
-import type { ClusterMap } from '../common/map.js';
+import { factorOf, type ClusterMap } from '../common/map.js';
+import { mapOrThrow, setFactor } from './replica-steps.js';
 import { Access, type ClientUser } from './access.js';
 import type { ClientListChange } from './client-list.js';
 import { ClusterState } from './cluster-state.js';
@@ -53,6 +54,8 @@ export interface MasterOptions {
   diskHighWater?: number;
   /** How many shards hold each range, where there are that many; read when the cluster forms (default 1). */
   replicationFactor?: number;
+  /** A shard down this long has its copies rebuilt on other shards (default 10 minutes). */
+  replicaDownTimeoutMs?: number;
   /** TLS used when the master dials shards. */
   peerTls?: ClientTls;
   log: Logger;
@@ -101,7 +104,7 @@ export class Master {
     this.nodeId = opts.nodeId ?? 'master';
     this.tokenKey = deriveTokenKey(opts.serverCredential);
     const serverToken = new ServerTokenSource(this.tokenKey, this.nodeId, { clusterId: () => state.clusterId });
-    this.members = new Membership(state, store, opts, opts.log);
+    this.members = new Membership(state, store, { ...opts, maxLearners: opts.maxConcurrentMoves ?? 2 }, opts.log);
     this.access = new Access(state, store, this.tokenKey, opts.clients, opts, opts.log);
     this.calls = new ShardCalls(state, serverToken, opts.log, opts);
     this.coordinator = new MoveCoordinator(
@@ -240,6 +243,18 @@ export class Master {
 
   removeServer(server: string, operationId = ''): Promise<{ shardId: string; stopped: boolean }> {
     return this.operations.removeServer(server, operationId);
+  }
+
+  /** Changes the replication factor (one durable map step); re-replication or trimming follows by itself. */
+  setReplicationFactor(factor: number): Promise<{ previous: number; factor: number }> {
+    this.state.checkNotHalted();
+    return this.state.serial.run(async () => {
+      const previous = factorOf(this.state.map);
+      const next = mapOrThrow(setFactor(this.state.map, factor));
+      if (next !== this.state.map) await this.state.commitMap(next);
+      if (factor !== previous) this.opts.log.info('replication factor changed', { previous, factor, epoch: next.epoch.toString() });
+      return { previous, factor };
+    });
   }
 
   /** Pushes the current map to every shard; returns the ids that did not answer. */

@@ -62,6 +62,9 @@ interface LiveState {
   caughtUp?: FollowerNote[];
 }
 
+/** As TiKV's down-store time: a shard down this long is not coming back soon, so its copies are made again elsewhere. */
+export const DEFAULT_REPLICA_DOWN_TIMEOUT_MS = 10 * 60 * 1000;
+
 export const NO_DISK_REPORT: DiskReport = Object.freeze({ freeBytes: 0, totalBytes: 0, full: false });
 
 export interface ServerView {
@@ -92,6 +95,10 @@ export interface MembershipOptions {
   expectShards: number;
   /** Copies of each range when the cluster forms (default 1). */
   replicationFactor?: number;
+  /** A shard down this long has its copies rebuilt elsewhere (default 10 minutes). */
+  replicaDownTimeoutMs?: number;
+  /** New copies being made at once in the cluster (default 2). */
+  maxLearners?: number;
   shardDownAfterMs: number;
   /** Refuse shards whose address was not approved with AddServer. */
   requireApproval?: boolean;
@@ -262,8 +269,12 @@ export class Membership {
   /** What failover decides from: who is up, where each copy's log ends, what primaries reported. */
   failoverView(now = Date.now()): FailoverView {
     const live = [...this.live.entries()].filter(([id]) => this.isUp(id, now));
+    const known = new Set(this.state.map.shards.map((s) => s.id));
+    const downFor = (id: string) => now - (this.live.get(id)?.lastHeartbeatMs ?? this.startedAtMs);
     return {
       isUp: (id) => this.isUp(id, now),
+      givenUp: (id) => !known.has(id) || (!this.isUp(id, now) && downFor(id) > (this.opts.replicaDownTimeoutMs ?? DEFAULT_REPLICA_DOWN_TIMEOUT_MS)),
+      maxLearners: this.opts.maxLearners ?? 2,
       positionOf: (id, range) => this.live.get(id)?.replicas?.find((p) => p.range.start === range.start && p.range.end === range.end),
       overdue: live.flatMap(([, l]) => l.overdue ?? []),
       caughtUp: live.flatMap(([, l]) => l.caughtUp ?? []),

@@ -251,6 +251,11 @@ export function adminServiceImpl(master: Master, env: HandlerEnv): AdminServiceS
       const info = master.coordinator.listMoves(true).find((x) => x.move.id === req.moveId)!;
       return { header: header(), move: moveToInfo({ ...info, move: r.move }), action: r.action };
     }),
+    setReplicationFactor: unary(env, 'SetReplicationFactor', 'admin', async (req) => {
+      if (req.factor < 1) throw invalidArgument(`factor: must be 1 or more, got ${req.factor}`);
+      const r = await master.setReplicationFactor(req.factor);
+      return { header: header(), ...r };
+    }),
     reload: unary(env, 'Reload', 'admin', async () => {
       const r = await master.reload();
       const c = r.change;

@@ -22,7 +22,7 @@ import type { ReplicateRequest, ReplicateResponse, ShardControlServiceClient } f
 import { CairnError } from '../common/errors.js';
 import { endToProto } from '../common/hash.js';
 import { metadataFor, type ClientPool } from '../common/grpc.js';
-import { addressOf, factorOf, inSyncOf, learnersOf, replicasOf, type ClusterMap, type MapRange } from '../common/map.js';
+import { addressOf, inSyncOf, learnersOf, replicasOf, type ClusterMap, type MapRange } from '../common/map.js';
 import { findRangeIndex, rangeKey, showRange, type HashRange } from '../common/ranges.js';
 import { hashOfKey } from './keys.js';
 import { positionKey, positionToJson, type LogEntry, type RangeLog, type RangeLogs } from './replica-log.js';
@@ -76,9 +76,13 @@ export interface FollowerReport {
   follower: string;
 }
 
-/** How many members must be in sync for a write: min(2, the replicas the range can have). */
-export function minInSyncOf(map: ClusterMap): number {
-  return Math.min(2, Math.min(factorOf(map), map.shards.length));
+/**
+ * How many members must be in sync for a write: min(2, the range's replicas).
+ * Counted on the replicas the group has (learners excluded), so a range whose
+ * factor was just raised keeps taking writes while its new copies are made.
+ */
+export function minInSyncOf(r: MapRange): number {
+  return Math.min(2, replicasOf(r).length);
 }
 
 interface Waiter {
@@ -100,9 +104,12 @@ class PrimaryGroup {
     readonly range: MapRange,
     readonly log: RangeLog,
     readonly state: PrimaryReplication,
-    readonly minInSync: number,
     readonly servesFrom: number,
   ) {}
+
+  get minInSync(): number {
+    return minInSyncOf(this.range);
+  }
 
   /** Why the range cannot be served now (the lease, or, for writes, too few in sync), or undefined. */
   problem(now: number, write: boolean): string | undefined {
@@ -154,6 +161,8 @@ class PrimaryGroup {
 export class Replicator {
   private readonly groups = new Map<string, PrimaryGroup>();
   private timer: NodeJS.Timeout | undefined;
+  /** The map of the last onMap: who was the primary of each range before. */
+  private previous: ClusterMap | undefined;
   /** In-sync followers late at the last tick, and followers ready to join: the next heartbeat tells the master. */
   overdue: FollowerReport[] = [];
   caughtUp: FollowerReport[] = [];
@@ -170,6 +179,11 @@ export class Replicator {
   /** Takes the map's groups: starts, reconfigures or ends the groups this shard is the primary of. */
   async onMap(map: ClusterMap): Promise<void> {
     const me = this.host.nodeId;
+    const before = this.previous;
+    this.previous = map;
+    // Primary in the version just before: no other primary can have held a lease since.
+    const wasPrimary = (r: MapRange) =>
+      !!before?.ranges.some((x) => x.start <= r.start && r.end <= x.end && x.shardId === me && (x.version ?? 0n) >= (r.version ?? 0n) - 1n);
     const wanted = new Map(map.ranges.filter((r) => r.shardId === me && groupOf(r)).map((r) => [rangeKey(r), r]));
     for (const [key, g] of this.groups) {
       const next = wanted.get(key);
@@ -204,8 +218,9 @@ export class Replicator {
         now: Date.now(),
         termAt: (lsn) => log.termAt(lsn),
       });
-      // A new primary serves only once the lease a deposed one may still hold has run out.
-      const g = new PrimaryGroup(r, log, state, minInSyncOf(map), Date.now() + this.timings.leaseMs);
+      // A new primary serves only once the lease a deposed one may still hold has run out (after a
+      // restart too: the map may have changed while this process was down).
+      const g = new PrimaryGroup(r, log, state, wasPrimary(r) ? 0 : Date.now() + this.timings.leaseMs);
       this.groups.set(key, g);
       this.host.log.info('primary of a replicated range', { range: showRange(r), version: String(r.version ?? 0n), followers: state.inSync, learners: state.learners, lastLsn: String(log.lastLsn) });
       this.startLinks(g, map);
