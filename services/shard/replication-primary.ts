@@ -295,6 +295,19 @@ export class PrimaryReplication {
     return late;
   }
 
+  /**
+   * Whether the primary may serve reads now: the lease holds, and every entry
+   * it inherited (a promoted follower's staged log, which holds every write
+   * the old primary acknowledged) is committed, so its applied rows include
+   * every acknowledged write. Before that, a read could miss one.
+   */
+  canServeReads(now: number): { ok: true } | { ok: false; reason: string } {
+    const problem = this.leaseProblem(now);
+    if (problem !== undefined) return { ok: false, reason: problem };
+    if (this.committed < this.inheritedLast.lsn) return { ok: false, reason: `catching up: committed lsn ${this.committed} of ${this.inheritedLast.lsn} inherited` };
+    return { ok: true };
+  }
+
   /** Whether the primary may take writes now, or the reason for the caller's UNAVAILABLE. */
   canWrite(now: number, minInSync: number): { ok: true } | { ok: false; reason: string } {
     const members = this.inSync.length + 1;

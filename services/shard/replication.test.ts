@@ -323,6 +323,17 @@ describe('promotion', () => {
     expect(p.canAcknowledge(w, 0)).toBe(true);
     expect(other.log).toEqual([1n, 1n, 1n, 1n, 2n]);
   });
+
+  it('serves reads only once its inherited log is committed (it holds every acknowledged write)', () => {
+    const { f } = follower([1n, 1n, 1n], { committed: 1n });
+    const p = f.promote({ version: 2n, inSync: ['c'] }, { leaseMs: LEASE, ackTimeoutMs: ACK_TIMEOUT, now: 0 }) as PrimaryReplication;
+    p.onReject('c', { version: 2n, expectLsn: 3n }, 10);
+    expect(p.leaseHolds(10)).toBe(true);
+    expect(p.canServeReads(10)).toEqual({ ok: false, reason: 'catching up: committed lsn 1 of 3 inherited' });
+    p.onAck('c', { version: 2n, matchLsn: 3n, sentAt: 20 }, 30);
+    expect(p.canServeReads(30)).toEqual({ ok: true });
+    expect(p.canServeReads(20 + LEASE)).toEqual({ ok: false, reason: `lease lost: no answer from c for ${LEASE} ms` }); // counted from the send
+  });
 });
 
 describe('chooseNewPrimary', () => {
