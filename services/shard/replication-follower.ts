@@ -109,11 +109,16 @@ export class FollowerReplication {
     return held === term || (held === undefined && lsn <= this.committed);
   }
 
-  /** Takes a newer map (the master's push): a new primary or version. Older or equal versions change nothing. */
-  adoptConfig(version: bigint, primary: ShardId): boolean {
+  /**
+   * Takes a newer map (the master's push): a new primary or version. Older
+   * or equal versions change nothing. The grace restarts: a new primary has
+   * not had the time to send anything yet.
+   */
+  adoptConfig(version: bigint, primary: ShardId, now: number): boolean {
     if (version <= this.version_) return false;
     this.version_ = version;
     this.primary_ = primary;
+    this.heardAt = now;
     return true;
   }
 

@@ -5,7 +5,7 @@
  * messages, acks and rejections, heartbeats, time passing, crashes and
  * restarts (logs and the applied prefix are durable), failover by the master
  * (chooseNewPrimary among the in-sync members, version + 1) with or without
- * telling the old primary, overdue followers taken out of the in-sync set,
+ * the map reaching the old primary and the other followers, overdue followers taken out of the in-sync set,
  * and learners rejoining. After every step it checks the invariants of
  * DESIGN.md "Replication and failover": versions only grow; one primary per
  * version; every write acknowledged to a client is, with its term, on every
@@ -45,7 +45,7 @@ type Action =
   | { t: 'tick'; ms: number }
   | { t: 'crash'; shard: number }
   | { t: 'restart'; shard: number }
-  | { t: 'failover'; tellOld: boolean }
+  | { t: 'failover'; tellOld: boolean; tellOthers: boolean }
   | { t: 'removeOverdue' }
   | { t: 'addLearner'; shard: number }
   | { t: 'proposeJoin'; shard: number }
@@ -60,7 +60,7 @@ const actionArb: fc.Arbitrary<Action> = fc.oneof(
   { weight: 3, arbitrary: fc.record({ t: fc.constant('tick' as const), ms: fc.integer({ min: 1, max: 1600 }) }) },
   { weight: 1, arbitrary: fc.record({ t: fc.constant('crash' as const), shard: shardIdx }) },
   { weight: 2, arbitrary: fc.record({ t: fc.constant('restart' as const), shard: shardIdx }) },
-  { weight: 3, arbitrary: fc.record({ t: fc.constant('failover' as const), tellOld: fc.boolean() }) },
+  { weight: 3, arbitrary: fc.record({ t: fc.constant('failover' as const), tellOld: fc.boolean(), tellOthers: fc.boolean() }) },
   { weight: 2, arbitrary: fc.constant({ t: 'removeOverdue' as const }) },
   { weight: 3, arbitrary: fc.record({ t: fc.constant('addLearner' as const), shard: shardIdx }) },
   { weight: 3, arbitrary: fc.record({ t: fc.constant('proposeJoin' as const), shard: shardIdx }) },
@@ -115,7 +115,7 @@ class Group {
   /** A shard becomes a follower that has read the current map (restart, deposed primary); it kept its version's primary durably. */
   stepDown(s: Shard): FollowerReplication {
     const f = this.newFollower(s, this.primaryOfVersion.get(s.version)!);
-    f.adoptConfig(this.map.version, this.map.primary);
+    f.adoptConfig(this.map.version, this.map.primary, this.now);
     s.role = { kind: 'follower', f };
     return f;
   }
@@ -131,7 +131,7 @@ class Group {
     const p = this.mapPrimary();
     if (p) must(p.reconfigure(this.config(), this.now).kind === 'ok', () => `reconfigure to ${this.map.version} refused`);
     this.primaryOfVersion.set(this.map.version, this.map.primary);
-    for (const s of this.shards.values()) if (s.role.kind === 'follower') s.role.f.adoptConfig(this.map.version, this.map.primary);
+    for (const s of this.shards.values()) if (s.role.kind === 'follower') s.role.f.adoptConfig(this.map.version, this.map.primary, this.now);
   }
 
   send(from: Shard, p: PrimaryReplication, to: ShardId, max: number, heartbeat: boolean): void {
@@ -236,7 +236,7 @@ class Group {
         return;
       }
       case 'failover':
-        return this.failover(a.tellOld);
+        return this.failover(a.tellOld, a.tellOthers);
       case 'removeOverdue': {
         if (!p) return;
         const late = p.overdue(this.now);
@@ -274,7 +274,7 @@ class Group {
    * not primary any more) or an in-sync follower asks (its lease is then
    * gone). A restarted primary is a candidate too: it is in the in-sync set.
    */
-  failover(tellOld: boolean): void {
+  failover(tellOld: boolean, tellOthers: boolean): void {
     const old = this.shard(this.map.primary);
     const asks = this.map.inSync.some((id) => {
       const r = this.shard(id).role;
@@ -303,7 +303,8 @@ class Group {
     s.version = this.map.version;
     this.holdsAcked(chosen); // the new primary has every acknowledged write
     for (const o of this.shards.values()) {
-      if (o.role.kind === 'follower' && (tellOld || o.id !== old.id)) o.role.f.adoptConfig(this.map.version, chosen);
+      // The map push may not reach a follower (it then learns the version from the new primary's first batch).
+      if (o.role.kind === 'follower' && (o.id === old.id ? tellOld : tellOthers)) o.role.f.adoptConfig(this.map.version, chosen, this.now);
       if (o.role.kind === 'primary' && o.id === old.id && tellOld) this.stepDown(o);
     }
   }

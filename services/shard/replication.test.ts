@@ -292,8 +292,10 @@ describe('FollowerReplication', () => {
 
   it('takes a newer map, and a snapshot not behind its commit point', () => {
     const { f } = follower([1n, 1n], { committed: 2n });
-    expect(f.adoptConfig(1n, 'z')).toBe(false);
-    expect(f.adoptConfig(2n, 'b')).toBe(true);
+    expect(f.adoptConfig(1n, 'z', 0)).toBe(false);
+    expect(f.shouldAskPromotion(GRACE + 1)).toBe(true);
+    expect(f.adoptConfig(2n, 'b', GRACE + 1)).toBe(true);
+    expect([f.version, f.primary, f.shouldAskPromotion(GRACE + 1)]).toEqual([2n, 'b', false]);
     expect(f.installSnapshot({ version: 2n, primary: 'b', lsn: 1n, term: 1n }, 0).kind).toBe('refused');
     expect(f.installSnapshot({ version: 2n, primary: 'b', lsn: 9n, term: 2n }, 0)).toEqual({ kind: 'installed', matchLsn: 9n });
     expect([f.lastLsn, f.committedLsn()]).toEqual([9n, 9n]);
