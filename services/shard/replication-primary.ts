@@ -69,7 +69,12 @@ export interface LsnRange {
 export type AnswerOutcome =
   /** Counted; `newlyCommitted` = the lsns that became committed by it (acknowledge them if the lease holds). */
   | { kind: 'ok'; newlyCommitted?: LsnRange }
-  /** The follower knows a newer version: this primary is deposed; the caller fetches the map. */
+  /**
+   * The follower knows a newer version: this primary stops serving and the
+   * caller fetches the map. If the map still names it primary (the follower
+   * merely took a change before it), `reconfigure` resumes; otherwise the
+   * caller drops this object.
+   */
   | { kind: 'deposed'; version: bigint }
   | { kind: 'ignored'; reason: string };
 
@@ -133,7 +138,7 @@ export class PrimaryReplication {
   get learners(): ShardId[] {
     return [...this.followers].filter(([, t]) => t.role === 'learner').map(([id]) => id);
   }
-  /** The newer version a follower answered with, once deposed: this primary must stop serving. */
+  /** The newer version a follower answered with, until a reconfigure reaches it: meanwhile nothing is served or sent. */
   get deposed(): bigint | undefined {
     return this.deposedBy;
   }
@@ -270,7 +275,7 @@ export class PrimaryReplication {
 
   /** Why the lease does not hold, for the caller's UNAVAILABLE; undefined when it holds. */
   leaseProblem(now: number): string | undefined {
-    if (this.deposedBy !== undefined) return `deposed: a follower answered with version ${this.deposedBy} (ours ${this.version_})`;
+    if (this.deposedBy !== undefined) return `deposed: a follower answered with version ${this.deposedBy} (ours ${this.version_}); waiting for the map`;
     for (const [id, t] of this.followers) {
       if (t.role !== 'in-sync') continue;
       if (t.answeredAt === undefined) return `lease not granted: no answer from ${id} yet at version ${this.version_}`;
@@ -324,7 +329,6 @@ export class PrimaryReplication {
    * commit writes they were holding back.
    */
   reconfigure(c: GroupConfig, now: number): AnswerOutcome | Refused {
-    if (this.deposedBy !== undefined) return { kind: 'refused', reason: `deposed by version ${this.deposedBy}` };
     if (c.version <= this.version_) return { kind: 'refused', reason: `version ${c.version} is not newer than ${this.version_}` };
     const before = new Map(this.followers);
     const refusal = this.takeMembers(c, now);
@@ -334,6 +338,7 @@ export class PrimaryReplication {
       return { kind: 'refused', reason: refusal };
     }
     this.version_ = c.version;
+    if (this.deposedBy !== undefined && c.version >= this.deposedBy) this.deposedBy = undefined; // still primary at the newer version
     return this.recommit();
   }
 

@@ -193,7 +193,20 @@ describe('PrimaryReplication', () => {
     expect(p.committedLsn()).toBe(0n);
     expect(p.leaseHolds(0)).toBe(false);
     expect(p.nextSend('b', 1, 0)).toBeUndefined();
-    expect(p.reconfigure({ version: 5n, inSync: [] }, 0).kind).toBe('refused');
+    expect(p.reconfigure({ version: 3n, inSync: ['b', 'c'] }, 0)).toEqual({ kind: 'ok' }); // an older map than the follower's: still deposed
+    expect(p.leaseProblem(0)).toBe('deposed: a follower answered with version 4 (ours 3); waiting for the map');
+  });
+
+  it('resumes when the map that a follower took first still names it primary', () => {
+    const p = primary();
+    p.append();
+    p.onAck('b', { version: 1n, matchLsn: 1n }, 0);
+    expect(p.onReject('c', { version: 2n }, 0)).toEqual({ kind: 'deposed', version: 2n }); // c took version 2 before us
+    expect(p.reconfigure({ version: 2n, inSync: ['b', 'c'] }, 0)).toEqual({ kind: 'ok' });
+    expect(p.deposed).toBeUndefined();
+    expect(p.onAck('c', { version: 2n, matchLsn: 1n }, 0)).toEqual({ kind: 'ok', newlyCommitted: { fromLsn: 1n, toLsn: 1n } });
+    p.onAck('b', { version: 2n, matchLsn: 1n }, 0);
+    expect(p.leaseHolds(0)).toBe(true);
   });
 
   it('ignores answers from before it was primary and from non-members', () => {
