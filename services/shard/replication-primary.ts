@@ -54,7 +54,11 @@ export interface AckAnswer {
   sentAt?: number;
 }
 
-/** A follower refused a batch: gap or conflicting term; resend from expectLsn. Or 'stale': it has a newer version. */
+/**
+ * A follower refused a batch: gap or conflicting term, resend from
+ * expectLsn. Without expectLsn it refused the sender as stale (it has a
+ * newer version): such an answer grants nothing.
+ */
 export interface RejectAnswer {
   version: bigint;
   expectLsn?: bigint;
@@ -210,8 +214,10 @@ export class PrimaryReplication {
     const check = this.answerFrom(follower, r.version);
     if (check.kind !== 'ok') return check;
     const t = check.track;
+    // A refusal as stale renews no lease, even once we took its version: the follower did not take the batch as ours.
+    if (r.expectLsn === undefined) return { kind: 'ok' };
     this.answered(t, r.sentAt ?? now);
-    if (r.expectLsn !== undefined && r.expectLsn >= 1n) {
+    if (r.expectLsn >= 1n) {
       // Never behind what it acknowledged (a reordered old answer), never past our log.
       const next = minLsn(this.lastLsn_ + 1n, maxLsn(r.expectLsn, (t.acked ?? 0n) + 1n));
       t.sentUpTo = next - 1n; // unacked sends stay: a follower that only ever rejects still becomes overdue
@@ -266,8 +272,10 @@ export class PrimaryReplication {
    * PacificA's lease: every in-sync follower answered a message sent less
    * than leaseMs ago (counted from the send, so the lease ends before the
    * follower's grace, which starts at the receipt). A new primary holds none
-   * until each in-sync follower has answered it once. Without it the primary
-   * serves neither reads nor write acknowledgements.
+   * until each in-sync follower has answered it once. A joining learner
+   * counts too: the map may make it in-sync (and so able to ask for a
+   * promotion) before this primary takes that map. Without the lease the
+   * primary serves neither reads nor write acknowledgements.
    */
   leaseHolds(now: number): boolean {
     return this.leaseProblem(now) === undefined;
@@ -277,7 +285,7 @@ export class PrimaryReplication {
   leaseProblem(now: number): string | undefined {
     if (this.deposedBy !== undefined) return `deposed: a follower answered with version ${this.deposedBy} (ours ${this.version_}); waiting for the map`;
     for (const [id, t] of this.followers) {
-      if (t.role !== 'in-sync') continue;
+      if (t.role !== 'in-sync' && !t.joining) continue;
       if (t.answeredAt === undefined) return `lease not granted: no answer from ${id} yet at version ${this.version_}`;
       if (now - t.answeredAt >= this.leaseMs) return `lease lost: no answer from ${id} for ${now - t.answeredAt} ms`;
     }
@@ -359,10 +367,13 @@ export class PrimaryReplication {
   /**
    * Before the master adds a learner to the in-sync set: refused until it
    * matches our log up to the commit point; from then on it counts for
-   * commit, so no write is acknowledged without it while the map step is in
-   * flight. It stops counting (as a learner) only by a reconfigure that keeps
-   * it a learner. Without this, writes acknowledged between the check and
-   * the step could be missing on a new in-sync member.
+   * commit and the lease, so no write is acknowledged without it while the
+   * map step is in flight. It stops counting (as a learner) only by a
+   * reconfigure that keeps it a learner. Without this, writes acknowledged
+   * between the check and the step could be missing on a new in-sync member.
+   * The master's step must be a compare-and-set on this primary's `version`
+   * (any reconfigure ends the join, so a step based on a newer map must not
+   * use it).
    */
   proposeJoin(learner: ShardId): { ok: true } | Refused {
     const t = this.followers.get(learner);

@@ -302,7 +302,8 @@ class Group {
       }
       case 'proposeJoin': {
         const id = this.map.learners[a.shard % Math.max(1, this.map.learners.length)];
-        if (p && id !== undefined && this.pendingJoin === undefined && 'ok' in p.proposeJoin(id)) this.pendingJoin = { shard: id, version: this.map.version };
+        // The master's step is a compare-and-set on the primary's version: a primary behind the map proposes nothing.
+        if (p && id !== undefined && this.pendingJoin === undefined && 'ok' in p.proposeJoin(id)) this.pendingJoin = { shard: id, version: p.version };
         return;
       }
       case 'compact': {

@@ -180,6 +180,9 @@ describe('PrimaryReplication', () => {
     p.append();
     p.onAck('b', { version: 1n, matchLsn: 3n }, 0);
     expect(p.committedLsn()).toBe(2n); // the joining learner holds it back
+    expect(p.leaseHolds(LEASE - 1)).toBe(true);
+    p.onAck('b', { version: 1n, matchLsn: 3n }, LEASE);
+    expect(p.leaseProblem(LEASE)).toBe(`lease lost: no answer from l for ${LEASE} ms`); // and the lease: the map may make it in-sync first
     expect(p.reconfigure({ version: 2n, inSync: ['b'], learners: ['l'] }, 0)).toEqual({ kind: 'ok', newlyCommitted: { fromLsn: 3n, toLsn: 3n } }); // the master did not add it
   });
 
@@ -204,6 +207,8 @@ describe('PrimaryReplication', () => {
     expect(p.onReject('c', { version: 2n }, 0)).toEqual({ kind: 'deposed', version: 2n }); // c took version 2 before us
     expect(p.reconfigure({ version: 2n, inSync: ['b', 'c'] }, 0)).toEqual({ kind: 'ok' });
     expect(p.deposed).toBeUndefined();
+    expect(p.onReject('c', { version: 2n, sentAt: 0 }, 0)).toEqual({ kind: 'ok' }); // another refusal of a version-1 batch, arriving late
+    expect(p.leaseProblem(0)).toBe('lease not granted: no answer from c yet at version 2'); // it grants nothing
     expect(p.onAck('c', { version: 2n, matchLsn: 1n }, 0)).toEqual({ kind: 'ok', newlyCommitted: { fromLsn: 1n, toLsn: 1n } });
     p.onAck('b', { version: 2n, matchLsn: 1n }, 0);
     expect(p.leaseHolds(0)).toBe(true);
