@@ -308,7 +308,7 @@ export class Group {
     const old = this.shard(this.map.primary);
     const asks = this.map.inSync.some((id) => {
       const r = this.shard(id).role;
-      return r.kind === 'follower' && r.f.shouldAskPromotion(this.now);
+      return r.kind === 'follower' && r.f.version === this.map.version && r.f.shouldAskPromotion(this.now); // an ask about an older map is answered with the map
     });
     if (old.role.kind === 'primary' && !asks) return;
     const up = [...this.shards.values()].filter((s) => s.role.kind === 'follower');

@@ -306,6 +306,10 @@ describe('FollowerReplication', () => {
     expect(f.shouldAskPromotion(100 + GRACE + 1)).toBe(true);
     deliver(msg({ version: 0n }), 200); // a stale sender is not the primary
     expect(f.shouldAskPromotion(100 + GRACE + 1)).toBe(true);
+    // Past the grace it takes nothing more from that primary (that would renew its lease), until a newer version.
+    expect(deliver(msg({}), 100 + GRACE + 1)).toEqual({ kind: 'stale', version: 1n, graceExpired: true });
+    expect(deliver(msg({ version: 2n, primary: 'b' }), 100 + GRACE + 2)).toMatchObject({ kind: 'accepted' });
+    expect(f.shouldAskPromotion(100 + GRACE + 2)).toBe(false);
   });
 
   it('takes a newer map, and a snapshot not behind its commit point', () => {

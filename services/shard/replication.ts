@@ -87,9 +87,11 @@ export interface PromotionCandidate {
  * acknowledged; the longest log also keeps the most unacknowledged writes.
  *
  * The master fails over only when the primary is gone or an IN-SYNC follower
- * asks (`shouldAskPromotion`): that follower has not answered the primary for
- * longer than the grace, so the old primary's lease (which needs every
- * in-sync follower) has expired before the new primary can hold one.
+ * asks (`shouldAskPromotion`) AT THE MAP'S CURRENT VERSION (an ask made under
+ * an older version is answered with the map): that follower has not answered
+ * the primary for longer than the grace and answers it no more at that
+ * version, so the old primary's lease (which needs every in-sync follower)
+ * has expired before the new primary can hold one.
  */
 export function chooseNewPrimary(candidates: readonly PromotionCandidate[]): ShardId | undefined {
   let best: PromotionCandidate | undefined;
