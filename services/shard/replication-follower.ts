@@ -44,8 +44,13 @@ export interface AppendMessage {
 }
 
 export type AppendOutcome =
-  /** Refused: the sender's version is older than ours. Answer with our version (it deposes the sender). */
-  | { kind: 'stale'; version: bigint }
+  /**
+   * Refused: the sender's version is older than ours (answer with our
+   * version: it deposes the sender), or graceExpired: nothing came from our
+   * primary for longer than the grace, so we ask the master and take nothing
+   * more from it until a newer version (answer the same way: it renews no lease).
+   */
+  | { kind: 'stale'; version: bigint; graceExpired?: true }
   /** The batch does not follow our log: answer expectLsn (truncate after truncateAfter first, if set). */
   | { kind: 'mismatch'; expectLsn: bigint; truncateAfter?: bigint }
   /**
@@ -109,11 +114,16 @@ export class FollowerReplication {
     return held === term || (held === undefined && lsn <= this.committed);
   }
 
-  /** Takes a newer map (the master's push): a new primary or version. Older or equal versions change nothing. */
-  adoptConfig(version: bigint, primary: ShardId): boolean {
+  /**
+   * Takes a newer map (the master's push): a new primary or version. Older
+   * or equal versions change nothing. The grace restarts: a new primary has
+   * not had the time to send anything yet.
+   */
+  adoptConfig(version: bigint, primary: ShardId, now: number): boolean {
     if (version <= this.version_) return false;
     this.version_ = version;
     this.primary_ = primary;
+    this.heardAt = now;
     return true;
   }
 
@@ -122,6 +132,8 @@ export class FollowerReplication {
     if (m.version === this.version_ && m.primary !== this.primary_) {
       return { kind: 'violation', reason: `${m.primary} and ${this.primary_} both primary at version ${m.version}` };
     }
+    // Once the grace ran out we may be asking for a promotion: answering the old primary now would renew the lease it needs us for.
+    if (m.version === this.version_ && this.shouldAskPromotion(now)) return { kind: 'stale', version: this.version_, graceExpired: true };
     const malformed = checkBatch(m);
     if (malformed) return { kind: 'malformed', reason: malformed };
     const outcome = this.match(m);
@@ -186,7 +198,14 @@ export class FollowerReplication {
     return { kind: 'installed', matchLsn: s.lsn };
   }
 
-  /** Nothing heard from the primary for longer than the grace: the caller asks the master to promote (it decides whom). */
+  /**
+   * Nothing heard from the primary for longer than the grace: the caller asks
+   * the master to promote (it decides whom), naming this follower's version:
+   * the master acts only on an ask at its map's current version. From then on this follower takes
+   * nothing from that primary at this version, so the master must answer the
+   * request with a new version (a failover, or a map step that removes
+   * whichever side it judges, or just a bump) for it to resume.
+   */
   shouldAskPromotion(now: number): boolean {
     return now - this.heardAt > this.graceMs;
   }

@@ -54,7 +54,11 @@ export interface AckAnswer {
   sentAt?: number;
 }
 
-/** A follower refused a batch: gap or conflicting term; resend from expectLsn. Or 'stale': it has a newer version. */
+/**
+ * A follower refused a batch: gap or conflicting term, resend from
+ * expectLsn. Without expectLsn it refused the sender as stale (it has a
+ * newer version): such an answer grants nothing.
+ */
 export interface RejectAnswer {
   version: bigint;
   expectLsn?: bigint;
@@ -69,7 +73,12 @@ export interface LsnRange {
 export type AnswerOutcome =
   /** Counted; `newlyCommitted` = the lsns that became committed by it (acknowledge them if the lease holds). */
   | { kind: 'ok'; newlyCommitted?: LsnRange }
-  /** The follower knows a newer version: this primary is deposed; the caller fetches the map. */
+  /**
+   * The follower knows a newer version: this primary stops serving and the
+   * caller fetches the map. If the map still names it primary (the follower
+   * merely took a change before it), `reconfigure` resumes; otherwise the
+   * caller drops this object.
+   */
   | { kind: 'deposed'; version: bigint }
   | { kind: 'ignored'; reason: string };
 
@@ -133,7 +142,7 @@ export class PrimaryReplication {
   get learners(): ShardId[] {
     return [...this.followers].filter(([, t]) => t.role === 'learner').map(([id]) => id);
   }
-  /** The newer version a follower answered with, once deposed: this primary must stop serving. */
+  /** The newer version a follower answered with, until a reconfigure reaches it: meanwhile nothing is served or sent. */
   get deposed(): bigint | undefined {
     return this.deposedBy;
   }
@@ -205,8 +214,10 @@ export class PrimaryReplication {
     const check = this.answerFrom(follower, r.version);
     if (check.kind !== 'ok') return check;
     const t = check.track;
+    // A refusal as stale renews no lease, even once we took its version: the follower did not take the batch as ours.
+    if (r.expectLsn === undefined) return { kind: 'ok' };
     this.answered(t, r.sentAt ?? now);
-    if (r.expectLsn !== undefined && r.expectLsn >= 1n) {
+    if (r.expectLsn >= 1n) {
       // Never behind what it acknowledged (a reordered old answer), never past our log.
       const next = minLsn(this.lastLsn_ + 1n, maxLsn(r.expectLsn, (t.acked ?? 0n) + 1n));
       t.sentUpTo = next - 1n; // unacked sends stay: a follower that only ever rejects still becomes overdue
@@ -261,8 +272,10 @@ export class PrimaryReplication {
    * PacificA's lease: every in-sync follower answered a message sent less
    * than leaseMs ago (counted from the send, so the lease ends before the
    * follower's grace, which starts at the receipt). A new primary holds none
-   * until each in-sync follower has answered it once. Without it the primary
-   * serves neither reads nor write acknowledgements.
+   * until each in-sync follower has answered it once. A joining learner
+   * counts too: the map may make it in-sync (and so able to ask for a
+   * promotion) before this primary takes that map. Without the lease the
+   * primary serves neither reads nor write acknowledgements.
    */
   leaseHolds(now: number): boolean {
     return this.leaseProblem(now) === undefined;
@@ -270,9 +283,9 @@ export class PrimaryReplication {
 
   /** Why the lease does not hold, for the caller's UNAVAILABLE; undefined when it holds. */
   leaseProblem(now: number): string | undefined {
-    if (this.deposedBy !== undefined) return `deposed: a follower answered with version ${this.deposedBy} (ours ${this.version_})`;
+    if (this.deposedBy !== undefined) return `deposed: a follower answered with version ${this.deposedBy} (ours ${this.version_}); waiting for the map`;
     for (const [id, t] of this.followers) {
-      if (t.role !== 'in-sync') continue;
+      if (t.role !== 'in-sync' && !t.joining) continue;
       if (t.answeredAt === undefined) return `lease not granted: no answer from ${id} yet at version ${this.version_}`;
       if (now - t.answeredAt >= this.leaseMs) return `lease lost: no answer from ${id} for ${now - t.answeredAt} ms`;
     }
@@ -295,6 +308,19 @@ export class PrimaryReplication {
     return late;
   }
 
+  /**
+   * Whether the primary may serve reads now: the lease holds, and every entry
+   * it inherited (a promoted follower's staged log, which holds every write
+   * the old primary acknowledged) is committed, so its applied rows include
+   * every acknowledged write. Before that, a read could miss one.
+   */
+  canServeReads(now: number): { ok: true } | { ok: false; reason: string } {
+    const problem = this.leaseProblem(now);
+    if (problem !== undefined) return { ok: false, reason: problem };
+    if (this.committed < this.inheritedLast.lsn) return { ok: false, reason: `catching up: committed lsn ${this.committed} of ${this.inheritedLast.lsn} inherited` };
+    return { ok: true };
+  }
+
   /** Whether the primary may take writes now, or the reason for the caller's UNAVAILABLE. */
   canWrite(now: number, minInSync: number): { ok: true } | { ok: false; reason: string } {
     const members = this.inSync.length + 1;
@@ -311,7 +337,6 @@ export class PrimaryReplication {
    * commit writes they were holding back.
    */
   reconfigure(c: GroupConfig, now: number): AnswerOutcome | Refused {
-    if (this.deposedBy !== undefined) return { kind: 'refused', reason: `deposed by version ${this.deposedBy}` };
     if (c.version <= this.version_) return { kind: 'refused', reason: `version ${c.version} is not newer than ${this.version_}` };
     const before = new Map(this.followers);
     const refusal = this.takeMembers(c, now);
@@ -321,6 +346,7 @@ export class PrimaryReplication {
       return { kind: 'refused', reason: refusal };
     }
     this.version_ = c.version;
+    if (this.deposedBy !== undefined && c.version >= this.deposedBy) this.deposedBy = undefined; // still primary at the newer version
     return this.recommit();
   }
 
@@ -341,10 +367,13 @@ export class PrimaryReplication {
   /**
    * Before the master adds a learner to the in-sync set: refused until it
    * matches our log up to the commit point; from then on it counts for
-   * commit, so no write is acknowledged without it while the map step is in
-   * flight. It stops counting (as a learner) only by a reconfigure that keeps
-   * it a learner. Without this, writes acknowledged between the check and
-   * the step could be missing on a new in-sync member.
+   * commit and the lease, so no write is acknowledged without it while the
+   * map step is in flight. It stops counting (as a learner) only by a
+   * reconfigure that keeps it a learner. Without this, writes acknowledged
+   * between the check and the step could be missing on a new in-sync member.
+   * The master's step must be a compare-and-set on this primary's `version`
+   * (any reconfigure ends the join, so a step based on a newer map must not
+   * use it).
    */
   proposeJoin(learner: ShardId): { ok: true } | Refused {
     const t = this.followers.get(learner);

@@ -180,6 +180,9 @@ describe('PrimaryReplication', () => {
     p.append();
     p.onAck('b', { version: 1n, matchLsn: 3n }, 0);
     expect(p.committedLsn()).toBe(2n); // the joining learner holds it back
+    expect(p.leaseHolds(LEASE - 1)).toBe(true);
+    p.onAck('b', { version: 1n, matchLsn: 3n }, LEASE);
+    expect(p.leaseProblem(LEASE)).toBe(`lease lost: no answer from l for ${LEASE} ms`); // and the lease: the map may make it in-sync first
     expect(p.reconfigure({ version: 2n, inSync: ['b'], learners: ['l'] }, 0)).toEqual({ kind: 'ok', newlyCommitted: { fromLsn: 3n, toLsn: 3n } }); // the master did not add it
   });
 
@@ -193,7 +196,22 @@ describe('PrimaryReplication', () => {
     expect(p.committedLsn()).toBe(0n);
     expect(p.leaseHolds(0)).toBe(false);
     expect(p.nextSend('b', 1, 0)).toBeUndefined();
-    expect(p.reconfigure({ version: 5n, inSync: [] }, 0).kind).toBe('refused');
+    expect(p.reconfigure({ version: 3n, inSync: ['b', 'c'] }, 0)).toEqual({ kind: 'ok' }); // an older map than the follower's: still deposed
+    expect(p.leaseProblem(0)).toBe('deposed: a follower answered with version 4 (ours 3); waiting for the map');
+  });
+
+  it('resumes when the map that a follower took first still names it primary', () => {
+    const p = primary();
+    p.append();
+    p.onAck('b', { version: 1n, matchLsn: 1n }, 0);
+    expect(p.onReject('c', { version: 2n }, 0)).toEqual({ kind: 'deposed', version: 2n }); // c took version 2 before us
+    expect(p.reconfigure({ version: 2n, inSync: ['b', 'c'] }, 0)).toEqual({ kind: 'ok' });
+    expect(p.deposed).toBeUndefined();
+    expect(p.onReject('c', { version: 2n, sentAt: 0 }, 0)).toEqual({ kind: 'ok' }); // another refusal of a version-1 batch, arriving late
+    expect(p.leaseProblem(0)).toBe('lease not granted: no answer from c yet at version 2'); // it grants nothing
+    expect(p.onAck('c', { version: 2n, matchLsn: 1n }, 0)).toEqual({ kind: 'ok', newlyCommitted: { fromLsn: 1n, toLsn: 1n } });
+    p.onAck('b', { version: 2n, matchLsn: 1n }, 0);
+    expect(p.leaseHolds(0)).toBe(true);
   });
 
   it('ignores answers from before it was primary and from non-members', () => {
@@ -288,12 +306,18 @@ describe('FollowerReplication', () => {
     expect(f.shouldAskPromotion(100 + GRACE + 1)).toBe(true);
     deliver(msg({ version: 0n }), 200); // a stale sender is not the primary
     expect(f.shouldAskPromotion(100 + GRACE + 1)).toBe(true);
+    // Past the grace it takes nothing more from that primary (that would renew its lease), until a newer version.
+    expect(deliver(msg({}), 100 + GRACE + 1)).toEqual({ kind: 'stale', version: 1n, graceExpired: true });
+    expect(deliver(msg({ version: 2n, primary: 'b' }), 100 + GRACE + 2)).toMatchObject({ kind: 'accepted' });
+    expect(f.shouldAskPromotion(100 + GRACE + 2)).toBe(false);
   });
 
   it('takes a newer map, and a snapshot not behind its commit point', () => {
     const { f } = follower([1n, 1n], { committed: 2n });
-    expect(f.adoptConfig(1n, 'z')).toBe(false);
-    expect(f.adoptConfig(2n, 'b')).toBe(true);
+    expect(f.adoptConfig(1n, 'z', 0)).toBe(false);
+    expect(f.shouldAskPromotion(GRACE + 1)).toBe(true);
+    expect(f.adoptConfig(2n, 'b', GRACE + 1)).toBe(true);
+    expect([f.version, f.primary, f.shouldAskPromotion(GRACE + 1)]).toEqual([2n, 'b', false]);
     expect(f.installSnapshot({ version: 2n, primary: 'b', lsn: 1n, term: 1n }, 0).kind).toBe('refused');
     expect(f.installSnapshot({ version: 2n, primary: 'b', lsn: 9n, term: 2n }, 0)).toEqual({ kind: 'installed', matchLsn: 9n });
     expect([f.lastLsn, f.committedLsn()]).toEqual([9n, 9n]);
@@ -322,6 +346,17 @@ describe('promotion', () => {
     expect(p.onAck('c', { version: 2n, matchLsn: 5n }, 0)).toEqual({ kind: 'ok', newlyCommitted: { fromLsn: 3n, toLsn: 5n } });
     expect(p.canAcknowledge(w, 0)).toBe(true);
     expect(other.log).toEqual([1n, 1n, 1n, 1n, 2n]);
+  });
+
+  it('serves reads only once its inherited log is committed (it holds every acknowledged write)', () => {
+    const { f } = follower([1n, 1n, 1n], { committed: 1n });
+    const p = f.promote({ version: 2n, inSync: ['c'] }, { leaseMs: LEASE, ackTimeoutMs: ACK_TIMEOUT, now: 0 }) as PrimaryReplication;
+    p.onReject('c', { version: 2n, expectLsn: 3n }, 10);
+    expect(p.leaseHolds(10)).toBe(true);
+    expect(p.canServeReads(10)).toEqual({ ok: false, reason: 'catching up: committed lsn 1 of 3 inherited' });
+    p.onAck('c', { version: 2n, matchLsn: 3n, sentAt: 20 }, 30);
+    expect(p.canServeReads(30)).toEqual({ ok: true });
+    expect(p.canServeReads(20 + LEASE)).toEqual({ ok: false, reason: `lease lost: no answer from c for ${LEASE} ms` }); // counted from the send
   });
 });
 

@@ -22,8 +22,30 @@
  * prefix, whose term is 0.
  *
  * What the caller must keep durable: the log entries (before acknowledging
- * them, on both sides), the applied prefix, and the follower's version, so a
- * restarted follower never again accepts an older version.
+ * them, on both sides), the applied prefix, and the follower's version and
+ * primary, so a restarted follower never again accepts an older version.
+ *
+ * The caller's loop, on the primary:
+ * - a client write: `canWrite` (else UNAVAILABLE with its reason), `append`,
+ *   store the entries, then wait until `canAcknowledge(lsn, now)`;
+ * - per follower and learner stream: `catchUpPlan` ('snapshot': send one up
+ *   to `committedLsn()`, then `snapshotSent`), else `nextSend` (or
+ *   `heartbeat` when it returns nothing and a beat is due): read
+ *   fromLsn..toLsn from the log and send them with the Send's fields; pass
+ *   each answer to `onAck`/`onReject` with the echoed `sentAt`. An outcome's
+ *   `newlyCommitted` says which waiting writes to look at; 'deposed' means
+ *   fetch the map and stop serving;
+ * - reads: `canServeReads`; applying: up to `committedLsn()`; truncating the
+ *   log: only below `retainFrom()`;
+ * - periodically: `overdue(now)`, each reported to the master; a learner that
+ *   caught up: `proposeJoin`, then ask the master to add it; every new map
+ *   for the range: `reconfigure`.
+ * On a follower: each batch to `onAppend` (do what the outcome says, then
+ * answer: 'accepted' → ack matchLsn, 'mismatch' → reject with expectLsn,
+ * 'stale' → reject with our version; 'violation' and 'malformed' → log it
+ * loudly and answer nothing); a snapshot to `installSnapshot`; each new map
+ * to `adoptConfig`; `shouldAskPromotion` → ask the master; a map that makes
+ * it primary → `promote`, and drop the follower object.
  */
 export { PrimaryReplication, type AckAnswer, type AnswerOutcome, type LsnRange, type PrimaryOptions, type RejectAnswer, type Send } from './replication-primary.js';
 export { FollowerReplication, type AppendMessage, type AppendOutcome, type FollowerOptions } from './replication-follower.js';
@@ -65,9 +87,11 @@ export interface PromotionCandidate {
  * acknowledged; the longest log also keeps the most unacknowledged writes.
  *
  * The master fails over only when the primary is gone or an IN-SYNC follower
- * asks (`shouldAskPromotion`): that follower has not answered the primary for
- * longer than the grace, so the old primary's lease (which needs every
- * in-sync follower) has expired before the new primary can hold one.
+ * asks (`shouldAskPromotion`) AT THE MAP'S CURRENT VERSION (an ask made under
+ * an older version is answered with the map): that follower has not answered
+ * the primary for longer than the grace and answers it no more at that
+ * version, so the old primary's lease (which needs every in-sync follower)
+ * has expired before the new primary can hold one.
  */
 export function chooseNewPrimary(candidates: readonly PromotionCandidate[]): ShardId | undefined {
   let best: PromotionCandidate | undefined;
