@@ -164,7 +164,21 @@ describe('raising the factor of a cluster formed with one copy', () => {
     await waitUntil(async () => ((await single.ctl(['ranges', '--json'])).json.ranges as RangeJson[]).every((r) => r.inSync.length === 3), 60_000, 'three in-sync replicas per range');
     const verify = await single.ctl(['verify', '--rows', '3000', '--json']);
     expect(verify.json).toEqual({ checked: 3000, missing: 0, wrong: 0 });
-    // The copies hold the rows: each shard's bytes now count every copy it keeps.
     expect((await single.ctl(['factor', '--json'])).json).toEqual({ factor: 3 });
   }, 120_000);
+
+  it('rebalance refuses, saying why and what to do; remserver retires a shard holding copies, handing its primacy over first', async () => {
+    const refused = await single.ctl(['rebalance', '--yes']);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(/does not move replicated ranges yet.*remserver/s);
+    const before = (await single.ctl(['ranges', '--json'])).json.ranges as RangeJson[];
+    const leaving = before[0]!.shard;
+    const removed = await single.ctl(['remserver', leaving, '--yes']);
+    expect(removed.code).toBe(0);
+    await waitUntil(async () => {
+      const all = (await single.ctl(['ranges', '--json'])).json.ranges as RangeJson[];
+      return all.every((r) => !r.replicas.includes(leaving) && r.shard !== leaving && r.inSync.length === 2);
+    }, 30_000, 'every range on the two shards left, in sync');
+    expect((await single.ctl(['verify', '--rows', '3000', '--json'])).json).toEqual({ checked: 3000, missing: 0, wrong: 0 });
+  }, 90_000);
 });

@@ -47,6 +47,11 @@ export const learnersOf = (r: MapRange): readonly string[] => r.learners ?? [];
 export const groupVersionOf = (r: MapRange): bigint => r.version ?? 0n;
 export const factorOf = (m: ClusterMap): number => m.replicationFactor ?? 1;
 
+/** True when some range has more than one copy (or a copy being made), or the factor asks for more. */
+export function isReplicated(m: ClusterMap): boolean {
+  return factorOf(m) > 1 || m.ranges.some((r) => !isSingleCopy(r));
+}
+
 /** True when the range is held by its primary alone, with no learner: the map carries no group fields for it. */
 export function isSingleCopy(r: MapRange): boolean {
   const replicas = replicasOf(r);

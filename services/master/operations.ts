@@ -7,7 +7,9 @@
  */
 import type { Logger } from 'winston';
 import { CairnError } from '../common/errors.js';
-import { rangesOf } from '../common/map.js';
+import { inSyncOf, isReplicated, learnersOf, rangesOf, replicasOf, type ClusterMap } from '../common/map.js';
+import { showRange } from '../common/ranges.js';
+import { dropReplica, handOver, mapOrThrow } from './replica-steps.js';
 import type { ClusterState } from './cluster-state.js';
 import type { MoveCoordinator, Operation } from './coordinator.js';
 import type { Membership } from './membership.js';
@@ -48,6 +50,15 @@ export class Operations {
   async planRebalance(drain?: string): Promise<{ plan: Plan; before: Map<string, number>; after: Map<string, number> }> {
     const { state, members, coordinator } = this.p;
     if (state.map.epoch === 0n) throw new CairnError('PRECONDITION', 'the cluster has no map yet: waiting for expectShards shards to register');
+    if (isReplicated(state.map)) {
+      // The replica planner (replica-planner.ts) is not driven yet: moving a replica with the single-copy protocol would break its group.
+      throw new CairnError(
+        'PRECONDITION',
+        `this cluster keeps ${state.map.replicationFactor ?? 1} copies of each range, and ${drain ? 'dropserver' : 'rebalance'} does not move replicated ranges yet. ` +
+          'The master places copies by itself: to retire a shard, `cairn ctl remserver` it (its copies are made again on the others); ' +
+          'a new shard receives copies when a range is short of them',
+      );
+    }
     // A plan made while moves run is planned against a map about to change, and could not start anyway: refuse before showing one.
     if (coordinator.busy()) throw new CairnError('CONFLICT', 'another rebalance or drain is still running; watch it with `cairn ctl moves`');
     const draining = drain ? state.resolveShard(drain).id : undefined;
@@ -150,6 +161,16 @@ export class Operations {
     const record = { what: `removal of ${server}`, shardId: target.id, address: target.address };
     const removed = await state.serial.run(async () => {
       const owned = rangesOf(state.map, target.id);
+      const ranges = isReplicated(state.map) ? withoutCopiesOn(state.map, target.id, (id) => members.isUp(id)) : undefined;
+      if (ranges) {
+        state.shards = state.shards.filter((s) => s.id !== target.id);
+        members.forget(target.id);
+        state.removed.add(target.id);
+        const adminOps = operationId ? [{ id: operationId, json: record }] : [];
+        await state.commitMap({ ...state.map, epoch: state.map.epoch + 1n, ranges, shards: state.shardRefs() }, adminOps);
+        this.p.log.info('shard removed; its copies are made again on the other shards', { shardId: target.id, address: target.address, operationId: operationId || undefined });
+        return target;
+      }
       if (owned.length) {
         const { bytes, rows } = members.ownedCounts(target.id, owned);
         throw new CairnError(
@@ -168,6 +189,27 @@ export class Operations {
     });
     return { shardId: removed.id, stopped: await this.p.calls.stopShard(record) };
   }
+}
+
+/**
+ * The ranges once a shard's copies are gone (it is being removed): where it
+ * is the primary, primacy goes first to an in-sync follower that is up. The
+ * master's pass then makes the missing copies on other shards. Refused when
+ * a range would be left with no in-sync member that is up.
+ */
+function withoutCopiesOn(map: ClusterMap, shard: string, isUp: (id: string) => boolean): ClusterMap['ranges'] {
+  let next = map;
+  for (const r of map.ranges) {
+    if (!replicasOf(r).includes(shard) && !learnersOf(r).includes(shard)) continue;
+    const range = { start: r.start, end: r.end };
+    if (r.shardId === shard) {
+      const heir = inSyncOf(r).find((id) => id !== shard && isUp(id));
+      if (!heir) throw new CairnError('PRECONDITION', `shard ${shard} holds the only in-sync copy of ${showRange(r)} that is up: removing it would lose acknowledged writes`);
+      next = mapOrThrow(handOver(next, range, heir));
+    }
+    next = mapOrThrow(dropReplica(next, range, shard));
+  }
+  return next.ranges;
 }
 
 function reusedOperationId(id: string, first: string, now: string): CairnError {

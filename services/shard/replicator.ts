@@ -348,7 +348,7 @@ export class Replicator {
       const report = (follower: string): FollowerReport => ({ range: g.range, version: g.state.version, follower });
       for (const f of g.state.overdue(now)) overdue.push(report(f));
       // Only a follower answering now may start counting: one that died would hold every write back.
-      for (const f of g.state.learners) if (g.links.get(f)?.answeredSince(now - this.timings.leaseMs) && 'ok' in g.state.proposeJoin(f)) caughtUp.push(report(f));
+      for (const f of g.state.learners) if (g.links.get(f)?.readyToJoin(now - this.timings.leaseMs) && 'ok' in g.state.proposeJoin(f)) caughtUp.push(report(f));
       const oldest = g.waiters.reduce((m, w) => Math.min(m, w.since), now);
       if (now - oldest > this.timings.ackTimeoutMs) {
         this.host.log.warn('writes wait for their followers', { range: showRange(g.range), version: String(g.state.version), waiting: g.waiters.length, committedLsn: String(g.state.committedLsn()), lastLsn: String(g.log.lastLsn), lease: g.problem(now, false) ?? 'holds' });
@@ -377,9 +377,24 @@ class FollowerLink {
   private stopped = false;
   /** When the follower last answered on this link. */
   private lastAnswerAt = 0;
+  /**
+   * A learner is a new copy: the range's rows from before its log (a range
+   * that had one copy, or rows a log no longer keeps) reach it only in a
+   * snapshot, so it gets one before anything else, however its log ends.
+   */
+  private snapshotDone = false;
 
   answeredSince(t: number): boolean {
     return this.lastAnswerAt >= t;
+  }
+
+  /** May the master count this follower in sync? It answers, and a learner has had its snapshot. */
+  readyToJoin(since: number): boolean {
+    return this.answeredSince(since) && (this.snapshotDone || !this.isLearner());
+  }
+
+  private isLearner(): boolean {
+    return learnersOf(this.g.range).includes(this.follower);
   }
   private stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse> | undefined;
 
@@ -468,7 +483,7 @@ class FollowerLink {
           if (entries) entries = entries.filter((e) => e.lsn <= send.toLsn);
         }
         const prevTerm = send.prevTerm ?? this.g.log.termAt(send.prevLsn);
-        if (entries === undefined || prevTerm === undefined) {
+        if (entries === undefined || prevTerm === undefined || (!this.snapshotDone && this.isLearner())) {
           await this.snapshot(ask);
           continue;
         }
@@ -533,6 +548,7 @@ class FollowerLink {
     if (res.outcome !== 'ACCEPTED') throw new Error(`snapshot end refused by ${this.follower}: ${res.message}`);
     g.state.onReject(this.follower, { version: res.version, expectLsn: lsn + 1n, sentAt }, Date.now());
     g.state.onAck(this.follower, { version: res.version, matchLsn: lsn, sentAt }, Date.now());
+    this.snapshotDone = true;
     g.settle();
   }
 }
