@@ -68,6 +68,17 @@ describe('a cluster formed with replicationFactor 3', () => {
     for (const s of json.servers) expect(s).toMatchObject({ primaries: 1, followers: 2, learners: 0 });
   }, 60_000);
 
+  it('ctl servers counts every copy a shard keeps: each holds all rows, and a third of the space as primary', async () => {
+    await writeRows(1000, 1300, 'x');
+    await waitUntil(async () => ((await cluster.ctl(['servers', '--json'])).json.servers as Array<{ rows: number }>).every((s) => s.rows >= 300), 10_000, 'heartbeats with the new counts');
+    const { json } = await cluster.ctl(['servers', '--json']);
+    for (const s of json.servers) {
+      expect(s.rows).toBe(300);
+      expect(s.share).toBeCloseTo(1 / 3, 2);
+    }
+    for (let i = 1000; i < 1300; i++) await client.deleteRow(`rep-${i}`);
+  }, 60_000);
+
   it('acknowledges writes that every copy holds: each read back through the primary', async () => {
     const rows = await writeRows(0, 200, 'a');
     for (const row of rows) expect((await client.getValue(row, 'v'))?.toString()).toBe(`a-${row.slice(4)}`);

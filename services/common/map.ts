@@ -189,6 +189,11 @@ export function rangesOf(m: ClusterMap, shardId: string): OwnedRange[] {
   return m.ranges.filter((r) => r.shardId === shardId);
 }
 
+/** The ranges a shard keeps a copy of: as primary, follower or learner. */
+export function copiesOf(m: ClusterMap, shardId: string): MapRange[] {
+  return m.ranges.filter((r) => r.shardId === shardId || replicasOf(r).includes(shardId) || learnersOf(r).includes(shardId));
+}
+
 /** How many ranges a shard holds in each role: primary, follower (a full copy), learner. */
 export function roleCounts(m: ClusterMap, shardId: string): { primaries: number; followers: number; learners: number } {
   const counts = { primaries: 0, followers: 0, learners: 0 };

@@ -8,7 +8,7 @@
  */
 import type { Logger } from 'winston';
 import { CairnError } from '../common/errors.js';
-import { rangesOf, roleCounts, type ClusterMap, type MapRange } from '../common/map.js';
+import { copiesOf, rangesOf, roleCounts, type ClusterMap, type MapRange } from '../common/map.js';
 import { evenSplit, rangeCovers, shareOf, type HashRange } from '../common/ranges.js';
 import type { FailoverView, FollowerNote } from './failover.js';
 import { initialGroups } from './replica-steps.js';
@@ -325,7 +325,8 @@ export class Membership {
         id: s.id,
         address: s.address,
         status: this.isUp(s.id, now) ? 'up' : 'down',
-        ...this.ownedCounts(s.id, owned),
+        // Bytes and rows of every copy it keeps; ranges and share are of what it is the primary of.
+        ...this.ownedCounts(s.id, copiesOf(map, s.id)),
         ranges: owned.length,
         share: shareOf(owned),
         opsPerSec: live?.opsPerSec ?? 0,

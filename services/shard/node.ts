@@ -15,7 +15,7 @@ import { CairnError } from '../common/errors.js';
 import { failpoint } from '../common/failpoints.js';
 import { call, ClientPool, type ClientTls } from '../common/grpc.js';
 import { endToProto } from '../common/hash.js';
-import { EMPTY_MAP, learnersOf, mapError, mapFromJson, mapFromProto, mapToJson, rangesOf, replicasOf, type ClusterMap, type MapJson } from '../common/map.js';
+import { copiesOf, EMPTY_MAP, mapError, mapFromJson, mapFromProto, mapToJson, rangesOf, type ClusterMap, type MapJson } from '../common/map.js';
 import type { HashRange } from '../common/ranges.js';
 import { showRange } from '../common/ranges.js';
 import { coveredBy, FenceReconciler, FenceTable, overlapsAny, RangeJanitor, subtractRanges } from './fence.js';
@@ -192,8 +192,7 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
 
   /** The ranges this shard keeps a copy of: as primary, follower or learner. */
   heldRanges(map: ClusterMap = this.map): HashRange[] {
-    if (!this.id) return [];
-    return map.ranges.filter((r) => r.shardId === this.id || replicasOf(r).includes(this.id) || learnersOf(r).includes(this.id));
+    return this.id ? copiesOf(map, this.id) : [];
   }
 
   heardFromPrimary(range: HashRange, atMs: number): void {
@@ -438,8 +437,9 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
     this.heartbeatTimer.unref();
   }
 
+  /** Counts of every range this shard keeps a copy of (ctl servers shows the bytes each shard holds). */
   rangeCounts() {
-    return this.ownedRanges().map((r) => {
+    return this.heldRanges().map((r) => {
       const s = this.store.rangeStats(r);
       return { start: r.start, end: endToProto(r.end), rows: BigInt(s.rows), bytes: BigInt(s.bytes) };
     });
