@@ -215,7 +215,8 @@ const inSyncOf = (r: GroupRow): readonly string[] => r.inSync ?? [r.shard];
 const learnersOf = (r: GroupRow): readonly string[] => r.learners ?? [];
 const isSingleCopy = (r: GroupRow): boolean => replicasOf(r).length <= 1 && learnersOf(r).length === 0;
 
-type ReplicationView = Pick<Snapshot, 'servers' | 'ranges' | 'replicationFactor'>;
+/** What of a snapshot the replication view reads. */
+type ReplicationView = { servers: ReadonlyArray<Pick<ServerRow, 'id'>>; ranges: readonly GroupRow[]; replicationFactor?: number };
 
 /**
  * The in-sync copies each range should have: min(factor, shards), as the
