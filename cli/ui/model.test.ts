@@ -1,7 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import fc from 'fast-check';
 import { HASH_SPACE_END } from '../../services/common/hash.js';
-import { ago, capLines, etaSeconds, formatDuration, hashShares, isReplicated, mapStrip, moveFraction, phaseOf, replicaEvents, replicationLine, sharesLine, totalProgress, underReplicated, wantedCopies, type GroupRow, type MoveView } from './model.js';
+import { ago, capLines, etaSeconds, formatDuration, hashShares, isReplicated, mapStrip, moveFraction, phaseOf, replicaEvents, replicationSummary, sharesLine, totalProgress, underReplicated, wantedCopies, type GroupRow, type MoveView } from './model.js';
 
 const move = (o: Partial<MoveView>): MoveView => ({ id: 'mv-1', operationId: 'op-1', from: 's1', to: 's3', state: 'copying', bytes: 1000, copiedBytes: 0, bytesPerSec: 0, ...o });
 
@@ -113,7 +113,7 @@ describe('replication', () => {
     expect(isReplicated({ servers: ids(1), ranges: single, replicationFactor: 3 })).toBe(false);
     expect(isReplicated({ servers: ids(2), ranges: single, replicationFactor: 2 })).toBe(true);
     expect(isReplicated({ servers: ids(2), ranges: [group(0n, 10n, 's1', '+s2')] })).toBe(true);
-    expect(replicationLine({ servers: ids(2), ranges: single })).toBeUndefined();
+    expect(replicationSummary({ servers: ids(2), ranges: single })).toBeUndefined();
   });
 
   it('counts and names the ranges with fewer in-sync copies than wanted', () => {
@@ -123,13 +123,13 @@ describe('replication', () => {
       [20n, 1],
       [30n, 1],
     ]);
-    expect(replicationLine({ servers: ids(3), ranges })).toEqual({
-      text: 'Replication: 3 copies wanted; 3 of 4 ranges under-replicated: [10, 20) 2/3 in sync, [20, 30) 1/3 in sync, and 1 more; 1 learner copying',
-      short: true,
+    expect(replicationSummary({ servers: ids(3), ranges })).toEqual({
+      summary: 'Replication: 3 copies wanted · 3 of 4 ranges under-replicated · 1 learner copying',
+      short: 'Under-replicated: [10, 20) 2/3 in sync, [20, 30) 1/3 in sync, and 1 more',
     });
-    expect(replicationLine({ servers: ids(3), ranges: ranges.slice(0, 1) })).toEqual({ text: 'Replication: 3 copies wanted; all 1 ranges in sync', short: false });
+    expect(replicationSummary({ servers: ids(3), ranges: ranges.slice(0, 1) })).toEqual({ summary: 'Replication: 3 copies wanted · all 1 ranges in sync' });
     // A factor-2 cluster whose ranges have no second copy yet: every range is short.
-    expect(replicationLine({ servers: ids(2), ranges: single, replicationFactor: 2 })?.text).toBe('Replication: 2 copies wanted; 2 of 2 ranges under-replicated: [0, 10) 1/2 in sync, [10, 20) 1/2 in sync');
+    expect(replicationSummary({ servers: ids(2), ranges: single, replicationFactor: 2 })?.short).toBe('Under-replicated: [0, 10) 1/2 in sync, [10, 20) 1/2 in sync');
   });
 
   it('says nothing for an unchanged map, nor for a single-copy one whose ranges moved', () => {

@@ -240,22 +240,24 @@ export function underReplicated(s: ReplicationView): Array<{ range: GroupRow; in
 }
 
 /**
- * The dashboard's replication line, or undefined for a single-copy cluster
- * (whose dashboard stays as it was): `Replication: 3 copies wanted; 2 of 12
- * ranges under-replicated: [0, 10) 1/3 in sync, [10, 20) 2/3 in sync; 1
- * learner copying`. Lists at most `listed` ranges: the count is what matters
- * at a glance, `ranges` lists them all.
+ * The dashboard's replication summary, or undefined for a single-copy
+ * cluster (whose dashboard stays as it was): `Replication: 3 copies wanted ·
+ * 2 of 12 ranges under-replicated · 1 learner copying`, and when ranges are
+ * short, which: `Under-replicated: [0, 10) 1/3 in sync, [10, 20) 2/3 in
+ * sync, and 3 more`. Lists at most `listed`: the count is what matters at a
+ * glance, and `ranges` lists them all.
  */
-export function replicationLine(s: ReplicationView, listed = 2): { text: string; short: boolean } | undefined {
+export function replicationSummary(s: ReplicationView, listed = 2): { summary: string; short?: string } | undefined {
   if (!isReplicated(s)) return undefined;
   const wanted = wantedCopies(s);
   const short = underReplicated(s);
   const learners = s.ranges.reduce((n, r) => n + learnersOf(r).length, 0);
-  const copying = learners ? `; ${learners} learner${learners === 1 ? '' : 's'} copying` : '';
-  if (short.length === 0) return { text: `Replication: ${wanted} copies wanted; all ${s.ranges.length} ranges in sync${copying}`, short: false };
+  const parts = [`Replication: ${wanted} copies wanted`, short.length ? `${short.length} of ${s.ranges.length} ranges under-replicated` : `all ${s.ranges.length} ranges in sync`];
+  if (learners) parts.push(`${learners} learner${learners === 1 ? '' : 's'} copying`);
+  if (short.length === 0) return { summary: parts.join(' · ') };
   const shown = short.slice(0, listed).map((u) => `${showRange(u.range)} ${u.inSync}/${wanted} in sync`);
   const more = short.length > listed ? `, and ${short.length - listed} more` : '';
-  return { text: `Replication: ${wanted} copies wanted; ${short.length} of ${s.ranges.length} ranges under-replicated: ${shown.join(', ')}${more}${copying}`, short: true };
+  return { summary: parts.join(' · '), short: `Under-replicated: ${shown.join(', ')}${more}` };
 }
 
 /**

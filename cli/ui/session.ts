@@ -7,6 +7,7 @@
 import { CairnClient } from '../../services/client/index.js';
 import { CairnError } from '../../services/common/errors.js';
 import type { ClientTls } from '../../services/common/grpc.js';
+import { factorOf } from '../../services/common/map.js';
 import { asCliError } from '../ctl.js';
 import { FollowLostError, TEXT } from '../operations.js';
 import { moveView, SdkOperations, type MoveView, type OperationsApi } from '../operations-api.js';
@@ -92,6 +93,8 @@ export class ClientAdminApi extends SdkOperations implements AdminApi {
       ranges: ranges.map((r) => ({ ...r, shard: r.shardId })),
       moves: moves.moves.map(moveView),
       at: Date.now(),
+      // From the map the client routes by (fetched at connect): GetRanges does not carry the factor, which changes only with the cluster's config.
+      replicationFactor: c.map.epoch > 0n ? factorOf(c.map) : undefined,
     };
   }
 
