@@ -375,6 +375,8 @@ describe('replication on the dashboard', () => {
     t.api.ranges = [groupRange(a.start, a.end, ['s2', 's3', 's4']), ...t.api.ranges.slice(1)];
     await t.waitFor(`s4 caught up and joined the in-sync set of [0, ${a.end})`);
     await t.waitFor('1 of 3 ranges under-replicated');
+    // The counts follow the groups: s1 is the primary of nothing now, a follower of two ranges.
+    expect(t.frame()).toMatch(/s1\s+10\.0\.0\.1:7001\s+up\s+1\.0MB\s+5000\s+0\/2\/0/);
     // Each change is logged once, however many refreshes follow.
     const polls = t.api.calls.filter((x) => x === 'snapshot').length;
     await t.waitFor(() => t.api.calls.filter((x) => x === 'snapshot').length > polls + 2);

@@ -19,6 +19,16 @@ export function groupRange(start: bigint, end: bigint, replicas: string[], o: { 
   return { start, end, shard: primary, address: `10.0.0.${primary.slice(1)}:7001`, bytes: 1_048_576, rows: 5000, replicas, inSync: o.inSync ?? replicas, learners: o.learners ?? [] };
 }
 
+/** A shard's copies as the master counts them from the map: the test changes the groups, the counts follow. */
+function copiesOf(id: string, ranges: RangeRow[]): Pick<ServerRow, 'primaries' | 'followers' | 'learners'> {
+  const count = (has: (r: RangeRow) => boolean) => ranges.filter(has).length;
+  return {
+    primaries: count((r) => r.shard === id),
+    followers: count((r) => r.shard !== id && (r.replicas ?? []).includes(id)),
+    learners: count((r) => (r.learners ?? []).includes(id)),
+  };
+}
+
 /**
  * A replicated cluster for FakeAdminApi (`Object.assign(api, replicatedCluster())`):
  * three shards, factor 3, three ranges each held by all three, each shard the
@@ -126,7 +136,8 @@ export class FakeAdminApi implements AdminApi {
   async snapshot(): Promise<Snapshot> {
     this.check('snapshot');
     const at = Date.now();
-    return { epoch: this.epoch, servers: this.servers.map((s) => ({ ...s, lastHeartbeatMs: s.lastHeartbeatMs && at - 200 })), ranges: this.ranges, moves: this.inFlight, at, replicationFactor: this.replicationFactor };
+    const servers = this.servers.map((s) => ({ ...s, ...copiesOf(s.id, this.ranges), lastHeartbeatMs: s.lastHeartbeatMs && at - 200 }));
+    return { epoch: this.epoch, servers, ranges: this.ranges, moves: this.inFlight, at, replicationFactor: this.replicationFactor };
   }
 
   async plan(drain?: string): Promise<PlanView> {
