@@ -6,6 +6,11 @@
  * reads from the screen that the three shards appear, that the progress bars
  * reached done, and that `ranges` then shows three shares summing to 100%.
  *
+ * A second cluster, 3 shards with replicationFactor 3, shows the
+ * replication view: each shard's primaries/followers/learners, a failover
+ * logged as it happens when a primary is killed, the ranges it leaves
+ * under-replicated, and the shard rejoining the in-sync sets once restarted.
+ *
  * Without tmux on the machine the terminal tests are skipped, saying so.
  * Waits poll the screen (up to a minute or two); nothing here asserts a time.
  */
@@ -200,6 +205,46 @@ describe('cairn admin in a terminal', () => {
     expect(again).toMatch(new RegExp(`^│ mv-\\S+\\s+${victim} -> s\\d+\\s+[█░]+\\s+\\d+%`, 'm'));
     type(s2, 'exit');
     await waitForScreen(s2, '[cairn admin exited 0]');
+  }, 300_000);
+});
+
+describe('cairn admin on a replicated cluster', () => {
+  let replicated: ProcCluster | undefined;
+  const inSyncEverywhere = async () => {
+    const r = await replicated!.ctl(['ranges', '--json']);
+    return (r.json.ranges as Array<{ inSync: string[] }>).every((x) => x.inSync.length === 3);
+  };
+
+  beforeAll(async () => {
+    if (!HAS_TMUX) return;
+    replicated = await startProcCluster({ shards: 3, masterArgs: ['--replication-factor', '3'], env: { CAIRN_REPLICA_LEASE_MS: '1000', CAIRN_REPLICA_ACK_TIMEOUT_MS: '1500' } });
+    await waitUntil(inSyncEverywhere, 30_000, 'every range in sync on three shards');
+  }, 120_000);
+
+  afterAll(async () => {
+    await replicated?.cleanup();
+  });
+
+  tmuxIt('shows copies per shard, logs a failover as it happens, and the shard rejoining once back', async () => {
+    const c = replicated!;
+    const s = 'replicas';
+    startAdmin(s, c.ctlEnv);
+    await waitForScreen(s, 'Replication: 3 copies wanted · all 3 ranges in sync');
+    expect(screen(s)).toMatch(/P\/F\/L/);
+    expect(screen(s).match(/^│ \d\s+s\d+\s+127\.0\.0\.1:\d+\s+up\s.*\s1\/2\/0\s/gm)).toHaveLength(3);
+
+    const victim = c.shards[0]!;
+    await c.stop(victim, 'SIGKILL');
+    const failed = await waitForScreen(s, /^\d\d:\d\d:\d\d range \[\d+, \d+\): primary (s\d+) → s\d+ \(failover\)$/m, 60_000);
+    const gone = /primary (s\d+) → s\d+ \(failover\)/.exec(failed)![1]!;
+    await waitForScreen(s, /Replication: 3 copies wanted · [1-3] of 3 ranges under-replicated/, 30_000);
+    await waitForScreen(s, `${gone} left the in-sync set of`, 30_000);
+
+    await c.restart(victim);
+    await waitForScreen(s, `${gone} rejoined the in-sync set of`, 90_000);
+    await waitForScreen(s, (all) => screen(s).includes('Replication: 3 copies wanted · all 3 ranges in sync') && all.includes('rejoined'), 90_000);
+    type(s, 'exit');
+    await waitForScreen(s, '[cairn admin exited 0]');
   }, 300_000);
 });
 

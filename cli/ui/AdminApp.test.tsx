@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CairnError } from '../../services/common/errors.js';
 import { AdminApp, promptLabel } from './AdminApp.js';
-import { FakeAdminApi, moveOf, server } from './fake-admin-api.js';
+import { FakeAdminApi, groupRange, moveOf, replicatedCluster, server } from './fake-admin-api.js';
+import type { RangeRow } from './model.js';
 import { openHistory } from './history.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'cairn-admin-app-'));
@@ -344,5 +345,52 @@ describe('rebalance, dropserver and remserver', () => {
     await t.waitFor('✗ error: no shard "s9"');
     await t.waitFor('Manager(2 servers)>');
     expect(t.frame()).not.toContain('(y/n)');
+  });
+});
+
+describe('replication on the dashboard', () => {
+  /** Connected to a replicated cluster of three shards, its first refresh on screen. */
+  async function replicated() {
+    const api = new FakeAdminApi();
+    Object.assign(api, replicatedCluster());
+    const t = start({ api });
+    await t.waitFor('Manager(3 servers)>');
+    return t;
+  }
+
+  it('counts copies per shard and logs a failover, then the re-replication that follows, as they happen', async () => {
+    const t = await replicated();
+    await t.waitFor('Replication: 3 copies wanted · all 3 ranges in sync');
+    expect(t.frame()).toMatch(/s1\s+10\.0\.0\.1:7001\s+up\s+1\.0MB\s+5000\s+1\/2\/0/);
+    const [a, b, c] = t.api.ranges as [RangeRow, RangeRow, RangeRow];
+    // s1 goes down: s2 takes over [a), s1 leaves the in-sync sets of the others.
+    t.api.ranges = [groupRange(a.start, a.end, ['s2', 's3', 's1'], { inSync: ['s2', 's3'] }), groupRange(b.start, b.end, ['s2', 's3', 's1'], { inSync: ['s2', 's3'] }), c];
+    await t.waitFor(`range [0, ${a.end}): primary s1 → s2 (failover)`);
+    await t.waitFor(`s1 left the in-sync set of [${b.start}, ${b.end}) (catching up)`);
+    await t.waitFor('2 of 3 ranges under-replicated');
+    // s1 is replaced on [a) by a learner, s4, which catches up.
+    t.api.ranges = [groupRange(a.start, a.end, ['s2', 's3'], { learners: ['s4'] }), ...t.api.ranges.slice(1)];
+    await t.waitFor(`s4 started copying [0, ${a.end}) as a learner (re-replication)`);
+    await t.waitFor(`s1 no longer holds a copy of [0, ${a.end})`);
+    t.api.ranges = [groupRange(a.start, a.end, ['s2', 's3', 's4']), ...t.api.ranges.slice(1)];
+    await t.waitFor(`s4 caught up and joined the in-sync set of [0, ${a.end})`);
+    await t.waitFor('1 of 3 ranges under-replicated');
+    // The counts follow the groups: s1 is the primary of nothing now, a follower of two ranges.
+    expect(t.frame()).toMatch(/s1\s+10\.0\.0\.1:7001\s+up\s+1\.0MB\s+5000\s+0\/2\/0/);
+    // Each change is logged once, however many refreshes follow.
+    const polls = t.api.calls.filter((x) => x === 'snapshot').length;
+    await t.waitFor(() => t.api.calls.filter((x) => x === 'snapshot').length > polls + 2);
+    expect(t.frame().split('(failover)').length).toBe(2);
+  });
+
+  it('logs nothing for a single-copy cluster whose ranges move', async () => {
+    const t = await ready();
+    const [a, b] = t.api.ranges as [RangeRow, RangeRow];
+    t.api.ranges = [{ ...a, shard: 's2', address: '10.0.0.2:7001' }, b];
+    await t.waitFor(/Map: 2 ranges\s+\|1+\|/);
+    const polls = t.api.calls.filter((x) => x === 'snapshot').length;
+    await t.waitFor(() => t.api.calls.filter((x) => x === 'snapshot').length > polls + 2);
+    expect(t.frame()).not.toMatch(/primary|in-sync|learner|Replication/);
+    expect(t.frame()).not.toContain('P/F/L');
   });
 });

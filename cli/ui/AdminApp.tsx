@@ -1,11 +1,13 @@
 /**
  * The console's root: wires the hooks (connection and commands, dashboard
- * polling) to the screen. All drawing is AdminScreen's, from props.
+ * polling) to the screen, and the dashboard's replica events (failovers,
+ * re-replication) into the log. All drawing is AdminScreen's, from props.
  */
 import { useApp } from 'ink';
 import { useCallback, useRef } from 'react';
 import { AdminScreen } from './AdminScreen.js';
 import type { History } from './history.js';
+import { capLines, clock } from './model.js';
 import type { AdminApi } from './session.js';
 import { useConsole } from './use-console.js';
 import { useDashboard } from './use-dashboard.js';
@@ -19,6 +21,9 @@ export interface AdminAppProps {
   /** Dashboard poll period (ms). */
   refreshMs?: number;
 }
+
+/** The most replica events logged per refresh: a shard going down may change every range it holds at once. */
+export const EVENTS_PER_REFRESH = 12;
 
 export function promptLabel(servers: number | undefined): string {
   return servers === undefined ? 'Manager>' : `Manager(${servers} server${servers === 1 ? '' : 's'})>`;
@@ -44,7 +49,12 @@ export function AdminApp({ api, password, history, onExit, refreshMs = 1500 }: A
     serverIds: () => servers.current ?? [],
     refresh: () => refresh.current(),
   });
-  const dash = useDashboard(api, con.connected, refreshMs);
+  // useDashboard holds the latest listener in a ref: a new function each render is fine.
+  const logReplicaEvents = (lines: string[], at: number) => {
+    const shown = capLines(lines, EVENTS_PER_REFRESH, (n) => `… and ${n} more replica changes (\`ranges\` shows every group)`);
+    con.note({ kind: 'lines', lines: shown.map((l) => `${clock(at)} ${l}`) });
+  };
+  const dash = useDashboard(api, con.connected, refreshMs, logReplicaEvents);
   servers.current = dash.snapshot?.servers.map((s) => s.id);
   refresh.current = dash.refresh;
   return (

@@ -2,8 +2,8 @@ import { describe, expect, it } from '@jest/globals';
 import { render } from 'ink-testing-library';
 import { HASH_SPACE_END } from '../../services/common/hash.js';
 import { Dashboard } from './Dashboard.js';
-import { HALF, moveOf, server } from './fake-admin-api.js';
-import { clock, type Snapshot } from './model.js';
+import { groupRange, HALF, moveOf, replicatedCluster, server } from './fake-admin-api.js';
+import { clock, type RangeRow, type Snapshot } from './model.js';
 
 const squash = (s: string) => s.replace(/ +/g, ' ');
 
@@ -69,6 +69,34 @@ describe('Dashboard', () => {
   it('says when no move is in flight', () => {
     const frame = render(<Dashboard master="m:7000" user="ops" snapshot={{ ...snapshot, moves: [] }} now={10_000} />).lastFrame()!;
     expect(frame).toContain('Moves in flight: none');
+  });
+
+  it('keeps a single-copy cluster\'s look: RANGES, no replication line', () => {
+    const frame = render(<Dashboard master="m:7000" user="ops" snapshot={snapshot} now={10_000} />).lastFrame()!;
+    expect(frame).not.toContain('P/F/L');
+    expect(frame).not.toContain('Replication');
+  });
+
+  it('counts each shard\'s primaries, followers and learners in a replicated cluster, and says every range is in sync', () => {
+    const replicated: Snapshot = { ...snapshot, ...replicatedCluster(), moves: [] };
+    const frame = squash(render(<Dashboard master="m:7000" user="ops" snapshot={replicated} now={10_000} />).lastFrame()!);
+    expect(frame).toMatch(/# ID ADDRESS STATUS BYTES ROWS P\/F\/L SHARE OPS\/S HEARTBEAT DISK FREE/);
+    expect(frame).toContain('0 s1 10.0.0.1:7001 up 1.0MB 5000 1/2/0 33% 12');
+    expect(frame).toContain('Replication: 3 copies wanted · all 3 ranges in sync P/F/L = primary/follower/learner copies');
+    expect(frame).not.toContain('Under-replicated');
+  });
+
+  it('shows the ranges short of in-sync copies at a glance, and the learners copying', () => {
+    const cluster = replicatedCluster();
+    const [a, b, c] = cluster.ranges as [RangeRow, RangeRow, RangeRow];
+    const ranges = [groupRange(a.start, a.end, ['s2', 's3', 's1'], { inSync: ['s2', 's3'] }), groupRange(b.start, b.end, ['s2', 's3'], { learners: ['s4'] }), c];
+    const servers = [...cluster.servers, server('s4', 3, { ranges: 0, primaries: 0, followers: 0, learners: 1 })];
+    const frame = squash(render(<Dashboard master="m:7000" user="ops" snapshot={{ ...snapshot, servers, ranges, moves: [], replicationFactor: 3 }} now={10_000} />).lastFrame()!);
+    expect(frame).toContain('3 s4 10.0.0.4:7001 up 1.0MB 5000 0/0/1');
+    expect(frame).toContain('Replication: 3 copies wanted · 2 of 3 ranges under-replicated · 1 learner copying');
+    // The list wraps on the 100-column test screen.
+    expect(frame).toContain(`Under-replicated: [0, ${a.end}) 2/3 in sync, [${b.start},`);
+    expect(frame).toContain(`${b.end}) 2/3 in sync`);
   });
 
   it('waits for the first refresh, and shows why a refresh failed as one line', () => {

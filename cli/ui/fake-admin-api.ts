@@ -13,6 +13,38 @@ export function server(id: string, i: number, o: Partial<ServerRow> = {}): Serve
   return { id, address: `10.0.0.${i + 1}:7001`, status: 'up', bytes: 1024 * 1024, rows: 5000, ranges: 1, share: 0.5, opsPerSec: 12, lastHeartbeatMs: 1_000, diskFreeBytes: 8 * 2 ** 30, diskTotalBytes: 16 * 2 ** 30, diskFull: false, ...o };
 }
 
+/** A range held by `replicas` (the primary first), every copy in sync unless `o.inSync` says which are. */
+export function groupRange(start: bigint, end: bigint, replicas: string[], o: { inSync?: string[]; learners?: string[] } = {}): RangeRow {
+  const primary = replicas[0]!;
+  return { start, end, shard: primary, address: `10.0.0.${primary.slice(1)}:7001`, bytes: 1_048_576, rows: 5000, replicas, inSync: o.inSync ?? replicas, learners: o.learners ?? [] };
+}
+
+/** A shard's copies as the master counts them from the map: the test changes the groups, the counts follow. */
+function copiesOf(id: string, ranges: RangeRow[]): Pick<ServerRow, 'primaries' | 'followers' | 'learners'> {
+  const count = (has: (r: RangeRow) => boolean) => ranges.filter(has).length;
+  return {
+    primaries: count((r) => r.shard === id),
+    followers: count((r) => r.shard !== id && (r.replicas ?? []).includes(id)),
+    learners: count((r) => (r.learners ?? []).includes(id)),
+  };
+}
+
+/**
+ * A replicated cluster for FakeAdminApi (`Object.assign(api, replicatedCluster())`):
+ * three shards, factor 3, three ranges each held by all three, each shard the
+ * primary of one. The tests then change a group to stage a failover or a
+ * re-replication.
+ */
+export function replicatedCluster(): Pick<FakeAdminApi, 'servers' | 'ranges' | 'replicationFactor'> {
+  const third = HASH_SPACE_END / 3n;
+  const ids = ['s1', 's2', 's3'];
+  return {
+    servers: ids.map((id, i) => server(id, i, { ranges: 1, share: 1 / 3, primaries: 1, followers: 2, learners: 0 })),
+    ranges: [groupRange(0n, third, ['s1', 's2', 's3']), groupRange(third, 2n * third, ['s2', 's3', 's1']), groupRange(2n * third, HASH_SPACE_END, ['s3', 's1', 's2'])],
+    replicationFactor: 3,
+  };
+}
+
 export function moveOf(o: Partial<MoveView> = {}): MoveView {
   return { id: 'mv-1', operationId: 'op-1', from: 's1', to: 's3', state: 'copying', bytes: 1_000_000, copiedBytes: 0, bytesPerSec: 0, ...o };
 }
@@ -79,6 +111,8 @@ export class FakeAdminApi implements AdminApi {
     { start: HALF, end: HASH_SPACE_END, shard: 's2', address: '10.0.0.2:7001', bytes: 1_048_576, rows: 5000 },
   ];
   inFlight: MoveView[] = [];
+  /** As the real console reads it from the client's map (undefined: not known). */
+  replicationFactor: number | undefined;
   planResult: PlanView = PLAN;
   /** When set, plan() waits for it (a slow master). */
   planGate: Promise<void> | undefined;
@@ -102,7 +136,8 @@ export class FakeAdminApi implements AdminApi {
   async snapshot(): Promise<Snapshot> {
     this.check('snapshot');
     const at = Date.now();
-    return { epoch: this.epoch, servers: this.servers.map((s) => ({ ...s, lastHeartbeatMs: s.lastHeartbeatMs && at - 200 })), ranges: this.ranges, moves: this.inFlight, at };
+    const servers = this.servers.map((s) => ({ ...s, ...copiesOf(s.id, this.ranges), lastHeartbeatMs: s.lastHeartbeatMs && at - 200 }));
+    return { epoch: this.epoch, servers, ranges: this.ranges, moves: this.inFlight, at, replicationFactor: this.replicationFactor };
   }
 
   async plan(drain?: string): Promise<PlanView> {

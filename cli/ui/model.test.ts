@@ -1,7 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import fc from 'fast-check';
 import { HASH_SPACE_END } from '../../services/common/hash.js';
-import { ago, etaSeconds, formatDuration, hashShares, mapStrip, moveFraction, phaseOf, sharesLine, totalProgress, type MoveView } from './model.js';
+import { ago, capLines, etaSeconds, formatDuration, hashShares, isReplicated, mapStrip, moveFraction, phaseOf, replicaEvents, replicationSummary, sharesLine, totalProgress, underReplicated, wantedCopies, type GroupRow, type MoveView } from './model.js';
 
 const move = (o: Partial<MoveView>): MoveView => ({ id: 'mv-1', operationId: 'op-1', from: 's1', to: 's3', state: 'copying', bytes: 1000, copiedBytes: 0, bytesPerSec: 0, ...o });
 
@@ -75,5 +75,97 @@ describe('shares of the hash space', () => {
 describe('ago', () => {
   it('says how long ago, or never', () => {
     expect([ago(0, 5000), ago(4500, 5000), ago(1000, 31_000), ago(1000, 601_000)]).toEqual(['never', '0.5s ago', '30s ago', '10m ago']);
+  });
+});
+
+describe('replication', () => {
+  const ids = (n: number) => Array.from({ length: n }, (_, i) => ({ id: `s${i + 1}` }));
+  /** A range [start, end) with its group: `primary`, then the followers (`s2` in sync, `s3?` catching up), `+s4` learners. */
+  const group = (start: bigint, end: bigint, ...copies: string[]): GroupRow => {
+    const [primary, ...rest] = copies as [string, ...string[]];
+    const followers = rest.filter((c) => !c.startsWith('+')).map((c) => c.replace('?', ''));
+    return {
+      start,
+      end,
+      shard: primary,
+      replicas: [primary, ...followers],
+      inSync: [primary, ...rest.filter((c) => !c.startsWith('+') && !c.endsWith('?'))],
+      learners: rest.filter((c) => c.startsWith('+')).map((c) => c.slice(1)),
+    };
+  };
+  const single: GroupRow[] = [
+    { start: 0n, end: 10n, shard: 's1' },
+    { start: 10n, end: 20n, shard: 's2' },
+  ];
+
+  it('wants min(factor, shards) copies, the most copies any range has standing in for an unknown factor', () => {
+    const ranges = [group(0n, 10n, 's1', 's2', 's3'), group(10n, 20n, 's2', 's3?')];
+    expect(wantedCopies({ servers: ids(3), ranges })).toBe(3);
+    expect(wantedCopies({ servers: ids(2), ranges })).toBe(2);
+    expect(wantedCopies({ servers: ids(5), ranges, replicationFactor: 2 })).toBe(2);
+    expect(wantedCopies({ servers: ids(2), ranges: single })).toBe(1);
+    expect(wantedCopies({ servers: [], ranges: [] })).toBe(1);
+  });
+
+  it('calls a cluster replicated when a range has a second copy or a learner, or the factor asks for more than one', () => {
+    expect(isReplicated({ servers: ids(2), ranges: single })).toBe(false);
+    expect(isReplicated({ servers: ids(2), ranges: single, replicationFactor: 1 })).toBe(false);
+    expect(isReplicated({ servers: ids(1), ranges: single, replicationFactor: 3 })).toBe(false);
+    expect(isReplicated({ servers: ids(2), ranges: single, replicationFactor: 2 })).toBe(true);
+    expect(isReplicated({ servers: ids(2), ranges: [group(0n, 10n, 's1', '+s2')] })).toBe(true);
+    expect(replicationSummary({ servers: ids(2), ranges: single })).toBeUndefined();
+  });
+
+  it('counts and names the ranges with fewer in-sync copies than wanted', () => {
+    const ranges = [group(0n, 10n, 's1', 's2', 's3'), group(10n, 20n, 's2', 's3?', 's1'), group(20n, 30n, 's3', 's1?', 's2?'), group(30n, 40n, 's1', '+s2')];
+    expect(underReplicated({ servers: ids(3), ranges }).map((u) => [u.range.start, u.inSync])).toEqual([
+      [10n, 2],
+      [20n, 1],
+      [30n, 1],
+    ]);
+    expect(replicationSummary({ servers: ids(3), ranges })).toEqual({
+      summary: 'Replication: 3 copies wanted · 3 of 4 ranges under-replicated · 1 learner copying',
+      short: 'Under-replicated: [10, 20) 2/3 in sync, [20, 30) 1/3 in sync, and 1 more',
+    });
+    expect(replicationSummary({ servers: ids(3), ranges: ranges.slice(0, 1) })).toEqual({ summary: 'Replication: 3 copies wanted · all 1 ranges in sync' });
+    // A factor-2 cluster whose ranges have no second copy yet: every range is short.
+    expect(replicationSummary({ servers: ids(2), ranges: single, replicationFactor: 2 })?.short).toBe('Under-replicated: [0, 10) 1/2 in sync, [10, 20) 1/2 in sync');
+  });
+
+  it('says nothing for an unchanged map, nor for a single-copy one whose ranges moved', () => {
+    const ranges = [group(0n, 10n, 's1', 's2', 's3?', '+s4'), group(10n, 20n, 's2', 's1')];
+    expect(replicaEvents(ranges, ranges.map((r) => ({ ...r })))).toEqual([]);
+    expect(replicaEvents(single, [{ ...single[0]!, shard: 's3' }, single[1]!])).toEqual([]);
+    expect(replicaEvents([], ranges)).toEqual([]);
+  });
+
+  it('tells a failover from a hand-over by whether the old primary stayed in sync', () => {
+    const before = [group(0n, 10n, 's1', 's2', 's3'), group(10n, 20n, 's2', 's1')];
+    const after = [group(0n, 10n, 's2', 's3', 's1?'), group(10n, 20n, 's1', 's2')];
+    expect(replicaEvents(before, after)).toEqual(['range [0, 10): primary s1 → s2 (failover)', 'range [10, 20): primary s2 → s1 (hand-over)']);
+  });
+
+  it('follows re-replication: a learner added, caught up, the copy it replaces dropped', () => {
+    const start = [group(0n, 10n, 's1', 's2?')];
+    const learning = [group(0n, 10n, 's1', 's2?', '+s3')];
+    const joined = [group(0n, 10n, 's1', 's2?', 's3')];
+    const dropped = [group(0n, 10n, 's1', 's3')];
+    expect(replicaEvents(start, learning)).toEqual(['s3 started copying [0, 10) as a learner (re-replication)']);
+    expect(replicaEvents(learning, joined)).toEqual(['s3 caught up and joined the in-sync set of [0, 10)']);
+    expect(replicaEvents(joined, dropped)).toEqual(['s2 no longer holds a copy of [0, 10)']);
+    // A single copy gaining its first learner is re-replication too.
+    expect(replicaEvents(single, [group(0n, 10n, 's1', '+s2'), single[1]!])).toEqual(['s2 started copying [0, 10) as a learner (re-replication)']);
+  });
+
+  it('tells followers leaving and rejoining the in-sync set', () => {
+    const inSync = [group(0n, 10n, 's1', 's2', 's3')];
+    const behind = [group(0n, 10n, 's1', 's2?', 's3')];
+    expect(replicaEvents(inSync, behind)).toEqual(['s2 left the in-sync set of [0, 10) (catching up)']);
+    expect(replicaEvents(behind, inSync)).toEqual(['s2 rejoined the in-sync set of [0, 10)']);
+  });
+
+  it('caps a burst of changes, saying how many more there were', () => {
+    expect(capLines(['a', 'b', 'c'], 3, (n) => `${n} more`)).toEqual(['a', 'b', 'c']);
+    expect(capLines(['a', 'b', 'c'], 2, (n) => `${n} more`)).toEqual(['a', 'b', '1 more']);
   });
 });

@@ -1,9 +1,11 @@
 /**
  * The admin console's view model: plain data the components draw, and the
  * pure functions that derive it (progress, ETA, phases, shares, the map
- * strip). No React, no I/O: tested on its own in model.test.ts.
+ * strip, replication: copies wanted, ranges short of them, and what changed
+ * between two refreshes). No React, no I/O: tested on its own in model.test.ts.
  */
 import { HASH_SPACE_END } from '../../services/common/hash.js';
+import { rangeKey, showRange } from '../../services/common/ranges.js';
 import type { RangeRow, ServerRow } from '../format.js';
 import type { MoveView, PlanView } from '../operations-api.js';
 import { phaseName } from '../../services/master/move-steps.js';
@@ -20,6 +22,8 @@ export interface Snapshot {
   moves: MoveView[];
   /** When the poll answered, ms since the Unix epoch. */
   at: number;
+  /** The map's replication factor, when the master told it (absent = not known: see wantedCopies). */
+  replicationFactor?: number;
 }
 
 /** One entry of the console's log (the part of the screen that scrolls). */
@@ -197,4 +201,109 @@ export function ago(atMs: number | undefined, nowMs: number): string {
 /** Local time of day, `HH:MM:SS`. */
 export function clock(atMs: number): string {
   return new Date(atMs).toTimeString().slice(0, 8);
+}
+
+// ---------------------------------------------------------------------------
+// Replication: the copies wanted, the ranges short of them, and the changes
+// of the replica groups between two refreshes (failovers, re-replication).
+
+/** What the replication view reads of a range (a master from before replication sends no group: the primary alone). */
+export type GroupRow = Pick<RangeRow, 'start' | 'end' | 'shard' | 'replicas' | 'inSync' | 'learners'>;
+
+const replicasOf = (r: GroupRow): readonly string[] => r.replicas ?? [r.shard];
+const inSyncOf = (r: GroupRow): readonly string[] => r.inSync ?? [r.shard];
+const learnersOf = (r: GroupRow): readonly string[] => r.learners ?? [];
+const isSingleCopy = (r: GroupRow): boolean => replicasOf(r).length <= 1 && learnersOf(r).length === 0;
+
+/** What of a snapshot the replication view reads. */
+type ReplicationView = { servers: ReadonlyArray<Pick<ServerRow, 'id'>>; ranges: readonly GroupRow[]; replicationFactor?: number };
+
+/**
+ * The in-sync copies each range should have: min(factor, shards), as the
+ * master's planner aims for. Without the factor, the most copies any range
+ * has stands in for it (the planner gives every range as many).
+ */
+export function wantedCopies(s: ReplicationView): number {
+  const most = s.ranges.reduce((n, r) => Math.max(n, replicasOf(r).length), 1);
+  return Math.max(1, Math.min(s.replicationFactor ?? most, s.servers.length));
+}
+
+/** A cluster that keeps (or should keep) more than one copy of a range: the dashboard shows copies only then. */
+export function isReplicated(s: ReplicationView): boolean {
+  return wantedCopies(s) > 1 || s.ranges.some((r) => !isSingleCopy(r));
+}
+
+/** The ranges with fewer in-sync copies than wanted, in hash order, with how many they have. */
+export function underReplicated(s: ReplicationView): Array<{ range: GroupRow; inSync: number }> {
+  const wanted = wantedCopies(s);
+  return s.ranges.filter((r) => inSyncOf(r).length < wanted).map((range) => ({ range, inSync: inSyncOf(range).length }));
+}
+
+/**
+ * The dashboard's replication summary, or undefined for a single-copy
+ * cluster (whose dashboard stays as it was): `Replication: 3 copies wanted ·
+ * 2 of 12 ranges under-replicated · 1 learner copying`, and when ranges are
+ * short, which: `Under-replicated: [0, 10) 1/3 in sync, [10, 20) 2/3 in
+ * sync, and 3 more`. Lists at most `listed`: the count is what matters at a
+ * glance, and `ranges` lists them all.
+ */
+export function replicationSummary(s: ReplicationView, listed = 2): { summary: string; short?: string } | undefined {
+  if (!isReplicated(s)) return undefined;
+  const wanted = wantedCopies(s);
+  const short = underReplicated(s);
+  const learners = s.ranges.reduce((n, r) => n + learnersOf(r).length, 0);
+  const parts = [`Replication: ${wanted} copies wanted`, short.length ? `${short.length} of ${s.ranges.length} ranges under-replicated` : `all ${s.ranges.length} ranges in sync`];
+  if (learners) parts.push(`${learners} learner${learners === 1 ? '' : 's'} copying`);
+  if (short.length === 0) return { summary: parts.join(' · ') };
+  const shown = short.slice(0, listed).map((u) => `${showRange(u.range)} ${u.inSync}/${wanted} in sync`);
+  const more = short.length > listed ? `, and ${short.length - listed} more` : '';
+  return { summary: parts.join(' · '), short: `Under-replicated: ${shown.join(', ')}${more}` };
+}
+
+/**
+ * What changed in the replica groups between two refreshes, one line per
+ * change, in hash order: a new primary (a failover when the old one left the
+ * in-sync set, a hand-over when it stayed), learners added (re-replication
+ * begins) and caught up, followers leaving and rejoining the in-sync set,
+ * copies dropped. A range held by its primary alone on both sides says
+ * nothing: its moves have their own progress bars. A range split or merged
+ * meanwhile is not compared (a split or merge changes no copy).
+ */
+export function replicaEvents(previous: readonly GroupRow[], next: readonly GroupRow[]): string[] {
+  const before = new Map(previous.map((r) => [rangeKey(r), r]));
+  const lines: string[] = [];
+  for (const now of next) {
+    const was = before.get(rangeKey(now));
+    if (!was || (isSingleCopy(was) && isSingleCopy(now))) continue;
+    const where = showRange(now);
+    const wasInSync = new Set(inSyncOf(was));
+    const wasLearner = new Set(learnersOf(was));
+    const wasReplica = new Set(replicasOf(was));
+    const inSync = new Set(inSyncOf(now));
+    const holds = new Set([...replicasOf(now), ...learnersOf(now)]);
+    if (was.shard !== now.shard) {
+      // promote takes the old primary out of the in-sync set; a hand-over keeps it in.
+      const how = inSync.has(was.shard) ? 'hand-over' : 'failover';
+      lines.push(`range ${where}: primary ${was.shard} → ${now.shard} (${how})`);
+    }
+    for (const s of learnersOf(now)) if (!wasLearner.has(s) && !wasReplica.has(s)) lines.push(`${s} started copying ${where} as a learner (re-replication)`);
+    for (const s of inSyncOf(now)) {
+      if (wasInSync.has(s)) continue;
+      if (wasLearner.has(s)) lines.push(`${s} caught up and joined the in-sync set of ${where}`);
+      else if (wasReplica.has(s)) lines.push(`${s} rejoined the in-sync set of ${where}`);
+      else lines.push(`${s} joined the in-sync set of ${where}`);
+    }
+    for (const s of inSyncOf(was)) {
+      // The old primary of a failover is said above.
+      if (inSync.has(s) || !holds.has(s) || (s === was.shard && s !== now.shard)) continue;
+      lines.push(`${s} left the in-sync set of ${where} (catching up)`);
+    }
+    for (const s of [...wasReplica, ...wasLearner]) if (!holds.has(s)) lines.push(`${s} no longer holds a copy of ${where}`);
+  }
+  return lines;
+}
+
+/** At most `max` lines: a failure may change hundreds of ranges at once, and the log should stay readable. */
+export function capLines(lines: string[], max: number, rest: (n: number) => string): string[] {
+  return lines.length <= max ? lines : [...lines.slice(0, max), rest(lines.length - max)];
 }

@@ -7,6 +7,7 @@
 import { CairnClient } from '../../services/client/index.js';
 import { CairnError } from '../../services/common/errors.js';
 import type { ClientTls } from '../../services/common/grpc.js';
+import { factorOf } from '../../services/common/map.js';
 import { asCliError } from '../ctl.js';
 import { FollowLostError, TEXT } from '../operations.js';
 import { moveView, SdkOperations, type MoveView, type OperationsApi } from '../operations-api.js';
@@ -75,7 +76,8 @@ export class ClientAdminApi extends SdkOperations implements AdminApi {
   async connect(password: string): Promise<void> {
     this.client?.close();
     this.client = undefined;
-    this.client = await CairnClient.connect({ master: this.opts.master, user: this.opts.user, password, timeoutMs: this.opts.timeoutMs, tls: this.opts.tls });
+    // watch: the dashboard reads the replication factor from the client's map, and the factor may change while the console runs.
+    this.client = await CairnClient.connect({ master: this.opts.master, user: this.opts.user, password, timeoutMs: this.opts.timeoutMs, tls: this.opts.tls, watch: true });
   }
 
   protected override sdk(): CairnClient {
@@ -92,6 +94,8 @@ export class ClientAdminApi extends SdkOperations implements AdminApi {
       ranges: ranges.map((r) => ({ ...r, shard: r.shardId })),
       moves: moves.moves.map(moveView),
       at: Date.now(),
+      // From the client's map, kept current by WatchMap: GetRanges does not carry the factor.
+      replicationFactor: c.map.epoch > 0n ? factorOf(c.map) : undefined,
     };
   }
 

@@ -43,6 +43,8 @@ export interface ConsoleState {
   /** The command line (or the password being typed). */
   input: { value: string; options: string[]; mask: boolean; label?: string };
   notice?: string;
+  /** Appends an entry to the log from outside a command (the dashboard's replica events). */
+  note: (item: LogItem) => void;
 }
 
 /** Thrown inside a command to end it with one error line. */
@@ -324,6 +326,7 @@ export function useConsole(o: ConsoleOptions): ConsoleState {
     log,
     connected,
     notice,
+    note: append,
     input:
       mode.kind === 'password'
         ? { value: secret.value, options: [], mask: true, label: `Password for ${api.user}@${api.master}:` }
