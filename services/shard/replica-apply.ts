@@ -39,7 +39,7 @@ export interface ReplicaHost {
   heardFromPrimary(range: HashRange, atMs: number): void;
 }
 
-type Answer = Omit<ReplicateResponse, 'version'>;
+type Answer = Omit<ReplicateResponse, 'version' | 'logEndLsn' | 'logEndTerm'>;
 
 const accepted = (lsn: bigint, term: bigint): Answer => ({ outcome: 'ACCEPTED', lastLsn: lsn, lastTerm: term, message: '' });
 
@@ -65,7 +65,7 @@ async function answer(host: ReplicaHost, req: ReplicateRequest): Promise<Replica
   return serially(host, rangeKey(range), async () => {
     const r = host.map.ranges.find((x) => x.start === range.start && x.end === range.end);
     const version = r?.version ?? 0n;
-    const refuse = (outcome: string, message: string): ReplicateResponse => ({ version, outcome, lastLsn: 0n, lastTerm: 0n, message });
+    const refuse = (outcome: string, message: string): ReplicateResponse => ({ version, outcome, lastLsn: 0n, lastTerm: 0n, message, logEndLsn: 0n, logEndTerm: 0n });
     if (!r) return refuse('STALE', `shard ${host.nodeId} has no range ${showRange(range)} in map epoch ${host.map.epoch}`);
     if (req.version < version) return refuse('STALE', `version ${req.version} of ${showRange(range)} is older than ours, ${version}`);
     if (req.version > version) throw new CairnError('NOT_READY', `shard ${host.nodeId} holds version ${version} of ${showRange(range)}, older than ${req.version}; retry`, { retryAfterMs: 100 });
@@ -75,7 +75,8 @@ async function answer(host: ReplicaHost, req: ReplicateRequest): Promise<Replica
     }
     host.heardFromPrimary(range, Date.now());
     const log = await host.rangeLogs.get(range);
-    return { version, ...(await apply(host, range, log, req)) };
+    const answer = await apply(host, range, log, req);
+    return { version, ...answer, logEndLsn: log.lastLsn, logEndTerm: log.lastTerm };
   });
 }
 

@@ -20,6 +20,7 @@ import type { ClientDuplexStream } from '@grpc/grpc-js';
 import type { Logger } from 'winston';
 import type { ReplicateRequest, ReplicateResponse, ShardControlServiceClient } from '../../proto/gen/cairn/v1/control.js';
 import { CairnError } from '../common/errors.js';
+import { failpoint } from '../common/failpoints.js';
 import { endToProto } from '../common/hash.js';
 import { metadataFor, type ClientPool } from '../common/grpc.js';
 import { addressOf, inSyncOf, learnersOf, replicasOf, type ClusterMap, type MapRange } from '../common/map.js';
@@ -487,6 +488,7 @@ class FollowerLink {
           await this.snapshot(ask);
           continue;
         }
+        if (entries.length) failpoint('primary-before-replicate'); // `crash`: writes applied here that no follower has
         const sentAt = Date.now();
         const res = await ask({
           prevLsn: send.prevLsn,
@@ -508,6 +510,9 @@ class FollowerLink {
     const now = Date.now();
     switch (res.outcome) {
       case 'ACCEPTED':
+        // Its log may run past what we asked about: entries a deposed primary wrote and never had
+        // acknowledged. A copy holding them cannot be counted in sync; it gets a snapshot.
+        if (res.logEndLsn > g.log.lastLsn || g.log.termAt(res.logEndLsn) !== res.logEndTerm) return false;
         g.state.onAck(this.follower, { version: res.version, matchLsn: res.lastLsn, sentAt }, now);
         g.settle(now);
         g.log.forgetBelow(g.state.retainFrom());
