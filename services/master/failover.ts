@@ -31,6 +31,14 @@ import { rangeKey, showRange, type HashRange } from '../common/ranges.js';
 import { chooseNewPrimary } from '../shard/replication.js';
 import { addLearner, dropReplica, promote, promoteLearner, rejoinInSync, removeFromInSync, type StepResult } from './replica-steps.js';
 
+/**
+ * The crash points of replication (CAIRN_FAILPOINTS, see failpoints.ts): the
+ * master between deciding a group change and writing it, and after writing
+ * it before pushing it; a primary after applying a write and before any
+ * follower has it; a follower after applying entries and before acknowledging.
+ */
+export const REPLICATION_FAILPOINTS = ['master-before-replica-step', 'master-after-replica-step', 'primary-before-replicate', 'follower-before-ack'] as const;
+
 /** One follower of one range at the version its primary saw (from a heartbeat). */
 export interface FollowerNote {
   range: HashRange;

@@ -22,6 +22,7 @@ import type { ClientListChange } from './client-list.js';
 import { ClusterState } from './cluster-state.js';
 import { MoveCoordinator } from './coordinator.js';
 import { planFailover } from './failover.js';
+import { failpoint } from '../common/failpoints.js';
 import type { LoginCaller } from './logins.js';
 import { Membership, type RangeView, type ServerView, type ShardBeat, type ShardHello } from './membership.js';
 import { Operations, type StartedOperation } from './operations.js';
@@ -83,6 +84,8 @@ export interface MasterOptions {
 
 /** How often the master looks for replica groups to change. */
 const REPLICA_PASS_MS = 250;
+/** A gap this long between two passes means the process itself stalled. */
+const STALL_MS = 1000;
 
 export class Master {
   readonly nodeId: string;
@@ -95,6 +98,13 @@ export class Master {
   /** Failover, in-sync removals and rejoins of replicated ranges (failover.ts), a pass every REPLICA_PASS_MS. */
   private readonly replicaTimer: NodeJS.Timeout;
   private replicaPassRunning = false;
+  /**
+   * No group change before this time: a master that has just started, or
+   * has just run again after a stall (paused, swapped out), has heard no
+   * heartbeat lately, and must not take shards that are up for down.
+   */
+  private judgeShardsFrom: number;
+  private lastPassAt = Date.now();
 
   private constructor(
     private readonly opts: MasterOptions,
@@ -121,20 +131,29 @@ export class Master {
       { maxConcurrentMoves: opts.maxConcurrentMoves ?? 2, moveMaxMbps: opts.moveMaxMbps ?? 0 },
     );
     this.operations = new Operations({ state, members: this.members, calls: this.calls, coordinator: this.coordinator, store, log: opts.log, diskHighWater: opts.diskHighWater });
+    this.judgeShardsFrom = Date.now() + opts.shardDownAfterMs;
     this.replicaTimer = setInterval(() => void this.replicaPass(), REPLICA_PASS_MS);
     this.replicaTimer.unref();
   }
 
   /** One failover pass: the group changes the shards' state calls for, as one durable map step. */
   private async replicaPass(): Promise<void> {
-    if (this.replicaPassRunning || this.state.closed || this.state.map.epoch === 0n) return;
+    const now = Date.now();
+    if (now - this.lastPassAt > STALL_MS) {
+      this.judgeShardsFrom = now + this.opts.shardDownAfterMs;
+      this.opts.log.warn('the master did not run for a while (paused?); it judges shards again once they could have reported', { stalledMs: now - this.lastPassAt, waitMs: this.opts.shardDownAfterMs });
+    }
+    this.lastPassAt = now;
+    if (now < this.judgeShardsFrom || this.replicaPassRunning || this.state.closed || this.state.map.epoch === 0n) return;
     this.replicaPassRunning = true;
     try {
       if (!planFailover(this.state.map, this.members.failoverView())) return;
       await this.state.serial.run(async () => {
         const plan = planFailover(this.state.map, this.members.failoverView()); // again, on the map as it is now
         if (!plan || this.state.closed) return;
+        failpoint('master-before-replica-step'); // `crash`: the pass decided (promote, in-sync out or back, new copy), nothing written
         await this.state.commitMap(plan.map);
+        failpoint('master-after-replica-step'); // `crash`: the step is durable, not yet pushed to the shards
         for (const change of plan.changes) this.opts.log.warn('replica group changed', { change, epoch: plan.map.epoch.toString() });
       });
     } catch (err) {
@@ -260,6 +279,11 @@ export class Master {
   /** Pushes the current map to every shard; returns the ids that did not answer. */
   pushMapToAll(): Promise<{ failed: Array<{ id: string; error: string }> }> {
     return this.calls.pushMapToAll();
+  }
+
+  /** Stops the failover pass (at the start of a shutdown, before calls are drained). */
+  stopActing(): void {
+    clearInterval(this.replicaTimer);
   }
 
   async close(): Promise<void> {

@@ -21,6 +21,7 @@ import {
   type MoveEvent,
 } from './move-steps.js';
 import { canTransition, isTerminal, MOVE_STATES, newMove, transition, TRANSITIONS, type MoveState } from './moves.js';
+import { REPLICATION_FAILPOINTS } from './failover.js';
 
 /** Every value of the proto enum, UNRECOGNIZED aside. */
 const PHASES = Object.values(TransferPhase).filter((v): v is TransferPhase => typeof v === 'number' && v !== TransferPhase.UNRECOGNIZED);
@@ -79,7 +80,7 @@ describe('the declared steps', () => {
     const listed = MOVE_STATES.flatMap((s) => STEPS[s].failpoints);
     expect(new Set(listed).size).toBe(listed.length);
     // Every failpoint of the master and the shard is a step's, or named here as not a move's.
-    const notMoves = ['master-admin-answer'];
+    const notMoves: string[] = ['master-admin-answer', ...REPLICATION_FAILPOINTS];
     const files = ['master', 'shard'].flatMap((dir) =>
       readdirSync(new URL(`../${dir}/`, import.meta.url))
         .filter((f) => f.endsWith('.ts') && !f.endsWith('.test.ts'))

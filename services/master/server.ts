@@ -55,6 +55,8 @@ export async function startMasterServer(opts: MasterServerOptions): Promise<Runn
       ];
     },
     servingOnceBound: true,
+    // First thing on SIGTERM: a draining master refuses heartbeats, so it must stop judging shards by them.
+    onStop: () => master.stopActing(),
     close: () => master.close(),
   });
   const { server, address, metricsAddress, serving, metrics, stop } = running;

@@ -21,6 +21,7 @@
 import type { Logger } from 'winston';
 import type { ReplicateRequest, ReplicateResponse } from '../../proto/gen/cairn/v1/control.js';
 import { CairnError } from '../common/errors.js';
+import { failpoint } from '../common/failpoints.js';
 import { learnersOf, replicasOf, type ClusterMap } from '../common/map.js';
 import { rangeKey, showRange, type HashRange } from '../common/ranges.js';
 import { positionKey, positionToJson, type RangeLog, type RangeLogs } from './replica-log.js';
@@ -117,6 +118,7 @@ async function apply(host: ReplicaHost, range: HashRange, log: RangeLog, req: Re
     const ops: RawOp[] = applied.flatMap((e) => e.ops);
     await host.store.applyReplicated(ops, [host.store.metaOp(key, positionToJson({ ...after, lastLsn: last.lsn, lastTerm: last.term }))], { sync: applied.some((e) => e.sync) });
     for (const e of applied) log.append({ ...e, bytes: opsBytes(e.ops) });
+    failpoint('follower-before-ack'); // `crash`: applied and durable here, the primary never told
   }
   const end = req.entries.at(-1);
   return end ? accepted(end.lsn, end.term) : accepted(req.prevLsn, req.prevTerm);
