@@ -74,8 +74,13 @@ async function put(row: string, value: string, timeoutMs = 30_000): Promise<void
   await client.put(row, { v: value }, { timeoutMs });
   acked.set(row, value);
 }
+/** Rows with a write neither acknowledged nor refused (its client gave up or is still waiting): either value may be read. */
+const unsettled = new Map<string, string>();
 async function checkAcked(c: CairnClient = client): Promise<void> {
-  for (const [row, value] of acked) expect([row, (await c.getValue(row, 'v', { timeoutMs: 30_000 }))?.toString()]).toEqual([row, value]);
+  for (const [row, value] of acked) {
+    const got = (await c.getValue(row, 'v', { timeoutMs: 30_000 }))?.toString();
+    expect([row, got === unsettled.get(row) ? value : got]).toEqual([row, value]);
+  }
 }
 
 /**
@@ -311,6 +316,7 @@ describe('the master down', () => {
     await cluster.stop(victim, 'SIGKILL');
     const pending = c.put(row, { v: 'after' }, { timeoutMs: 60_000 });
     pending.catch(() => undefined); // judged below; it may end while other calls are awaited
+    unsettled.set(row, 'after');
     // The other ranges have the dead shard as an in-sync follower that only the master can remove: say what they do.
     const other = all.find((r) => r.shard !== r0.shard)!;
     const otherWrite = await raceTimeout(c.put(rowsOf(other, `${tag}o`, 1)[0]!, { v: 'other' }, { timeoutMs: 3000 }), 4000);
@@ -320,6 +326,14 @@ describe('the master down', () => {
     if (typeof otherWrite === 'object' && 'ok' in otherWrite) acked.set(rowsOf(other, `${tag}o`, 1)[0]!, 'other');
     const state = await raceTimeout(pending, Math.max(0, killedAt + 8000 - Date.now()));
     console.log(`faults: write to the dead primary's range ${Date.now() - killedAt} ms after kill -9, master down (${how}): ${say(state)}`);
+    if (state !== 'pending' && how === 'SIGSTOP') {
+      // The SDK gave up (see the defect below). What the master does once it runs again, for the report:
+      const at = Date.now();
+      cluster.driver.resume(master());
+      await new Promise((r) => setTimeout(r, 6000));
+      const r1 = rangeOfRow(await ranges(), row);
+      console.log(`faults: 6 s after the master's SIGCONT the dead primary's range has primary ${r1.shard}, in-sync ${r1.inSync.join(',')}; group changes: ${JSON.stringify(groupChanges(at - 100))}`);
+    }
     expect(state).toBe('pending');
 
     const backAt = Date.now();
@@ -330,6 +344,7 @@ describe('the master down', () => {
     console.log(`faults: the waiting write: ${say(done)} ${Date.now() - backAt} ms after the master was back (${Date.now() - killedAt} ms after kill -9); its range now: primary ${r1.shard}, in-sync ${r1.inSync.join(',')}; group changes: ${JSON.stringify(groupChanges(backAt - 100))}`);
     expect(typeof done === 'object' && 'ok' in done).toBe(true);
     acked.set(row, 'after');
+    unsettled.delete(row);
     expect(rangeOfRow(await ranges(), row).shard).not.toBe(r0.shard);
     await cluster.restart(victim);
     await waitUntil(allInSync, 60_000, 'every range in sync');
