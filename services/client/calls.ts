@@ -13,7 +13,7 @@ import { CairnError, fromServiceError } from '../common/errors.js';
 import type { ClusterMap } from '../common/map.js';
 import { RequestIds } from './convert.js';
 import type { MapCache } from './map-cache.js';
-import { backoffMs, classify, realSleep, retryLoop } from './retry.js';
+import { backoffMs, classify, realSleep, refreshFailure, retryLoop } from './retry.js';
 import { groupByShard, routeRow, splitBatches, type BatchCaps, type Indexed } from './router.js';
 import { isExpiry, STALE, type Session } from './session.js';
 import type { CallOptions } from './types.js';
@@ -111,7 +111,7 @@ export class Calls {
         await this.maps.refresh(deadline);
       } catch (e) {
         err = fromServiceError(e);
-        if (classify(err) === 'fail') throw err;
+        if (refreshFailure(err, Date.now(), deadline) === 'fail') throw err;
         action = 'backoff';
       }
     }

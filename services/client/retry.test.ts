@@ -1,7 +1,7 @@
 import { describe, expect, it, jest } from '@jest/globals';
 import fc from 'fast-check';
 import { CairnError, type ErrorCode } from '../common/errors.js';
-import { BACKOFF_CAP_MS, backoffMs, classify, retryLoop } from './retry.js';
+import { BACKOFF_CAP_MS, backoffMs, classify, refreshFailure, retryLoop } from './retry.js';
 
 /** A fake clock whose sleep advances time instantly and records each pause. */
 function fakeClock(start = 1_000_000) {
@@ -220,5 +220,15 @@ describe('retryLoop', () => {
     );
     expect(out).toBe('routed');
     expect(clock.sleeps[0]).toBe(30);
+  });
+});
+
+describe('refreshFailure', () => {
+  it('waits for a master that did not answer a refresh in time while the call has time left; fails at its deadline, and on a refusal', () => {
+    const late = new CairnError('DEADLINE_EXCEEDED', 'Deadline exceeded');
+    expect(refreshFailure(late, 1000, 60_000)).toBe('backoff');
+    expect(refreshFailure(late, 60_000, 60_000)).toBe('fail');
+    expect(refreshFailure(new CairnError('PERMISSION_DENIED', 'no'), 1000, 60_000)).toBe('fail');
+    expect(refreshFailure(new CairnError('UNREACHABLE', 'down'), 1000, 60_000)).toBe('backoff');
   });
 });

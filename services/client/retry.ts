@@ -92,7 +92,7 @@ export async function retryLoop<T>(fn: (attempt: number) => Promise<T>, o: Retry
           // A refresh that fails is judged like any other error: a down master is
           // worth waiting for, a refused token is not.
           err = fromServiceError(e);
-          action = classify(err) === 'fail' ? 'fail' : 'backoff';
+          action = refreshFailure(err, now(), o.deadline);
           if (action === 'fail') throw err;
         }
       }
@@ -104,4 +104,15 @@ export async function retryLoop<T>(fn: (attempt: number) => Promise<T>, o: Retry
     if (now() + delay >= o.deadline) throw err;
     if (delay > 0) await sleep(delay);
   }
+}
+
+/**
+ * What a failed map refresh means for the call that asked for it: a master
+ * that did not answer within the refresh's own bound (paused, or far away)
+ * is worth waiting for while the call's deadline lasts, as a master that
+ * refuses connections is; a refused token or bad request is not.
+ */
+export function refreshFailure(err: CairnError, now: number, deadline: number): 'fail' | 'backoff' {
+  if (err.code === 'DEADLINE_EXCEEDED' && now < deadline) return 'backoff';
+  return classify(err) === 'fail' ? 'fail' : 'backoff';
 }

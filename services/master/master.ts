@@ -131,7 +131,7 @@ export class Master {
       { maxConcurrentMoves: opts.maxConcurrentMoves ?? 2, moveMaxMbps: opts.moveMaxMbps ?? 0 },
     );
     this.operations = new Operations({ state, members: this.members, calls: this.calls, coordinator: this.coordinator, store, log: opts.log, diskHighWater: opts.diskHighWater });
-    this.judgeShardsFrom = Date.now() + opts.shardDownAfterMs;
+    this.judgeShardsFrom = Date.now() + this.judgeAfterMs;
     this.replicaTimer = setInterval(() => void this.replicaPass(), REPLICA_PASS_MS);
     this.replicaTimer.unref();
   }
@@ -140,8 +140,8 @@ export class Master {
   private async replicaPass(): Promise<void> {
     const now = Date.now();
     if (now - this.lastPassAt > STALL_MS) {
-      this.judgeShardsFrom = now + this.opts.shardDownAfterMs;
-      this.opts.log.warn('the master did not run for a while (paused?); it judges shards again once they could have reported', { stalledMs: now - this.lastPassAt, waitMs: this.opts.shardDownAfterMs });
+      this.judgeShardsFrom = now + this.judgeAfterMs;
+      this.opts.log.warn('the master did not run for a while (paused?); it judges shards again once they could have reported', { stalledMs: now - this.lastPassAt, waitMs: this.judgeAfterMs });
     }
     this.lastPassAt = now;
     if (now < this.judgeShardsFrom || this.replicaPassRunning || this.state.closed || this.state.map.epoch === 0n) return;
@@ -279,6 +279,14 @@ export class Master {
   /** Pushes the current map to every shard; returns the ids that did not answer. */
   pushMapToAll(): Promise<{ failed: Array<{ id: string; error: string }> }> {
     return this.calls.pushMapToAll();
+  }
+
+  /**
+   * How long shards get to report before the master judges them: the down
+   * time, two heartbeats, and a reconnect (channels back off up to 2 s).
+   */
+  private get judgeAfterMs(): number {
+    return this.opts.shardDownAfterMs + 2 * this.opts.heartbeatIntervalMs + 2000;
   }
 
   /** Stops the failover pass (at the start of a shutdown, before calls are drained). */
