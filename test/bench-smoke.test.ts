@@ -1,8 +1,10 @@
 /**
- * CI smoke test for `npm run bench:peers`: the tiny mode runs start to finish
+ * CI smoke tests for the benches. `npm run bench:peers`: the tiny mode runs start to finish
  * (Cairn cluster, the echo floor, in-process level, and etcd and redis when
  * they are installed; a missing one is reported with how to install it), and
  * writes a results file in the agreed shape and a chart drawn from it.
+ * `npm run bench:replication -- --quick`: both factors and one failover, and
+ * its results file.
  * Benchmarks are not tests: nothing here looks at a time or a rate.
  */
 import { afterAll, describe, expect, it } from '@jest/globals';
@@ -16,9 +18,9 @@ afterAll(async () => {
   for (const d of dirs) await rm(d, { recursive: true, force: true });
 });
 
-function run(args: string[]): Promise<{ code: number | null; out: string }> {
+function run(args: string[], bench = 'peers-bench'): Promise<{ code: number | null; out: string }> {
   return new Promise((done) => {
-    const child = spawn(process.execPath, [resolve('dist/bench/peers-bench.js'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [resolve(`dist/bench/${bench}.js`), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr.on('data', (d: Buffer) => (out += d.toString()));
@@ -64,4 +66,21 @@ describe('bench:peers --tiny', () => {
     expect(chart.startsWith('<svg')).toBe(true);
     expect(chart).toContain('cairn');
   }, 240_000);
+});
+
+describe('bench:replication --quick', () => {
+  it('measures factor 1 and 3, times a failover, and writes results', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cairn-bench-smoke-'));
+    dirs.push(dir);
+    const json = join(dir, 'replication.json');
+    const { code, out } = await run(['--quick', '--out', json], 'replication-bench');
+    if (code !== 0) throw new Error(`bench:replication --quick exited with ${code}:\n${out}`);
+    const file = JSON.parse(await readFile(json, 'utf8')) as { results: Array<Record<string, unknown>>; ratios: unknown[]; failover: { trials: unknown[] } };
+    expect(file.results.map((r) => `${r.workload}/${r.factor}`).sort()).toEqual(['batch1000/1', 'batch1000/3', 'put/1', 'put/3']);
+    for (const r of file.results) expect(r).toEqual(expect.objectContaining({ rowsPerSec: expect.any(Number), serverCpuUsPerRow: expect.any(Number) }));
+    expect(file.ratios).toHaveLength(2);
+    expect(file.failover.trials).toHaveLength(1);
+    expect(file.failover.trials[0]).toEqual(expect.objectContaining({ totalMs: expect.any(Number), victim: expect.any(String), promoted: expect.any(String) }));
+    expect(out).toContain('Failover time (median of 1)');
+  }, 180_000);
 });

@@ -11,22 +11,13 @@ import { status } from '@grpc/grpc-js';
 import { rm } from 'node:fs/promises';
 import { CairnClient } from '../services/client/index.js';
 import { rowHash } from '../services/common/hash.js';
-import { startProcCluster, waitUntil, type Proc, type ProcCluster } from './harness/cluster.js';
+import { startProcCluster, waitUntil, type Proc, type ProcCluster, type RangeJson } from './harness/cluster.js';
 import { USERS } from './harness/inproc.js';
 import { login, rawCall, shardClient } from './harness/raw.js';
 
 const WRITER = USERS.find((u) => u.role === 'rw')!;
 let cluster: ProcCluster;
 let client: CairnClient;
-
-interface RangeJson {
-  start: string;
-  end: string;
-  shard: string;
-  address: string;
-  replicas: string[];
-  inSync: string[];
-}
 
 const ranges = async (): Promise<RangeJson[]> => (await cluster.ctl(['ranges', '--json'])).json.ranges;
 const rangeOfRow = (all: RangeJson[], row: string) => all.find((r) => BigInt(r.start) <= rowHash(row) && rowHash(row) < BigInt(r.end))!;

@@ -65,6 +65,16 @@ export function waitReady(masterAddress: string, shards: number, timeoutMs = 30_
   }, timeoutMs, `${shards} shards up`);
 }
 
+/** One range of `cairn ctl ranges --json`: its primary (`shard`, `address`) and its replica group. */
+export interface RangeJson {
+  start: string;
+  end: string;
+  shard: string;
+  address: string;
+  replicas: string[];
+  inSync: string[];
+}
+
 export interface CtlResult {
   code: number | null;
   stdout: string;
