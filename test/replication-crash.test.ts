@@ -12,20 +12,12 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { CairnClient } from '../services/client/index.js';
 import { rowHash } from '../services/common/hash.js';
-import { startProcCluster, waitUntil, type ProcCluster } from './harness/cluster.js';
+import { startProcCluster, waitUntil, type ProcCluster, type RangeJson } from './harness/cluster.js';
 import { USERS } from './harness/inproc.js';
 
 const WRITER = USERS.find((u) => u.role === 'rw')!;
 const ENV = { CAIRN_REPLICA_LEASE_MS: '1000', CAIRN_REPLICA_ACK_TIMEOUT_MS: '1500' };
 
-interface RangeJson {
-  start: string;
-  end: string;
-  shard: string;
-  address: string;
-  replicas: string[];
-  inSync: string[];
-}
 
 let cluster: ProcCluster | undefined;
 afterEach(async () => {

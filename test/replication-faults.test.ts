@@ -24,7 +24,7 @@ import { status } from '@grpc/grpc-js';
 import { CairnClient } from '../services/client/index.js';
 import { CairnError } from '../services/common/errors.js';
 import { rowHash } from '../services/common/hash.js';
-import { startProcCluster, waitUntil, type Proc, type ProcCluster } from './harness/cluster.js';
+import { startProcCluster, waitUntil, type Proc, type ProcCluster, type RangeJson } from './harness/cluster.js';
 import { USERS } from './harness/inproc.js';
 import { login, rawCall, shardClient } from './harness/raw.js';
 
@@ -33,14 +33,6 @@ let cluster: ProcCluster;
 let client: CairnClient;
 let failed = false;
 
-interface RangeJson {
-  start: string;
-  end: string;
-  shard: string;
-  address: string;
-  replicas: string[];
-  inSync: string[];
-}
 
 const mapJson = async (): Promise<{ epoch: bigint; ranges: RangeJson[] }> => {
   const { json } = await cluster.ctl(['ranges', '--json']);
