@@ -138,7 +138,8 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
         leaseMs: opts.replicaLeaseMs ?? DEFAULT_REPLICATION_TIMINGS.leaseMs,
         ackTimeoutMs: opts.replicaAckTimeoutMs ?? DEFAULT_REPLICATION_TIMINGS.ackTimeoutMs,
       });
-      await node.replicator.onMap(node.map);
+      // No primary's work from the map on disk: a restarted shard acts as a primary only once the master has
+      // admitted it and it holds the master's map (register), which may have moved the range on meanwhile.
     } catch (err) {
       await store.close();
       throw err;
@@ -286,7 +287,7 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
       this.janitor.start();
     }
     this.rangeLogs.keepOnly(this.heldRanges());
-    await this.replicator.onMap(next);
+    if (this.registered) await this.replicator.onMap(next);
     this.log.info('map installed', { epoch: next.epoch.toString(), ownedRanges: this.ownedRanges().length });
     // Report counts for the new ranges now: the master shows only counts of ranges a shard owns,
     // so until this heartbeat a shard that just gained or lost a range would show too little.
@@ -387,6 +388,7 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
         await this.installMap(map);
         await this.takeRevocations(res.revocations);
         this.registered = true;
+        await this.replicator.onMap(this.map);
         this.refusal = '';
         this.onAdmission(true);
         this.log.info('DataServer fully registered', { shardId: this.id, master: this.opts.master, address: this.opts.advertise, clusterId: this.clusterId, generation: this.generation });

@@ -22,7 +22,7 @@ import type { Logger } from 'winston';
 import type { ReplicateRequest, ReplicateResponse } from '../../proto/gen/cairn/v1/control.js';
 import { CairnError } from '../common/errors.js';
 import { failpoint } from '../common/failpoints.js';
-import { learnersOf, replicasOf, type ClusterMap } from '../common/map.js';
+import { inSyncOf, learnersOf, replicasOf, type ClusterMap } from '../common/map.js';
 import { rangeKey, showRange, type HashRange } from '../common/ranges.js';
 import { positionKey, positionToJson, type RangeLog, type RangeLogs } from './replica-log.js';
 import type { RawOp, ShardStore } from './store.js';
@@ -84,6 +84,11 @@ async function answer(host: ReplicaHost, req: ReplicateRequest): Promise<Replica
 async function apply(host: ReplicaHost, range: HashRange, log: RangeLog, req: ReplicateRequest): Promise<Answer> {
   const key = positionKey(range);
   if (req.snapshotBegin) {
+    // Our copy goes first; an in-sync copy must stay whole (it may be promoted), so it is never taken.
+    const r = host.map.ranges.find((x) => x.start === range.start && x.end === range.end);
+    if (r && inSyncOf(r).includes(host.nodeId)) {
+      return { outcome: 'REFUSED', lastLsn: log.lastLsn, lastTerm: log.lastTerm, message: `shard ${host.nodeId} is in the in-sync set of ${showRange(range)}: it takes a snapshot only once out of it` };
+    }
     log.resetTo(0n, 0n);
     await host.store.putMeta(key, positionToJson(log.position()), true);
     await host.store.deleteRange(range);

@@ -348,6 +348,7 @@ export class Replicator {
     for (const g of this.groups.values()) {
       const report = (follower: string): FollowerReport => ({ range: g.range, version: g.state.version, follower });
       for (const f of g.state.overdue(now)) overdue.push(report(f));
+      for (const [f, link] of g.links) if (link.needsSnapshot && g.state.inSync.includes(f) && !overdue.some((o) => o.follower === f)) overdue.push(report(f));
       // Only a follower answering now may start counting: one that died would hold every write back.
       for (const f of g.state.learners) if (g.links.get(f)?.readyToJoin(now - this.timings.leaseMs) && 'ok' in g.state.proposeJoin(f)) caughtUp.push(report(f));
       const oldest = g.waiters.reduce((m, w) => Math.min(m, w.since), now);
@@ -384,6 +385,8 @@ class FollowerLink {
    * snapshot, so it gets one before anything else, however its log ends.
    */
   private snapshotDone = false;
+  /** An in-sync follower this primary can bring up to date only by a snapshot: reported overdue until the master takes it out of sync. */
+  needsSnapshot = false;
 
   answeredSince(t: number): boolean {
     return this.lastAnswerAt >= t;
@@ -438,6 +441,8 @@ class FollowerLink {
     const md = metadataFor(host.serverToken.get());
     md.setOptions({ waitForReady: true });
     const stream = client.replicate(md);
+    // Cancelling the stream (below, and in stop) emits 'error' (CANCELLED): unheard, it would end the process.
+    stream.on('error', () => undefined);
     this.stream = stream;
     const answers = stream[Symbol.asyncIterator]() as AsyncIterator<ReplicateResponse>;
     // What the last stream sent and never heard back about may be lost: send again from after what the
@@ -537,6 +542,13 @@ class FollowerLink {
   private async snapshot(ask: (req: Partial<ReplicateRequest>) => Promise<ReplicateResponse>): Promise<void> {
     const g = this.g;
     const host = this.r.hostRef;
+    if (g.state.inSync.includes(this.follower)) {
+      // A snapshot first deletes the follower's copy. An in-sync copy may be promoted at any moment, so it must
+      // not be emptied: the master takes it out of the in-sync set first (reported as overdue), then it is copied.
+      this.needsSnapshot = true;
+      throw new Error(`in-sync follower ${this.follower} of ${showRange(g.range)} needs a snapshot: asking the master to take it out of the in-sync set first`);
+    }
+    this.needsSnapshot = false;
     host.log.info('sending a snapshot to a follower', { range: showRange(g.range), follower: this.follower });
     await host.store.drain();
     const lsn = g.log.lastLsn;
