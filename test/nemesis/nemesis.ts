@@ -19,7 +19,10 @@
  * - pause-long: SIGSTOP the primary of a range for longer than the lease;
  * - partition (replicated): cut the primary of a range off from the master;
  * - partition-followers: cut the primary of a range off from its followers
- *   (one or all of them).
+ *   (one or all of them, and the learner a copy is being rebuilt on).
+ * On a replicated cluster a "move" is a copy being rebuilt (a range with a
+ * learner): half the shard faults hit the primary (the source) or the
+ * learner (the destination) of one when there is one.
  *
  * Half of the shard faults first start a rebalance and wait for a move in
  * flight, then hit its source or its destination, so crashes land inside
@@ -234,29 +237,42 @@ export class Nemesis {
    * shows it): with replication, half the time the range of a move in flight
    * (a copy being rebuilt).
    */
-  private async primary(): Promise<{ node: Server; id: string; followers: Array<{ node: Server; id: string }>; why: string } | undefined> {
+  private async primary(): Promise<{ node: Server; id: string; followers: Array<{ node: Server; id: string }>; learner?: { node: Server; id: string }; why: string } | undefined> {
     const ranges = await this.o.admin.getRanges({ timeoutMs: 15_000 });
     const ids = await this.shardIds();
     const byId = (id: string) => this.o.cluster.shards.find((n) => ids.get(n.address) === id);
     let pool = ranges;
     let why = 'no move';
     if (this.random() < 0.5) {
-      const moves = await this.movesInFlight().catch(() => []);
+      // A move on a replicated cluster: a copy being rebuilt (a learner), or one in the journal.
+      const rebuilding = ranges.filter((r) => r.learners.some((l) => byId(l)));
+      const moves = rebuilding.length ? [] : await this.movesInFlight().catch(() => []);
       const mv = moves.length ? this.pick(moves) : undefined;
-      const hit = mv && ranges.filter((r) => r.shardId === mv.from || r.shardId === mv.to || r.learners.includes(mv.to));
-      if (mv && hit?.length) {
+      const hit = mv ? ranges.filter((r) => r.shardId === mv.from || r.shardId === mv.to || r.learners.includes(mv.to)) : rebuilding;
+      if (hit.length) {
         pool = hit;
-        why = `during ${mv.id} ${mv.from}→${mv.to} (${mv.state})`;
+        why = mv ? `during ${mv.id} ${mv.from}→${mv.to} (${mv.state})` : 'during a rebuild';
       }
     }
     const r = this.pick(pool);
     const node = byId(r.shardId);
     if (!node) return undefined;
-    const followers = r.replicas.filter((x) => x !== r.shardId).flatMap((id) => {
-      const n = byId(id);
-      return n ? [{ node: n, id }] : [];
-    });
-    return { node, id: r.shardId, followers, why: `primary of [${r.start}, ${r.end}) v${r.version}, ${why}` };
+    const others = (xs: string[]) =>
+      xs
+        .filter((x) => x !== r.shardId)
+        .flatMap((id) => {
+          const n = byId(id);
+          return n ? [{ node: n, id }] : [];
+        });
+    const learners = others(r.learners);
+    const learner = learners.length ? this.pick(learners) : undefined;
+    return {
+      node,
+      id: r.shardId,
+      followers: others(r.replicas),
+      learner,
+      why: `primary of [${r.start}, ${r.end}) v${r.version}${learner ? `, rebuilding a copy on ${learner.id}` : ''}, ${why}`,
+    };
   }
 
   /** True once every range has `factor` in-sync copies (or as many as there are live shards). */
@@ -271,6 +287,8 @@ export class Nemesis {
   private async target(): Promise<{ node: Server; why: string }> {
     if (this.o.replication && this.random() < 0.5) {
       const p = await this.primary().catch(() => undefined);
+      // Half the time a copy is being rebuilt, its destination (the learner) rather than its source.
+      if (p?.learner && this.random() < 0.5) return { node: p.learner.node, why: `the learner of ${p.why}` };
       if (p) return { node: p.node, why: p.why };
     }
     if (this.random() < 0.5) {
@@ -362,11 +380,12 @@ export class Nemesis {
       }
       case 'partition-followers': {
         const p = await this.primary();
-        if (!p || p.followers.length === 0) {
+        if (!p || p.followers.length + (p.learner ? 1 : 0) === 0) {
           this.skip(kind, 'no range with a primary and a follower running');
           return;
         }
-        const cut = this.random() < 0.5 ? p.followers : [this.pick(p.followers)];
+        const peers = p.learner ? [...p.followers, p.learner] : p.followers;
+        const cut = this.random() < 0.5 ? peers : [this.pick(peers)];
         const lease = this.o.replication?.leaseMs ?? 2000;
         const hold = this.between(lease / 2, lease * 2.5);
         for (const f of cut) await this.o.net!.partition(p.node.name, f.node.name);
