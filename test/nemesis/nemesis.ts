@@ -355,7 +355,9 @@ export class Nemesis {
         let full = false;
         while (!this.stopping && !(full = await this.fullyReplicated().catch(() => false)) && Date.now() < until) await sleep(500);
         if (!full) {
-          this.skip(kind, 'a range is still missing an in-sync copy after 20 s (one machine lost at a time)');
+          this.skip(kind, 'a range is still missing an in-sync copy after 20 s (one machine lost at a time); tried again later');
+          // Back into the deck, after the kinds still in it: a short run still loses a machine.
+          this.deck.unshift(kind);
           return;
         }
         const { node, why } = await this.target();
