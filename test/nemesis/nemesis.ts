@@ -15,7 +15,8 @@
  *   shard on a new empty directory in its place (the master rebuilds the lost
  *   copies on it once the old one has been down replicaDownTimeoutMs: those
  *   rebuilds are the moves the other faults then land in); only when every
- *   range has all its in-sync copies, so that one machine at a time is lost;
+ *   range has all its copies and two in-sync, so that one machine at a time
+ *   is lost;
  * - pause-long: SIGSTOP the primary of a range for longer than the lease;
  * - partition (replicated): cut the primary of a range off from the master;
  * - partition-followers: cut the primary of a range off from its followers
@@ -275,12 +276,17 @@ export class Nemesis {
     };
   }
 
-  /** True once every range has `factor` in-sync copies (or as many as there are live shards). */
+  /**
+   * True when a machine may be lost without taking more than the product
+   * promises to survive: every range has all its copies (none being rebuilt)
+   * and at least two in-sync members (writes are acknowledged only then), so
+   * losing any one shard leaves every acknowledged write on an in-sync copy.
+   */
   private async fullyReplicated(): Promise<boolean> {
     const f = this.o.replication?.factor ?? 1;
     const want = Math.min(f, this.o.cluster.shards.length);
     const ranges = await this.o.admin.getRanges({ timeoutMs: 15_000 });
-    return ranges.every((r) => r.inSync.length >= want && r.learners.length === 0);
+    return ranges.every((r) => r.replicas.length >= want && r.inSync.length >= Math.min(2, want) && r.learners.length === 0);
   }
 
   /** A shard to hit: half the time the source or destination of a move in flight. */
@@ -355,7 +361,7 @@ export class Nemesis {
         let full = false;
         while (!this.stopping && !(full = await this.fullyReplicated().catch(() => false)) && Date.now() < until) await sleep(500);
         if (!full) {
-          this.skip(kind, 'a range is still missing an in-sync copy after 20 s (one machine lost at a time); tried again later');
+          this.skip(kind, 'a range is still missing a copy, or has fewer than 2 in-sync, after 20 s (one machine lost at a time); tried again later');
           // Back into the deck, after the kinds still in it: a short run still loses a machine.
           this.deck.unshift(kind);
           return;
