@@ -286,7 +286,10 @@ export class Nemesis {
     const f = this.o.replication?.factor ?? 1;
     const want = Math.min(f, this.o.cluster.shards.length);
     const ranges = await this.o.admin.getRanges({ timeoutMs: 15_000 });
-    return ranges.every((r) => r.replicas.length >= want && r.inSync.length >= Math.min(2, want) && r.learners.length === 0);
+    // Copies on a machine lost earlier (still listed until the master replaces them) do not count.
+    const ids = await this.shardIds();
+    const live = new Set(this.o.cluster.shards.map((n) => ids.get(n.address)));
+    return ranges.every((r) => r.replicas.filter((x) => live.has(x)).length >= want && r.inSync.length >= Math.min(2, want) && r.learners.length === 0);
   }
 
   /** A shard to hit: half the time the source or destination of a move in flight. */
