@@ -64,7 +64,7 @@ export interface NemesisOptions {
   /** Kinds to leave out. */
   disable?: FaultKind[];
   /** A replicated cluster: the replicated fault kinds, without rebalance and drain. */
-  replication?: { factor: number; leaseMs: number };
+  replication?: { factor: number; leaseMs: number; replicaDownTimeoutMs?: number };
 }
 
 const IN_FLIGHT = new Set(['copying', 'catching_up', 'fenced']);
@@ -79,6 +79,8 @@ export class Nemesis {
   private readonly random: () => number;
   private readonly started = Date.now();
   private readonly kinds: Array<[FaultKind, number]>;
+  /** After a lost machine: until when its copies are expected to be rebuilding (ms since the epoch). */
+  private rebuildUntil = 0;
   /** Kinds left out of this run, with the reason. */
   readonly leftOut = new Map<FaultKind, string>();
 
@@ -239,14 +241,20 @@ export class Nemesis {
    * (a copy being rebuilt).
    */
   private async primary(): Promise<{ node: Server; id: string; followers: Array<{ node: Server; id: string }>; learner?: { node: Server; id: string }; why: string } | undefined> {
-    const ranges = await this.o.admin.getRanges({ timeoutMs: 15_000 });
+    let ranges = await this.o.admin.getRanges({ timeoutMs: 15_000 });
     const ids = await this.shardIds();
     const byId = (id: string) => this.o.cluster.shards.find((n) => ids.get(n.address) === id);
     let pool = ranges;
     let why = 'no move';
     if (this.random() < 0.5) {
       // A move on a replicated cluster: a copy being rebuilt (a learner), or one in the journal.
-      const rebuilding = ranges.filter((r) => r.learners.some((l) => byId(l)));
+      let rebuilding = ranges.filter((r) => r.learners.some((l) => byId(l)));
+      // Soon after a lost machine, wait for the rebuild of its copies to start, to land inside it.
+      while (rebuilding.length === 0 && Date.now() < this.rebuildUntil && !this.stopping) {
+        await sleep(200);
+        ranges = await this.o.admin.getRanges({ timeoutMs: 15_000 });
+        rebuilding = ranges.filter((r) => r.learners.some((l) => byId(l)));
+      }
       const moves = rebuilding.length ? [] : await this.movesInFlight().catch(() => []);
       const mv = moves.length ? this.pick(moves) : undefined;
       const hit = mv ? ranges.filter((r) => r.shardId === mv.from || r.shardId === mv.to || r.learners.includes(mv.to)) : rebuilding;
@@ -375,6 +383,8 @@ export class Nemesis {
         await rm(node.dataDir, { recursive: true, force: true });
         c.shards.splice(c.shards.indexOf(node), 1);
         const fresh = await c.addShard();
+        // The master rebuilds the lost copies once the shard has been down replicaDownTimeoutMs: the next faults aim at that.
+        this.rebuildUntil = Date.now() + (this.o.replication?.replicaDownTimeoutMs ?? 5000) + 5000;
         this.record(kind, `${node.name} (${id}, ${why}) killed and its data directory wiped; ${fresh.name} started on an empty directory`);
         return;
       }

@@ -341,7 +341,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     const recorder = new HistoryRecorder();
     if (o.selfTest) log('self-test: client 0 writes with timestamps from 1970; its acknowledged puts are never the latest, and the checker must report it');
     const workload = await startWorkload({ master: cluster.masterAddress, keys, clients: nClients, opTimeoutMs, random: seeded(seed ^ 0x9e3779b9), sabotage: o.selfTest }, recorder);
-    const nemesis = new Nemesis({ cluster, admin: adminClient, net, random, log, intervalMs: o.faultIntervalMs, replication: factor > 1 ? { factor, leaseMs } : undefined });
+    const nemesis = new Nemesis({ cluster, admin: adminClient, net, random, log, intervalMs: o.faultIntervalMs, replication: factor > 1 ? { factor, leaseMs, replicaDownTimeoutMs } : undefined });
     for (const [k, why] of nemesis.leftOut) log(`fault ${k}: left out — ${why}`);
     const t0 = Date.now();
     nemesis.start();
