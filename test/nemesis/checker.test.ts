@@ -8,8 +8,10 @@
  */
 import { describe, expect, it } from '@jest/globals';
 import fc from 'fast-check';
-import { checkFinal, checkKey, checkLinearizable, linearizabilityAnomalies, minimize, type FinalVersion } from './checker.js';
+import { checkAcks, checkFinal, checkKey, checkLinearizable, linearizabilityAnomalies, minimize, type AckRecord, type FinalVersion } from './checker.js';
+import type { ClusterMap, MapRange } from '../../services/common/map.js';
 import type { Op } from './history.js';
+import { rowHash as hash } from '../../services/common/hash.js';
 
 let nextId = 0;
 /** One op on key k. `ret` undefined = unknown outcome (open-ended). */
@@ -429,5 +431,49 @@ describe('end state with replacing puts', () => {
     const viaCas = checkFinal([...ops, cas('r', 'z', true, 4, 5)], finals());
     expect(viaCas.map((x) => [x.kind, x.ops!.map((o) => o.value)])).toEqual([['lost-write', ['z']]]);
     expect(kinds([...ops], finals(v('r', 20)))).toEqual([]);
+  });
+});
+
+describe('replicas: two primaries at once', () => {
+  const HALF = 2n ** 63n;
+  const range = (start: bigint, end: bigint, primary: string, version: bigint): MapRange => ({ start, end, shardId: primary, replicas: [primary, 'sx', 'sy'].filter((x, i, a) => a.indexOf(x) === i), inSync: [primary], learners: [], version });
+  const map = (epoch: bigint, lo: [string, bigint], hi: [string, bigint]): ClusterMap => ({ epoch, ranges: [range(0n, HALF, ...lo), range(HALF, 2n ** 64n, ...hi)], shards: [], clusterId: 'c' });
+  // Rows on either side of the split.
+  const rows = Array.from({ length: 200 }, (_, i) => `row-${i}`);
+  const low = rows.filter((r) => hash(r) < HALF);
+  const ack = (row: string, nodeId: string, epoch: bigint): AckRecord => ({ rows: [row], nodeId, epoch });
+
+  it('passes a failover: the old primary acknowledges at version 1, the new one at version 2', () => {
+    const maps = new Map([
+      [1n, map(1n, ['s1', 1n], ['s2', 1n])],
+      [2n, map(2n, ['s3', 2n], ['s2', 1n])],
+    ]);
+    const r = checkAcks([ack(low[0]!, 's1', 1n), ack(low[1]!, 's1', 1n), ack(low[0]!, 's3', 2n)], maps);
+    expect(r).toEqual({ anomalies: [], placed: 3, unplaced: 0 });
+  });
+
+  it('fails a run in which two replicas of one range acknowledged writes at the same version', () => {
+    const maps = new Map([
+      [1n, map(1n, ['s1', 1n], ['s2', 1n])],
+      // Epoch 2 changes the other range only: the low range is still at version 1.
+      [2n, map(2n, ['s1', 1n], ['s3', 2n])],
+    ]);
+    const r = checkAcks([ack(low[0]!, 's1', 1n), ack(low[1]!, 's3', 2n)], maps);
+    expect(r.anomalies).toHaveLength(1);
+    expect(r.anomalies[0]!.kind).toBe('split-brain');
+    expect(r.anomalies[0]!.message).toMatch(/by 2 replicas at the same version: s1 .*; s3 /);
+  });
+
+  it('places an epoch the map log missed only when the maps around it agree', () => {
+    const maps = new Map([
+      [1n, map(1n, ['s1', 1n], ['s2', 1n])],
+      [3n, map(3n, ['s1', 1n], ['s2', 2n])],
+      [5n, map(5n, ['s2', 2n], ['s2', 2n])],
+    ]);
+    // Epoch 2 lies between two maps with the low range at v1 (placed: two shards at v1, an anomaly); epoch 4 between v1 and v2 (not placed).
+    const r = checkAcks([ack(low[0]!, 's1', 2n), ack(low[1]!, 's9', 2n), ack(low[2]!, 's2', 4n), ack(low[3]!, 's2', 9n)], maps);
+    expect(r.placed).toBe(2);
+    expect(r.unplaced).toBe(2);
+    expect(r.anomalies.map((a) => a.kind)).toEqual(['split-brain']);
   });
 });

@@ -56,6 +56,8 @@
  *    timestamp is above W's. See `droppedByReplace` for how that order is
  *    established when a timestamp is not known.
  */
+import { rowHash } from '../../services/common/hash.js';
+import type { ClusterMap, MapRange } from '../../services/common/map.js';
 import { showOp, type Op } from './history.js';
 
 export type AnomalyKind =
@@ -66,6 +68,7 @@ export type AnomalyKind =
   | 'phantom-value'
   | 'timestamp-order'
   | 'ownership'
+  | 'split-brain'
   | 'other';
 
 export interface Anomaly {
@@ -568,4 +571,75 @@ export function linearizabilityAnomalies(ops: readonly Op[], opts: CheckOptions 
     }
   }
   return { results, anomalies };
+}
+
+// ---------------------------------------------------------------------------
+// Replicas: two primaries at once
+
+/** One successful write answer: the rows of the request, the answering shard, and the map epoch it answered by. */
+export interface AckRecord {
+  rows: string[];
+  nodeId: string;
+  epoch: bigint;
+  atMs?: number;
+}
+
+/**
+ * Fails a run in which two replicas of one range acknowledged writes at the
+ * same group version: each acknowledgement is placed, by the epoch its
+ * header names, in that epoch's map (the range holding the row, and that
+ * range's version); then no (range, version) may have acknowledgements from
+ * two shards. An epoch the map log missed is placed when the maps just
+ * before and after it agree on the range and its version (versions only
+ * grow); otherwise it is counted as unplaced and left out.
+ */
+export function checkAcks(acks: readonly AckRecord[], maps: ReadonlyMap<bigint, ClusterMap>): { anomalies: Anomaly[]; placed: number; unplaced: number } {
+  const epochs = [...maps.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  const rangeIn = (m: ClusterMap | undefined, h: bigint): MapRange | undefined => m?.ranges.find((r) => h >= r.start && (h < r.end || r.end === 0n));
+  const keyOf = (r: MapRange) => `[${r.start}, ${r.end}) v${r.version ?? 0n}`;
+  const placeOf = (epoch: bigint, row: string): string | undefined => {
+    const h = rowHash(row);
+    const exact = maps.get(epoch);
+    if (exact) {
+      const r = rangeIn(exact, h);
+      return r && keyOf(r);
+    }
+    let before: bigint | undefined;
+    let after: bigint | undefined;
+    for (const e of epochs) {
+      if (e < epoch) before = e;
+      else if (e > epoch && after === undefined) after = e;
+    }
+    if (before === undefined || after === undefined) return undefined;
+    const a = rangeIn(maps.get(before), h);
+    const b = rangeIn(maps.get(after), h);
+    return a && b && keyOf(a) === keyOf(b) ? keyOf(a) : undefined;
+  };
+  const by = new Map<string, Map<string, { count: number; example: string }>>();
+  let placed = 0;
+  let unplaced = 0;
+  for (const ack of acks) {
+    for (const row of ack.rows) {
+      const place = placeOf(ack.epoch, row);
+      if (!place) {
+        unplaced++;
+        continue;
+      }
+      placed++;
+      const nodes = by.get(place) ?? new Map<string, { count: number; example: string }>();
+      by.set(place, nodes);
+      const n = nodes.get(ack.nodeId) ?? { count: 0, example: `${JSON.stringify(row)} at epoch ${ack.epoch}${ack.atMs ? ` (${new Date(ack.atMs).toISOString()})` : ''}` };
+      n.count++;
+      nodes.set(ack.nodeId, n);
+    }
+  }
+  const anomalies: Anomaly[] = [];
+  for (const [place, nodes] of by) {
+    if (nodes.size < 2) continue;
+    anomalies.push({
+      kind: 'split-brain',
+      message: `range ${place}: writes acknowledged by ${nodes.size} replicas at the same version: ${[...nodes].map(([id, n]) => `${id} (${n.count}, e.g. ${n.example})`).join('; ')}`,
+    });
+  }
+  return { anomalies, placed, unplaced };
 }

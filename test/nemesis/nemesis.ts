@@ -9,16 +9,40 @@
  * - kill-master: SIGKILL the master while a move is in flight, restart it;
  * - rebalance / drain: start one (StartRebalance / DropServer) at random.
  *
+ * With replication (`replication`), rebalance and drain are left out (the
+ * master refuses them on a replicated cluster), and there are more:
+ * - lose-machine: kill -9 a shard, wipe its data directory, and start a fresh
+ *   shard on a new empty directory in its place (the master rebuilds the lost
+ *   copies on it once the old one has been down replicaDownTimeoutMs: those
+ *   rebuilds are the moves the other faults then land in); only when every
+ *   range has all its copies and two in-sync, so that one machine at a time
+ *   is lost;
+ * - pause-long: SIGSTOP the primary of a range for longer than the lease;
+ * - partition (replicated): cut the primary of a range off from the master;
+ * - partition-followers: cut the primary of a range off from its followers
+ *   (one or all of them, and the learner a copy is being rebuilt on).
+ * On a replicated cluster a "move" is a copy being rebuilt (a range with a
+ * learner): half the shard faults hit the primary (the source) or the
+ * learner (the destination) of one when there is one.
+ *
  * Half of the shard faults first start a rebalance and wait for a move in
  * flight, then hit its source or its destination, so crashes land inside
  * moves in every role. One fault at a time; moves run in the background.
  */
+import { rm } from 'node:fs/promises';
 import type { CairnClient } from '../../services/client/client.js';
 import type { MoveInfo } from '../../proto/gen/cairn/v1/admin.js';
 import type { ProcessCluster, Server } from '../harness/procs.js';
 import type { NetnsLab } from './netns.js';
 
-export const FAULT_KINDS = ['kill-shard', 'pause-shard', 'partition', 'kill-master', 'rebalance', 'drain'] as const;
+export const FAULT_KINDS = ['kill-shard', 'pause-shard', 'partition', 'kill-master', 'rebalance', 'drain', 'lose-machine', 'pause-long', 'partition-followers'] as const;
+/** Kinds only a replicated cluster gets. */
+export const REPLICATED_KINDS: readonly FaultKind[] = ['lose-machine', 'pause-long', 'partition-followers'];
+/** Kinds a replicated cluster does not get, and why. */
+export const NOT_REPLICATED: Partial<Record<FaultKind, string>> = {
+  rebalance: 'the master refuses StartRebalance on a replicated cluster (PRECONDITION)',
+  drain: 'the master refuses DropServer on a replicated cluster (PRECONDITION)',
+};
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 export interface FaultRecord {
@@ -39,6 +63,8 @@ export interface NemesisOptions {
   log?: (line: string) => void;
   /** Kinds to leave out. */
   disable?: FaultKind[];
+  /** A replicated cluster: the replicated fault kinds, without rebalance and drain. */
+  replication?: { factor: number; leaseMs: number; replicaDownTimeoutMs?: number };
 }
 
 const IN_FLIGHT = new Set(['copying', 'catching_up', 'fenced']);
@@ -53,11 +79,20 @@ export class Nemesis {
   private readonly random: () => number;
   private readonly started = Date.now();
   private readonly kinds: Array<[FaultKind, number]>;
+  /** After a lost machine: until when its copies are expected to be rebuilding (ms since the epoch). */
+  private rebuildUntil = 0;
+  /** Kinds left out of this run, with the reason. */
+  readonly leftOut = new Map<FaultKind, string>();
 
   constructor(private readonly o: NemesisOptions) {
     this.random = o.random ?? Math.random;
-    const weights: Record<FaultKind, number> = { 'kill-shard': 2, 'pause-shard': 2, partition: 2, 'kill-master': 2, rebalance: 1, drain: 1 };
-    this.kinds = FAULT_KINDS.filter((k) => !(o.disable ?? []).includes(k) && (k !== 'partition' || o.net)).map((k) => [k, weights[k]]);
+    const weights: Record<FaultKind, number> = { 'kill-shard': 2, 'pause-shard': 2, partition: 2, 'kill-master': 2, rebalance: 1, drain: 1, 'lose-machine': 2, 'pause-long': 2, 'partition-followers': 2 };
+    for (const k of FAULT_KINDS) {
+      if ((o.disable ?? []).includes(k)) this.leftOut.set(k, 'disabled');
+      else if ((k === 'partition' || k === 'partition-followers') && !o.net) this.leftOut.set(k, 'no network namespaces');
+      else if (o.replication && NOT_REPLICATED[k]) this.leftOut.set(k, NOT_REPLICATED[k]!);
+    }
+    this.kinds = FAULT_KINDS.filter((k) => !this.leftOut.has(k) && (o.replication || !REPLICATED_KINDS.includes(k))).map((k) => [k, weights[k]]);
   }
 
   counts(): Record<string, number> {
@@ -188,7 +223,7 @@ export class Nemesis {
   /** A move in flight, starting a rebalance (or a drain) if none runs; undefined when none appears in time. */
   private async moveInFlight(timeoutMs: number): Promise<MoveInfo | undefined> {
     let moves = await this.movesInFlight();
-    if (moves.length === 0) {
+    if (moves.length === 0 && !this.o.replication) {
       const started = (await this.startOperation('rebalance')) ?? (await this.startOperation('drain'));
       if (started) this.log(`started for the next fault: ${started}`);
     }
@@ -200,10 +235,81 @@ export class Nemesis {
     return moves.length ? this.pick(moves) : undefined;
   }
 
+  /**
+   * The primary of a random range and its followers (the map as the admin API
+   * shows it): with replication, half the time the range of a move in flight
+   * (a copy being rebuilt).
+   */
+  private async primary(): Promise<{ node: Server; id: string; followers: Array<{ node: Server; id: string }>; learner?: { node: Server; id: string }; why: string } | undefined> {
+    let ranges = await this.o.admin.getRanges({ timeoutMs: 15_000 });
+    const ids = await this.shardIds();
+    const byId = (id: string) => this.o.cluster.shards.find((n) => ids.get(n.address) === id);
+    let pool = ranges;
+    let why = 'no move';
+    if (this.random() < 0.5) {
+      // A move on a replicated cluster: a copy being rebuilt (a learner), or one in the journal.
+      let rebuilding = ranges.filter((r) => r.learners.some((l) => byId(l)));
+      // Soon after a lost machine, wait for the rebuild of its copies to start, to land inside it.
+      while (rebuilding.length === 0 && Date.now() < this.rebuildUntil && !this.stopping) {
+        await sleep(200);
+        ranges = await this.o.admin.getRanges({ timeoutMs: 15_000 });
+        rebuilding = ranges.filter((r) => r.learners.some((l) => byId(l)));
+      }
+      const moves = rebuilding.length ? [] : await this.movesInFlight().catch(() => []);
+      const mv = moves.length ? this.pick(moves) : undefined;
+      const hit = mv ? ranges.filter((r) => r.shardId === mv.from || r.shardId === mv.to || r.learners.includes(mv.to)) : rebuilding;
+      if (hit.length) {
+        pool = hit;
+        why = mv ? `during ${mv.id} ${mv.from}→${mv.to} (${mv.state})` : 'during a rebuild';
+      }
+    }
+    const r = this.pick(pool);
+    const node = byId(r.shardId);
+    if (!node) return undefined;
+    const others = (xs: string[]) =>
+      xs
+        .filter((x) => x !== r.shardId)
+        .flatMap((id) => {
+          const n = byId(id);
+          return n ? [{ node: n, id }] : [];
+        });
+    const learners = others(r.learners);
+    const learner = learners.length ? this.pick(learners) : undefined;
+    return {
+      node,
+      id: r.shardId,
+      followers: others(r.replicas),
+      learner,
+      why: `primary of [${r.start}, ${r.end}) v${r.version}${learner ? `, rebuilding a copy on ${learner.id}` : ''}, ${why}`,
+    };
+  }
+
+  /**
+   * True when a machine may be lost without taking more than the product
+   * promises to survive: every range has all its copies (none being rebuilt)
+   * and at least two in-sync members (writes are acknowledged only then), so
+   * losing any one shard leaves every acknowledged write on an in-sync copy.
+   */
+  private async fullyReplicated(): Promise<boolean> {
+    const f = this.o.replication?.factor ?? 1;
+    const want = Math.min(f, this.o.cluster.shards.length);
+    const ranges = await this.o.admin.getRanges({ timeoutMs: 15_000 });
+    // Copies on a machine lost earlier (still listed until the master replaces them) do not count.
+    const ids = await this.shardIds();
+    const live = new Set(this.o.cluster.shards.map((n) => ids.get(n.address)));
+    return ranges.every((r) => r.replicas.filter((x) => live.has(x)).length >= want && r.inSync.length >= Math.min(2, want) && r.learners.length === 0);
+  }
+
   /** A shard to hit: half the time the source or destination of a move in flight. */
   private async target(): Promise<{ node: Server; why: string }> {
+    if (this.o.replication && this.random() < 0.5) {
+      const p = await this.primary().catch(() => undefined);
+      // Half the time a copy is being rebuilt, its destination (the learner) rather than its source.
+      if (p?.learner && this.random() < 0.5) return { node: p.learner.node, why: `the learner of ${p.why}` };
+      if (p) return { node: p.node, why: p.why };
+    }
     if (this.random() < 0.5) {
-      const mv = await this.moveInFlight(4000).catch(() => undefined);
+      const mv = await this.moveInFlight(this.o.replication ? 0 : 4000).catch(() => undefined);
       if (mv) {
         const role = this.random() < 0.5 ? 'source' : 'destination';
         const node = await this.nodeOf(role === 'source' ? mv.from : mv.to);
@@ -242,7 +348,7 @@ export class Nemesis {
         return;
       }
       case 'partition': {
-        const { node, why } = await this.target();
+        const { node, why } = this.o.replication ? ((await this.primary()) ?? (await this.target())) : await this.target();
         const id = await this.idOf(node);
         const hold = this.between(1000, 5000);
         await this.o.net!.partition(node.name, 'master');
@@ -258,6 +364,55 @@ export class Nemesis {
         this.record(kind, `${mv ? `during ${mv.id} ${mv.from}→${mv.to} (${mv.state})` : 'no move in flight'}, down ${(down / 1000).toFixed(1)}s`);
         await sleep(down);
         await c.restart(c.master);
+        return;
+      }
+      case 'lose-machine': {
+        // One machine lost at a time: wait (up to 20 s) for every copy lost before to be rebuilt.
+        const until = Date.now() + 20_000;
+        let full = false;
+        while (!this.stopping && !(full = await this.fullyReplicated().catch(() => false)) && Date.now() < until) await sleep(500);
+        if (!full) {
+          this.skip(kind, 'a range is still missing a copy, or has fewer than 2 in-sync, after 20 s (one machine lost at a time); tried again later');
+          // Back into the deck, after the kinds still in it: a short run still loses a machine.
+          this.deck.unshift(kind);
+          return;
+        }
+        const { node, why } = await this.target();
+        const id = await this.idOf(node);
+        await c.kill(node);
+        await rm(node.dataDir, { recursive: true, force: true });
+        c.shards.splice(c.shards.indexOf(node), 1);
+        const fresh = await c.addShard();
+        // The master rebuilds the lost copies once the shard has been down replicaDownTimeoutMs: the next faults aim at that.
+        this.rebuildUntil = Date.now() + (this.o.replication?.replicaDownTimeoutMs ?? 5000) + 5000;
+        this.record(kind, `${node.name} (${id}, ${why}) killed and its data directory wiped; ${fresh.name} started on an empty directory`);
+        return;
+      }
+      case 'pause-long': {
+        const p = await this.primary();
+        const { node, why } = p ?? (await this.target());
+        const lease = this.o.replication?.leaseMs ?? 2000;
+        const hold = this.between(lease * 1.25, lease * 2);
+        c.pause(node);
+        this.record(kind, `${node.name} (${p?.id ?? (await this.idOf(node))}, ${why}) stopped ${(hold / 1000).toFixed(1)}s (lease ${lease / 1000}s)`);
+        await sleep(hold);
+        c.resume(node);
+        return;
+      }
+      case 'partition-followers': {
+        const p = await this.primary();
+        if (!p || p.followers.length + (p.learner ? 1 : 0) === 0) {
+          this.skip(kind, 'no range with a primary and a follower running');
+          return;
+        }
+        const peers = p.learner ? [...p.followers, p.learner] : p.followers;
+        const cut = this.random() < 0.5 ? peers : [this.pick(peers)];
+        const lease = this.o.replication?.leaseMs ?? 2000;
+        const hold = this.between(lease / 2, lease * 2.5);
+        for (const f of cut) await this.o.net!.partition(p.node.name, f.node.name);
+        this.record(kind, `${p.node.name} (${p.id}, ${p.why}) cut off from its follower${cut.length > 1 ? 's' : ''} ${cut.map((f) => `${f.node.name} (${f.id})`).join(', ')} for ${(hold / 1000).toFixed(1)}s`);
+        await sleep(hold);
+        for (const f of cut) await this.o.net!.heal(p.node.name, f.node.name);
         return;
       }
       case 'rebalance':

@@ -5,8 +5,19 @@
  * present at the end (once, in timestamp order), and every range served by
  * exactly one shard (each shard asked directly, with the current epoch).
  *
+ * With `--replication-factor N` (N > 1) the master forms a replicated
+ * cluster (a short --replica-down-timeout-ms, so lost copies are rebuilt
+ * during the run); the nemesis then also loses machines (kill -9, data
+ * directory wiped, a fresh shard in its place), pauses primaries past the
+ * lease, and cuts primaries off from their followers or from the master,
+ * while rebalance and drain are left out (refused on a replicated cluster).
+ * The checker then also fails the run when two replicas of one range
+ * acknowledged writes at the same group version (acks.ts), and when a range
+ * is still missing in-sync copies once the faults have healed.
+ *
  *   npm run chaos -- --duration 10m [--clients 16] [--shards 4] [--keys 8]
- *                    [--seed N] [--out DIR] [--keep] [--no-partitions] [--self-test]
+ *                    [--replication-factor 3] [--seed N] [--out DIR] [--keep]
+ *                    [--no-partitions] [--self-test]
  *
  * Prints what it does, then ops, faults by kind, anomalies, and one last
  * line `chaos: ops=N faults=N anomalies=N`. On an anomaly the smallest
@@ -27,7 +38,8 @@ import { rowHash } from '../../services/common/hash.js';
 import { mapFromProto, ownerOfHash, type ClusterMap } from '../../services/common/map.js';
 import { login, rawCall, shardClient } from '../harness/raw.js';
 import { USERS } from '../harness/inproc.js';
-import { byKey, type Anomaly } from './checker.js';
+import { byKey, checkAcks, type Anomaly } from './checker.js';
+import { MapLog, recordAcks } from './acks.js';
 import { ProcessCluster } from '../harness/procs.js';
 import { HistoryRecorder, saveHistory, showOp, type Op } from './history.js';
 import { Nemesis, type FaultKind } from './nemesis.js';
@@ -51,6 +63,12 @@ export interface ChaosOptions {
   fillerRows?: number;
   /** Pause between faults, ms. */
   faultIntervalMs?: [number, number];
+  /** Copies of every range (the master's --replication-factor); default 1. */
+  replicationFactor?: number;
+  /** The master's --replica-down-timeout-ms with replication (default 5000). */
+  replicaDownTimeoutMs?: number;
+  /** CAIRN_REPLICA_LEASE_MS of the shards with replication (default 2000). */
+  leaseMs?: number;
   /** Self-test: one client writes with stale timestamps; the run must then report anomalies. */
   selfTest?: boolean;
   log?: (line: string) => void;
@@ -62,6 +80,10 @@ export interface ChaosResult {
   faults: number;
   faultsByKind: Record<string, number>;
   skipped: Record<string, number>;
+  /** Fault kinds this run leaves out, and why. */
+  leftOut: Record<string, string>;
+  /** With replication: acknowledgements placed in a (range, version), and those whose epoch the map log missed. */
+  acks?: { placed: number; unplaced: number };
   partitions: { enabled: boolean; reason?: string };
   moves: Record<string, number>;
   anomalies: Anomaly[];
@@ -194,6 +216,30 @@ export async function checkOwnership(cluster: ProcessCluster, hotKeys: string[],
   return anomalies;
 }
 
+async function waitFor(cond: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    if (await cond().catch(() => false)) return;
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await sleep(250);
+  }
+}
+
+/** Every range has `want` in-sync copies and no learner left, within `timeoutMs` of the faults healing. */
+export async function checkReplicated(admin: CairnClient, want: number, timeoutMs: number): Promise<Anomaly[]> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const ranges = await admin.getRanges({ timeoutMs: 15_000 }).catch(() => undefined);
+    const short = ranges?.filter((r) => r.inSync.length < want || r.learners.length > 0);
+    if (short && short.length === 0) return [];
+    if (Date.now() > until) {
+      const what = short ? short.map((r) => `[${r.start}, ${r.end}) v${r.version} primary ${r.shardId} replicas ${r.replicas.join(',')} in-sync ${r.inSync.join(',')} learners ${r.learners.join(',') || '-'}`).join('; ') : 'GetRanges failed';
+      return [{ kind: 'other', message: `ranges still short of ${want} in-sync copies ${timeoutMs / 1000}s after the faults healed: ${what}` }];
+    }
+    await sleep(500);
+  }
+}
+
 function count<T>(xs: Iterable<T>, key: (x: T) => string): Record<string, number> {
   const out: Record<string, number> = {};
   for (const x of xs) out[key(x)] = (out[key(x)] ?? 0) + 1;
@@ -219,7 +265,13 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   const runTag = `${Date.now().toString(36)}`;
   const keys = Array.from({ length: nKeys }, (_, i) => `nemesis/${runTag}/k${i}`);
 
-  log(`chaos: seed ${seed}, ${nShards} shards, ${nClients} clients, ${nKeys} keys, ${Math.round(o.durationMs / 1000)}s; run directory ${dir}`);
+  const factor = o.replicationFactor ?? 1;
+  const leaseMs = o.leaseMs ?? 2000;
+  const replicaDownTimeoutMs = o.replicaDownTimeoutMs ?? 5000;
+  log(
+    `chaos: seed ${seed}, ${nShards} shards, ${nClients} clients, ${nKeys} keys, ${Math.round(o.durationMs / 1000)}s` +
+      `${factor > 1 ? `, replication factor ${factor} (lease ${leaseMs} ms, replica down timeout ${replicaDownTimeoutMs} ms)` : ''}; run directory ${dir}`,
+  );
   let net: NetnsLab | undefined;
   const partitions: ChaosResult['partitions'] = { enabled: false };
   if (o.partitions === 'off') {
@@ -239,7 +291,11 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
 
   let cluster: ProcessCluster | undefined;
   let admin: CairnClient | undefined;
+  const acked = factor > 1 ? recordAcks() : undefined;
+  let mapLog: MapLog | undefined;
   const cleanup = async () => {
+    acked?.uninstall();
+    await mapLog?.stop();
     admin?.close();
     await cluster?.stopAll().catch(() => undefined);
     await net?.destroy().catch(() => undefined);
@@ -251,10 +307,27 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   process.once('SIGTERM', onSignal);
 
   try {
-    cluster = await ProcessCluster.start({ dir, shards: nShards, net });
+    cluster = await ProcessCluster.start({
+      dir,
+      shards: nShards,
+      net,
+      ...(factor > 1
+        ? {
+            masterArgs: ['--replication-factor', String(factor), '--replica-down-timeout-ms', String(replicaDownTimeoutMs)],
+            env: { CAIRN_REPLICA_LEASE_MS: String(leaseMs), CAIRN_REPLICA_ACK_TIMEOUT_MS: String(Math.round(leaseMs * 1.5)) },
+          }
+        : {}),
+    });
     admin = await connectClient(cluster.masterAddress, 30_000, 'admin');
     const adminClient = admin;
     await cluster.waitReady();
+    if (factor > 1) {
+      const c = cluster;
+      const reader = USERS.find((u) => u.role === 'r')!;
+      mapLog = new MapLog(() => c.masterAddress, () => login(c.masterAddress, reader.user, reader.password));
+      const wanted = Math.min(factor, nShards);
+      await waitFor(async () => (await adminClient.getRanges({ timeoutMs: 10_000 })).every((r) => r.inSync.length >= wanted), 60_000, `every range with ${wanted} in-sync copies`);
+    }
     const fillerRows = o.fillerRows ?? 2000;
     if (fillerRows > 0) {
       const w = await connectClient(cluster.masterAddress, 60_000);
@@ -268,7 +341,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     const recorder = new HistoryRecorder();
     if (o.selfTest) log('self-test: client 0 writes with timestamps from 1970; its acknowledged puts are never the latest, and the checker must report it');
     const workload = await startWorkload({ master: cluster.masterAddress, keys, clients: nClients, opTimeoutMs, random: seeded(seed ^ 0x9e3779b9), sabotage: o.selfTest }, recorder);
-    const nemesis = new Nemesis({ cluster, admin: adminClient, net, random, log, intervalMs: o.faultIntervalMs });
+    const nemesis = new Nemesis({ cluster, admin: adminClient, net, random, log, intervalMs: o.faultIntervalMs, replication: factor > 1 ? { factor, leaseMs, replicaDownTimeoutMs } : undefined });
+    for (const [k, why] of nemesis.leftOut) log(`fault ${k}: left out — ${why}`);
     const t0 = Date.now();
     nemesis.start();
     const progress = setInterval(() => log(`… ${Math.round((Date.now() - t0) / 1000)}s, ${workload.completed()} ops`), 15_000);
@@ -284,6 +358,10 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     log('waiting for moves to settle');
     const settled = await settleMoves(adminClient, log, 120_000);
     anomalies.push(...settled.anomalies);
+    if (factor > 1) {
+      log('waiting for every range to have its in-sync copies again');
+      anomalies.push(...(await checkReplicated(adminClient, Math.min(factor, cluster.shards.length), 120_000)));
+    }
     log('checking that every range is served by exactly one shard');
     anomalies.push(...(await checkOwnership(cluster, keys)));
 
@@ -292,6 +370,15 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     const checked = await checkHistory(cluster.masterAddress, recorder, nClients);
     anomalies.push(...checked.anomalies);
     const lin = checked;
+    let ackCounts: ChaosResult['acks'];
+    if (acked && mapLog) {
+      acked.uninstall();
+      await mapLog.stop();
+      const a = checkAcks(acked.acks, mapLog.maps);
+      ackCounts = { placed: a.placed, unplaced: a.unplaced };
+      log(`acknowledgements: ${acked.acks.length} write answers, ${a.placed} rows placed in a (range, version) over ${mapLog.maps.size} maps, ${a.unplaced} not placed (epoch not seen)`);
+      anomalies.push(...a.anomalies);
+    }
     const history = recorder.ops;
 
     const movesAll = await adminClient.admin((a) => a.listMoves, { all: true }, { timeoutMs: 15_000 }).catch(() => ({ moves: [] }));
@@ -299,6 +386,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     const outcomes = count(history, (op) => op.outcome);
     const faultsByKind = nemesis.counts();
     const skipped = Object.fromEntries(nemesis.skipped) as Record<FaultKind, number>;
+    const leftOut = Object.fromEntries(nemesis.leftOut) as Record<FaultKind, string>;
 
     // Results.
     const savedFiles: string[] = [];
@@ -317,7 +405,10 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
 
     const perKey = [...byKey(history).entries()].map(([k, ops]) => `${k.slice(k.lastIndexOf('/') + 1)}:${ops.length}`).join(' ');
     log(`ops: ${history.length} (${show(outcomes)}); by kind ${show(count(history, (op: Op) => op.f))}; per key ${perKey}`);
-    log(`faults: ${nemesis.faults.length} (${show(faultsByKind)}); skipped ${show(skipped)}${partitions.enabled ? '' : `; partitions skipped: ${partitions.reason}`}`);
+    const leftOutText = Object.entries(leftOut)
+      .map(([k, why]) => `${k} (${why})`)
+      .join(', ');
+    log(`faults: ${nemesis.faults.length} (${show(faultsByKind)}); skipped ${show(skipped)}${leftOutText ? `; left out: ${leftOutText}` : ''}${partitions.enabled ? '' : `; partitions skipped: ${partitions.reason}`}`);
     log(`moves: ${show(moves)}`);
     log(`checker: ${lin.results.length} keys, ${lin.results.filter((r) => r.linearizable).length} linearizable, ${lin.results.reduce((a, r) => a + r.steps, 0)} search steps`);
     log(`anomalies: ${anomalies.length}`);
@@ -329,7 +420,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     const summary = `chaos: ops=${history.length} faults=${nemesis.faults.length} anomalies=${anomalies.length}`;
     await cleanup();
     if (!anomalies.length && !o.keep) rmSync(dir, { recursive: true, force: true });
-    return { ops: history.length, outcomes, faults: nemesis.faults.length, faultsByKind, skipped, partitions, moves, anomalies, summary, dir, savedFiles };
+    return { ops: history.length, outcomes, faults: nemesis.faults.length, faultsByKind, skipped, leftOut, acks: ackCounts, partitions, moves, anomalies, summary, dir, savedFiles };
   } catch (err) {
     log(`chaos run failed: ${(err as Error).stack ?? err}; run directory kept: ${dir}`);
     await cleanup();
@@ -376,6 +467,9 @@ function parseCli(argv: string[]): ChaosOptions {
       case '--keep':
         o.keep = true;
         break;
+      case '--replication-factor':
+        o.replicationFactor = int(flag);
+        break;
       case '--no-partitions':
         o.partitions = 'off';
         break;
@@ -384,7 +478,8 @@ function parseCli(argv: string[]): ChaosOptions {
         break;
       case '--help':
         process.stdout.write(
-          'usage: npm run chaos -- [--duration 10m] [--clients 16] [--shards 4] [--keys 8] [--seed N] [--out DIR] [--keep] [--no-partitions] [--self-test]\n' +
+          'usage: npm run chaos -- [--duration 10m] [--clients 16] [--shards 4] [--keys 8] [--replication-factor N] [--seed N] [--out DIR] [--keep] [--no-partitions] [--self-test]\n' +
+            '  --replication-factor N  a replicated cluster: machine loss, pauses past the lease, primary/follower partitions; no rebalance or drain\n' +
             '  --self-test  one client writes with stale timestamps: the run must find anomalies and exit 1\n',
         );
         process.exit(0);
