@@ -48,6 +48,7 @@ const NEEDS: Record<string, Role | null> = {
   'ShardControlService.AbortMove': 'server',
   'ShardControlService.DropRange': 'server',
   'ShardControlService.GetMoveState': 'server',
+  'ShardControlService.Replicate': 'server',
   'ShardControlService.GetBucketStats': 'server',
   'ShardControlService.StopShard': 'server',
   'ShardControlService.DescribeShard': 'server',
@@ -63,6 +64,7 @@ const NEEDS: Record<string, Role | null> = {
   'AdminService.WatchOperation': 'admin',
   'AdminService.RecoverMove': 'admin',
   'AdminService.Reload': 'admin',
+  'AdminService.SetReplicationFactor': 'admin',
 };
 
 /** Request bodies that change nothing lasting when accepted (invalid ones are refused after auth). */
@@ -90,6 +92,8 @@ const BODIES: Record<string, object> = {
   'ShardControlService.AbortMove': { moveId: '' },
   'ShardControlService.DropRange': { moveId: '' },
   'ShardControlService.GetMoveState': { moveId: 'mv-auth-matrix' },
+  // No shard has this range: with a server token it is answered (STALE), and changes nothing.
+  'ShardControlService.Replicate': { start: 1n, end: 2n, version: 0n, primary: 'auth-matrix' },
   'ShardControlService.GetBucketStats': {},
   'ShardControlService.StopShard': { shardId: 'not-this-shard' },
   'ShardControlService.DescribeShard': {},
@@ -105,6 +109,8 @@ const BODIES: Record<string, object> = {
   'AdminService.WatchOperation': { operationId: 'op-none' },
   'AdminService.RecoverMove': { moveId: '' },
   'AdminService.Reload': {},
+  // Refused (factor 0) after the auth check: the matrix changes no factor.
+  'AdminService.SetReplicationFactor': { factor: 0 },
 };
 
 const KEY = deriveTokenKey(TEST_CREDENTIAL);
@@ -274,7 +280,7 @@ describe('the shard control service', () => {
 
   it('is where the internal RPCs live: the data service has only the data RPCs', () => {
     expect(control.map((r) => r.name).sort()).toEqual(
-      ['AbortMove', 'AckTransfer', 'DescribeShard', 'DropRange', 'GetBucketStats', 'GetMoveState', 'PullRange', 'PushMap', 'StopShard', 'TransferRange'].sort(),
+      ['AbortMove', 'AckTransfer', 'DescribeShard', 'DropRange', 'GetBucketStats', 'GetMoveState', 'PullRange', 'PushMap', 'Replicate', 'StopShard', 'TransferRange'].sort(),
     );
     for (const r of rpcs.filter((x) => x.service === 'ShardService')) expect({ rpc: r.name, need: NEEDS[id(r)] }).toEqual({ rpc: r.name, need: expect.stringMatching(/^rw?$/) });
   });

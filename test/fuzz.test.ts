@@ -375,6 +375,14 @@ function tame(r: Rpc, req: any, targetShardId: string, map: ClusterMap): any {
       return real.has(req.server) ? { ...req, server: `not-${req.server}` } : undefined;
     case 'AdminService.RemoveServer':
       return real.has(req.server) ? { ...req, server: `not-${req.server}` } : undefined;
+    case 'AdminService.SetReplicationFactor':
+      // Would change the factor, and the master would then make or drop copies long after the call: refused instead.
+      return req.factor >= 1 ? { ...req, factor: 0 } : undefined;
+    case 'ShardControlService.Replicate': {
+      // A message naming a real range could replace a copy (a snapshot): moved off the range's start.
+      const start = req.start as bigint;
+      return map.ranges.some((r) => r.start === start) ? { ...req, start: start + 1n < HASH_SPACE_END ? start + 1n : start - 1n } : undefined;
+    }
     default:
       return undefined;
   }

@@ -268,8 +268,22 @@ export function duplexStream<Req, Res>(
   fn: (requests: AsyncIterable<Req>, ctx: RpcContext, send: (msg: Res) => Promise<void>) => Promise<void>,
 ): grpc.handleBidiStreamingCall<Req, Res> {
   return (call) => {
+    // Not for-await over the call: leaving that loop early (a message that does not decode) destroys the
+    // stream, and the caller then never hears the status.
     async function* requests(): AsyncIterable<Req> {
-      for await (const req of call as AsyncIterable<Req>) yield decoded(req, method);
+      const messages = (call as AsyncIterable<Req>)[Symbol.asyncIterator]();
+      for (;;) {
+        let next: IteratorResult<Req>;
+        try {
+          next = await messages.next();
+        } catch (err) {
+          // The caller went away mid-stream (Node reports it as a premature close): not the server's fault.
+          if (call.cancelled || (err as { code?: string }).code === 'ERR_STREAM_PREMATURE_CLOSE') throw new CairnError('CANCELLED', 'the caller cancelled the stream');
+          throw err;
+        }
+        if (next.done) return;
+        yield decoded(next.value, method);
+      }
     }
     serveStream(env, method, need, call, (ctx, send) => fn(requests(), ctx, send));
   };
