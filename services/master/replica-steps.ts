@@ -15,7 +15,7 @@
  * decides again on the new map.
  */
 import { CairnError, type ErrorCode } from '../common/errors.js';
-import { factorOf, groupVersionOf, inSyncOf, learnersOf, mapError, replicasOf, type ClusterMap, type MapRange } from '../common/map.js';
+import { factorOf, groupVersionOf, inSyncOf, learnersOf, mapError, replicasOf, roleCounts, type ClusterMap, type MapRange } from '../common/map.js';
 import { showRange, type HashRange } from '../common/ranges.js';
 
 /** Why a step was refused: `code` from the error table, `reason` naming the range and the shard. */
@@ -197,26 +197,11 @@ export function rangesOnShard(map: ClusterMap, shard: string): Array<{ range: Ma
   });
 }
 
-export interface ReplicaCount {
-  primaries: number;
-  followers: number;
-  learners: number;
-}
+export type ReplicaCount = ReturnType<typeof roleCounts>;
 
-/** Per registered shard (zeros included), how many ranges it holds in each role. */
+/** Per registered shard (zeros included), how many ranges it holds in each role (map.ts roleCounts, for every shard). */
 export function replicaCounts(map: ClusterMap): Map<string, ReplicaCount> {
-  const counts = new Map<string, ReplicaCount>(map.shards.map((s) => [s.id, { primaries: 0, followers: 0, learners: 0 }]));
-  const count = (shard: string): ReplicaCount => {
-    let c = counts.get(shard);
-    if (!c) counts.set(shard, (c = { primaries: 0, followers: 0, learners: 0 }));
-    return c;
-  };
-  for (const r of map.ranges) {
-    count(r.shardId).primaries++;
-    for (const s of replicasOf(r)) if (s !== r.shardId) count(s).followers++;
-    for (const s of learnersOf(r)) count(s).learners++;
-  }
-  return counts;
+  return new Map(map.shards.map((s) => [s.id, roleCounts(map, s.id)]));
 }
 
 /**

@@ -95,8 +95,6 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
   readonly rangeLogs: RangeLogs;
   /** The primary's side of replication (the follower's is replica-apply.ts, called by the control service). */
   replicator!: Replicator;
-  /** When this shard last heard from each range's primary, as a follower (rangeKey → ms). */
-  private readonly primaryHeard = new Map<string, number>();
 
   private constructor(
     readonly opts: ShardOptions,
@@ -194,10 +192,6 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
   /** The ranges this shard keeps a copy of: as primary, follower or learner. */
   heldRanges(map: ClusterMap = this.map): HashRange[] {
     return this.id ? copiesOf(map, this.id) : [];
-  }
-
-  heardFromPrimary(range: HashRange, atMs: number): void {
-    this.primaryHeard.set(`${range.start}-${range.end}`, atMs);
   }
 
 

@@ -36,8 +36,6 @@ export interface ReplicaHost {
   readonly store: Pick<ShardStore, 'metaOp' | 'applyReplicated' | 'deleteRange' | 'putMeta'>;
   readonly rangeLogs: RangeLogs;
   ensureEpoch(epoch: bigint): Promise<void>;
-  /** When this shard last heard from the primary of a range (for asking the master to promote). */
-  heardFromPrimary(range: HashRange, atMs: number): void;
 }
 
 type Answer = Omit<ReplicateResponse, 'version' | 'logEndLsn' | 'logEndTerm'>;
@@ -74,7 +72,6 @@ async function answer(host: ReplicaHost, req: ReplicateRequest): Promise<Replica
     if (r.shardId !== req.primary || r.shardId === host.nodeId || !member) {
       return refuse('STALE', `at version ${version} of ${showRange(range)} the primary is ${r.shardId} and shard ${host.nodeId} is ${member ? 'a follower' : 'no member'}`);
     }
-    host.heardFromPrimary(range, Date.now());
     const log = await host.rangeLogs.get(range);
     const answer = await apply(host, range, log, req);
     return { version, ...answer, logEndLsn: log.lastLsn, logEndTerm: log.lastTerm };

@@ -117,10 +117,6 @@ export class RangeLog {
     this.entries = [];
     this.retainedBytes = 0;
   }
-
-  get keptEntries(): number {
-    return this.entries.length;
-  }
 }
 
 /**
