@@ -147,11 +147,19 @@ export class PrimaryReplication {
     return this.deposedBy;
   }
 
-  /** Numbers `count` new writes under the current term; returns the last lsn. The caller stores them before sending. */
-  append(count = 1): bigint {
+  /**
+   * Numbers `count` new writes; returns the last lsn. The caller stores them before sending. `term` is the
+   * version they were numbered under, which the caller wrote into its log with them: the current one unless a
+   * reconfigure came between numbering and storing (then the older one; this primary's terms must be its log's,
+   * or a follower given the log's term in a snapshot refuses the next batch, which names ours).
+   */
+  append(count = 1, term = this.version_): bigint {
     if (count < 1) throw new CairnError('INVALID_ARGUMENT', `replication: append(${count})`);
     const last = this.ownTerms.at(-1);
-    if (last === undefined || last.term !== this.version_) this.ownTerms.push({ fromLsn: this.lastLsn_ + 1n, term: this.version_ });
+    if (term > this.version_ || (last !== undefined && term < last.term)) {
+      throw new CairnError('INVALID_ARGUMENT', `replication: append under term ${term}, outside [${last?.term ?? 0n}, ${this.version_}]`);
+    }
+    if (last === undefined || last.term !== term) this.ownTerms.push({ fromLsn: this.lastLsn_ + 1n, term });
     this.lastLsn_ += BigInt(count);
     this.recommit(); // alone in the group, a write is committed once stored
     return this.lastLsn_;

@@ -59,6 +59,21 @@ describe('PrimaryReplication', () => {
     expect(p.nextSend('z', 5, 0)).toBeUndefined();
   });
 
+  it('keeps the term a write was numbered under when a reconfigure comes before it is stored', () => {
+    // Defect from the replicated chaos run: the writer numbered a batch under version 18, the in-sync set
+    // changed (version 19) before the batch was durable, and the primary then recorded the entry under 19
+    // while its log said 18. A follower snapshotted at the log's term refused every heartbeat naming the
+    // primary's, and was snapshotted again, forever; the range's writes waited for it.
+    const p = primary({ version: 18n, lastLsn: 16n, lastTerm: 17n, termAt: (lsn) => (lsn <= 16n ? 17n : undefined) });
+    expect(p.reconfigure({ version: 19n, inSync: ['b'], learners: ['c'] }, 0)).toMatchObject({ kind: 'ok' });
+    expect(p.append(1, 18n)).toBe(17n);
+    expect(p.append(1)).toBe(18n);
+    expect(p.termOf(17n)).toBe(18n);
+    expect(p.termOf(18n)).toBe(19n);
+    expect(() => p.append(1, 18n)).toThrow(/term 18/);
+    expect(() => p.append(1, 20n)).toThrow(/term 20/);
+  });
+
   it('commits what every in-sync follower acknowledged, and reports what became acknowledgeable', () => {
     const p = primary();
     p.append(4);

@@ -309,7 +309,7 @@ export class Replicator {
         if (!ok) return;
         for (const [g, entry] of entries) {
           g.log.append(entry);
-          g.state.append(1);
+          g.state.append(1, entry.term);
           g.signal();
         }
       },
@@ -489,8 +489,12 @@ class FollowerLink {
           if (entries) entries = entries.filter((e) => e.lsn <= send.toLsn);
         }
         const prevTerm = send.prevTerm ?? this.g.log.termAt(send.prevLsn);
-        if (entries === undefined || prevTerm === undefined || (!this.snapshotDone && this.isLearner())) {
-          await this.snapshot(ask);
+        if (entries === undefined || prevTerm === undefined) {
+          await this.snapshot(ask, `entries from ${send.fromLsn} are no longer kept`);
+          continue;
+        }
+        if (!this.snapshotDone && this.isLearner()) {
+          await this.snapshot(ask, 'a new copy');
           continue;
         }
         if (entries.length) failpoint('primary-before-replicate'); // `crash`: writes applied here that no follower has
@@ -500,7 +504,8 @@ class FollowerLink {
           prevTerm,
           entries: entries.map((e) => ({ lsn: e.lsn, term: e.term, ops: toWireOps(e.ops), sync: e.sync })),
         });
-        if (!(await this.answer(res, sentAt))) await this.snapshot(ask);
+        const refusal = await this.answer(res, sentAt);
+        if (refusal) await this.snapshot(ask, refusal);
         if (entries.length === 0) await this.g.waitForWork(Math.floor(this.r.timings.leaseMs / 4));
       }
     } finally {
@@ -509,24 +514,26 @@ class FollowerLink {
     }
   }
 
-  /** Takes a follower's answer; false when only a snapshot can bring it back. */
-  private async answer(res: ReplicateResponse, sentAt: number): Promise<boolean> {
+  /** Takes a follower's answer; says why when only a snapshot can bring it back. */
+  private async answer(res: ReplicateResponse, sentAt: number): Promise<string | undefined> {
     const g = this.g;
     const now = Date.now();
     switch (res.outcome) {
       case 'ACCEPTED':
         // Its log may run past what we asked about: entries a deposed primary wrote and never had
         // acknowledged. A copy holding them cannot be counted in sync; it gets a snapshot.
-        if (res.logEndLsn > g.log.lastLsn || g.log.termAt(res.logEndLsn) !== res.logEndTerm) return false;
+        if (res.logEndLsn > g.log.lastLsn || g.log.termAt(res.logEndLsn) !== res.logEndTerm) {
+          return `its log ends at ${res.logEndLsn} (term ${res.logEndTerm}), which this primary's log does not hold`;
+        }
         g.state.onAck(this.follower, { version: res.version, matchLsn: res.lastLsn, sentAt }, now);
         g.settle(now);
         g.log.forgetBelow(g.state.retainFrom());
-        return true;
+        return undefined;
       case 'MISMATCH': {
         // Its log ends elsewhere: continue after its end if ours has the same entry there, else copy the range.
         const same = res.lastLsn <= g.log.lastLsn && g.log.termAt(res.lastLsn) === res.lastTerm;
         g.state.onReject(this.follower, { version: res.version, expectLsn: res.lastLsn + 1n, sentAt }, now);
-        return same;
+        return same ? undefined : `its log ends at ${res.lastLsn} (term ${res.lastTerm}), which this primary's log does not hold`;
       }
       case 'STALE':
         g.state.onReject(this.follower, { version: res.version, sentAt }, now);
@@ -534,22 +541,22 @@ class FollowerLink {
         throw new Error(`follower ${this.follower} holds a newer version ${res.version} of ${showRange(g.range)}`);
       default:
         g.state.onReject(this.follower, { version: res.version, sentAt }, now);
-        return false;
+        return `${res.outcome}: ${res.message}`;
     }
   }
 
   /** Replaces the follower's copy with this primary's, then continues from the snapshot's position. */
-  private async snapshot(ask: (req: Partial<ReplicateRequest>) => Promise<ReplicateResponse>): Promise<void> {
+  private async snapshot(ask: (req: Partial<ReplicateRequest>) => Promise<ReplicateResponse>, why: string): Promise<void> {
     const g = this.g;
     const host = this.r.hostRef;
     if (g.state.inSync.includes(this.follower)) {
       // A snapshot first deletes the follower's copy. An in-sync copy may be promoted at any moment, so it must
       // not be emptied: the master takes it out of the in-sync set first (reported as overdue), then it is copied.
       this.needsSnapshot = true;
-      throw new Error(`in-sync follower ${this.follower} of ${showRange(g.range)} needs a snapshot: asking the master to take it out of the in-sync set first`);
+      throw new Error(`in-sync follower ${this.follower} of ${showRange(g.range)} needs a snapshot (${why}): asking the master to take it out of the in-sync set first`);
     }
     this.needsSnapshot = false;
-    host.log.info('sending a snapshot to a follower', { range: showRange(g.range), follower: this.follower });
+    host.log.info('sending a snapshot to a follower', { range: showRange(g.range), follower: this.follower, why });
     await host.store.drain();
     const lsn = g.log.lastLsn;
     const term = g.log.termAt(lsn) ?? g.state.version;
