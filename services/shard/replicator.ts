@@ -172,7 +172,7 @@ export class Replicator {
     private readonly host: ReplicatorHost,
     readonly timings: ReplicationTimings = DEFAULT_REPLICATION_TIMINGS,
   ) {
-    host.store.setSequencer((raw, sync) => this.sequence(raw, sync));
+    host.store.setSequencer({ refusal: (raw) => this.refusal(raw), number: (raw, sync) => this.sequence(raw, sync) });
     this.timer = setInterval(() => this.tick(), Math.max(50, Math.floor(timings.leaseMs / 4)));
     this.timer.unref();
   }
@@ -203,7 +203,12 @@ export class Replicator {
         }
       }
     }
-    for (const [key, r] of wanted) {
+    const starting = [...wanted].filter(([key]) => !this.groups.has(key));
+    // A batch an ended group numbered may still be on its way to disk: its entries reach the log only once
+    // written, and a new group's state must start after them (defect: it started before, its lsns fell behind
+    // the log's, and every follower it snapshotted refused its next batch, forever).
+    if (starting.length) await this.host.store.drain();
+    for (const [key, r] of starting) {
       if (this.groups.has(key)) continue;
       const log = await this.host.rangeLogs.get(r);
       if (this.groups.has(key) || this.host.map.epoch !== map.epoch) continue; // a newer map came meanwhile: it decides
@@ -263,11 +268,12 @@ export class Replicator {
    * write may then be acknowledged, and what a read returned is committed.
    */
   async committed(hashes: Iterable<bigint>): Promise<void> {
-    if (this.groups.size === 0) return;
     const seen = new Set<PrimaryGroup>();
     for (const h of hashes) {
       const g = this.groupOfHash(h);
       if (g) seen.add(g);
+      // The group that numbered it ended and none took over here: whether the followers have it is unknown.
+      else this.assertServing(h, false);
     }
     await Promise.all([...seen].map((g) => this.waitCommitted(g, g.log.lastLsn)));
   }
@@ -282,6 +288,18 @@ export class Replicator {
   }
 
   // ------------------------------------------------------------ numbering writes
+
+  /** A write to a replicated range is numbered by its group here, or not written at all. */
+  private refusal(raw: RawOp[]): CairnError | undefined {
+    const map = this.host.map;
+    for (const op of raw) {
+      const r = map.ranges[findRangeIndex(map.ranges, hashOfKey(op.key))];
+      if (r && groupOf(r) && !this.groups.has(rangeKey(r))) {
+        return new CairnError('NOT_READY', `range ${showRange(r)} is not served by shard ${this.host.nodeId} now (map epoch ${map.epoch}, primary ${r.shardId}); retry`, { retryAfterMs: 100 });
+      }
+    }
+    return undefined;
+  }
 
   private sequence(raw: RawOp[], sync: boolean): { ops: BatchOp[]; written(ok: boolean): void } | undefined {
     if (this.groups.size === 0) return undefined;

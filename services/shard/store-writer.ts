@@ -153,11 +153,23 @@ function rawOf(group: Pending[]): RawOp[] {
 
 /**
  * Numbers a batch's writes in the log of each replicated range it touches
- * (replicator.ts): it sees the batch's per-row ops before the batch is
- * written, returns the records of the new log positions to write in the same
- * batch, and is told whether the batch was written.
+ * (replicator.ts).
  */
-export type Sequencer = (raw: RawOp[], sync: boolean) => { ops: BatchOp[]; written(ok: boolean): void } | undefined;
+export interface Sequencer {
+  /**
+   * Why a write made here (not one a primary sent) cannot be numbered now: a
+   * range it touches is replicated and this shard holds no group for it (it is
+   * not, or no longer, or not yet its primary). Asked of each such entry just
+   * before `number`, in the same tick, so a write that passes is numbered.
+   */
+  refusal(raw: RawOp[]): Error | undefined;
+  /**
+   * Sees the batch's per-row ops before the batch is written, returns the
+   * records of the new log positions to write in the same batch, and is told
+   * whether the batch was written.
+   */
+  number(raw: RawOp[], sync: boolean): { ops: BatchOp[]; written(ok: boolean): void } | undefined;
+}
 
 /** What the writer asks of the store that owns it. */
 export interface WriterHost {
@@ -244,14 +256,33 @@ export class GroupWriter {
   }
 
   /** The sequencer's view of a group: the per-row ops of the entries written here first (not those a primary sent). */
-  private sequence(group: Pending[]): ReturnType<Sequencer> {
+  private sequence(group: Pending[]): ReturnType<Sequencer["number"]> {
     const own = group.filter((p) => !p.replicated);
     if (own.length === 0) return undefined;
     const raw = rawOf(own);
-    return raw.length ? this.sequencer!(raw, own.some((p) => p.sync)) : undefined;
+    return raw.length ? this.sequencer!.number(raw, own.some((p) => p.sync)) : undefined;
   }
 
-  private async writeGroup(group: Pending[]): Promise<void> {
+  /**
+   * Refuses the rows written here that no replication group may number now
+   * (defect: such a write was stored unnumbered and acknowledged, on no other
+   * copy). Plain ops (meta records, request-id sweeps) are each copy's own.
+   */
+  private admitted(group: Pending[]): Pending[] {
+    const sequencer = this.sequencer;
+    if (!sequencer) return group;
+    return group.filter((p) => {
+      if (p.replicated || p.plans.length === 0) return true;
+      const refusal = sequencer.refusal(rawOf([p]));
+      if (refusal) p.reject(refusal);
+      return !refusal;
+    });
+  }
+
+  private async writeGroup(all: Pending[]): Promise<void> {
+    // No await from here to the sequencer: what `admitted` let through is what it numbers.
+    const group = this.admitted(all);
+    if (group.length === 0) return;
     const ops: BatchOp[] = [];
     const touched = new Map<number, { rows: number; bytes: number }>();
     let sync = false;

@@ -1,0 +1,137 @@
+/**
+ * The primary's side of replication (replicator.ts) over a real store, at
+ * the moments its map changes under writes in flight. Followers are never
+ * reached here (their address answers nothing): these tests are about what
+ * the primary numbers, refuses and acknowledges on its own.
+ */
+import { afterAll, describe, expect, it } from '@jest/globals';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ShardControlServiceClient } from '../../proto/gen/cairn/v1/control.js';
+import { CairnError } from '../common/errors.js';
+import { ClientPool } from '../common/grpc.js';
+import { HASH_SPACE_END, rowHash } from '../common/hash.js';
+import type { ClusterMap, MapRange } from '../common/map.js';
+import { quietLogger } from '../../test/harness/inproc.js';
+import { positionFromJson, RangeLogs } from './replica-log.js';
+import { Replicator, type ReplicatorHost } from './replicator.js';
+import { ShardStore, type Sequencer } from './store.js';
+
+const dirs: string[] = [];
+const closers: Array<() => Promise<void> | void> = [];
+afterAll(async () => {
+  for (const c of closers.reverse()) await c();
+  for (const d of dirs) await rm(d, { recursive: true, force: true });
+});
+
+const ME = 's1';
+const range = (r: Partial<MapRange>): MapRange => ({ start: 0n, end: HASH_SPACE_END, shardId: ME, replicas: [ME, 's2'], inSync: [ME], version: 1n, ...r });
+const mapOf = (epoch: bigint, r: MapRange): ClusterMap => ({
+  epoch,
+  clusterId: 'c-test',
+  replicationFactor: 2,
+  ranges: [r],
+  shards: [
+    { id: ME, address: '127.0.0.1:1' },
+    { id: 's2', address: '127.0.0.1:1' },
+  ],
+} as unknown as ClusterMap);
+
+/** A replicator on a real store whose map the test sets; `afterNumbering` runs just after the sequencer numbers a batch. */
+async function primary(): Promise<{ store: ShardStore; replicator: Replicator; host: { map: ClusterMap }; afterNumbering: { run?: () => void } }> {
+  const dir = await mkdtemp(join(tmpdir(), 'cairn-replicator-'));
+  dirs.push(dir);
+  const store = await ShardStore.open(dir);
+  const afterNumbering: { run?: () => void } = {};
+  const controlPeers = new ClientPool(ShardControlServiceClient, { maxMessageBytes: 4 << 20 });
+  const host = {
+    log: quietLogger(),
+    nodeId: ME,
+    map: mapOf(0n, range({})),
+    rangeLogs: new RangeLogs(async (key) => positionFromJson(await store.getMeta(key))),
+    controlPeers,
+    serverToken: { get: () => '' },
+    refreshMap: async () => undefined,
+    store: {
+      metaOp: store.metaOp.bind(store),
+      drain: store.drain.bind(store),
+      exportRange: store.exportRange.bind(store),
+      // The seam: the test acts right after a batch is numbered, while it is on its way to disk.
+      setSequencer: (s: Sequencer | undefined) =>
+        store.setSequencer(
+          s && {
+            refusal: (raw) => s.refusal(raw),
+            number: (raw, sync) => {
+              const out = s.number(raw, sync);
+              const run = afterNumbering.run;
+              afterNumbering.run = undefined;
+              run?.();
+              return out;
+            },
+          },
+        ),
+    },
+  };
+  const replicator = new Replicator(host as unknown as ReplicatorHost, { leaseMs: 50, ackTimeoutMs: 200 });
+  closers.push(async () => {
+    replicator.close();
+    controlPeers.close();
+    await store.close();
+  });
+  return { store, replicator, host, afterNumbering };
+}
+
+async function install(host: { map: ClusterMap }, replicator: Replicator, map: ClusterMap): Promise<void> {
+  host.map = map;
+  await replicator.onMap(map);
+}
+
+const write = (store: ShardStore, row: string) => store.writeRows([{ row, cells: [{ column: 'c', value: Buffer.from('v'), timestampUs: 0n }], replace: false }], { requestId: '', sync: false });
+
+describe('Replicator', () => {
+  it('refuses a write to a replicated range it is no longer the primary of, and never acknowledges one numbered by a group that ended', async () => {
+    // Defect: a write admitted while this shard was the primary but stored after the map moved primacy away
+    // was stored unnumbered (no group to number it) and acknowledged at once (no group to wait for): it was on
+    // no other copy, and lost once the new primary served.
+    const { store, replicator, host } = await primary();
+    await install(host, replicator, mapOf(1n, range({})));
+    await write(store, 'before'); // alone in sync: committed once stored
+    await replicator.committed([rowHash('before')]);
+
+    await install(host, replicator, mapOf(2n, range({ shardId: 's2', replicas: ['s2', ME], inSync: ['s2', ME], version: 2n })));
+    const refused = await write(store, 'after').then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(refused).toBeInstanceOf(CairnError);
+    expect((refused as CairnError).code).toBe('NOT_READY');
+    expect((refused as Error).message).toMatch(/not served by shard s1 now .*primary s2/);
+    expect(await store.readRow('after', { columns: [], columnPrefix: '', allVersions: true, limit: 0 })).toEqual([]);
+    await expect(replicator.committed([rowHash('before')])).rejects.toMatchObject({ code: 'NOT_READY' });
+  });
+
+  it('starts a new group after every write an ended group numbered, so its lsns are its log’s', async () => {
+    // Defect: a group ended (primacy went and came back) while a batch it had numbered was on its way to disk;
+    // the new group started from the log before that batch, its numbering fell behind the log's, and what it
+    // then committed never caught up with what the log held: a read or write waited forever.
+    const { store, replicator, host, afterNumbering } = await primary();
+    await install(host, replicator, mapOf(1n, range({})));
+    let remapped: Promise<void> | undefined;
+    afterNumbering.run = () => {
+      remapped = (async () => {
+        await install(host, replicator, mapOf(2n, range({ shardId: 's2', replicas: ['s2', ME], inSync: ['s2', ME], version: 2n })));
+        await install(host, replicator, mapOf(3n, range({ version: 3n, inSync: [ME] })));
+      })();
+    };
+    await write(store, 'in-flight');
+    await remapped;
+    await write(store, 'next');
+    // Both are the new group's to commit, alone in sync: neither may wait forever.
+    const done = await Promise.race([
+      replicator.committed([rowHash('in-flight'), rowHash('next')]).then(() => 'committed'),
+      new Promise((res) => setTimeout(() => res('still waiting'), 3000).unref()),
+    ]);
+    expect(done).toBe('committed');
+  });
+});
