@@ -115,8 +115,8 @@ export interface Pending {
   /** What listeners see of `ops`. */
   raw: RawOp[];
   sync: boolean;
-  /** Applied on a follower from its primary's log: the sequencer does not number it again. */
-  replicated?: boolean;
+  /** Where its writes come from (see WriteSource); plain ops are the shard's upkeep. */
+  from?: WriteSource['from'];
   resolve: () => void;
   reject: (err: unknown) => void;
 }
@@ -152,15 +152,25 @@ function rawOf(group: Pending[]): RawOp[] {
 }
 
 /**
+ * Where a batch's writes come from. A client's (writes, deletes, row leases):
+ * on a replicated range only its group here may number them. A primary's log,
+ * applied on a follower with the follower's new log positions (`records`):
+ * never numbered again. The shard's upkeep (moves' imports, deleting a range
+ * it no longer holds or before a snapshot): numbered where a group here holds
+ * the range, else each copy's own.
+ */
+export type WriteSource = { from: 'client' } | { from: 'primary'; records: BatchOp[] } | { from: 'upkeep' };
+
+/**
  * Numbers a batch's writes in the log of each replicated range it touches
  * (replicator.ts).
  */
 export interface Sequencer {
   /**
-   * Why a write made here (not one a primary sent) cannot be numbered now: a
-   * range it touches is replicated and this shard holds no group for it (it is
-   * not, or no longer, or not yet its primary). Asked of each such entry just
-   * before `number`, in the same tick, so a write that passes is numbered.
+   * Why a client's write cannot be numbered now: a range it touches is
+   * replicated and this shard holds no group for it (it is not, or no longer,
+   * or not yet its primary). Asked of each such entry just before `number`, in
+   * the same tick, so a write that passes is numbered.
    */
   refusal(raw: RawOp[]): Error | undefined;
   /**
@@ -206,14 +216,14 @@ export class GroupWriter {
   }
 
   /** Settles plans (reads what stats need, under the caller's row locks) and commits them in one batch. */
-  async commitPlans(plans: RowPlan[], sync: boolean, replicated?: { ops: BatchOp[] }): Promise<void> {
-    if (plans.length === 0 && !replicated?.ops.length) return;
+  async commitPlans(plans: RowPlan[], sync: boolean, source: WriteSource): Promise<void> {
+    const records = source.from === 'primary' ? source.records : NO_OPS;
+    if (plans.length === 0 && !records.length) return;
     const { deltas, derived } = await settle(this.subs, plans);
-    let any = !!replicated?.ops.length;
+    let any = records.length > 0;
     for (const p of plans) if (p.keys.length > 0 || p.other.length > 0) any = true;
     if (!any) return;
-    const ops = replicated?.ops ?? NO_OPS;
-    await new Promise<void>((resolve, reject) => this.push({ plans, derived, deltas, ops, raw: NO_RAW, sync, replicated: !!replicated, resolve, reject }));
+    await new Promise<void>((resolve, reject) => this.push({ plans, derived, deltas, ops: records, raw: NO_RAW, sync, from: source.from, resolve, reject }));
   }
 
   /** Queues plain ops (meta records, request-id sweeps); `raw` is what listeners see of them. */
@@ -257,22 +267,22 @@ export class GroupWriter {
 
   /** The sequencer's view of a group: the per-row ops of the entries written here first (not those a primary sent). */
   private sequence(group: Pending[]): ReturnType<Sequencer["number"]> {
-    const own = group.filter((p) => !p.replicated);
+    const own = group.filter((p) => p.from !== 'primary');
     if (own.length === 0) return undefined;
     const raw = rawOf(own);
     return raw.length ? this.sequencer!.number(raw, own.some((p) => p.sync)) : undefined;
   }
 
   /**
-   * Refuses the rows written here that no replication group may number now
+   * Refuses the client writes that no replication group may number now
    * (defect: such a write was stored unnumbered and acknowledged, on no other
-   * copy). Plain ops (meta records, request-id sweeps) are each copy's own.
+   * copy).
    */
   private admitted(group: Pending[]): Pending[] {
     const sequencer = this.sequencer;
     if (!sequencer) return group;
     return group.filter((p) => {
-      if (p.replicated || p.plans.length === 0) return true;
+      if (p.from !== 'client') return true;
       const refusal = sequencer.refusal(rawOf([p]));
       if (refusal) p.reject(refusal);
       return !refusal;

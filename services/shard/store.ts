@@ -69,7 +69,7 @@ import {
   sweepRequestIds,
   writeDigest,
 } from './store-reqids.js';
-import { GroupWriter, NO_RAW, type RangeStats, type Sequencer } from './store-writer.js';
+import { GroupWriter, NO_RAW, type RangeStats, type Sequencer, type WriteSource } from './store-writer.js';
 import type { CellFilterIn, CellOut, CheckAndMutateIn, RowWriteIn, ScanIn, TimeRangeIn, WriteOpts } from './validate.js';
 
 export type { CellFilterIn, CellIn, CellOut, CheckAndMutateIn, RowWriteIn, ScanIn, TimeRangeIn, WriteOpts } from './validate.js';
@@ -92,6 +92,8 @@ export interface StoreOptions {
 }
 
 const READ_CONCURRENCY = 32;
+const CLIENT: WriteSource = Object.freeze({ from: 'client' });
+const UPKEEP: WriteSource = Object.freeze({ from: 'upkeep' });
 
 export class ShardStore {
   private readonly locks = new RowLocks();
@@ -216,7 +218,7 @@ export class ShardStore {
         if (idKeys) plan.other.push({ sublevel: 'reqids', key: idKeys[k]!, value: encodeWriteOutcome(ts, now, digests![k]!) });
         plans.push(plan);
       }
-      await this.writer.commitPlans(plans, o.sync);
+      await this.writer.commitPlans(plans, o.sync, CLIENT);
       return slotOf ? slotOf.map((k) => stamps[k]!) : stamps;
     });
   }
@@ -236,7 +238,7 @@ export class ShardStore {
       plan.coversRow = true;
       if (hasLease(this.subs, prefix)) planDropLease(plan);
       recordOutcome(plan, o.requestId, { k: 'deleteRow', n });
-      await this.writer.commitPlans([plan], o.sync);
+      await this.writer.commitPlans([plan], o.sync, CLIENT);
       return n;
     });
   }
@@ -260,7 +262,7 @@ export class ShardStore {
         if (!timeRange) (plan.cleared ??= []).push(b.gte as Buffer);
       }
       recordOutcome(plan, o.requestId, { k: 'deleteCells', n, d: digest });
-      if (n > 0 || o.requestId) await this.writer.commitPlans([plan], o.sync);
+      if (n > 0 || o.requestId) await this.writer.commitPlans([plan], o.sync, CLIENT);
       return n;
     });
   }
@@ -278,7 +280,7 @@ export class ShardStore {
       const plan = new RowPlan(prefix);
       const timestampUs = succeeded ? await planWrite(this.subs, this.clock, plan, [req]) : 0n;
       recordOutcome(plan, o.requestId, { k: 'cas', ok: succeeded, ts: timestampUs.toString(), d: digest });
-      if (succeeded || o.requestId) await this.writer.commitPlans([plan], o.sync);
+      if (succeeded || o.requestId) await this.writer.commitPlans([plan], o.sync, CLIENT);
       return { succeeded, timestampUs };
     });
   }
@@ -297,7 +299,7 @@ export class ShardStore {
       const plan = new RowPlan(prefix);
       planPutLease(plan, lease);
       recordOutcome(plan, requestId, { k: 'lock', id: lease.id, exp: lease.exp, d: digest });
-      await this.writer.commitPlans([plan], true);
+      await this.writer.commitPlans([plan], true, CLIENT);
       return { leaseId: lease.id, expiresAtMs: lease.exp };
     });
   }
@@ -311,7 +313,7 @@ export class ShardStore {
       const lease = { id: leaseId, exp: now + leaseMs };
       const plan = new RowPlan(prefix);
       planPutLease(plan, lease);
-      await this.writer.commitPlans([plan], true);
+      await this.writer.commitPlans([plan], true, CLIENT);
       return { expiresAtMs: lease.exp };
     });
   }
@@ -323,7 +325,7 @@ export class ShardStore {
       checkHeld(row, await getLease(this.subs, prefix), leaseId, Date.now(), false);
       const plan = new RowPlan(prefix);
       planDropLease(plan);
-      await this.writer.commitPlans([plan], true);
+      await this.writer.commitPlans([plan], true, CLIENT);
     });
   }
 
@@ -431,7 +433,7 @@ export class ShardStore {
     const prefixes = ops.map((op) => rowPrefixOf(op.key));
     return this.mutate(prefixes, async () => {
       const plans = planRawOps(ops, prefixes, this.clock);
-      await this.writer.commitPlans(plans, o.sync, { ops: records });
+      await this.writer.commitPlans(plans, o.sync, { from: 'primary', records });
     });
   }
 
@@ -488,7 +490,7 @@ export class ShardStore {
     const prefixes = ops.map((op) => rowPrefixOf(op.key));
     return this.mutate(prefixes, async () => {
       const plans = planRawOps(ops, prefixes, this.clock);
-      await this.writer.commitPlans(plans, o.sync);
+      await this.writer.commitPlans(plans, o.sync, UPKEEP);
     });
   }
 
