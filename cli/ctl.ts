@@ -6,6 +6,8 @@ import { connect as tcpConnect } from 'node:net';
 import { createInterface } from 'node:readline/promises';
 import { CairnClient } from '../services/client/index.js';
 import { parseHostPort } from '../services/common/config.js';
+import { checkHealth } from '../services/common/health.js';
+import { masterList } from '../services/common/masters.js';
 import { CairnError } from '../services/common/errors.js';
 import { endFromProto } from '../services/common/hash.js';
 import { formatHash } from '../services/common/ranges.js';
@@ -52,13 +54,35 @@ async function connect(flags: Flags, io: Io): Promise<CairnClient> {
   const timeoutMs = int(flags, 'timeout', 10_000, 1);
   const tls = clientTlsFrom(flags, io.env);
   // Ask the network first: the SDK retries a refused connection until the deadline, and says so in grpc's words.
-  const unreachable = await probe(master, Math.min(5000, Math.max(50, Math.floor(timeoutMs * 0.9))));
-  if (unreachable) throw new CliError(unreachable, EXIT.UNAVAILABLE, `is the master running there? (--master HOST:PORT or CAIRN_MASTER)`);
+  // With several masters, one answering is enough: the SDK finds the leader among them.
+  const answers = await Promise.all(masterList(master).map((a) => probe(a, Math.min(5000, Math.max(50, Math.floor(timeoutMs * 0.9))))));
+  if (answers.every((why) => why !== undefined)) throw new CliError(answers.join('; '), EXIT.UNAVAILABLE, `is the master running there? (--master HOST:PORT[,HOST:PORT…] or CAIRN_MASTER)`);
   try {
     return await CairnClient.connect({ master, user, password, timeoutMs, tls });
   } catch (err) {
     throw asCliError(err, master);
   }
+}
+
+/**
+ * Every master given, and whether it leads: a master leads while its Admin
+ * service reports SERVING (a standby, or a leader that lost etcd, reports
+ * NOT_SERVING while the process itself is SERVING).
+ */
+async function describeMasters(given: string, tls: ReturnType<typeof clientTlsFrom>): Promise<Array<{ address: string; leader: boolean; status: string }>> {
+  return Promise.all(
+    masterList(given).map(async (address) => {
+      const [overall, admin] = await Promise.all(
+        [undefined, 'cairn.v1.AdminService'].map((service) => checkHealth(address, { service, tls, timeoutMs: 2000 }).catch(() => 'UNREACHABLE')),
+      );
+      const status = overall === 'UNREACHABLE' ? 'unreachable' : admin === 'SERVING' ? 'leader' : 'standby';
+      return { address, leader: status === 'leader', status };
+    }),
+  );
+}
+
+function masterLines(masters: Array<{ address: string; status: string }>): string[] {
+  return ['', 'Masters:', ...masters.map((m) => `  ${m.address}  ${m.status}`)];
 }
 
 /**
@@ -254,8 +278,9 @@ export async function runCtl(positionals: string[], flags: Flags, io: Io): Promi
   try {
     switch (cmd) {
       case 'servers': {
-        const { epoch, servers } = await fetchServers(client);
-        print(formatServers(servers, epoch), serversJson(servers, epoch));
+        const [{ epoch, servers }, masters] = await Promise.all([fetchServers(client), describeMasters(master, clientTlsFrom(flags, io.env))]);
+        // The masters section appears when several were given (one master is the embedded default: nothing to choose).
+        print([...formatServers(servers, epoch), ...(masters.length > 1 ? masterLines(masters) : [])], { ...serversJson(servers, epoch), masters });
         return EXIT.OK;
       }
       case 'ranges': {

@@ -17,6 +17,7 @@ import { DataDirError } from '../services/common/datadir.js';
 import type { ClientTls, TlsFiles } from '../services/common/grpc.js';
 import { createLogger } from '../services/common/log.js';
 import { startMasterServer } from '../services/master/server.js';
+import type { EtcdSettings } from '../services/master/master-role.js';
 import { startShardServer } from '../services/shard/server.js';
 import type { FlagValue } from './flags.js';
 import { CliError, EXIT } from './exit.js';
@@ -95,6 +96,14 @@ function onHangup(log: Logger, reload: (() => Promise<void>) | undefined): () =>
   return () => process.off('SIGHUP', on);
 }
 
+/** metaStore etcd: where the state lives and how this master campaigns (undefined: embedded). */
+function etcdSettingsOf(c: MasterConfig): EtcdSettings | undefined {
+  if (c.metaStore !== 'etcd') return undefined;
+  const pem = (path: string | undefined) => (path ? readFileSync(path) : undefined);
+  const tls = c.etcdTlsCa || c.etcdTlsCert ? { ca: pem(c.etcdTlsCa), cert: pem(c.etcdTlsCert), key: pem(c.etcdTlsKey) } : undefined;
+  return { endpoints: c.etcdEndpoints, prefix: c.etcdPrefix, leaseSeconds: c.etcdLeaseSeconds, ...(tls ? { tls } : {}) };
+}
+
 export async function runMaster(flags: Flags): Promise<number> {
   const c = loadConfig('master', { flags });
   const log = createLogger({ component: 'master', level: c.logLevel, verbose: c.verbose });
@@ -109,11 +118,12 @@ export async function runMaster(flags: Flags): Promise<number> {
   const running = (started = await startMasterServer({
     ...c,
     ...tlsOptionsOf(c),
+    etcd: etcdSettingsOf(c),
     log,
     onFatal: (err) => halt(err),
     reloadConfig: () => rereadMasterConfig(flags, c),
   }).catch(logDataDirRefusal(log)).catch(bindErrorAsConfig(c)));
-  log.info(`Starting Data Master on ${running.address}`, { expectShards: c.expectShards });
+  log.info(`Starting Data Master on ${running.address}`, { expectShards: c.expectShards, metaStore: c.metaStore, ...(c.metaStore === 'etcd' ? { etcdEndpoints: c.etcdEndpoints, etcdPrefix: c.etcdPrefix } : {}) });
   const failed = await Promise.race([untilSignal(log).then(() => undefined), halted]);
   offHangup();
   await running.stop(c.shutdownGraceMs).catch((err: Error) => log.warn('stopping after a failed durable write', { error: err.message }));

@@ -220,7 +220,7 @@ function nameProblems(docs: Doc[]): string[] {
   }
   const master = of.get('master')?.config as MasterConfig | undefined;
   const shard = of.get('shard')?.config as ShardConfig | undefined;
-  if (master && shard && shard.master !== master.advertise) p.push(`the shards dial ${shard.master}, not the master's advertised ${master.advertise}`);
+  if (master && shard && !shard.master.includes(master.advertise)) p.push(`the shards dial ${shard.master.join(",")}, not the master's advertised ${master.advertise}`);
   if (master && shardSts(docs) && shardSts(docs).spec.replicas !== master.expectShards) {
     p.push(`the shard StatefulSet has ${shardSts(docs).spec.replicas} replicas but the master expects ${master.expectShards} shards`);
   }

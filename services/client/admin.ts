@@ -29,8 +29,12 @@ export type AdminMethod<Req, Res> = (
 
 export function admin<Req, Res>(c: Calls, pick: (a: AdminServiceClient) => AdminMethod<Req, Res>, req: Req, o: CallOptions): Promise<Res> {
   const once = hasEmptyOperationId(req) ? { ...req, operationId: newOperationId() } : req;
-  const a = c.session.admin;
-  return c.run(c.deadlineOf(o), (token, _map, deadline) => call(a, pick(a), once, { token, deadline }));
+  return c.run(c.deadlineOf(o), (token, _map, deadline) =>
+    c.session.toMaster(() => {
+      const a = c.session.admin;
+      return call(a, pick(a), once, { token, deadline });
+    }),
+  );
 }
 
 export async function listServers(c: Calls, o: CallOptions): Promise<ServerInfo[]> {

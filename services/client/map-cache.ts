@@ -34,7 +34,7 @@ export class MapCache {
       try {
         const s = this.session;
         const until = Math.min(deadline, Date.now() + s.timeoutMs);
-        const res = await s.withToken(until, (token) => call(s.master, s.master.getMap, {}, { token, deadline: until }));
+        const res = await s.withToken(until, (token) => s.toMaster(() => call(s.master, s.master.getMap, {}, { token, deadline: until })));
         this.install(mapFromProto(res.map));
       } finally {
         this.refreshing = undefined;
@@ -76,7 +76,11 @@ export class MapCache {
         this.watchFailures = 0;
         this.install(mapFromProto(res.map));
       });
-      stream.on('error', (e) => reopen(fromServiceError(e)));
+      stream.on('error', (e) => {
+        const err = fromServiceError(e);
+        s.masters.follow(err); // a standby (or a master that stopped leading) names the leader: reopen there
+        reopen(err);
+      });
       stream.on('end', () => reopen());
     })().catch((e) => reopen(fromServiceError(e)));
   }

@@ -8,7 +8,8 @@ import { AdminServiceClient } from '../../proto/gen/cairn/v1/admin.js';
 import { MasterServiceClient } from '../../proto/gen/cairn/v1/master.js';
 import { ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
 import { CairnError, fromServiceError } from '../common/errors.js';
-import { call, channelOptions, clientCredentials, ClientPool, metadataFor } from '../common/grpc.js';
+import { call, ClientPool, metadataFor } from '../common/grpc.js';
+import { MasterAddresses } from '../common/masters.js';
 import type { ConnectOptions } from './types.js';
 
 const DEFAULT_TIMEOUT_MS = 10_000;
@@ -24,8 +25,10 @@ export const isExpiry = (err: CairnError): boolean =>
   err.code === 'UNAUTHENTICATED' && (err.details.reason === 'TOKEN_EXPIRED' || err.details.reason === 'TOKEN_REVOKED');
 
 export class Session {
-  readonly master: MasterServiceClient;
-  readonly admin: AdminServiceClient;
+  /** Every master the client was given; calls go to the one that leads (services/common/masters.ts). */
+  readonly masters: MasterAddresses;
+  private readonly masterClients: ClientPool<MasterServiceClient>;
+  private readonly adminClients: ClientPool<AdminServiceClient>;
   private readonly shards: ClientPool<ShardServiceClient>;
   /** Default deadline of a call, retries included. */
   readonly timeoutMs: number;
@@ -52,11 +55,31 @@ export class Session {
     this.user = opts.user;
     this.password = opts.password;
     this.token = opts.token;
-    const creds = clientCredentials(opts.tls);
-    const chan = channelOptions(this.maxMessageBytes);
-    this.master = new MasterServiceClient(opts.master, creds, chan);
-    this.admin = new AdminServiceClient(opts.master, creds, chan);
+    this.masters = new MasterAddresses(opts.master);
+    this.masterClients = new ClientPool(MasterServiceClient, { tls: opts.tls, maxMessageBytes: this.maxMessageBytes });
+    this.adminClients = new ClientPool(AdminServiceClient, { tls: opts.tls, maxMessageBytes: this.maxMessageBytes });
     this.shards = new ClientPool(ShardServiceClient, { tls: opts.tls, maxMessageBytes: this.maxMessageBytes });
+  }
+
+  /** The MasterService of the master that leads, as far as the client knows. */
+  get master(): MasterServiceClient {
+    return this.masterClients.get(this.masters.current);
+  }
+
+  /** The AdminService of the master that leads, as far as the client knows. */
+  get admin(): AdminServiceClient {
+    return this.adminClients.get(this.masters.current);
+  }
+
+  /** Runs one call to the master; when it fails, the next goes to the leader a standby named, or to the next master. */
+  async toMaster<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (e) {
+      const err = fromServiceError(e);
+      this.masters.follow(err);
+      throw err;
+    }
   }
 
   shard(address: string): ShardServiceClient {
@@ -66,8 +89,8 @@ export class Session {
   /** Closes every channel; the caller sets `closed` (and stops the watch) first. */
   closeChannels(): void {
     this.shards.close();
-    this.master.close();
-    this.admin.close();
+    this.masterClients.close();
+    this.adminClients.close();
   }
 
   /** The metadata carrying `token`, built once per token rather than once per call. */
@@ -132,7 +155,7 @@ export class Session {
     this.loggingIn ??= (async () => {
       try {
         const sent = Date.now();
-        const res = await call(this.master, this.master.login, { user: this.user!, password: this.password! }, { deadline });
+        const res = await this.toMaster(() => call(this.master, this.master.login, { user: this.user!, password: this.password! }, { deadline }));
         const expires = Number(res.expiresAtMs);
         this.token = res.token;
         this.tokenExpiresAt = expires;

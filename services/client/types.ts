@@ -145,7 +145,7 @@ export interface RangeInfo {
 }
 
 export interface ConnectOptions {
-  /** host:port of the master. */
+  /** host:port of the master, or of every master (`a:7000,b:7000`): calls follow the one that leads. */
   master: string;
   user?: string;
   password?: string;

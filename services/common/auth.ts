@@ -175,6 +175,13 @@ export interface Claims {
    * cluster that shares the credential, can change nothing on it.
    */
   cid?: string;
+  /**
+   * `server` tokens a master mints: the term it leads under (its leadership
+   * key's create revision in etcd; "0" for an embedded master), as decimal
+   * text. A shard refuses a master's call under a lower term than the highest
+   * it has seen, so a deposed leader cannot act on shards.
+   */
+  term?: string;
 }
 
 const TOKEN_VERSION = 'v1';
@@ -199,10 +206,11 @@ export function mintToken(
   ttlMs: number,
   now: number = Date.now(),
   clusterId?: string,
+  term?: string,
 ): { token: string; expiresAtMs: number } {
   if (!(Number.isFinite(ttlMs) && ttlMs > 0)) throw new CairnError('INVALID_ARGUMENT', `token ttl must be a positive number of ms, got ${ttlMs}`);
   if (sub.length === 0) throw new CairnError('INVALID_ARGUMENT', 'token subject must not be empty');
-  const claims: Claims = { sub, role, iat: now, exp: now + ttlMs, ...(clusterId !== undefined ? { cid: clusterId } : {}) };
+  const claims: Claims = { sub, role, iat: now, exp: now + ttlMs, ...(clusterId !== undefined ? { cid: clusterId } : {}), ...(term !== undefined ? { term } : {}) };
   const payload = Buffer.from(JSON.stringify(claims), 'utf8').toString('base64url');
   const signedPart = `${TOKEN_VERSION}.${payload}`;
   return { token: `${signedPart}.${sign(key, signedPart).toString('base64url')}`, expiresAtMs: claims.exp };
@@ -275,7 +283,8 @@ function verifyTokenFully(key: Buffer, token: string | undefined, now: number): 
     !Number.isFinite(c.iat) ||
     typeof c.exp !== 'number' ||
     !Number.isFinite(c.exp) ||
-    (c.cid !== undefined && typeof c.cid !== 'string')
+    (c.cid !== undefined && typeof c.cid !== 'string') ||
+    (c.term !== undefined && (typeof c.term !== 'string' || !/^\d{1,20}$/.test(c.term)))
   ) {
     throw unauthenticated('malformed token: claims need sub, role, iat and exp');
   }
@@ -286,7 +295,7 @@ function verifyTokenFully(key: Buffer, token: string | undefined, now: number): 
       { reason: 'TOKEN_EXPIRED' },
     );
   }
-  return { sub: c.sub, role: c.role, iat: c.iat, exp: c.exp, ...(c.cid !== undefined ? { cid: c.cid } : {}) };
+  return { sub: c.sub, role: c.role, iat: c.iat, exp: c.exp, ...(c.cid !== undefined ? { cid: c.cid } : {}), ...(c.term !== undefined ? { term: c.term } : {}) };
 }
 
 /**
@@ -357,6 +366,8 @@ export interface ServerTokenSourceOptions {
   now?: () => number;
   /** The minting process's cluster id, read at each mint ('' before it has one). */
   clusterId?: () => string;
+  /** A master's term, carried by every call it makes to a shard (Claims.term); unset for shards. */
+  term?: string;
 }
 
 /**
@@ -387,7 +398,7 @@ export class ServerTokenSource {
     // A process that just joined (or formed) a cluster re-mints at once, so its calls carry the id.
     if (now >= this.refreshAtMs || cid !== this.mintedFor) {
       this.mintedFor = cid;
-      const { token, expiresAtMs } = mintToken(this.key, this.sub, 'server', this.ttlMs, now, cid);
+      const { token, expiresAtMs } = mintToken(this.key, this.sub, 'server', this.ttlMs, now, cid, this.opts.term);
       this.token = token;
       this.refreshAtMs = expiresAtMs - this.ttlMs / 5;
     }

@@ -54,7 +54,12 @@ const VALUES: Record<string, fc.Arbitrary<unknown>> = {
   maxConcurrentMoves: posInt,
   moveMaxMbps: fc.integer({ min: 0, max: 10_000_000 }).map((n) => n / 100),
   diskHighWater: fc.integer({ min: 1, max: 1000 }).map((n) => n / 1000),
-  master: dialAddress,
+  master: fc.uniqueArray(dialAddress, { minLength: 1, maxLength: 3 }),
+  // embedded: etcd needs endpoints too, which the schema checks apart (below).
+  metaStore: fc.constant('embedded'),
+  etcdEndpoints: fc.uniqueArray(fc.tuple(fc.constantFrom('http', 'https'), fc.constantFrom('127.0.0.1', 'etcd-1.example.com'), fc.integer({ min: 1, max: 65535 })).map(([p, h, n]) => `${p}://${h}:${n}`), { minLength: 1, maxLength: 3 }),
+  etcdPrefix: fc.constantFrom('/cairn', '/prod/cairn-1', '/x'),
+  etcdLeaseSeconds: fc.integer({ min: 1, max: 60 }),
   maxFenceMs: posInt,
   replicationFactor: posInt,
   replicaDownTimeoutMs: posInt,
@@ -62,12 +67,13 @@ const VALUES: Record<string, fc.Arbitrary<unknown>> = {
   replicaAckTimeoutMs: posInt,
 };
 /** Keys whose values are files that must exist, or that the credential rule couples: set by hand below. */
-const SKIPPED = new Set(['serverCredentialFile', 'tlsCert', 'tlsKey', 'tlsCa']);
+const SKIPPED = new Set(['serverCredentialFile', 'tlsCert', 'tlsKey', 'tlsCa', 'etcdTlsCa', 'etcdTlsCert', 'etcdTlsKey']);
 
 type Source = 'file' | 'env' | 'flag';
 
 /** The value as an env variable or a flag gives it. */
 function asText(key: string, v: unknown): string {
+  if ((key === 'master' || key === 'etcdEndpoints') && Array.isArray(v)) return v.join(',');
   if (key === 'clients' && Array.isArray(v)) return v.map((c: { user: string; passwordHash: string; role: string }) => `${c.user}:${c.passwordHash}:${c.role}`).join(',');
   return String(v);
 }
@@ -101,7 +107,7 @@ function load(role: ServerRole, given: Record<string, unknown>, where: (key: str
 describe('the schema and the layering', () => {
   it.each(['master', 'shard'] as const)('%s: any config the schema accepts reads the same from the file, env or flags, and records where it came from', (role) => {
     fc.assert(
-      fc.property(settingsOf(role), fc.array(fc.constantFrom<Source>('file', 'env', 'flag'), { minLength: 32, maxLength: 32 }), (given, picks) => {
+      fc.property(settingsOf(role), fc.array(fc.constantFrom<Source>('file', 'env', 'flag'), { minLength: 48, maxLength: 48 }), (given, picks) => {
         const keys = configKeys(role);
         const where = (k: string): Source => picks[keys.indexOf(k)]!;
         const { config, path } = load(role, given, where);
@@ -122,7 +128,7 @@ describe('the schema and the layering', () => {
       fc.property(
         settingsOf('master'),
         settingsOf('master'),
-        fc.array(fc.constantFrom<Source>('env', 'flag'), { minLength: 32, maxLength: 32 }),
+        fc.array(fc.constantFrom<Source>('env', 'flag'), { minLength: 48, maxLength: 48 }),
         (given, decoys, picks) => {
           const keys = configKeys('master');
           const { config } = load('master', given, (k) => picks[keys.indexOf(k)]!, decoys);
@@ -145,5 +151,34 @@ describe('the schema and the layering', () => {
       const shown = Array.isArray(v) ? (v.length ? JSON.stringify(v) : 'none') : k.key === 'dataDir' ? resolve(dir, k.defaultText) : k.defaultText;
       expect([k.key, Array.isArray(v) ? shown : String(v)]).toEqual([k.key, k.key === 'dataDir' ? resolve(dir, k.defaultText) : shown]);
     }
+  });
+});
+
+describe('the etcd keys', () => {
+  const base = { 'server-credential': 'x'.repeat(20) };
+  const loadMaster = (flags: Record<string, string>) => loadConfig('master', { flags: { ...base, ...flags }, env: {}, cwd: dir });
+
+  it('default to the embedded store, so a master needs nothing else', () => {
+    const c = loadMaster({});
+    expect([c.metaStore, c.etcdEndpoints, c.etcdPrefix, c.etcdLeaseSeconds]).toEqual(['embedded', [], '/cairn', 5]);
+  });
+
+  it('read a list of endpoints from text', () => {
+    const c = loadMaster({ 'meta-store': 'etcd', 'etcd-endpoints': 'http://10.0.0.1:2379, https://10.0.0.2:2379' });
+    expect(c.etcdEndpoints).toEqual(['http://10.0.0.1:2379', 'https://10.0.0.2:2379']);
+  });
+
+  it.each([
+    [{ 'meta-store': 'etcd' }, 'etcdEndpoints', 'required with metaStore etcd'],
+    [{ 'meta-store': 'zookeeper' }, 'metaStore', 'expected embedded or etcd'],
+    [{ 'etcd-endpoints': '127.0.0.1:2379' }, 'etcdEndpoints', 'expected an http:// or https:// URL'],
+    [{ 'etcd-prefix': 'cairn/' }, 'etcdPrefix', 'expected a key prefix that starts with /'],
+  ])('refuse %j naming %s and what was expected', (flags, key, expectedText) => {
+    expect(() => loadMaster(flags)).toThrow(new RegExp(`${key}[^]*${expectedText.replace(/[/.*+?^${}()|[\]\\]/g, '\\$&')}`));
+  });
+
+  it('give a shard every master it may follow', () => {
+    const c = loadConfig('shard', { flags: { ...base, master: 'a:7000,b:7000' }, env: {}, cwd: dir });
+    expect(c.master).toEqual(['a:7000', 'b:7000']);
   });
 });

@@ -8,7 +8,7 @@
  */
 import { z } from 'zod';
 import { clientList } from './config-clients.js';
-import { bool, dialAddress, existingFile, fraction, hostPort, LOG_LEVELS, logLevel, nonnegNumber, path, posInt, secret, secretFile } from './config-values.js';
+import { bool, dialAddress, dialAddressList, etcdPrefix, existingFile, fraction, hostPort, LOG_LEVELS, logLevel, nonnegNumber, path, posInt, secret, secretFile, urlList } from './config-values.js';
 
 export type ServerRole = 'master' | 'shard';
 
@@ -36,6 +36,8 @@ const key = <T extends z.ZodType>(schema: T, help: KeyHelp) => described(schema.
 const keyOr = <T extends z.ZodType>(schema: T, dflt: z.input<T>, help: KeyHelp) => described(schema.prefault(dflt), { ...help, default: dflt });
 
 const N = 'n';
+const META_STORES = ['embedded', 'etcd'] as const;
+const metaStore = z.preprocess((v) => (typeof v === 'string' ? v.trim().toLowerCase() : v), z.enum(META_STORES, `expected ${META_STORES.join(' or ')}`));
 const HOST_PORT = 'host:port';
 
 function commonFields(role: ServerRole, cwd: string) {
@@ -79,13 +81,22 @@ function masterFields(role: 'master', cwd: string) {
     replicationFactor: keyOr(posInt, 1, { doc: 'how many shards hold each range, set when the cluster forms', arg: N }),
     /** As TiKV's down-store time: past it a down shard's copies are made again on other shards. */
     replicaDownTimeoutMs: keyOr(posInt, 600_000, { doc: "a shard down this long has its copies of ranges rebuilt elsewhere", arg: N }),
+    /** docs/design.md "The control plane: embedded, or on etcd". */
+    metaStore: keyOr(metaStore, 'embedded', { doc: "where the master's state lives: embedded (LevelDB in dataDir) or etcd (standby masters possible)", arg: 'kind' }),
+    etcdEndpoints: keyOr(urlList, [], { doc: 'etcd client URLs (metaStore etcd), such as http://127.0.0.1:2379 (repeatable)', arg: 'urls', repeatable: true }),
+    etcdPrefix: keyOr(etcdPrefix, '/cairn', { doc: "the etcd key prefix of this cluster's state", arg: 'prefix' }),
+    /** The leader's lease: a dead leader is replaced about this long after its last keep-alive. */
+    etcdLeaseSeconds: keyOr(posInt, 5, { doc: 'how long a silent leader keeps leadership (etcd lease time to live)', arg: N }),
+    etcdTlsCa: key(existingFile(cwd), { doc: "PEM CA that signed etcd's certificate (https endpoints)", arg: 'path' }),
+    etcdTlsCert: key(existingFile(cwd), { doc: 'PEM client certificate for etcd (with etcdTlsKey)', arg: 'path' }),
+    etcdTlsKey: key(existingFile(cwd), { doc: 'PEM key of etcdTlsCert', arg: 'path' }),
   };
 }
 
 function shardFields(role: 'shard', cwd: string) {
   return {
     ...commonFields(role, cwd),
-    master: keyOr(dialAddress, '127.0.0.1:7000', { doc: "the master's address", arg: HOST_PORT }),
+    master: keyOr(dialAddressList, ['127.0.0.1:7000'], { doc: "the masters' addresses, a:7000,b:7000 (the shard follows the leader)", arg: HOST_PORT }),
     /**
      * The longest a source keeps a range fenced for a move before the
      * destination confirms the fenced tail; past it the source lifts the fence
@@ -143,6 +154,19 @@ function heartbeatProblem(c: unknown): string | undefined {
   return `expected more than heartbeatIntervalMs (${beat}), got ${down}`;
 }
 
+/** What is wrong with the etcd keys together, as [key, message], or undefined. */
+function etcdProblem(c: unknown): [string, string] | undefined {
+  if (typeof c !== 'object' || c === null) return undefined;
+  const o = c as { metaStore?: unknown; etcdEndpoints?: unknown; etcdTlsCert?: unknown; etcdTlsKey?: unknown };
+  if (o.metaStore === 'etcd' && (!Array.isArray(o.etcdEndpoints) || o.etcdEndpoints.length === 0)) {
+    return ['etcdEndpoints', 'required with metaStore etcd: expected a list of etcd client URLs such as http://127.0.0.1:2379'];
+  }
+  if ((o.etcdTlsCert === undefined) !== (o.etcdTlsKey === undefined)) {
+    return [o.etcdTlsCert === undefined ? 'etcdTlsCert' : 'etcdTlsKey', 'etcdTlsCert and etcdTlsKey go together: expected both or neither'];
+  }
+  return undefined;
+}
+
 /** One schema per base directory (a process has one; tests have a few): zod compiles a schema on its first use. */
 function perCwd<S>(build: (cwd: string) => S): (cwd: string) => S {
   const made = new Map<string, S>();
@@ -155,6 +179,10 @@ export const masterSchema = perCwd((cwd: string) =>
     .strictObject(masterFields('master', cwd))
     .refine(hasCredential, { ...always, path: ['serverCredential'], message: CREDENTIAL_REQUIRED })
     .refine((c) => heartbeatProblem(c) === undefined, { ...always, path: ['shardDownAfterMs'], error: (iss) => heartbeatProblem(iss.input) })
+    .superRefine((c, ctx) => {
+      const problem = etcdProblem(c);
+      if (problem) ctx.addIssue({ code: 'custom', path: [problem[0]], message: problem[1] });
+    })
     .transform(settle),
 );
 

@@ -126,3 +126,38 @@ export const secretFile = (cwd: string) =>
     }
     return { path: p, secret: text };
   });
+
+/** Text items separated by commas (env, flags, a YAML string), or a YAML list as it is. */
+const listItems = (v: unknown): unknown =>
+  typeof v === 'string'
+    ? v
+        .split(',')
+        .map((s) => s.trim())
+        .filter((s) => s !== '')
+    : v;
+
+/** One or more host:port to dial, `a:7000,b:7000` or a YAML list: every master of a cluster, the leader found among them. */
+export const dialAddressList = z.preprocess(listItems, z.array(dialAddress, 'expected host:port, or several separated by commas (a:7000,b:7000)').min(1, 'expected at least one host:port'));
+
+const URL_EXPECTED = 'expected an http:// or https:// URL such as http://127.0.0.1:2379';
+/** etcd client URLs, `http://a:2379,http://b:2379` or a YAML list. */
+export const urlList = z.preprocess(
+  listItems,
+  z.array(
+    z.string(URL_EXPECTED).superRefine((s, ctx) => {
+      let u: URL | undefined;
+      try {
+        u = new URL(s);
+      } catch {
+        /* refused below */
+      }
+      if (!u || (u.protocol !== 'http:' && u.protocol !== 'https:') || !u.port) ctx.addIssue({ code: 'custom', message: `${URL_EXPECTED} (with its port), got ${JSON.stringify(s)}` });
+    }),
+    `${URL_EXPECTED}, or several separated by commas`,
+  ),
+);
+
+/** A key prefix in etcd: starts with '/', no trailing '/' (keys are `<prefix>/map`, …). */
+export const etcdPrefix = z
+  .string('expected a key prefix such as /cairn')
+  .refine((s) => /^\/[^\s]*[^/\s]$/.test(s), { error: (iss) => `expected a key prefix that starts with / and does not end with one, such as /cairn, ${got(iss.input)}` });

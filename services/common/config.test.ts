@@ -60,7 +60,7 @@ describe('names', () => {
     expect(flagName('moveMaxMbps')).toBe('move-max-mbps');
     expect(envName('maxCellsPerCall')).toBe('CAIRN_MAX_CELLS_PER_CALL');
     expect(CONFIG_BOOLEAN_FLAGS).toEqual(['verbose', 'require-approval']);
-    expect(CONFIG_REPEATABLE_FLAGS).toEqual(['clients']);
+    expect(CONFIG_REPEATABLE_FLAGS).toEqual(['clients', 'etcd-endpoints']);
     expect(configKeys('shard')).toContain('master');
     expect(configKeys('shard')).not.toContain('expectShards');
     expect(configKeys('master')).toContain('clients');
@@ -106,7 +106,7 @@ describe('defaults', () => {
       listen: '127.0.0.1:7001',
       advertise: '127.0.0.1:7001',
       dataDir: join(dir, 'data/shard'),
-      master: '127.0.0.1:7000',
+      master: ['127.0.0.1:7000'],
       heartbeatIntervalMs: 1000,
       maxFenceMs: 1000,
     });
@@ -250,7 +250,7 @@ describe('validation messages', () => {
   it('requires the shard master address to have a real port', () => {
     const e = configError(() => shard({ master: 'm:0' }));
     expect(e.message).toContain('config: master (from flag --master): expected host:port with a port from 1 to 65535');
-    expect(shard({ master: 'master.cairn:7000' }).master).toBe('master.cairn:7000');
+    expect(shard({ master: 'master.cairn:7000' }).master).toEqual(['master.cairn:7000']);
   });
 });
 

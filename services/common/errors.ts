@@ -69,6 +69,8 @@ export interface ErrorDetails {
   retryAfterMs?: number;
   /** A finer cause than the code, for clients to act on (TOKEN_EXPIRED: log in again). */
   reason?: ErrorReason;
+  /** NOT_LEADER: the address of the master that leads, when known (clients follow it). */
+  leaderAddress?: string;
 }
 
 /**
@@ -83,8 +85,10 @@ export interface ErrorDetails {
  * - SESSION_CONFLICT: another process holds this shard id and is heartbeating
  *   (a copy of a live data directory?); retry only once it has been silent.
  * - SESSION_SUPERSEDED: a newer process took this shard id over; stop.
+ * - STALE_TERM: a master's call under a term lower than one the shard has
+ *   seen: a newer leader exists, and the caller was deposed; it must stop acting.
  */
-export const ERROR_REASONS = ['TOKEN_EXPIRED', 'TOKEN_REVOKED', 'CLUSTER_MISMATCH', 'SHARD_REMOVED', 'SESSION_CONFLICT', 'SESSION_SUPERSEDED'] as const;
+export const ERROR_REASONS = ['TOKEN_EXPIRED', 'TOKEN_REVOKED', 'CLUSTER_MISMATCH', 'SHARD_REMOVED', 'SESSION_CONFLICT', 'SESSION_SUPERSEDED', 'STALE_TERM'] as const;
 export type ErrorReason = (typeof ERROR_REASONS)[number];
 const isErrorReason = (s: string | undefined): s is ErrorReason => (ERROR_REASONS as readonly string[]).includes(s ?? '');
 
@@ -105,7 +109,7 @@ export class CairnError extends Error {
 }
 
 /** The one set of codes a client retries (with a refreshed map for WRONG_SHARD). */
-export const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['WRONG_SHARD', 'FENCED', 'NOT_READY', 'UNREACHABLE']);
+export const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['WRONG_SHARD', 'FENCED', 'NOT_READY', 'UNREACHABLE', 'NOT_LEADER']);
 
 export const invalidArgument = (msg: string): CairnError => new CairnError('INVALID_ARGUMENT', msg);
 export const limitExceeded = (msg: string): CairnError => new CairnError('LIMIT_EXCEEDED', msg);
@@ -151,6 +155,7 @@ export function toServiceError(err: unknown): Partial<ServiceError> & { code: St
     if (d.ownerAddress !== undefined) metadata.set('cairn-owner-address', d.ownerAddress);
     if (d.retryAfterMs !== undefined) metadata.set('cairn-retry-after-ms', String(d.retryAfterMs));
     if (d.reason !== undefined) metadata.set('cairn-error-reason', d.reason);
+    if (d.leaderAddress !== undefined) metadata.set('cairn-leader-address', d.leaderAddress);
     const message = boundedMessage(err.message);
     return { code: TO_STATUS[err.code], details: message, message, metadata };
   }
@@ -182,6 +187,7 @@ export function fromServiceError(err: unknown): CairnError {
     ...(meta(md, 'cairn-owner-address') !== undefined ? { ownerAddress: meta(md, 'cairn-owner-address') } : {}),
     ...(retry !== undefined ? { retryAfterMs: Number(retry) } : {}),
     ...(isErrorReason(reason) ? { reason } : {}),
+    ...(meta(md, 'cairn-leader-address') !== undefined ? { leaderAddress: meta(md, 'cairn-leader-address') } : {}),
   };
   return new CairnError(code, e.details || e.message || 'unknown error', details);
 }

@@ -20,6 +20,12 @@ export interface LeadershipOptions {
   ttlSeconds?: number;
   /** Pause between attempts while another master holds the key. */
   retryMs?: number;
+  /**
+   * Told when the client gives the current lease up for lost (keep-alives
+   * failed for its whole time to live, or etcd says it is gone). Only a cue
+   * to stop acting early: the fence is still the transaction's compare.
+   */
+  onLeaseLost?: (err: Error) => void;
 }
 
 export class Leadership {
@@ -101,8 +107,10 @@ export class Leadership {
     if (!this.lease) {
       const lease = this.client.lease(this.opts.ttlSeconds ?? 5);
       this.leaseLost = false;
-      lease.on('lost', () => {
-        if (this.lease === lease) this.leaseLost = true;
+      lease.on('lost', (err: Error) => {
+        if (this.lease !== lease) return;
+        this.leaseLost = true;
+        this.opts.onLeaseLost?.(err);
       });
       this.lease = lease;
     }

@@ -80,7 +80,17 @@ export interface MasterOptions {
    * on disk and carries every journaled move to its end. Default: log only.
    */
   onFatal?: (err: Error) => void;
+  /**
+   * The term this master leads under, carried by every call it makes to a
+   * shard (shards refuse a lower term than the highest they have seen): the
+   * leadership key's create revision on etcd (master-role.ts). Default "0",
+   * the fixed term of an embedded master.
+   */
+  term?: string;
 }
+
+/** The term of an embedded master: the lowest, so any master elected on etcd later outranks it. */
+export const EMBEDDED_TERM = '0';
 
 /** How often the master looks for replica groups to change. */
 const REPLICA_PASS_MS = 250;
@@ -113,7 +123,7 @@ export class Master {
   ) {
     this.nodeId = opts.nodeId ?? 'master';
     this.tokenKey = deriveTokenKey(opts.serverCredential);
-    const serverToken = new ServerTokenSource(this.tokenKey, this.nodeId, { clusterId: () => state.clusterId });
+    const serverToken = new ServerTokenSource(this.tokenKey, this.nodeId, { clusterId: () => state.clusterId, term: opts.term ?? EMBEDDED_TERM });
     this.members = new Membership(state, store, { ...opts, maxLearners: opts.maxConcurrentMoves ?? 2 }, opts.log);
     this.access = new Access(state, store, this.tokenKey, opts.clients, opts, opts.log);
     this.calls = new ShardCalls(state, serverToken, opts.log, opts);
@@ -195,6 +205,16 @@ export class Master {
 
   get clusterId(): string {
     return this.state.clusterId;
+  }
+
+  /** The term its shard calls carry. */
+  get term(): string {
+    return this.opts.term ?? EMBEDDED_TERM;
+  }
+
+  /** True once it stopped acting: closed, or halted after a failed durable write. */
+  get closed(): boolean {
+    return this.state.closed;
   }
 
   get heartbeatIntervalMs(): number {

@@ -14,17 +14,27 @@ import { AdminServiceService } from '../../proto/gen/cairn/v1/admin.js';
 import { MasterServiceService } from '../../proto/gen/cairn/v1/master.js';
 import type { HandlerEnv } from '../common/grpc.js';
 import type { ServingState } from '../common/health.js';
+import { deriveTokenKey } from '../common/auth.js';
 import { DURATION_BUCKETS, type Metrics } from '../common/metrics.js';
 import { serverOptionsOf, startProcessServer, type ServerOptions } from '../common/server.js';
-import { Master, type MasterOptions } from './master.js';
+import type { Master, MasterOptions } from './master.js';
+import { MasterRole, type EtcdSettings } from './master-role.js';
 import { isTerminal } from './moves.js';
 import { adminServiceImpl, masterServiceImpl } from './service.js';
 
 /** `mutualTls`: shards' calls must come with a client certificate the CA signed. */
-export interface MasterServerOptions extends MasterOptions, ServerOptions {}
+export interface MasterServerOptions extends MasterOptions, ServerOptions {
+  /** The address shards and clients dial (default: the bound address): a standby names the leader by it. */
+  advertise?: string;
+  /** The state in etcd, with standby masters (unset: embedded, or `openState`). */
+  etcd?: EtcdSettings;
+}
 
 export interface RunningMaster {
-  master: Master;
+  /** Whether this process leads, and its Master while it does. */
+  role: MasterRole;
+  /** The Master while this process leads; throws NOT_LEADER on a standby. */
+  readonly master: Master;
   server: Server;
   /** host:port the server is bound to (the port resolved when listen used :0). */
   address: string;
@@ -38,35 +48,67 @@ export interface RunningMaster {
 
 export const MASTER_SERVICES = ['cairn.v1.MasterService', 'cairn.v1.AdminService'];
 
+/** A standby's Master and Admin services report NOT_SERVING (with why) while the process is SERVING: a liveness probe never restarts it. */
+const LEADER_ONLY_SERVICES = MASTER_SERVICES;
+
 export async function startMasterServer(opts: MasterServerOptions): Promise<RunningMaster> {
-  const master = await Master.open(opts);
+  const { etcd, openState, ...masterOpts } = opts;
+  // Tests that hold the leadership themselves pass openState: an embedded-style role on that state.
+  const role = await MasterRole.open({ master: openState ? ({ ...masterOpts, openState } as MasterOptions) : masterOpts, etcd, log: opts.log });
+  const lead = () => role.lead();
   const running = await startProcessServer({
     role: 'master',
     log: opts.log,
     ...serverOptionsOf(opts),
     healthServices: MASTER_SERVICES,
     maxMessageBytes: opts.maxMessageBytes,
-    registerMetrics: (metrics) => registerMasterMetrics(metrics, master),
+    registerMetrics: (metrics) => registerMasterMetrics(metrics, role),
     services: (assembled) => {
-      const env: HandlerEnv = { ...assembled, service: 'master', tokenKey: master.tokenKey, checkClientCall: (claims) => master.checkClientCall(claims), checkServerCall: (claims, method) => master.checkServerCall(claims, method) };
+      const env: HandlerEnv = {
+        ...assembled,
+        service: 'master',
+        tokenKey: deriveTokenKey(opts.serverCredential),
+        // A standby answers NOT_LEADER (naming the leader) before anything else.
+        checkClientCall: (claims) => lead().checkClientCall(claims),
+        checkServerCall: (claims, method) => lead().checkServerCall(claims, method),
+      };
       return [
-        [MasterServiceService, masterServiceImpl(master, env)],
-        [AdminServiceService, adminServiceImpl(master, { ...env, service: 'admin' })],
+        [MasterServiceService, masterServiceImpl(lead, env)],
+        [AdminServiceService, adminServiceImpl(lead, { ...env, service: 'admin' })],
       ];
     },
     servingOnceBound: true,
     // First thing on SIGTERM: a draining master refuses heartbeats, so it must stop judging shards by them.
-    onStop: () => master.stopActing(),
-    close: () => master.close(),
+    onStop: () => role.stopActing(),
+    close: () => role.close(),
   });
   const { server, address, metricsAddress, serving, metrics, stop } = running;
-  return { master, server, address, metricsAddress, serving, metrics, stop };
+  role.begin(opts.advertise && !opts.advertise.endsWith(':0') ? opts.advertise : address);
+  role.onStatus((s) => {
+    const held = s.leading ? (s.why || null) : s.why || 'standby';
+    for (const service of LEADER_ONLY_SERVICES) serving.holdService(service, held);
+  });
+  return {
+    role,
+    get master() {
+      return role.lead();
+    },
+    server,
+    address,
+    metricsAddress,
+    serving,
+    metrics,
+    stop,
+  };
 }
 
 /** The master's view: the map epoch, every shard's size, and the moves. */
-export function registerMasterMetrics(metrics: Metrics, master: Master): void {
-  metrics.gauge('cairn_map_epoch', 'Epoch of the cluster map this process holds.', [], (set) => set({}, Number(master.epoch)));
-  const servers = () => master.listServers();
+export function registerMasterMetrics(metrics: Metrics, role: MasterRole): void {
+  metrics.gauge('cairn_master_leader', '1 while this master leads (a standby, or a leader that lost etcd: 0).', [], (set) => set({}, role.status.leading && !role.status.why ? 1 : 0));
+  metrics.gauge('cairn_master_term', 'The term this master leads under (its etcd leadership key\'s create revision; 0 embedded or standby).', [], (set) => set({}, Number(role.status.term || 0)));
+  // A standby has no map or moves of its own: those series appear while it leads.
+  metrics.gauge('cairn_map_epoch', 'Epoch of the cluster map this process holds.', [], (set) => set({}, Number(role.master()?.epoch ?? 0n)));
+  const servers = () => role.master()?.listServers() ?? [];
   metrics.gauge('cairn_shard_bytes', 'Live bytes (keys + values) in the ranges the map gives each shard, from its last heartbeat.', ['shard'], (set) => {
     for (const s of servers()) set({ shard: s.id }, s.bytes);
   });
@@ -82,7 +124,7 @@ export function registerMasterMetrics(metrics: Metrics, master: Master): void {
 
   // Moves, from the coordinator's list (journal + live progress). Moves already
   // in the journal when the master started are not counted again.
-  const moves = () => master.coordinator.listMoves(true);
+  const moves = () => role.master()?.coordinator.listMoves(true) ?? [];
   const copied = new Map<string, number>();
   const fenceSeen = new Set<string>();
   const endSeen = new Set<string>();

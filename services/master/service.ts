@@ -101,8 +101,12 @@ export function moveToInfo(x: { move: Move; operationId: string; progress?: Move
   };
 }
 
-export function masterServiceImpl(master: Master, env: HandlerEnv): MasterServiceServer & UntypedServiceImplementation {
-  const header = () => ({ nodeId: master.nodeId, epoch: master.epoch });
+/** `lead()`: the master that leads in this process, or a NOT_LEADER naming the leader (a standby). */
+export function masterServiceImpl(lead: () => Master, env: HandlerEnv): MasterServiceServer & UntypedServiceImplementation {
+  const header = () => {
+    const m = lead();
+    return { nodeId: m.nodeId, epoch: m.epoch };
+  };
   return {
     registerShard: unary(env, 'RegisterShard', 'server', async (req) => {
       if (!req.address) throw invalidArgument('address: must be the host:port other processes use to reach the shard');
@@ -111,7 +115,7 @@ export function masterServiceImpl(master: Master, env: HandlerEnv): MasterServic
       checkId('cluster_id', req.clusterId);
       checkId('session_id', req.sessionId, true);
       if (req.generation > BigInt(MAX_COUNT)) throw invalidArgument(`generation: ${req.generation} is over ${MAX_COUNT}`);
-      const { shardId, map } = await master.register({
+      const { shardId, map } = await lead().register({
         shardId: req.shardId,
         address: req.address,
         clusterId: req.clusterId,
@@ -119,7 +123,7 @@ export function masterServiceImpl(master: Master, env: HandlerEnv): MasterServic
         generation: Number(req.generation),
         sessionId: req.sessionId,
       });
-      return { header: header(), shardId, map: mapToProto(map), heartbeatIntervalMs: master.heartbeatIntervalMs, revocations: revocationsToProto(master) };
+      return { header: header(), shardId, map: mapToProto(map), heartbeatIntervalMs: lead().heartbeatIntervalMs, revocations: revocationsToProto(lead) };
     }),
     heartbeat: unary(env, 'Heartbeat', 'server', async (req) => {
       if (!req.shardId) throw invalidArgument('shard_id: must not be empty');
@@ -130,7 +134,7 @@ export function masterServiceImpl(master: Master, env: HandlerEnv): MasterServic
       const disk = { freeBytes: Number(req.diskFreeBytes), totalBytes: Number(req.diskTotalBytes), full: req.diskFull };
       const range = (r: { start: bigint; end: bigint }) => rangeFromWire(r.start, r.end, 'replicas, overdue or caught_up');
       const note = (n: { start: bigint; end: bigint; version: bigint; follower: string }) => ({ range: range(n), version: n.version, follower: n.follower });
-      master.heartbeat(req.shardId, {
+      lead().heartbeat(req.shardId, {
         sessionId: req.sessionId,
         epoch: req.epoch,
         opsPerSec: req.opsPerSec,
@@ -141,9 +145,9 @@ export function masterServiceImpl(master: Master, env: HandlerEnv): MasterServic
         overdue: req.overdue.map(note),
         caughtUp: req.caughtUp.map(note),
       });
-      return { header: header(), revocations: revocationsToProto(master) };
+      return { header: header(), revocations: revocationsToProto(lead) };
     }),
-    getMap: unary(env, 'GetMap', 'r', async () => ({ header: header(), map: mapToProto(master.currentMap()) })),
+    getMap: unary(env, 'GetMap', 'r', async () => ({ header: header(), map: mapToProto(lead().currentMap()) })),
     watchMap: serverStream(env, 'WatchMap', 'r', async (req, ctx, send) => {
       let pending: Promise<void> = Promise.resolve();
       let finish!: () => void;
@@ -152,9 +156,11 @@ export function masterServiceImpl(master: Master, env: HandlerEnv): MasterServic
         if (m.epoch <= req.minEpoch) return;
         pending = pending.then(() => send({ header: header(), map: mapToProto(m) })).catch(() => finish());
       };
-      const stop = master.watch(forward);
-      forward(master.currentMap());
-      const poll = setInterval(() => ctx.cancelled() && finish(), 500);
+      const leader = lead();
+      const stop = leader.watch(forward);
+      forward(leader.currentMap());
+      // A master that stops leading ends the stream: the client asks again and finds the leader.
+      const poll = setInterval(() => (ctx.cancelled() || leader.closed) && finish(), 500);
       try {
         await ended;
       } finally {
@@ -164,24 +170,27 @@ export function masterServiceImpl(master: Master, env: HandlerEnv): MasterServic
     }),
     login: unary(env, 'Login', null, async (req, ctx) => {
       if (!req.user) throw invalidArgument('user: must not be empty');
-      const t = await master.login(req.user, req.password, { peer: ctx.peer, deadline: ctx.deadline, cancelled: ctx.cancelled });
+      const t = await lead().login(req.user, req.password, { peer: ctx.peer, deadline: ctx.deadline, cancelled: ctx.cancelled });
       return { header: header(), token: t.token, expiresAtMs: BigInt(t.expiresAtMs), role: t.role };
     }),
     getMoveStatus: unary(env, 'GetMoveStatus', 'server', async (req) => {
       if (!req.moveId) throw invalidArgument('move_id: must not be empty');
       if (req.moveId.length > MAX_MOVE_ID_CHARS) throw invalidArgument(`move_id: ${req.moveId.length} characters, over the limit of ${MAX_MOVE_ID_CHARS}`);
-      const s = master.coordinator.moveStatus(req.moveId);
+      const s = lead().coordinator.moveStatus(req.moveId);
       return { header: header(), known: s.known, state: s.state };
     }),
   };
 }
 
-export function adminServiceImpl(master: Master, env: HandlerEnv): AdminServiceServer & UntypedServiceImplementation {
-  const header = () => ({ nodeId: master.nodeId, epoch: master.epoch });
+export function adminServiceImpl(lead: () => Master, env: HandlerEnv): AdminServiceServer & UntypedServiceImplementation {
+  const header = () => {
+    const m = lead();
+    return { nodeId: m.nodeId, epoch: m.epoch };
+  };
   return {
     listServers: unary(env, 'ListServers', 'admin', async () => ({
       header: header(),
-      servers: master.listServers().map((s) => ({
+      servers: lead().listServers().map((s) => ({
         ...s,
         bytes: BigInt(s.bytes),
         rows: BigInt(s.rows),
@@ -191,28 +200,28 @@ export function adminServiceImpl(master: Master, env: HandlerEnv): AdminServiceS
       })),
     })),
     planRebalance: unary(env, 'PlanRebalance', 'admin', async (req) => {
-      const p = await master.planRebalance(req.drain || undefined);
-      return { header: header(), plan: planToProto(p, master.listServers().map((s) => s.id)) };
+      const p = await lead().planRebalance(req.drain || undefined);
+      return { header: header(), plan: planToProto(p, lead().listServers().map((s) => s.id)) };
     }),
     startRebalance: unary(env, 'StartRebalance', 'admin', async (req) => {
       checkMaxMbps(req.maxMbps);
       checkOperationId(req.operationId);
-      const r = await master.startRebalance(req.maxMbps, undefined, req.operationId);
+      const r = await lead().startRebalance(req.maxMbps, undefined, req.operationId);
       failpoint('master-admin-answer'); // `lose`: the operation started, its answer did not arrive
-      return { header: header(), operationId: r.op?.id ?? '', plan: planToProto(r, master.listServers().map((s) => s.id)) };
+      return { header: header(), operationId: r.op?.id ?? '', plan: planToProto(r, lead().listServers().map((s) => s.id)) };
     }),
     dropServer: unary(env, 'DropServer', 'admin', async (req) => {
       if (!req.server) throw invalidArgument('server: name the shard by id or host:port');
       checkMaxMbps(req.maxMbps);
       checkOperationId(req.operationId);
-      const r = await master.startRebalance(req.maxMbps, req.server, req.operationId);
+      const r = await lead().startRebalance(req.maxMbps, req.server, req.operationId);
       failpoint('master-admin-answer');
-      return { header: header(), operationId: r.op?.id ?? '', plan: planToProto(r, master.listServers().map((s) => s.id)) };
+      return { header: header(), operationId: r.op?.id ?? '', plan: planToProto(r, lead().listServers().map((s) => s.id)) };
     }),
     removeServer: unary(env, 'RemoveServer', 'admin', async (req) => {
       if (!req.server) throw invalidArgument('server: name the shard by id or host:port');
       checkOperationId(req.operationId);
-      const r = await master.removeServer(req.server, req.operationId);
+      const r = await lead().removeServer(req.server, req.operationId);
       failpoint('master-admin-answer'); // `crash`: the removal is durable and the master dies before it answers
       return { header: header(), shardId: r.shardId, stopped: r.stopped };
     }),
@@ -223,41 +232,41 @@ export function adminServiceImpl(master: Master, env: HandlerEnv): AdminServiceS
       } catch (err) {
         throw invalidArgument(`address: ${(err as Error).message}`);
       }
-      return { header: header(), approvalRequired: await master.addServer(req.address) };
+      return { header: header(), approvalRequired: await lead().addServer(req.address) };
     }),
     syncMap: unary(env, 'SyncMap', 'admin', async () => {
-      const { failed } = await master.pushMapToAll();
-      return { header: header(), failed: failed.map((f) => ({ shardId: f.id, error: f.error })), synced: master.listServers().length - failed.length };
+      const { failed } = await lead().pushMapToAll();
+      return { header: header(), failed: failed.map((f) => ({ shardId: f.id, error: f.error })), synced: lead().listServers().length - failed.length };
     }),
     listMoves: unary(env, 'ListMoves', 'admin', async (req) => ({
       header: header(),
-      moves: master.coordinator.listMoves(req.all).map(moveToInfo),
+      moves: lead().coordinator.listMoves(req.all).map(moveToInfo),
     })),
     watchOperation: serverStream(env, 'WatchOperation', 'admin', async (req, ctx, send) => {
-      const op = master.coordinator.operation(req.operationId);
+      const op = lead().coordinator.operation(req.operationId);
       if (!op) throw new CairnError('NOT_FOUND', `operation_id: no operation "${req.operationId}" on this master`);
       let finished = false;
       void op.done.then(() => (finished = true));
       while (!ctx.cancelled()) {
         const done = finished;
-        await send({ header: header(), moves: master.coordinator.movesOf(op).map(moveToInfo), done });
+        await send({ header: header(), moves: lead().coordinator.movesOf(op).map(moveToInfo), done });
         if (done) return;
         await Promise.race([op.done, new Promise((r) => setTimeout(r, 250))]);
       }
     }),
     recoverMove: unary(env, 'RecoverMove', 'admin', async (req) => {
       if (!req.moveId) throw invalidArgument('move_id: must not be empty');
-      const r = await master.coordinator.recover(req.moveId);
-      const info = master.coordinator.listMoves(true).find((x) => x.move.id === req.moveId)!;
+      const r = await lead().coordinator.recover(req.moveId);
+      const info = lead().coordinator.listMoves(true).find((x) => x.move.id === req.moveId)!;
       return { header: header(), move: moveToInfo({ ...info, move: r.move }), action: r.action };
     }),
     setReplicationFactor: unary(env, 'SetReplicationFactor', 'admin', async (req) => {
       if (req.factor < 1) throw invalidArgument(`factor: must be 1 or more, got ${req.factor}`);
-      const r = await master.setReplicationFactor(req.factor);
+      const r = await lead().setReplicationFactor(req.factor);
       return { header: header(), ...r };
     }),
     reload: unary(env, 'Reload', 'admin', async () => {
-      const r = await master.reload();
+      const r = await lead().reload();
       const c = r.change;
       return {
         header: header(),
@@ -273,7 +282,7 @@ export function adminServiceImpl(master: Master, env: HandlerEnv): AdminServiceS
     }),
     getRanges: unary(env, 'GetRanges', 'admin', async () => ({
       header: header(),
-      ranges: master.getRanges().map((r) => ({
+      ranges: lead().getRanges().map((r) => ({
         start: r.start,
         end: endToProto(r.end),
         shardId: r.shardId,
@@ -289,6 +298,6 @@ export function adminServiceImpl(master: Master, env: HandlerEnv): AdminServiceS
   };
 }
 
-function revocationsToProto(master: Master) {
-  return master.tokenRevocations().map((r) => ({ user: r.user, notBeforeMs: BigInt(r.notBeforeMs) }));
+function revocationsToProto(lead: () => Master) {
+  return lead().tokenRevocations().map((r) => ({ user: r.user, notBeforeMs: BigInt(r.notBeforeMs) }));
 }

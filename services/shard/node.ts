@@ -28,12 +28,15 @@ import { positionFromJson, RangeLogs } from './replica-log.js';
 import type { ReplicaHost } from './replica-apply.js';
 import { DEFAULT_REPLICATION_TIMINGS, Replicator, type ReplicatorHost } from './replicator.js';
 import type { Limits } from './validate.js';
+import { MasterTermFence } from './master-term.js';
+import { MasterAddresses } from '../common/masters.js';
 
 export interface ShardOptions {
   dataDir: string;
   /** host:port others dial; known after the server has bound its port. */
   advertise: string;
-  master: string;
+  /** The masters' addresses (`a:7000,b:7000` or a list): the shard follows the one that leads. */
+  master: string | readonly string[];
   serverCredential: string;
   heartbeatIntervalMs: number;
   limits: Limits;
@@ -55,6 +58,10 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
   /** Other shards' control service (a destination pulling a range from its source). */
   readonly controlPeers: ClientPool<ShardControlServiceClient>;
   private readonly masters: ClientPool<MasterServiceClient>;
+  /** Which master to call: the leader, followed from NOT_LEADER answers and unreachable masters. */
+  readonly masterAddresses: MasterAddresses;
+  /** The highest master term seen: a lower one's calls are refused (master-term.ts). */
+  readonly masterTerm: MasterTermFence;
   id = '';
   map: ClusterMap = EMPTY_MAP;
   /** The cluster this shard belongs to, kept in its data directory; '' until it first joins one. */
@@ -105,6 +112,8 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
     this.peers = new ClientPool(ShardServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.limits.maxMessageBytes });
     this.controlPeers = new ClientPool(ShardControlServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.limits.maxMessageBytes });
     this.masters = new ClientPool(MasterServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.limits.maxMessageBytes });
+    this.masterAddresses = new MasterAddresses(opts.master);
+    this.masterTerm = new MasterTermFence(opts.log);
     this.rangeLogs = new RangeLogs(async (key) => positionFromJson(await store.getMeta(key)));
   }
 
@@ -313,10 +322,14 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
   /** Checks every call made with a server token (HandlerEnv.checkServerCall): internal calls from another cluster are refused. */
   checkServerCall(claims: Claims, method: string): void {
     // Read-only, and what an operator rebuilding a lost master asks before it knows the cluster id.
-    if (method === 'DescribeShard' || !this.clusterId || claims.cid === this.clusterId) return;
-    throw this.refuse(
-      `refused ${method} from ${claims.cid ? `a process of cluster ${claims.cid}` : 'a process with no cluster state'} (${claims.sub}): this shard belongs to cluster ${this.clusterId}`,
-    );
+    if (method === 'DescribeShard') return;
+    if (this.clusterId && claims.cid !== this.clusterId) {
+      throw this.refuse(
+        `refused ${method} from ${claims.cid ? `a process of cluster ${claims.cid}` : 'a process with no cluster state'} (${claims.sub}): this shard belongs to cluster ${this.clusterId}`,
+      );
+    }
+    // Only after the cluster check: a master of another cluster must not raise the term this shard holds.
+    this.masterTerm.check(claims, method);
   }
 
   /** Checks every call made with a client token (HandlerEnv.checkClientCall): its cluster, and whether its user was revoked. */
@@ -348,7 +361,13 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
   }
 
   private masterClient(): MasterServiceClient {
-    return this.masters.get(this.opts.master);
+    return this.masters.get(this.masterAddresses.current);
+  }
+
+  /** After a failed call to the master: the next goes to the leader it named, or to the next master in the list. */
+  private followLeader(err: unknown): void {
+    const from = this.masterAddresses.current;
+    if (this.masterAddresses.follow(err)) this.log.info('calling another master', { from, to: this.masterAddresses.current, why: (err as Error).message });
   }
 
   /**
@@ -385,13 +404,14 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
         await this.replicator.onMap(this.map);
         this.refusal = '';
         this.onAdmission(true);
-        this.log.info('DataServer fully registered', { shardId: this.id, master: this.opts.master, address: this.opts.advertise, clusterId: this.clusterId, generation: this.generation });
+        this.log.info('DataServer fully registered', { shardId: this.id, master: this.masterAddresses.current, address: this.opts.advertise, clusterId: this.clusterId, generation: this.generation });
         this.scheduleHeartbeat(res.heartbeatIntervalMs || this.opts.heartbeatIntervalMs);
         return;
       } catch (err) {
         const e = err as CairnError;
         const reason = e.details?.reason;
         let retryInMs = delay;
+        if (this.masterAddresses.follow(e)) retryInMs = 50; // a standby named the leader, or the master did not answer: ask the next at once
         if (reason === 'CLUSTER_MISMATCH') {
           this.refusal = e.message;
           this.onAdmission(false);
@@ -412,7 +432,7 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
         } else if (e.code === 'UNAUTHENTICATED' || e.code === 'PERMISSION_DENIED') {
           this.log.error('the master refused this shard: check serverCredential', { error: e.message });
         } else {
-          this.log.warn('registering with the master failed; retrying', { master: this.opts.master, error: e.message, retryInMs: delay });
+          this.log.warn('registering with the master failed; retrying', { master: this.masterAddresses.current, error: e.message, retryInMs: delay });
         }
         await new Promise((r) => setTimeout(r, retryInMs).unref());
         delay = Math.min(delay * 2, 2000);
@@ -473,6 +493,7 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
       if ((res.header?.epoch ?? 0n) > this.map.epoch) await this.refreshMap();
     } catch (err) {
       const e = err as CairnError;
+      this.followLeader(e);
       // Unknown here, or a master of another cluster (one started on the wrong state): register, to be admitted or refused.
       if ((e.code === 'NOT_FOUND' || e.details?.reason === 'CLUSTER_MISMATCH') && !stopping && !this.stopping) {
         this.registered = false;
@@ -502,7 +523,10 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
   /** Fetches the current map from the master. */
   async refreshMap(): Promise<void> {
     const c = this.masterClient();
-    const res = await call(c, c.getMap, {}, { token: this.serverToken.get(), timeoutMs: 2000 });
+    const res = await call(c, c.getMap, {}, { token: this.serverToken.get(), timeoutMs: 2000 }).catch((err: unknown) => {
+      this.followLeader(err);
+      throw err;
+    });
     await this.installMap(mapFromProto(res.map));
   }
 
@@ -515,7 +539,10 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
   /** What the master's journal says of a move: its state, or 'unknown' when it has none. Throws when the master cannot be asked. */
   async moveStatusAtMaster(moveId: string): Promise<string> {
     const c = this.masterClient();
-    const res = await call(c, c.getMoveStatus, { moveId }, { token: this.serverToken.get(), timeoutMs: 2000 });
+    const res = await call(c, c.getMoveStatus, { moveId }, { token: this.serverToken.get(), timeoutMs: 2000 }).catch((err: unknown) => {
+      this.followLeader(err);
+      throw err;
+    });
     return res.known ? res.state : 'unknown';
   }
 
