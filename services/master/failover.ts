@@ -22,6 +22,9 @@
  *   or the factor was lowered) drops one: a given-up copy first, then a down
  *   one, then one out of sync, then the follower on the shard with the most
  *   copies. Never the primary.
+ * - ranges a rebalance or drain is changing (view.ownedByMoves): their
+ *   learners are joined, and their extra copies dropped, by replica-moves.ts
+ *   (which knows which copy each learner replaces), not here.
  *
  * Every change of one pass goes into one map, one epoch on.
  */
@@ -59,6 +62,12 @@ export interface FailoverView {
   givenUp(shardId: string): boolean;
   /** Learners at once in the whole cluster (re-replication's throttle). */
   maxLearners: number;
+  /**
+   * Ranges a rebalance or drain is changing (replica-moves.ts): their learners
+   * join, and their extra copies go, by its steps, which know which copy a
+   * learner replaces. Failover and in-sync changes still happen here.
+   */
+  ownedByMoves?(range: HashRange): boolean;
 }
 
 /** The same group at the next version (the primary takes it as a new configuration). */
@@ -102,8 +111,9 @@ export function planFailover(map: ClusterMap, view: FailoverView): { map: Cluste
     }
     for (const n of noted(view.caughtUp, original)) {
       if (!view.isUp(n.follower) || current().shardId !== original.shardId) continue;
-      if (learnersOf(current()).includes(n.follower)) take(promoteLearner(next, range, n.follower), `${showRange(range)}: learner ${n.follower} caught up; in sync`);
-      else if (replicasOf(current()).includes(n.follower) && !inSyncOf(current()).includes(n.follower)) {
+      if (learnersOf(current()).includes(n.follower)) {
+        if (!view.ownedByMoves?.(range)) take(promoteLearner(next, range, n.follower), `${showRange(range)}: learner ${n.follower} caught up; in sync`);
+      } else if (replicasOf(current()).includes(n.follower) && !inSyncOf(current()).includes(n.follower)) {
         take(rejoinInSync(next, range, n.follower), `${showRange(range)}: follower ${n.follower} caught up; back in sync`);
       }
     }
@@ -136,7 +146,7 @@ function repair(start: ClusterMap, view: FailoverView, take: (result: StepResult
       learners--;
       continue;
     }
-    if (replicas.length > wanted) {
+    if (replicas.length > wanted && !view.ownedByMoves?.(range)) {
       const inSync = inSyncOf(r);
       const rank = (id: string) => (!usable(id) ? 0 : !view.isUp(id) ? 1 : !inSync.includes(id) ? 2 : 3);
       const victim = replicas

@@ -21,7 +21,8 @@ import { Access, type ClientUser } from './access.js';
 import type { ClientListChange } from './client-list.js';
 import { ClusterState } from './cluster-state.js';
 import { MoveCoordinator } from './coordinator.js';
-import { planFailover } from './failover.js';
+import { planFailover, type FailoverView } from './failover.js';
+import { ReplicaMoves, type ReplicaOperation } from './replica-moves.js';
 import { failpoint } from '../common/failpoints.js';
 import type { LoginCaller } from './logins.js';
 import { Membership, type RangeView, type ServerView, type ShardBeat, type ShardHello } from './membership.js';
@@ -105,6 +106,8 @@ export class Master {
   private readonly access: Access;
   private readonly calls: ShardCalls;
   private readonly operations: Operations;
+  /** Rebalance and drain of replicated clusters (replica-moves.ts). */
+  private readonly replicaMoves: ReplicaMoves;
   /** Failover, in-sync removals and rejoins of replicated ranges (failover.ts), a pass every REPLICA_PASS_MS. */
   private readonly replicaTimer: NodeJS.Timeout;
   private replicaPassRunning = false;
@@ -140,7 +143,24 @@ export class Master {
       serverToken,
       { maxConcurrentMoves: opts.maxConcurrentMoves ?? 2, moveMaxMbps: opts.moveMaxMbps ?? 0 },
     );
-    this.operations = new Operations({ state, members: this.members, calls: this.calls, coordinator: this.coordinator, store, log: opts.log, diskHighWater: opts.diskHighWater });
+    this.replicaMoves = new ReplicaMoves(
+      {
+        log: opts.log,
+        map: () => state.map,
+        // One durable compare-and-set step, serialized with the failover pass and every other map change.
+        commit: (step, what) =>
+          state.serial.run(async () => {
+            state.checkNotHalted();
+            const next = mapOrThrow(step(state.map));
+            await state.commitMap(next);
+            opts.log.info('replica group changed by a move', { change: what, epoch: next.epoch.toString() });
+          }),
+        caughtUp: (range, version, shard) =>
+          this.members.failoverView().caughtUp.some((n) => n.follower === shard && n.version === version && n.range.start === range.start && n.range.end === range.end),
+      },
+      opts.maxConcurrentMoves ?? 2,
+    );
+    this.operations = new Operations({ state, members: this.members, calls: this.calls, coordinator: this.coordinator, store, log: opts.log, diskHighWater: opts.diskHighWater, replicaMoves: this.replicaMoves });
     this.judgeShardsFrom = Date.now() + this.judgeAfterMs;
     this.replicaTimer = setInterval(() => void this.replicaPass(), REPLICA_PASS_MS);
     this.replicaTimer.unref();
@@ -157,9 +177,9 @@ export class Master {
     if (now < this.judgeShardsFrom || this.replicaPassRunning || this.state.closed || this.state.map.epoch === 0n) return;
     this.replicaPassRunning = true;
     try {
-      if (!planFailover(this.state.map, this.members.failoverView())) return;
+      if (!planFailover(this.state.map, this.failoverView())) return;
       await this.state.serial.run(async () => {
-        const plan = planFailover(this.state.map, this.members.failoverView()); // again, on the map as it is now
+        const plan = planFailover(this.state.map, this.failoverView()); // again, on the map as it is now
         if (!plan || this.state.closed) return;
         failpoint('master-before-replica-step'); // `crash`: the pass decided (promote, in-sync out or back, new copy), nothing written
         await this.state.commitMap(plan.map);
@@ -171,6 +191,21 @@ export class Master {
     } finally {
       this.replicaPassRunning = false;
     }
+  }
+
+  /** The shards as the heartbeats tell them, and the ranges a rebalance or drain is changing (left to it). */
+  private failoverView(): FailoverView {
+    return { ...this.members.failoverView(), ownedByMoves: (range) => this.replicaMoves.owns(range) };
+  }
+
+  /** A rebalance or drain of a replicated cluster, by its operation id. */
+  replicaOperation(id: string): ReplicaOperation | undefined {
+    return this.replicaMoves.operation(id);
+  }
+
+  /** Every rebalance or drain of replicas this master ran. */
+  replicaOperations(): ReplicaOperation[] {
+    return this.replicaMoves.list();
   }
 
   static async open(opts: MasterOptions): Promise<Master> {
@@ -317,6 +352,7 @@ export class Master {
   async close(): Promise<void> {
     this.state.closed = true;
     clearInterval(this.replicaTimer);
+    this.replicaMoves.close();
     await this.coordinator.close();
     await this.state.close();
     this.calls.close();

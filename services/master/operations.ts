@@ -15,12 +15,18 @@ import type { MoveCoordinator, Operation } from './coordinator.js';
 import type { Membership } from './membership.js';
 import { DEFAULT_DISK_HIGH_WATER, diskRoomBytes, drainShortfallMessage, plan as planMoves, shardLoads, type Plan } from './planner.js';
 import type { ShardCalls } from './shard-calls.js';
+import { bucketSpan } from '../common/ranges.js';
+import { randomBytes } from 'node:crypto';
+import { applyReplicaStep, planReplicas, type ReplicaPlan } from './replica-planner.js';
+import type { ReplicaMoves, ReplicaOperation } from './replica-moves.js';
+import type { PlannedMove } from './plan-types.js';
+import { prefixSums } from './bucket-sums.js';
 import type { MasterState } from './meta-store.js';
 
 /** Admin answers kept in memory by operation id: far more than an operator retries at once. */
 const ANSWERS_KEPT = 256;
 
-export type StartedOperation = { op?: Operation; plan: Plan; before: Map<string, number>; after: Map<string, number> };
+export type StartedOperation = { op?: Pick<Operation, 'id' | 'kind' | 'done'>; plan: Plan; before: Map<string, number>; after: Map<string, number> };
 
 export interface OperationsParts {
   state: ClusterState;
@@ -31,6 +37,8 @@ export interface OperationsParts {
   log: Logger;
   /** The planner never gives a shard data that would take its disk's use past this fraction of its size. */
   diskHighWater?: number;
+  /** Runs replica plans on replicated clusters (absent: rebalance and drain refuse there). */
+  replicaMoves?: ReplicaMoves;
 }
 
 export class Operations {
@@ -51,13 +59,8 @@ export class Operations {
     const { state, members, coordinator } = this.p;
     if (state.map.epoch === 0n) throw new CairnError('PRECONDITION', 'the cluster has no map yet: waiting for expectShards shards to register');
     if (isReplicated(state.map)) {
-      // The replica planner (replica-planner.ts) is not driven yet: moving a replica with the single-copy protocol would break its group.
-      throw new CairnError(
-        'PRECONDITION',
-        `this cluster keeps ${state.map.replicationFactor ?? 1} copies of each range, and ${drain ? 'dropserver' : 'rebalance'} does not move replicated ranges yet. ` +
-          'The master places copies by itself: to retire a shard, `cairn ctl remserver` it (its copies are made again on the others); ' +
-          'a new shard receives copies when a range is short of them',
-      );
+      const { plan, before, after } = await this.planReplicated(drain);
+      return { plan: asMovePlan(state.map.ranges, plan), before, after };
     }
     // A plan made while moves run is planned against a map about to change, and could not start anyway: refuse before showing one.
     if (coordinator.busy()) throw new CairnError('CONFLICT', 'another rebalance or drain is still running; watch it with `cairn ctl moves`');
@@ -90,6 +93,71 @@ export class Operations {
   }
 
   /**
+   * The replica planner's plan (replica-planner.ts) for a replicated cluster:
+   * every copy's bytes balanced, no two copies of a range on one shard,
+   * primaries even; with `drain`, every copy off that shard. Bytes per range
+   * come from each range's primary (one copy each). Refused while moves run,
+   * and when a drain would leave copies on the shard.
+   */
+  async planReplicated(drain?: string, byTheRunningOperation = false): Promise<{ plan: ReplicaPlan; before: Map<string, number>; after: Map<string, number> }> {
+    const { state, members } = this.p;
+    if (!byTheRunningOperation && this.busy()) throw new CairnError('CONFLICT', 'another rebalance or drain is still running; watch it with `cairn ctl moves`');
+    const draining = drain ? state.resolveShard(drain).id : undefined;
+    if (draining && !state.shards.some((s) => s.id !== draining && members.isUp(s.id))) {
+      throw new CairnError('PRECONDITION', `cannot drain ${draining}: no other shard is up to take its copies`);
+    }
+    const buckets = await this.primaryBuckets();
+    const map = state.map;
+    const highWater = this.p.diskHighWater ?? DEFAULT_DISK_HIGH_WATER;
+    const view = members.failoverView();
+    const plan = planReplicas(
+      {
+        map,
+        shards: state.shards.map((s) => ({ id: s.id, up: members.isUp(s.id), draining: s.id === draining, roomBytes: diskRoomBytes(members.diskOf(s.id), highWater) })),
+        buckets,
+      },
+      { replaceDown: new Set(state.shards.filter((s) => view.givenUp(s.id)).map((s) => s.id)) },
+    );
+    if (draining) {
+      const stuck = plan.targetMap.filter((r) => replicasOf(r).includes(draining) || learnersOf(r).includes(draining)).length;
+      if (stuck) {
+        throw new CairnError(
+          'PRECONDITION',
+          `cannot drain ${draining}: ${stuck} of its copies have no shard to go to (every other shard up holds a copy of the range, is down, or its disk is at the ${highWater} mark); add a shard or lower the replication factor`,
+        );
+      }
+    }
+    return { plan, before: copyLoads(map.ranges, buckets), after: copyLoads(plan.targetMap, buckets) };
+  }
+
+  /** Per-bucket counts of one copy of each range: each up primary's buckets of the ranges it is the primary of. */
+  private async primaryBuckets(): Promise<Map<number, { bytes: number; rows: number }>> {
+    const { state, members, calls } = this.p;
+    const out = new Map<number, { bytes: number; rows: number }>();
+    await Promise.all(
+      state.shards
+        .filter((s) => members.isUp(s.id) && state.map.ranges.some((r) => r.shardId === s.id))
+        .map(async (s) => {
+          const got = await calls.bucketStats([s]);
+          for (const r of state.map.ranges) {
+            if (r.shardId !== s.id) continue;
+            const [from, to] = bucketSpan(r);
+            for (let b = from; b < to; b++) {
+              const stats = got.get(b);
+              if (stats) out.set(b, stats);
+            }
+          }
+        }),
+    );
+    return out;
+  }
+
+  /** A rebalance, a drain or a replica operation is running. */
+  busy(): boolean {
+    return this.p.coordinator.busy() || !!this.p.replicaMoves?.busy();
+  }
+
+  /**
    * Plans and starts a rebalance (or the drain of `drain`). With an
    * `operationId`, a retry of the same call (the first answer was lost) gets
    * the first call's operation and starts nothing; the id used for another
@@ -99,6 +167,12 @@ export class Operations {
     const coordinator = this.p.coordinator;
     const what = drain ? `drain of ${drain}` : 'rebalance';
     return this.answerOnce(operationId, what, async () => {
+      const replicaOp = operationId ? this.p.replicaMoves?.operation(operationId) : undefined;
+      if (replicaOp) {
+        if (replicaOp.kind !== (drain ? 'drain' : 'rebalance')) throw reusedOperationId(operationId, replicaOp.kind, what);
+        return { op: asOperation(replicaOp), plan: { moves: [], targetMap: [], totalBytes: 0, movedBytes: 0, minimumBytes: 0, basis: 'bytes' }, before: new Map(), after: new Map() };
+      }
+      if (isReplicated(this.p.state.map) && this.p.replicaMoves) return this.startReplicated(drain, operationId);
       const journaled = operationId ? coordinator.operation(operationId) : undefined;
       if (journaled) {
         // Started before this master restarted: its moves are in the journal, and so is what it planned.
@@ -110,11 +184,26 @@ export class Operations {
         const movedBytes = moves.reduce((n, m) => n + m.bytes, 0);
         return { op: journaled, plan: { moves, targetMap: [], totalBytes: 0, movedBytes, minimumBytes: 0, basis: 'bytes' }, before: new Map(), after: new Map() };
       }
-      if (coordinator.busy()) throw new CairnError('CONFLICT', 'another rebalance or drain is still running; watch it with `cairn ctl moves`');
+      if (this.busy()) throw new CairnError('CONFLICT', 'another rebalance or drain is still running; watch it with `cairn ctl moves`');
       const p = await this.planRebalance(drain);
       if (p.plan.moves.length === 0) return p;
       return { ...p, op: coordinator.start(p.plan, drain ? 'drain' : 'rebalance', maxMbps, operationId || undefined) };
     });
+  }
+
+  /** Plans and starts a replica operation (replica-moves.ts); later plans have the same inputs. */
+  private async startReplicated(drain: string | undefined, operationId: string): Promise<StartedOperation> {
+    const moves = this.p.replicaMoves!;
+    const first = await this.planReplicated(drain);
+    const plan = asMovePlan(this.p.state.map.ranges, first.plan);
+    if (first.plan.steps.length === 0) return { plan, before: first.before, after: first.after };
+    const id = operationId || `op-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
+    // Plans after the first: the shard drained is named by id (an address could be reused).
+    const drained = drain ? this.p.state.resolveShard(drain).id : undefined;
+    const replan = async () => (await this.planReplicated(drained, true)).plan;
+    const op = moves.start(first.plan, drain ? 'drain' : 'rebalance', id, replan);
+    this.p.log.info(`${drain ? 'drain' : 'rebalance'} of replicas started`, { operationId: id, steps: first.plan.steps.length, movedBytes: first.plan.movedBytes, minimumBytes: first.plan.minimumBytes });
+    return { op: asOperation(op), plan, before: first.before, after: first.after };
   }
 
   /**
@@ -214,4 +303,38 @@ function withoutCopiesOn(map: ClusterMap, shard: string, isUp: (id: string) => b
 
 function reusedOperationId(id: string, first: string, now: string): CairnError {
   return new CairnError('CONFLICT', `operation_id: "${id}" was already used for the ${first}, not the ${now}; use a new id for a new operation`);
+}
+
+/** A replica operation as the callers of startRebalance see an operation. */
+function asOperation(op: ReplicaOperation): Pick<Operation, 'id' | 'kind' | 'done'> {
+  return { id: op.id, kind: op.kind, done: op.done };
+}
+
+/** Bytes per shard, every copy counted (replicas and learners). */
+function copyLoads(ranges: ClusterMap['ranges'], buckets: ReadonlyMap<number, { bytes: number; rows: number }>): Map<string, number> {
+  const { bytes } = prefixSums(buckets);
+  const out = new Map<string, number>();
+  for (const r of ranges) {
+    const [s, e] = bucketSpan(r);
+    for (const id of [...replicasOf(r), ...learnersOf(r)]) out.set(id, (out.get(id) ?? 0) + bytes[e]! - bytes[s]!);
+  }
+  return out;
+}
+
+/**
+ * A replica plan in the form plans are shown (PlanRebalance, the CLI): one
+ * move per copy, from the copy it replaces (or, for a new copy, from the
+ * range's primary, which sends it) to its new shard.
+ */
+export function asMovePlan(ranges: ClusterMap['ranges'], p: ReplicaPlan): Plan {
+  const moves: PlannedMove[] = [];
+  let now = ranges;
+  for (const step of p.steps) {
+    if (step.kind === 'addReplica' || step.kind === 'replaceReplica') {
+      const primary = now.find((r) => r.start === step.range.start && r.end === step.range.end)?.shardId ?? '';
+      moves.push({ start: step.range.start, end: step.range.end, from: step.kind === 'replaceReplica' ? step.from : primary, to: step.to, bytes: step.bytes, rows: 0 });
+    }
+    now = applyReplicaStep(now, step);
+  }
+  return { moves, targetMap: p.targetMap, totalBytes: p.totalBytes, movedBytes: p.movedBytes, minimumBytes: p.minimumBytes, basis: p.basis };
 }

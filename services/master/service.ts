@@ -12,6 +12,7 @@ import { serverStream, unary, type HandlerEnv } from '../common/grpc.js';
 import { endFromProto, endToProto } from '../common/hash.js';
 import { groupVersionOf, inSyncOf, learnersOf, mapToProto, replicasOf } from '../common/map.js';
 import type { Master } from './master.js';
+import type { ReplicaOperation } from './replica-moves.js';
 import type { MoveProgress } from './coordinator.js';
 import type { Move } from './moves.js';
 import type { Plan } from './planner.js';
@@ -99,6 +100,25 @@ export function moveToInfo(x: { move: Move; operationId: string; progress?: Move
     bytesPerSec: x.progress?.bytesPerSec ?? 0,
     fenceMs: x.progress?.fenceMs ?? 0,
   };
+}
+
+/** The copies of a replica operation (replica-moves.ts), each shown as a move from the copy it replaces (or the primary) to its new shard. */
+export function replicaCopiesToInfo(op: ReplicaOperation): MoveInfo[] {
+  return op.copies.map((c) => ({
+    id: c.id,
+    operationId: op.id,
+    start: c.range.start,
+    end: endToProto(c.range.end),
+    from: c.from ?? '',
+    to: c.to,
+    bytes: BigInt(c.bytes),
+    copiedBytes: BigInt(c.state === 'committed' ? c.bytes : 0),
+    state: c.state,
+    error: c.error ?? '',
+    history: c.history.map((h) => ({ state: h.state, atMs: BigInt(h.at) })),
+    bytesPerSec: 0,
+    fenceMs: 0,
+  }));
 }
 
 /** `lead()`: the master that leads in this process, or a NOT_LEADER naming the leader (a standby). */
@@ -240,9 +260,22 @@ export function adminServiceImpl(lead: () => Master, env: HandlerEnv): AdminServ
     }),
     listMoves: unary(env, 'ListMoves', 'admin', async (req) => ({
       header: header(),
-      moves: lead().coordinator.listMoves(req.all).map(moveToInfo),
+      moves: [
+        ...lead().coordinator.listMoves(req.all).map(moveToInfo),
+        ...lead().replicaOperations().flatMap((op) => replicaCopiesToInfo(op).filter((m) => req.all || m.state === 'planned' || m.state === 'copying')),
+      ],
     })),
     watchOperation: serverStream(env, 'WatchOperation', 'admin', async (req, ctx, send) => {
+      const replicaOp = lead().replicaOperation(req.operationId);
+      if (replicaOp) {
+        while (!ctx.cancelled()) {
+          const done = replicaOp.finished;
+          await send({ header: header(), moves: replicaCopiesToInfo(replicaOp), done });
+          if (done) return;
+          await Promise.race([replicaOp.done, new Promise((r) => setTimeout(r, 250))]);
+        }
+        return;
+      }
       const op = lead().coordinator.operation(req.operationId);
       if (!op) throw new CairnError('NOT_FOUND', `operation_id: no operation "${req.operationId}" on this master`);
       let finished = false;

@@ -24,7 +24,7 @@ import { MoveRegistry } from './move-tasks.js';
 import type { TransferSink } from './transfer-sink.js';
 import type { TransferSource } from './transfer-source.js';
 import { DEFAULT_MAX_FENCE_MS } from './transfer-wire.js';
-import { positionFromJson, RangeLogs } from './replica-log.js';
+import { coveringPosition, positionFromJson, RangeLogs } from './replica-log.js';
 import type { ReplicaHost } from './replica-apply.js';
 import { DEFAULT_REPLICATION_TIMINGS, Replicator, type ReplicatorHost } from './replicator.js';
 import type { Limits } from './validate.js';
@@ -114,7 +114,13 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
     this.masters = new ClientPool(MasterServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.limits.maxMessageBytes });
     this.masterAddresses = new MasterAddresses(opts.master);
     this.masterTerm = new MasterTermFence(opts.log);
-    this.rangeLogs = new RangeLogs(async (key) => positionFromJson(await store.getMeta(key)));
+    this.rangeLogs = new RangeLogs(
+      async (key) => {
+        const j = await store.getMeta<Parameters<typeof positionFromJson>[0]>(key);
+        return j ? positionFromJson(j) : undefined;
+      },
+      (range) => coveringPosition(store, range),
+    );
   }
 
   static async open(opts: ShardOptions): Promise<ShardNode> {

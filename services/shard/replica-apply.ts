@@ -72,10 +72,27 @@ async function answer(host: ReplicaHost, req: ReplicateRequest): Promise<Replica
     if (r.shardId !== req.primary || r.shardId === host.nodeId || !member) {
       return refuse('STALE', `at version ${version} of ${showRange(range)} the primary is ${r.shardId} and shard ${host.nodeId} is ${member ? 'a follower' : 'no member'}`);
     }
+    await settleWholeRange(host, range);
     const log = await host.rangeLogs.get(range);
     const answer = await apply(host, range, log, req);
     return { version, ...answer, logEndLsn: log.lastLsn, logEndTerm: log.lastTerm };
   });
+}
+
+/**
+ * A piece of a split range continues the whole range's log (replica-log.ts
+ * `coveringPosition`): a message of the whole range still being applied
+ * (taken before this shard had the map with the split) lands first, so the
+ * piece starts from where the whole log really ends. Messages of the whole
+ * range that come later are refused: it is no longer in the map.
+ */
+async function settleWholeRange(host: ReplicaHost, range: HashRange): Promise<void> {
+  const q = queues.get(host);
+  if (!q) return;
+  for (const [key, running] of q) {
+    const [start, end] = key.split('-').map(BigInt) as [bigint, bigint];
+    if (start <= range.start && range.end <= end && (start !== range.start || end !== range.end)) await running;
+  }
 }
 
 async function apply(host: ReplicaHost, range: HashRange, log: RangeLog, req: ReplicateRequest): Promise<Answer> {

@@ -109,6 +109,19 @@ export class RangeLog {
     while (this.entries.length > 0 && this.entries[0]!.lsn < lsn) this.retainedBytes -= this.entries.shift()!.bytes;
   }
 
+  /**
+   * The log of `part`, a piece of this log's range after a split (docs/design.md
+   * "Splitting a replicated range"): the same position and term history, and
+   * the kept entries with only the ops whose key hashes into `part` (an entry
+   * left with none stays, empty, so every lsn keeps its place and term).
+   */
+  projectedOnto(inPart: (op: RawOp) => boolean): RangeLog {
+    const out = new RangeLog(this.position(), this.maxRetainedBytes);
+    out.entries = this.entries.map((e) => projectEntry(e, inPart));
+    out.retainedBytes = out.entries.reduce((n, e) => n + e.bytes, 0);
+    return out;
+  }
+
   /** After a snapshot that ends at (lsn, term): the log is that position alone. */
   resetTo(lsn: bigint, term: bigint): void {
     this.lastLsn = lsn;
@@ -117,6 +130,19 @@ export class RangeLog {
     this.entries = [];
     this.retainedBytes = 0;
   }
+}
+
+/** An entry with only the ops `inPart` keeps (bytes counted again); the same lsn and term. */
+export function projectEntry(e: LogEntry, inPart: (op: RawOp) => boolean): LogEntry {
+  const ops = e.ops.filter(inPart);
+  if (ops.length === e.ops.length) return e;
+  const kept = e.ops.length ? Math.round((e.bytes * ops.length) / e.ops.length) : 0;
+  return { lsn: e.lsn, term: e.term, ops, sync: e.sync, bytes: kept };
+}
+
+/** True when `outer` holds all of `inner` and is larger (a range `inner` was split from). */
+export function strictlyContains(outer: { start: bigint; end: bigint }, inner: { start: bigint; end: bigint }): boolean {
+  return outer.start <= inner.start && inner.end <= outer.end && (outer.start !== inner.start || outer.end !== inner.end);
 }
 
 /**
@@ -128,13 +154,26 @@ export class RangeLogs {
   private readonly logs = new Map<string, Promise<RangeLog>>();
   private readonly ready = new Map<string, { range: { start: bigint; end: bigint }; log: RangeLog }>();
 
-  constructor(private readonly load: (key: string) => Promise<LogPosition>) {}
+  /**
+   * `load` reads a range's durable position (undefined when there is no
+   * record); `loadCovering` the record of the smallest range that strictly
+   * holds it, for a range split since its last write (see `derived`).
+   */
+  constructor(
+    private readonly load: (key: string) => Promise<LogPosition | undefined>,
+    private readonly loadCovering: (range: { start: bigint; end: bigint }) => Promise<LogPosition | undefined> = async () => undefined,
+  ) {}
 
+  /**
+   * A range's log. A range with no record of its own was split from a larger
+   * one since this shard last wrote to it: its log is the larger range's
+   * position (docs/design.md "Splitting a replicated range").
+   */
   get(range: { start: bigint; end: bigint }): Promise<RangeLog> {
     const key = positionKey(range);
     let log = this.logs.get(key);
     if (!log) {
-      log = this.load(key).then((p) => {
+      log = this.derived(range, key).then((p) => {
         const l = new RangeLog(p);
         this.ready.set(key, { range: { start: range.start, end: range.end }, log: l });
         return l;
@@ -143,6 +182,17 @@ export class RangeLogs {
       log.catch(() => this.logs.delete(key));
     }
     return log;
+  }
+
+  private async derived(range: { start: bigint; end: bigint }, key: string): Promise<LogPosition> {
+    return (await this.load(key)) ?? (await this.loadCovering(range)) ?? EMPTY_POSITION;
+  }
+
+  /** Takes `log` as the log of `range` (a split's piece, projected by the primary from its own log). */
+  put(range: { start: bigint; end: bigint }, log: RangeLog): void {
+    const key = positionKey(range);
+    this.logs.set(key, Promise.resolve(log));
+    this.ready.set(key, { range: { start: range.start, end: range.end }, log });
   }
 
   /** Forgets ranges the shard no longer holds a copy of. */
@@ -170,7 +220,34 @@ export function positionFromJson(j: { lastLsn: string; lastTerm: string; terms: 
   return { lastLsn: BigInt(j.lastLsn), lastTerm: BigInt(j.lastTerm), terms: j.terms.map(([t, l]) => [BigInt(t), BigInt(l)]) };
 }
 
+/** The range a position record names (positionKey's inverse), or undefined for another key. */
+export function rangeOfPositionKey(key: string): { start: bigint; end: bigint } | undefined {
+  const m = /^replog\/(\d+)-(\d+)$/.exec(key);
+  return m ? { start: BigInt(m[1]!), end: BigInt(m[2]!) } : undefined;
+}
+
 /** The meta record name of a range's log position. */
 export function positionKey(range: { start: bigint; end: bigint }): string {
   return `replog/${range.start}-${range.end}`;
+}
+
+/**
+ * The durable position of the smallest range that strictly holds `range`: a
+ * range split since this shard last wrote to it continues that log (ranges
+ * of a replicated cluster are split, never merged, so the smallest holder
+ * is the latest).
+ */
+export async function coveringPosition(
+  store: { metaNamesStartingWith(prefix: string): Promise<string[]>; getMeta<T>(key: string): Promise<T | undefined> },
+  range: { start: bigint; end: bigint },
+): Promise<LogPosition | undefined> {
+  let best: { key: string; size: bigint } | undefined;
+  for (const key of await store.metaNamesStartingWith('replog/')) {
+    const r = rangeOfPositionKey(key);
+    if (!r || !strictlyContains(r, range)) continue;
+    if (!best || r.end - r.start < best.size) best = { key, size: r.end - r.start };
+  }
+  if (!best) return undefined;
+  const j = await store.getMeta<Parameters<typeof positionFromJson>[0]>(best.key);
+  return j ? positionFromJson(j) : undefined;
 }

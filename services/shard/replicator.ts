@@ -26,7 +26,7 @@ import { metadataFor, type ClientPool } from '../common/grpc.js';
 import { addressOf, inSyncOf, learnersOf, replicasOf, type ClusterMap, type MapRange } from '../common/map.js';
 import { findRangeIndex, rangeKey, showRange, type HashRange } from '../common/ranges.js';
 import { hashOfKey } from './keys.js';
-import { positionKey, positionToJson, type LogEntry, type RangeLog, type RangeLogs } from './replica-log.js';
+import { positionKey, positionToJson, projectEntry, strictlyContains, type LogEntry, type RangeLog, type RangeLogs } from './replica-log.js';
 import { PrimaryReplication } from './replication.js';
 import type { BatchOp, RawOp, ShardStore } from './store.js';
 import { opsBytes, toWireOps } from './transfer-wire.js';
@@ -64,6 +64,14 @@ export function groupOf(r: MapRange): { followers: string[]; learners: string[] 
   return followers.length || learners.length ? { followers, learners } : undefined;
 }
 
+/** Whether a raw op's key hashes into `r`. */
+function inRange(r: HashRange): (op: RawOp) => boolean {
+  return (op) => {
+    const h = hashOfKey(op.key);
+    return r.start <= h && h < r.end;
+  };
+}
+
 /** Followers that receive the stream and count for nothing: learners, and replicas out of sync (catching up). */
 function nonVoting(r: MapRange): string[] {
   const inSync = inSyncOf(r);
@@ -97,6 +105,8 @@ interface Waiter {
 class PrimaryGroup {
   readonly links = new Map<string, FollowerLink>();
   readonly waiters: Waiter[] = [];
+  /** Set once the range was split: its pieces this shard is the primary of, which take what this group still numbered. */
+  splitInto: Array<{ group: PrimaryGroup; inPart: (op: RawOp) => boolean }> | undefined;
   /** Wakes links when entries were added or the configuration changed. */
   private wake: Array<() => void> = [];
   closed = false;
@@ -186,6 +196,7 @@ export class Replicator {
     const wasPrimary = (r: MapRange) =>
       !!before?.ranges.some((x) => x.start <= r.start && r.end <= x.end && x.shardId === me && (x.version ?? 0n) >= (r.version ?? 0n) - 1n);
     const wanted = new Map(map.ranges.filter((r) => r.shardId === me && groupOf(r)).map((r) => [rangeKey(r), r]));
+    this.splitGroups(map, wanted); // before any await: from here on the pieces number the writes
     for (const [key, g] of this.groups) {
       const next = wanted.get(key);
       if (!next) {
@@ -243,7 +254,60 @@ export class Replicator {
     if (this.groups.size === 0) return undefined;
     const map = this.host.map;
     const i = findRangeIndex(map.ranges, hash);
-    return i < 0 ? undefined : this.groups.get(rangeKey(map.ranges[i]!));
+    const g = i < 0 ? undefined : this.groups.get(rangeKey(map.ranges[i]!));
+    if (g || this.previous === map) return g;
+    // The shard took a map this replicator has not seen yet (onMap comes after some awaits): a range
+    // split in it is still numbered by its whole range's group until onMap splits that group.
+    for (const whole of this.groups.values()) if (whole.range.start <= hash && hash < whole.range.end) return whole;
+    return undefined;
+  }
+
+  /**
+   * A range this shard is the primary of was split (docs/design.md "Splitting
+   * a replicated range"): each piece it stays the primary of continues the
+   * whole range's log, projected (same lsns and terms, each entry with only
+   * the piece's ops), so every replica's piece lines up with ours at the
+   * lsn its whole log had. Synchronous, and the writer numbers one batch at
+   * a time: a batch numbered by the whole group and not yet written reaches
+   * the pieces when it is (`splitInto`), before any write they number.
+   */
+  private splitGroups(map: ClusterMap, wanted: ReadonlyMap<string, MapRange>): void {
+    for (const [key, whole] of [...this.groups]) {
+      if (wanted.has(key)) continue;
+      const pieces = map.ranges.filter((r) => strictlyContains(whole.range, r));
+      const mine = pieces.filter((r) => wanted.has(rangeKey(r)) && !this.groups.has(rangeKey(r)));
+      if (mine.length === 0) continue;
+      const children: PrimaryGroup[] = [];
+      for (const r of mine) {
+        const log = whole.log.projectedOnto(inRange(r));
+        const state = new PrimaryReplication({
+          version: whole.state.version,
+          inSync: whole.state.inSync,
+          learners: whole.state.learners,
+          lastLsn: log.lastLsn,
+          lastTerm: log.lastTerm,
+          // Committed in the whole log is on every in-sync follower, so committed in each piece.
+          committedLsn: whole.state.committedLsn(),
+          leaseMs: this.timings.leaseMs,
+          ackTimeoutMs: this.timings.ackTimeoutMs,
+          now: Date.now(),
+          termAt: (lsn) => log.termAt(lsn),
+        });
+        const child = new PrimaryGroup(r, log, state, 0);
+        this.host.rangeLogs.put(r, log);
+        this.groups.set(rangeKey(r), child);
+        children.push(child);
+      }
+      whole.splitInto = children.map((c) => ({ group: c, inPart: inRange(c.range) }));
+      // A write waiting for its entry to be committed waits for it in every piece; a piece now primaried
+      // elsewhere cannot tell us, so its writers retry.
+      const everyPieceMine = pieces.length === mine.length;
+      const waiting = everyPieceMine ? whole.waiters.splice(0) : [];
+      for (const w of waiting) Promise.all(children.map((c) => this.waitCommitted(c, w.lsn))).then(w.resolve, w.reject);
+      this.end(key, whole, `${showRange(whole.range)} was split (map epoch ${map.epoch})`);
+      this.host.log.info('a replicated range was split: its pieces continue its log', { range: showRange(whole.range), pieces: mine.map(showRange), lastLsn: String(whole.log.lastLsn), version: String(whole.state.version) });
+      for (const c of children) this.startLinks(c, map);
+    }
   }
 
   /**
@@ -293,8 +357,9 @@ export class Replicator {
   private refusal(raw: RawOp[]): CairnError | undefined {
     const map = this.host.map;
     for (const op of raw) {
-      const r = map.ranges[findRangeIndex(map.ranges, hashOfKey(op.key))];
-      if (r && groupOf(r) && !this.groups.has(rangeKey(r))) {
+      const hash = hashOfKey(op.key);
+      const r = map.ranges[findRangeIndex(map.ranges, hash)];
+      if (r && groupOf(r) && !this.groupOfHash(hash)) {
         return new CairnError('NOT_READY', `range ${showRange(r)} is not served by shard ${this.host.nodeId} now (map epoch ${map.epoch}, primary ${r.shardId}); retry`, { retryAfterMs: 100 });
       }
     }
@@ -329,6 +394,12 @@ export class Replicator {
           g.log.append(entry);
           g.state.append(1, entry.term);
           g.signal();
+          // Numbered by a range's group that was split meanwhile: each piece takes its part (splitGroups).
+          for (const { group, inPart } of g.splitInto ?? []) {
+            group.log.append(projectEntry(entry, inPart));
+            group.state.append(1, entry.term);
+            group.signal();
+          }
         }
       },
     };

@@ -51,7 +51,7 @@ import {
   rowPrefixOf,
   userMetaKey,
 } from './keys.js';
-import { entries, hex, lookup, PER_ROW, rangeOpts, sublevels, type BatchOp, type RawOp, type Subs } from './store-db.js';
+import { entries, hex, lookup, metaKeysIn, PER_ROW, rangeOpts, sublevels, type BatchOp, type RawOp, type Subs } from './store-db.js';
 import { DiskFullGuard, diskSpaceOf, type DiskSpace, type DiskState } from './store-disk.js';
 import { checkHeld, getLease, hasLease, planDropLease, planPutLease, takeLease } from './store-leases.js';
 import { loadStore, recountStats, reopenStore, verifyDerived } from './store-open.js';
@@ -406,6 +406,15 @@ export class ShardStore {
     if (this.disk.reopening) await this.disk.whenOpen();
     const v = await this.subs.meta.get(userMetaKey(key));
     return v === undefined ? undefined : (JSON.parse(v.toString('utf8')) as T);
+  }
+
+  /** The names of the records stored with putMeta (or metaOp) that start with `prefix`. */
+  async metaNamesStartingWith(prefix: string): Promise<string[]> {
+    if (this.disk.reopening) await this.disk.whenOpen();
+    const from = userMetaKey(prefix);
+    const names: string[] = [];
+    for await (const key of metaKeysIn(this.subs.meta, { gte: from, lt: from + '\uffff' })) names.push(key.slice(userMetaKey('').length));
+    return names;
   }
 
   /** Stores a small JSON value (no bigints: encode them as strings); synced by default, since these records say who the shard is and what it owns. */
