@@ -6,7 +6,9 @@
  * ports, container paths become temp dirs). Then the seed walkthrough as the
  * README's "Run with docker compose" shows it: load rows, start the
  * `scale-out` shard, `ctl rebalance --yes`, verify; and every process stops
- * with SIGTERM and exits 0.
+ * with SIGTERM and exits 0. The compose master config keeps three copies of
+ * every range, so the shards' row counts add up to three times the rows, and
+ * the rebalance moves copies onto the new shard.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
@@ -19,6 +21,7 @@ import { waitUntil } from './harness/cluster.js';
 
 const PASSWORD = 'compose-test-password';
 const ROWS = 8000;
+const COPIES = 3; // deploy/config/master.yaml: replicationFactor 3
 let dir: string;
 let dc: LocalCompose;
 
@@ -98,7 +101,7 @@ describe('docker compose, as local processes', () => {
   }, 120_000);
 
   it('`cairn ctl rebalance --yes` moves data onto it and verify finds every row', async () => {
-    await waitUntil(async () => (await servers()).reduce((n, x) => n + x.rows, 0) === ROWS, 30_000, 'exact counts in heartbeats');
+    await waitUntil(async () => (await servers()).reduce((n, x) => n + x.rows, 0) === ROWS * COPIES, 30_000, 'exact counts in heartbeats');
     const r = await ctl(['rebalance', '--yes', '--json'], 180_000);
     expect({ code: r.code, stderr: r.code === 0 ? '' : r.stderr }).toEqual({ code: 0, stderr: '' });
     const out = JSON.parse(r.stdout);
@@ -107,7 +110,7 @@ describe('docker compose, as local processes', () => {
     expect(out.moves.every((m: { to: string }) => m.to === out.moves[0].to)).toBe(true);
     await waitUntil(async () => {
       const s = await servers();
-      return s.length === 4 && s.every((x) => x.status === 'up' && x.rows > 0) && s.reduce((n, x) => n + x.rows, 0) === ROWS;
+      return s.length === 4 && s.every((x) => x.status === 'up' && x.rows > 0) && s.reduce((n, x) => n + x.rows, 0) === ROWS * COPIES;
     }, 30_000, 'every shard holding rows');
     const v = await ctl(['verify', '--rows', String(ROWS), '--json']);
     expect(JSON.parse(v.stdout)).toEqual({ checked: ROWS, missing: 0, wrong: 0 });

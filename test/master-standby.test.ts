@@ -59,6 +59,7 @@ withEtcd('two masters on etcd, the leader killed during a move', () => {
         etcdPrefix: '/cairn-standby',
         etcdLeaseSeconds: LEASE_SECONDS,
         expectShards: 2,
+        replicationFactor: 1, // the moves under test are the single-copy ones, journaled (replica copies are not yet)
         serverCredentialFile: join(dir, 'credential'),
         heartbeatIntervalMs: 250,
         shardDownAfterMs: 2000,

@@ -9,6 +9,10 @@
  * still there, the id survives a restart of every process, and data moves
  * between the upgraded shards (internal calls now carry the cluster id).
  *
+ * The master is configured with replicationFactor 3, as a new cluster is: the
+ * upgraded cluster keeps its one copy until `ctl factor 3`, which then makes
+ * the copies by itself.
+ *
  * This is an upgrade check: the code before the cluster-id change has no ids,
  * so it cannot "fail before" in the usual sense (it would fail the id checks
  * and pass the verify).
@@ -84,7 +88,9 @@ describe('upgrade from data directories written before cluster ids', () => {
 
   beforeAll(async () => {
     // Waits until all three shards are up and the master has a map.
-    cluster = await startProcCluster({ shards: 3, expectShards: 2, dataFrom: 'test/fixtures/v0-cluster' });
+    // The master is configured as a new cluster would be (replicationFactor 3): a cluster formed before
+    // replication keeps its one copy until an operator raises the factor (issue 13).
+    cluster = await startProcCluster({ shards: 3, expectShards: 2, dataFrom: 'test/fixtures/v0-cluster', masterArgs: ['--replication-factor', '3'] });
   }, 60_000);
   afterAll(() => cluster?.cleanup());
 
@@ -98,6 +104,8 @@ describe('upgrade from data directories written before cluster ids', () => {
     expect(clusterId).toMatch(CLUSTER_ID_RE);
     expect(map.epoch).toBeGreaterThanOrEqual(4n); // the fixture's epoch 4, plus a map for each shard's new address
     expect(map.shards.map((s) => s.id).sort()).toEqual(['s1', 's2', 's3']);
+    expect(map.replicationFactor ?? 1).toBe(1);
+    expect(map.ranges.every((r) => r.replicas === undefined && r.inSync === undefined)).toBe(true);
     expect(cluster.master.logs.find((l) => l.message === 'cluster id minted for a cluster formed before cluster ids')).toMatchObject({ clusterId, epoch: '4' });
     // The fixture's directories hold no generation: this start is each one's first.
     await expectAdopted(cluster, clusterId, 1n);
@@ -137,4 +145,20 @@ describe('upgrade from data directories written before cluster ids', () => {
     await expectAdopted(cluster, clusterId, 0n);
     await verify(cluster);
   }, 90_000);
+
+  it('ctl factor 3 re-replicates the upgraded cluster by itself: every range on 3 shards, in sync; verify is clean', async () => {
+    const set = await cluster.ctl(['factor', '3', '--json']);
+    expect({ code: set.code, stderr: set.stderr }).toEqual({ code: 0, stderr: '' });
+    await waitUntil(
+      async () => {
+        const r = await cluster.ctl(['ranges', '--json']);
+        const ranges: Array<{ replicas: string[]; inSync: string[]; learners?: string[] }> = r.json?.ranges ?? [];
+        return r.code === 0 && ranges.length > 0 && ranges.every((x) => new Set(x.replicas).size === 3 && x.inSync.length === 3 && !x.learners?.length);
+      },
+      90_000,
+      'every range with 3 in-sync copies',
+    );
+    expect((await masterMap(cluster.masterAddress)).replicationFactor).toBe(3);
+    await verify(cluster);
+  }, 120_000);
 });

@@ -78,7 +78,10 @@ function masterFields(role: 'master', cwd: string) {
     /** The planner never takes a shard's disk use past this fraction of its size (0 < x <= 1). */
     diskHighWater: keyOr(fraction, 0.9, { doc: 'the planner keeps each disk under this fraction of its size', arg: 'x' }),
     /** Kept with the map: read when the cluster forms (docs/design.md "Replication and failover"). */
-    replicationFactor: keyOr(posInt, 1, { doc: 'how many shards hold each range, set when the cluster forms', arg: N }),
+    replicationFactor: keyOr(posInt, 3, {
+      doc: 'how many shards hold each range (one copy per shard at most), set when the cluster forms; a cluster formed before replication keeps 1 until `cairn ctl factor N`',
+      arg: N,
+    }),
     /** As TiKV's down-store time: past it a down shard's copies are made again on other shards. */
     replicaDownTimeoutMs: keyOr(posInt, 600_000, { doc: "a shard down this long has its copies of ranges rebuilt elsewhere", arg: N }),
     /** docs/design.md "The control plane: embedded, or on etcd". */

@@ -135,16 +135,20 @@ export function registerMasterMetrics(metrics: Metrics, role: MasterRole): void 
       endSeen.add(m.move.id);
     }
   }
-  metrics.gauge('cairn_moves_in_flight', 'Range moves planned or running: not yet cleaned (committed and the map taken) or aborted.', [], (set) =>
-    set({}, moves().filter((m) => !isTerminal(m.move.state)).length),
+  // On a replicated cluster a rebalance or drain makes copies (replica-moves.ts): each is a move here too,
+  // its bytes counted once it has joined (a learner's snapshot is streamed by its primary, not tracked).
+  const copies = () => role.master()?.replicaOperations().flatMap((op) => op.copies) ?? [];
+  metrics.gauge('cairn_moves_in_flight', 'Range moves (and replica copies) planned or running: not yet cleaned (committed and the map taken) or aborted.', [], (set) =>
+    set({}, moves().filter((m) => !isTerminal(m.move.state)).length + copies().filter((c) => c.state === 'planned' || c.state === 'copying').length),
   );
-  metrics.counter('cairn_move_bytes_transferred_total', 'Bytes of range data the destinations have received in moves.', [], (c) => {
-    for (const m of moves()) {
-      const now = m.progress?.transferredBytes ?? m.progress?.copiedBytes ?? m.move.copiedBytes;
-      const before = copied.get(m.move.id) ?? 0;
+  metrics.counter('cairn_move_bytes_transferred_total', 'Bytes of range data the destinations have received in moves (and replica copies that joined).', [], (c) => {
+    const seen = (id: string, now: number) => {
+      const before = copied.get(id) ?? 0;
       if (now > before) c.inc(now - before);
-      copied.set(m.move.id, Math.max(now, before));
-    }
+      copied.set(id, Math.max(now, before));
+    };
+    for (const m of moves()) seen(m.move.id, m.progress?.transferredBytes ?? m.progress?.copiedBytes ?? m.move.copiedBytes);
+    for (const x of copies()) seen(x.id, x.state === 'committed' ? x.bytes : 0);
   });
   metrics.counter('cairn_moves_finished_total', 'Range moves that ended, by end state (cleaned or aborted).', ['state'], (c) => {
     for (const m of moves()) {

@@ -124,6 +124,8 @@ export class ProcessCluster implements Cluster<Server> {
         serverCredentialFile: c.credFile,
         heartbeatIntervalMs: 250,
         shardDownAfterMs: 2000,
+        // Tests written for one copy keep it (issue 13); a test of replication passes --replication-factor.
+        replicationFactor: 1,
         clients: [...USERS, ...(o.extraUsers ?? [])].map((u) => ({ user: u.user, passwordHash: hashPassword(u.password), role: u.role })),
       }),
     );

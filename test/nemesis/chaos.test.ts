@@ -12,8 +12,7 @@
  * served by exactly one shard. The long run is `npm run chaos -- --duration 10m`.
  *
  * The replicated case (issue 13): the same with replicationFactor 3, where
- * rebalance and drain are refused (so left out, with the reason) and the
- * nemesis instead loses machines (kill -9, data directory wiped, a fresh
+ * rebalances and drains move replicas, and the nemesis also loses machines (kill -9, data directory wiped, a fresh
  * shard in its place, the lost copies rebuilt by the master), pauses
  * primaries past the lease, and cuts primaries off from their followers or
  * from the master; the checker also fails the run when two replicas of one
@@ -27,9 +26,9 @@ import { describe, expect, it } from '@jest/globals';
 import { showOp } from './history.js';
 import { runChaos, type ChaosOptions, type ChaosResult } from './run.js';
 
-const DURATION_MS = Number(process.env.CAIRN_CHAOS_MS ?? 65_000);
+const DURATION_MS = Number(process.env.CAIRN_CHAOS_MS ?? 45_000);
 const REPLICATED_MS = Number(process.env.CAIRN_CHAOS_REPLICATED_MS ?? 55_000);
-const REPLICATED_KINDS = ['kill-shard', 'pause-shard', 'pause-long', 'lose-machine', 'kill-master', 'partition', 'partition-followers'] as const;
+const REPLICATED_KINDS = ['kill-shard', 'pause-shard', 'pause-long', 'lose-machine', 'kill-master', 'partition', 'partition-followers', 'rebalance'] as const;
 
 /**
  * Runs one bounded chaos run, prints its own report (visible in CI logs),
@@ -64,19 +63,11 @@ describe('nemesis', () => {
     DURATION_MS + 300_000,
   );
 
-  // Not in CI yet: the replicated run still finds defects (stalls past its bound, a failed final check after a
-  // partition; see the stop's closing note). `CAIRN_CHAOS_REPLICATED=1 npm test -- test/nemesis/chaos.test.ts`
-  // runs it, as does `npm run chaos -- --replication-factor 3`.
-  const replicatedIt = process.env.CAIRN_CHAOS_REPLICATED === '1' ? it : it.skip;
-  if (process.env.CAIRN_CHAOS_REPLICATED !== '1') console.warn('SKIPPED test/nemesis/chaos.test.ts replicated case: not stable yet; set CAIRN_CHAOS_REPLICATED=1 to run it');
-  replicatedIt(
-    'replicationFactor 3: finds no anomaly under machine loss, pauses past the lease, primary/follower and primary/master partitions, kills and master crashes',
+  it(
+    'replicationFactor 3: finds no anomaly under machine loss, pauses past the lease, primary/follower and primary/master partitions, kills, master crashes and replica moves',
     async () => {
       const r = await runReported({ durationMs: REPLICATED_MS, shards: 3, clients: 12, keys: 8, replicationFactor: 3, fillerRows: 500, faultIntervalMs: [300, 1000] });
-      // Rebalance and drain are refused on a replicated cluster: left out, and said so.
-      expect(Object.keys(r.leftOut)).toEqual(expect.arrayContaining(['drain', 'rebalance']));
-      expect((r.faultsByKind.rebalance ?? 0) + (r.faultsByKind.drain ?? 0)).toBe(0);
-      // Every replicated fault kind ran (the partitions wherever namespaces can be made).
+      // Every replicated fault kind ran (a drain only where some shard can take its copies: not always) (the partitions wherever namespaces can be made).
       const missing = REPLICATED_KINDS.filter((k) => (r.partitions.enabled || !k.startsWith('partition')) && !((r.faultsByKind[k] ?? 0) > 0));
       expect({ missing, skipped: r.skipped }).toEqual({ missing: [], skipped: r.skipped });
       // The acknowledgements were placed in a (range, version): the two-primaries check judged them.

@@ -9,8 +9,9 @@
  * - kill-master: SIGKILL the master while a move is in flight, restart it;
  * - rebalance / drain: start one (StartRebalance / DropServer) at random.
  *
- * With replication (`replication`), rebalance and drain are left out (the
- * master refuses them on a replicated cluster), and there are more:
+ * With replication (`replication`), rebalances and drains move replicas
+ * (a drain whose copies have nowhere to go is refused and skipped), and there
+ * are more:
  * - lose-machine: kill -9 a shard, wipe its data directory, and start a fresh
  *   shard on a new empty directory in its place (the master rebuilds the lost
  *   copies on it once the old one has been down replicaDownTimeoutMs: those
@@ -21,9 +22,10 @@
  * - partition (replicated): cut the primary of a range off from the master;
  * - partition-followers: cut the primary of a range off from its followers
  *   (one or all of them, and the learner a copy is being rebuilt on).
- * On a replicated cluster a "move" is a copy being rebuilt (a range with a
- * learner): half the shard faults hit the primary (the source) or the
- * learner (the destination) of one when there is one.
+ * On a replicated cluster a "move" is a copy being made (a range with a
+ * learner: a rebuild, or a rebalance's or drain's copy): half the shard faults
+ * hit the primary (the source) or the learner (the destination) of one when
+ * there is one.
  *
  * Half of the shard faults first start a rebalance and wait for a move in
  * flight, then hit its source or its destination, so crashes land inside
@@ -38,11 +40,6 @@ import type { NetnsLab } from './netns.js';
 export const FAULT_KINDS = ['kill-shard', 'pause-shard', 'partition', 'kill-master', 'rebalance', 'drain', 'lose-machine', 'pause-long', 'partition-followers'] as const;
 /** Kinds only a replicated cluster gets. */
 export const REPLICATED_KINDS: readonly FaultKind[] = ['lose-machine', 'pause-long', 'partition-followers'];
-/** Kinds a replicated cluster does not get, and why. */
-export const NOT_REPLICATED: Partial<Record<FaultKind, string>> = {
-  rebalance: 'the master refuses StartRebalance on a replicated cluster (PRECONDITION)',
-  drain: 'the master refuses DropServer on a replicated cluster (PRECONDITION)',
-};
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 export interface FaultRecord {
@@ -90,7 +87,6 @@ export class Nemesis {
     for (const k of FAULT_KINDS) {
       if ((o.disable ?? []).includes(k)) this.leftOut.set(k, 'disabled');
       else if ((k === 'partition' || k === 'partition-followers') && !o.net) this.leftOut.set(k, 'no network namespaces');
-      else if (o.replication && NOT_REPLICATED[k]) this.leftOut.set(k, NOT_REPLICATED[k]!);
     }
     this.kinds = FAULT_KINDS.filter((k) => !this.leftOut.has(k) && (o.replication || !REPLICATED_KINDS.includes(k))).map((k) => [k, weights[k]]);
   }
@@ -215,7 +211,8 @@ export class Nemesis {
       return `drain ${victim}: ${res.plan?.moves.length ?? 0} moves at ${mbps} MB/s (${res.operationId})`;
     } catch (err) {
       const msg = (err as Error).message;
-      if (/another rebalance or drain|CONFLICT/i.test(msg)) return undefined;
+      // A busy master, or (replicated) a drain whose copies have nowhere to go: every other shard holds one.
+      if (/another rebalance or drain|CONFLICT|have no shard to go to/i.test(msg)) return undefined;
       throw err;
     }
   }
@@ -223,7 +220,7 @@ export class Nemesis {
   /** A move in flight, starting a rebalance (or a drain) if none runs; undefined when none appears in time. */
   private async moveInFlight(timeoutMs: number): Promise<MoveInfo | undefined> {
     let moves = await this.movesInFlight();
-    if (moves.length === 0 && !this.o.replication) {
+    if (moves.length === 0) {
       const started = (await this.startOperation('rebalance')) ?? (await this.startOperation('drain'));
       if (started) this.log(`started for the next fault: ${started}`);
     }

@@ -10,7 +10,7 @@
  * during the run); the nemesis then also loses machines (kill -9, data
  * directory wiped, a fresh shard in its place), pauses primaries past the
  * lease, and cuts primaries off from their followers or from the master,
- * while rebalance and drain are left out (refused on a replicated cluster).
+ * while rebalances and drains move replicas.
  * The checker then also fails the run when two replicas of one range
  * acknowledged writes at the same group version (acks.ts), and when a range
  * is still missing in-sync copies once the faults have healed.
