@@ -191,6 +191,11 @@ describe('raising the factor of a cluster formed with one copy', () => {
     expect(rebalance.code).toBe(0);
     const before = (await single.ctl(['ranges', '--json'])).json.ranges as RangeJson[];
     const leaving = before[0]!.shard;
+    // A drain to fewer shards than the factor is refused, saying what to do (defect: it dropped the copies,
+    // and re-replication put them back on the drained shard, over and over).
+    const drain = await single.ctl(['dropserver', leaving, '--yes']);
+    expect(drain.code).not.toBe(0);
+    expect(drain.stderr).toMatch(new RegExp(`cannot drain ${leaving}: the cluster keeps 3 copies of each range and only 2 other shards are up.*cairn ctl factor 2`));
     const removed = await single.ctl(['remserver', leaving, '--yes']);
     expect(removed.code).toBe(0);
     await waitUntil(async () => {

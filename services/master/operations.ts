@@ -7,7 +7,7 @@
  */
 import type { Logger } from 'winston';
 import { CairnError } from '../common/errors.js';
-import { inSyncOf, isReplicated, learnersOf, rangesOf, replicasOf, type ClusterMap } from '../common/map.js';
+import { factorOf, inSyncOf, isReplicated, learnersOf, rangesOf, replicasOf, type ClusterMap } from '../common/map.js';
 import { showRange } from '../common/ranges.js';
 import { dropReplica, handOver, mapOrThrow } from './replica-steps.js';
 import type { ClusterState } from './cluster-state.js';
@@ -105,6 +105,17 @@ export class Operations {
     const draining = drain ? state.resolveShard(drain).id : undefined;
     if (draining && !state.shards.some((s) => s.id !== draining && members.isUp(s.id))) {
       throw new CairnError('PRECONDITION', `cannot drain ${draining}: no other shard is up to take its copies`);
+    }
+    // Draining to fewer shards than the factor would leave ranges with fewer copies than wanted, which the
+    // master's re-replication then puts back on the drained shard (defect: the chaos run's drains and
+    // re-replication undid each other, dozens of map changes a minute). A dead machine goes by remserver.
+    const factor = factorOf(state.map);
+    const others = state.shards.filter((s) => s.id !== draining && members.isUp(s.id)).length;
+    if (draining && others < factor) {
+      throw new CairnError(
+        'PRECONDITION',
+        `cannot drain ${draining}: the cluster keeps ${factor} copies of each range and only ${others} other shard${others === 1 ? ' is' : 's are'} up to hold them; add a shard first, or lower the factor with \`cairn ctl factor ${others}\``,
+      );
     }
     const buckets = await this.primaryBuckets();
     const map = state.map;

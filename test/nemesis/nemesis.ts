@@ -211,8 +211,8 @@ export class Nemesis {
       return `drain ${victim}: ${res.plan?.moves.length ?? 0} moves at ${mbps} MB/s (${res.operationId})`;
     } catch (err) {
       const msg = (err as Error).message;
-      // A busy master, or (replicated) a drain whose copies have nowhere to go: every other shard holds one.
-      if (/another rebalance or drain|CONFLICT|have no shard to go to/i.test(msg)) return undefined;
+      // A busy master, or (replicated) a drain whose copies have nowhere to go.
+      if (/another rebalance or drain|CONFLICT|cannot drain/i.test(msg)) return undefined;
       throw err;
     }
   }
