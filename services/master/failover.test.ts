@@ -14,7 +14,7 @@ const cluster = (): ClusterMap => ({
   replicationFactor: 3,
 });
 
-function view(o: { down?: string[]; givenUp?: string[]; positions?: Record<string, bigint>; overdue?: FollowerNote[]; caughtUp?: FollowerNote[]; maxLearners?: number } = {}): FailoverView {
+function view(o: { down?: string[]; givenUp?: string[]; positions?: Record<string, bigint>; overdue?: FollowerNote[]; caughtUp?: FollowerNote[]; primaryUnheard?: FollowerNote[]; maxLearners?: number } = {}): FailoverView {
   return {
     isUp: (id) => !(o.down ?? []).includes(id) && !(o.givenUp ?? []).includes(id),
     givenUp: (id) => (o.givenUp ?? []).includes(id),
@@ -22,6 +22,7 @@ function view(o: { down?: string[]; givenUp?: string[]; positions?: Record<strin
     positionOf: (id) => ({ lastLsn: o.positions?.[id] ?? 0n, lastTerm: 1n }),
     overdue: o.overdue ?? [],
     caughtUp: o.caughtUp ?? [],
+    primaryUnheard: o.primaryUnheard ?? [],
   };
 }
 
@@ -46,6 +47,34 @@ describe('planFailover', () => {
     map.ranges[0] = { ...map.ranges[0]!, inSync: ['s1', 's2'] };
     const out = planFailover(map, view({ down: ['s1', 's2'], positions: { s3: 99n } }));
     expect(out?.map.ranges[0]!.shardId ?? 's1').toBe('s1');
+  });
+
+  it('promotes a follower when every in-sync follower that is up has not heard from the primary, though the master hears it', () => {
+    const map = cluster(); // range 0 at version 1: s1 primary, s2 and s3 followers
+    const r = map.ranges[0]!;
+    const unheard = (follower: string, version = 1n) => ({ range: r, version, follower });
+    // The cut-off primary also reports both followers overdue: its reports no longer count once it is replaced.
+    const overdue = [unheard('s2'), unheard('s3')];
+    const out = planFailover(map, view({ positions: { s2: 7n, s3: 9n }, primaryUnheard: [unheard('s2'), unheard('s3')], overdue }))!;
+    expect(mapError(out.map)).toBeNull();
+    expect(out.map.ranges[0]!.shardId).toBe('s3');
+    expect(inSyncOf(out.map.ranges[0]!)).toEqual(['s3', 's2']);
+    expect(replicasOf(out.map.ranges[0]!)).toContain('s1'); // out of sync, it catches up once it hears the new primary
+    expect(out.changes.join('\n')).toMatch(/no in-sync follower has heard primary s1 for longer than its lease; s3 promoted/);
+    // A follower that is down does not hold the others back.
+    const oneDown = planFailover(map, view({ down: ['s2'], positions: { s3: 9n }, primaryUnheard: [unheard('s3')] }))!;
+    expect(oneDown.map.ranges[0]!.shardId).toBe('s3');
+  });
+
+  it('does not promote on one follower\'s word while another hears the primary, nor on a complaint about an older version', () => {
+    const map = cluster();
+    const r = map.ranges[0]!;
+    // s3 alone cannot hear s1: its link is the trouble; s1 reports it overdue and it leaves the in-sync set.
+    const one = planFailover(map, view({ primaryUnheard: [{ range: r, version: 1n, follower: 's3' }], overdue: [{ range: r, version: 1n, follower: 's3' }] }))!;
+    expect(one.map.ranges[0]!.shardId).toBe('s1');
+    expect(inSyncOf(one.map.ranges[0]!)).toEqual(['s1', 's2']);
+    const old = planFailover(map, view({ primaryUnheard: [{ range: r, version: 0n, follower: 's2' }, { range: r, version: 0n, follower: 's3' }] }));
+    expect(old).toBeUndefined();
   });
 
   it('takes an overdue follower out of the in-sync set only at the version its primary saw', () => {

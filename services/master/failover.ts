@@ -7,6 +7,10 @@
  * - its primary is down: the in-sync follower that is up and has the most
  *   writes (chooseNewPrimary over the heartbeats' log positions) is promoted;
  *   never a replica outside the in-sync set. None up: the range waits.
+ * - its primary is up but every in-sync follower that is up reports it has not
+ *   heard from it for longer than its lease (primary-silence.ts): the primary
+ *   is cut off from its followers and serves nothing; the same promotion.
+ *   What the replaced primary reported of its followers no longer counts.
  * - an in-sync follower is down, or its primary reported it overdue at the
  *   range's current version: it leaves the in-sync set, so writes go on
  *   without it (and it catches up when it is back);
@@ -58,6 +62,8 @@ export interface FailoverView {
   overdue: readonly FollowerNote[];
   /** Followers and learners their primaries reported caught up. */
   caughtUp: readonly FollowerNote[];
+  /** In-sync followers that have not heard from their primary for longer than its lease (each reports itself). */
+  primaryUnheard?: readonly FollowerNote[];
   /** A shard down longer than replicaDownTimeoutMs (or gone from the map): its copies are rebuilt elsewhere. */
   givenUp(shardId: string): boolean;
   /** Learners at once in the whole cluster (re-replication's throttle). */
@@ -96,12 +102,27 @@ export function planFailover(map: ClusterMap, view: FailoverView): { map: Cluste
         .map((shard) => ({ shard, inSync: true, lastLsn: view.positionOf(shard, range)?.lastLsn ?? 0n, lastTerm: view.positionOf(shard, range)?.lastTerm ?? 0n }));
       const chosen = chooseNewPrimary(candidates);
       if (chosen) take(promote(next, range, chosen), `${showRange(range)}: primary ${original.shardId} is down; ${chosen} promoted`);
+    } else {
+      // PacificA: every in-sync follower that is up has not heard from the primary for longer than its lease. The
+      // master still hears it, but it is cut off from its followers, and has stopped serving (its lease ran out):
+      // one of them takes over. One follower's complaint alone is its own link's trouble (its primary reports it
+      // overdue, and it leaves the in-sync set).
+      const followers = inSyncOf(original).filter((s) => s !== original.shardId && view.isUp(s));
+      const unheard = new Set(noted(view.primaryUnheard ?? [], original).map((n) => n.follower));
+      if (followers.length > 0 && followers.every((f) => unheard.has(f))) {
+        const candidates = followers.map((shard) => ({ shard, inSync: true, lastLsn: view.positionOf(shard, range)?.lastLsn ?? 0n, lastTerm: view.positionOf(shard, range)?.lastTerm ?? 0n }));
+        const chosen = chooseNewPrimary(candidates);
+        if (chosen) take(promote(next, range, chosen), `${showRange(range)}: no in-sync follower has heard primary ${original.shardId} for longer than its lease; ${chosen} promoted`);
+      }
     }
+    // What the primary reported of its followers holds only while it is the primary.
+    const reporterLeads = () => current().shardId === original.shardId;
     for (const f of inSyncOf(current())) {
       if (f === current().shardId) continue;
       if (!view.isUp(f)) take(removeFromInSync(next, range, f), `${showRange(range)}: follower ${f} is down; out of the in-sync set`);
     }
     for (const n of noted(view.overdue, original)) {
+      if (!reporterLeads()) break;
       if (inSyncOf(current()).includes(n.follower) && n.follower !== current().shardId) {
         take(removeFromInSync(next, range, n.follower), `${showRange(range)}: follower ${n.follower} did not answer its primary in time; out of the in-sync set`);
       } else if (n.follower !== current().shardId && current().version === original.version) {

@@ -46,6 +46,8 @@ export interface ShardBeat {
   /** As a primary: in-sync followers that did not answer in time, and followers ready to join. */
   overdue?: FollowerNote[];
   caughtUp?: FollowerNote[];
+  /** As an in-sync follower: ranges whose primary it has not heard from for longer than the lease. */
+  primaryUnheard?: FollowerNote[];
 }
 
 interface LiveState {
@@ -60,6 +62,7 @@ interface LiveState {
   replicas?: ShardBeat['replicas'];
   overdue?: FollowerNote[];
   caughtUp?: FollowerNote[];
+  primaryUnheard?: FollowerNote[];
 }
 
 /** As TiKV's down-store time: a shard down this long is not coming back soon, so its copies are made again elsewhere. */
@@ -278,6 +281,7 @@ export class Membership {
       positionOf: (id, range) => this.live.get(id)?.replicas?.find((p) => p.range.start === range.start && p.range.end === range.end),
       overdue: live.flatMap(([, l]) => l.overdue ?? []),
       caughtUp: live.flatMap(([, l]) => l.caughtUp ?? []),
+      primaryUnheard: live.flatMap(([, l]) => l.primaryUnheard ?? []),
     };
   }
 

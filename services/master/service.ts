@@ -152,7 +152,7 @@ export function masterServiceImpl(lead: () => Master, env: HandlerEnv): MasterSe
       checkId('session_id', req.sessionId, true);
       if (req.diskFreeBytes > req.diskTotalBytes) throw invalidArgument(`disk_free_bytes: ${req.diskFreeBytes} is more than disk_total_bytes (${req.diskTotalBytes})`);
       const disk = { freeBytes: Number(req.diskFreeBytes), totalBytes: Number(req.diskTotalBytes), full: req.diskFull };
-      const range = (r: { start: bigint; end: bigint }) => rangeFromWire(r.start, r.end, 'replicas, overdue or caught_up');
+      const range = (r: { start: bigint; end: bigint }) => rangeFromWire(r.start, r.end, 'replicas, overdue, caught_up or primary_unheard');
       const note = (n: { start: bigint; end: bigint; version: bigint; follower: string }) => ({ range: range(n), version: n.version, follower: n.follower });
       lead().heartbeat(req.shardId, {
         sessionId: req.sessionId,
@@ -164,6 +164,10 @@ export function masterServiceImpl(lead: () => Master, env: HandlerEnv): MasterSe
         replicas: req.replicas.map((p) => ({ range: range(p), lastLsn: p.lastLsn, lastTerm: p.lastTerm })),
         overdue: req.overdue.map(note),
         caughtUp: req.caughtUp.map(note),
+        primaryUnheard: req.primaryUnheard.map((n) => {
+          if (n.follower !== req.shardId) throw invalidArgument(`primary_unheard: a shard reports only what it heard itself; follower ${n.follower} is not ${req.shardId}`);
+          return note(n);
+        }),
       });
       return { header: header(), revocations: revocationsToProto(lead) };
     }),

@@ -24,6 +24,7 @@ import { MoveRegistry } from './move-tasks.js';
 import type { TransferSink } from './transfer-sink.js';
 import type { TransferSource } from './transfer-source.js';
 import { DEFAULT_MAX_FENCE_MS } from './transfer-wire.js';
+import { PrimarySilence } from './primary-silence.js';
 import { coveringPosition, positionFromJson, RangeLogs } from './replica-log.js';
 import type { ReplicaHost } from './replica-apply.js';
 import { DEFAULT_REPLICATION_TIMINGS, Replicator, type ReplicatorHost } from './replicator.js';
@@ -102,6 +103,8 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
   readonly rangeLogs: RangeLogs;
   /** The primary's side of replication (the follower's is replica-apply.ts, called by the control service). */
   replicator!: Replicator;
+  /** How long each primary this shard follows in sync has been silent (reported past the grace: a lease and a half). */
+  readonly primarySilence: PrimarySilence;
 
   private constructor(
     readonly opts: ShardOptions,
@@ -114,6 +117,7 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
     this.masters = new ClientPool(MasterServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.limits.maxMessageBytes });
     this.masterAddresses = new MasterAddresses(opts.master);
     this.masterTerm = new MasterTermFence(opts.log);
+    this.primarySilence = new PrimarySilence(Math.round((opts.replicaLeaseMs ?? DEFAULT_REPLICATION_TIMINGS.leaseMs) * 1.5));
     this.rangeLogs = new RangeLogs(
       async (key) => {
         const j = await store.getMeta<Parameters<typeof positionFromJson>[0]>(key);
@@ -296,7 +300,10 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
       this.janitor.start();
     }
     this.rangeLogs.keepOnly(this.heldRanges());
-    if (this.registered) await this.replicator.onMap(next);
+    if (this.registered) {
+      this.primarySilence.onMap(next, this.id, Date.now());
+      await this.replicator.onMap(next);
+    }
     this.log.info('map installed', { epoch: next.epoch.toString(), ownedRanges: this.ownedRanges().length });
     // Report counts for the new ranges now: the master shows only counts of ranges a shard owns,
     // so until this heartbeat a shard that just gained or lost a range would show too little.
@@ -407,6 +414,7 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
         await this.installMap(map);
         await this.takeRevocations(res.revocations);
         this.registered = true;
+        this.primarySilence.onMap(this.map, this.id, Date.now());
         await this.replicator.onMap(this.map);
         this.refusal = '';
         this.onAdmission(true);
@@ -472,6 +480,8 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
     if (!this.registered) return;
     const now = Date.now();
     const opsPerSec = (this.opsSinceHeartbeat * 1000) / Math.max(1, now - this.lastHeartbeatAt);
+    // A heartbeat far later than due: this process was stopped or starved, and heard nothing meanwhile.
+    if (now - this.lastHeartbeatAt > intervalMs + this.primarySilence.graceMs) this.primarySilence.resumed(now);
     this.opsSinceHeartbeat = 0;
     this.lastHeartbeatAt = now;
     try {
@@ -516,6 +526,10 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
     if (!stopping && !this.stopping) this.scheduleHeartbeat(intervalMs);
   }
 
+  heardFromPrimary(range: HashRange, version: bigint): void {
+    this.primarySilence.heard(range, version, Date.now());
+  }
+
   /** What the heartbeat tells the master of replicated ranges: log ends, overdue followers, followers ready to join. */
   private replicaReports() {
     const report = (r: { range: HashRange; version: bigint; follower: string }) => ({ start: r.range.start, end: endToProto(r.range.end), version: r.version, follower: r.follower });
@@ -523,6 +537,7 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
       replicas: this.rangeLogs.positions().map((p) => ({ start: p.range.start, end: endToProto(p.range.end), lastLsn: p.lastLsn, lastTerm: p.lastTerm })),
       overdue: this.replicator.overdue.map(report),
       caughtUp: this.replicator.caughtUp.map(report),
+      primaryUnheard: this.primarySilence.unheard(Date.now()).map((u) => report({ ...u, follower: this.id })),
     };
   }
 

@@ -36,6 +36,8 @@ export interface ReplicaHost {
   readonly store: Pick<ShardStore, 'metaOp' | 'applyReplicated' | 'deleteRange' | 'putMeta'>;
   readonly rangeLogs: RangeLogs;
   ensureEpoch(epoch: bigint): Promise<void>;
+  /** A message from the range's current primary at its current version (primary-silence.ts). */
+  heardFromPrimary(range: HashRange, version: bigint): void;
 }
 
 type Answer = Omit<ReplicateResponse, 'version' | 'logEndLsn' | 'logEndTerm'>;
@@ -72,6 +74,7 @@ async function answer(host: ReplicaHost, req: ReplicateRequest): Promise<Replica
     if (r.shardId !== req.primary || r.shardId === host.nodeId || !member) {
       return refuse('STALE', `at version ${version} of ${showRange(range)} the primary is ${r.shardId} and shard ${host.nodeId} is ${member ? 'a follower' : 'no member'}`);
     }
+    host.heardFromPrimary(range, version);
     await settleWholeRange(host, range);
     const log = await host.rangeLogs.get(range);
     const answer = await apply(host, range, log, req);
