@@ -30,6 +30,10 @@ export interface EtcdSettings {
   prefix: string;
   /** The lease's time to live: a dead leader is replaced about this long after its last keep-alive. */
   leaseSeconds: number;
+  /** Past this an etcd call's outcome counts as unknown (default 5000 ms). */
+  callTimeoutMs?: number;
+  /** An unanswered write is settled within this, else the leader steps down with the outcome unknown (default 20000 ms). */
+  settleTimeoutMs?: number;
   /** PEM contents for https endpoints. */
   tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
 }
@@ -162,7 +166,7 @@ export class MasterRole {
           ...this.opts.master,
           term,
           // The term is fixed for this Master's life: a later term is another Master.
-          openState: async () => new EtcdStore(client, e.prefix, { term: () => term, log: this.opts.log }),
+          openState: async () => new EtcdStore(client, e.prefix, { term: () => term, log: this.opts.log, callTimeoutMs: e.callTimeoutMs, settleTimeoutMs: e.settleTimeoutMs }),
           onFatal: (err) => void this.stepDown(`a write of the cluster state to etcd failed: ${err.message}`),
         });
         if (this.closed || this.endTerm === undefined) {
