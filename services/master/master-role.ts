@@ -168,6 +168,10 @@ export class MasterRole {
           // The term is fixed for this Master's life: a later term is another Master.
           openState: async () => new EtcdStore(client, e.prefix, { term: () => term, log: this.opts.log, callTimeoutMs: e.callTimeoutMs, settleTimeoutMs: e.settleTimeoutMs }),
           onFatal: (err) => void this.stepDown(`a write of the cluster state to etcd failed: ${err.message}`),
+          // Sooner than the next check of etcd: the shard has already heard from a newer leader. Only while this term lasts.
+          onStaleTerm: (why) => {
+            if (this.leadership?.term === term) void this.stepDown(`a shard refused its call by term: ${why}`);
+          },
         });
         if (this.closed || this.endTerm === undefined) {
           // Closed, or deposed (lease lost) while it was opening: it never acts.
