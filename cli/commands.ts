@@ -186,15 +186,19 @@ names must answer, unless --allow-missing.`);
         .command('health')
         .description("ask a process's gRPC health service; exit 0 only when SERVING (1: another answer, 3: no answer)")
         .addOption(new Option('--addr <host:port>', 'the process to ask (default: CAIRN_HEALTH_ADDR)'))
+        .addOption(new Option('--master <list>', 'ask every master (a:7000,b:7000; default without --addr: CAIRN_MASTER) whether one leads, and why not'))
         .addOption(new Option('--service <name>', 'ask about one service (cairn.v1.ShardService, …) instead of the whole process'))
         .addOption(new Option('--timeout <ms>', 'deadline in milliseconds (default: 5000)'))
         .addOption(new Option('--json', 'the answer as JSON')),
     ),
   )
     .addHelpText('after', `
+With --master, one line per master (leader, standby or unreachable, and why),
+then SERVING when one master leads and can change the map.
+
 Exit codes: 0 SERVING; 1 another answer (NOT_SERVING while it drains, or before
-a shard has registered); 2 bad arguments; 3 no answer (refused, timed out, or
-a TLS mismatch).`)
+a shard has registered; with --master: no master leads); 2 bad arguments;
+3 no answer (refused, timed out, or a TLS mismatch).`)
     .action(act(run.health));
 
   verboseOption(

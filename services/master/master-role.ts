@@ -95,6 +95,11 @@ export class MasterRole {
     return this.current;
   }
 
+  /** The address this master names itself by ('' before the server is bound). */
+  get selfAddress(): string {
+    return this.address;
+  }
+
   /** The Master while this process leads; else NOT_LEADER naming the leader (clients follow it). */
   lead(): Master {
     const m = this.leader;
