@@ -169,6 +169,7 @@ export class MasterRole {
       try {
         const master = await Master.open({
           ...this.opts.master,
+          clients: this.clientsNow(),
           term,
           // The term is fixed for this Master's life: a later term is another Master.
           openState: async () => new EtcdStore(client, e.prefix, { term: () => term, log: this.opts.log, callTimeoutMs: e.callTimeoutMs, settleTimeoutMs: e.settleTimeoutMs }),
@@ -221,6 +222,24 @@ export class MasterRole {
     } catch (err) {
       const why = `etcd does not answer (${(err as Error).message}): the map cannot change until it does`;
       this.setStatus({ ...this.current, why });
+    }
+  }
+
+  /**
+   * The client list a master taking office applies: its config as it reads
+   * now, not as it was when this process started, hours of reloads ago at
+   * the leader (defect: a user removed through the leader came back at the
+   * failover). Every master reads the same list (one config, as the server
+   * credential). A config that does not read now refuses the office (the
+   * why says so) rather than apply a stale list.
+   */
+  private clientsNow(): MasterOptions['clients'] {
+    const reread = this.opts.master.reloadConfig;
+    if (!reread) return this.opts.master.clients;
+    try {
+      return reread().clients;
+    } catch (err) {
+      throw new Error(`its config does not read, so its client list is unknown: ${(err as Error).message}`);
     }
   }
 
