@@ -27,6 +27,7 @@ export interface Handlers {
   master: Run;
   shard: Run;
   rebuild: Run;
+  migrateToEtcd: Run;
   dev: Run;
   ctl: Run;
   admin: Run;
@@ -156,6 +157,18 @@ the newest map, the cluster id and the shard list into the master's dataDir
 master on it with "cairn master --config FILE". Every shard the newest map
 names must answer, unless --allow-missing.`);
   rebuild.action(act(run.rebuild));
+  const migrate = addConfigOptions(
+    master.command('migrate-to-etcd').description("move an embedded master's state (its dataDir) into etcd (metaStore: etcd, etcdEndpoints, etcdPrefix), then exit"),
+    'master',
+  );
+  migrate.addHelpText('after', `
+Stop the master first (shards may keep running). Give the config the masters
+will run with: metaStore etcd, etcdEndpoints, etcdPrefix, and dataDir still
+naming the embedded state. The map, shard registry, cluster id, removed ids,
+move journal, client list with its revocations and approvals are copied under
+etcdPrefix, which must hold no state and have no leader; the LevelDB is left
+as it was. Then start the masters with that config and run "cairn ctl verify".`);
+  migrate.action(act(run.migrateToEtcd));
 
   addConfigOptions(program.command('shard').description('run a shard (stores rows in LevelDB)'), 'shard').action(act(run.shard));
 
