@@ -27,6 +27,7 @@ export interface Handlers {
   master: Run;
   shard: Run;
   rebuild: Run;
+  migrateToEtcd: Run;
   dev: Run;
   ctl: Run;
   admin: Run;
@@ -156,6 +157,18 @@ the newest map, the cluster id and the shard list into the master's dataDir
 master on it with "cairn master --config FILE". Every shard the newest map
 names must answer, unless --allow-missing.`);
   rebuild.action(act(run.rebuild));
+  const migrate = addConfigOptions(
+    master.command('migrate-to-etcd').description("move an embedded master's state (its dataDir) into etcd (metaStore: etcd, etcdEndpoints, etcdPrefix), then exit"),
+    'master',
+  );
+  migrate.addHelpText('after', `
+Stop the master first (shards may keep running). Give the config the masters
+will run with: metaStore etcd, etcdEndpoints, etcdPrefix, and dataDir still
+naming the embedded state. The map, shard registry, cluster id, removed ids,
+move journal, client list with its revocations and approvals are copied under
+etcdPrefix, which must hold no state and have no leader; the LevelDB is left
+as it was. Then start the masters with that config and run "cairn ctl verify".`);
+  migrate.action(act(run.migrateToEtcd));
 
   addConfigOptions(program.command('shard').description('run a shard (stores rows in LevelDB)'), 'shard').action(act(run.shard));
 
@@ -186,15 +199,19 @@ names must answer, unless --allow-missing.`);
         .command('health')
         .description("ask a process's gRPC health service; exit 0 only when SERVING (1: another answer, 3: no answer)")
         .addOption(new Option('--addr <host:port>', 'the process to ask (default: CAIRN_HEALTH_ADDR)'))
+        .addOption(new Option('--master <list>', 'ask every master (a:7000,b:7000; default without --addr: CAIRN_MASTER) whether one leads, and why not'))
         .addOption(new Option('--service <name>', 'ask about one service (cairn.v1.ShardService, …) instead of the whole process'))
         .addOption(new Option('--timeout <ms>', 'deadline in milliseconds (default: 5000)'))
         .addOption(new Option('--json', 'the answer as JSON')),
     ),
   )
     .addHelpText('after', `
+With --master, one line per master (leader, standby or unreachable, and why),
+then SERVING when one master leads and can change the map.
+
 Exit codes: 0 SERVING; 1 another answer (NOT_SERVING while it drains, or before
-a shard has registered); 2 bad arguments; 3 no answer (refused, timed out, or
-a TLS mismatch).`)
+a shard has registered; with --master: no master leads); 2 bad arguments;
+3 no answer (refused, timed out, or a TLS mismatch).`)
     .action(act(run.health));
 
   verboseOption(

@@ -6,7 +6,7 @@ import { connect as tcpConnect } from 'node:net';
 import { createInterface } from 'node:readline/promises';
 import { CairnClient } from '../services/client/index.js';
 import { parseHostPort } from '../services/common/config.js';
-import { checkHealth } from '../services/common/health.js';
+import { describeMasters, masterLine, type MasterView } from '../services/client/master-status.js';
 import { masterList } from '../services/common/masters.js';
 import { CairnError } from '../services/common/errors.js';
 import { endFromProto } from '../services/common/hash.js';
@@ -64,25 +64,14 @@ async function connect(flags: Flags, io: Io): Promise<CairnClient> {
   }
 }
 
-/**
- * Every master given, and whether it leads: a master leads while its Admin
- * service reports SERVING (a standby, or a leader that lost etcd, reports
- * NOT_SERVING while the process itself is SERVING).
- */
-async function describeMasters(given: string, tls: ReturnType<typeof clientTlsFrom>): Promise<Array<{ address: string; leader: boolean; status: string }>> {
-  return Promise.all(
-    masterList(given).map(async (address) => {
-      const [overall, admin] = await Promise.all(
-        [undefined, 'cairn.v1.AdminService'].map((service) => checkHealth(address, { service, tls, timeoutMs: 2000 }).catch(() => 'UNREACHABLE')),
-      );
-      const status = overall === 'UNREACHABLE' ? 'unreachable' : admin === 'SERVING' ? 'leader' : 'standby';
-      return { address, leader: status === 'leader', status };
-    }),
-  );
+/** Every master given, as it describes itself; an unreachable one's why in plain words. */
+async function mastersOf(given: string, tls: ReturnType<typeof clientTlsFrom>): Promise<MasterView[]> {
+  const masters = await describeMasters(given, { tls, timeoutMs: 2000 });
+  return masters.map((m) => (m.status === 'unreachable' ? { ...m, why: plainTransportMessage(m.why, m.address) } : m));
 }
 
-function masterLines(masters: Array<{ address: string; status: string }>): string[] {
-  return ['', 'Masters:', ...masters.map((m) => `  ${m.address}  ${m.status}`)];
+function masterLines(masters: MasterView[]): string[] {
+  return ['', 'Masters:', ...masters.map((m) => `  ${masterLine(m)}`)];
 }
 
 /**
@@ -274,13 +263,20 @@ export async function runCtl(positionals: string[], flags: Flags, io: Io): Promi
   if (!CTL_COMMANDS.includes(cmd)) {
     throw new CliError(`unknown command "${cmd}"`, EXIT.BAD_ARGS, 'run "cairn ctl help" for the list');
   }
+  // servers shows the masters whatever else fails: with none leading (etcd lost, an election under way) they say why.
+  const masters = cmd === 'servers' ? await mastersOf(master, clientTlsFrom(flags, io.env)) : [];
+  if (cmd === 'servers' && !masters.some((m) => m.leader) && masters.some((m) => m.status !== 'unreachable')) {
+    print(['No master leads: the map cannot change and the server list is the leader\'s.', ...masterLines(masters).slice(1)], { servers: [], masters, error: 'no master leads' });
+    throw new CliError('no master leads', EXIT.UNAVAILABLE, 'shards keep serving with the map they have; see each master\'s why above');
+  }
   const client = await connect(flags, io);
   try {
     switch (cmd) {
       case 'servers': {
-        const [{ epoch, servers }, masters] = await Promise.all([fetchServers(client), describeMasters(master, clientTlsFrom(flags, io.env))]);
-        // The masters section appears when several were given (one master is the embedded default: nothing to choose).
-        print([...formatServers(servers, epoch), ...(masters.length > 1 ? masterLines(masters) : [])], { ...serversJson(servers, epoch), masters });
+        const { epoch, servers } = await fetchServers(client);
+        // The masters section appears when several were given or one has something to say (one master is the embedded default: nothing to choose).
+        const showMasters = masters.length > 1 || masters.some((m) => m.why);
+        print([...formatServers(servers, epoch), ...(showMasters ? masterLines(masters) : [])], { ...serversJson(servers, epoch), masters });
         return EXIT.OK;
       }
       case 'ranges': {

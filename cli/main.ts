@@ -26,6 +26,7 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
       master: async (flags) => (await import('./servers.js')).runMaster(flags),
       shard: async (flags) => (await import('./servers.js')).runShard(flags),
       rebuild: async (flags) => (await import('./rebuild.js')).runRebuild(flags, io),
+      migrateToEtcd: async (flags) => (await import('./migrate.js')).runMigrateToEtcd(flags, io),
       dev: async (flags) => (await import('./dev.js')).runDev(flags, io),
       ctl: (flags, args) => runCtl(args, flags, io),
       admin: async (flags) => (await import('./admin.js')).runAdmin(flags, io),

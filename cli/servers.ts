@@ -97,11 +97,11 @@ function onHangup(log: Logger, reload: (() => Promise<void>) | undefined): () =>
 }
 
 /** metaStore etcd: where the state lives and how this master campaigns (undefined: embedded). */
-function etcdSettingsOf(c: MasterConfig): EtcdSettings | undefined {
+export function etcdSettingsOf(c: MasterConfig): EtcdSettings | undefined {
   if (c.metaStore !== 'etcd') return undefined;
   const pem = (path: string | undefined) => (path ? readFileSync(path) : undefined);
   const tls = c.etcdTlsCa || c.etcdTlsCert ? { ca: pem(c.etcdTlsCa), cert: pem(c.etcdTlsCert), key: pem(c.etcdTlsKey) } : undefined;
-  return { endpoints: c.etcdEndpoints, prefix: c.etcdPrefix, leaseSeconds: c.etcdLeaseSeconds, ...(tls ? { tls } : {}) };
+  return { endpoints: c.etcdEndpoints, prefix: c.etcdPrefix, leaseSeconds: c.etcdLeaseSeconds, callTimeoutMs: c.etcdCallTimeoutMs, settleTimeoutMs: c.etcdSettleTimeoutMs, ...(tls ? { tls } : {}) };
 }
 
 export async function runMaster(flags: Flags): Promise<number> {

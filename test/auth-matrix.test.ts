@@ -23,13 +23,14 @@ import { startInProcCluster, TEST_CREDENTIAL, USERS, type InProcCluster } from '
 import { login } from './harness/raw.js';
 import { allRpcs, invokeRaw, rawClient, type Rpc } from './nemesis/rpc.js';
 
-/** What each RPC needs (null: no token, Login), from the proto docs and docs/design.md "Security". */
+/** What each RPC needs (null: no token, Login and GetMasterStatus), from the proto docs and docs/design.md "Security". */
 const NEEDS: Record<string, Role | null> = {
   'MasterService.RegisterShard': 'server',
   'MasterService.Heartbeat': 'server',
   'MasterService.GetMap': 'r',
   'MasterService.WatchMap': 'r',
   'MasterService.Login': null,
+  'MasterService.GetMasterStatus': null,
   'MasterService.GetMoveStatus': 'server',
   'ShardService.WriteRows': 'rw',
   'ShardService.ReadRow': 'r',
@@ -75,6 +76,7 @@ const BODIES: Record<string, object> = {
   'MasterService.WatchMap': { minEpoch: '0' },
   'MasterService.Login': { user: 'reader', password: 'reader-pass' },
   'MasterService.GetMoveStatus': { moveId: 'mv-auth-matrix' },
+  'MasterService.GetMasterStatus': {},
   'ShardService.WriteRows': { requestId: 'auth-matrix', rows: [{ row: 'auth/row', cells: [{ column: 'c', value: Buffer.from('v') }] }] },
   'ShardService.ReadRow': { row: 'auth/row' },
   'ShardService.ReadRows': { rows: ['auth/row'] },

@@ -124,6 +124,7 @@ async function everyCommand(): Promise<string[][]> {
     [],
     ['master'],
     ['master', 'rebuild'],
+    ['master', 'migrate-to-etcd'],
     ['shard'],
     ['dev', '--base-port', String(base)],
     ['health'],

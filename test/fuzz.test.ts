@@ -50,7 +50,7 @@ const RUNS = Number(process.env.CAIRN_FUZZ_RUNS ?? 1000);
 const SEED = process.env.CAIRN_FUZZ_SEED ? Number(process.env.CAIRN_FUZZ_SEED) : undefined;
 
 const NEEDS: Record<ServiceName, (name: string) => Role | null> = {
-  MasterService: (n) => (n === 'Login' ? null : n === 'RegisterShard' || n === 'Heartbeat' || n === 'GetMoveStatus' ? 'server' : 'r'),
+  MasterService: (n) => (n === 'Login' || n === 'GetMasterStatus' ? null : n === 'RegisterShard' || n === 'Heartbeat' || n === 'GetMoveStatus' ? 'server' : 'r'),
   ShardService: (n) => (['ReadRow', 'ReadRows', 'ScanRows'].includes(n) ? 'r' : 'rw'),
   ShardControlService: () => 'server',
   AdminService: () => 'admin',

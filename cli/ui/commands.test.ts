@@ -62,7 +62,7 @@ describe('the same declarations as ctl (issue 12)', () => {
     const never = async () => {
       throw new Error('ran');
     };
-    const program = buildProgram({ out: () => {}, err: (l) => err.push(l), env: {} }, { master: never, shard: never, rebuild: never, dev: never, ctl: never, admin: never, health: never, hashPassword: never }, () => {});
+    const program = buildProgram({ out: () => {}, err: (l) => err.push(l), env: {} }, { master: never, shard: never, rebuild: never, migrateToEtcd: never, dev: never, ctl: never, admin: never, health: never, hashPassword: never }, () => {});
     await expect(program.parseAsync(['ctl', ...words], { from: 'user' })).rejects.toThrow();
     return err.join('\n');
   }

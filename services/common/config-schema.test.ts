@@ -60,6 +60,8 @@ const VALUES: Record<string, fc.Arbitrary<unknown>> = {
   etcdEndpoints: fc.uniqueArray(fc.tuple(fc.constantFrom('http', 'https'), fc.constantFrom('127.0.0.1', 'etcd-1.example.com'), fc.integer({ min: 1, max: 65535 })).map(([p, h, n]) => `${p}://${h}:${n}`), { minLength: 1, maxLength: 3 }),
   etcdPrefix: fc.constantFrom('/cairn', '/prod/cairn-1', '/x'),
   etcdLeaseSeconds: fc.integer({ min: 1, max: 60 }),
+  etcdCallTimeoutMs: fc.integer({ min: 1, max: 60_000 }),
+  etcdSettleTimeoutMs: fc.integer({ min: 1, max: 600_000 }),
   maxFenceMs: posInt,
   replicationFactor: posInt,
   replicaDownTimeoutMs: posInt,
@@ -160,7 +162,7 @@ describe('the etcd keys', () => {
 
   it('default to the embedded store, so a master needs nothing else', () => {
     const c = loadMaster({});
-    expect([c.metaStore, c.etcdEndpoints, c.etcdPrefix, c.etcdLeaseSeconds]).toEqual(['embedded', [], '/cairn', 5]);
+    expect([c.metaStore, c.etcdEndpoints, c.etcdPrefix, c.etcdLeaseSeconds, c.etcdCallTimeoutMs, c.etcdSettleTimeoutMs]).toEqual(['embedded', [], '/cairn', 5, 5000, 20_000]);
   });
 
   it('read a list of endpoints from text', () => {

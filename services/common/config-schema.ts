@@ -90,6 +90,10 @@ function masterFields(role: 'master', cwd: string) {
     etcdPrefix: keyOr(etcdPrefix, '/cairn', { doc: "the etcd key prefix of this cluster's state", arg: 'prefix' }),
     /** The leader's lease: a dead leader is replaced about this long after its last keep-alive. */
     etcdLeaseSeconds: keyOr(posInt, 5, { doc: 'how long a silent leader keeps leadership (etcd lease time to live)', arg: N }),
+    /** Past this an etcd call's outcome counts as unknown (a write is then settled by reading etcd back). */
+    etcdCallTimeoutMs: keyOr(posInt, 5000, { doc: 'how long one etcd call may take before its outcome counts as unknown', arg: N }),
+    /** A write etcd left unanswered is settled within this, or the leader steps down with its outcome unknown (a new leader reads what landed). */
+    etcdSettleTimeoutMs: keyOr(posInt, 20_000, { doc: 'how long a leader keeps asking etcd whether an unanswered write landed before it steps down', arg: N }),
     etcdTlsCa: key(existingFile(cwd), { doc: "PEM CA that signed etcd's certificate (https endpoints)", arg: 'path' }),
     etcdTlsCert: key(existingFile(cwd), { doc: 'PEM client certificate for etcd (with etcdTlsKey)', arg: 'path' }),
     etcdTlsKey: key(existingFile(cwd), { doc: 'PEM key of etcdTlsCert', arg: 'path' }),

@@ -329,6 +329,36 @@ export interface TlsFiles {
   ca?: Buffer;
 }
 
+/**
+ * A client interceptor that shows `onRefusal` every call's error as the
+ * CairnError it decodes to (unary and streaming calls alike), before the
+ * caller sees it: for a reaction that must not depend on each caller
+ * remembering it (a master deposed by a shard's STALE_TERM refusal).
+ */
+export function watchRefusals(onRefusal: (err: CairnError) => void): grpc.Interceptor {
+  return (options, nextCall) =>
+    new grpc.InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        // A partial listener, as grpc-js's ListenerBuilder makes: its other events pass through untouched.
+        next(
+          metadata,
+          new grpc.ListenerBuilder()
+            .withOnReceiveStatus((status, nextStatus) => {
+              if (status.code !== grpc.status.OK) {
+                try {
+                  onRefusal(fromServiceError(Object.assign(new Error(status.details), status)));
+                } catch {
+                  // a watcher's mistake never changes the call's outcome
+                }
+              }
+              nextStatus(status);
+            })
+            .build(),
+        );
+      },
+    });
+}
+
 export function channelOptions(maxMessageBytes: number): grpc.ChannelOptions {
   return {
     'grpc.max_receive_message_length': maxMessageBytes,
@@ -417,13 +447,14 @@ export class ClientPool<C extends grpc.Client> {
   private readonly clients = new Map<string, C>();
   constructor(
     private readonly ctor: ClientCtor<C>,
-    private readonly opts: { tls?: ClientTls; maxMessageBytes: number },
+    private readonly opts: { tls?: ClientTls; maxMessageBytes: number; interceptors?: grpc.Interceptor[] },
   ) {}
 
   get(address: string): C {
     let c = this.clients.get(address);
     if (!c) {
-      c = new this.ctor(address, clientCredentials(this.opts.tls), channelOptions(this.opts.maxMessageBytes));
+      const options = { ...channelOptions(this.opts.maxMessageBytes), ...(this.opts.interceptors ? { interceptors: this.opts.interceptors } : {}) };
+      c = new this.ctor(address, clientCredentials(this.opts.tls), options);
       this.clients.set(address, c);
     }
     return c;

@@ -9,7 +9,7 @@
  *   term may write; a deposed leader writes nothing, even before it knows it
  *   was deposed (PD's LeaderTxn). The refusal is CairnError NOT_LEADER.
  * - `modRevision(<prefix>/write-stamp) == the revision of this leader's last
- *   write`, putting a fresh stamp (a random write id) along. This chain is
+ *   write`, putting a fresh stamp (`<term>/<random id>`) along. This chain is
  *   what makes an ambiguous write decidable: see `settle`.
  *
  * Writes are serialized (the chain needs each to start from the last), and a
@@ -42,7 +42,7 @@ export interface EtcdStoreOptions {
   term(): string | undefined;
   /** How long one etcd call may take before its outcome counts as unknown. */
   callTimeoutMs?: number;
-  /** How long `settle` keeps asking before it gives up with AmbiguousWrite (the outcome stays unknown). */
+  /** How long `settle` keeps asking before it gives up with AmbiguousWrite (the outcome stays unknown; default 20 s). */
   settleTimeoutMs?: number;
   /** Told about each ambiguous write and how it was settled. */
   log?: { warn(message: string, meta?: Record<string, unknown>): void };
@@ -144,7 +144,8 @@ export class EtcdStore implements MasterState {
   /** Sends the write once; when its answer is lost, settles what etcd did with it. */
   private async writeOnce(puts: Array<[string, string]>): Promise<WriteOutcome> {
     const term = await this.termForWriting();
-    const writeId = randomUUID();
+    // The stamp names the term it was written under, so etcd's history shows which leader made each write.
+    const writeId = stampOf(term);
     const txn = this.fencedTxn(term, writeId, puts.map(([k, v]) => this.client.put(this.key(k)).value(v)));
     try {
       return this.judge(await txn.commit(), term, writeId);
@@ -218,7 +219,7 @@ export class EtcdStore implements MasterState {
    * the outcome stay unknown (AmbiguousWrite), never guessed.
    */
   async settle(term: string, writeId: string): Promise<WriteOutcome> {
-    const until = Date.now() + (this.opts.settleTimeoutMs ?? 60_000);
+    const until = Date.now() + (this.opts.settleTimeoutMs ?? DEFAULT_SETTLE_TIMEOUT_MS);
     for (let pauseMs = 50; ; pauseMs = Math.min(pauseMs * 2, 1000)) {
       try {
         const r = await this.fencedTxn(term, settledStamp(writeId), []).commit();
@@ -227,7 +228,7 @@ export class EtcdStore implements MasterState {
         return 'not landed';
       } catch (err) {
         if (err instanceof CairnError || isDefiniteRefusal(err)) throw err;
-        if (Date.now() >= until) throw new AmbiguousWrite(`etcd did not answer for ${this.opts.settleTimeoutMs ?? 60_000} ms: whether write ${writeId} was applied is unknown (${String(err)})`);
+        if (Date.now() >= until) throw new AmbiguousWrite(`etcd did not answer for ${this.opts.settleTimeoutMs ?? DEFAULT_SETTLE_TIMEOUT_MS} ms: whether write ${writeId} was applied is unknown (${String(err)})`);
       }
       await new Promise((done) => setTimeout(done, pauseMs));
     }
@@ -235,3 +236,11 @@ export class EtcdStore implements MasterState {
 }
 
 const settledStamp = (writeId: string): string => `settled ${writeId}`;
+
+/** A fresh write stamp: `<term>/<random id>`. Any write under a term carries it in the stamp key's value, settles included. */
+export const stampOf = (term: string): string => `${term}/${randomUUID()}`;
+
+/** The term a stamp value (a write's, or a settle's) was written under. */
+export const termOfStamp = (value: string): string => value.replace(/^settled /, '').split('/')[0]!;
+
+const DEFAULT_SETTLE_TIMEOUT_MS = 20_000;

@@ -30,6 +30,10 @@ export interface EtcdSettings {
   prefix: string;
   /** The lease's time to live: a dead leader is replaced about this long after its last keep-alive. */
   leaseSeconds: number;
+  /** Past this an etcd call's outcome counts as unknown (default 5000 ms). */
+  callTimeoutMs?: number;
+  /** An unanswered write is settled within this, else the leader steps down with the outcome unknown (default 20000 ms). */
+  settleTimeoutMs?: number;
   /** PEM contents for https endpoints. */
   tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
 }
@@ -89,6 +93,11 @@ export class MasterRole {
 
   get status(): RoleStatus {
     return this.current;
+  }
+
+  /** The address this master names itself by ('' before the server is bound). */
+  get selfAddress(): string {
+    return this.address;
   }
 
   /** The Master while this process leads; else NOT_LEADER naming the leader (clients follow it). */
@@ -160,10 +169,15 @@ export class MasterRole {
       try {
         const master = await Master.open({
           ...this.opts.master,
+          clients: this.clientsNow(),
           term,
           // The term is fixed for this Master's life: a later term is another Master.
-          openState: async () => new EtcdStore(client, e.prefix, { term: () => term, log: this.opts.log }),
+          openState: async () => new EtcdStore(client, e.prefix, { term: () => term, log: this.opts.log, callTimeoutMs: e.callTimeoutMs, settleTimeoutMs: e.settleTimeoutMs }),
           onFatal: (err) => void this.stepDown(`a write of the cluster state to etcd failed: ${err.message}`),
+          // Sooner than the next check of etcd: the shard has already heard from a newer leader. Only while this term lasts.
+          onStaleTerm: (why) => {
+            if (this.leadership?.term === term) void this.stepDown(`a shard refused its call by term: ${why}`);
+          },
         });
         if (this.closed || this.endTerm === undefined) {
           // Closed, or deposed (lease lost) while it was opening: it never acts.
@@ -208,6 +222,24 @@ export class MasterRole {
     } catch (err) {
       const why = `etcd does not answer (${(err as Error).message}): the map cannot change until it does`;
       this.setStatus({ ...this.current, why });
+    }
+  }
+
+  /**
+   * The client list a master taking office applies: its config as it reads
+   * now, not as it was when this process started, hours of reloads ago at
+   * the leader (defect: a user removed through the leader came back at the
+   * failover). Every master reads the same list (one config, as the server
+   * credential). A config that does not read now refuses the office (the
+   * why says so) rather than apply a stale list.
+   */
+  private clientsNow(): MasterOptions['clients'] {
+    const reread = this.opts.master.reloadConfig;
+    if (!reread) return this.opts.master.clients;
+    try {
+      return reread().clients;
+    } catch (err) {
+      throw new Error(`its config does not read, so its client list is unknown: ${(err as Error).message}`);
     }
   }
 

@@ -81,6 +81,8 @@ export interface MasterOptions {
    * on disk and carries every journaled move to its end. Default: log only.
    */
   onFatal?: (err: Error) => void;
+  /** Called when a shard refuses one of this master's calls with STALE_TERM (a newer master leads): the role steps down at once. */
+  onStaleTerm?: (why: string) => void;
   /**
    * The term this master leads under, carried by every call it makes to a
    * shard (shards refuse a lower term than the highest they have seen): the

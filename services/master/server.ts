@@ -73,7 +73,7 @@ export async function startMasterServer(opts: MasterServerOptions): Promise<Runn
         checkServerCall: (claims, method) => lead().checkServerCall(claims, method),
       };
       return [
-        [MasterServiceService, masterServiceImpl(lead, env)],
+        [MasterServiceService, masterServiceImpl(lead, env, role)],
         [AdminServiceService, adminServiceImpl(lead, { ...env, service: 'admin' })],
       ];
     },

@@ -122,7 +122,13 @@ export function replicaCopiesToInfo(op: ReplicaOperation): MoveInfo[] {
 }
 
 /** `lead()`: the master that leads in this process, or a NOT_LEADER naming the leader (a standby). */
-export function masterServiceImpl(lead: () => Master, env: HandlerEnv): MasterServiceServer & UntypedServiceImplementation {
+/** What GetMasterStatus answers: this master's own view of the leadership (MasterRole). */
+export interface MasterStatusSource {
+  status: { leading: boolean; leaderAddress: string; term: string; why: string };
+  selfAddress: string;
+}
+
+export function masterServiceImpl(lead: () => Master, env: HandlerEnv, role: MasterStatusSource): MasterServiceServer & UntypedServiceImplementation {
   const header = () => {
     const m = lead();
     return { nodeId: m.nodeId, epoch: m.epoch };
@@ -196,6 +202,11 @@ export function masterServiceImpl(lead: () => Master, env: HandlerEnv): MasterSe
       if (!req.user) throw invalidArgument('user: must not be empty');
       const t = await lead().login(req.user, req.password, { peer: ctx.peer, deadline: ctx.deadline, cancelled: ctx.cancelled });
       return { header: header(), token: t.token, expiresAtMs: BigInt(t.expiresAtMs), role: t.role };
+    }),
+    // No token and no lead(): a standby answers it too, saying who leads and why it does not.
+    getMasterStatus: unary(env, 'GetMasterStatus', null, async () => {
+      const s = role.status;
+      return { leading: s.leading, leaderAddress: s.leaderAddress, term: s.term, why: s.why, address: role.selfAddress };
     }),
     getMoveStatus: unary(env, 'GetMoveStatus', 'server', async (req) => {
       if (!req.moveId) throw invalidArgument('move_id: must not be empty');

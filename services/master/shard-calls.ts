@@ -8,7 +8,7 @@
 import type { Logger } from 'winston';
 import { ShardControlServiceClient } from '../../proto/gen/cairn/v1/control.js';
 import type { ServerTokenSource } from '../common/auth.js';
-import { call, ClientPool, type ClientTls } from '../common/grpc.js';
+import { call, ClientPool, watchRefusals, type ClientTls } from '../common/grpc.js';
 import { mapToProto } from '../common/map.js';
 import type { ClusterState } from './cluster-state.js';
 import type { ShardRecord } from './meta-store.js';
@@ -21,9 +21,12 @@ export class ShardCalls {
     private readonly state: ClusterState,
     private readonly serverToken: ServerTokenSource,
     private readonly log: Logger,
-    opts: { peerTls?: ClientTls; maxMessageBytes: number },
+    opts: { peerTls?: ClientTls; maxMessageBytes: number; onStaleTerm?: (why: string) => void },
   ) {
-    this.clients = new ClientPool(ShardControlServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.maxMessageBytes });
+    const onStaleTerm = opts.onStaleTerm;
+    // Any call (these, and the coordinator's on the same clients) a shard refuses with STALE_TERM means a newer master leads.
+    const interceptors = onStaleTerm ? [watchRefusals((err) => err.details.reason === 'STALE_TERM' && onStaleTerm(err.message))] : undefined;
+    this.clients = new ClientPool(ShardControlServiceClient, { tls: opts.peerTls, maxMessageBytes: opts.maxMessageBytes, interceptors });
   }
 
   private callOpts(timeoutMs: number) {

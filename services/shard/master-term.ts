@@ -28,6 +28,8 @@ export class MasterTermFence {
     if (claims.term === undefined) return;
     const term = BigInt(claims.term);
     if (this.highest !== undefined && term < this.highest) {
+      // Rare (a deposed master not yet aware), and what an operator looks for after a failover.
+      this.log.info('refused a call from a deposed master (STALE_TERM)', { method, term: term.toString(), highest: this.highest.toString(), master: claims.sub });
       throw new CairnError(
         'PRECONDITION',
         `refused ${method} from master ${claims.sub} under term ${term}: this shard has seen term ${this.highest}, so a newer master leads and the caller was deposed`,
