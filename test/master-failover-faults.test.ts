@@ -92,6 +92,7 @@ withEtcd('masters on etcd: a paused leader, etcd trouble, revocation across a fa
         etcdCallTimeoutMs: 1000,
         etcdSettleTimeoutMs: 3000,
         expectShards: 2,
+        replicationFactor: 1, // the control plane under test; single-copy moves are the journaled ones
         serverCredentialFile: join(dir, 'credential'),
         heartbeatIntervalMs: 250,
         shardDownAfterMs: 2000,

@@ -57,6 +57,7 @@ withEtcd('moving an embedded cluster into etcd', () => {
       stringify({
         dataDir: join(dir, 'master'),
         expectShards: 2,
+        replicationFactor: 1, // the control plane under test; single-copy moves are the journaled ones
         serverCredentialFile: join(dir, 'credential'),
         heartbeatIntervalMs: 250,
         clients: USERS.map((u) => ({ user: u.user, passwordHash: hashPassword(u.password), role: u.role })),
