@@ -162,6 +162,24 @@ export function runtimeImage(stages = parseDockerfile()) {
 // ---------------------------------------------------------------------------
 // Running the services as processes
 
+/** `n` distinct free ports: each is held until all are found (ports freed one at a time may come back twice). */
+export async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from(
+      { length: n },
+      () =>
+        new Promise<ReturnType<typeof createServer>>((done, fail) => {
+          const s = createServer();
+          s.once('error', fail);
+          s.listen(0, '127.0.0.1', () => done(s));
+        }),
+    ),
+  );
+  const ports = servers.map((s) => (s.address() as { port: number }).port);
+  await Promise.all(servers.map((s) => new Promise((done) => s.close(done))));
+  return ports;
+}
+
 export async function freePort(): Promise<number> {
   return new Promise((done, fail) => {
     const s = createServer();

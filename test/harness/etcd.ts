@@ -13,7 +13,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
-import { freePort } from './compose.js';
+import { freePorts } from './compose.js';
 
 /** The etcd binary: $CAIRN_TEST_ETCD, or `etcd` on the PATH. */
 export const ETCD_BIN = process.env.CAIRN_TEST_ETCD || 'etcd';
@@ -67,16 +67,28 @@ export class EtcdCluster {
   static async start(size = 1): Promise<EtcdCluster> {
     const missing = etcdMissing();
     if (missing) throw new Error(missing);
-    const dir = await mkdtemp(join(tmpdir(), 'cairn-etcd-'));
-    const members: EtcdMember[] = [];
-    for (let i = 0; i < size; i++) {
-      const name = `etcd${i}`;
-      members.push({ name, clientUrl: `http://127.0.0.1:${await freePort()}`, peerUrl: `http://127.0.0.1:${await freePort()}`, dataDir: join(dir, name), paused: false });
+    // A member that exits at once lost a port to another process between our pick and its bind (seen on a busy
+    // CI machine): the whole cluster starts again on new ports, once.
+    for (let attempt = 1; ; attempt++) {
+      const dir = await mkdtemp(join(tmpdir(), 'cairn-etcd-'));
+      const ports = await freePorts(2 * size);
+      const members: EtcdMember[] = Array.from({ length: size }, (_, i) => ({
+        name: `etcd${i}`,
+        clientUrl: `http://127.0.0.1:${ports[2 * i]}`,
+        peerUrl: `http://127.0.0.1:${ports[2 * i + 1]}`,
+        dataDir: join(dir, `etcd${i}`),
+        paused: false,
+      }));
+      const cluster = new EtcdCluster(dir, members);
+      for (let i = 0; i < size; i++) cluster.launch(i);
+      try {
+        await Promise.all(members.map((_, i) => cluster.waitHealthy(i)));
+        return cluster;
+      } catch (err) {
+        await cluster.close().catch(() => undefined);
+        if (attempt >= 2 || !/it exited/.test((err as Error).message)) throw err;
+      }
     }
-    const cluster = new EtcdCluster(dir, members);
-    for (let i = 0; i < size; i++) cluster.launch(i);
-    await Promise.all(members.map((_, i) => cluster.waitHealthy(i)));
-    return cluster;
   }
 
   /** The client URLs, for an etcd client's `hosts`. */
