@@ -4,6 +4,7 @@
  * sums) and the water level. Pure.
  */
 import { CairnError } from '../common/errors.js';
+import { learnersOf, replicasOf, type MapRange } from '../common/map.js';
 import { BUCKET_COUNT, bucketSpan, type OwnedRange } from '../common/ranges.js';
 
 export interface BucketStats {
@@ -23,6 +24,16 @@ export function shardLoads(ranges: readonly OwnedRange[], buckets: ReadonlyMap<n
   return out;
 }
 
+/** Live bytes per shard with every copy counted (replicas and learners): what a replicated shard holds. */
+export function copyLoads(ranges: readonly MapRange[], buckets: ReadonlyMap<number, BucketStats>): Map<string, number> {
+  const { bytes } = prefixSums(buckets);
+  const out = new Map<string, number>();
+  for (const r of ranges) {
+    const [s, e] = bucketSpan(r);
+    for (const id of [...replicasOf(r), ...learnersOf(r)]) out.set(id, (out.get(id) ?? 0) + bytes[e]! - bytes[s]!);
+  }
+  return out;
+}
 
 /**
  * P[k] = the sum over buckets below k, for k in 0..BUCKET_COUNT. Sums are

@@ -20,7 +20,7 @@ import { randomBytes } from 'node:crypto';
 import { applyReplicaStep, planReplicas, type ReplicaPlan } from './replica-planner.js';
 import type { ReplicaMoves, ReplicaOperation } from './replica-moves.js';
 import type { PlannedMove } from './plan-types.js';
-import { prefixSums } from './bucket-sums.js';
+import { copyLoads } from './bucket-sums.js';
 import type { MasterState } from './meta-store.js';
 
 /** Admin answers kept in memory by operation id: far more than an operator retries at once. */
@@ -321,16 +321,6 @@ function asOperation(op: ReplicaOperation): Pick<Operation, 'id' | 'kind' | 'don
   return { id: op.id, kind: op.kind, done: op.done };
 }
 
-/** Bytes per shard, every copy counted (replicas and learners). */
-function copyLoads(ranges: ClusterMap['ranges'], buckets: ReadonlyMap<number, { bytes: number; rows: number }>): Map<string, number> {
-  const { bytes } = prefixSums(buckets);
-  const out = new Map<string, number>();
-  for (const r of ranges) {
-    const [s, e] = bucketSpan(r);
-    for (const id of [...replicasOf(r), ...learnersOf(r)]) out.set(id, (out.get(id) ?? 0) + bytes[e]! - bytes[s]!);
-  }
-  return out;
-}
 
 /**
  * A replica plan in the form plans are shown (PlanRebalance, the CLI): one

@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { HASH_SPACE_END } from '../common/hash.js';
 import { factorOf, learnersOf, mapError, replicasOf, type ClusterMap, type MapRange } from '../common/map.js';
 import { BUCKET_COUNT, bucketSpan, bucketStart, evenSplit, findRangeIndex, type HashRange } from '../common/ranges.js';
-import { prefixSums, type BucketStats } from './bucket-sums.js';
+import { copyLoads, prefixSums, type BucketStats } from './bucket-sums.js';
 import type { PlanShard } from './plan-types.js';
 import { plan } from './planner.js';
 import { applyReplicaStep, planReplicas, type ReplicaPlan, type ReplicaPlanOptions, type ReplicaStep } from './replica-planner.js';
@@ -40,16 +40,6 @@ function applySteps(map: ClusterMap, p: ReplicaPlan): ClusterMap {
   return { ...map, epoch: map.epoch + 1n, ranges };
 }
 
-/** Bytes per shard: every copy (replica or learner) counts its range's bytes. */
-function copyLoads(ranges: readonly MapRange[], buckets: ReadonlyMap<number, BucketStats>): Map<string, number> {
-  const { bytes } = prefixSums(buckets);
-  const out = new Map<string, number>();
-  for (const r of ranges) {
-    const [s, e] = bucketSpan(r);
-    for (const id of [...replicasOf(r), ...learnersOf(r)]) out.set(id, (out.get(id) ?? 0) + bytes[e]! - bytes[s]!);
-  }
-  return out;
-}
 
 const primaryCounts = (ranges: readonly MapRange[], ids: readonly string[]): number[] => ids.map((id) => ranges.filter((r) => r.shardId === id).length);
 const kinds = (steps: readonly ReplicaStep[]): Set<ReplicaStep['kind']> => new Set(steps.map((s) => s.kind));
