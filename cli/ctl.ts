@@ -265,8 +265,9 @@ export async function runCtl(positionals: string[], flags: Flags, io: Io): Promi
   }
   // servers shows the masters whatever else fails: with none leading (etcd lost, an election under way) they say why.
   const masters = cmd === 'servers' ? await mastersOf(master, clientTlsFrom(flags, io.env)) : [];
-  if (cmd === 'servers' && !masters.some((m) => m.leader) && masters.some((m) => m.status !== 'unreachable')) {
-    print(['No master leads: the map cannot change and the server list is the leader\'s.', ...masterLines(masters).slice(1)], { servers: [], masters, error: 'no master leads' });
+  // A leader that says why (it lost etcd) holds its services too: it cannot list the servers either.
+  if (cmd === 'servers' && !masters.some((m) => m.leader && !m.why) && masters.some((m) => m.status !== 'unreachable')) {
+    print(['No master can change the map: the server list is the leader\'s, and none answers for it.', ...masterLines(masters).slice(1)], { servers: [], masters, error: 'no master leads' });
     throw new CliError('no master leads', EXIT.UNAVAILABLE, 'shards keep serving with the map they have; see each master\'s why above');
   }
   const client = await connect(flags, io);
