@@ -127,8 +127,15 @@ withEtcd('docker compose -f docker-compose.yml -f docker-compose.ha.yml, as loca
 
   it('`docker compose down`: SIGTERM; every Cairn process exits 0, etcd ends on the signal', async () => {
     const shards = ['shard1', 'shard2', 'shard3'];
-    expect(await Promise.all(shards.map((s) => dc.stop(s, 'SIGTERM')))).toEqual([0, 0, 0]);
-    expect(await Promise.all(MASTERS.map((m) => dc.stop(m, 'SIGTERM')))).toEqual([0, 0]);
+    const t0 = Date.now();
+    // Reported, not asserted: each process takes up to shutdownGraceMs (20 s) to drain.
+    const timed = async (s: string) => {
+      const code = await dc.stop(s, 'SIGTERM');
+      console.log(`compose HA: ${s} exited ${code} ${Date.now() - t0} ms after SIGTERM`);
+      return code;
+    };
+    expect(await Promise.all(shards.map(timed))).toEqual([0, 0, 0]);
+    expect(await Promise.all(MASTERS.map(timed))).toEqual([0, 0]);
     await dc.stop('etcd', 'SIGTERM');
     // etcd closes its data and then re-raises the signal to exit (as `docker compose down` sees from it, 143).
     const e = dc.proc('etcd').child;
