@@ -20,7 +20,7 @@
  * ships no etcdctl.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -245,6 +245,17 @@ export interface LocalProc {
   exited: Promise<number | null>;
 }
 
+/**
+ * Every exec (each health check) writes the mounted files again; a process
+ * starting meanwhile must never read one truncated, so each is written beside
+ * and renamed into place.
+ */
+function writeAtomically(path: string, text: string, mode = 0o644): void {
+  const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}`;
+  writeFileSync(tmp, text, { mode });
+  renameSync(tmp, path);
+}
+
 const LOOPBACK_HOSTS = new Set(['0.0.0.0', '127.0.0.1', 'localhost', '[::]', '::']);
 
 export class LocalCompose {
@@ -327,7 +338,7 @@ export class LocalCompose {
         const host = resolve(DEPLOY, source);
         const copy = join(this.dir, 'mounts', service, target.replace(/\//g, '_'));
         mkdirSync(join(this.dir, 'mounts', service), { recursive: true });
-        writeFileSync(copy, this.remapText(service, readFileSync(host, 'utf8')));
+        writeAtomically(copy, this.remapText(service, readFileSync(host, 'utf8')));
         out.push([target, copy]);
       } else {
         const host = join(this.dir, 'volumes', source);
@@ -339,7 +350,7 @@ export class LocalCompose {
       const host = join(this.dir, 'secrets', name);
       mkdirSync(join(this.dir, 'secrets'), { recursive: true });
       if (this.secrets[name] === undefined) throw new Error(`the test gives no content for compose secret ${name}`);
-      writeFileSync(host, this.secrets[name]!, { mode: 0o600 });
+      writeAtomically(host, this.secrets[name]!, 0o600);
       out.push([`/run/secrets/${name}`, host]);
     }
     out.push([this.image.workdir, REPO]);
