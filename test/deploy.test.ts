@@ -17,7 +17,7 @@ import YAML from 'yaml';
 import { hashPassword } from '../services/common/auth.js';
 import { configKeys, envName, loadConfig, parseHostPort, type ServerRole } from '../services/common/config.js';
 import { CAIRN_BIN } from './harness/cluster.js';
-import { DEPLOY, DOCKERFILE, LocalCompose, loadCompose, parseDockerfile, parseVolume, REPO, runtimeImage } from './harness/compose.js';
+import { COMPOSE_FILE, COMPOSE_HA_FILE, DEPLOY, DOCKERFILE, LocalCompose, loadCompose, loadComposeFiles, parseDockerfile, parseVolume, REPO, runtimeImage } from './harness/compose.js';
 
 const compose = loadCompose();
 const stages = parseDockerfile();
@@ -282,14 +282,50 @@ describe('deploy/docker-compose.yml', () => {
     }
   });
 
+  it('docker-compose.ha.yml adds etcd and a second master on etcd, and gives every shard both masters', async () => {
+    const ha = loadComposeFiles([COMPOSE_FILE, COMPOSE_HA_FILE]);
+    const haEnv = (s: string) => ha.services[s]!.environment as Record<string, string>;
+    const haCairn = Object.keys(ha.services).filter((s) => ha.services[s]!.build?.dockerfile === 'deploy/Dockerfile');
+    expect(haCairn.filter((s) => ha.services[s]!.command![0] === 'master').sort()).toEqual(['master', 'master2']);
+    expect(ha.services.etcd!.image).toMatch(/^(quay\.io\/coreos|gcr\.io\/etcd-development)\/etcd:v3\.5\.\d+$/);
+    const dir = await mkdtemp(join(tmpdir(), 'cairn-deploy-ha-'));
+    cleanups.push(dir);
+    const dc = new LocalCompose(dir, { CAIRN_CLIENTS: `admin:${hashPassword('pw')}:admin` }, { server_credential: 'x'.repeat(40) }, [COMPOSE_FILE, COMPOSE_HA_FILE]);
+    await dc.allocatePorts();
+    const etcdUrl = `http://127.0.0.1:${dc.port('etcd', 2379)}`;
+    for (const m of ['master', 'master2']) {
+      // Each master's whole configuration, as its container sees it, validates: on etcd, the replication the base file keeps.
+      const c = loadConfig('master', { flags: {}, env: dc.env(m), cwd: dir });
+      expect([m, c.metaStore, c.etcdEndpoints, c.replicationFactor, c.expectShards]).toEqual([m, 'etcd', [etcdUrl], 3, 3]);
+      expect(ha.services[m]!.depends_on?.etcd?.condition).toBe('service_healthy');
+      expect(parseHostPort(haEnv(m).CAIRN_ADVERTISE!)).toEqual({ host: m, port: portOf(haEnv(m).CAIRN_LISTEN!) });
+      expect(ha.services[m]!.healthcheck!.test).toEqual(['CMD', 'cairn', 'health', '--addr', `127.0.0.1:${portOf(haEnv(m).CAIRN_LISTEN!)}`]);
+    }
+    const masters = ['master', 'master2'].map((m) => haEnv(m).CAIRN_ADVERTISE).join(',');
+    for (const s of haCairn.filter((x) => ha.services[x]!.command![0] === 'shard')) {
+      expect([s, haEnv(s).CAIRN_MASTER]).toEqual([s, masters]);
+      expect(loadConfig('shard', { flags: {}, env: dc.env(s), cwd: dir }).master).toEqual(['master', 'master2'].map((m) => `127.0.0.1:${dc.port(m, 7000)}`));
+    }
+    // The base file's services keep their other settings; the published host ports and named volumes stay distinct.
+    expect(haEnv('shard1').CAIRN_ADVERTISE).toBe(env('shard1').CAIRN_ADVERTISE);
+    expect(ha.services.shard4!.profiles).toEqual(['scale-out']);
+    const hostPorts = Object.values(ha.services).flatMap((s) => (s.ports ?? []).map((p) => p.split(':')[0]));
+    expect(new Set(hostPorts).size).toBe(hostPorts.length);
+    const named = Object.values(ha.services).flatMap((s) => (s.volumes ?? []).map(parseVolume).filter((v) => !v.source.startsWith('.')).map((v) => v.source));
+    expect(new Set(named).size).toBe(named.length);
+    for (const v of named) expect(Object.keys(ha.volumes ?? {})).toContain(v);
+  });
+
   it('passes `docker compose config` where the compose plugin is installed', () => {
     const v = spawnSync('docker', ['compose', 'version'], { encoding: 'utf8' });
     if (v.status !== 0) return; // no compose plugin here: the checks above stand in for it
-    const r = spawnSync('docker', ['compose', '-f', join(DEPLOY, 'docker-compose.yml'), 'config', '-q'], {
-      encoding: 'utf8',
-      env: { ...process.env, CAIRN_CLIENTS: 'admin:x:admin' },
-    });
-    expect(r.stderr).toBe('');
-    expect(r.status).toBe(0);
+    for (const files of [[COMPOSE_FILE], [COMPOSE_FILE, COMPOSE_HA_FILE]]) {
+      const r = spawnSync('docker', ['compose', ...files.flatMap((f) => ['-f', f]), 'config', '-q'], {
+        encoding: 'utf8',
+        env: { ...process.env, CAIRN_CLIENTS: 'admin:x:admin' },
+      });
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+    }
   });
 });

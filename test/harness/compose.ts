@@ -12,17 +12,26 @@
  * - the image's `cairn` (a symlink in the Dockerfile) → `node bin/cairn.js`.
  * Compose variables (`${VAR:?msg}`, `${VAR:-default}`) are interpolated from the
  * environment the test gives, as `docker compose` does from the shell or .env.
+ *
+ * Several files (`docker compose -f a.yml -f b.yml`) merge as compose merges
+ * them (`mergeCompose`). A service whose image is etcd runs its command with
+ * the local etcd binary (test/harness/etcd.ts), and its `etcdctl endpoint
+ * health` check is made with the etcd client, since Debian's etcd-server
+ * ships no etcdctl.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import YAML from 'yaml';
+import { answersGrpc, ETCD_BIN } from './etcd.js';
 
 export const REPO = resolve('.');
 export const DEPLOY = join(REPO, 'deploy');
 export const COMPOSE_FILE = join(DEPLOY, 'docker-compose.yml');
+/** Standby masters on etcd, layered over COMPOSE_FILE with `-f`. */
+export const COMPOSE_HA_FILE = join(DEPLOY, 'docker-compose.ha.yml');
 export const DOCKERFILE = join(DEPLOY, 'Dockerfile');
 
 // ---------------------------------------------------------------------------
@@ -54,6 +63,42 @@ export interface ComposeFile {
 /** The compose file as docker compose sees it before interpolation (YAML merge keys resolved). */
 export function loadCompose(path = COMPOSE_FILE): ComposeFile {
   return YAML.parse(readFileSync(path, 'utf8'), { merge: true }) as ComposeFile;
+}
+
+/** The container path a `volumes` entry mounts at: what compose merges volumes by. */
+function volumeTarget(v: unknown): string {
+  return typeof v === 'string' ? parseVolume(v).target : String((v as { target?: string }).target);
+}
+
+/**
+ * `docker compose -f base -f override`: mappings merge key by key (environment,
+ * depends_on, healthcheck, …); `volumes` merge by container path and `ports`
+ * and `secrets` add up; any other value (command, entrypoint, profiles, image,
+ * healthcheck.test) is replaced by the later file's.
+ */
+export function mergeCompose(base: unknown, over: unknown, key = ''): unknown {
+  if (over === undefined) return base;
+  if (base === undefined || base === null) return over;
+  if (Array.isArray(base) && Array.isArray(over)) {
+    if (key === 'volumes') {
+      const out = new Map<string, unknown>(base.map((v) => [volumeTarget(v), v]));
+      for (const v of over) out.set(volumeTarget(v), v);
+      return [...out.values()];
+    }
+    if (key === 'ports' || key === 'secrets') return [...new Set([...base, ...over])];
+    return over;
+  }
+  if (typeof base === 'object' && typeof over === 'object' && over !== null && !Array.isArray(base) && !Array.isArray(over)) {
+    const out: Record<string, unknown> = { ...(base as Record<string, unknown>) };
+    for (const [k, v] of Object.entries(over as Record<string, unknown>)) out[k] = mergeCompose(out[k], v, k);
+    return out;
+  }
+  return over;
+}
+
+/** Several compose files, merged in order as `docker compose -f a -f b` does. */
+export function loadComposeFiles(paths: string[]): ComposeFile {
+  return paths.map((p) => loadCompose(p)).reduce((a, b) => mergeCompose(a, b) as ComposeFile);
 }
 
 /** Compose variable interpolation: $$, $VAR, ${VAR}, ${VAR:-d}, ${VAR-d}, ${VAR:?err}, ${VAR?err}, ${VAR:+alt}. */
@@ -200,6 +245,17 @@ export interface LocalProc {
   exited: Promise<number | null>;
 }
 
+/**
+ * Every exec (each health check) writes the mounted files again; a process
+ * starting meanwhile must never read one truncated, so each is written beside
+ * and renamed into place.
+ */
+function writeAtomically(path: string, text: string, mode = 0o644): void {
+  const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}`;
+  writeFileSync(tmp, text, { mode });
+  renameSync(tmp, path);
+}
+
 const LOOPBACK_HOSTS = new Set(['0.0.0.0', '127.0.0.1', 'localhost', '[::]', '::']);
 
 export class LocalCompose {
@@ -217,8 +273,10 @@ export class LocalCompose {
     readonly vars: Record<string, string | undefined>,
     /** Contents of each compose secret, by secret name (the files the operator creates). */
     readonly secrets: Record<string, string>,
+    /** The compose files, as `-f` gives them (merged in order). */
+    readonly files: string[] = [COMPOSE_FILE],
   ) {
-    this.compose = loadCompose();
+    this.compose = loadComposeFiles(files);
   }
 
   get serviceNames(): string[] {
@@ -227,13 +285,18 @@ export class LocalCompose {
 
   service(name: string): ComposeService {
     const s = this.compose.services[name];
-    if (!s) throw new Error(`no service ${name} in ${COMPOSE_FILE}`);
+    if (!s) throw new Error(`no service ${name} in ${this.files.join(' + ')}`);
     return s;
   }
 
   /** Services that run the Cairn image (built from deploy/Dockerfile). */
   cairnServices(): string[] {
     return this.serviceNames.filter((n) => this.service(n).build?.dockerfile === 'deploy/Dockerfile');
+  }
+
+  /** Services that run the etcd image (the official quay.io/coreos/etcd or gcr.io/etcd-development/etcd). */
+  etcdServices(): string[] {
+    return this.serviceNames.filter((n) => /(^|\/)etcd(:|$)/.test(this.service(n).image ?? ''));
   }
 
   /** Loopback port standing for `service`'s container port. Allocated up front by `allocatePorts`. */
@@ -247,7 +310,7 @@ export class LocalCompose {
   async allocatePorts(): Promise<void> {
     const names = new Set(this.serviceNames);
     const want = new Set<string>();
-    for (const name of this.cairnServices()) {
+    for (const name of [...this.cairnServices(), ...this.etcdServices()]) {
       const s = this.service(name);
       const texts = [...Object.values(s.environment ?? {}).map(String), ...(s.healthcheck?.test ?? []), ...(s.command ?? [])];
       for (const v of s.volumes ?? []) {
@@ -275,7 +338,7 @@ export class LocalCompose {
         const host = resolve(DEPLOY, source);
         const copy = join(this.dir, 'mounts', service, target.replace(/\//g, '_'));
         mkdirSync(join(this.dir, 'mounts', service), { recursive: true });
-        writeFileSync(copy, this.remapText(service, readFileSync(host, 'utf8')));
+        writeAtomically(copy, this.remapText(service, readFileSync(host, 'utf8')));
         out.push([target, copy]);
       } else {
         const host = join(this.dir, 'volumes', source);
@@ -287,7 +350,7 @@ export class LocalCompose {
       const host = join(this.dir, 'secrets', name);
       mkdirSync(join(this.dir, 'secrets'), { recursive: true });
       if (this.secrets[name] === undefined) throw new Error(`the test gives no content for compose secret ${name}`);
-      writeFileSync(host, this.secrets[name]!, { mode: 0o600 });
+      writeAtomically(host, this.secrets[name]!, 0o600);
       out.push([`/run/secrets/${name}`, host]);
     }
     out.push([this.image.workdir, REPO]);
@@ -306,6 +369,9 @@ export class LocalCompose {
 
   /** Addresses and container paths in one value. */
   remapValue(service: string, value: string, mounts = this.mounts(service)): string {
+    // `--flag=/container/path` (etcd's flags): the path after the `=`.
+    const flag = /^(--[A-Za-z0-9-]+=)(\/.*)$/.exec(value);
+    if (flag) return flag[1] + this.remapValue(service, flag[2]!, mounts);
     let v = this.remapText(service, value);
     for (const [container, host] of mounts) {
       if (v === container) return host;
@@ -317,6 +383,11 @@ export class LocalCompose {
   /** The argv for a command run in `service`'s container: `cairn` → node bin/cairn.js. */
   argv(service: string, cmd: string[], mounts = this.mounts(service)): string[] {
     const [exe, ...rest] = cmd.map((a) => this.remapValue(service, a, mounts));
+    if (this.etcdServices().includes(service)) {
+      // The etcd image has etcd on its PATH (/usr/local/bin/etcd): here, the installed binary.
+      if (exe === 'etcd' || exe === '/usr/local/bin/etcd') return [ETCD_BIN, ...rest];
+      throw new Error(`${service}: cannot run "${exe}" without a container`);
+    }
     const link = this.image.links.get(exe!);
     if (link) return [process.execPath, this.remapValue(service, link, mounts), ...rest];
     if (exe === 'node') return [process.execPath, ...rest];
@@ -326,7 +397,8 @@ export class LocalCompose {
   /** The environment a container of `service` gets: the image's ENV, then the service's (interpolated, remapped). */
   env(service: string, mounts = this.mounts(service)): Record<string, string> {
     const out: Record<string, string> = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: this.dir };
-    for (const [k, v] of Object.entries(this.image.env)) out[k] = this.remapValue(service, v, mounts);
+    // The Cairn image's ENV is for services of that image only.
+    if (this.cairnServices().includes(service)) for (const [k, v] of Object.entries(this.image.env)) out[k] = this.remapValue(service, v, mounts);
     for (const [k, v] of Object.entries(this.service(service).environment ?? {})) {
       out[k] = this.remapValue(service, interpolate(String(v ?? ''), this.vars), mounts);
     }
@@ -337,7 +409,8 @@ export class LocalCompose {
   up(service: string): LocalProc {
     const s = this.service(service);
     const mounts = this.mounts(service);
-    const argv = this.argv(service, [...(s.entrypoint ?? this.image.entrypoint), ...(s.command ?? [])], mounts);
+    const entrypoint = s.entrypoint ?? (this.cairnServices().includes(service) ? this.image.entrypoint : []);
+    const argv = this.argv(service, [...entrypoint, ...(s.command ?? [])], mounts);
     const env = this.env(service, mounts);
     const child = spawn(argv[0]!, argv.slice(1), { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
     const logs: string[] = [];
@@ -388,11 +461,30 @@ export class LocalCompose {
     for (;;) {
       const p = this.procs.get(service);
       if (p && p.child.exitCode !== null) throw new Error(`${service} exited with ${p.child.exitCode}; logs:\n${p.logs.slice(-10).join('\n')}`);
-      const r = await this.exec(service, cmd, {}, 30_000);
+      const r = cmd[0] === 'etcdctl' ? await this.etcdctlHealth(service, cmd) : await this.exec(service, cmd, {}, 30_000);
       if (r.code === 0) return;
       last = `${r.code}: ${r.stdout.trim()} ${r.stderr.trim()}`;
       if (Date.now() > until) throw new Error(`${service} not healthy after ${timeoutMs} ms (last check ${last}); logs:\n${p?.logs.slice(-10).join('\n')}`);
       await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+
+  /**
+   * `etcdctl [--endpoints=URL] endpoint health` (as an etcd image's health check
+   * runs it): the endpoint answers /health and a read through gRPC, which is
+   * what etcdctl's check does.
+   */
+  private async etcdctlHealth(service: string, cmd: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    const args = cmd.slice(1).filter((a) => !a.startsWith('--endpoints='));
+    if (args.join(' ') !== 'endpoint health') throw new Error(`${service}: only "etcdctl endpoint health" runs without a container, not ${cmd.join(' ')}`);
+    const given = cmd.find((a) => a.startsWith('--endpoints='))?.slice('--endpoints='.length) ?? 'http://127.0.0.1:2379';
+    const url = this.remapText(service, given);
+    try {
+      const r = await fetch(`${url}/health`, { signal: AbortSignal.timeout(5000) });
+      const ok = r.ok && ((await r.json()) as { health?: string }).health === 'true' && (await answersGrpc(url));
+      return ok ? { code: 0, stdout: `${url} is healthy`, stderr: '' } : { code: 1, stdout: '', stderr: `${url} is unhealthy` };
+    } catch (err) {
+      return { code: 1, stdout: '', stderr: `${url} is unhealthy: ${(err as Error).message}` };
     }
   }
 

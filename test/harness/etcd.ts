@@ -35,7 +35,7 @@ export function etcdSkipReason(): string | undefined {
 }
 
 /** True once a gRPC client (as the stores use) reads from this member alone: /health can answer a moment before. */
-async function answersGrpc(url: string): Promise<boolean> {
+export async function answersGrpc(url: string): Promise<boolean> {
   const client = new Etcd3({ hosts: [url], dialTimeout: 1000 });
   try {
     await client.get('health-probe').options({ deadline: Date.now() + 1000 }).exec();
