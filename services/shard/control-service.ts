@@ -48,7 +48,7 @@ export function shardControlServiceImpl(node: ShardNode, env: HandlerEnv): Shard
       refusal: node.refusal,
     })),
 
-    replicate: duplexStream(env, 'Replicate', 'server', (requests, _ctx, send) => serveReplicate(node, requests, send)),
+    replicate: duplexStream(env, 'Replicate', 'server', (requests, _ctx, send) => serveReplicate(node, requests, send, node.following.signal)),
 
     pushMap: unary(env, 'PushMap', 'server', async (req) => {
       await node.installMap(mapFromProto(req.map));

@@ -103,6 +103,8 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
   readonly rangeLogs: RangeLogs;
   /** The primary's side of replication (the follower's is replica-apply.ts, called by the control service). */
   replicator!: Replicator;
+  /** Aborted when the shard stops: the Replicate streams primaries keep open to it end (replica-apply.ts). */
+  readonly following = new AbortController();
   /** How long each primary this shard follows in sync has been silent (reported past the grace: a lease and a half). */
   readonly primarySilence: PrimarySilence;
 

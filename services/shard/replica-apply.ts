@@ -44,9 +44,23 @@ type Answer = Omit<ReplicateResponse, 'version' | 'logEndLsn' | 'logEndTerm'>;
 
 const accepted = (lsn: bigint, term: bigint): Answer => ({ outcome: 'ACCEPTED', lastLsn: lsn, lastTerm: term, message: '' });
 
-/** Serves one Replicate stream: answers each message in order. */
-export async function serveReplicate(host: ReplicaHost, requests: AsyncIterable<ReplicateRequest>, send: (res: ReplicateResponse) => Promise<void>): Promise<void> {
-  for await (const req of requests) await send(await answer(host, req));
+/**
+ * Serves one Replicate stream: answers each message in order. A primary's
+ * stream never ends by itself: `stop` (the shard is shutting down) ends it,
+ * so the shard's drain does not wait its whole grace for streams (defect:
+ * every replicated shard took its full shutdownGraceMs to stop).
+ */
+export async function serveReplicate(host: ReplicaHost, requests: AsyncIterable<ReplicateRequest>, send: (res: ReplicateResponse) => Promise<void>, stop?: AbortSignal): Promise<void> {
+  const messages = requests[Symbol.asyncIterator]();
+  const stopped = new Promise<'stopped'>((resolve) => {
+    if (stop?.aborted) resolve('stopped');
+    stop?.addEventListener('abort', () => resolve('stopped'), { once: true });
+  });
+  for (;;) {
+    const next = await Promise.race([messages.next(), stopped]);
+    if (next === 'stopped' || next.done) return;
+    await send(await answer(host, next.value));
+  }
 }
 
 /** Per range, one message at a time, whichever stream it came on (an old and a new primary may overlap). */

@@ -81,6 +81,7 @@ export async function startShardServer(opts: ShardServerOptions): Promise<Runnin
     },
     onStop: () => {
       abort.abort();
+      node.following.abort(); // a stopping shard is no follower to count on; its incoming streams end now
       stopWatchingDisk?.();
     },
     close: () => node.close(),
