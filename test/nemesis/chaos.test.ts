@@ -28,7 +28,7 @@ import { runChaos, type ChaosOptions, type ChaosResult } from './run.js';
 
 const DURATION_MS = Number(process.env.CAIRN_CHAOS_MS ?? 45_000);
 const REPLICATED_MS = Number(process.env.CAIRN_CHAOS_REPLICATED_MS ?? 55_000);
-const REPLICATED_KINDS = ['kill-shard', 'pause-shard', 'pause-long', 'lose-machine', 'kill-master', 'partition', 'partition-followers', 'rebalance'] as const;
+const REPLICATED_KINDS = ['kill-shard', 'pause-shard', 'pause-long', 'lose-machine', 'kill-master', 'partition', 'partition-followers'] as const;
 
 /**
  * Runs one bounded chaos run, prints its own report (visible in CI logs),
@@ -70,6 +70,8 @@ describe('nemesis', () => {
       // Every replicated fault kind ran (a drain only where some shard can take its copies: not always) (the partitions wherever namespaces can be made).
       const missing = REPLICATED_KINDS.filter((k) => (r.partitions.enabled || !k.startsWith('partition')) && !((r.faultsByKind[k] ?? 0) > 0));
       expect({ missing, skipped: r.skipped }).toEqual({ missing: [], skipped: r.skipped });
+      // Rebalances were asked for: on three shards holding every range there is often nothing to move (a skip).
+      expect((r.faultsByKind.rebalance ?? 0) + (r.skipped.rebalance ?? 0)).toBeGreaterThan(0);
       // The acknowledgements were placed in a (range, version): the two-primaries check judged them.
       expect(r.acks?.placed ?? 0).toBeGreaterThan(0);
     },
