@@ -105,6 +105,12 @@ interface Waiter {
 class PrimaryGroup {
   readonly links = new Map<string, FollowerLink>();
   readonly waiters: Waiter[] = [];
+  /**
+   * The last lsn numbered for a batch still on its way to disk (0 when none). LevelDB shows a batch to
+   * readers before its promise resolves here, so a read may return rows of an entry the log does not hold
+   * yet: what a read waits for is the numbered end, not the log's.
+   */
+  numberedLsn = 0n;
   /** Set once the range was split: its pieces this shard is the primary of, which take what this group still numbered. */
   splitInto: Array<{ group: PrimaryGroup; inPart: (op: RawOp) => boolean }> | undefined;
   /** Wakes links when entries were added or the configuration changed. */
@@ -339,7 +345,8 @@ export class Replicator {
       // The group that numbered it ended and none took over here: whether the followers have it is unknown.
       else this.assertServing(h, false);
     }
-    await Promise.all([...seen].map((g) => this.waitCommitted(g, g.log.lastLsn)));
+    // What a read returned may be of a batch still on its way to disk (numberedLsn): it waits for that too.
+    await Promise.all([...seen].map((g) => this.waitCommitted(g, g.numberedLsn > g.log.lastLsn ? g.numberedLsn : g.log.lastLsn)));
   }
 
   private waitCommitted(g: PrimaryGroup, lsn: bigint): Promise<void> {
@@ -382,6 +389,7 @@ export class Replicator {
     for (const [g, list] of per) {
       const entry: LogEntry = { lsn: g.log.lastLsn + 1n, term: g.state.version, ops: list, sync, bytes: opsBytes(list) };
       entries.push([g, entry]);
+      g.numberedLsn = entry.lsn;
       const after = g.log.position();
       if (after.terms.at(-1)?.[0] !== entry.term) after.terms.push([entry.term, entry.lsn]);
       ops.push(this.host.store.metaOp(positionKey(g.range), positionToJson({ ...after, lastLsn: entry.lsn, lastTerm: entry.term })));
@@ -389,10 +397,19 @@ export class Replicator {
     return {
       ops,
       written: (ok) => {
-        if (!ok) return;
+        for (const [g] of entries) g.numberedLsn = 0n;
+        if (!ok) {
+          // Nothing of the batch was written: a read that waited for its entries waits for nothing more.
+          for (const [g] of entries) {
+            for (const w of g.waiters) if (w.lsn > g.log.lastLsn) w.lsn = g.log.lastLsn;
+            g.settle();
+          }
+          return;
+        }
         for (const [g, entry] of entries) {
           g.log.append(entry);
           g.state.append(1, entry.term);
+          g.settle(); // alone in sync, it is committed now: a read waiting for it may answer
           g.signal();
           // Numbered by a range's group that was split meanwhile: each piece takes its part (splitGroups).
           for (const { group, inPart } of g.splitInto ?? []) {
