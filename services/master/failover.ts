@@ -96,24 +96,21 @@ export function planFailover(map: ClusterMap, view: FailoverView): { map: Cluste
     if (replicasOf(original).length < 2 && learnersOf(original).length === 0) continue;
     const range = { start: original.start, end: original.end };
     const current = (): MapRange => next.ranges.find((x) => x.start === range.start && x.end === range.end)!;
-    if (!view.isUp(original.shardId)) {
-      const candidates = inSyncOf(original)
-        .filter((s) => s !== original.shardId && view.isUp(s))
-        .map((shard) => ({ shard, inSync: true, lastLsn: view.positionOf(shard, range)?.lastLsn ?? 0n, lastTerm: view.positionOf(shard, range)?.lastTerm ?? 0n }));
-      const chosen = chooseNewPrimary(candidates);
-      if (chosen) take(promote(next, range, chosen), `${showRange(range)}: primary ${original.shardId} is down; ${chosen} promoted`);
-    } else {
-      // PacificA: every in-sync follower that is up has not heard from the primary for longer than its lease. The
-      // master still hears it, but it is cut off from its followers, and has stopped serving (its lease ran out):
-      // one of them takes over. One follower's complaint alone is its own link's trouble (its primary reports it
-      // overdue, and it leaves the in-sync set).
-      const followers = inSyncOf(original).filter((s) => s !== original.shardId && view.isUp(s));
-      const unheard = new Set(noted(view.primaryUnheard ?? [], original).map((n) => n.follower));
-      if (followers.length > 0 && followers.every((f) => unheard.has(f))) {
-        const candidates = followers.map((shard) => ({ shard, inSync: true, lastLsn: view.positionOf(shard, range)?.lastLsn ?? 0n, lastTerm: view.positionOf(shard, range)?.lastTerm ?? 0n }));
-        const chosen = chooseNewPrimary(candidates);
-        if (chosen) take(promote(next, range, chosen), `${showRange(range)}: no in-sync follower has heard primary ${original.shardId} for longer than its lease; ${chosen} promoted`);
-      }
+    // The in-sync followers that are up: only these may be promoted (they hold every acknowledged write).
+    const followers = inSyncOf(original).filter((s) => s !== original.shardId && view.isUp(s));
+    // PacificA: with the primary up, every such follower has not heard from it for longer than its lease. The
+    // master still hears it, but it is cut off from its followers and has stopped serving (its lease ran out):
+    // one of them takes over. One follower's complaint alone is its own link's trouble (its primary reports it
+    // overdue, and it leaves the in-sync set).
+    const unheard = new Set(noted(view.primaryUnheard ?? [], original).map((n) => n.follower));
+    const why = !view.isUp(original.shardId)
+      ? `primary ${original.shardId} is down`
+      : followers.length > 0 && followers.every((f) => unheard.has(f))
+        ? `no in-sync follower has heard primary ${original.shardId} for longer than its lease`
+        : undefined;
+    if (why) {
+      const chosen = chooseNewPrimary(followers.map((shard) => ({ shard, inSync: true, lastLsn: view.positionOf(shard, range)?.lastLsn ?? 0n, lastTerm: view.positionOf(shard, range)?.lastTerm ?? 0n })));
+      if (chosen) take(promote(next, range, chosen), `${showRange(range)}: ${why}; ${chosen} promoted`);
     }
     // What the primary reported of its followers holds only while it is the primary.
     const reporterLeads = () => current().shardId === original.shardId;

@@ -28,6 +28,7 @@ import { findRangeIndex, rangeKey, showRange, type HashRange } from '../common/r
 import { hashOfKey } from './keys.js';
 import { positionKey, positionToJson, projectEntry, strictlyContains, type LogEntry, type RangeLog, type RangeLogs } from './replica-log.js';
 import { PrimaryReplication } from './replication.js';
+import { maxLsn } from './replication-primary.js';
 import type { BatchOp, RawOp, ShardStore } from './store.js';
 import { opsBytes, toWireOps } from './transfer-wire.js';
 
@@ -316,6 +317,13 @@ export class Replicator {
     }
   }
 
+  /** The replicated range holding `hash` when no group here serves it (this shard is not, no longer or not yet its primary). */
+  private replicatedWithoutGroup(hash: bigint): MapRange | undefined {
+    if (this.groupOfHash(hash)) return undefined;
+    const r = this.host.map.ranges[findRangeIndex(this.host.map.ranges, hash)];
+    return r && groupOf(r) ? r : undefined;
+  }
+
   /**
    * Throws UNAVAILABLE unless the range of `hash` may be served here now: a
    * replicated range needs its lease (every in-sync follower answered lately)
@@ -324,8 +332,8 @@ export class Replicator {
   assertServing(hash: bigint, write: boolean): void {
     const g = this.groupOfHash(hash);
     if (!g) {
-      const r = this.host.map.ranges[findRangeIndex(this.host.map.ranges, hash)];
-      if (r && groupOf(r)) throw new CairnError('NOT_READY', `range ${showRange(r)} is not ready to serve on shard ${this.host.nodeId} yet; retry`, { retryAfterMs: 100 });
+      const r = this.replicatedWithoutGroup(hash);
+      if (r) throw new CairnError('NOT_READY', `range ${showRange(r)} is not ready to serve on shard ${this.host.nodeId} yet; retry`, { retryAfterMs: 100 });
       return;
     }
     const problem = g.problem(Date.now(), write);
@@ -346,7 +354,7 @@ export class Replicator {
       else this.assertServing(h, false);
     }
     // What a read returned may be of a batch still on its way to disk (numberedLsn): it waits for that too.
-    await Promise.all([...seen].map((g) => this.waitCommitted(g, g.numberedLsn > g.log.lastLsn ? g.numberedLsn : g.log.lastLsn)));
+    await Promise.all([...seen].map((g) => this.waitCommitted(g, maxLsn(g.numberedLsn, g.log.lastLsn))));
   }
 
   private waitCommitted(g: PrimaryGroup, lsn: bigint): Promise<void> {
@@ -362,16 +370,13 @@ export class Replicator {
 
   /** A write to a replicated range is numbered by its group here, or not written at all. */
   private refusal(raw: RawOp[]): CairnError | undefined {
-    const map = this.host.map;
     for (const op of raw) {
-      const hash = hashOfKey(op.key);
-      const r = map.ranges[findRangeIndex(map.ranges, hash)];
-      if (r && groupOf(r) && !this.groupOfHash(hash)) {
-        return new CairnError('NOT_READY', `range ${showRange(r)} is not served by shard ${this.host.nodeId} now (map epoch ${map.epoch}, primary ${r.shardId}); retry`, { retryAfterMs: 100 });
-      }
+      const r = this.replicatedWithoutGroup(hashOfKey(op.key));
+      if (r) return new CairnError('NOT_READY', `range ${showRange(r)} is not served by shard ${this.host.nodeId} now (map epoch ${this.host.map.epoch}, primary ${r.shardId}); retry`, { retryAfterMs: 100 });
     }
     return undefined;
   }
+
 
   private sequence(raw: RawOp[], sync: boolean): { ops: BatchOp[]; written(ok: boolean): void } | undefined {
     if (this.groups.size === 0) return undefined;
