@@ -96,6 +96,8 @@ interface FollowerTrack {
   answeredAt: number | undefined;
   /** When it became a member of this primary's group (its silence is counted from here). */
   since: number;
+  /** Where its log is first probed, position unknown: this primary's log end when it joined. */
+  probeFrom: bigint;
 }
 
 export class PrimaryReplication {
@@ -215,6 +217,22 @@ export class PrimaryReplication {
     t.sentUpTo = maxLsn(t.sentUpTo, t.acked);
     while (t.unacked.length > 0 && t.unacked[0]!.toLsn <= t.acked) t.unacked.shift();
     return this.recommit();
+  }
+
+  /**
+   * A new stream to the follower: what the last one sent and never heard back
+   * about may be lost, so the next batch starts after what it acknowledged,
+   * or, its position still unknown, probes its log where this primary first
+   * did (its own log's end when it took the follower on). Defect: this once
+   * rewound an unknown follower to lsn 1, which a log that no longer holds
+   * lsn 1 (after a restart, or built by a snapshot) can give only by a
+   * snapshot, so a new primary had every in-sync follower taken out of sync.
+   * Unacknowledged sends stay counted for `overdue`.
+   */
+  reconnected(follower: ShardId): void {
+    const t = this.followers.get(follower);
+    if (t === undefined) return;
+    t.sentUpTo = t.acked ?? minLsn(t.sentUpTo, t.probeFrom);
   }
 
   /** A follower refused a batch (gap or conflicting term): resend from its expectLsn. */
@@ -367,7 +385,7 @@ export class PrimaryReplication {
     for (const id of all) {
       const role = c.inSync.includes(id) ? 'in-sync' : 'learner';
       const kept = old.get(id);
-      this.followers.set(id, kept ? { ...kept, role, joining: false } : { role, joining: false, acked: undefined, sentUpTo: this.lastLsn_, unacked: [], answeredAt: undefined, since: now });
+      this.followers.set(id, kept ? { ...kept, role, joining: false } : { role, joining: false, acked: undefined, sentUpTo: this.lastLsn_, unacked: [], answeredAt: undefined, since: now, probeFrom: this.lastLsn_ });
     }
     return undefined;
   }

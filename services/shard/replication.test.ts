@@ -118,6 +118,24 @@ describe('PrimaryReplication', () => {
     expect(p.nextSend('b', 1, 0)).toBeUndefined();
   });
 
+  it('on a new stream, resends after what a follower acknowledged, and probes an unknown one where it first did, never from lsn 1', () => {
+    // A primary whose log starts at 40 (a restarted shard, or one built by a snapshot): lsn 1 is not in it.
+    const p = primary({ lastLsn: 40n, lastTerm: 1n, termAt: (lsn) => (lsn >= 40n ? 1n : undefined) });
+    p.append(5);
+    expect(p.nextSend('b', 10, 0)).toMatchObject({ prevLsn: 40n, fromLsn: 41n, toLsn: 45n });
+    p.reconnected('b');
+    expect(p.nextSend('b', 10, 0)).toMatchObject({ prevLsn: 40n, prevTerm: 1n, fromLsn: 41n });
+    expect(p.catchUpPlan('b', 40n)).toBe('log');
+    // Its log turned out shorter: the probe went back to its end, and a new stream keeps it there.
+    p.onReject('b', { version: 1n, expectLsn: 38n }, 0);
+    p.reconnected('b');
+    expect(p.nextSend('b', 10, 0)).toMatchObject({ prevLsn: 37n, fromLsn: 38n });
+    p.onAck('c', { version: 1n, matchLsn: 43n }, 0);
+    p.nextSend('c', 10, 0);
+    p.reconnected('c');
+    expect(p.nextSend('c', 10, 0)).toMatchObject({ prevLsn: 43n, fromLsn: 44n, toLsn: 45n });
+  });
+
   it('holds no lease until every in-sync follower answered, and loses it after leaseMs without ONE of them', () => {
     const p = primary();
     expect(p.leaseHolds(0)).toBe(false);

@@ -556,9 +556,8 @@ class FollowerLink {
     stream.on('error', () => undefined);
     this.stream = stream;
     const answers = stream[Symbol.asyncIterator]() as AsyncIterator<ReplicateResponse>;
-    // What the last stream sent and never heard back about may be lost: send again from after what the
-    // follower acknowledged (a rewind, not an answer: sentAt 0 renews no lease).
-    this.g.state.onReject(this.follower, { version: this.g.state.version, expectLsn: 1n, sentAt: 0 }, Date.now());
+    // What the last stream sent and never heard back about may be lost: send again after what the follower acknowledged.
+    this.g.state.reconnected(this.follower);
     const ask = async (req: Partial<ReplicateRequest>): Promise<ReplicateResponse> => {
       const g = this.g;
       stream.write({
