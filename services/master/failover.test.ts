@@ -49,6 +49,19 @@ describe('planFailover', () => {
     expect(out?.map.ranges[0]!.shardId ?? 's1').toBe('s1');
   });
 
+  it('keeps a down follower in sync while its primary is down too, so whichever comes back first can take the range', () => {
+    // Every shard down at once (a power loss): taking the followers out of sync would leave the range to its primary alone.
+    const map = cluster();
+    expect(planFailover(map, view({ down: ['s1', 's2', 's3'] }))).toBeUndefined();
+    // A primary and one follower down: the other follower is promoted and the down one leaves the in-sync set.
+    const out = planFailover(map, view({ down: ['s1', 's2'], positions: { s3: 5n } }))!;
+    expect(out.map.ranges[0]!.shardId).toBe('s3');
+    expect(inSyncOf(out.map.ranges[0]!)).toEqual(['s3']);
+    // A follower back before its primary is promoted: it was kept in sync.
+    const back = planFailover(map, view({ down: ['s1', 's3'], positions: { s2: 5n } }))!;
+    expect(back.map.ranges[0]!.shardId).toBe('s2');
+  });
+
   it('promotes a follower when every in-sync follower that is up has not heard from the primary, though the master hears it', () => {
     const map = cluster(); // range 0 at version 1: s1 primary, s2 and s3 followers
     const r = map.ranges[0]!;

@@ -13,7 +13,8 @@
  *   What the replaced primary reported of its followers no longer counts.
  * - an in-sync follower is down, or its primary reported it overdue at the
  *   range's current version: it leaves the in-sync set, so writes go on
- *   without it (and it catches up when it is back);
+ *   without it (and it catches up when it is back); not while its primary is
+ *   down too, which acknowledges nothing (the follower stays promotable);
  * - a follower out of sync (or a learner) that its primary reports caught up
  *   at the current version rejoins the in-sync set.
  * - re-replication: a range with fewer usable copies than min(factor,
@@ -114,8 +115,11 @@ export function planFailover(map: ClusterMap, view: FailoverView): { map: Cluste
     }
     // What the primary reported of its followers holds only while it is the primary.
     const reporterLeads = () => current().shardId === original.shardId;
+    // A follower leaves the in-sync set so that its primary may acknowledge writes without it. A primary that
+    // is down acknowledges nothing, and a follower out of sync can never be promoted: with the primary down too
+    // (every shard of a range lost power), the follower stays, and whichever member comes back first takes over.
     for (const f of inSyncOf(current())) {
-      if (f === current().shardId) continue;
+      if (f === current().shardId || !view.isUp(current().shardId)) continue;
       if (!view.isUp(f)) take(removeFromInSync(next, range, f), `${showRange(range)}: follower ${f} is down; out of the in-sync set`);
     }
     for (const n of noted(view.overdue, original)) {
