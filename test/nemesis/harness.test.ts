@@ -10,6 +10,7 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { FaultDeck } from './nemesis.js';
 import { parseDuration } from './run.js';
 
 describe('chaos CLI', () => {
@@ -20,6 +21,22 @@ describe('chaos CLI', () => {
     expect(parseDuration('1500ms')).toBe(1500);
     expect(parseDuration('45')).toBe(45_000);
     expect(() => parseDuration('ten minutes')).toThrow(/--duration/);
+  });
+
+  it('deals every fault kind once first, then by weight; a fault put back never stalls the deck', () => {
+    let seed = 7;
+    const random = () => ((seed = (seed * 16807) % 2147483647) / 2147483647);
+    const deck = new FaultDeck<string>([['a', 1], ['b', 2], ['lose', 2]], random);
+    expect([deck.draw(), deck.draw(), deck.draw()].sort()).toEqual(['a', 'b', 'lose']);
+    // Whatever the order, a kind that keeps being put back (a machine loss that must wait) lets the others through.
+    const drawn: string[] = [];
+    for (let i = 0; i < 30; i++) {
+      const k = deck.draw();
+      drawn.push(k);
+      if (k === 'lose') deck.putBack(k);
+    }
+    expect(drawn.filter((k) => k === 'a').length).toBeGreaterThanOrEqual(5);
+    expect(drawn.filter((k) => k === 'b').length).toBeGreaterThanOrEqual(10);
   });
 
   it('exits 1 and saves the smallest offending history when a client writes behind the clock', async () => {

@@ -64,6 +64,44 @@ export interface NemesisOptions {
   replication?: { factor: number; leaseMs: number; replicaDownTimeoutMs?: number };
 }
 
+/**
+ * The order of faults: shuffled decks. The first deck holds each kind once,
+ * so even a short run injects every kind early; later decks hold each kind
+ * as many times as its weight.
+ */
+export class FaultDeck<K> {
+  private cards: K[] = [];
+  private dealt = 0;
+
+  constructor(
+    private readonly kinds: ReadonlyArray<readonly [K, number]>,
+    private readonly random: () => number,
+  ) {}
+
+  draw(): K {
+    if (this.cards.length === 0) {
+      this.cards = this.kinds.flatMap(([k, w]) => Array.from({ length: this.dealt === 0 ? 1 : w }, () => k));
+      this.dealt++;
+      for (let i = this.cards.length - 1; i > 0; i--) {
+        const j = Math.floor(this.random() * (i + 1));
+        [this.cards[i], this.cards[j]] = [this.cards[j]!, this.cards[i]!];
+      }
+    }
+    return this.cards.pop()!;
+  }
+
+  /**
+   * A fault that could not be made now goes back under the cards still in
+   * the deck, so a short run still gets it, but only under another kind:
+   * with nothing else left it would be drawn forever (defect: from one
+   * 10-minute run's 4th minute on, every fault was a skipped lose-machine).
+   * The next deck holds it again.
+   */
+  putBack(kind: K): void {
+    if (this.cards.some((k) => k !== kind)) this.cards.unshift(kind);
+  }
+}
+
 const IN_FLIGHT = new Set(['copying', 'catching_up', 'fenced']);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -89,6 +127,7 @@ export class Nemesis {
       else if ((k === 'partition' || k === 'partition-followers') && !o.net) this.leftOut.set(k, 'no network namespaces');
     }
     this.kinds = FAULT_KINDS.filter((k) => !this.leftOut.has(k) && (o.replication || !REPLICATED_KINDS.includes(k))).map((k) => [k, weights[k]]);
+    this.deck = new FaultDeck(this.kinds, this.random);
   }
 
   counts(): Record<string, number> {
@@ -129,32 +168,14 @@ export class Nemesis {
     this.log(`skip ${kind}: ${why}`);
   }
 
-  private deck: FaultKind[] = [];
-  private dealt = 0;
-
-  /**
-   * The next fault, from a shuffled deck: the first deck holds each kind
-   * once, so even a short run injects every kind early; later decks hold
-   * each kind as many times as its weight.
-   */
-  private draw(): FaultKind {
-    if (this.deck.length === 0) {
-      this.deck = this.kinds.flatMap(([k, w]) => Array.from({ length: this.dealt === 0 ? 1 : w }, () => k));
-      this.dealt++;
-      for (let i = this.deck.length - 1; i > 0; i--) {
-        const j = Math.floor(this.random() * (i + 1));
-        [this.deck[i], this.deck[j]] = [this.deck[j]!, this.deck[i]!];
-      }
-    }
-    return this.deck.pop()!;
-  }
+  private readonly deck: FaultDeck<FaultKind>;
 
   private async run(): Promise<void> {
     const [lo, hi] = this.o.intervalMs ?? [1000, 3000];
     while (!this.stopping) {
       await sleep(this.between(lo, hi));
       if (this.stopping) break;
-      const kind = this.draw();
+      const kind = this.deck.draw();
       try {
         await this.inject(kind);
       } catch (err) {
@@ -364,18 +385,18 @@ export class Nemesis {
         return;
       }
       case 'lose-machine': {
-        // One machine lost at a time: wait (up to 20 s) for every copy lost before to be rebuilt.
-        const until = Date.now() + 20_000;
-        let full = false;
-        while (!this.stopping && !(full = await this.fullyReplicated().catch(() => false)) && Date.now() < until) await sleep(500);
-        if (!full) {
-          this.skip(kind, 'a range is still missing a copy, or has fewer than 2 in-sync, after 20 s (one machine lost at a time); tried again later');
-          // Back into the deck, after the kinds still in it: a short run still loses a machine.
-          this.deck.unshift(kind);
-          return;
-        }
         const { node, why } = await this.target();
         const id = await this.idOf(node);
+        // One machine lost at a time: wait (up to 20 s) for every copy lost before to be rebuilt, and kill at
+        // once when it is (the in-sync sets keep changing under the other faults).
+        const until = Date.now() + 20_000;
+        let full = false;
+        while (!this.stopping && !(full = await this.fullyReplicated().catch(() => false)) && Date.now() < until) await sleep(250);
+        if (!full) {
+          this.skip(kind, 'a range is still missing a copy, or has fewer than 2 in-sync, after 20 s (one machine lost at a time); tried again later');
+          this.deck.putBack(kind);
+          return;
+        }
         await c.kill(node);
         await rm(node.dataDir, { recursive: true, force: true });
         c.shards.splice(c.shards.indexOf(node), 1);

@@ -230,7 +230,9 @@ export async function checkReplicated(admin: CairnClient, want: number, timeoutM
   const until = Date.now() + timeoutMs;
   for (;;) {
     const ranges = await admin.getRanges({ timeoutMs: 15_000 }).catch(() => undefined);
-    const short = ranges?.filter((r) => r.inSync.length < want || r.learners.length > 0);
+    // Copies on a lost machine (listed until the master replaces them) do not count, nor does a primary there.
+    const up = new Set((await admin.listServers({ timeoutMs: 15_000 }).catch(() => [])).filter((s) => s.status === 'up').map((s) => s.id));
+    const short = ranges?.filter((r) => !up.has(r.shardId) || r.inSync.filter((id) => up.has(id)).length < want || r.learners.length > 0);
     if (short && short.length === 0) return [];
     if (Date.now() > until) {
       const what = short ? short.map((r) => `[${r.start}, ${r.end}) v${r.version} primary ${r.shardId} replicas ${r.replicas.join(',')} in-sync ${r.inSync.join(',')} learners ${r.learners.join(',') || '-'}`).join('; ') : 'GetRanges failed';

@@ -226,8 +226,12 @@ export async function checkHistory(master: string, rec: HistoryRecorder, readerI
       for (const op of await runBatch(reader, rec, readerId, part, 'get', undefined, { timeoutMs })) {
         if (op.outcome !== 'ok') anomalies.push({ kind: 'other', key: op.key, message: `final read of ${op.key} failed: ${op.error}` });
       }
-      const all = await reader.getRows(part, { columns: [COLUMN], allVersions: true, timeoutMs });
-      for (const k of part) versions.set(k, (all.get(k) ?? []).map((c) => ({ value: c.value.toString('utf8'), timestampUs: c.timestampUs })));
+      // A failed read leaves its keys out: checkFinal reports each as not read.
+      const all = await reader.getRows(part, { columns: [COLUMN], allVersions: true, timeoutMs }).catch((err: Error) => {
+        anomalies.push({ kind: 'other', message: `final read of every version of ${part.join(', ')} failed: ${err.message}` });
+        return undefined;
+      });
+      if (all) for (const k of part) versions.set(k, (all.get(k) ?? []).map((c) => ({ value: c.value.toString('utf8'), timestampUs: c.timestampUs })));
     }
   } finally {
     reader.close();
