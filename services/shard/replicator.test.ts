@@ -135,6 +135,29 @@ describe('Replicator', () => {
     expect(await readerSawLog).toBe(before + 1n);
   });
 
+  it('a read of a piece of a range split meanwhile waits for a batch the whole range numbered, still on its way to disk', async () => {
+    // The same window at a split: the pieces take the whole range's batch only once it is written, so a read
+    // that found a piece's group waited for that piece's log alone and could answer with the write unreplicated.
+    const { store, replicator, host, afterNumbering } = await primary();
+    await install(host, replicator, mapOf(1n, range({})));
+    await write(store, 'first');
+    await replicator.committed([rowHash('first')]);
+    const before = (await host.rangeLogs.get({ start: 0n, end: HASH_SPACE_END })).lastLsn;
+    const mid = HASH_SPACE_END / 2n;
+    const hash = rowHash('second');
+    const piece = hash < mid ? { start: 0n, end: mid } : { start: mid, end: HASH_SPACE_END };
+    const split: ClusterMap = { ...mapOf(2n, range({})), ranges: [range({ end: mid }), range({ start: mid })] };
+    let readerSawLog: Promise<bigint> | undefined;
+    afterNumbering.run = () => {
+      host.map = split;
+      void replicator.onMap(split); // splits the group before its first await
+      const pieceLog = host.rangeLogs.get(piece);
+      readerSawLog = replicator.committed([hash]).then(async () => (await pieceLog).lastLsn);
+    };
+    await write(store, 'second');
+    expect(await readerSawLog).toBe(before + 1n);
+  });
+
   it('starts a new group after every write an ended group numbered, so its lsns are its log’s', async () => {
     // Defect: a group ended (primacy went and came back) while a batch it had numbered was on its way to disk;
     // the new group started from the log before that batch, its numbering fell behind the log's, and what it

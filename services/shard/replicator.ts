@@ -301,6 +301,8 @@ export class Replicator {
           termAt: (lsn) => log.termAt(lsn),
         });
         const child = new PrimaryGroup(r, log, state, 0);
+        // A batch the whole range numbered is still on its way to disk: a read of the piece waits for it too.
+        child.numberedLsn = whole.numberedLsn;
         this.host.rangeLogs.put(r, log);
         this.groups.set(rangeKey(r), child);
         children.push(child);
@@ -402,12 +404,15 @@ export class Replicator {
     return {
       ops,
       written: (ok) => {
-        for (const [g] of entries) g.numberedLsn = 0n;
+        const pieces = (g: PrimaryGroup) => (g.splitInto ?? []).map((p) => p.group);
+        for (const [g] of entries) for (const x of [g, ...pieces(g)]) x.numberedLsn = 0n;
         if (!ok) {
           // Nothing of the batch was written: a read that waited for its entries waits for nothing more.
           for (const [g] of entries) {
-            for (const w of g.waiters) if (w.lsn > g.log.lastLsn) w.lsn = g.log.lastLsn;
-            g.settle();
+            for (const x of [g, ...pieces(g)]) {
+              for (const w of x.waiters) if (w.lsn > x.log.lastLsn) w.lsn = x.log.lastLsn;
+              x.settle();
+            }
           }
           return;
         }
@@ -420,6 +425,7 @@ export class Replicator {
           for (const { group, inPart } of g.splitInto ?? []) {
             group.log.append(projectEntry(entry, inPart));
             group.state.append(1, entry.term);
+            group.settle();
             group.signal();
           }
         }
