@@ -15,7 +15,7 @@ import { HASH_SPACE_END, rowHash } from '../common/hash.js';
 import type { ClusterMap, MapRange } from '../common/map.js';
 import { quietLogger } from '../../test/harness/inproc.js';
 import { positionFromJson, RangeLogs } from './replica-log.js';
-import { Replicator, type ReplicatorHost } from './replicator.js';
+import { Replicator, WorkSignal, type ReplicatorHost } from './replicator.js';
 import { ShardStore, type Sequencer } from './store.js';
 
 const dirs: string[] = [];
@@ -180,5 +180,22 @@ describe('Replicator', () => {
       new Promise((res) => setTimeout(() => res('still waiting'), 3000).unref()),
     ]);
     expect(done).toBe('committed');
+  });
+});
+
+describe('WorkSignal', () => {
+  it('a link waiting for work wakes at once for what was signalled while it was sending', async () => {
+    // Defect: a write signalled while a heartbeat was in flight woke nobody; the link then waited its whole interval.
+    const work = new WorkSignal();
+    const seen = work.seen; // noted before the send
+    work.signal(); // a write lands while the send is in flight
+    const first = await Promise.race([work.wait(60_000, seen).then(() => 'woken'), new Promise((r) => setTimeout(() => r('asleep'), 200).unref())]);
+    expect(first).toBe('woken');
+    // Nothing new since: it waits, until the next signal.
+    const waiting = work.wait(60_000, work.seen).then(() => 'woken');
+    const before = await Promise.race([waiting, new Promise((r) => setTimeout(() => r('asleep'), 50).unref())]);
+    expect(before).toBe('asleep');
+    work.signal();
+    expect(await waiting).toBe('woken');
   });
 });
