@@ -63,8 +63,13 @@ export class EtcdCluster {
     readonly members: EtcdMember[],
   ) {}
 
-  /** Starts `size` members as one new cluster and waits until each answers /health. */
-  static async start(size = 1): Promise<EtcdCluster> {
+  /**
+   * Starts `size` members as one new cluster and waits until each answers
+   * /health. `host`: the address they listen on (default 127.0.0.1; the
+   * nemesis gives its network lab's, which processes in other namespaces reach).
+   */
+  static async start(size = 1, o: { host?: string } = {}): Promise<EtcdCluster> {
+    const host = o.host ?? '127.0.0.1';
     const missing = etcdMissing();
     if (missing) throw new Error(missing);
     // A member that exits at once lost a port to another process between our pick and its bind (seen on a busy
@@ -74,8 +79,8 @@ export class EtcdCluster {
       const ports = await freePorts(2 * size);
       const members: EtcdMember[] = Array.from({ length: size }, (_, i) => ({
         name: `etcd${i}`,
-        clientUrl: `http://127.0.0.1:${ports[2 * i]}`,
-        peerUrl: `http://127.0.0.1:${ports[2 * i + 1]}`,
+        clientUrl: `http://${host}:${ports[2 * i]}`,
+        peerUrl: `http://${host}:${ports[2 * i + 1]}`,
         dataDir: join(dir, `etcd${i}`),
         paused: false,
       }));

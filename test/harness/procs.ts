@@ -17,7 +17,8 @@ import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import { launchCairn } from '../../cli/launch.js';
 import { hashPassword } from '../../services/common/auth.js';
-import { waitReady, type Cluster } from './cluster.js';
+import { checkHealth } from '../../services/common/health.js';
+import { waitReady, waitUntil, type Cluster } from './cluster.js';
 import { TEST_CREDENTIAL, USERS, type TestUser } from './inproc.js';
 import type { NetnsLab } from '../nemesis/netns.js';
 
@@ -78,10 +79,19 @@ export interface ProcessClusterOptions {
   net?: NetnsLab;
   /** How long a start waits for "listening", ms. */
   readyTimeoutMs?: number;
+  /**
+   * The master's state in etcd (metaStore etcd) rather than in its dataDir:
+   * `masters` processes then run against it, one leading and the others
+   * standing by, and every shard and client is given all their addresses.
+   */
+  etcd?: { endpoints: string[]; prefix?: string; leaseSeconds?: number; masters?: number };
 }
 
 export class ProcessCluster implements Cluster<Server> {
+  /** The first master (with etcd, the one started first; any of `masters` may lead later). */
   readonly master: Server;
+  /** Every master: the first alone, unless the state is in etcd (options.etcd.masters). */
+  readonly masters: Server[];
   readonly shards: Server[] = [];
   readonly credFile: string;
   readonly masterYaml: string;
@@ -97,15 +107,32 @@ export class ProcessCluster implements Cluster<Server> {
     this.credFile = join(dir, 'credential');
     this.masterYaml = join(dir, 'master.yaml');
     this.env = { CAIRN_CONFIG: '', ...o.env };
-    this.master = { name: 'master', role: 'master', ip: '127.0.0.1', port: 0, address: '', dataDir: join(dir, 'master'), args: [], paused: false, starts: 0 };
+    const count = o.etcd ? (o.etcd.masters ?? 2) : 1;
+    this.masters = Array.from({ length: count }, (_, i) => {
+      const name = i === 0 ? 'master' : `master${i + 1}`;
+      return { name, role: 'master' as const, ip: '127.0.0.1', port: 0, address: '', dataDir: join(dir, name), args: [], paused: false, starts: 0 };
+    });
+    this.master = this.masters[0]!;
   }
 
+  /** The master's address, or with several masters their list (a,b), as shards and clients take it. */
   get masterAddress(): string {
-    return this.master.address;
+    return this.masters.map((m) => m.address).join(',');
   }
 
   get all(): Server[] {
-    return [this.master, ...this.shards];
+    return [...this.masters, ...this.shards];
+  }
+
+  /** The master that leads now (its Admin service is SERVING; a standby's is not), if one answers. */
+  async leader(): Promise<Server | undefined> {
+    if (this.masters.length === 1) return this.master;
+    for (const m of this.masters) {
+      if (!this.isRunning(m) || m.paused) continue;
+      const admin = await checkHealth(m.address, { service: 'cairn.v1.AdminService', timeoutMs: 1000 }).catch(() => '');
+      if (admin === 'SERVING') return m;
+    }
+    return undefined;
   }
 
   /** Starts the master and the shards (not waiting for a map: see waitReady). */
@@ -126,14 +153,24 @@ export class ProcessCluster implements Cluster<Server> {
         shardDownAfterMs: 2000,
         // Tests written for one copy keep it (issue 13); a test of replication passes --replication-factor.
         replicationFactor: 1,
+        ...(o.etcd
+          ? { metaStore: 'etcd', etcdEndpoints: o.etcd.endpoints, etcdPrefix: o.etcd.prefix ?? `/cairn-${Date.now().toString(36)}`, etcdLeaseSeconds: o.etcd.leaseSeconds ?? 2 }
+          : {}),
         clients: [...USERS, ...(o.extraUsers ?? [])].map((u) => ({ user: u.user, passwordHash: hashPassword(u.password), role: u.role })),
       }),
     );
-    if (o.net) c.master.ip = (await o.net.addNode('master')).ip;
-    c.master.args = ['master', '--config', c.masterYaml, '--listen', `${c.master.ip}:0`, ...(o.masterArgs ?? [])];
-    c.master.nextEnv = o.firstEnv?.master;
+    for (const m of c.masters) {
+      if (o.net) m.ip = (await o.net.addNode(m.name)).ip;
+      m.args = ['master', '--config', c.masterYaml, '--listen', `${m.ip}:0`, '--data-dir', m.dataDir, ...(o.masterArgs ?? [])];
+      m.nextEnv = o.firstEnv?.[m.name];
+    }
     try {
+      // The first leads (the others start once it does, as standbys); shards get every address.
       await c.launch(c.master);
+      if (c.masters.length > 1) {
+        await waitUntil(async () => (await c.leader()) === c.master, 30_000, 'the first master to lead');
+        for (const m of c.masters.slice(1)) await c.launch(m);
+      }
       // Settle every start before judging, so a failure leaves nothing running behind.
       const started = await Promise.allSettled(Array.from({ length: n }, () => c.addShard()));
       const failed = started.find((x) => x.status === 'rejected');
@@ -280,7 +317,7 @@ export class ProcessCluster implements Cluster<Server> {
   async stopAll(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     for (const s of this.all) this.resume(s);
     await Promise.all(this.shards.map((s) => this.stop(s, signal)));
-    await this.stop(this.master, signal);
+    await Promise.all(this.masters.map((m) => this.stop(m, signal)));
   }
 
   /** Kills everything, and removes the run directory when the cluster made it. */

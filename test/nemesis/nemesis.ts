@@ -6,7 +6,8 @@
  *   after the clients' deadlines have passed, so writes end unknown and the
  *   ones in the socket land late);
  * - partition: cut a shard off from the master, both ways (netns.ts), then heal;
- * - kill-master: SIGKILL the master while a move is in flight, restart it;
+ * - kill-master: SIGKILL the master while a move is in flight, restart it
+ *   (with standby masters on etcd, the leader: a standby takes over);
  * - rebalance / drain: start one (StartRebalance / DropServer) at random.
  *
  * With replication (`replication`), rebalances and drains move replicas
@@ -22,6 +23,9 @@
  * - partition (replicated): cut the primary of a range off from the master;
  * - partition-followers: cut the primary of a range off from its followers
  *   (one or all of them, and the learner a copy is being rebuilt on).
+ * With standby masters (`standby`), partitions and kill-master aim at the
+ * leader, and one more:
+ * - pause-master: SIGSTOP the leader past its etcd lease, then SIGCONT.
  * On a replicated cluster a "move" is a copy being made (a range with a
  * learner: a rebuild, or a rebalance's or drain's copy): half the shard faults
  * hit the primary (the source) or the learner (the destination) of one when
@@ -37,9 +41,11 @@ import type { MoveInfo } from '../../proto/gen/cairn/v1/admin.js';
 import type { ProcessCluster, Server } from '../harness/procs.js';
 import type { NetnsLab } from './netns.js';
 
-export const FAULT_KINDS = ['kill-shard', 'pause-shard', 'partition', 'kill-master', 'rebalance', 'drain', 'lose-machine', 'pause-long', 'partition-followers'] as const;
+export const FAULT_KINDS = ['kill-shard', 'pause-shard', 'partition', 'kill-master', 'rebalance', 'drain', 'lose-machine', 'pause-long', 'partition-followers', 'pause-master'] as const;
 /** Kinds only a replicated cluster gets. */
 export const REPLICATED_KINDS: readonly FaultKind[] = ['lose-machine', 'pause-long', 'partition-followers'];
+/** Kinds only a cluster with standby masters (state in etcd) gets. */
+export const STANDBY_KINDS: readonly FaultKind[] = ['pause-master'];
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 export interface FaultRecord {
@@ -62,6 +68,8 @@ export interface NemesisOptions {
   disable?: FaultKind[];
   /** A replicated cluster: the replicated fault kinds, without rebalance and drain. */
   replication?: { factor: number; leaseMs: number; replicaDownTimeoutMs?: number };
+  /** Standby masters on etcd: kill-master and partitions aim at the leader, and pause-master pauses it past its etcd lease. */
+  standby?: { leaseMs: number };
 }
 
 /**
@@ -121,12 +129,12 @@ export class Nemesis {
 
   constructor(private readonly o: NemesisOptions) {
     this.random = o.random ?? Math.random;
-    const weights: Record<FaultKind, number> = { 'kill-shard': 2, 'pause-shard': 2, partition: 2, 'kill-master': 2, rebalance: 1, drain: 1, 'lose-machine': 2, 'pause-long': 2, 'partition-followers': 2 };
+    const weights: Record<FaultKind, number> = { 'kill-shard': 2, 'pause-shard': 2, partition: 2, 'kill-master': 2, rebalance: 1, drain: 1, 'lose-machine': 2, 'pause-long': 2, 'partition-followers': 2, 'pause-master': 2 };
     for (const k of FAULT_KINDS) {
       if ((o.disable ?? []).includes(k)) this.leftOut.set(k, 'disabled');
       else if ((k === 'partition' || k === 'partition-followers') && !o.net) this.leftOut.set(k, 'no network namespaces');
     }
-    this.kinds = FAULT_KINDS.filter((k) => !this.leftOut.has(k) && (o.replication || !REPLICATED_KINDS.includes(k))).map((k) => [k, weights[k]]);
+    this.kinds = FAULT_KINDS.filter((k) => !this.leftOut.has(k) && (o.replication || !REPLICATED_KINDS.includes(k)) && (o.standby || !STANDBY_KINDS.includes(k))).map((k) => [k, weights[k]]);
     this.deck = new FaultDeck(this.kinds, this.random);
   }
 
@@ -338,6 +346,10 @@ export class Nemesis {
     return { node, why: 'no move' };
   }
 
+  private leaderName(m: Server): string {
+    return this.o.standby ? `the leading master (${m.name})` : 'the master';
+  }
+
   // -------------------------------------------------------------------------
   // Faults
 
@@ -368,20 +380,34 @@ export class Nemesis {
       case 'partition': {
         const { node, why } = this.o.replication ? ((await this.primary()) ?? (await this.target())) : await this.target();
         const id = await this.idOf(node);
+        const master = (await c.leader()) ?? c.master;
         const hold = this.between(1000, 5000);
-        await this.o.net!.partition(node.name, 'master');
-        this.record(kind, `${node.name} (${id}, ${why}) cut off from the master for ${(hold / 1000).toFixed(1)}s`);
+        await this.o.net!.partition(node.name, master.name);
+        this.record(kind, `${node.name} (${id}, ${why}) cut off from ${this.leaderName(master)} for ${(hold / 1000).toFixed(1)}s`);
         await sleep(hold);
-        await this.o.net!.heal(node.name, 'master');
+        await this.o.net!.heal(node.name, master.name);
         return;
       }
       case 'kill-master': {
         const mv = await this.moveInFlight(5000).catch(() => undefined);
+        const master = (await c.leader()) ?? c.master;
         const down = this.between(200, 1500);
-        await c.kill(c.master);
-        this.record(kind, `${mv ? `during ${mv.id} ${mv.from}→${mv.to} (${mv.state})` : 'no move in flight'}, down ${(down / 1000).toFixed(1)}s`);
+        await c.kill(master);
+        this.record(kind, `${this.leaderName(master)} killed ${mv ? `during ${mv.id} ${mv.from}→${mv.to} (${mv.state})` : 'with no move in flight'}, down ${(down / 1000).toFixed(1)}s`);
         await sleep(down);
-        await c.restart(c.master);
+        await c.restart(master);
+        return;
+      }
+      case 'pause-master': {
+        // Past its etcd lease: a standby takes over, and the paused one, resumed, must write nothing and be refused by term.
+        const mv = await this.moveInFlight(5000).catch(() => undefined);
+        const master = (await c.leader()) ?? c.master;
+        const lease = this.o.standby?.leaseMs ?? 2000;
+        const hold = this.between(lease * 1.5, lease * 2.5);
+        c.pause(master);
+        this.record(kind, `${this.leaderName(master)} stopped ${(hold / 1000).toFixed(1)}s (etcd lease ${lease / 1000}s) ${mv ? `during ${mv.id} ${mv.from}→${mv.to} (${mv.state})` : 'with no move in flight'}`);
+        await sleep(hold);
+        c.resume(master);
         return;
       }
       case 'lose-machine': {

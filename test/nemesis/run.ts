@@ -15,8 +15,12 @@
  * acknowledged writes at the same group version (acks.ts), and when a range
  * is still missing in-sync copies once the faults have healed.
  *
+ * With `--masters N` (N > 1) the masters keep their state in a 3-member
+ * etcd cluster, one leading and the others standing by; the nemesis kills
+ * the leader, pauses it past its etcd lease, and cuts shards off from it.
+ *
  *   npm run chaos -- --duration 10m [--clients 16] [--shards 4] [--keys 8]
- *                    [--replication-factor 3] [--seed N] [--out DIR] [--keep]
+ *                    [--replication-factor 3] [--masters 2] [--seed N] [--out DIR] [--keep]
  *                    [--no-partitions] [--self-test]
  *
  * Prints what it does, then ops, faults by kind, anomalies, and one last
@@ -40,6 +44,7 @@ import { login, rawCall, shardClient } from '../harness/raw.js';
 import { USERS } from '../harness/inproc.js';
 import { byKey, checkAcks, type Anomaly } from './checker.js';
 import { MapLog, recordAcks } from './acks.js';
+import { EtcdCluster } from '../harness/etcd.js';
 import { ProcessCluster } from '../harness/procs.js';
 import { HistoryRecorder, saveHistory, showOp, type Op } from './history.js';
 import { Nemesis, type FaultKind } from './nemesis.js';
@@ -69,6 +74,14 @@ export interface ChaosOptions {
   replicaDownTimeoutMs?: number;
   /** CAIRN_REPLICA_LEASE_MS of the shards with replication (default 2000). */
   leaseMs?: number;
+  /**
+   * Masters (default 1, its state embedded). More: their state in a 3-member
+   * etcd cluster, one leading and the others standing by; the nemesis then
+   * kills and pauses the leader.
+   */
+  masters?: number;
+  /** etcdLeaseSeconds of the masters with standbys (default 2). */
+  etcdLeaseSeconds?: number;
   /** Self-test: one client writes with stale timestamps; the run must then report anomalies. */
   selfTest?: boolean;
   log?: (line: string) => void;
@@ -173,8 +186,9 @@ function probeKey(start: bigint, end: bigint, salt: string): string {
  */
 export async function checkOwnership(cluster: ProcessCluster, hotKeys: string[], timeoutMs = 30_000): Promise<Anomaly[]> {
   const reader = USERS.find((u) => u.role === 'r')!;
-  const token = await login(cluster.masterAddress, reader.user, reader.password);
-  const map = await masterMap(cluster.masterAddress, token);
+  const leader = ((await cluster.leader()) ?? cluster.master).address;
+  const token = await login(leader, reader.user, reader.password);
+  const map = await masterMap(leader, token);
   const probes = [...map.ranges.map((r, i) => probeKey(r.start, r.end, String(i))), ...hotKeys];
   const clients = cluster.shards.map((s) => ({ node: s, client: shardClient(s.address) }));
   const anomalies: Anomaly[] = [];
@@ -270,9 +284,12 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   const factor = o.replicationFactor ?? 1;
   const leaseMs = o.leaseMs ?? 2000;
   const replicaDownTimeoutMs = o.replicaDownTimeoutMs ?? 5000;
+  const nMasters = o.masters ?? 1;
+  const etcdLeaseSeconds = o.etcdLeaseSeconds ?? 2;
   log(
     `chaos: seed ${seed}, ${nShards} shards, ${nClients} clients, ${nKeys} keys, ${Math.round(o.durationMs / 1000)}s` +
-      `${factor > 1 ? `, replication factor ${factor} (lease ${leaseMs} ms, replica down timeout ${replicaDownTimeoutMs} ms)` : ''}; run directory ${dir}`,
+      `${factor > 1 ? `, replication factor ${factor} (lease ${leaseMs} ms, replica down timeout ${replicaDownTimeoutMs} ms)` : ''}` +
+      `${nMasters > 1 ? `, ${nMasters} masters on a 3-member etcd (lease ${etcdLeaseSeconds} s)` : ''}; run directory ${dir}`,
   );
   let net: NetnsLab | undefined;
   const partitions: ChaosResult['partitions'] = { enabled: false };
@@ -292,6 +309,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   log(partitions.enabled ? `partitions: on (network namespaces, subnet ${net!.subnet}.0/24)` : `partitions: SKIPPED — ${partitions.reason}`);
 
   let cluster: ProcessCluster | undefined;
+  let etcd: EtcdCluster | undefined;
   let admin: CairnClient | undefined;
   const acked = factor > 1 ? recordAcks() : undefined;
   let mapLog: MapLog | undefined;
@@ -300,6 +318,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     await mapLog?.stop();
     admin?.close();
     await cluster?.stopAll().catch(() => undefined);
+    await etcd?.close().catch(() => undefined);
     await net?.destroy().catch(() => undefined);
   };
   const onSignal = () => {
@@ -309,10 +328,13 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   process.once('SIGTERM', onSignal);
 
   try {
+    // etcd listens on the lab's address in this namespace, which every process's namespace reaches.
+    if (nMasters > 1) etcd = await EtcdCluster.start(3, { host: net ? `${net.subnet}.1` : '127.0.0.1' });
     cluster = await ProcessCluster.start({
       dir,
       shards: nShards,
       net,
+      etcd: etcd && { endpoints: etcd.endpoints, leaseSeconds: etcdLeaseSeconds, masters: nMasters },
       ...(factor > 1
         ? {
             masterArgs: ['--replication-factor', String(factor), '--replica-down-timeout-ms', String(replicaDownTimeoutMs)],
@@ -326,7 +348,11 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     if (factor > 1) {
       const c = cluster;
       const reader = USERS.find((u) => u.role === 'r')!;
-      mapLog = new MapLog(() => c.masterAddress, () => login(c.masterAddress, reader.user, reader.password));
+      // One master at a time, the next after each failure: a standby answers NOT_LEADER.
+      let turn = 0;
+      const next = () => c.masters[turn++ % c.masters.length]!.address;
+      let current = next();
+      mapLog = new MapLog(() => current, () => login((current = next()), reader.user, reader.password));
       const wanted = Math.min(factor, nShards);
       await waitFor(async () => (await adminClient.getRanges({ timeoutMs: 10_000 })).every((r) => r.inSync.length >= wanted), 60_000, `every range with ${wanted} in-sync copies`);
     }
@@ -343,7 +369,16 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     const recorder = new HistoryRecorder();
     if (o.selfTest) log('self-test: client 0 writes with timestamps from 1970; its acknowledged puts are never the latest, and the checker must report it');
     const workload = await startWorkload({ master: cluster.masterAddress, keys, clients: nClients, opTimeoutMs, random: seeded(seed ^ 0x9e3779b9), sabotage: o.selfTest }, recorder);
-    const nemesis = new Nemesis({ cluster, admin: adminClient, net, random, log, intervalMs: o.faultIntervalMs, replication: factor > 1 ? { factor, leaseMs, replicaDownTimeoutMs } : undefined });
+    const nemesis = new Nemesis({
+      cluster,
+      admin: adminClient,
+      net,
+      random,
+      log,
+      intervalMs: o.faultIntervalMs,
+      replication: factor > 1 ? { factor, leaseMs, replicaDownTimeoutMs } : undefined,
+      standby: nMasters > 1 ? { leaseMs: etcdLeaseSeconds * 1000 } : undefined,
+    });
     for (const [k, why] of nemesis.leftOut) log(`fault ${k}: left out — ${why}`);
     const t0 = Date.now();
     nemesis.start();
@@ -472,6 +507,9 @@ function parseCli(argv: string[]): ChaosOptions {
       case '--replication-factor':
         o.replicationFactor = int(flag);
         break;
+      case '--masters':
+        o.masters = int(flag);
+        break;
       case '--no-partitions':
         o.partitions = 'off';
         break;
@@ -480,8 +518,9 @@ function parseCli(argv: string[]): ChaosOptions {
         break;
       case '--help':
         process.stdout.write(
-          'usage: npm run chaos -- [--duration 10m] [--clients 16] [--shards 4] [--keys 8] [--replication-factor N] [--seed N] [--out DIR] [--keep] [--no-partitions] [--self-test]\n' +
-            '  --replication-factor N  a replicated cluster: machine loss, pauses past the lease, primary/follower partitions; no rebalance or drain\n' +
+          'usage: npm run chaos -- [--duration 10m] [--clients 16] [--shards 4] [--keys 8] [--replication-factor N] [--masters N] [--seed N] [--out DIR] [--keep] [--no-partitions] [--self-test]\n' +
+            '  --replication-factor N  a replicated cluster: machine loss, pauses past the lease, primary/follower partitions\n' +
+            '  --masters N  N masters on a 3-member etcd (needs etcd): the leader is killed and paused past its lease\n' +
             '  --self-test  one client writes with stale timestamps: the run must find anomalies and exit 1\n',
         );
         process.exit(0);
