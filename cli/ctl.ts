@@ -70,6 +70,23 @@ async function mastersOf(given: string, tls: ReturnType<typeof clientTlsFrom>): 
   return masters.map((m) => (m.status === 'unreachable' ? { ...m, why: plainTransportMessage(m.why, m.address) } : m));
 }
 
+/**
+ * The masters, asked again (up to `timeoutMs`) while none claims to lead
+ * but one answers: an election is under way (a leader died and its lease has
+ * not run out yet), which takes a few seconds, so `ctl servers` run during
+ * a takeover shows its result rather than failing. A leader that holds but
+ * says why (it lost etcd) is shown at once: waiting would not change it.
+ */
+async function mastersAfterElection(given: string, tls: ReturnType<typeof clientTlsFrom>, timeoutMs: number): Promise<MasterView[]> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const masters = await mastersOf(given, tls);
+    const electing = masters.length > 1 && !masters.some((m) => m.leader) && masters.some((m) => m.status !== 'unreachable');
+    if (!electing || Date.now() >= until) return masters;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
 function masterLines(masters: MasterView[]): string[] {
   return ['', 'Masters:', ...masters.map((m) => `  ${masterLine(m)}`)];
 }
@@ -264,7 +281,7 @@ export async function runCtl(positionals: string[], flags: Flags, io: Io): Promi
     throw new CliError(`unknown command "${cmd}"`, EXIT.BAD_ARGS, 'run "cairn ctl help" for the list');
   }
   // servers shows the masters whatever else fails: with none leading (etcd lost, an election under way) they say why.
-  const masters = cmd === 'servers' ? await mastersOf(master, clientTlsFrom(flags, io.env)) : [];
+  const masters = cmd === 'servers' ? await mastersAfterElection(master, clientTlsFrom(flags, io.env), int(flags, 'timeout', 10_000, 1)) : [];
   // A leader that says why (it lost etcd) holds its services too: it cannot list the servers either.
   if (cmd === 'servers' && !masters.some((m) => m.leader && !m.why) && masters.some((m) => m.status !== 'unreachable')) {
     print(['No master can change the map: the server list is the leader\'s, and none answers for it.', ...masterLines(masters).slice(1)], { servers: [], masters, error: 'no master leads' });
