@@ -32,7 +32,7 @@ import { showOp } from './history.js';
 import { runChaos, type ChaosOptions, type ChaosResult } from './run.js';
 
 const DURATION_MS = Number(process.env.CAIRN_CHAOS_MS ?? 45_000);
-const REPLICATED_MS = Number(process.env.CAIRN_CHAOS_REPLICATED_MS ?? 55_000);
+const REPLICATED_MS = Number(process.env.CAIRN_CHAOS_REPLICATED_MS ?? 60_000);
 const REPLICATED_KINDS = ['kill-shard', 'pause-shard', 'pause-long', 'lose-machine', 'kill-master', 'partition', 'partition-followers', 'pause-master'] as const;
 // The replicated case runs two masters on etcd (issue 14) wherever etcd runs: always in CI.
 const noEtcd = etcdSkipReason();
