@@ -90,8 +90,9 @@ export function formatRanges(servers: Array<Pick<ServerRow, 'id' | 'share'>>, ra
  */
 export function formatServers(servers: ServerRow[], epoch: bigint): string[] {
   const up = servers.filter((s) => s.status === 'up').length;
+  const unknown = servers.filter((s) => s.status === 'unknown').length;
   return [
-    `Map epoch ${epoch}: ${servers.length} servers, ${up} up`,
+    `Map epoch ${epoch}: ${servers.length} servers, ${up} up${unknown ? `, ${unknown} not heard from yet (the master started or took over moments ago)` : ''}`,
     ...servers.map(
       (s, i) =>
         `Server ${i} ${s.id} ${s.address} ${s.status} (Size: ${humanBytes(s.bytes)}, Rows: ${s.rows}, Ranges: ${s.ranges}${copiesNote(s)}, Share: ${percent(s.share)}, Load: ${Math.round(s.opsPerSec)} ops/s, Disk free: ${diskFree(s)}${s.diskFull ? ': writes refused until space is freed' : ''})`,

@@ -172,6 +172,19 @@ describe('forming', () => {
   });
 });
 
+describe('a restarted master', () => {
+  it('shows a shard it has not heard from yet as unknown, not down, until it could have heard from it', async () => {
+    // Defect (bench:master-failover): a standby that had just taken over listed every shard down ("0 up").
+    const { m, dir, s1 } = await formed();
+    await closeMaster(m);
+    const again = await openMaster(dir);
+    expect(again.listServers().map((s) => [s.id, s.status])).toEqual([['s1', 'unknown']]);
+    await untilDown(again, 's1'); // silent for longer than shardDownAfterMs: down
+    await again.register({ ...s1, shardId: 's1', clusterId: again.clusterId, epoch: again.epoch });
+    expect(again.listServers().map((s) => [s.id, s.status])).toEqual([['s1', 'up']]);
+  });
+});
+
 describe('a formed master', () => {
   it('refuses a shard of another cluster, naming both ids, even one that claims a known shard id; nothing changes', async () => {
     const { m, s1 } = await formed();
@@ -313,7 +326,7 @@ describe('right after a master restart', () => {
     expect(e.message).toMatch(/restarted/);
     expect(e.details.retryAfterMs).toBeGreaterThan(0);
     expect(e.details.retryAfterMs).toBeLessThanOrEqual(DOWN_AFTER_MS + 100);
-    expect(back.listServers()).toMatchObject([{ id: 's1', status: 'down' }]);
+    expect(back.listServers()).toMatchObject([{ id: 's1', status: 'unknown' }]);
     // The admitted session knows nothing of the restart: its next heartbeat is simply accepted.
     expect(() => beat(back, 's1', s1.sessionId)).not.toThrow();
     expect(back.listServers()).toMatchObject([{ id: 's1', address: s1.address, status: 'up' }]);

@@ -73,7 +73,8 @@ export const NO_DISK_REPORT: DiskReport = Object.freeze({ freeBytes: 0, totalByt
 export interface ServerView {
   id: string;
   address: string;
-  status: 'up' | 'down';
+  /** unknown: not heard from since this master started (or began leading), which was less than shardDownAfterMs ago. */
+  status: 'up' | 'down' | 'unknown';
   bytes: number;
   rows: number;
   ranges: number;
@@ -328,7 +329,8 @@ export class Membership {
       return {
         id: s.id,
         address: s.address,
-        status: this.isUp(s.id, now) ? 'up' : 'down',
+        // A master that just started (a standby that just took over) has heard from nobody yet: that is not "down".
+        status: this.isUp(s.id, now) ? 'up' : !live && now - this.startedAtMs <= this.opts.shardDownAfterMs ? 'unknown' : 'down',
         // Bytes and rows of every copy it keeps; ranges and share are of what it is the primary of.
         ...this.ownedCounts(s.id, copiesOf(map, s.id)),
         ranges: owned.length,
