@@ -265,10 +265,14 @@ describe('deploy/docker-compose.yml', () => {
     expect(readFileSync(join(DEPLOY, '.gitignore'), 'utf8')).toMatch(/^secrets\/$/m);
   });
 
-  it('prometheus.yml scrapes the metrics port of every Cairn service', () => {
+  it('prometheus.yml scrapes the metrics port of every Cairn service, the HA file\'s second master included', () => {
     const prom = YAML.parse(readFileSync(join(DEPLOY, 'prometheus.yml'), 'utf8')) as { scrape_configs: Array<{ static_configs: Array<{ targets: string[] }> }> };
     const targets = prom.scrape_configs.flatMap((j) => j.static_configs.flatMap((c) => c.targets));
-    expect(targets.sort()).toEqual(cairnServices.map((s) => `${s}:${portOf(env(s).CAIRN_METRICS_LISTEN!)}`).sort());
+    const ha = loadComposeFiles([COMPOSE_FILE, COMPOSE_HA_FILE]);
+    const haCairn = Object.keys(ha.services).filter((x) => ha.services[x]!.build?.dockerfile === 'deploy/Dockerfile');
+    expect(haCairn).toEqual(expect.arrayContaining([...cairnServices, 'master2']));
+    const metricsOf = (x: string) => portOf((ha.services[x]!.environment as Record<string, string>).CAIRN_METRICS_LISTEN!);
+    expect(targets.sort()).toEqual(haCairn.map((x) => `${x}:${metricsOf(x)}`).sort());
     const mount = compose.services.prometheus!.volumes!.map(parseVolume)[0]!;
     expect(existsSync(join(DEPLOY, mount.source))).toBe(true);
   });
