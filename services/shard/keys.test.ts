@@ -17,23 +17,31 @@ import {
   columnPrefixBounds,
   columnTimeBounds,
   decodeCellKey,
+  decodeKeyOrderToken,
   decodeRequestIdKey,
   decodeRowPrefix,
   decodeScanToken,
+  encodeKeyOrderToken,
   encodeScanToken,
   escapeColumn,
   hasCellKeyShape,
   hashOfKey,
+  hashOfIndexKey,
   hashRangeBounds,
+  isKeyOrderToken,
   isTimestampTail,
   leaseKey,
   makeRowPrefix,
   requestIdKey,
   requestIdKeys,
   rowBounds,
+  rowIndexKey,
+  rowIndexKeyAfter,
+  rowIndexPrefixBounds,
   rowKeyBytes,
   rowPrefix,
   rowPrefixOf,
+  rowPrefixOfIndexKey,
   strinc,
   timestampOfTail,
   userMetaKey,
@@ -350,5 +358,99 @@ describe('meta keys', () => {
     const { gte, lt } = bucketStatsBounds();
     const k = userMetaKey('stats/b/0001');
     expect(k >= gte && k < lt).toBe(false);
+  });
+});
+
+describe('row-key index keys', () => {
+  const inBounds = (k: Buffer, b: KeyBounds): boolean => Buffer.compare(k, b.gte) >= 0 && (b.lt === undefined || Buffer.compare(k, b.lt) < 0);
+  const sign = (n: number): number => (n < 0 ? -1 : n > 0 ? 1 : 0);
+
+  test('decode(encode) gives back the row prefix, and the hash is read from the end', () => {
+    fc.assert(
+      fc.property(tricky, (row) => {
+        const p = rowPrefix(row);
+        const k = rowIndexKey(p);
+        expect(rowPrefixOfIndexKey(k)).toEqual(p);
+        expect(hashOfIndexKey(k)).toBe(rowHash(row));
+      }),
+    );
+  });
+
+  test('index order is row-key byte order, whatever the hashes', () => {
+    fc.assert(
+      fc.property(tricky, tricky, hash8, hash8, (a, b, ha, hb) => {
+        fc.pre(a !== b);
+        const ka = rowIndexKey(makeRowPrefix(ha, Buffer.from(a)));
+        const kb = rowIndexKey(makeRowPrefix(hb, Buffer.from(b)));
+        expect(sign(Buffer.compare(ka, kb))).toBe(sign(Buffer.compare(Buffer.from(a), Buffer.from(b))));
+      }),
+    );
+  });
+
+  test('prefix bounds hold exactly the rows whose key starts with the prefix', () => {
+    fc.assert(
+      fc.property(tricky, tricky, hash8, (row, prefix, h) => {
+        const k = rowIndexKey(makeRowPrefix(h, Buffer.from(row)));
+        expect(inBounds(k, rowIndexPrefixBounds(Buffer.from(prefix)))).toBe(Buffer.from(row).subarray(0, Buffer.byteLength(prefix)).equals(Buffer.from(prefix)));
+      }),
+    );
+  });
+
+  test('the key after a row is above every key of that row and at most every key of a later row', () => {
+    fc.assert(
+      fc.property(tricky, tricky, hash8, hash8, (a, b, ha, hb) => {
+        const after = rowIndexKeyAfter(Buffer.from(a));
+        expect(Buffer.compare(after, rowIndexKey(makeRowPrefix(ha, Buffer.from(a))))).toBe(1);
+        const kb = rowIndexKey(makeRowPrefix(hb, Buffer.from(b)));
+        const later = Buffer.compare(Buffer.from(b), Buffer.from(a)) > 0;
+        expect(Buffer.compare(after, kb) <= 0).toBe(later);
+      }),
+    );
+  });
+
+  test('a malformed index key is refused, naming what is wrong', () => {
+    expect(() => rowPrefixOfIndexKey(Buffer.from('short'))).toThrow(/no row-key terminator/);
+    const bad = Buffer.concat([Buffer.from([0x61, 0x00, 0x07, 0x00, 0x01]), Buffer.alloc(8)]);
+    expect(() => rowPrefixOfIndexKey(bad)).toThrow(/bad escape 0x00 0x7/);
+  });
+});
+
+describe('key-order resume tokens', () => {
+  const hash = fc.bigInt({ min: 0n, max: U64_MAX });
+  const position = fc
+    .tuple(hash, fc.uniqueArray(fc.bigInt({ min: 1n, max: U64_MAX + 1n }), { maxLength: 4 }), fc.array(tricky, { maxLength: 4 }))
+    .map(([start, ends, keys]) => ({
+      start,
+      parts: ends
+        .filter((e) => e > start)
+        .sort((a, b) => (a < b ? -1 : 1))
+        .map((end, i) => ({ end, afterKey: Buffer.from(keys[i] ?? '') })),
+    }));
+
+  test('decode(encode) is the identity; the first 8 bytes are the start hash; never taken for a row-prefix token', () => {
+    fc.assert(
+      fc.property(position, (p) => {
+        const t = encodeKeyOrderToken(p);
+        expect(decodeKeyOrderToken(t)).toEqual(p);
+        expect(t.readBigUInt64BE(0)).toBe(p.start);
+        expect(isKeyOrderToken(t)).toBe(true);
+        expect(() => decodeScanToken(t)).toThrow(RangeError);
+      }),
+    );
+  });
+
+  test('a row-prefix token is never taken for a key-order token', () => {
+    fc.assert(
+      fc.property(tricky, (row) => {
+        expect(isKeyOrderToken(encodeScanToken(rowPrefix(row)))).toBe(false);
+      }),
+    );
+  });
+
+  test('truncated or out-of-order tokens are refused', () => {
+    const t = encodeKeyOrderToken({ start: 5n, parts: [{ end: 10n, afterKey: Buffer.from('abc') }, { end: 20n, afterKey: Buffer.from('d') }] });
+    for (let n = 12; n < t.length; n++) if (n !== 11 + 13) expect(() => decodeKeyOrderToken(t.subarray(0, n))).toThrow(RangeError);
+    expect(() => decodeKeyOrderToken(encodeKeyOrderToken({ start: 10n, parts: [{ end: 10n, afterKey: Buffer.alloc(0) }] }))).toThrow(RangeError);
+    expect(() => decodeKeyOrderToken(encodeKeyOrderToken({ start: 1n, parts: [{ end: 9n, afterKey: Buffer.alloc(0) }, { end: 3n, afterKey: Buffer.alloc(0) }] }))).toThrow(RangeError);
   });
 });

@@ -13,6 +13,8 @@
  *     lease key      = row prefix
  *     request-id key = row prefix | request id UTF-8
  *
+ * (The row-key index, below, is the one derived sublevel keyed by row key.)
+ *
  * The column is escaped (0x00 → 0x00 0xFF) and terminated by 0x00 0x01, which
  * keeps byte order equal to column order and makes "every column starting with
  * P" one contiguous range. The inverted timestamp sorts newer versions first.
@@ -292,8 +294,9 @@ export function encodeScanToken(prefix: Uint8Array): Buffer {
   return Buffer.from(prefix);
 }
 
-/** The row prefix inside a resume token; throws RangeError on a malformed token. */
+/** The row prefix inside a (row-prefix) resume token; throws RangeError on a malformed token. */
 export function decodeScanToken(token: Uint8Array): Buffer {
+  if (isKeyOrderToken(token)) throw new RangeError('malformed resume token');
   let n: number;
   try {
     n = rowPrefixLength(token);
@@ -302,6 +305,182 @@ export function decodeScanToken(token: Uint8Array): Buffer {
   }
   if (n !== token.length) throw new RangeError('malformed resume token');
   return Buffer.from(token);
+}
+
+/*
+ * The row-key index (sublevel `rk`): one key per stored row, the only
+ * sublevel keyed by row key rather than by hash, so a row-key prefix is one
+ * contiguous key range (a seek), not a walk over every row:
+ *
+ *     row index key = escaped row key | 0x00 0x01 | hash (8, big-endian)
+ *
+ * The row key is escaped and terminated as a column is in a cell key (0x00 →
+ * 0x00 0xFF, then 0x00 0x01), so index order is row-key byte order, and "every
+ * row whose key starts with P" is exactly the keys starting with escape(P).
+ * The hash at the end lets a scan keep only the rows of one hash range
+ * without hashing each key, and rebuilds the row prefix without hashing.
+ * The value is empty.
+ */
+const INDEX_HASH_BYTES = 8;
+
+/** The row-index key of the row whose row prefix (see rowPrefix) is `prefix`. */
+export function rowIndexKey(prefix: Buffer): Buffer {
+  const row = rowKeyBytes(prefix);
+  let zeros = 0;
+  for (let i = 0; i < row.length; i++) if (row[i] === 0) zeros++;
+  const n = row.length + zeros;
+  const out = Buffer.allocUnsafe(n + TERMINATOR.length + INDEX_HASH_BYTES);
+  if (zeros === 0) {
+    out.set(row, 0);
+  } else {
+    let j = 0;
+    for (let i = 0; i < row.length; i++) {
+      out[j++] = row[i]!;
+      if (row[i] === 0) out[j++] = 0xff;
+    }
+  }
+  out[n] = 0x00;
+  out[n + 1] = 0x01;
+  out.set(prefix.subarray(0, INDEX_HASH_BYTES), n + 2);
+  return out;
+}
+
+/** The hash at the end of a row-index key. */
+export function hashOfIndexKey(key: Buffer): bigint {
+  return key.readBigUInt64BE(key.length - INDEX_HASH_BYTES);
+}
+
+/** The row prefix (hash | length | row key) a row-index key stands for; throws RangeError on a malformed key. */
+export function rowPrefixOfIndexKey(key: Uint8Array): Buffer {
+  const end = key.length - INDEX_HASH_BYTES - TERMINATOR.length;
+  if (end < 0 || key[end] !== 0x00 || key[end + 1] !== 0x01) throw new RangeError('row index key has no row-key terminator');
+  let zeros = 0;
+  for (let i = 0; i < end; i++) {
+    if (key[i] !== 0) continue;
+    if (key[i + 1] !== 0xff) throw new RangeError(`bad escape 0x00 0x${(key[i + 1] ?? 0).toString(16)} in row index key`);
+    zeros++;
+    i++;
+  }
+  const rowLength = end - zeros;
+  if (rowLength > MAX_ROW_KEY_BYTES) throw new RangeError(`row index key holds a row key of ${rowLength} bytes, over the key format limit`);
+  const out = Buffer.allocUnsafe(HEADER + rowLength);
+  out.set(key.subarray(end + TERMINATOR.length), 0);
+  out.writeUInt16BE(rowLength, 8);
+  if (zeros === 0) {
+    out.set(key.subarray(0, end), HEADER);
+  } else {
+    let j = HEADER;
+    for (let i = 0; i < end; i++) {
+      out[j++] = key[i]!;
+      if (key[i] === 0) i++; // skip the escape's 0xFF
+    }
+  }
+  return out;
+}
+
+/** Every row-index key of a row whose key starts with `rowKeyPrefix` (UTF-8 bytes). */
+export function rowIndexPrefixBounds(rowKeyPrefix: Uint8Array): KeyBounds {
+  return prefixBounds(escapeBytes(rowKeyPrefix));
+}
+
+/** The first row-index key after every key of the row named by `rowKey` (its UTF-8 bytes). */
+export function rowIndexKeyAfter(rowKey: Uint8Array): Buffer {
+  const e = escapeBytes(rowKey);
+  const out = Buffer.allocUnsafe(e.length + 2);
+  out.set(e, 0);
+  out[e.length] = 0x00;
+  out[e.length + 1] = 0x02; // just past the terminator 0x00 0x01 that every key of this row has next
+  return out;
+}
+
+function escapeBytes(raw: Uint8Array): Buffer {
+  let zeros = 0;
+  for (const b of raw) if (b === 0) zeros++;
+  if (zeros === 0) return Buffer.from(raw);
+  const out = Buffer.allocUnsafe(raw.length + zeros);
+  let j = 0;
+  for (const b of raw) {
+    out[j++] = b;
+    if (b === 0) out[j++] = 0xff;
+  }
+  return out;
+}
+
+/*
+ * A prefix scan's resume token: where the scan stands in row-key order, per
+ * part of the hash space (see store-reads.ts scanByRowKey).
+ *
+ *     key-order token = start (8) | 0xFF 0xFF 0xFF | part*
+ *     part            = end (8, 0 = 2^64) | u16 BE key length | last row key UTF-8
+ *
+ * It says: the scan stands at `start`; in each part, [previous end (or
+ * start), end), every row whose key is at most the part's key has been
+ * returned (none when the key is empty); at and past the last end, nothing
+ * has. There is one part, the range being scanned, unless the range was
+ * split while the scan was in it: then the pieces already scanned further
+ * keep their own keys. Its first 8 bytes are the hash where the scan
+ * continues, as in a row-prefix token, so routers read both alike. The three
+ * 0xFF bytes tell it from a row-prefix token: there, byte 10 starts a UTF-8
+ * row key, which never holds 0xFF.
+ */
+const KEY_ORDER_TAG = 0xff;
+const KEY_ORDER_HEADER = 8 + 3;
+const PART_HEADER = 8 + 2;
+
+export interface KeyOrderPart {
+  /** End of the part (exclusive, up to 2^64); parts are in hash order and end above `start`. */
+  end: bigint;
+  /** UTF-8 bytes of the last row key returned or examined in the part; empty when none. */
+  afterKey: Buffer;
+}
+
+export interface KeyOrderPosition {
+  /** The hash where the scan continues. */
+  start: bigint;
+  parts: KeyOrderPart[];
+}
+
+export function encodeKeyOrderToken(p: KeyOrderPosition): Buffer {
+  let n = KEY_ORDER_HEADER;
+  for (const part of p.parts) n += PART_HEADER + part.afterKey.length;
+  const out = Buffer.allocUnsafe(n);
+  out.writeBigUInt64BE(p.start, 0);
+  out[8] = out[9] = out[10] = KEY_ORDER_TAG;
+  let at = KEY_ORDER_HEADER;
+  for (const part of p.parts) {
+    out.writeBigUInt64BE(part.end >= HASH_SPACE_END ? 0n : part.end, at);
+    out.writeUInt16BE(part.afterKey.length, at + 8);
+    out.set(part.afterKey, at + PART_HEADER);
+    at += PART_HEADER + part.afterKey.length;
+  }
+  return out;
+}
+
+/** Whether a resume token is a prefix scan's key-order token (else it is a row-prefix token). */
+export function isKeyOrderToken(token: Uint8Array): boolean {
+  return token.length >= KEY_ORDER_HEADER && token[8] === KEY_ORDER_TAG && token[9] === KEY_ORDER_TAG && token[10] === KEY_ORDER_TAG;
+}
+
+/** The position in a key-order token; throws RangeError on a malformed one. */
+export function decodeKeyOrderToken(token: Uint8Array): KeyOrderPosition {
+  const bad = () => new RangeError('malformed resume token');
+  if (!isKeyOrderToken(token)) throw bad();
+  const b = Buffer.from(token.buffer, token.byteOffset, token.length);
+  const start = b.readBigUInt64BE(0);
+  const parts: KeyOrderPart[] = [];
+  let at = KEY_ORDER_HEADER;
+  let prev = start;
+  while (at < b.length) {
+    if (b.length - at < PART_HEADER) throw bad();
+    const raw = b.readBigUInt64BE(at);
+    const end = raw === 0n ? HASH_SPACE_END : raw;
+    const n = b.readUInt16BE(at + 8);
+    if (end <= prev || b.length - at - PART_HEADER < n) throw bad();
+    parts.push({ end, afterKey: Buffer.from(b.subarray(at + PART_HEADER, at + PART_HEADER + n)) });
+    prev = end;
+    at += PART_HEADER + n;
+  }
+  return { start, parts };
 }
 
 /*
@@ -318,6 +497,8 @@ export const META_STATS_MARKER = 'stats/v1';
 export const META_ROWCELLS_MARKER = 'rc/v1';
 /** Present once every column's newest-version pointer is complete and exact. */
 export const META_LATEST_MARKER = 'lv/v1';
+/** Present once the row-key index has an entry for every stored row, and no other. */
+export const META_ROWINDEX_MARKER = 'rk/v1';
 /** The clock's persisted high-water mark. */
 export const META_CLOCK = 'clock';
 const META_STATS_PREFIX = 'stats/b/';

@@ -35,6 +35,7 @@ export interface Subs {
   reqids: Sublevel<Buffer>;
   rowcells: Sublevel<Buffer>;
   latest: Sublevel<Buffer>;
+  rowindex: Sublevel<Buffer>;
   meta: Sublevel<string>;
 }
 
@@ -48,6 +49,8 @@ export function sublevels(db: Level<Buffer, Buffer>): Subs {
     rowcells: db.sublevel<Buffer, Buffer>('rc', bin), // short names: they are in every key, and every write writes both
     /** Per column key prefix, the timestamp tail of its newest stored cell (shard-local, derived: see settle). */
     latest: db.sublevel<Buffer, Buffer>('lv', bin),
+    /** Per stored row, its row-index key (keys.ts rowIndexKey), empty value: prefix scans seek here (shard-local, derived: see settle). */
+    rowindex: db.sublevel<Buffer, Buffer>('rk', bin),
     meta: db.sublevel<string, Buffer>('meta', { keyEncoding: 'utf8', valueEncoding: 'buffer' }),
   };
 }

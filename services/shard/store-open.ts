@@ -21,7 +21,9 @@ import {
   META_CLOCK,
   META_LATEST_MARKER,
   META_ROWCELLS_MARKER,
+  META_ROWINDEX_MARKER,
   META_STATS_MARKER,
+  rowIndexKey,
   rowPrefixOf,
 } from './keys.js';
 import { entries, hex, keysIn, metaKeysIn, type BatchOp, type Subs } from './store-db.js';
@@ -51,6 +53,8 @@ export async function loadStore(db: Level<Buffer, Buffer>, subs: Subs, stats: Bu
     await stats.load(subs.meta);
   }
   if ((await subs.meta.get(META_ROWCELLS_MARKER)) === undefined || (await subs.meta.get(META_LATEST_MARKER)) === undefined) await rebuildDerived(db, subs);
+  // After the cell counts: the index is built from them (one record per row, exact once their marker is there).
+  if ((await subs.meta.get(META_ROWINDEX_MARKER)) === undefined) await rebuildRowIndex(db, subs);
   const persistedClock = decodeClockMark(clockRec);
   let floor = persistedClock;
   if (scanned && scanned.maxTs > floor) floor = scanned.maxTs;
@@ -96,6 +100,28 @@ async function rebuildDerived(db: Level<Buffer, Buffer>, subs: Subs): Promise<vo
   flushRow();
   ops.push({ type: 'put', sublevel: subs.meta, key: META_ROWCELLS_MARKER, value: Buffer.from('1') });
   ops.push({ type: 'put', sublevel: subs.meta, key: META_LATEST_MARKER, value: Buffer.from('1') });
+  await db.batch<Buffer | string, Buffer>(ops, { sync: true });
+}
+
+/**
+ * Writes the row-key index from the cell-count records (one per stored row):
+ * a store from before the index existed, or one whose index was lost. The
+ * entries are written in batches and the marker last, so a crash part-way
+ * makes the next open start over; until the marker is there the index is
+ * never read (the store is not open).
+ */
+async function rebuildRowIndex(db: Level<Buffer, Buffer>, subs: Subs): Promise<void> {
+  await subs.rowindex.clear();
+  const empty = Buffer.alloc(0);
+  let ops: BatchOp[] = [];
+  for await (const prefix of keysIn(subs.rowcells, {})) {
+    ops.push({ type: 'put', sublevel: subs.rowindex, key: rowIndexKey(prefix), value: empty });
+    if (ops.length >= 10_000) {
+      await db.batch<Buffer | string, Buffer>(ops, { sync: false });
+      ops = [];
+    }
+  }
+  ops.push({ type: 'put', sublevel: subs.meta, key: META_ROWINDEX_MARKER, value: Buffer.from('1') });
   await db.batch<Buffer | string, Buffer>(ops, { sync: true });
 }
 
@@ -151,7 +177,7 @@ export async function recountStats(subs: Subs, range: HashRange = { start: 0n, e
 }
 
 /**
- * Compares the derived records (cell counts, newest-version pointers) with
+ * Compares the derived records (cell counts, newest-version pointers, row-key index) with
  * the cells, reading everything: slow, for checks and tests. Returns the
  * differences (empty when exact). Run it with no writes in flight.
  */
@@ -178,5 +204,12 @@ export async function verifyDerived(subs: Subs): Promise<string[]> {
     newest.delete(hex(k));
   }
   for (const [k, t] of newest) out.push(`column ${show(k)}: no pointer, newest cell ${show(t)}`);
+  const rows = new Set<string>();
+  for await (const key of keysIn(subs.cells, {})) rows.add(hex(rowIndexKey(rowPrefixOf(key))));
+  for await (const [k, v] of entries(subs.rowindex, {})) {
+    if (!rows.delete(hex(k))) out.push(`row index ${k.toString('hex')}: no such row`);
+    if (v.length !== 0) out.push(`row index ${k.toString('hex')}: value of ${v.length} bytes, expected none`);
+  }
+  for (const k of rows) out.push(`row ${show(k)}: no row index entry`);
   return out;
 }

@@ -10,11 +10,12 @@
  * what settle decided.
  */
 import type { HybridClock } from './clock.js';
-import { bucketOfKey, cellColumnKey, cellKey, cellKeyTimestamp, cellTimestampTail, columnBounds, decodeCellTail, hasCellKeyShape, prefixBounds } from './keys.js';
+import { bucketOfKey, cellColumnKey, cellKey, cellKeyTimestamp, cellTimestampTail, columnBounds, decodeCellTail, hasCellKeyShape, prefixBounds, rowIndexKey } from './keys.js';
 import { entries, hex, keysIn, lookup, startsWith, toBuffer, type BatchOp, type RawOp, type Subs } from './store-db.js';
 import type { CellIn } from './validate.js';
 
 const INDEX_AFTER = 8; // cells in a plan before it indexes them in a Map
+const EMPTY = Buffer.alloc(0);
 
 /** A cell count in as few big-endian bytes as it needs (1 for most rows). */
 export const encodeCount = (n: number): Buffer => {
@@ -151,8 +152,13 @@ export class RowLocks {
  * - `rowcells`: per row prefix, its number of stored cells (absent = 0);
  * - `latest`: per column (its column key prefix), the timestamp tail of its
  *   newest stored cell (absent = no cell), which makes an exact-column read
- *   two point reads instead of an iterator.
- * So they always describe the stored cells. Neither moves with a range: a
+ *   two point reads instead of an iterator;
+ * - `rowindex`: per stored row, its row-index key (keys.ts), so a row-key
+ *   prefix scan is a seek. Put when the row's cell count goes from 0 to more,
+ *   deleted when it goes back to 0, so dropping a range (deleteRange) deletes
+ *   its entries row by row. A path that writes cells without settle must
+ *   keep this (and `rowcells`, `latest`) itself.
+ * So they always describe the stored cells. None moves with a range: a
  * range moves as cells (exportRange/applyRaw), and the receiving shard
  * derives its records here as it applies them, as the sender does when
  * deleteRange removes them.
@@ -214,6 +220,9 @@ export async function settle(subs: Subs, plans: RowPlan[]): Promise<{ deltas: De
       deltas[k]!.rows = before === 0 && after > 0 ? 1 : before > 0 && after === 0 ? -1 : 0;
       const key = plans[k]!.prefix;
       derived.push(after === 0 ? { type: 'del', sublevel: subs.rowcells, key } : { type: 'put', sublevel: subs.rowcells, key, value: encodeCount(after) });
+      // The row-key index has an entry exactly while the row has a cell: it changes when the count crosses 0.
+      if (before === 0 && after > 0) derived.push({ type: 'put', sublevel: subs.rowindex, key: rowIndexKey(key), value: EMPTY });
+      else if (before > 0 && after === 0) derived.push({ type: 'del', sublevel: subs.rowindex, key: rowIndexKey(key) });
     }
   }
   if (pending.length > 0) {

@@ -13,17 +13,25 @@ import {
   columnPrefixBounds,
   columnTimeBounds,
   decodeCellTail,
+  decodeKeyOrderToken,
   decodeScanToken,
+  encodeKeyOrderToken,
   encodeScanToken,
+  hashOfIndexKey,
   hashRangeBounds,
+  isKeyOrderToken,
+  type KeyOrderPart,
   isTimestampTail,
+  rowIndexKeyAfter,
+  rowIndexPrefixBounds,
   rowKeyBytes,
   rowPrefixOf,
+  rowPrefixOfIndexKey,
   strinc,
   timestampOfTail,
   type KeyBounds,
 } from './keys.js';
-import { CHUNK, entries, lookup, rangeOpts, startsWith, type BinSub, type Subs } from './store-db.js';
+import { CHUNK, entries, lookup, rangeOpts, startsWith, type BinSub, type Snapshot, type Subs } from './store-db.js';
 import type { CellFilterIn, CellOut, ScanIn } from './validate.js';
 
 /** Rows per scan page when the caller sends limit 0. */
@@ -218,4 +226,125 @@ export async function scanPage(subs: Subs, req: ScanIn): Promise<{ rows: RowCell
   } finally {
     await cursor.close();
   }
+}
+
+/** Cells read per hop after seeking to a row in a prefix scan: most rows are small, so the first read is too. */
+const ROW_FIRST_CHUNK = 16;
+
+/**
+ * One page of a row-key prefix scan by the row-key index: the rows of
+ * [hashStart, hashEnd) whose key starts with rowPrefix, in row-key order,
+ * resuming after a key-order token's position. It examines the shard's rows
+ * that match the prefix (seeking the index), not every row: a selective
+ * prefix costs what it matches. Rows of other hash ranges held here are read
+ * from the index and skipped (they count against the examine budget).
+ *
+ * A key-order token (keys.ts) says, per part of the hash space, up to which
+ * row key the rows are done. Normally it has one part, the window itself.
+ * When the range was merged since, the window is scanned part by part, each
+ * after its own key, and from the first key where no part reaches; when it
+ * was split, the parts past the window are carried on in every token this
+ * page returns, and when the window is done a token at hashEnd carries them
+ * to the next range. A null nextToken is the only end signal: a page may be
+ * short (or empty) when the examine budget runs out first.
+ */
+export async function scanByRowKey(subs: Subs, req: ScanIn, snapshot: Snapshot): Promise<{ rows: RowCellsOut[]; nextToken: Buffer | null }> {
+  const limit = req.limit > 0 ? req.limit : DEFAULT_SCAN_PAGE;
+  const bounds = rowIndexPrefixBounds(Buffer.from(req.rowPrefix, 'utf8'));
+  const { hashStart, hashEnd } = req;
+  const resumed = req.resumeToken && req.resumeToken.length > 0 ? decodeKeyOrderToken(req.resumeToken) : null;
+  const from = resumed && resumed.start > hashStart ? resumed.start : hashStart;
+  if (from >= hashEnd) return { rows: [], nextToken: null };
+  // The window cut where the token's parts end, each piece scanned after its part's key.
+  const parts = resumed?.parts ?? [];
+  const stages: { start: bigint; end: bigint; afterKey: Buffer }[] = [];
+  let at = from;
+  for (const part of parts) {
+    if (at >= hashEnd) break;
+    if (part.end <= at) continue;
+    const end = part.end < hashEnd ? part.end : hashEnd;
+    stages.push({ start: at, end, afterKey: part.afterKey });
+    at = end;
+  }
+  if (at < hashEnd) stages.push({ start: at, end: hashEnd, afterKey: EMPTY_KEY });
+  const beyond = parts.filter((p) => p.end > hashEnd); // what the token says past the window: kept as it is
+  const tokenAt = (i: number, last: Buffer): Buffer => {
+    const rest: KeyOrderPart[] = [{ end: stages[i]!.end, afterKey: last }];
+    for (let j = i + 1; j < stages.length; j++) rest.push({ end: stages[j]!.end, afterKey: stages[j]!.afterKey });
+    rest.push(...beyond);
+    return encodeKeyOrderToken({ start: stages[i]!.start, parts: trimmed(rest) }); // past the last part nothing is done anyway
+  };
+  const rows: RowCellsOut[] = [];
+  let examined = 0;
+  const cells = subs.cells.iterator({ snapshot });
+  try {
+    for (let i = 0; i < stages.length; i++) {
+      const stage = stages[i]!;
+      if (rows.length >= limit || examined >= SCAN_EXAMINE_BUDGET) return { rows, nextToken: tokenAt(i, stage.afterKey) };
+      let gte = bounds.gte;
+      if (stage.afterKey.length > 0) {
+        const after = rowIndexKeyAfter(stage.afterKey);
+        if (Buffer.compare(after, gte) > 0) gte = after;
+      }
+      if (bounds.lt && Buffer.compare(gte, bounds.lt) >= 0) continue;
+      const index = subs.rowindex.keys(rangeOpts({ gte, lt: bounds.lt }, { snapshot }));
+      let last: Buffer | null = null;
+      try {
+        for (;;) {
+          const keys = (await index.nextv(Math.min(1024, Math.max(CHUNK, limit + 1)))) as Buffer[];
+          if (keys.length === 0) break;
+          for (const key of keys) {
+            if (last && (rows.length >= limit || examined >= SCAN_EXAMINE_BUDGET)) return { rows, nextToken: tokenAt(i, last) };
+            examined++;
+            const prefix = rowPrefixOfIndexKey(key);
+            last = rowKeyBytes(prefix);
+            const hash = hashOfIndexKey(key);
+            if (hash < stage.start || hash >= stage.end) continue; // a row of another range this shard holds
+            const got = await readRowAt(cells, prefix, req.filter);
+            if (got.length > 0) rows.push({ row: last.toString('utf8'), cells: got });
+          }
+        }
+      } finally {
+        await index.close();
+      }
+    }
+  } finally {
+    await cells.close();
+  }
+  const carry = beyond.filter((p) => p.afterKey.length > 0).length > 0 ? encodeKeyOrderToken({ start: hashEnd, parts: trimmed(beyond) }) : null;
+  return { rows, nextToken: carry };
+}
+
+/** Parts without the trailing ones that say nothing (an empty key). */
+function trimmed(parts: KeyOrderPart[]): KeyOrderPart[] {
+  let n = parts.length;
+  while (n > 0 && parts[n - 1]!.afterKey.length === 0) n--;
+  return parts.slice(0, n);
+}
+
+const EMPTY_KEY = Buffer.alloc(0);
+
+/** The cells of one row chosen by a filter, read by seeking a shared iterator to the row. */
+async function readRowAt(it: ReturnType<BinSub['iterator']>, prefix: Buffer, f: CellFilterIn): Promise<CellOut[]> {
+  it.seek(prefix);
+  const sel = new CellSelector(f, prefix.length);
+  const out: CellOut[] = [];
+  let chunk = ROW_FIRST_CHUNK;
+  for (;;) {
+    const entries = (await it.nextv(chunk)) as [Buffer, Buffer][];
+    if (entries.length === 0) return out;
+    for (const [key, value] of entries) {
+      if (!startsWith(key, prefix)) return out;
+      const c = sel.offer(key, value);
+      if (c) out.push(c);
+      if (sel.full) return out;
+    }
+    chunk = Math.min(1024, chunk * 4);
+  }
+}
+
+/** Whether a scan runs by the row-key index: a prefix scan, unless it resumes a page of the hash-order walk (a token from before the index). */
+export function scansByRowKey(req: ScanIn): boolean {
+  if (req.rowPrefix.length === 0) return false;
+  return !req.resumeToken || req.resumeToken.length === 0 || isKeyOrderToken(req.resumeToken);
 }

@@ -14,11 +14,11 @@
  * Layout (one LevelDB per data directory, one process per directory):
  * - `cells`, `leases`, `reqids`: the per-row sublevels, keyed as in keys.ts, so
  *   a hash range is one key range in each and everything of a row moves with it;
- * - `rc` (row cell counts) and `lv` (each column's newest version): derived,
- *   shard-local records kept exact in the same batches as the cells (see
- *   settle); they make "does this row exist?" and "newest value of a column"
- *   point reads instead of iterators, and are rebuilt from the cells at open
- *   when missing;
+ * - `rc` (row cell counts), `lv` (each column's newest version) and `rk` (the
+ *   row-key index): derived, shard-local records kept exact in the same
+ *   batches as the cells (see settle); they make "does this row exist?" and
+ *   "newest value of a column" point reads instead of iterators and a row-key
+ *   prefix scan a seek, and are rebuilt at open when missing;
  * - `meta`: string keys for exact per-bucket stats, the clock's high-water
  *   mark, and a small key-value API for the shard's id and cluster map.
  *
@@ -56,7 +56,7 @@ import { DiskFullGuard, diskSpaceOf, type DiskSpace, type DiskState } from './st
 import { checkHeld, getLease, hasLease, planDropLease, planPutLease, takeLease } from './store-leases.js';
 import { loadStore, recountStats, reopenStore, verifyDerived } from './store-open.js';
 import { mergeRowWrites, planRawOps, planWrite, RowLocks, RowPlan } from './store-plan.js';
-import { readCells, scanPage, type RowCellsOut } from './store-reads.js';
+import { readCells, scanByRowKey, scanPage, scansByRowKey, type RowCellsOut } from './store-reads.js';
 import {
   casDigest,
   DEFAULT_REQUEST_ID_TTL_MS,
@@ -354,14 +354,23 @@ export class ShardStore {
   }
 
   /**
-   * One page of rows whose key starts with rowPrefix, in storage order inside
-   * [hashStart, hashEnd), resuming strictly after the token's row. A null
-   * nextToken is the only end signal: a page may be short (or empty) when the
-   * examine budget runs out first.
+   * One page of rows inside [hashStart, hashEnd) whose key starts with
+   * rowPrefix, resuming after the token's position. Without a prefix, rows
+   * come in storage (hash) order, walking every row; with one, in row-key
+   * order by the row-key index (a seek: it examines what matches), with a
+   * key-order token (keys.ts). A null nextToken is the only end signal: a
+   * page may be short (or empty) when the examine budget runs out first.
    */
   async scan(req: ScanIn): Promise<{ rows: RowCellsOut[]; nextToken: Buffer | null }> {
     if (this.disk.reopening) await this.disk.whenOpen();
-    return scanPage(this.subs, req);
+    if (!scansByRowKey(req)) return scanPage(this.subs, req);
+    // One snapshot for the index and the cells, so every row the index names is read as of the same moment.
+    const snapshot = this.db.snapshot();
+    try {
+      return await scanByRowKey(this.subs, req, snapshot);
+    } finally {
+      await snapshot.close();
+    }
   }
 
   // ---------------------------------------------------------------- stats
@@ -386,7 +395,7 @@ export class ShardStore {
   }
 
   /**
-   * Compares the derived records (cell counts, newest-version pointers) with
+   * Compares the derived records (cell counts, newest-version pointers, row-key index) with
    * the cells, reading everything: slow, for checks and tests. Returns the
    * differences (empty when exact). Run it with no writes in flight.
    */
