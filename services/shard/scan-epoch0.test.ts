@@ -5,7 +5,9 @@
  * empty. Found by the Python example (examples/python): a page that filled
  * exactly where a range ended came back with an empty next_token, so the
  * rest of the hash space was silently skipped. Every page size, against
- * every shard as the walker, must see every row once, in storage order.
+ * every shard as the walker, must see every row once: a full scan in hash
+ * order, a prefix scan range by range (in hash order) with each range's rows
+ * in row-key order (the row-key index).
  */
 import { afterAll, beforeAll, expect, it } from '@jest/globals';
 import { rowHash } from '../common/hash.js';
@@ -29,22 +31,39 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
-it('an epoch-0 scan in pages of any size sees every row once, in hash order, whichever shard walks', async () => {
-  const expected = [...ROWS].sort((a, b) => (rowHash(a) < rowHash(b) ? -1 : rowHash(a) > rowHash(b) ? 1 : 0));
-  for (const shard of cluster.shards) {
-    const c = shardClient(shard.address);
-    for (let limit = 1; limit <= ROWS.length + 1; limit++) {
-      const seen: string[] = [];
-      let resumeToken = Buffer.alloc(0);
-      for (let page = 0; page < 50; page++) {
-        const r = await rawCall(c, c.scanRows, { epoch: 0n, rowPrefix: 'scan0/', filter: undefined, limit, resumeToken, hashStart: 0n, hashEnd: 0n }, token);
-        expect(r.err).toBeUndefined();
-        seen.push(...r.res!.rows.map((x) => x.row));
-        if (r.res!.nextToken.length === 0) break;
-        resumeToken = Buffer.from(r.res!.nextToken);
-      }
-      expect({ limit, seen }).toEqual({ limit, seen: expected });
+async function walk(shardAddress: string, rowPrefix: string, limit: number): Promise<string[]> {
+  const c = shardClient(shardAddress);
+  try {
+    const seen: string[] = [];
+    let resumeToken = Buffer.alloc(0);
+    for (let page = 0; page < 50; page++) {
+      const r = await rawCall(c, c.scanRows, { epoch: 0n, rowPrefix, filter: undefined, limit, resumeToken, hashStart: 0n, hashEnd: 0n }, token);
+      expect(r.err).toBeUndefined();
+      seen.push(...r.res!.rows.map((x) => x.row));
+      if (r.res!.nextToken.length === 0) break;
+      resumeToken = Buffer.from(r.res!.nextToken);
     }
+    return seen;
+  } finally {
     c.close();
+  }
+}
+
+const byHash = (a: string, b: string): number => (rowHash(a) < rowHash(b) ? -1 : rowHash(a) > rowHash(b) ? 1 : 0);
+
+it('an epoch-0 full scan in pages of any size sees every row once, in hash order, whichever shard walks', async () => {
+  const expected = [...ROWS].sort(byHash);
+  for (const shard of cluster.shards) {
+    for (let limit = 1; limit <= ROWS.length + 1; limit++) expect({ limit, seen: await walk(shard.address, '', limit) }).toEqual({ limit, seen: expected });
+  }
+});
+
+it('an epoch-0 prefix scan in pages of any size sees every row once, range by range, in key order inside each', async () => {
+  const ranges = cluster.shards[0]!.node.map.ranges;
+  expect(ranges.length).toBeGreaterThan(1);
+  const expected = ranges.flatMap((r) => ROWS.filter((row) => rowHash(row) >= r.start && rowHash(row) < r.end).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b))));
+  expect(expected).not.toEqual([...ROWS].sort(byHash)); // the two orders differ for these rows, so the check tells them apart
+  for (const shard of cluster.shards) {
+    for (let limit = 1; limit <= ROWS.length + 1; limit++) expect({ limit, seen: await walk(shard.address, 'scan0/', limit) }).toEqual({ limit, seen: expected });
   }
 });

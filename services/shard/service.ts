@@ -25,7 +25,7 @@ import { call, unary, type HandlerEnv, type RpcContext } from '../common/grpc.js
 import { endFromProto, hashFromBytes, HASH_SPACE_END, rowHash } from '../common/hash.js';
 import { addressOf, ownerOfHash, type ClusterMap } from '../common/map.js';
 import { rangeContains, type HashRange } from '../common/ranges.js';
-import { encodeScanToken, rowPrefix } from './keys.js';
+import { encodeKeyOrderToken, encodeScanToken, rowPrefix } from './keys.js';
 import type { ShardNode } from './node.js';
 import type { CellFilterIn, CellIn, CellOut } from './store.js';
 import * as check from './validate.js';
@@ -244,13 +244,21 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
           rows.push(...res.rows);
           next = res.nextToken.length ? Buffer.from(res.nextToken) : null;
         }
-        if (next) return { header: header(), rows, nextToken: next };
+        // A prefix scan's token at segEnd carries a range that reaches past this one (it was
+        // split since the token was made): an epoch-0 walk goes on with it; with an epoch the
+        // caller routes it (its window ends here); at the window's end nothing is left.
+        const carried = next !== null && req.rowPrefix.length > 0 && hashFromBytes(next) === segEnd;
+        if (next && !(carried && req.epoch === 0n)) return { header: header(), rows, nextToken: next };
         from = segEnd;
-        token = undefined;
+        token = carried && from < window.end ? next! : undefined;
       }
       // The page filled exactly where a range ended and more of the window is
-      // left (an epoch-0 walk): resume after the last row, not "done".
-      if (from < window.end && rows.length > 0) return { header: header(), rows, nextToken: encodeScanToken(rowPrefix(rows[rows.length - 1]!.row)) };
+      // left (an epoch-0 walk): resume there, not "done". A full scan resumes
+      // after the last row (hash order); a prefix scan at the next range's start.
+      if (from < window.end && (rows.length > 0 || token)) {
+        const nextToken = token ?? (req.rowPrefix.length > 0 ? encodeKeyOrderToken({ start: from, parts: [] }) : encodeScanToken(rowPrefix(rows[rows.length - 1]!.row)));
+        return { header: header(), rows, nextToken };
+      }
       return { header: header(), rows, nextToken: Buffer.alloc(0) };
     }),
 

@@ -13,7 +13,7 @@
  */
 import { invalidArgument, limitExceeded } from '../common/errors.js';
 import { HASH_SPACE_END } from '../common/hash.js';
-import { MAX_ROW_KEY_BYTES, decodeScanToken } from './keys.js';
+import { MAX_ROW_KEY_BYTES, decodeKeyOrderToken, decodeScanToken, isKeyOrderToken } from './keys.js';
 
 export interface CellIn {
   column: string;
@@ -223,8 +223,13 @@ export function checkScan(req: ScanIn, limits: Limits = DEFAULT_LIMITS): void {
     throw invalidArgument(`hashEnd: ${String(req.hashEnd)} must be above hashStart ${req.hashStart} and at most 2^64`);
   }
   if (req.resumeToken !== undefined && req.resumeToken.length > 0) {
+    const keyOrder = isKeyOrderToken(req.resumeToken);
+    if (keyOrder && req.rowPrefix.length === 0) {
+      throw invalidArgument('resumeToken: this token continues a scan with a rowPrefix (row-key order); send the same rowPrefix, or no token to start a full scan');
+    }
     try {
-      decodeScanToken(req.resumeToken);
+      if (keyOrder) decodeKeyOrderToken(req.resumeToken);
+      else decodeScanToken(req.resumeToken);
     } catch {
       throw invalidArgument(`resumeToken: malformed resume token (${req.resumeToken.length} bytes); pass back a next_token unchanged`);
     }
