@@ -377,8 +377,9 @@ class Client:
 
     def scan_page(self, prefix, resume=None, limit=100, **kw):
         """
-        One page of rows whose key starts with prefix, in storage order (hash,
-        then key). `resume` is where the last page stopped: a hash to start at,
+        One page of rows whose key starts with prefix: ranges in hash order,
+        each range's rows in key order (a full scan, prefix '', is in hash
+        order). `resume` is where the last page stopped: a hash to start at,
         or the shard's next_token (whose first 8 bytes are a hash). Returns
         (rows, resume) with resume None at the end. A page may hold fewer than
         `limit` rows, even none, before the end: only resume None means done.

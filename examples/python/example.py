@@ -104,8 +104,9 @@ def main():
     owners = sorted({m.owner(r)[0] for r in batch})
     out(f'batch: {len(batch)} rows in {calls} WriteRows calls (shards {", ".join(owners)})')
 
-    # 6. Scan the prefix in pages of 4: storage order is by hash, so the page
-    #    boundaries fall anywhere; only the end of the resume token means done.
+    # 6. Scan the prefix in pages of 4: ranges in hash order, key order inside
+    #    each, so page boundaries fall anywhere; only the end of the resume
+    #    token means done.
     seen = []
     for page, rows in client.scan(prefix + 'item-', page_size=4):
         seen += [r.row for r in rows]

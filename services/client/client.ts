@@ -170,8 +170,10 @@ export class CairnClient {
   }
 
   /**
-   * Every row whose key starts with `prefix`, in storage order (hash, then
-   * key; not alphabetical), fetched page by page across every shard.
+   * Every row whose key starts with `prefix`, fetched page by page across
+   * every shard: ranges in hash order, each range's rows in key order (a
+   * seek in each shard's row-key index); with an empty prefix, every row in
+   * storage (hash) order.
    */
   scan(prefix: string, o: ScanOptions = {}): AsyncGenerator<ScanRow> {
     return scan(this.calls, prefix, o);
