@@ -302,5 +302,14 @@ describe('prefix scans by the index', () => {
       ['q/3', 50],
     ]);
     expect(page.rows[0]!.cells[0]!.value.toString()).toBe('1');
+    // Exact columns, newest only: read by the newest-version pointers.
+    const exact = await s.scan({ rowPrefix: 'q/', filter: f({ columns: ['x', 'keep', 'keep001'] }), limit: 10, hashStart: 0n, hashEnd: HASH_SPACE_END });
+    expect(exact.rows.map((r) => [r.row, r.cells.map((c) => `${c.column}=${c.value.toString()}@${c.timestampUs}`)])).toEqual([
+      ['q/1', ['keep=1@5', 'x=x@5']],
+      ['q/2', ['x=x@5']],
+      ['q/3', ['keep001=v@5']],
+    ]);
+    const full = await s.scan({ rowPrefix: '', filter: f({ columns: ['x', 'keep', 'keep001'] }), limit: 10, hashStart: 0n, hashEnd: HASH_SPACE_END });
+    expect([...full.rows].sort((a, b) => byteOrder(a.row, b.row))).toEqual(exact.rows);
   });
 });

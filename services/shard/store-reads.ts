@@ -124,8 +124,7 @@ export async function readCells(subs: Subs, prefix: Buffer, f: CellFilterIn): Pr
   const out: CellOut[] = [];
   const limit = f.limit > 0 ? f.limit : Infinity;
   if (f.columns.length > 0) {
-    // Exact columns, in byte order so the result is ordered by column.
-    const cols = f.columns.length === 1 ? f.columns : [...new Set(f.columns)].sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+    const cols = sortedColumns(f.columns);
     if (!f.timeRange && !f.allVersions) {
       const newest = await newestCells(subs, prefix, cols, limit);
       if (newest) return newest;
@@ -151,6 +150,11 @@ export async function readCells(subs: Subs, prefix: Buffer, f: CellFilterIn): Pr
     if (sel.full) break;
   }
   return out;
+}
+
+/** Exact columns once each, in byte order, so a result is ordered by column. */
+function sortedColumns(columns: string[]): string[] {
+  return columns.length === 1 ? columns : [...new Set(columns)].sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
 }
 
 /**
@@ -228,8 +232,8 @@ export async function scanPage(subs: Subs, req: ScanIn): Promise<{ rows: RowCell
   }
 }
 
-/** Cells read per hop after seeking to a row in a prefix scan: most rows are small, so the first read is too. */
-const ROW_FIRST_CHUNK = 16;
+/** Cells read in the first hop after seeking to a row in a prefix scan: most rows have a cell or two, and every entry read past the row is wasted. */
+const ROW_FIRST_CHUNK = 2;
 
 /**
  * One page of a row-key prefix scan by the row-key index: the rows of
@@ -274,6 +278,9 @@ export async function scanByRowKey(subs: Subs, req: ScanIn, snapshot: Snapshot):
     rest.push(...beyond);
     return encodeKeyOrderToken({ start: stages[i]!.start, parts: trimmed(rest) }); // past the last part nothing is done anyway
   };
+  const f = req.filter;
+  const pointerColumns = f.columns.length > 0 && !f.timeRange && !f.allVersions ? sortedColumns(f.columns) : null;
+  const cellLimit = f.limit > 0 ? f.limit : Infinity;
   const rows: RowCellsOut[] = [];
   let examined = 0;
   const cells = subs.cells.iterator({ snapshot });
@@ -300,7 +307,10 @@ export async function scanByRowKey(subs: Subs, req: ScanIn, snapshot: Snapshot):
             last = rowKeyBytes(prefix);
             const hash = hashOfIndexKey(key);
             if (hash < stage.start || hash >= stage.end) continue; // a row of another range this shard holds
-            const got = await readRowAt(cells, prefix, req.filter);
+            // Newest versions of exact columns: by their pointers (synchronous point reads, no hop to
+            // LevelDB's threads; ~3x cheaper per row than a seek). They read the current state, not the
+            // page's snapshot: null when a write moved a pointer between the two reads, then seek.
+            const got = (pointerColumns && (await newestCells(subs, prefix, pointerColumns, cellLimit))) || (await readRowAt(cells, prefix, req.filter));
             if (got.length > 0) rows.push({ row: last.toString('utf8'), cells: got });
           }
         }
