@@ -37,6 +37,8 @@ function groupLabel(r: ResultLine): string {
   // Lines of one workload share a group even when a system takes fewer rows per call (etcd's Txn limit).
   const m = typeof r.workload === 'string' ? /^batch(\d+)$/.exec(r.workload) : null;
   if (m) return `batch of ${Number(m[1]).toLocaleString('en-US')}`;
+  if (r.workload === 'scan_all') return 'full scan (whole scans)';
+  if (r.workload === 'prefix_scan') return 'prefix scan, 1 in 1,000';
   if (r.op === 'batch') return `batch of ${r.rowsPerCall.toLocaleString('en-US')}`;
   if (r.op === 'scan') return `scan (pages of ${r.rowsPerCall.toLocaleString('en-US')})`;
   if (r.op === 'transfer') return 'range transfer';

@@ -13,7 +13,9 @@
  *
  * Workloads: single-row put and point get (64 in flight), batched writes of 100
  * and 1,000 rows (4 in flight; etcd: a Txn of as many puts, up to its 128-op
- * limit), and scans of 1,000-row pages from a random start (4 in flight), then a
+ * limit), and scans of 1,000-row pages from a random start (4 in flight); then,
+ * Cairn alone, a selective prefix scan (1 row in 1,000 matches, at least 200k
+ * rows in the cluster) timed against a full scan of the same rows, and a
  * rebalance transfer (a 4th shard joins; rows moved per second). Every line is
  * the median over runs: ops/s, rows/s, p50/p99 per call, server CPU per op from
  * /proc/<pid>/stat, and ratios to each peer and floor.
@@ -74,6 +76,8 @@ interface Options {
   batchConcurrency: number;
   scanConcurrency: number;
   scanPage: number;
+  /** Rows the cluster holds at least for the selective prefix scan (filler is written up to it). */
+  prefixRows: number;
   transfer: boolean;
   systems: Set<SystemName>;
   workloads: Set<string> | null;
@@ -87,7 +91,7 @@ const ALL_SYSTEMS: SystemName[] = ['cairn', 'etcd', 'redis', 'level', 'echo'];
 
 const USAGE = `usage: node dist/bench/peers-bench.js [--tiny] [--seconds N] [--runs N] [--warmup S] [--settle S]
          [--warmup-pass S] [--preload ROWS] [--concurrency N] [--batch-concurrency N] [--scan-concurrency N]
-         [--systems cairn,etcd,redis,level,echo] [--workloads put,get,batch100,batch1000,scan]
+         [--prefix-rows N] [--systems cairn,etcd,redis,level,echo] [--workloads put,get,batch100,batch1000,scan,prefix]
          [--no-transfer] [--out FILE.json] [--chart FILE.svg]
   --tiny                smoke check: 1 run x 0.3 s, 2,000 preloaded rows, no settling; writes no
                         results unless --out/--chart are given
@@ -101,6 +105,8 @@ const USAGE = `usage: node dist/bench/peers-bench.js [--tiny] [--seconds N] [--r
   --concurrency N       calls in flight for put and get (default 64)
   --batch-concurrency N batch calls in flight (default 4)
   --scan-concurrency N  scan calls in flight (default 4)
+  --prefix-rows N       rows in the cluster for the selective prefix scan, at least (default 200000;
+                        tiny: 5000); 1 in 1,000 of them matches the prefix
   --systems LIST        which systems to run (default all that are installed)
   --workloads LIST      which workloads to run (default all)
   --no-transfer         skip the rebalance transfer at the end
@@ -120,6 +126,7 @@ function parseOptions(argv: string[]): Options {
     batchConcurrency: 4,
     scanConcurrency: 4,
     scanPage: 1000,
+    prefixRows: tiny ? 5000 : 200_000,
     transfer: true,
     systems: new Set(ALL_SYSTEMS),
     workloads: null,
@@ -167,6 +174,9 @@ function parseOptions(argv: string[]): Options {
         break;
       case '--scan-concurrency':
         o.scanConcurrency = num(flag, value(), 1, true);
+        break;
+      case '--prefix-rows':
+        o.prefixRows = num(flag, value(), 1000, true);
         break;
       case '--systems': {
         const list = (value() ?? '').split(',').filter(Boolean);
@@ -656,10 +666,96 @@ function evaluateTargets(lines: Line[]): Target[] {
     add(`${w}: cairn rows/s ÷ etcd Txn rows/s`, (c?.rowsPerSec ?? NaN) / (get('etcd', w)?.rowsPerSec ?? NaN), '≥ 3', (v) => v >= 3);
   }
   add('scan: cairn rows/s ÷ level nextv rows/s', (get('cairn', 'scan')?.rowsPerSec ?? NaN) / (get('level', 'scan')?.rowsPerSec ?? NaN), '≥ 0.30', (v) => v >= 0.3);
+  // Issue 15: the time of a selective prefix scan ÷ the time of a full scan of the same rows (each line's ops/s is whole scans per second).
+  add('prefix_scan_vs_full', (get('cairn', 'scan_all')?.opsPerSec ?? NaN) / (get('cairn', 'prefix_scan')?.opsPerSec ?? NaN), '≤ 0.02', (v) => v <= 0.02);
   const t = lines.find((l) => l.op === 'transfer');
   const levelBatch = get('level', 'batch1000');
   add('transfer: cairn rows/s ÷ level batch1000 rows/s', (t?.rowsPerSec ?? NaN) / (levelBatch?.rowsPerSec ?? NaN), '≥ 0.50', (v) => v >= 0.5);
   return out;
+}
+
+// ---------------------------------------------------------------------------
+// The selective prefix scan: GRR listing one client's files among every client's
+
+const PREFIX_TREE = 'aff4:/C.';
+const SELECTIVE_PREFIX = 'aff4:/C.1234/';
+
+/**
+ * Fills the cluster up to `o.prefixRows` rows (filler under other clients'
+ * prefixes, sharing `aff4:/C.` with the matches so they are key-order
+ * neighbours), with 1 row in 1,000 under SELECTIVE_PREFIX, then times, run by
+ * run, a full scan (no prefix: every row in the cluster, pages of 1,000) and
+ * the selective prefix scan (every match), alternating which goes first. One
+ * "call" of each line is one whole scan: ops/s is scans per second, and their
+ * ratio is the target prefix_scan_vs_full.
+ */
+async function measurePrefixScan(db: CairnClient, pids: number[], allPids: number[], o: Options, settled: { seconds: number; busy: number }): Promise<Line[]> {
+  const scanAll = async (prefix: string): Promise<number> => {
+    let n = 0;
+    for await (const row of db.scan(prefix, { pageSize: 1000, columns: [COLUMN] })) if (row.cells.length > 0) n++;
+    return n;
+  };
+  const p0 = performance.now();
+  const before = await scanAll(''); // also warms the full-scan path
+  const matches = Math.max(1, Math.round(Math.max(before, o.prefixRows) / 1000));
+  const filler = Math.max(0, o.prefixRows - before - matches);
+  const total = before + filler + matches;
+  const gen = new KeyGen(99);
+  const names: string[] = [];
+  // Matches spread among the filler, so batches (and the shards' write paths) see them as the rest.
+  for (let i = 0, m = 0; i < filler + matches; i++) {
+    const match = m < matches && (i + 1) * matches >= (m + 1) * (filler + matches);
+    names.push(match ? `${SELECTIVE_PREFIX}fs/os/${m++}` : `${PREFIX_TREE}${2000 + (i % 5000)}/fs/os/${gen.next('')}`);
+  }
+  for (let i = 0; i < names.length; i += 1000) {
+    await db.writeRows(names.slice(i, i + 1000).map((row) => ({ row, cells: { [COLUMN]: Buffer.from(nextValue(VALUE_BYTES)) } })));
+  }
+  console.log(`prefix scan: ${fmtInt(total)} rows in the cluster (${fmtInt(filler)} written as filler), ${fmtInt(matches)} under ${SELECTIVE_PREFIX} (1 in ${fmtInt(total / Math.max(1, matches))}); set up in ${((performance.now() - p0) / 1000).toFixed(1)} s`);
+  const full: Sample[] = [];
+  const sel: Sample[] = [];
+  const timeOne = async (prefix: string, expect: number): Promise<Sample> => {
+    const s = await settle(allPids, o.settleSeconds);
+    settled.seconds += s.seconds;
+    if (!s.quiet) settled.busy += 1;
+    const m0 = machineBusyTicks();
+    const all0 = procSeconds(allPids);
+    const srv0 = procSeconds(pids);
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    const n = await scanAll(prefix);
+    const seconds = (performance.now() - t0) / 1000;
+    const c = process.cpuUsage(c0);
+    const self = (c.user + c.system) / 1e6;
+    const all = procSeconds(allPids) - all0;
+    const machine = (machineBusyTicks() - m0) / CLK_TCK;
+    if (n !== expect) console.log(`WARNING: the scan of ${JSON.stringify(prefix)} returned ${n} rows, expected ${expect}`);
+    return {
+      rows: n,
+      calls: 1,
+      seconds,
+      p50: seconds * 1000,
+      p99: seconds * 1000,
+      serverUs: (procSeconds(pids) - srv0) * 1e6,
+      clientUs: self * 1e6,
+      otherCores: Math.max(0, (machine - self - all) / seconds),
+      misses: n === expect ? 0 : 1,
+    };
+  };
+  await scanAll(SELECTIVE_PREFIX); // warm
+  for (let run = 1; run <= o.runs; run++) {
+    if (run % 2) {
+      full.push(await timeOne('', total));
+      sel.push(await timeOne(SELECTIVE_PREFIX, matches));
+    } else {
+      sel.push(await timeOne(SELECTIVE_PREFIX, matches));
+      full.push(await timeOne('', total));
+    }
+    console.log(`prefix scan run ${run}/${o.runs}: full scan ${full.at(-1)!.seconds.toFixed(3)} s, selective prefix ${(sel.at(-1)!.seconds * 1000).toFixed(1)} ms`);
+  }
+  return [
+    summarize('cairn', { id: 'scan_all', op: 'scan', rows: total, inflight: 1, label: '' }, total, full),
+    summarize('cairn', { id: 'prefix_scan', op: 'scan', rows: matches, inflight: 1, label: '' }, matches, sel),
+  ];
 }
 
 // ---------------------------------------------------------------------------
@@ -832,8 +928,8 @@ async function main(): Promise<void> {
       { id: 'scan', op: 'scan', rows: o.scanPage, inflight: o.scanConcurrency, label: `scan ${o.scanPage.toLocaleString('en-US')}-row pages, ${o.scanConcurrency} in flight` },
     ];
     if (o.workloads) {
-      const unknown = [...o.workloads].filter((id) => !workloads.some((w) => w.id === id));
-      if (unknown.length) throw new Error(`--workloads: unknown ${unknown.join(', ')} (known: ${workloads.map((w) => w.id).join(', ')})`);
+      const unknown = [...o.workloads].filter((id) => id !== 'prefix' && !workloads.some((w) => w.id === id));
+      if (unknown.length) throw new Error(`--workloads: unknown ${unknown.join(', ')} (known: ${workloads.map((w) => w.id).join(', ')}, prefix)`);
       workloads.splice(0, workloads.length, ...workloads.filter((w) => o.workloads!.has(w.id)));
     }
     const can = (s: System, w: Workload) => (w.op === 'put' ? !!s.put : w.op === 'get' ? !!s.get : w.op === 'batch' ? !!s.batch : !!s.scan);
@@ -873,6 +969,18 @@ async function main(): Promise<void> {
       }
     }
 
+    // ---- the selective prefix scan against a full scan (Cairn alone: the peers have no such index to compare)
+    const cairnSys = systems.find((s) => s.name === 'cairn');
+    if (cairnSys && cluster && (!o.workloads || o.workloads.has('prefix'))) {
+      const w = USERS.find((u) => u.role === 'rw')!;
+      const db = await CairnClient.connect({ master: cluster.masterAddress, user: w.user, password: w.password });
+      try {
+        lines.push(...(await measurePrefixScan(db, cairnSys.pids, allPids, o, settled)));
+      } finally {
+        db.close();
+      }
+    }
+
     // ---- the transfer (last: it changes the cluster)
     if (o.transfer && cluster) {
       const a = USERS.find((u) => u.role === 'admin')!;
@@ -886,6 +994,8 @@ async function main(): Promise<void> {
     const rows: string[][] = [];
     const labelOf = new Map(workloads.map((w) => [w.id, w.label]));
     labelOf.set('transfer', 'rebalance transfer (+1 shard)');
+    labelOf.set('scan_all', 'full scan, every row (1 call = 1 scan)');
+    labelOf.set('prefix_scan', 'selective prefix scan, 1 in 1,000');
     let last = '';
     for (const l of lines) {
       rows.push([
@@ -927,7 +1037,7 @@ async function main(): Promise<void> {
 
     const targets = evaluateTargets(lines);
     console.log('');
-    console.log('Issue 7 targets (ratios from this run):');
+    console.log('Issue 7 and issue 15 targets (ratios from this run):');
     for (const t of targets) console.log(`  ${t.met === null ? 'n/a ' : t.met ? 'MET ' : 'MISS'}  ${t.target} = ${fmtRatio(t.value)} (goal ${t.goal})`);
 
     const noisiest = Math.max(0, ...lines.map((l) => l.otherCores).filter(Number.isFinite));

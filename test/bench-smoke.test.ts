@@ -61,7 +61,10 @@ describe('bench:peers --tiny', () => {
       expect(r).toHaveProperty('serverCpuUsPerOp');
     }
     expect(file.targets.length).toBeGreaterThan(0);
-    expect(out).toContain('Issue 7 targets');
+    expect(out).toContain('Issue 7 and issue 15 targets');
+    // The selective prefix scan ran and its ratio to a full scan is a target.
+    expect(file.results.filter((r) => r.system === 'cairn').map((r) => r.workload)).toEqual(expect.arrayContaining(['scan_all', 'prefix_scan']));
+    expect(file.targets).toContainEqual(expect.objectContaining({ target: 'prefix_scan_vs_full', value: expect.any(Number), goal: '≤ 0.02' }));
     const chart = await readFile(svg, 'utf8');
     expect(chart.startsWith('<svg')).toBe(true);
     expect(chart).toContain('cairn');
