@@ -131,7 +131,7 @@ export function markerKind(content: string): DataDirKind | undefined | { invalid
  * Each is probed as a key range: [gte, lt).
  */
 export const KEY_SIGNATURES: Readonly<Record<DataDirKind, ReadonlyArray<{ gte: string; lt: string }>>> = {
-  shard: ['cells', 'leases', 'reqids', 'rc', 'lv', 'meta'].map((name) => ({ gte: `!${name}!`, lt: `!${name}"` })),
+  shard: ['cells', 'leases', 'reqids', 'rk', 'rc', 'lv', 'meta'].map((name) => ({ gte: `!${name}!`, lt: `!${name}"` })),
   master: [
     ...['approvals', 'clusterId', 'map', 'nextShardNumber', 'removedShards', 'shards'].map((key) => ({ gte: key, lt: `${key}\x00` })),
     { gte: 'move/', lt: 'move0' },

@@ -319,7 +319,8 @@ export function decodeScanToken(token: Uint8Array): Buffer {
  * row whose key starts with P" is exactly the keys starting with escape(P).
  * The hash at the end lets a scan keep only the rows of one hash range
  * without hashing each key, and rebuilds the row prefix without hashing.
- * The value is empty.
+ * The value is the row's cell count (store-plan.ts settle): the same record
+ * answers "does this row exist?" as a point read on every write.
  */
 const INDEX_HASH_BYTES = 8;
 
@@ -493,11 +494,11 @@ export function decodeKeyOrderToken(token: Uint8Array): KeyOrderPosition {
  */
 /** Present once the bucket stats records are complete and exact. */
 export const META_STATS_MARKER = 'stats/v1';
-/** Present once every row's cell-count record is complete and exact. */
+/** Present in stores from before the row-key index, whose cell counts were keyed by row prefix (`rc`); removed when the index is built. */
 export const META_ROWCELLS_MARKER = 'rc/v1';
 /** Present once every column's newest-version pointer is complete and exact. */
 export const META_LATEST_MARKER = 'lv/v1';
-/** Present once the row-key index has an entry for every stored row, and no other. */
+/** Present once the row-key index has, for every stored row and no other, its exact cell count. */
 export const META_ROWINDEX_MARKER = 'rk/v1';
 /** The clock's persisted high-water mark. */
 export const META_CLOCK = 'clock';

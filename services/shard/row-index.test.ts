@@ -1,6 +1,6 @@
 /**
  * The row-key index (sublevel `rk`) on real LevelDB in temp directories: it
- * names exactly the stored rows after every kind of mutation (writes,
+ * names exactly the stored rows, each with its cell count, after every kind of mutation (writes,
  * deletes, replaces, a range moved out and in, a follower's snapshot), after
  * a reopen, and after an open of a store that never had it; and a prefix scan
  * by it returns exactly the rows a full scan filtered by the prefix returns,
@@ -158,13 +158,19 @@ describe('the row-key index', () => {
     const rows = Array.from({ length: 300 }, (_, i) => `u/${i % 7}/${i}`);
     await s.writeRows(rows.map((row) => ({ row, replace: false, cells: [{ column: 'c', value: Buffer.from(row), timestampUs: 0n }] })), W);
     await s.close();
-    // As a store from before the index: no `rk` records and no marker; plus a stale entry from a partial build.
+    // As a store from before the index: no `rk` records and no marker, its cell counts under `rc` by row
+    // prefix (marker rc/v1); plus a stale entry from a partial build.
     const db = new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
-    const rk = db.sublevel<Buffer, Buffer>('rk', { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+    const bin = { keyEncoding: 'buffer', valueEncoding: 'buffer' } as const;
+    const rk = db.sublevel<Buffer, Buffer>('rk', bin);
+    const rc = db.sublevel<Buffer, Buffer>('rc', bin);
     const first = (await rk.keys({ limit: 1 }).all())[0]!;
+    for await (const [k, v] of rk.iterator()) await rc.put(rowPrefixOfIndexKey(k), v);
     await rk.clear();
-    await rk.put(Buffer.concat([Buffer.from('gone'), first.subarray(first.length - 10)]), Buffer.alloc(0));
-    await db.sublevel<string, Buffer>('meta', { keyEncoding: 'utf8', valueEncoding: 'buffer' }).del('rk/v1');
+    await rk.put(Buffer.concat([Buffer.from('gone'), first.subarray(first.length - 10)]), Buffer.from([1]));
+    const meta = db.sublevel<string, Buffer>('meta', { keyEncoding: 'utf8', valueEncoding: 'buffer' });
+    await meta.del('rk/v1');
+    await meta.put('rc/v1', Buffer.from('1'));
     await db.close();
     expect(await indexedRows(dir)).toEqual(['gone']);
 
@@ -173,9 +179,13 @@ describe('the row-key index', () => {
     expect(await prefixScan(again, 'u/3/', 10)).toEqual(sorted(rows.filter((r) => r.startsWith('u/3/'))));
     await again.close();
     expect(sorted(await indexedRows(dir))).toEqual(sorted(rows));
-    const meta = new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
-    expect(await meta.sublevel<string, Buffer>('meta', { keyEncoding: 'utf8', valueEncoding: 'buffer' }).get('rk/v1')).toBeDefined();
-    await meta.close();
+    // Built once: the marker is there, and the old counts are gone.
+    const after = new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+    const afterMeta = after.sublevel<string, Buffer>('meta', { keyEncoding: 'utf8', valueEncoding: 'buffer' });
+    expect(await afterMeta.get('rk/v1')).toBeDefined();
+    expect(await afterMeta.get('rc/v1')).toBeUndefined();
+    expect(await after.sublevel<Buffer, Buffer>('rc', { keyEncoding: 'buffer', valueEncoding: 'buffer' }).keys().all()).toEqual([]);
+    await after.close();
   });
 });
 

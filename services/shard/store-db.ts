@@ -33,9 +33,9 @@ export interface Subs {
   cells: Sublevel<Buffer>;
   leases: Sublevel<Buffer>;
   reqids: Sublevel<Buffer>;
-  rowcells: Sublevel<Buffer>;
   latest: Sublevel<Buffer>;
   rowindex: Sublevel<Buffer>;
+  oldRowcells: Sublevel<Buffer>;
   meta: Sublevel<string>;
 }
 
@@ -45,12 +45,12 @@ export function sublevels(db: Level<Buffer, Buffer>): Subs {
     cells: db.sublevel<Buffer, Buffer>('cells', bin),
     leases: db.sublevel<Buffer, Buffer>('leases', bin),
     reqids: db.sublevel<Buffer, Buffer>('reqids', bin),
-    /** Per row prefix, its number of stored cells (shard-local, derived: see settle). */
-    rowcells: db.sublevel<Buffer, Buffer>('rc', bin), // short names: they are in every key, and every write writes both
     /** Per column key prefix, the timestamp tail of its newest stored cell (shard-local, derived: see settle). */
-    latest: db.sublevel<Buffer, Buffer>('lv', bin),
-    /** Per stored row, its row-index key (keys.ts rowIndexKey), empty value: prefix scans seek here (shard-local, derived: see settle). */
+    latest: db.sublevel<Buffer, Buffer>('lv', bin), // short names: they are in every key, and every new row writes both
+    /** Per stored row, by its row-index key (keys.ts rowIndexKey), its number of stored cells: row existence and prefix seeks (shard-local, derived: see settle). */
     rowindex: db.sublevel<Buffer, Buffer>('rk', bin),
+    /** The cell counts of stores from before the row-key index (keyed by row prefix): cleared when the index is built. */
+    oldRowcells: db.sublevel<Buffer, Buffer>('rc', bin),
     meta: db.sublevel<string, Buffer>('meta', { keyEncoding: 'utf8', valueEncoding: 'buffer' }),
   };
 }

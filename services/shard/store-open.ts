@@ -52,9 +52,8 @@ export async function loadStore(db: Level<Buffer, Buffer>, subs: Subs, stats: Bu
   } else {
     await stats.load(subs.meta);
   }
-  if ((await subs.meta.get(META_ROWCELLS_MARKER)) === undefined || (await subs.meta.get(META_LATEST_MARKER)) === undefined) await rebuildDerived(db, subs);
-  // After the cell counts: the index is built from them (one record per row, exact once their marker is there).
-  if ((await subs.meta.get(META_ROWINDEX_MARKER)) === undefined) await rebuildRowIndex(db, subs);
+  // A store from before the row-key index has its counts keyed by row prefix (`rc`): built once, here.
+  if ((await subs.meta.get(META_ROWINDEX_MARKER)) === undefined || (await subs.meta.get(META_LATEST_MARKER)) === undefined) await rebuildDerived(db, subs);
   const persistedClock = decodeClockMark(clockRec);
   let floor = persistedClock;
   if (scanned && scanned.maxTs > floor) floor = scanned.maxTs;
@@ -62,20 +61,23 @@ export async function loadStore(db: Level<Buffer, Buffer>, subs: Subs, stats: Bu
 }
 
 /**
- * Writes the derived per-row records (cell counts, newest-version pointers)
- * from the cells: a store from before they existed, or one whose records
- * were lost. In batches; the markers go last, so a crash part-way makes the
- * next open start over.
+ * Writes the derived per-row records (the row-key index with each row's cell
+ * count, newest-version pointers) from the cells: a store from before they
+ * existed, or one whose records were lost. In batches; the markers go last,
+ * so a crash part-way makes the next open start over. The cell counts of
+ * stores from before the index (`rc`, by row prefix) are dropped.
  */
 async function rebuildDerived(db: Level<Buffer, Buffer>, subs: Subs): Promise<void> {
-  await subs.rowcells.clear();
+  await subs.rowindex.clear();
   await subs.latest.clear();
+  await subs.oldRowcells.clear();
+  await subs.meta.del(META_ROWCELLS_MARKER);
   let ops: BatchOp[] = [];
   let prefix: Buffer | null = null;
   let colKey: Buffer | null = null;
   let n = 0;
   const flushRow = (): void => {
-    if (prefix) ops.push({ type: 'put', sublevel: subs.rowcells, key: prefix, value: encodeCount(n) });
+    if (prefix) ops.push({ type: 'put', sublevel: subs.rowindex, key: rowIndexKey(prefix), value: encodeCount(n) });
   };
   for await (const key of keysIn(subs.cells, {})) {
     // Keys come column by column, newest version first: the first of each column is its newest.
@@ -98,30 +100,8 @@ async function rebuildDerived(db: Level<Buffer, Buffer>, subs: Subs): Promise<vo
     n = 1;
   }
   flushRow();
-  ops.push({ type: 'put', sublevel: subs.meta, key: META_ROWCELLS_MARKER, value: Buffer.from('1') });
-  ops.push({ type: 'put', sublevel: subs.meta, key: META_LATEST_MARKER, value: Buffer.from('1') });
-  await db.batch<Buffer | string, Buffer>(ops, { sync: true });
-}
-
-/**
- * Writes the row-key index from the cell-count records (one per stored row):
- * a store from before the index existed, or one whose index was lost. The
- * entries are written in batches and the marker last, so a crash part-way
- * makes the next open start over; until the marker is there the index is
- * never read (the store is not open).
- */
-async function rebuildRowIndex(db: Level<Buffer, Buffer>, subs: Subs): Promise<void> {
-  await subs.rowindex.clear();
-  const empty = Buffer.alloc(0);
-  let ops: BatchOp[] = [];
-  for await (const prefix of keysIn(subs.rowcells, {})) {
-    ops.push({ type: 'put', sublevel: subs.rowindex, key: rowIndexKey(prefix), value: empty });
-    if (ops.length >= 10_000) {
-      await db.batch<Buffer | string, Buffer>(ops, { sync: false });
-      ops = [];
-    }
-  }
   ops.push({ type: 'put', sublevel: subs.meta, key: META_ROWINDEX_MARKER, value: Buffer.from('1') });
+  ops.push({ type: 'put', sublevel: subs.meta, key: META_LATEST_MARKER, value: Buffer.from('1') });
   await db.batch<Buffer | string, Buffer>(ops, { sync: true });
 }
 
@@ -185,14 +165,14 @@ export async function verifyDerived(subs: Subs): Promise<string[]> {
   const counts = new Map<string, number>();
   const newest = new Map<string, string>();
   for await (const key of keysIn(subs.cells, {})) {
-    const p = hex(rowPrefixOf(key));
+    const p = hex(rowIndexKey(rowPrefixOf(key)));
     counts.set(p, (counts.get(p) ?? 0) + 1);
     const c = hex(cellColumnKey(key));
     if (!newest.has(c)) newest.set(c, hex(cellTimestampTail(key)));
   }
   const out: string[] = [];
   const show = (k: string): string => Buffer.from(k, 'latin1').toString('hex');
-  for await (const [k, v] of entries(subs.rowcells, {})) {
+  for await (const [k, v] of entries(subs.rowindex, {})) {
     const want = counts.get(hex(k));
     if (want !== decodeCount(v)) out.push(`row ${show(hex(k))}: count record ${decodeCount(v)}, cells ${want ?? 0}`);
     counts.delete(hex(k));
@@ -204,12 +184,5 @@ export async function verifyDerived(subs: Subs): Promise<string[]> {
     newest.delete(hex(k));
   }
   for (const [k, t] of newest) out.push(`column ${show(k)}: no pointer, newest cell ${show(t)}`);
-  const rows = new Set<string>();
-  for await (const key of keysIn(subs.cells, {})) rows.add(hex(rowIndexKey(rowPrefixOf(key))));
-  for await (const [k, v] of entries(subs.rowindex, {})) {
-    if (!rows.delete(hex(k))) out.push(`row index ${k.toString('hex')}: no such row`);
-    if (v.length !== 0) out.push(`row index ${k.toString('hex')}: value of ${v.length} bytes, expected none`);
-  }
-  for (const k of rows) out.push(`row ${show(k)}: no row index entry`);
   return out;
 }

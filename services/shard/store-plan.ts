@@ -15,7 +15,6 @@ import { entries, hex, keysIn, lookup, startsWith, toBuffer, type BatchOp, type 
 import type { CellIn } from './validate.js';
 
 const INDEX_AFTER = 8; // cells in a plan before it indexes them in a Map
-const EMPTY = Buffer.alloc(0);
 
 /** A cell count in as few big-endian bytes as it needs (1 for most rows). */
 export const encodeCount = (n: number): Buffer => {
@@ -149,15 +148,16 @@ export class RowLocks {
  * Two shard-local records are derived from the cells, written in the same
  * batch as the cells, under the row's lock, by this one function that every
  * cell mutation goes through (writes, deletes, applyRaw, deleteRange):
- * - `rowcells`: per row prefix, its number of stored cells (absent = 0);
+ * - `rowindex`: per stored row, its number of stored cells (absent = 0),
+ *   keyed by the row-index key (keys.ts: row key first, then the hash), so
+ *   the same record that makes "does this row exist?" a point read makes a
+ *   row-key prefix scan a seek, at no extra write per row. It is put when
+ *   the count goes from 0 to more and deleted when it goes back to 0, so
+ *   dropping a range (deleteRange) deletes its entries row by row;
  * - `latest`: per column (its column key prefix), the timestamp tail of its
  *   newest stored cell (absent = no cell), which makes an exact-column read
- *   two point reads instead of an iterator;
- * - `rowindex`: per stored row, its row-index key (keys.ts), so a row-key
- *   prefix scan is a seek. Put when the row's cell count goes from 0 to more,
- *   deleted when it goes back to 0, so dropping a range (deleteRange) deletes
- *   its entries row by row. A path that writes cells without settle must
- *   keep this (and `rowcells`, `latest`) itself.
+ *   two point reads instead of an iterator.
+ * A path that writes cells without settle must keep both itself.
  * So they always describe the stored cells. None moves with a range: a
  * range moves as cells (exportRange/applyRaw), and the receiving shard
  * derives its records here as it applies them, as the sender does when
@@ -205,11 +205,11 @@ export async function settle(subs: Subs, plans: RowPlan[]): Promise<{ deltas: De
     }
     change[k] = cells;
     deltas[k] = { bucket: bucketOfKey(plan.prefix), rows: 0, bytes };
-    if (cells !== 0) (countKeys ??= []).push(plan.prefix);
+    if (cells !== 0) (countKeys ??= []).push(rowIndexKey(plan.prefix));
     planPointers(subs, plan, derived, pending);
   }
   if (countKeys) {
-    const recs = await lookup(subs.rowcells, countKeys);
+    const recs = await lookup(subs.rowindex, countKeys);
     let j = 0;
     for (let k = 0; k < plans.length; k++) {
       if (change[k] === 0) continue;
@@ -218,11 +218,8 @@ export async function settle(subs: Subs, plans: RowPlan[]): Promise<{ deltas: De
       const after = before + change[k]!;
       if (after < 0) throw new Error(`cell count of a row would go negative (${before} ${change[k]}): a bug`);
       deltas[k]!.rows = before === 0 && after > 0 ? 1 : before > 0 && after === 0 ? -1 : 0;
-      const key = plans[k]!.prefix;
-      derived.push(after === 0 ? { type: 'del', sublevel: subs.rowcells, key } : { type: 'put', sublevel: subs.rowcells, key, value: encodeCount(after) });
-      // The row-key index has an entry exactly while the row has a cell: it changes when the count crosses 0.
-      if (before === 0 && after > 0) derived.push({ type: 'put', sublevel: subs.rowindex, key: rowIndexKey(key), value: EMPTY });
-      else if (before > 0 && after === 0) derived.push({ type: 'del', sublevel: subs.rowindex, key: rowIndexKey(key) });
+      const key = countKeys[j - 1]!;
+      derived.push(after === 0 ? { type: 'del', sublevel: subs.rowindex, key } : { type: 'put', sublevel: subs.rowindex, key, value: encodeCount(after) });
     }
   }
   if (pending.length > 0) {

@@ -31,6 +31,7 @@ import {
   timestampOfTail,
   type KeyBounds,
 } from './keys.js';
+import { decodeCount } from './store-plan.js';
 import { CHUNK, entries, lookup, rangeOpts, startsWith, type BinSub, type Snapshot, type Subs } from './store-db.js';
 import type { CellFilterIn, CellOut, ScanIn } from './validate.js';
 
@@ -232,8 +233,8 @@ export async function scanPage(subs: Subs, req: ScanIn): Promise<{ rows: RowCell
   }
 }
 
-/** Cells read in the first hop after seeking to a row in a prefix scan: most rows have a cell or two, and every entry read past the row is wasted. */
-const ROW_FIRST_CHUNK = 2;
+/** Most cells read per hop when reading one row in a prefix scan (the row's count in the index says how many it has). */
+const ROW_FIRST_CHUNK = 1024;
 
 /**
  * One page of a row-key prefix scan by the row-key index: the rows of
@@ -294,13 +295,13 @@ export async function scanByRowKey(subs: Subs, req: ScanIn, snapshot: Snapshot):
         if (Buffer.compare(after, gte) > 0) gte = after;
       }
       if (bounds.lt && Buffer.compare(gte, bounds.lt) >= 0) continue;
-      const index = subs.rowindex.keys(rangeOpts({ gte, lt: bounds.lt }, { snapshot }));
+      const index = subs.rowindex.iterator(rangeOpts({ gte, lt: bounds.lt }, { snapshot }));
       let last: Buffer | null = null;
       try {
         for (;;) {
-          const keys = (await index.nextv(Math.min(1024, Math.max(CHUNK, limit + 1)))) as Buffer[];
-          if (keys.length === 0) break;
-          for (const key of keys) {
+          const found = (await index.nextv(Math.min(1024, Math.max(CHUNK, limit + 1)))) as [Buffer, Buffer][];
+          if (found.length === 0) break;
+          for (const [key, count] of found) {
             if (last && (rows.length >= limit || examined >= SCAN_EXAMINE_BUDGET)) return { rows, nextToken: tokenAt(i, last) };
             examined++;
             const prefix = rowPrefixOfIndexKey(key);
@@ -310,7 +311,7 @@ export async function scanByRowKey(subs: Subs, req: ScanIn, snapshot: Snapshot):
             // Newest versions of exact columns: by their pointers (synchronous point reads, no hop to
             // LevelDB's threads; ~3x cheaper per row than a seek). They read the current state, not the
             // page's snapshot: null when a write moved a pointer between the two reads, then seek.
-            const got = (pointerColumns && (await newestCells(subs, prefix, pointerColumns, cellLimit))) || (await readRowAt(cells, prefix, req.filter));
+            const got = (pointerColumns && (await newestCells(subs, prefix, pointerColumns, cellLimit))) || (await readRowAt(cells, prefix, req.filter, decodeCount(count)));
             if (got.length > 0) rows.push({ row: last.toString('utf8'), cells: got });
           }
         }
@@ -334,14 +335,18 @@ function trimmed(parts: KeyOrderPart[]): KeyOrderPart[] {
 
 const EMPTY_KEY = Buffer.alloc(0);
 
-/** The cells of one row chosen by a filter, read by seeking a shared iterator to the row. */
-async function readRowAt(it: ReturnType<BinSub['iterator']>, prefix: Buffer, f: CellFilterIn): Promise<CellOut[]> {
+/**
+ * The cells of one row chosen by a filter, read by seeking a shared iterator
+ * to the row. `cells` is the row's cell count from the index: it reads that
+ * many (the whole row in one hop up to 1,024 cells, and nothing past it).
+ */
+async function readRowAt(it: ReturnType<BinSub['iterator']>, prefix: Buffer, f: CellFilterIn, cells: number): Promise<CellOut[]> {
   it.seek(prefix);
   const sel = new CellSelector(f, prefix.length);
   const out: CellOut[] = [];
-  let chunk = ROW_FIRST_CHUNK;
-  for (;;) {
-    const entries = (await it.nextv(chunk)) as [Buffer, Buffer][];
+  let left = cells; // exact: the count and the cells are read in the same snapshot
+  while (left > 0) {
+    const entries = (await it.nextv(Math.min(ROW_FIRST_CHUNK, left))) as [Buffer, Buffer][];
     if (entries.length === 0) return out;
     for (const [key, value] of entries) {
       if (!startsWith(key, prefix)) return out;
@@ -349,8 +354,9 @@ async function readRowAt(it: ReturnType<BinSub['iterator']>, prefix: Buffer, f: 
       if (c) out.push(c);
       if (sel.full) return out;
     }
-    chunk = Math.min(1024, chunk * 4);
+    left -= entries.length;
   }
+  return out;
 }
 
 /** Whether a scan runs by the row-key index: a prefix scan, unless it resumes a page of the hash-order walk (a token from before the index). */

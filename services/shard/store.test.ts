@@ -8,7 +8,7 @@ import { DataDirError } from '../common/datadir.js';
 import { CairnError } from '../common/errors.js';
 import { HASH_SPACE_END, rowHash } from '../common/hash.js';
 import { BUCKET_SIZE, bucketOf, bucketStart, type HashRange } from '../common/ranges.js';
-import { cellKey, decodeCellKey, requestIdKey, rowPrefix } from './keys.js';
+import { cellKey, decodeCellKey, requestIdKey, rowIndexKey, rowPrefix, rowPrefixOfIndexKey } from './keys.js';
 import { ShardStore, type CellFilterIn, type RawOp, type RowWriteIn, type WriteOpts } from './store.js';
 
 const dirs: string[] = [];
@@ -673,7 +673,8 @@ describe('derived records', () => {
         if (!newest.has(col)) newest.set(col, hex(key.subarray(key.length - 8)));
       }
       const storedCounts = new Map<string, number>();
-      for await (const [k, v] of raw.sublevel<Buffer, Buffer>('rc', bin).iterator()) storedCounts.set(hex(k), v.readUIntBE(0, v.length));
+      // Cell counts are kept in the row-key index, keyed by row key first (keys.ts rowIndexKey).
+      for await (const [k, v] of raw.sublevel<Buffer, Buffer>('rk', bin).iterator()) storedCounts.set(hex(rowPrefixOfIndexKey(k)), v.readUIntBE(0, v.length));
       const storedNewest = new Map<string, string>();
       for await (const [k, v] of raw.sublevel<Buffer, Buffer>('lv', bin).iterator()) storedNewest.set(hex(k), hex(v));
       return { counts, storedCounts, newest, storedNewest };
@@ -744,7 +745,7 @@ describe('derived records', () => {
     const raw = new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
     const bin = { keyEncoding: 'buffer', valueEncoding: 'buffer' } as const;
     await raw.sublevel<Buffer, Buffer>('lv', bin).clear();
-    await raw.sublevel<Buffer, Buffer>('rc', bin).put(rowPrefix('stale'), Buffer.from([0, 0, 0, 0, 0, 9]));
+    await raw.sublevel<Buffer, Buffer>('rk', bin).put(rowIndexKey(rowPrefix('stale')), Buffer.from([0, 0, 0, 0, 0, 9]));
     await raw.sublevel<string, Buffer>('meta', { keyEncoding: 'utf8', valueEncoding: 'buffer' }).del('lv/v1');
     await raw.close();
     const again = await ShardStore.open(dir);

@@ -14,11 +14,13 @@
  * Layout (one LevelDB per data directory, one process per directory):
  * - `cells`, `leases`, `reqids`: the per-row sublevels, keyed as in keys.ts, so
  *   a hash range is one key range in each and everything of a row moves with it;
- * - `rc` (row cell counts), `lv` (each column's newest version) and `rk` (the
- *   row-key index): derived, shard-local records kept exact in the same
- *   batches as the cells (see settle); they make "does this row exist?" and
- *   "newest value of a column" point reads instead of iterators and a row-key
- *   prefix scan a seek, and are rebuilt at open when missing;
+ * - `rk` (the row-key index: each row's cell count, keyed by row key first)
+ *   and `lv` (each column's newest version): derived, shard-local records
+ *   kept exact in the same batches as the cells (see settle); they make
+ *   "does this row exist?" and "newest value of a column" point reads
+ *   instead of iterators and a row-key prefix scan a seek, and are rebuilt at
+ *   open when missing (`rc`, the counts by row prefix of older stores, is
+ *   dropped then);
  * - `meta`: string keys for exact per-bucket stats, the clock's high-water
  *   mark, and a small key-value API for the shard's id and cluster map.
  *
