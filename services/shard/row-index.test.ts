@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { Level } from 'level';
 import { hashFromBytes, HASH_SPACE_END, rowHash } from '../common/hash.js';
 import type { HashRange } from '../common/ranges.js';
-import { decodeKeyOrderToken, decodeRowPrefix, isKeyOrderToken, rowPrefixOfIndexKey } from './keys.js';
+import { decodeKeyOrderToken, decodeRowPrefix, encodeScanToken, isKeyOrderToken, rowPrefix, rowPrefixOfIndexKey } from './keys.js';
 import { SCAN_EXAMINE_BUDGET, ShardStore, type CellFilterIn, type WriteOpts } from './store.js';
 
 const dirs: string[] = [];
@@ -277,6 +277,25 @@ describe('prefix scans by the index', () => {
     const carried = await store.scan({ rowPrefix: 'aff4:/C.', filter: f(), limit: 1000, resumeToken: first.nextToken!, hashStart: 0n, hashEnd: mid });
     expect(carried.nextToken).not.toBeNull();
     expect(decodeKeyOrderToken(carried.nextToken!)).toEqual({ start: mid, parts: [{ end: HASH_SPACE_END, afterKey: Buffer.from(first.rows[2]!.row) }] });
+  });
+
+  test('a hash-order token from before the index finishes its window walking in hash order, then the next window seeks', async () => {
+    await ready;
+    const prefix = 'aff4:/C.';
+    const mid = 1n << 63n;
+    const all = await fullScanRows(store);
+    const low = all.filter((r) => r.startsWith(prefix) && rowHash(r) < mid); // full scan order: by hash
+    const old = encodeScanToken(rowPrefix(low[4]!)); // as an older shard answered a page of this prefix scan
+    const seen: string[] = [];
+    let token: Buffer | undefined = old;
+    do {
+      const page = await store.scan({ rowPrefix: prefix, filter: f(), limit: 5, resumeToken: token, hashStart: 0n, hashEnd: mid });
+      seen.push(...page.rows.map((r) => r.row));
+      if (page.nextToken) expect(isKeyOrderToken(page.nextToken)).toBe(false);
+      token = page.nextToken ?? undefined;
+    } while (token);
+    expect(seen).toEqual(low.slice(5));
+    expect(await prefixScan(store, prefix, 7, { start: mid, end: HASH_SPACE_END })).toEqual(sorted(all.filter((r) => r.startsWith(prefix) && rowHash(r) >= mid)));
   });
 
   test('rows of other ranges count against the examine budget, and the scan still ends with every row', async () => {
