@@ -498,8 +498,12 @@ export const META_STATS_MARKER = 'stats/v1';
 export const META_ROWCELLS_MARKER = 'rc/v1';
 /** Present once every column's newest-version pointer is complete and exact. */
 export const META_LATEST_MARKER = 'lv/v1';
-/** Present once the row-key index has, for every stored row and no other, its exact cell count. */
-export const META_ROWINDEX_MARKER = 'rk/v1';
+/**
+ * Present once the row-key index has, for every stored row and no other, its
+ * exact cell count. v2: v1 (this work before it was merged) kept empty values
+ * beside `rc`, so a v1 index is rebuilt too.
+ */
+export const META_ROWINDEX_MARKER = 'rk/v2';
 /** The clock's persisted high-water mark. */
 export const META_CLOCK = 'clock';
 const META_STATS_PREFIX = 'stats/b/';

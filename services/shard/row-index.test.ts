@@ -169,7 +169,7 @@ describe('the row-key index', () => {
     await rk.clear();
     await rk.put(Buffer.concat([Buffer.from('gone'), first.subarray(first.length - 10)]), Buffer.from([1]));
     const meta = db.sublevel<string, Buffer>('meta', { keyEncoding: 'utf8', valueEncoding: 'buffer' });
-    await meta.del('rk/v1');
+    await meta.del('rk/v2');
     await meta.put('rc/v1', Buffer.from('1'));
     await db.close();
     expect(await indexedRows(dir)).toEqual(['gone']);
@@ -182,7 +182,7 @@ describe('the row-key index', () => {
     // Built once: the marker is there, and the old counts are gone.
     const after = new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
     const afterMeta = after.sublevel<string, Buffer>('meta', { keyEncoding: 'utf8', valueEncoding: 'buffer' });
-    expect(await afterMeta.get('rk/v1')).toBeDefined();
+    expect(await afterMeta.get('rk/v2')).toBeDefined();
     expect(await afterMeta.get('rc/v1')).toBeUndefined();
     expect(await after.sublevel<Buffer, Buffer>('rc', { keyEncoding: 'buffer', valueEncoding: 'buffer' }).keys().all()).toEqual([]);
     await after.close();
