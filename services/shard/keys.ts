@@ -90,7 +90,11 @@ export function bucketOfKey(key: Buffer): number {
 
 /** The column's UTF-8 bytes with 0x00 escaped as 0x00 0xFF (no terminator). */
 export function escapeColumn(column: string): Buffer {
-  const raw = Buffer.from(column, 'utf8');
+  return escapeZeros(Buffer.from(column, 'utf8'));
+}
+
+/** `raw` (a buffer the caller owns) with 0x00 escaped as 0x00 0xFF: itself when it holds no zero. */
+function escapeZeros(raw: Buffer): Buffer {
   let zeros = 0;
   for (const b of raw) if (b === 0) zeros++;
   if (zeros === 0) return raw;
@@ -395,16 +399,7 @@ export function rowIndexKeyAfter(rowKey: Uint8Array): Buffer {
 }
 
 function escapeBytes(raw: Uint8Array): Buffer {
-  let zeros = 0;
-  for (const b of raw) if (b === 0) zeros++;
-  if (zeros === 0) return Buffer.from(raw);
-  const out = Buffer.allocUnsafe(raw.length + zeros);
-  let j = 0;
-  for (const b of raw) {
-    out[j++] = b;
-    if (b === 0) out[j++] = 0xff;
-  }
-  return out;
+  return escapeZeros(Buffer.from(raw));
 }
 
 /*
