@@ -35,6 +35,8 @@ export type CallObserver = (service: string, method: string, code: grpc.status, 
  */
 export interface CallGate {
   enter(method: string): () => void;
+  /** Calls `listener` once when the process starts draining; returns the function that stops listening. */
+  onDrain?(listener: () => void): () => void;
 }
 
 export interface HandlerEnv {
@@ -72,6 +74,15 @@ function authenticate(env: HandlerEnv, call: SurfaceCall, method: string, need: 
   call.on('cancelled', () => (cancelled = true));
   const base = { method, deadline: deadlineOf(call), peer: peerOf(call), cancelled: () => cancelled || call.cancelled };
   if (need === null) return { ...base, claims: null, token: undefined };
+  return { ...base, ...authorizeCaller(env, call, method, need) };
+}
+
+/**
+ * The caller's token checked for one call: signature and expiry, mutual TLS
+ * for server tokens, the client-token policy, then the role `method` needs.
+ * A Batch stream runs it for every call it carries, as a unary call does once.
+ */
+export function authorizeCaller(env: HandlerEnv, call: SurfaceCall, method: string, need: Role): { claims: Claims; token: string } {
   const token = tokenFromMetadataValue(call.metadata.get('authorization')[0]?.toString());
   const claims = verifyToken(env.tokenKey, token);
   if (env.requirePeerCert && claims.role === 'server' && !hasVerifiedPeerCert(call)) {
@@ -84,10 +95,10 @@ function authenticate(env: HandlerEnv, call: SurfaceCall, method: string, need: 
   if (claims.role !== 'server') env.checkClientCall?.(claims, method);
   authorize(claims, need, method);
   if (claims.role === 'server') env.checkServerCall?.(claims, method);
-  return { ...base, claims, token };
+  return { claims, token };
 }
 
-function peerOf(call: SurfaceCall): string {
+export function peerOf(call: SurfaceCall): string {
   try {
     return call.getPeer();
   } catch {
@@ -101,7 +112,7 @@ function hasVerifiedPeerCert(call: SurfaceCall): boolean {
   return !!ctx?.sslPeerCertificate;
 }
 
-function reportError(env: HandlerEnv, method: string, err: unknown) {
+export function reportError(env: HandlerEnv, method: string, err: unknown) {
   const se = toServiceError(err);
   if (!(err instanceof CairnError)) env.log.error('unexpected error in handler', { method, error: (err as Error)?.stack ?? String(err) });
   return se;
@@ -112,7 +123,7 @@ function reportError(env: HandlerEnv, method: string, err: unknown) {
  * throwing deserializer with a bare INTERNAL; the handler wrappers answer
  * INVALID_ARGUMENT naming the message instead (after authentication).
  */
-class UndecodableRequest {
+export class UndecodableRequest {
   /** `message`, when set, is the whole refusal (a string field that is not UTF-8). */
   constructor(
     readonly reason: string,
@@ -203,7 +214,7 @@ function tolerantDefinition(def: grpc.ServiceDefinition): grpc.ServiceDefinition
 }
 
 /** Enters the call gate, and when the call ends leaves it and tells the observer its status and duration. */
-function meter(env: HandlerEnv, method: string): { enter(): void; done(code: grpc.status): void } {
+export function meter(env: HandlerEnv, method: string): { enter(): void; done(code: grpc.status): void } {
   const started = process.hrtime.bigint();
   let leave: (() => void) | undefined;
   return {
