@@ -221,22 +221,25 @@ describe('the Batch RPC itself (as any gRPC client sees it)', () => {
   });
 });
 
-describe('a stream without a token', () => {
-  it('is opened, and each call on it is refused with UNAUTHENTICATED as the unary call is', async () => {
+describe('a stream without a valid token', () => {
+  it('is refused at once with UNAUTHENTICATED, as each unary call is, and a read-only token opens one', async () => {
     const a = cluster.shards[0]!;
     const client = shardClient(a.address);
     try {
       const req = { epoch: 0n, row: 'no-token', filter: undefined };
-      const unaryRefusal = await rawCall(client, client.readRow, req);
-      const stream = client.batch(new Metadata());
-      const answer = await new Promise<BatchAnswer>((resolve, reject) => {
-        stream.on('data', (m: BatchResponse) => resolve(m.answers[0]!));
-        stream.on('error', reject);
-        stream.write({ calls: [{ id: 9n, timeoutMs: 5000, readRow: req }] });
-      });
-      stream.end();
-      expect(unaryRefusal.err!.code).toBe(status.UNAUTHENTICATED);
-      expect(answer.status).toMatchObject({ code: status.UNAUTHENTICATED, errorCode: 'UNAUTHENTICATED', message: unaryRefusal.err!.details });
+      for (const header of [undefined, 'Bearer not.a.token']) {
+        const unaryRefusal = await rawCall(client, client.readRow, req, header);
+        const md = new Metadata();
+        if (header) md.set('authorization', header);
+        const stream = client.batch(md);
+        const refusal = await new Promise<{ code: number; details: string }>((resolve) => {
+          stream.on('data', () => resolve({ code: -1, details: 'answered' }));
+          stream.on('error', (e: { code: number; details: string }) => resolve(e));
+          stream.write({ calls: [{ id: 9n, timeoutMs: 5000, readRow: req }] });
+        });
+        expect(unaryRefusal.err!.code).toBe(status.UNAUTHENTICATED);
+        expect(refusal).toMatchObject({ code: status.UNAUTHENTICATED, details: unaryRefusal.err!.details });
+      }
     } finally {
       client.close();
     }

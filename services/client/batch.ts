@@ -92,6 +92,8 @@ class ShardStream {
   private idleTimer: NodeJS.Timeout | undefined;
   /** No new call goes on this stream (retired, idle, broken or closed); those in flight still finish. */
   closed = false;
+  /** The stream has failed or ended: nothing more is written on it. */
+  private dead = false;
 
   constructor(
     client: ShardServiceClient,
@@ -188,13 +190,18 @@ class ShardStream {
     this.closed = true;
     this.gone(this, false);
     if (this.idleTimer) clearTimeout(this.idleTimer);
-    const end = () => (this.writing || this.queue.length > 0 ? setImmediate(end) : this.stream.end());
+    const end = (): void => {
+      if (this.dead) return;
+      if (this.writing || this.queue.length > 0) setImmediate(end);
+      else this.stream.end();
+    };
     end();
   }
 
   /** The stream failed: every call still waiting on it fails with the stream's error (the retry core decides what to resend). */
   private broken(err: CairnError, unsupported: boolean): void {
     this.closed = true;
+    this.dead = true;
     if (this.idleTimer) clearTimeout(this.idleTimer);
     this.gone(this, unsupported);
     const pending = [...this.pending.entries()];

@@ -177,35 +177,50 @@ export function toServiceError(err: unknown): Partial<ServiceError> & { code: St
   return { code: f.code, details: f.message, message: err instanceof CairnError ? f.message : 'internal error', metadata };
 }
 
-/** A per-call status as a Batch stream carries it (shard.proto CallStatus); `errorCode` empty means OK. */
+/**
+ * A per-call status as a Batch stream carries it (shard.proto CallStatus): a
+ * detail the trailers would not carry is 0 or empty (the proto has no
+ * `optional`, for old protoc versions).
+ */
 export interface CallStatusWire {
   code: number;
   message: string;
   errorCode: string;
-  epoch?: bigint | undefined;
-  owner?: string | undefined;
-  ownerAddress?: string | undefined;
-  retryAfterMs?: number | undefined;
-  reason?: string | undefined;
-  leaderAddress?: string | undefined;
+  epoch: bigint;
+  owner: string;
+  ownerAddress: string;
+  retryAfterMs: number;
+  reason: string;
+  leaderAddress: string;
 }
 
 /** A failed call → its per-call status on a Batch stream: the same code, message and details as the unary trailers. */
 export function toCallStatus(err: unknown): CallStatusWire {
   const f = statusFieldsOf(err);
-  return { code: f.code, message: f.message, errorCode: f.errorCode, ...f.details };
+  const d = f.details;
+  return {
+    code: f.code,
+    message: f.message,
+    errorCode: f.errorCode,
+    epoch: d.epoch ?? 0n,
+    owner: d.owner ?? '',
+    ownerAddress: d.ownerAddress ?? '',
+    retryAfterMs: d.retryAfterMs ?? 0,
+    reason: d.reason ?? '',
+    leaderAddress: d.leaderAddress ?? '',
+  };
 }
 
 /** A per-call status from a Batch stream → the CairnError the same call's unary RPC would have given. */
 export function fromCallStatus(s: CallStatusWire): CairnError {
   const code: ErrorCode = s.errorCode in TO_STATUS ? (s.errorCode as ErrorCode) : FROM_STATUS[s.code as Status] ?? 'INTERNAL';
   const details: ErrorDetails = {
-    ...(s.epoch !== undefined ? { epoch: s.epoch } : {}),
-    ...(s.owner !== undefined ? { owner: s.owner } : {}),
-    ...(s.ownerAddress !== undefined ? { ownerAddress: s.ownerAddress } : {}),
-    ...(s.retryAfterMs !== undefined ? { retryAfterMs: s.retryAfterMs } : {}),
+    ...(s.epoch !== 0n ? { epoch: s.epoch } : {}),
+    ...(s.owner !== '' ? { owner: s.owner } : {}),
+    ...(s.ownerAddress !== '' ? { ownerAddress: s.ownerAddress } : {}),
+    ...(s.retryAfterMs !== 0 ? { retryAfterMs: s.retryAfterMs } : {}),
     ...(isErrorReason(s.reason) ? { reason: s.reason } : {}),
-    ...(s.leaderAddress !== undefined ? { leaderAddress: s.leaderAddress } : {}),
+    ...(s.leaderAddress !== '' ? { leaderAddress: s.leaderAddress } : {}),
   };
   return new CairnError(code, s.message || 'unknown error', details);
 }

@@ -67,6 +67,7 @@ export function batchService(
     let flushScheduled = false;
     let blocked = false; // the transport is full: wait for 'drain' before writing more
     let finished = false;
+    let stopDrainWatch: (() => void) | undefined;
     const peer = peerOf(stream);
 
     const finish = (err?: unknown) => {
@@ -158,6 +159,16 @@ export function batchService(
       );
     };
 
+    // The stream is opened with the token its calls are made under: a caller without a valid one (or of another
+    // cluster, or revoked) is refused at once, as each of its unary calls would be. Each call is checked again
+    // (role, expiry, revocation) when it comes, so a token that lapses mid-stream fails only the calls after it.
+    try {
+      authorizeCaller(env, stream, 'Batch', 'r');
+    } catch (err) {
+      finish(err);
+      return;
+    }
+
     stream.on('data', (msg: BatchRequest | UndecodableRequest) => {
       // After the stream ended (draining), later calls go unanswered: the caller retries them elsewhere.
       if (finished) return;
@@ -182,7 +193,7 @@ export function batchService(
       // The transport broke: nothing more can be sent; the handlers still finish their work.
       cancelled = true;
     });
-    const stopDrainWatch = env.gate?.onDrain?.(() => {
+    stopDrainWatch = env.gate?.onDrain?.(() => {
       // Answer what is in flight, then end: the caller opens a new stream (on another process, or after the restart).
       draining = true;
       maybeFinish();

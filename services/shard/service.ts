@@ -14,6 +14,10 @@
  *   retry hint), checked before the store is touched. Local store calls are
  *   tracked, so a fence can wait for the calls that passed the check.
  *
+ * Each handler is written once (`handlers`) and served two ways: as its unary
+ * RPC, and as a call inside a Batch stream (batch-service.ts), which carries
+ * many calls per message.
+ *
  * The internal calls (map push, transfers, move state, stop) are a service of
  * their own, on the same port: control-service.ts.
  */
@@ -360,17 +364,18 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
     }),
   };
 
+  const asUnary = <Req, Res>(h: Handler<Req, Res>) => unary(env, h.method, h.need, h.run);
   return {
-    writeRows: unary(env, handlers.writeRows.method, handlers.writeRows.need, handlers.writeRows.run),
-    readRow: unary(env, handlers.readRow.method, handlers.readRow.need, handlers.readRow.run),
-    readRows: unary(env, handlers.readRows.method, handlers.readRows.need, handlers.readRows.run),
-    scanRows: unary(env, handlers.scanRows.method, handlers.scanRows.need, handlers.scanRows.run),
-    deleteRow: unary(env, handlers.deleteRow.method, handlers.deleteRow.need, handlers.deleteRow.run),
-    deleteCells: unary(env, handlers.deleteCells.method, handlers.deleteCells.need, handlers.deleteCells.run),
-    checkAndMutate: unary(env, handlers.checkAndMutate.method, handlers.checkAndMutate.need, handlers.checkAndMutate.run),
-    lockRow: unary(env, handlers.lockRow.method, handlers.lockRow.need, handlers.lockRow.run),
-    extendLease: unary(env, handlers.extendLease.method, handlers.extendLease.need, handlers.extendLease.run),
-    unlockRow: unary(env, handlers.unlockRow.method, handlers.unlockRow.need, handlers.unlockRow.run),
+    writeRows: asUnary(handlers.writeRows),
+    readRow: asUnary(handlers.readRow),
+    readRows: asUnary(handlers.readRows),
+    scanRows: asUnary(handlers.scanRows),
+    deleteRow: asUnary(handlers.deleteRow),
+    deleteCells: asUnary(handlers.deleteCells),
+    checkAndMutate: asUnary(handlers.checkAndMutate),
+    lockRow: asUnary(handlers.lockRow),
+    extendLease: asUnary(handlers.extendLease),
+    unlockRow: asUnary(handlers.unlockRow),
     // The same handlers, many calls per message (batch-service.ts); scans stay unary (a page is already a batch).
     batch: batchService(env, node.opts.limits.maxMessageBytes, handlers, node.batchTraffic),
   };
