@@ -8,8 +8,8 @@
  * replicated range, whose batched writes are on the follower when answered.
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { Metadata, status } from '@grpc/grpc-js';
-import type { BatchAnswer, BatchCall, BatchResponse } from '../proto/gen/cairn/v1/shard.js';
+import { Client, credentials, Metadata, status } from '@grpc/grpc-js';
+import { BatchRequest, BatchResponse, type BatchAnswer, type BatchCall } from '../proto/gen/cairn/v1/shard.js';
 import { CairnClient } from '../services/client/index.js';
 import { fromServiceError } from '../services/common/errors.js';
 import { rowHash } from '../services/common/hash.js';
@@ -221,8 +221,45 @@ describe('the Batch RPC itself (as any gRPC client sees it)', () => {
   });
 });
 
+describe('a call holding a string that is not UTF-8', () => {
+  it('is refused alone, naming the field as its unary call does; the call beside it is served', async () => {
+    const token = await login(cluster.masterAddress, 'writer', 'writer-pass');
+    const raw = new Client(cluster.shards[0]!.address, credentials.createInsecure());
+    try {
+      const cells = [{ column: 'c', timestampUs: 0n, value: Buffer.from('v') }];
+      const message = BatchRequest.encode({
+        calls: [
+          { id: 1n, timeoutMs: 5000, readRow: { epoch: 0n, row: 'utf8-good', filter: undefined } },
+          { id: 2n, timeoutMs: 5000, writeRows: { epoch: 0n, requestId: 'utf8-bad', sync: false, rows: [{ row: 'fine', replace: false, cells }, { row: 'BAD', replace: false, cells }] } },
+        ],
+      }).finish();
+      const bytes = Buffer.from(message);
+      const at = bytes.indexOf('BAD');
+      bytes.set([0xff, 0xfe, 0x41], at); // same length: the framing stays valid
+      const md = new Metadata();
+      md.set('authorization', `Bearer ${token}`);
+      const stream = raw.makeBidiStreamRequest('/cairn.v1.ShardService/Batch', (b: Buffer) => b, (b: Buffer) => BatchResponse.decode(b), md);
+      const answers: BatchAnswer[] = [];
+      await new Promise<void>((resolve, reject) => {
+        stream.on('data', (m: BatchResponse) => {
+          answers.push(...m.answers);
+          if (answers.length === 2) stream.end();
+        });
+        stream.on('status', () => resolve());
+        stream.on('error', reject);
+        stream.write(bytes);
+      });
+      const byId = new Map(answers.map((x) => [x.id, x]));
+      expect(byId.get(1n)!.status).toBeUndefined();
+      expect(byId.get(2n)!.status).toMatchObject({ code: status.INVALID_ARGUMENT, errorCode: 'INVALID_ARGUMENT', message: 'rows[1].row: is not valid UTF-8 (3 bytes: ff fe 41)' });
+    } finally {
+      raw.close();
+    }
+  });
+});
+
 describe('a stream without a valid token', () => {
-  it('is refused at once with UNAUTHENTICATED, as each unary call is, and a read-only token opens one', async () => {
+  it('is refused at once with UNAUTHENTICATED and the message of the unary call', async () => {
     const a = cluster.shards[0]!;
     const client = shardClient(a.address);
     try {

@@ -128,6 +128,12 @@ export class UndecodableRequest {
   constructor(
     readonly reason: string,
     readonly message?: string,
+    /**
+     * For strings that are not UTF-8 in a message that otherwise decoded: the
+     * message (such strings replaced by markers) and the refusal of every such
+     * field by its path. A Batch stream refuses only the calls holding one.
+     */
+    readonly partial?: { message: unknown; refusals: Array<{ field: string; message: string }> },
   ) {}
 }
 
@@ -172,10 +178,27 @@ function deserializeUtf8Checked(m: grpc.MethodDefinition<unknown, unknown>, byte
   if (!bad) return msg;
   const found = fieldHolding(msg, bad, '');
   const sent = found ? bad.get(found.mark)! : bad.values().next().value!;
-  const hex = [...sent.subarray(0, 32)].map((x) => x.toString(16).padStart(2, '0')).join(' ');
   // Not found: a field sent twice, the later value kept (the wire still carried bytes that are not UTF-8).
   const field = found ? `${found.field}:` : 'request: a string field';
-  return new UndecodableRequest('', `${field} is not valid UTF-8 (${sent.length} bytes: ${hex}${sent.length > 32 ? ' …' : ''})`);
+  const refusals: Array<{ field: string; message: string }> = [];
+  everyFieldHolding(msg, bad, '', (f, mark) => refusals.push({ field: f, message: notUtf8(`${f}:`, bad!.get(mark)!) }));
+  return new UndecodableRequest('', notUtf8(field, sent), { message: msg, refusals });
+}
+
+function notUtf8(field: string, sent: Uint8Array): string {
+  const hex = [...sent.subarray(0, 32)].map((x) => x.toString(16).padStart(2, '0')).join(' ');
+  return `${field} is not valid UTF-8 (${sent.length} bytes: ${hex}${sent.length > 32 ? ' …' : ''})`;
+}
+
+/** Calls `found` with the path of every string in a decoded message that is one of the markers. */
+function everyFieldHolding(v: unknown, marks: Map<string, Uint8Array>, path: string, found: (field: string, mark: string) => void): void {
+  if (typeof v === 'string') {
+    if (marks.has(v)) found(path, v);
+  } else if (Array.isArray(v)) {
+    v.forEach((x, i) => everyFieldHolding(x, marks, `${path}[${i}]`, found));
+  } else if (v !== null && typeof v === 'object' && !(v instanceof Uint8Array)) {
+    for (const [k, x] of Object.entries(v)) everyFieldHolding(x, marks, path ? `${path}.${k}` : k, found);
+  }
 }
 
 /** The path (`rows[1].row`, as validation names fields) of the first string in a decoded message that is one of the markers. */

@@ -127,7 +127,8 @@ export function batchService(
       }
     };
 
-    const serve = (c: BatchCall) => {
+    /** Serves one call; `refusal` (a string field that is not UTF-8) refuses it after the checks a unary call passes first. */
+    const serve = (c: BatchCall, refusal?: string) => {
       const kind = BATCH_KINDS.find((k) => c[k] !== undefined);
       const h = kind ? handlers[kind] : undefined;
       const method = h?.method ?? 'Batch';
@@ -138,6 +139,7 @@ export function batchService(
         enter();
         if (!kind || !h) throw new CairnError('INVALID_ARGUMENT', `calls[id ${c.id}]: no request set (one of ${BATCH_KINDS.join(', ')})`);
         const { claims, token } = authorizeCaller(env, stream, method, h.need);
+        if (refusal !== undefined) throw new CairnError('INVALID_ARGUMENT', refusal);
         const deadline = c.timeoutMs > 0 ? Date.now() + c.timeoutMs : Infinity;
         const ctx: RpcContext = { method, claims, token, deadline, peer, cancelled: () => cancelled || Date.now() >= deadline };
         result = h.run(c[kind], ctx);
@@ -172,14 +174,30 @@ export function batchService(
     stream.on('data', (msg: BatchRequest | UndecodableRequest) => {
       // After the stream ended (draining), later calls go unanswered: the caller retries them elsewhere.
       if (finished) return;
+      let refused: Map<number, string> | undefined;
       if (msg instanceof UndecodableRequest) {
-        // Which call held the bad bytes is lost with the message: the stream ends, and the caller fails what it sent.
-        finish(new CairnError('INVALID_ARGUMENT', msg.message ?? `request: the bytes are not a valid Batch request message (${msg.reason})`));
-        return;
+        if (!msg.partial) {
+          // Not a Batch message at all: which calls it held is unknown, so the stream ends (the caller fails what it sent).
+          finish(new CairnError('INVALID_ARGUMENT', msg.message ?? `request: the bytes are not a valid Batch request message (${msg.reason})`));
+          return;
+        }
+        // Strings that are not UTF-8: each call holding one is refused as its unary call would be
+        // (`rows[1].row: is not valid UTF-8 (…)`, the path inside its request), the others are served.
+        refused = new Map();
+        for (const r of msg.partial.refusals) {
+          const m = /^calls\[(\d+)\]\.(\w+)\.(.*)$/s.exec(r.message);
+          const i = m ? Number(m[1]) : -1;
+          if (!refused.has(i)) refused.set(i, m ? m[3]! : r.message);
+        }
+        msg = msg.partial.message as BatchRequest;
+        if (refused.has(-1)) {
+          finish(new CairnError('INVALID_ARGUMENT', refused.get(-1)!));
+          return;
+        }
       }
       traffic.messages += 1;
       traffic.calls += msg.calls.length;
-      for (const c of msg.calls) serve(c);
+      msg.calls.forEach((c, i) => serve(c, refused?.get(i)));
     });
     stream.on('end', () => {
       ended = true;
