@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from '@jest/globals';
 import { Metadata, status as Status, type Server, type ServerDuplexStream, type ServerUnaryCall, type ServerWritableStream, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { MasterServiceService, type GetMapResponse, type LoginResponse, type WatchMapRequest, type WatchMapResponse } from '../../proto/gen/cairn/v1/master.js';
 import { ShardServiceService, type BatchCall, type BatchRequest, type BatchResponse, type WriteRowsRequest, type WriteRowsResponse } from '../../proto/gen/cairn/v1/shard.js';
-import { CairnError, toServiceError } from '../common/errors.js';
+import { CairnError, toCallStatus, toServiceError } from '../common/errors.js';
 import { startServer } from '../common/grpc.js';
 import { mapToProto, ownerOfRow, type ClusterMap } from '../common/map.js';
 import { evenSplit } from '../common/ranges.js';
@@ -264,6 +264,8 @@ interface FakeBatchShard {
   streams: number;
   /** Every call received: which stream (1-based), its row and request id. */
   calls: Array<{ stream: number; row: string; requestId: string }>;
+  /** The authorization metadata each stream was opened with, by stream number - 1. */
+  auths: string[];
   /** Answers (or not) one call; default: accept. */
   onCall: (call: BatchCall, streamNo: number, stream: ServerDuplexStream<BatchRequest, BatchResponse>) => void;
 }
@@ -272,10 +274,11 @@ const accept = (call: BatchCall, stream: ServerDuplexStream<BatchRequest, BatchR
   stream.write({ answers: [{ id: call.id, status: undefined, writeRows: { header: { nodeId: 'fake', epoch: 4n }, timestampsUs: [1000n] } }] });
 
 async function fakeBatchShard(): Promise<FakeBatchShard> {
-  const shard: FakeBatchShard = { address: '', streams: 0, calls: [], onCall: (call, _n, stream) => accept(call, stream) };
+  const shard: FakeBatchShard = { address: '', streams: 0, calls: [], auths: [], onCall: (call, _n, stream) => accept(call, stream) };
   shard.address = await serve(ShardServiceService, {
     batch: (stream: ServerDuplexStream<BatchRequest, BatchResponse>) => {
       const n = ++shard.streams;
+      shard.auths.push(authOf(stream));
       stream.on('data', (m: BatchRequest) => {
         for (const call of m.calls) {
           shard.calls.push({ stream: n, row: call.writeRows?.rows[0]?.row ?? '', requestId: call.writeRows?.requestId ?? '' });
@@ -347,6 +350,19 @@ describe('the Batch stream', () => {
     expect(await Promise.all(rows.map((row) => c.put(row, { c: 'x' })))).toEqual(new Array(6).fill(1000n));
     await c.put('old-again', { c: 'x' });
     expect([...a.writes, ...b.writes].map((w) => w.req.rows[0]!.row).sort()).toEqual([...rows, 'old-again'].sort());
+  });
+
+  it('logs in again when a call on the stream says the token expired, and sends the call again on a stream with the new token', async () => {
+    const { a, master, c, rowOn } = await batchSetup();
+    a.onCall = (call, n, stream) => {
+      if (n > 1) return accept(call, stream);
+      const err = toCallStatus(new CairnError('UNAUTHENTICATED', 'token expired', { reason: 'TOKEN_EXPIRED' }));
+      stream.write({ answers: [{ id: call.id, status: err }] });
+    };
+    await expect(c.put(rowOn('s1', 'expiring'), { c: 'x' })).resolves.toBe(1000n);
+    expect(master.logins).toBe(2);
+    expect(a.auths).toEqual(['Bearer t1', 'Bearer t2']);
+    expect(a.calls.map((x) => x.stream)).toEqual([1, 2]);
   });
 
   it('gives every call still waiting CANCELLED when the client closes', async () => {
