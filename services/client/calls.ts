@@ -2,7 +2,8 @@
  * The core every API call goes through: one logical call with its retries
  * inside one deadline (`run`), the fast first attempt that skips the loop
  * when nothing is wrong (`attempt`, `recover`), a single-row call to the
- * row's owner (`onOwner`), and a batch fanned out by owner (`fanOut`).
+ * row's owner on its Batch stream or unary (`onOwnerCall`; the stream is
+ * batch.ts), and a batch fanned out by owner (`fanOut`).
  *
  * The loop itself, what is retried and how long to wait, is retry.ts; the
  * token is session.ts; the map is map-cache.ts.
@@ -128,11 +129,6 @@ export class Calls {
       if (delay > 0) await realSleep(delay);
     }
     return this.run(deadline, fn, err);
-  }
-
-  /** A single-row call sent to the row's owner. */
-  onOwner<T>(o: CallOptions, row: string, fn: (shard: ShardServiceClient, epoch: bigint, callOpts: ShardCallOpts) => Promise<T>): Promise<T> {
-    return this.attempt(this.deadlineOf(o), (token, map, deadline) => fn(this.session.shard(routeRow(map, row).address), map.epoch, { token, deadline }));
   }
 
   /**
