@@ -79,6 +79,8 @@ interface Options {
   /** Rows the cluster holds at least for the selective prefix scan (filler is written up to it). */
   prefixRows: number;
   transfer: boolean;
+  /** The SDK's Batch stream (the default); false sends every call as its own unary RPC. */
+  batchStream: boolean;
   systems: Set<SystemName>;
   workloads: Set<string> | null;
   out: string | null;
@@ -92,7 +94,7 @@ const ALL_SYSTEMS: SystemName[] = ['cairn', 'etcd', 'redis', 'level', 'echo'];
 const USAGE = `usage: node dist/bench/peers-bench.js [--tiny] [--seconds N] [--runs N] [--warmup S] [--settle S]
          [--warmup-pass S] [--preload ROWS] [--concurrency N] [--batch-concurrency N] [--scan-concurrency N]
          [--prefix-rows N] [--systems cairn,etcd,redis,level,echo] [--workloads put,get,batch100,batch1000,scan,prefix]
-         [--no-transfer] [--out FILE.json] [--chart FILE.svg]
+         [--no-transfer] [--unary] [--out FILE.json] [--chart FILE.svg]
   --tiny                smoke check: 1 run x 0.3 s, 2,000 preloaded rows, no settling; writes no
                         results unless --out/--chart are given
   --seconds N           measured time per workload and system (default 4)
@@ -110,6 +112,8 @@ const USAGE = `usage: node dist/bench/peers-bench.js [--tiny] [--seconds N] [--r
   --systems LIST        which systems to run (default all that are installed)
   --workloads LIST      which workloads to run (default all)
   --no-transfer         skip the rebalance transfer at the end
+  --unary               the SDK sends each call as its own unary RPC (batch: false) instead of
+                        coalescing them on its Batch streams: the before/after of that change
   --out FILE            results JSON (default bench/results/<date>.json)
   --chart FILE          chart SVG drawn from the results (default docs/bench-peers.svg)`;
 
@@ -128,6 +132,7 @@ function parseOptions(argv: string[]): Options {
     scanPage: 1000,
     prefixRows: tiny ? 5000 : 200_000,
     transfer: true,
+    batchStream: true,
     systems: new Set(ALL_SYSTEMS),
     workloads: null,
     out: tiny ? null : 'default',
@@ -186,6 +191,9 @@ function parseOptions(argv: string[]): Options {
       }
       case '--workloads':
         o.workloads = new Set((value() ?? '').split(',').filter(Boolean));
+        break;
+      case '--unary':
+        o.batchStream = false;
         break;
       case '--no-transfer':
         o.transfer = false;
@@ -854,6 +862,7 @@ async function main(): Promise<void> {
   try {
     const machine = `${cpus().length} cores (${cpus()[0]?.model ?? 'unknown CPU'}), Node ${process.version}`;
     console.log(`Cairn bench:peers — ${machine}, CLK_TCK ${CLK_TCK}`);
+    console.log(o.batchStream ? "SDK: single-row calls coalesced on Batch streams (the default)" : "SDK: every call its own unary RPC (--unary)");
     console.log(
       `${o.tiny ? 'TINY mode (checks that it works; the numbers mean nothing): ' : ''}${o.runs} run(s) x ${o.seconds} s per workload and system, ` +
         `${o.warmupSeconds} s warm-up; rows: 16-byte key, 100-byte value; ${o.preloadRows.toLocaleString('en-US')} rows preloaded for get and scan`,
@@ -874,7 +883,7 @@ async function main(): Promise<void> {
     if (o.systems.has('cairn')) {
       cluster = await startProcCluster({ shards: 3 });
       const writer = USERS.find((u) => u.role === 'rw')!;
-      const db = await CairnClient.connect({ master: cluster.masterAddress, user: writer.user, password: writer.password });
+      const db = await CairnClient.connect({ master: cluster.masterAddress, user: writer.user, password: writer.password, batch: o.batchStream });
       const pids = [cluster.master, ...cluster.shards].map((p) => p.child.pid!);
       systems.push(cairnSystem(db, pids));
       console.log(`cairn: master ${cluster.masterAddress}, shards ${cluster.shards.map((s) => s.address).join(', ')}`);
@@ -1059,7 +1068,7 @@ async function main(): Promise<void> {
     const file: ResultsFile = {
       date,
       machine,
-      options: { seconds: o.seconds, runs: o.runs, warmupSeconds: o.warmupSeconds, preloadRows: o.preloadRows, concurrency: o.concurrency, batchConcurrency: o.batchConcurrency, scanConcurrency: o.scanConcurrency, tiny: o.tiny },
+      options: { seconds: o.seconds, runs: o.runs, warmupSeconds: o.warmupSeconds, preloadRows: o.preloadRows, concurrency: o.concurrency, batchConcurrency: o.batchConcurrency, scanConcurrency: o.scanConcurrency, batchStream: o.batchStream, tiny: o.tiny },
       skipped: notes,
       results: lines.map(toJson) as unknown as ResultsFile['results'],
       targets: targets.map((t) => ({ ...t, value: nn(t.value) })),

@@ -42,6 +42,8 @@ const NEEDS: Record<string, Role | null> = {
   'ShardService.LockRow': 'rw',
   'ShardService.ExtendLease': 'rw',
   'ShardService.UnlockRow': 'rw',
+  // The stream needs a valid token to open; each call on it is then checked for its own role (batch-stream.test.ts).
+  'ShardService.Batch': 'r',
   'ShardControlService.PushMap': 'server',
   'ShardControlService.PullRange': 'server',
   'ShardControlService.TransferRange': 'server',
@@ -87,6 +89,7 @@ const BODIES: Record<string, object> = {
   'ShardService.LockRow': { row: 'auth/lock', leaseMs: 0 },
   'ShardService.ExtendLease': { row: 'auth/lock', leaseId: 'nope', leaseMs: 1000 },
   'ShardService.UnlockRow': { row: 'auth/lock', leaseId: 'nope' },
+  'ShardService.Batch': { calls: [] },
   'ShardControlService.PushMap': {},
   'ShardControlService.PullRange': { moveId: '' },
   'ShardControlService.TransferRange': { moveId: '' },

@@ -2,7 +2,8 @@
  * The core every API call goes through: one logical call with its retries
  * inside one deadline (`run`), the fast first attempt that skips the loop
  * when nothing is wrong (`attempt`, `recover`), a single-row call to the
- * row's owner (`onOwner`), and a batch fanned out by owner (`fanOut`).
+ * row's owner on its Batch stream or unary (`onOwnerCall`; the stream is
+ * batch.ts), and a batch fanned out by owner (`fanOut`).
  *
  * The loop itself, what is retried and how long to wait, is retry.ts; the
  * token is session.ts; the map is map-cache.ts.
@@ -11,6 +12,7 @@ import type { CallOptions as GrpcCallOptions, ClientUnaryCall, Metadata, Service
 import type { ShardServiceClient } from '../../proto/gen/cairn/v1/shard.js';
 import { CairnError, fromServiceError } from '../common/errors.js';
 import type { ClusterMap } from '../common/map.js';
+import { BatchStreams, BatchUnsupported, type BatchKind, type BatchReq, type BatchRes } from './batch.js';
 import { RequestIds } from './convert.js';
 import type { MapCache } from './map-cache.js';
 import { backoffMs, classify, realSleep, refreshFailure, retryLoop } from './retry.js';
@@ -56,10 +58,16 @@ export class Calls {
   /** One id per logical write, reused by its retries and sub-batches: what makes retrying a write safe. */
   readonly ids = new RequestIds();
 
+  /** The Batch streams single-row calls share (batch.ts); undefined when the client was told `batch: false`. */
+  readonly batches: BatchStreams | undefined;
+
   constructor(
     readonly session: Session,
     readonly maps: MapCache,
-  ) {}
+    batch = true,
+  ) {
+    this.batches = batch ? new BatchStreams(session.maxMessageBytes) : undefined;
+  }
 
   deadlineOf(o: CallOptions): number {
     return Date.now() + (o.timeoutMs ?? this.session.timeoutMs);
@@ -123,9 +131,38 @@ export class Calls {
     return this.run(deadline, fn, err);
   }
 
-  /** A single-row call sent to the row's owner. */
-  onOwner<T>(o: CallOptions, row: string, fn: (shard: ShardServiceClient, epoch: bigint, callOpts: ShardCallOpts) => Promise<T>): Promise<T> {
-    return this.attempt(this.deadlineOf(o), (token, map, deadline) => fn(this.session.shard(routeRow(map, row).address), map.epoch, { token, deadline }));
+  /**
+   * A single-row call sent to the row's owner: on the owner's Batch stream,
+   * coalesced with the other calls in flight to it, or as its unary RPC when
+   * batching is off, the shard has no Batch, or the call is big (`bytes`, its
+   * estimated size, would hold up the small calls behind it). Either way it
+   * resolves or fails exactly as the unary RPC would.
+   */
+  onOwnerCall<K extends BatchKind>(o: CallOptions, row: string, kind: K, request: (epoch: bigint) => BatchReq<K>, bytes = 0): Promise<BatchRes<K>> {
+    return this.attempt(this.deadlineOf(o), (token, map, deadline) => {
+      const address = routeRow(map, row).address;
+      return this.toShard(address, kind, request(map.epoch), { token, deadline }, bytes);
+    });
+  }
+
+  /** One call to one shard, on its Batch stream when it can go there (see onOwnerCall). */
+  toShard<K extends BatchKind>(address: string, kind: K, req: BatchReq<K>, o: ShardCallOpts, bytes = 0): Promise<BatchRes<K>> {
+    const client = this.session.shard(address);
+    const unary = () => this.unary(client, client[kind] as never, req, o) as Promise<BatchRes<K>>;
+    const b = this.batches;
+    if (!b || bytes > b.maxCallBytes || !b.usable(address)) return unary();
+    return b
+      .call(address, client, this.session.metadata(o.token), o.token, kind, req, o.deadline, bytes + 64)
+      .catch((e: unknown) => {
+        // A shard without Batch (an older version) took nothing: the same call, unary.
+        if (e instanceof BatchUnsupported) return unary();
+        throw e;
+      });
+  }
+
+  /** Cancels the Batch streams; their calls fail with CANCELLED. */
+  close(): void {
+    this.batches?.close();
   }
 
   /** A unary call with the caller's deadline and metadata reused for the same token (grpc.ts `call`, minus a Metadata per call). */

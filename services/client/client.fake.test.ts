@@ -5,10 +5,10 @@
  * stream that breaks — and what exactly goes over the wire in each.
  */
 import { afterEach, describe, expect, it } from '@jest/globals';
-import type { Server, ServerUnaryCall, ServerWritableStream, UntypedServiceImplementation } from '@grpc/grpc-js';
+import { Metadata, status as Status, type Server, type ServerDuplexStream, type ServerUnaryCall, type ServerWritableStream, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { MasterServiceService, type GetMapResponse, type LoginResponse, type WatchMapRequest, type WatchMapResponse } from '../../proto/gen/cairn/v1/master.js';
-import { ShardServiceService, type WriteRowsRequest, type WriteRowsResponse } from '../../proto/gen/cairn/v1/shard.js';
-import { CairnError, toServiceError } from '../common/errors.js';
+import { ShardServiceService, type BatchCall, type BatchRequest, type BatchResponse, type WriteRowsRequest, type WriteRowsResponse } from '../../proto/gen/cairn/v1/shard.js';
+import { CairnError, toCallStatus, toServiceError } from '../common/errors.js';
 import { startServer } from '../common/grpc.js';
 import { mapToProto, ownerOfRow, type ClusterMap } from '../common/map.js';
 import { evenSplit } from '../common/ranges.js';
@@ -255,5 +255,122 @@ describe('watch', () => {
     while (c.map.epoch < 9n && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
     await new Promise((r) => setTimeout(r, 50));
     expect(c.map.epoch).toBe(9n);
+  });
+});
+
+/** A shard that serves ShardService.Batch by a script: each call is handed to `onCall` with the stream it came on. */
+interface FakeBatchShard {
+  address: string;
+  streams: number;
+  /** Every call received: which stream (1-based), its row and request id. */
+  calls: Array<{ stream: number; row: string; requestId: string }>;
+  /** The authorization metadata each stream was opened with, by stream number - 1. */
+  auths: string[];
+  /** Answers (or not) one call; default: accept. */
+  onCall: (call: BatchCall, streamNo: number, stream: ServerDuplexStream<BatchRequest, BatchResponse>) => void;
+}
+
+const accept = (call: BatchCall, stream: ServerDuplexStream<BatchRequest, BatchResponse>) =>
+  stream.write({ answers: [{ id: call.id, status: undefined, writeRows: { header: { nodeId: 'fake', epoch: 4n }, timestampsUs: [1000n] } }] });
+
+async function fakeBatchShard(): Promise<FakeBatchShard> {
+  const shard: FakeBatchShard = { address: '', streams: 0, calls: [], auths: [], onCall: (call, _n, stream) => accept(call, stream) };
+  shard.address = await serve(ShardServiceService, {
+    batch: (stream: ServerDuplexStream<BatchRequest, BatchResponse>) => {
+      const n = ++shard.streams;
+      shard.auths.push(authOf(stream));
+      stream.on('data', (m: BatchRequest) => {
+        for (const call of m.calls) {
+          shard.calls.push({ stream: n, row: call.writeRows?.rows[0]?.row ?? '', requestId: call.writeRows?.requestId ?? '' });
+          shard.onCall(call, n, stream);
+        }
+      });
+      stream.on('end', () => stream.end());
+      stream.on('error', () => undefined);
+    },
+  });
+  return shard;
+}
+
+async function batchSetup() {
+  const a = await fakeBatchShard();
+  const b = await fakeBatchShard();
+  const map = twoShardMap(a as unknown as FakeShard, b as unknown as FakeShard);
+  const master = await fakeMaster(map);
+  const c = await CairnClient.connect({ master: master.address, user: 'u', password: 'p' });
+  clients.push(c);
+  const rowOn = (shardId: string, tag: string) => {
+    for (let i = 0; ; i++) if (ownerOfRow(map, `${tag}-${i}`)!.shardId === shardId) return `${tag}-${i}`;
+  };
+  return { a, b, master, c, rowOn };
+}
+
+describe('the Batch stream', () => {
+  it('fails a call at its own deadline and nothing else: the calls beside it, and later ones, are answered on the same stream', async () => {
+    const { a, c, rowOn } = await batchSetup();
+    a.onCall = (call, _n, stream) => {
+      if (!call.writeRows!.rows[0]!.row.startsWith('slow')) accept(call, stream); // a slow one is never answered
+    };
+    const slow = c.put(rowOn('s1', 'slow'), { c: 'x' }, { timeoutMs: 300 });
+    const fast = c.put(rowOn('s1', 'fast'), { c: 'x' });
+    await expect(fast).resolves.toBe(1000n);
+    await expect(slow).rejects.toMatchObject({ code: 'DEADLINE_EXCEEDED' });
+    await expect(c.put(rowOn('s1', 'later'), { c: 'x' })).resolves.toBe(1000n);
+    expect(a.streams).toBe(1);
+    expect(a.calls.map((x) => x.row.split('-')[0])).toEqual(['slow', 'fast', 'later']);
+  });
+
+  it('when a stream breaks mid-flight, resends only the calls that were on it (same request ids), on a new stream', async () => {
+    const { a, b, c, rowOn } = await batchSetup();
+    const onA = Array.from({ length: 5 }, (_, i) => rowOn('s1', `a${i}`));
+    const onB = Array.from({ length: 5 }, (_, i) => rowOn('s2', `b${i}`));
+    let held = 0;
+    a.onCall = (call, n, stream) => {
+      if (n > 1) return accept(call, stream);
+      // The first stream takes the five calls, answers none, then breaks as a reset connection does (no cairn code).
+      if (++held === onA.length) stream.emit('error', { code: Status.UNAVAILABLE, details: 'connection reset', metadata: new Metadata() });
+    };
+    const results = await Promise.all([...onA, ...onB].map((row) => c.put(row, { c: 'x' })));
+    expect(results).toEqual(new Array(10).fill(1000n));
+    expect(a.streams).toBe(2);
+    expect(b.streams).toBe(1);
+    // B's calls went once; A's twice each, the retry with the first attempt's request id.
+    expect(b.calls.map((x) => x.row).sort()).toEqual([...onB].sort());
+    for (const row of onA) {
+      const sent = a.calls.filter((x) => x.row === row);
+      expect(sent.map((x) => x.stream)).toEqual([1, 2]);
+      expect(sent[0]!.requestId).toBe(sent[1]!.requestId);
+    }
+  });
+
+  it('falls back to unary calls on a shard without Batch (an older version), losing no call', async () => {
+    const { a, b, connect } = await setup(); // fakeShard serves WriteRows only: Batch is UNIMPLEMENTED
+    const c = await connect();
+    const rows = Array.from({ length: 6 }, (_, i) => `old-${i}`);
+    expect(await Promise.all(rows.map((row) => c.put(row, { c: 'x' })))).toEqual(new Array(6).fill(1000n));
+    await c.put('old-again', { c: 'x' });
+    expect([...a.writes, ...b.writes].map((w) => w.req.rows[0]!.row).sort()).toEqual([...rows, 'old-again'].sort());
+  });
+
+  it('logs in again when a call on the stream says the token expired, and sends the call again on a stream with the new token', async () => {
+    const { a, master, c, rowOn } = await batchSetup();
+    a.onCall = (call, n, stream) => {
+      if (n > 1) return accept(call, stream);
+      const err = toCallStatus(new CairnError('UNAUTHENTICATED', 'token expired', { reason: 'TOKEN_EXPIRED' }));
+      stream.write({ answers: [{ id: call.id, status: err }] });
+    };
+    await expect(c.put(rowOn('s1', 'expiring'), { c: 'x' })).resolves.toBe(1000n);
+    expect(master.logins).toBe(2);
+    expect(a.auths).toEqual(['Bearer t1', 'Bearer t2']);
+    expect(a.calls.map((x) => x.stream)).toEqual([1, 2]);
+  });
+
+  it('gives every call still waiting CANCELLED when the client closes', async () => {
+    const { a, c, rowOn } = await batchSetup();
+    a.onCall = () => undefined;
+    const waiting = c.put(rowOn('s1', 'w'), { c: 'x' });
+    await new Promise((r) => setTimeout(r, 50));
+    c.close();
+    await expect(waiting).rejects.toMatchObject({ code: 'CANCELLED' });
   });
 });

@@ -70,7 +70,7 @@ export class CairnClient {
   private constructor(opts: ConnectOptions) {
     this.session = new Session(opts);
     this.maps = new MapCache(this.session);
-    this.calls = new Calls(this.session, this.maps);
+    this.calls = new Calls(this.session, this.maps, opts.batch ?? true);
   }
 
   /**
@@ -128,6 +128,7 @@ export class CairnClient {
     if (this.session.closed) return;
     this.session.closed = true; // first: the watch's cancel must not schedule a reopen
     this.maps.stopWatch();
+    this.calls.close();
     this.session.closeChannels();
   }
 

@@ -8,7 +8,6 @@
  */
 import type { RowWrite } from '../../proto/gen/cairn/v1/common.js';
 import { CairnError } from '../common/errors.js';
-import { call } from '../common/grpc.js';
 import type { Calls } from './calls.js';
 import { rowWriteBytes, toBuffer, toCells, toCellWrites, toFilter, toTimeRange } from './convert.js';
 import type { BatchCaps } from './router.js';
@@ -21,10 +20,16 @@ const MAX_CELLS_PER_CALL = 10_000;
 export async function put(c: Calls, row: string, cells: CellsInput, o: WriteOptions): Promise<bigint> {
   // writeRows of one row, without the batch machinery: one owner, one sub-call.
   const req = { epoch: 0n, requestId: c.ids.next(), sync: o.sync ?? false, rows: [{ row, cells: toCellWrites(cells), replace: o.replace ?? false }] };
-  const res = await c.onOwner(o, row, (shard, epoch, callOpts) => {
-    req.epoch = epoch;
-    return c.unary(shard, shard.writeRows, req, callOpts);
-  });
+  const res = await c.onOwnerCall(
+    o,
+    row,
+    'writeRows',
+    (epoch) => {
+      req.epoch = epoch;
+      return req;
+    },
+    rowWriteBytes(req.rows[0]!),
+  );
   return res.timestampsUs[0] ?? 0n;
 }
 
@@ -49,7 +54,7 @@ export async function writeRows(c: Calls, rows: RowInput[], o: WriteOptions): Pr
 
 export async function get(c: Calls, row: string, o: ReadOptions): Promise<Cell[]> {
   const filter = toFilter(o);
-  const res = await c.onOwner(o, row, (shard, epoch, callOpts) => c.unary(shard, shard.readRow, { epoch, row, filter }, callOpts));
+  const res = await c.onOwnerCall(o, row, 'readRow', (epoch) => ({ epoch, row, filter }));
   return toCells(res.cells);
 }
 
@@ -67,16 +72,14 @@ export async function getRows(c: Calls, rows: string[], o: ReadOptions): Promise
 
 export async function deleteRow(c: Calls, row: string, o: Omit<WriteOptions, 'replace'>): Promise<number> {
   const requestId = c.ids.next();
-  const res = await c.onOwner(o, row, (shard, epoch, callOpts) => call(shard, shard.deleteRow, { epoch, requestId, sync: o.sync ?? false, row }, callOpts));
+  const res = await c.onOwnerCall(o, row, 'deleteRow', (epoch) => ({ epoch, requestId, sync: o.sync ?? false, row }));
   return Number(res.deletedCells);
 }
 
 export async function deleteCells(c: Calls, row: string, columns: string[], o: Omit<WriteOptions, 'replace'> & { timeRange?: TimeRange }): Promise<number> {
   const requestId = c.ids.next();
   const timeRange = toTimeRange(o.timeRange);
-  const res = await c.onOwner(o, row, (shard, epoch, callOpts) =>
-    call(shard, shard.deleteCells, { epoch, requestId, sync: o.sync ?? false, row, columns, timeRange }, callOpts),
-  );
+  const res = await c.onOwnerCall(o, row, 'deleteCells', (epoch) => ({ epoch, requestId, sync: o.sync ?? false, row, columns, timeRange }));
   return Number(res.deletedCells);
 }
 
@@ -94,21 +97,22 @@ export async function checkAndMutate(c: Calls, row: string, check: CellCheck, ce
     cells: toCellWrites(cells),
     replace: o.replace ?? false,
   };
-  const res = await c.onOwner(o, row, (shard, epoch, callOpts) => call(shard, shard.checkAndMutate, { ...req, epoch }, callOpts));
+  const bytes = req.expectedValue.length + rowWriteBytes({ row, cells: req.cells, replace: req.replace });
+  const res = await c.onOwnerCall(o, row, 'checkAndMutate', (epoch) => ({ ...req, epoch }), bytes);
   return res.succeeded;
 }
 
 export async function lockRow(c: Calls, row: string, leaseMs: number, o: CallOptions): Promise<Lease> {
   const requestId = c.ids.next();
-  const res = await c.onOwner(o, row, (shard, epoch, callOpts) => call(shard, shard.lockRow, { epoch, row, leaseMs, requestId }, callOpts));
+  const res = await c.onOwnerCall(o, row, 'lockRow', (epoch) => ({ epoch, row, leaseMs, requestId }));
   return { leaseId: res.leaseId, expiresAtMs: Number(res.expiresAtMs) };
 }
 
 export async function extendLease(c: Calls, row: string, leaseId: string, leaseMs: number, o: CallOptions): Promise<{ expiresAtMs: number }> {
-  const res = await c.onOwner(o, row, (shard, epoch, callOpts) => call(shard, shard.extendLease, { epoch, row, leaseId, leaseMs }, callOpts));
+  const res = await c.onOwnerCall(o, row, 'extendLease', (epoch) => ({ epoch, row, leaseId, leaseMs }));
   return { expiresAtMs: Number(res.expiresAtMs) };
 }
 
 export async function unlockRow(c: Calls, row: string, leaseId: string, o: CallOptions): Promise<void> {
-  await c.onOwner(o, row, (shard, epoch, callOpts) => call(shard, shard.unlockRow, { epoch, row, leaseId }, callOpts));
+  await c.onOwnerCall(o, row, 'unlockRow', (epoch) => ({ epoch, row, leaseId }));
 }

@@ -158,4 +158,11 @@ export interface ConnectOptions {
   maxMessageBytes?: number;
   /** Keep the map fresh with MasterService.WatchMap instead of only on WRONG_SHARD. */
   watch?: boolean;
+  /**
+   * Carry single-row calls (put, get, check-and-mutate, deletes, leases) to
+   * each shard over one ShardService.Batch stream, the calls in flight
+   * together in one message (default true). False sends each as its own
+   * unary RPC, as clients in other languages do; results are the same.
+   */
+  batch?: boolean;
 }

@@ -132,7 +132,6 @@ export function grpcStatusOf(code: ErrorCode): Status {
   return TO_STATUS[code];
 }
 
-/** Domain error → the object a grpc-js callback or `call.destroy` takes. Unknown errors become a generic INTERNAL. */
 /**
  * Messages often quote the caller's input, which can be megabytes. The status
  * message travels in an HTTP/2 trailer: a huge one stalled the server's event
@@ -145,22 +144,85 @@ export function boundedMessage(message: string): string {
   return `${message.slice(0, MAX_STATUS_MESSAGE_CHARS)}… (${message.length - MAX_STATUS_MESSAGE_CHARS} more characters)`;
 }
 
+/**
+ * What a Cairn error tells its caller, as a gRPC status plus the cairn-*
+ * details: the one form both the unary trailers and a Batch stream's
+ * per-call status (shard.proto CallStatus) are made from.
+ */
+export interface StatusFields {
+  code: Status;
+  message: string;
+  /** The domain code (cairn-error-code). */
+  errorCode: ErrorCode;
+  details: ErrorDetails;
+}
+
+export function statusFieldsOf(err: unknown): StatusFields {
+  if (err instanceof CairnError) return { code: TO_STATUS[err.code], message: boundedMessage(err.message), errorCode: err.code, details: err.details };
+  return { code: Status.INTERNAL, message: 'internal error (see the server log)', errorCode: 'INTERNAL', details: {} };
+}
+
+/** Domain error → the object a grpc-js callback or `call.destroy` takes. Unknown errors become a generic INTERNAL. */
 export function toServiceError(err: unknown): Partial<ServiceError> & { code: Status; details: string; metadata: Metadata } {
+  const f = statusFieldsOf(err);
   const metadata = new Metadata();
-  if (err instanceof CairnError) {
-    metadata.set('cairn-error-code', err.code);
-    const d = err.details;
-    if (d.epoch !== undefined) metadata.set('cairn-epoch', d.epoch.toString());
-    if (d.owner !== undefined) metadata.set('cairn-owner', d.owner);
-    if (d.ownerAddress !== undefined) metadata.set('cairn-owner-address', d.ownerAddress);
-    if (d.retryAfterMs !== undefined) metadata.set('cairn-retry-after-ms', String(d.retryAfterMs));
-    if (d.reason !== undefined) metadata.set('cairn-error-reason', d.reason);
-    if (d.leaderAddress !== undefined) metadata.set('cairn-leader-address', d.leaderAddress);
-    const message = boundedMessage(err.message);
-    return { code: TO_STATUS[err.code], details: message, message, metadata };
-  }
-  metadata.set('cairn-error-code', 'INTERNAL');
-  return { code: Status.INTERNAL, details: 'internal error (see the server log)', message: 'internal error', metadata };
+  metadata.set('cairn-error-code', f.errorCode);
+  const d = f.details;
+  if (d.epoch !== undefined) metadata.set('cairn-epoch', d.epoch.toString());
+  if (d.owner !== undefined) metadata.set('cairn-owner', d.owner);
+  if (d.ownerAddress !== undefined) metadata.set('cairn-owner-address', d.ownerAddress);
+  if (d.retryAfterMs !== undefined) metadata.set('cairn-retry-after-ms', String(d.retryAfterMs));
+  if (d.reason !== undefined) metadata.set('cairn-error-reason', d.reason);
+  if (d.leaderAddress !== undefined) metadata.set('cairn-leader-address', d.leaderAddress);
+  return { code: f.code, details: f.message, message: err instanceof CairnError ? f.message : 'internal error', metadata };
+}
+
+/**
+ * A per-call status as a Batch stream carries it (shard.proto CallStatus): a
+ * detail the trailers would not carry is 0 or empty (the proto has no
+ * `optional`, for old protoc versions).
+ */
+export interface CallStatusWire {
+  code: number;
+  message: string;
+  errorCode: string;
+  epoch: bigint;
+  owner: string;
+  ownerAddress: string;
+  retryAfterMs: number;
+  reason: string;
+  leaderAddress: string;
+}
+
+/** A failed call → its per-call status on a Batch stream: the same code, message and details as the unary trailers. */
+export function toCallStatus(err: unknown): CallStatusWire {
+  const f = statusFieldsOf(err);
+  const d = f.details;
+  return {
+    code: f.code,
+    message: f.message,
+    errorCode: f.errorCode,
+    epoch: d.epoch ?? 0n,
+    owner: d.owner ?? '',
+    ownerAddress: d.ownerAddress ?? '',
+    retryAfterMs: d.retryAfterMs ?? 0,
+    reason: d.reason ?? '',
+    leaderAddress: d.leaderAddress ?? '',
+  };
+}
+
+/** A per-call status from a Batch stream → the CairnError the same call's unary RPC would have given. */
+export function fromCallStatus(s: CallStatusWire): CairnError {
+  const code: ErrorCode = s.errorCode in TO_STATUS ? (s.errorCode as ErrorCode) : FROM_STATUS[s.code as Status] ?? 'INTERNAL';
+  const details: ErrorDetails = {
+    ...(s.epoch !== 0n ? { epoch: s.epoch } : {}),
+    ...(s.owner !== '' ? { owner: s.owner } : {}),
+    ...(s.ownerAddress !== '' ? { ownerAddress: s.ownerAddress } : {}),
+    ...(s.retryAfterMs !== 0 ? { retryAfterMs: s.retryAfterMs } : {}),
+    ...(isErrorReason(s.reason) ? { reason: s.reason } : {}),
+    ...(s.leaderAddress !== '' ? { leaderAddress: s.leaderAddress } : {}),
+  };
+  return new CairnError(code, s.message || 'unknown error', details);
 }
 
 function meta(md: Metadata | undefined, key: string): string | undefined {

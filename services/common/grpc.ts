@@ -35,6 +35,8 @@ export type CallObserver = (service: string, method: string, code: grpc.status, 
  */
 export interface CallGate {
   enter(method: string): () => void;
+  /** Calls `listener` once when the process starts draining; returns the function that stops listening. */
+  onDrain?(listener: () => void): () => void;
 }
 
 export interface HandlerEnv {
@@ -72,6 +74,15 @@ function authenticate(env: HandlerEnv, call: SurfaceCall, method: string, need: 
   call.on('cancelled', () => (cancelled = true));
   const base = { method, deadline: deadlineOf(call), peer: peerOf(call), cancelled: () => cancelled || call.cancelled };
   if (need === null) return { ...base, claims: null, token: undefined };
+  return { ...base, ...authorizeCaller(env, call, method, need) };
+}
+
+/**
+ * The caller's token checked for one call: signature and expiry, mutual TLS
+ * for server tokens, the client-token policy, then the role `method` needs.
+ * A Batch stream runs it for every call it carries, as a unary call does once.
+ */
+export function authorizeCaller(env: HandlerEnv, call: SurfaceCall, method: string, need: Role): { claims: Claims; token: string } {
   const token = tokenFromMetadataValue(call.metadata.get('authorization')[0]?.toString());
   const claims = verifyToken(env.tokenKey, token);
   if (env.requirePeerCert && claims.role === 'server' && !hasVerifiedPeerCert(call)) {
@@ -84,10 +95,10 @@ function authenticate(env: HandlerEnv, call: SurfaceCall, method: string, need: 
   if (claims.role !== 'server') env.checkClientCall?.(claims, method);
   authorize(claims, need, method);
   if (claims.role === 'server') env.checkServerCall?.(claims, method);
-  return { ...base, claims, token };
+  return { claims, token };
 }
 
-function peerOf(call: SurfaceCall): string {
+export function peerOf(call: SurfaceCall): string {
   try {
     return call.getPeer();
   } catch {
@@ -101,7 +112,7 @@ function hasVerifiedPeerCert(call: SurfaceCall): boolean {
   return !!ctx?.sslPeerCertificate;
 }
 
-function reportError(env: HandlerEnv, method: string, err: unknown) {
+export function reportError(env: HandlerEnv, method: string, err: unknown) {
   const se = toServiceError(err);
   if (!(err instanceof CairnError)) env.log.error('unexpected error in handler', { method, error: (err as Error)?.stack ?? String(err) });
   return se;
@@ -112,11 +123,17 @@ function reportError(env: HandlerEnv, method: string, err: unknown) {
  * throwing deserializer with a bare INTERNAL; the handler wrappers answer
  * INVALID_ARGUMENT naming the message instead (after authentication).
  */
-class UndecodableRequest {
+export class UndecodableRequest {
   /** `message`, when set, is the whole refusal (a string field that is not UTF-8). */
   constructor(
     readonly reason: string,
     readonly message?: string,
+    /**
+     * For strings that are not UTF-8 in a message that otherwise decoded: the
+     * message (such strings replaced by markers) and the refusal of every such
+     * field by its path. A Batch stream refuses only the calls holding one.
+     */
+    readonly partial?: { message: unknown; refusals: Array<{ field: string; message: string }> },
   ) {}
 }
 
@@ -161,10 +178,27 @@ function deserializeUtf8Checked(m: grpc.MethodDefinition<unknown, unknown>, byte
   if (!bad) return msg;
   const found = fieldHolding(msg, bad, '');
   const sent = found ? bad.get(found.mark)! : bad.values().next().value!;
-  const hex = [...sent.subarray(0, 32)].map((x) => x.toString(16).padStart(2, '0')).join(' ');
   // Not found: a field sent twice, the later value kept (the wire still carried bytes that are not UTF-8).
   const field = found ? `${found.field}:` : 'request: a string field';
-  return new UndecodableRequest('', `${field} is not valid UTF-8 (${sent.length} bytes: ${hex}${sent.length > 32 ? ' …' : ''})`);
+  const refusals: Array<{ field: string; message: string }> = [];
+  everyFieldHolding(msg, bad, '', (f, mark) => refusals.push({ field: f, message: notUtf8(`${f}:`, bad!.get(mark)!) }));
+  return new UndecodableRequest('', notUtf8(field, sent), { message: msg, refusals });
+}
+
+function notUtf8(field: string, sent: Uint8Array): string {
+  const hex = [...sent.subarray(0, 32)].map((x) => x.toString(16).padStart(2, '0')).join(' ');
+  return `${field} is not valid UTF-8 (${sent.length} bytes: ${hex}${sent.length > 32 ? ' …' : ''})`;
+}
+
+/** Calls `found` with the path of every string in a decoded message that is one of the markers. */
+function everyFieldHolding(v: unknown, marks: Map<string, Uint8Array>, path: string, found: (field: string, mark: string) => void): void {
+  if (typeof v === 'string') {
+    if (marks.has(v)) found(path, v);
+  } else if (Array.isArray(v)) {
+    v.forEach((x, i) => everyFieldHolding(x, marks, `${path}[${i}]`, found));
+  } else if (v !== null && typeof v === 'object' && !(v instanceof Uint8Array)) {
+    for (const [k, x] of Object.entries(v)) everyFieldHolding(x, marks, path ? `${path}.${k}` : k, found);
+  }
 }
 
 /** The path (`rows[1].row`, as validation names fields) of the first string in a decoded message that is one of the markers. */
@@ -203,7 +237,7 @@ function tolerantDefinition(def: grpc.ServiceDefinition): grpc.ServiceDefinition
 }
 
 /** Enters the call gate, and when the call ends leaves it and tells the observer its status and duration. */
-function meter(env: HandlerEnv, method: string): { enter(): void; done(code: grpc.status): void } {
+export function meter(env: HandlerEnv, method: string): { enter(): void; done(code: grpc.status): void } {
   const started = process.hrtime.bigint();
   let leave: (() => void) | undefined;
   return {

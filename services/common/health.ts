@@ -101,6 +101,26 @@ export class ServingState implements CallGate {
     };
   }
 
+  private drainListeners: Array<() => void> = [];
+
+  /**
+   * Calls `listener` once when draining starts (at once if it has): a
+   * long-lived stream (the shard's Batch) ends itself then, so a shutdown
+   * does not wait out its grace period for a stream with nothing in flight.
+   * Returns the function that stops listening.
+   */
+  onDrain(listener: () => void): () => void {
+    if (this.draining) {
+      listener();
+      return () => undefined;
+    }
+    this.drainListeners.push(listener);
+    return () => {
+      const i = this.drainListeners.indexOf(listener);
+      if (i >= 0) this.drainListeners.splice(i, 1);
+    };
+  }
+
   private wake(): void {
     const waiters = this.idleWaiters;
     this.idleWaiters = [];
@@ -113,6 +133,7 @@ export class ServingState implements CallGate {
    */
   async drain(timeoutMs: number): Promise<boolean> {
     this.draining = true;
+    for (const listener of this.drainListeners.splice(0)) listener();
     this.setServing(false);
     if (this.inFlight === 0) return true;
     let timer: NodeJS.Timeout | undefined;

@@ -201,6 +201,9 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
     if (this.registered) void this.heartbeat();
   }
 
+  /** Batch stream traffic since start: messages received and the calls they carried (metrics; tests check coalescing by them). */
+  readonly batchTraffic = { messages: 0, calls: 0 };
+
   countOp(n = 1): void {
     this.opsSinceHeartbeat += n;
   }

@@ -121,4 +121,15 @@ export function registerShardMetrics(metrics: Metrics, node: ShardNode): void {
     set({ shard: shard() }, node.fences?.all().length ?? 0),
   );
   if (node.fences) registerFenceMetrics(metrics, node.fences);
+  // Calls per message is what the Batch stream buys: the ratio of these two.
+  let messagesSeen = 0;
+  let callsSeen = 0;
+  metrics.counter('cairn_batch_messages_total', 'Messages received on ShardService.Batch streams.', [], (c) => {
+    c.inc(node.batchTraffic.messages - messagesSeen);
+    messagesSeen = node.batchTraffic.messages;
+  });
+  metrics.counter('cairn_batch_calls_total', 'Calls carried by those messages.', [], (c) => {
+    c.inc(node.batchTraffic.calls - callsSeen);
+    callsSeen = node.batchTraffic.calls;
+  });
 }

@@ -14,17 +14,46 @@
  *   retry hint), checked before the store is touched. Local store calls are
  *   tracked, so a fence can wait for the calls that passed the check.
  *
+ * Each handler is written once (`handlers`) and served two ways: as its unary
+ * RPC, and as a call inside a Batch stream (batch-service.ts), which carries
+ * many calls per message.
+ *
  * The internal calls (map push, transfers, move state, stop) are a service of
  * their own, on the same port: control-service.ts.
  */
 import type { UntypedServiceImplementation } from '@grpc/grpc-js';
 import type { CellFilter, Cell, CellWrite, RowCells } from '../../proto/gen/cairn/v1/common.js';
-import type { ShardServiceClient, ShardServiceServer } from '../../proto/gen/cairn/v1/shard.js';
+import type {
+  CheckAndMutateRequest,
+  CheckAndMutateResponse,
+  DeleteCellsRequest,
+  DeleteCellsResponse,
+  DeleteRowRequest,
+  DeleteRowResponse,
+  ExtendLeaseRequest,
+  ExtendLeaseResponse,
+  LockRowRequest,
+  LockRowResponse,
+  ReadRowRequest,
+  ReadRowResponse,
+  ReadRowsRequest,
+  ReadRowsResponse,
+  ScanRowsRequest,
+  ScanRowsResponse,
+  ShardServiceClient,
+  ShardServiceServer,
+  UnlockRowRequest,
+  UnlockRowResponse,
+  WriteRowsRequest,
+  WriteRowsResponse,
+} from '../../proto/gen/cairn/v1/shard.js';
+import type { Role } from '../common/auth.js';
 import { CairnError } from '../common/errors.js';
 import { call, unary, type HandlerEnv, type RpcContext } from '../common/grpc.js';
 import { endFromProto, hashFromBytes, HASH_SPACE_END, rowHash } from '../common/hash.js';
 import { addressOf, ownerOfHash, type ClusterMap } from '../common/map.js';
 import { rangeContains, type HashRange } from '../common/ranges.js';
+import { batchService } from './batch-service.js';
 import { encodeKeyOrderToken, encodeScanToken, rowPrefix } from './keys.js';
 import type { ShardNode } from './node.js';
 import type { CellFilterIn, CellIn, CellOut } from './store.js';
@@ -126,6 +155,15 @@ function groupByRoute<T>(router: Router, items: T[], keyOf: (t: T) => string, ep
   return { local, remote };
 }
 
+/** One data call's handler, served alike as its unary RPC and inside a Batch stream: the method name and role it is checked under, and the work. */
+export interface Handler<Req, Res> {
+  method: string;
+  need: Role;
+  run: (req: Req, ctx: RpcContext) => Promise<Res>;
+}
+
+const handler = <Req, Res>(method: string, need: Role, run: (req: Req, ctx: RpcContext) => Promise<Res>): Handler<Req, Res> => ({ method, need, run });
+
 export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardServiceServer & UntypedServiceImplementation {
   const router = new Router(node);
   const limits = node.opts.limits;
@@ -142,8 +180,8 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
     return out;
   };
 
-  return {
-    writeRows: unary(env, 'WriteRows', 'rw', async (req, ctx) => {
+  const handlers = {
+    writeRows: handler('WriteRows', 'rw', async (req: WriteRowsRequest, ctx): Promise<WriteRowsResponse> => {
       check.checkWriteRows(
         req.rows, // decoded RowWrite/CellWrite have the store's input shape: no copies
         limits,
@@ -172,7 +210,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       return { header: header(), timestampsUs: timestamps };
     }),
 
-    readRow: unary(env, 'ReadRow', 'r', async (req, ctx) => {
+    readRow: handler('ReadRow', 'r', async (req: ReadRowRequest, ctx): Promise<ReadRowResponse> => {
       check.checkRowKey(req.row, limits, 'row');
       const filter = toFilter(req.filter);
       check.checkCellFilter(filter, limits);
@@ -182,7 +220,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       return { header: header(), cells: fromCells(await served(store.readRow(req.row, filter), [req.row])) };
     }),
 
-    readRows: unary(env, 'ReadRows', 'r', async (req, ctx) => {
+    readRows: handler('ReadRows', 'r', async (req: ReadRowsRequest, ctx): Promise<ReadRowsResponse> => {
       const filter = toFilter(req.filter);
       check.checkReadRows(req.rows, filter, limits);
       node.countOp(req.rows.length);
@@ -210,7 +248,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       return { header: header(), rows: found.map((f) => f.rows) };
     }),
 
-    scanRows: unary(env, 'ScanRows', 'r', async (req, ctx) => {
+    scanRows: handler('ScanRows', 'r', async (req: ScanRowsRequest, ctx): Promise<ScanRowsResponse> => {
       const filter = toFilter(req.filter);
       const window: HashRange = { start: req.hashStart, end: endFromProto(req.hashEnd) };
       check.checkScan({ rowPrefix: req.rowPrefix, filter, limit: req.limit, hashStart: window.start, hashEnd: window.end, resumeToken: req.resumeToken }, limits);
@@ -262,7 +300,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       return { header: header(), rows, nextToken: Buffer.alloc(0) };
     }),
 
-    deleteRow: unary(env, 'DeleteRow', 'rw', async (req, ctx) => {
+    deleteRow: handler('DeleteRow', 'rw', async (req: DeleteRowRequest, ctx): Promise<DeleteRowResponse> => {
       check.checkRowKey(req.row, limits, 'row');
       check.checkRequestId(req.requestId);
       node.countOp();
@@ -272,7 +310,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       return { header: header(), deletedCells: BigInt(n) };
     }),
 
-    deleteCells: unary(env, 'DeleteCells', 'rw', async (req, ctx) => {
+    deleteCells: handler('DeleteCells', 'rw', async (req: DeleteCellsRequest, ctx): Promise<DeleteCellsResponse> => {
       const timeRange = req.timeRange ? { startUs: req.timeRange.startUs, endUs: req.timeRange.endUs } : undefined;
       check.checkDeleteCells(req.row, req.columns, timeRange, limits);
       check.checkRequestId(req.requestId);
@@ -283,7 +321,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       return { header: header(), deletedCells: BigInt(n) };
     }),
 
-    checkAndMutate: unary(env, 'CheckAndMutate', 'rw', async (req, ctx) => {
+    checkAndMutate: handler('CheckAndMutate', 'rw', async (req: CheckAndMutateRequest, ctx): Promise<CheckAndMutateResponse> => {
       const m = {
         row: req.row,
         checkColumn: req.checkColumn,
@@ -301,7 +339,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       return { header: header(), succeeded: out.succeeded, timestampUs: out.timestampUs };
     }),
 
-    lockRow: unary(env, 'LockRow', 'rw', async (req, ctx) => {
+    lockRow: handler('LockRow', 'rw', async (req: LockRowRequest, ctx): Promise<LockRowResponse> => {
       check.checkRowKey(req.row, limits, 'row');
       check.checkLease(req.leaseMs);
       check.checkRequestId(req.requestId);
@@ -312,7 +350,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       return { header: header(), leaseId: l.leaseId, expiresAtMs: BigInt(l.expiresAtMs) };
     }),
 
-    extendLease: unary(env, 'ExtendLease', 'rw', async (req, ctx) => {
+    extendLease: handler('ExtendLease', 'rw', async (req: ExtendLeaseRequest, ctx): Promise<ExtendLeaseResponse> => {
       check.checkRowKey(req.row, limits, 'row');
       check.checkLease(req.leaseMs);
       if (!req.leaseId) throw new CairnError('INVALID_ARGUMENT', 'lease_id: must not be empty');
@@ -323,7 +361,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       return { header: header(), expiresAtMs: BigInt(l.expiresAtMs) };
     }),
 
-    unlockRow: unary(env, 'UnlockRow', 'rw', async (req, ctx) => {
+    unlockRow: handler('UnlockRow', 'rw', async (req: UnlockRowRequest, ctx): Promise<UnlockRowResponse> => {
       check.checkRowKey(req.row, limits, 'row');
       if (!req.leaseId) throw new CairnError('INVALID_ARGUMENT', 'lease_id: must not be empty');
       node.countOp();
@@ -332,5 +370,21 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
       await served(store.unlockRow(req.row, req.leaseId), [req.row]);
       return { header: header() };
     }),
+  };
+
+  const asUnary = <Req, Res>(h: Handler<Req, Res>) => unary(env, h.method, h.need, h.run);
+  return {
+    writeRows: asUnary(handlers.writeRows),
+    readRow: asUnary(handlers.readRow),
+    readRows: asUnary(handlers.readRows),
+    scanRows: asUnary(handlers.scanRows),
+    deleteRow: asUnary(handlers.deleteRow),
+    deleteCells: asUnary(handlers.deleteCells),
+    checkAndMutate: asUnary(handlers.checkAndMutate),
+    lockRow: asUnary(handlers.lockRow),
+    extendLease: asUnary(handlers.extendLease),
+    unlockRow: asUnary(handlers.unlockRow),
+    // The same handlers, many calls per message (batch-service.ts); scans stay unary (a page is already a batch).
+    batch: batchService(env, node.opts.limits.maxMessageBytes, handlers, node.batchTraffic),
   };
 }
