@@ -31,6 +31,7 @@ import { stringify } from 'yaml';
 import { launchCairn, type Launched } from '../cli/launch.js';
 import { CairnClient } from '../services/client/index.js';
 import { hashPassword } from '../services/common/auth.js';
+import { leadsAt } from '../services/client/master-status.js';
 import { checkHealth } from '../services/common/health.js';
 import { fmtInt, median, table } from './lib/common.js';
 
@@ -235,7 +236,7 @@ async function main(): Promise<void> {
       return m.proc.listening;
     };
     /** The leader's AdminService is SERVING; a standby reports it NOT_SERVING (and SERVING overall: it is alive). */
-    const leads = async (m: Master) => (await checkHealth(m.address, { service: 'cairn.v1.AdminService', timeoutMs: 1000 }).catch(() => '')) === 'SERVING';
+    const leads = (m: Master) => leadsAt(m.address);
     const alive = async (m: Master) => (await checkHealth(m.address, { timeoutMs: 1000 }).catch(() => '')) === 'SERVING';
     const soleLeader = async (): Promise<Master | undefined> => {
       const leading = await Promise.all(masters.map(leads));

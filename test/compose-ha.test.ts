@@ -20,6 +20,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { hashPassword } from '../services/common/auth.js';
+import { leadsAt } from '../services/client/master-status.js';
 import { checkHealth } from '../services/common/health.js';
 import { COMPOSE_FILE, COMPOSE_HA_FILE, LocalCompose } from './harness/compose.js';
 import { waitUntil } from './harness/cluster.js';
@@ -41,7 +42,7 @@ withEtcd('docker compose -f docker-compose.yml -f docker-compose.ha.yml, as loca
 
   const address = (s: string) => `127.0.0.1:${dc.port(s, 7000)}`;
   /** The master leads when its Admin service is SERVING; a standby reports SERVING for its process only. */
-  const leads = async (s: string) => (await checkHealth(address(s), { service: 'cairn.v1.AdminService', timeoutMs: 1000 }).catch(() => '')) === 'SERVING';
+  const leads = (s: string) => leadsAt(address(s));
   /** `docker compose exec -e CAIRN_USER=admin -e CAIRN_PASSWORD shard1 cairn ctl …`: shard1's CAIRN_MASTER names both masters. */
   const ctl = (args: string[], timeoutMs = 120_000) => dc.exec('shard1', ['cairn', 'ctl', ...args], { CAIRN_USER: 'admin', CAIRN_PASSWORD: PASSWORD }, timeoutMs);
   async function servers(): Promise<{ servers: Array<{ address: string; status: string; ranges: number }>; masters: Array<{ address: string; leader: boolean; status: string }> }> {

@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { CairnClient } from '../services/client/index.js';
 import { hashPassword } from '../services/common/auth.js';
+import { leadsAt } from '../services/client/master-status.js';
 import { checkHealth } from '../services/common/health.js';
 import { launchCairn, type Launched } from '../cli/launch.js';
 import { ADMIN, CAIRN_BIN, runCtl, waitUntil } from './harness/cluster.js';
@@ -43,7 +44,7 @@ withEtcd('two masters on etcd, the leader killed during a move', () => {
   };
   const client = (master = masterList) => CairnClient.connect({ master, user: ADMIN.user, password: ADMIN.password, timeoutMs: 5000 });
   /** True when the master at `address` reports its Admin service SERVING: it leads (a standby is SERVING overall only). */
-  const leads = async (address: string) => (await checkHealth(address, { service: 'cairn.v1.AdminService', timeoutMs: 1000 }).catch(() => '')) === 'SERVING';
+  const leads = (address: string) => leadsAt(address);
 
   beforeAll(async () => {
     etcd = await EtcdCluster.start(3);

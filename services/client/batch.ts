@@ -44,6 +44,7 @@ import type {
   WriteRowsResponse,
 } from '../../proto/gen/cairn/v1/shard.js';
 import { CairnError, fromCallStatus, fromServiceError } from '../common/errors.js';
+import { takeUnderBudget, type Sized } from '../common/message-budget.js';
 
 /** The calls the SDK sends on the stream, by BatchCall field: request and response types. */
 export interface BatchKinds {
@@ -84,8 +85,8 @@ export interface BatchStats {
 class ShardStream {
   private readonly stream: ClientDuplexStream<BatchRequest, BatchResponse>;
   private readonly pending = new Map<bigint, Pending>();
-  private queue: BatchCall[] = [];
-  private queueBytes: number[] = [];
+  /** Calls not yet written, each with its estimated size. */
+  private queue: Sized<BatchCall>[] = [];
   private writing = false;
   private scheduled = false;
   private nextId = 1n;
@@ -142,8 +143,7 @@ class ShardStream {
         clearTimeout(this.idleTimer);
         this.idleTimer = undefined;
       }
-      this.queue.push({ id, timeoutMs: Number.isFinite(left) ? Math.max(1, Math.ceil(left)) : 0, [kind]: req });
-      this.queueBytes.push(bytes);
+      this.queue.push({ item: { id, timeoutMs: Number.isFinite(left) ? Math.max(1, Math.ceil(left)) : 0, [kind]: req }, bytes });
       if (!this.writing && !this.scheduled) {
         this.scheduled = true;
         queueMicrotask(this.flush);
@@ -155,12 +155,8 @@ class ShardStream {
   private readonly flush = (): void => {
     this.scheduled = false;
     if (this.writing || this.queue.length === 0) return;
-    let bytes = 0;
-    let k = 0;
-    while (k < this.queue.length && (k === 0 || bytes + this.queueBytes[k]! <= this.messageBudget)) bytes += this.queueBytes[k++]!;
-    const calls = k === this.queue.length ? this.queue : this.queue.slice(0, k);
-    this.queue = k === this.queue.length ? [] : this.queue.slice(k);
-    this.queueBytes = this.queue.length === 0 ? [] : this.queueBytes.slice(k);
+    const { taken: calls, rest } = takeUnderBudget(this.queue, this.messageBudget);
+    this.queue = rest;
     this.writing = true;
     this.stats.calls += calls.length;
     this.stats.messages += 1;
@@ -207,7 +203,6 @@ class ShardStream {
     const pending = [...this.pending.entries()];
     this.pending.clear();
     this.queue = [];
-    this.queueBytes = [];
     for (const [id, p] of pending) {
       this.settle(id, p);
       p.reject(unsupported ? new BatchUnsupported() : err);

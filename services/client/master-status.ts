@@ -58,9 +58,18 @@ export async function describeMasters(given: string, opts: { tls?: ClientTls; ti
   );
 }
 
+/**
+ * Whether the master at `address` leads and can change the map: its Admin
+ * service is SERVING (a standby's, or a leader's that lost etcd, is
+ * NOT_SERVING while the process itself is SERVING). False when it does not answer.
+ */
+export async function leadsAt(address: string, opts: { tls?: ClientTls; timeoutMs?: number } = {}): Promise<boolean> {
+  return (await checkHealth(address, { service: 'cairn.v1.AdminService', tls: opts.tls, timeoutMs: opts.timeoutMs ?? 1000 }).catch(() => '')) === 'SERVING';
+}
+
 async function fromHealth(address: string, tls: ClientTls | undefined, timeoutMs: number): Promise<MasterView> {
-  const admin = await checkHealth(address, { service: 'cairn.v1.AdminService', tls, timeoutMs }).catch(() => 'UNREACHABLE');
-  return masterView(address, { leading: admin === 'SERVING', leaderAddress: admin === 'SERVING' ? address : '', term: '', why: '' });
+  const leading = await leadsAt(address, { tls, timeoutMs });
+  return masterView(address, { leading, leaderAddress: leading ? address : '', term: '', why: '' });
 }
 
 /** The one line per master that ctl servers and health print. */

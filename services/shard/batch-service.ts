@@ -22,6 +22,7 @@ import { status as Status } from '@grpc/grpc-js';
 import type { BatchAnswer, BatchCall, BatchRequest, BatchResponse } from '../../proto/gen/cairn/v1/shard.js';
 import { CairnError, toCallStatus } from '../common/errors.js';
 import { authorizeCaller, meter, peerOf, reportError, UndecodableRequest, type HandlerEnv, type RpcContext } from '../common/grpc.js';
+import { takeUnderBudget, type Sized } from '../common/message-budget.js';
 import type { Handler } from './service.js';
 
 /** The calls a Batch message may carry: BatchCall's oneof, by field, and the handler that serves each. */
@@ -62,7 +63,8 @@ export function batchService(
     let ended = false; // the caller half-closed: end once every call is answered
     let draining = false; // the process is stopping: answer what is in flight, then end
     let inFlight = 0;
-    let outbox: BatchAnswer[] = [];
+    // Each answer with its size, measured once when it is queued.
+    let outbox: Sized<BatchAnswer>[] = [];
     let outboxBytes = 0;
     let flushScheduled = false;
     let blocked = false; // the transport is full: wait for 'drain' before writing more
@@ -90,12 +92,8 @@ export function batchService(
     const flush = () => {
       flushScheduled = false;
       while (!blocked && !cancelled && outbox.length > 0) {
-        // Cut the outbox into messages under the budget (at least one answer each).
-        let bytes = 0;
-        let k = 0;
-        while (k < outbox.length && (k === 0 || bytes + answerBytes(outbox[k]!) <= messageBudget)) bytes += answerBytes(outbox[k++]!);
-        const answers = outbox.slice(0, k);
-        outbox = outbox.slice(k);
+        const { taken: answers, rest, bytes } = takeUnderBudget(outbox, messageBudget);
+        outbox = rest;
         outboxBytes -= bytes;
         if (!stream.write({ answers })) {
           blocked = true;
@@ -118,7 +116,7 @@ export function batchService(
           status: toCallStatus(new CairnError('LIMIT_EXCEEDED', `response: about ${bytes} bytes, over the ${maxMessageBytes}-byte message limit; read fewer cells per call`)),
         };
       }
-      outbox.push(a);
+      outbox.push({ item: a, bytes });
       outboxBytes += bytes;
       if (outboxBytes >= messageBudget) flush();
       else if (!flushScheduled) {

@@ -17,7 +17,7 @@ import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import { launchCairn } from '../../cli/launch.js';
 import { hashPassword } from '../../services/common/auth.js';
-import { checkHealth } from '../../services/common/health.js';
+import { leadsAt } from '../../services/client/master-status.js';
 import { waitReady, waitUntil, type Cluster } from './cluster.js';
 import { TEST_CREDENTIAL, USERS, type TestUser } from './inproc.js';
 import type { NetnsLab } from '../nemesis/netns.js';
@@ -129,8 +129,7 @@ export class ProcessCluster implements Cluster<Server> {
     if (this.masters.length === 1) return this.master;
     for (const m of this.masters) {
       if (!this.isRunning(m) || m.paused) continue;
-      const admin = await checkHealth(m.address, { service: 'cairn.v1.AdminService', timeoutMs: 1000 }).catch(() => '');
-      if (admin === 'SERVING') return m;
+      if (await leadsAt(m.address)) return m;
     }
     return undefined;
   }
