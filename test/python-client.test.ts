@@ -113,7 +113,7 @@ withPython('the Python example against a real cluster', () => {
     expect(line('batch')).toMatch(/^batch: 10 rows in [1-3] WriteRows calls/);
     const pages = run.stdout.split('\n').filter((l) => l.startsWith('scan page '));
     expect(pages.length).toBeGreaterThanOrEqual(3); // 10 rows, 4 a page
-    expect(line('scan')).toBe(`scan: 10 rows under ${PREFIX}item- in hash order, self-routed`);
+    expect(line('scan')).toBe(`scan: 10 rows under ${PREFIX}item- range by range, self-routed`);
     expect(line('scan-epoch0')).toBe('scan-epoch0: 10 rows, same order, one shard walking the ranges');
     expect(line('check-and-mutate')).toBe('check-and-mutate: claim if absent -> True, second claim -> False, claimed -> done -> True');
     expect(line('lease')).toMatch(/^lease: LockRow -> [0-9a-f-]{36}, ExtendLease -> \+\d+\.\d s, second LockRow -> ABORTED \(CONFLICT\), UnlockRow ok$/);

@@ -112,7 +112,7 @@ def main():
         seen += [r.row for r in rows]
         out(f'scan page {page}: {len(rows)} rows')
     check(sorted(seen) == sorted(batch), f'scan saw {sorted(seen)}')
-    out(f'scan: {len(seen)} rows under {prefix}item- in hash order, self-routed')
+    out(f'scan: {len(seen)} rows under {prefix}item- range by range, self-routed')
     client.route = 'forward'
     seen0 = [r.row for _, rows in client.scan(prefix + 'item-', page_size=4) for r in rows]
     client.route = 'self'

@@ -161,7 +161,7 @@ describe('scan', () => {
     expect(pages).toBeGreaterThanOrEqual(Math.ceil(N / 20));
   });
 
-  it('returns rows in storage order (by hash), the same on every scan', async () => {
+  it('returns rows in the same order on every scan, whatever the page size', async () => {
     const a: string[] = [];
     for await (const r of db.scan('scan/', { pageSize: 50 })) a.push(r.row);
     const b: string[] = [];

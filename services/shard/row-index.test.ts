@@ -15,8 +15,8 @@ import { join } from 'node:path';
 import { Level } from 'level';
 import { hashFromBytes, HASH_SPACE_END, rowHash } from '../common/hash.js';
 import type { HashRange } from '../common/ranges.js';
-import { decodeKeyOrderToken, decodeRowPrefix, encodeScanToken, isKeyOrderToken, rowPrefix, rowPrefixOfIndexKey } from './keys.js';
-import { SCAN_EXAMINE_BUDGET, ShardStore, type CellFilterIn, type WriteOpts } from './store.js';
+import { decodeKeyOrderToken, decodeRowPrefix, encodeKeyOrderToken, encodeScanToken, isKeyOrderToken, rowPrefix, rowPrefixOfIndexKey } from './keys.js';
+import { SCAN_EXAMINE_BUDGET, ShardStore, WALK_MIN_ROWS, type CellFilterIn, type WriteOpts } from './store.js';
 
 const dirs: string[] = [];
 const opened: ShardStore[] = [];
@@ -312,6 +312,30 @@ describe('prefix scans by the index', () => {
     expect(first.nextToken).not.toBeNull();
     expect(first.rows.length).toBeLessThan(want.length);
     expect(await prefixScan(s, 'p/', 1000, window)).toEqual(want);
+  });
+
+  test('a prefix matching most rows of a big shard walks each window in storage order; a selective one seeks', async () => {
+    const s = await openStore();
+    const rows = WALK_MIN_ROWS + 2000;
+    const small = Math.floor(rows / 50); // 2%: the index wins; 98% in a window of half the rows: the walk does (walkThreshold)
+    const names = Array.from({ length: rows }, (_, i) => (i < small ? `small/${i}` : `big/${i}`));
+    for (let i = 0; i < names.length; i += 2000) {
+      await s.writeRows(names.slice(i, i + 2000).map((row) => ({ row, replace: false, cells: [{ column: 'c', value: Buffer.from('v'), timestampUs: 0n }] })), W);
+    }
+    const all = await fullScanRows(s); // storage (hash) order
+    for (const window of [LOW, HIGH]) {
+      // Broad: the first page already answers with a hash-order token, and the window's rows come in storage order.
+      const first = await s.scan({ rowPrefix: 'big/', filter: f(), limit: 500, hashStart: window.start, hashEnd: window.end });
+      expect(first.nextToken).not.toBeNull();
+      expect(isKeyOrderToken(first.nextToken!)).toBe(false);
+      expect(await prefixScan(s, 'big/', 500, window)).toEqual(all.filter((r) => r.startsWith('big/') && inRange(r, window)));
+      // Selective: by the index, in row-key order.
+      expect(await prefixScan(s, 'small/', 100, window)).toEqual(sorted(all.filter((r) => r.startsWith('small/') && inRange(r, window))));
+    }
+    // A key-order token that only says where the window's rest starts (as an epoch-0 page ending at a range's end answers) walks too, from there.
+    const from = 1n << 62n;
+    const atStart = await s.scan({ rowPrefix: 'big/', filter: f(), limit: 100_000, resumeToken: encodeKeyOrderToken({ start: from, parts: [] }), hashStart: 0n, hashEnd: LOW.end });
+    expect(atStart.rows.map((r) => r.row)).toEqual(all.filter((r) => r.startsWith('big/') && rowHash(r) >= from && rowHash(r) < LOW.end));
   });
 
   test('the cell filter applies per row, and a row with no matching cell is skipped', async () => {

@@ -31,6 +31,7 @@ import {
   timestampOfTail,
   type KeyBounds,
 } from './keys.js';
+import { bucketOf } from '../common/ranges.js';
 import { decodeCount } from './store-plan.js';
 import { CHUNK, entries, lookup, rangeOpts, startsWith, type BinSub, type Snapshot, type Subs } from './store-db.js';
 import type { CellFilterIn, CellOut, ScanIn } from './validate.js';
@@ -357,6 +358,91 @@ async function readRowAt(it: ReturnType<BinSub['iterator']>, prefix: Buffer, f: 
     left -= entries.length;
   }
   return out;
+}
+
+/**
+ * Reading a window's rows in storage order (the walk a full scan does) costs
+ * about this many times reading one row-key index entry and skipping it
+ * (store alone, 100k rows: a walk ~5.8 µs per row, an index entry ~0.3 µs;
+ * bench/NOTES.md). A seek to a matching row costs about a walked row.
+ */
+export const WALK_VS_INDEX_ENTRY = 18;
+/** Below this many rows a shard always scans a prefix by the index (the walk cannot save much there, and one order is simpler). */
+export const WALK_MIN_ROWS = 20_000;
+
+/**
+ * The fewest matches of a prefix on a shard at which walking a window beats
+ * scanning it by the index. By the index a window costs every match's index
+ * entry on the shard (the index is in row-key order, so the matches of the
+ * shard's other windows are read and skipped too) plus a seek per match in
+ * the window; a walk costs every row of the window, matching or not. With
+ * m matches of R rows, Rw of them in the window, and k = WALK_VS_INDEX_ENTRY:
+ * m + k·m·Rw/R > k·Rw, i.e. m > k·Rw / (1 + k·Rw/R). A shard holding one
+ * range walks only when nearly every row matches; one holding 32 when over
+ * ~1 in 3 does. Infinity when the index always wins.
+ */
+export function walkThreshold(shardRows: number, windowRows: number): number {
+  if (shardRows < WALK_MIN_ROWS || windowRows <= 0) return Infinity;
+  const k = WALK_VS_INDEX_ENTRY;
+  const m = (k * windowRows) / (1 + (k * windowRows) / shardRows);
+  return m > shardRows ? Infinity : Math.ceil(m);
+}
+
+/** Rows of the buckets a hash window touches, from the per-bucket counts (an estimate when the window is not bucket-aligned). */
+export function windowRows(rowsPerBucket: Float64Array, start: bigint, end: bigint): number {
+  let n = 0;
+  for (let b = bucketOf(start), last = bucketOf(end - 1n); b <= last; b++) n += rowsPerBucket[b]!;
+  return n;
+}
+
+/**
+ * How many rows of this shard a prefix matches, counted from the index up to
+ * `atLeast` (so a broad prefix costs at most that many key reads). Counts are
+ * kept a few seconds per prefix: a scan visits the shard's windows one after
+ * another, and each would otherwise count again.
+ */
+export class PrefixMatchCounts {
+  private readonly counts = new Map<string, { n: number; complete: boolean; atMs: number }>();
+  constructor(
+    private readonly ttlMs = 5000,
+    private readonly max = 64,
+  ) {}
+
+  async reaches(subs: Subs, rowPrefix: string, atLeast: number, snapshot: Snapshot, nowMs = Date.now()): Promise<boolean> {
+    const known = this.counts.get(rowPrefix);
+    if (known && nowMs - known.atMs < this.ttlMs && (known.complete || known.n >= atLeast)) return known.n >= atLeast;
+    const keys = subs.rowindex.keys(rangeOpts(rowIndexPrefixBounds(Buffer.from(rowPrefix, 'utf8')), { limit: atLeast, snapshot }));
+    let n = 0;
+    try {
+      for (;;) {
+        const chunk = await keys.nextv(1024);
+        if (chunk.length === 0) break;
+        n += chunk.length;
+      }
+    } finally {
+      await keys.close();
+    }
+    this.counts.delete(rowPrefix);
+    if (this.counts.size >= this.max) this.counts.delete(this.counts.keys().next().value!);
+    this.counts.set(rowPrefix, { n, complete: n < atLeast, atMs: nowMs });
+    return n >= atLeast;
+  }
+}
+
+/**
+ * Where a prefix scan page may start a fresh walk of its window (see
+ * prefixMatchesMost): with no token, or a key-order token that has done
+ * nothing in the window yet (no parts: it only says where the window's rest
+ * starts). Null when the page continues a scan by the index, which must go
+ * on by the index to stay exact.
+ */
+export function freshWindowStart(req: ScanIn): bigint | null {
+  if (req.rowPrefix.length === 0) return null;
+  if (!req.resumeToken || req.resumeToken.length === 0) return req.hashStart;
+  if (!isKeyOrderToken(req.resumeToken)) return null;
+  const at = decodeKeyOrderToken(req.resumeToken);
+  if (at.parts.length > 0) return null;
+  return at.start > req.hashStart ? at.start : req.hashStart;
 }
 
 /** Whether a scan runs by the row-key index: a prefix scan, unless it resumes a page of the hash-order walk (a token from before the index). */

@@ -58,7 +58,7 @@ import { DiskFullGuard, diskSpaceOf, type DiskSpace, type DiskState } from './st
 import { checkHeld, getLease, hasLease, planDropLease, planPutLease, takeLease } from './store-leases.js';
 import { loadStore, recountStats, reopenStore, verifyDerived } from './store-open.js';
 import { mergeRowWrites, planRawOps, planWrite, RowLocks, RowPlan } from './store-plan.js';
-import { readCells, scanByRowKey, scanPage, scansByRowKey, type RowCellsOut } from './store-reads.js';
+import { freshWindowStart, PrefixMatchCounts, readCells, scanByRowKey, scanPage, scansByRowKey, walkThreshold, windowRows, type RowCellsOut } from './store-reads.js';
 import {
   casDigest,
   DEFAULT_REQUEST_ID_TTL_MS,
@@ -78,7 +78,7 @@ export type { CellFilterIn, CellIn, CellOut, CheckAndMutateIn, RowWriteIn, ScanI
 export type { PerRowSublevel, RawOp } from './store-db.js';
 export { DEFAULT_DISK_POLL_MS, diskSpaceOf, resumeFreeBytes, type DiskSpace, type DiskState } from './store-disk.js';
 export { DEFAULT_REQUEST_ID_TTL_MS } from './store-reqids.js';
-export { DEFAULT_SCAN_PAGE, SCAN_EXAMINE_BUDGET, type RowCellsOut } from './store-reads.js';
+export { DEFAULT_SCAN_PAGE, SCAN_EXAMINE_BUDGET, WALK_MIN_ROWS, type RowCellsOut } from './store-reads.js';
 export type { RangeStats, Sequencer } from './store-writer.js';
 export type { BatchOp } from './store-db.js';
 
@@ -100,6 +100,8 @@ const UPKEEP: WriteSource = Object.freeze({ from: 'upkeep' });
 export class ShardStore {
   private readonly locks = new RowLocks();
   private readonly inflight = new Set<Promise<unknown>>();
+  /** How many rows recent prefix scans matched here: whether a window is walked or read by the index (see scan). */
+  private readonly prefixCounts = new PrefixMatchCounts();
   private clock = new HybridClock();
   private readonly writer: GroupWriter;
   private readonly disk: DiskFullGuard;
@@ -360,7 +362,10 @@ export class ShardStore {
    * rowPrefix, resuming after the token's position. Without a prefix, rows
    * come in storage (hash) order, walking every row; with one, in row-key
    * order by the row-key index (a seek: it examines what matches), with a
-   * key-order token (keys.ts). A null nextToken is the only end signal: a
+   * key-order token (keys.ts), unless the prefix matches so many of a big
+   * shard's rows that walking the window costs less (store-reads.ts
+   * walkThreshold): then the window is walked in storage order, as a full
+   * scan is, with its hash-order token. A null nextToken is the only end signal: a
    * page may be short (or empty) when the examine budget runs out first.
    */
   async scan(req: ScanIn): Promise<{ rows: RowCellsOut[]; nextToken: Buffer | null }> {
@@ -369,6 +374,13 @@ export class ShardStore {
     // One snapshot for the index and the cells, so every row the index names is read as of the same moment.
     const snapshot = this.db.snapshot();
     try {
+      const start = freshWindowStart(req);
+      if (start !== null && start < req.hashEnd) {
+        const threshold = walkThreshold(this.writer.stats.totalRows, windowRows(this.writer.stats.rows, start, req.hashEnd));
+        if (threshold !== Infinity && (await this.prefixCounts.reaches(this.subs, req.rowPrefix, threshold, snapshot))) {
+          return await scanPage(this.subs, { ...req, hashStart: start, resumeToken: undefined });
+        }
+      }
       return await scanByRowKey(this.subs, req, snapshot);
     } finally {
       await snapshot.close();
