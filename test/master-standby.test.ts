@@ -10,7 +10,7 @@
  * Skipped, saying why, when etcd is not installed (unless CI=true).
  */
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -162,6 +162,13 @@ withEtcd('two masters on etcd, the leader killed during a move', () => {
     const reversed = await runCtl(['servers', '--json', '--master', [...masters].reverse().map((m) => m.address).join(',')], env);
     expect(reversed.code).toBe(0);
     expect(reversed.json.servers).toHaveLength(3);
+
+    // The shards tried the masters in turn several times a second during the election; that is one info line per shard per 10 s, not one per try.
+    for (const name of ['shard1', 'shard2', 'shard3']) {
+      const lines = (await readFile(join(dir, `${name}.log`), 'utf8')).split('\n').filter((l) => l.startsWith('{'));
+      const switches = lines.map((l) => JSON.parse(l) as { level?: string; message?: string }).filter((r) => r.message === 'calling another master' && r.level === 'info');
+      expect([name, switches.length <= 2 ? 'at most 2 info lines' : `${switches.length} info lines`]).toEqual([name, 'at most 2 info lines']);
+    }
 
     const rows = ['seed-00000', 'seed-01999', ...acked];
     const read = await c.getRows(rows, { timeoutMs: 30_000 });

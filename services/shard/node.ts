@@ -51,6 +51,9 @@ export interface ShardOptions {
   replicaAckTimeoutMs?: number;
 }
 
+/** At most one info line per this many ms about calling another master (see followLeader). */
+const MASTER_SWITCH_LOG_MS = 10_000;
+
 export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, ReplicaHost {
   readonly tokenKey: Buffer;
   readonly serverToken: ServerTokenSource;
@@ -82,6 +85,8 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
   /** Told when the master admits this process (true) or refuses it (false): the health status follows. */
   onAdmission: (admitted: boolean) => void = () => undefined;
   private readonly refusalsLogged = new Set<string>();
+  private lastMasterSwitchLogMs = 0;
+  private masterSwitchesUnlogged = 0;
   private opsSinceHeartbeat = 0;
   private lastHeartbeatAt = Date.now();
   private heartbeatTimer: NodeJS.Timeout | undefined;
@@ -385,7 +390,18 @@ export class ShardNode implements TransferSource, TransferSink, ReplicatorHost, 
   /** After a failed call to the master: the next goes to the leader it named, or to the next master in the list. */
   private followLeader(err: unknown): void {
     const from = this.masterAddresses.current;
-    if (this.masterAddresses.follow(err)) this.log.info('calling another master', { from, to: this.masterAddresses.current, why: (err as Error).message });
+    if (!this.masterAddresses.follow(err)) return;
+    // During an election the shard tries the masters in turn several times a second: one info line per 10 s says so, the rest are debug.
+    const now = Date.now();
+    const fields = { from, to: this.masterAddresses.current, why: (err as Error).message };
+    if (now - this.lastMasterSwitchLogMs >= MASTER_SWITCH_LOG_MS) {
+      this.lastMasterSwitchLogMs = now;
+      this.log.info('calling another master', this.masterSwitchesUnlogged > 0 ? { ...fields, switchesSinceLastLine: this.masterSwitchesUnlogged } : fields);
+      this.masterSwitchesUnlogged = 0;
+    } else {
+      this.masterSwitchesUnlogged++;
+      this.log.debug('calling another master', fields);
+    }
   }
 
   /**
