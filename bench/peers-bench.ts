@@ -6,6 +6,10 @@
  *   driven through the SDK;
  * - etcd: `etcd` (Debian's etcd-server) as one local member, driven through its
  *   gRPC API (bench/proto/etcdserverpb) with the same grpc-js client code;
+ * - cairn3: a second Cairn cluster like the first at replication factor 3
+ *   (put and batch1000 only: the rf3 targets);
+ * - etcd3: a 3-member etcd cluster (three local processes), driven by the same
+ *   KV client code as the 1-member etcd (put and batch1000 only);
  * - redis: `redis-server`, in memory (no RDB/AOF), over a pipelined RESP client;
  * - level: raw classic-level in this process (the storage floor);
  * - echo: a no-op grpc-js server (bench/echo-server.ts) built like Cairn's (the
@@ -18,7 +22,7 @@
  * rows in the cluster) timed against a full scan of the same rows, and a
  * rebalance transfer (a 4th shard joins; rows moved per second). Every line is
  * the median over runs: ops/s, rows/s, p50/p99 per call, server CPU per op from
- * /proc/<pid>/stat, and ratios to each peer and floor.
+ * /proc/<pid>/stat, ratios to each peer and floor, and issue 15's targets.
  *
  *   npm run build && npm run bench:peers            # 3 runs x 4 s: about 8 minutes
  *   npm run bench:peers -- --tiny                  # smoke: checks it works, says nothing about speed
@@ -38,7 +42,7 @@ import { ClassicLevel } from 'classic-level';
 import { CairnClient } from '../services/client/index.js';
 import { encodeScanToken } from '../services/client/router.js';
 import { call, channelOptions } from '../services/common/grpc.js';
-import { renderChart, type ResultsFile } from './chart.js';
+import { renderChart, seriesLabel, type ResultsFile } from './chart.js';
 import { EchoServiceClient } from './gen/cairnbench/echo/v1/echo.js';
 import { KVClient } from './gen/etcdserverpb/rpc.js';
 import {
@@ -50,6 +54,7 @@ import {
   fmtMs,
   fmtRatio,
   freePort,
+  freePorts,
   KeyGen,
   machineBusyTicks,
   median,
@@ -81,19 +86,31 @@ interface Options {
   transfer: boolean;
   /** The SDK's Batch stream (the default); false sends every call as its own unary RPC. */
   batchStream: boolean;
-  systems: Set<SystemName>;
+  systems: Set<SeriesId>;
   workloads: Set<string> | null;
   out: string | null;
   chart: string | null;
   tiny: boolean;
 }
 
+/** A results row's `system`. */
 type SystemName = 'cairn' | 'etcd' | 'redis' | 'level' | 'echo';
-const ALL_SYSTEMS: SystemName[] = ['cairn', 'etcd', 'redis', 'level', 'echo'];
+/**
+ * What `--systems` names, and what a results row is looked up by: a system, or
+ * its factor-3 / 3-member variant (system `cairn` with `replicationFactor: 3`,
+ * system `etcd` with `members: 3`). Rows are keyed by this, never by system
+ * alone, so the variants never shadow the factor-1 rows.
+ */
+type SeriesId = SystemName | 'cairn3' | 'etcd3';
+/** Also the order systems are measured in (rotated run by run): each side of a comparison next to the other. */
+const ALL_SERIES: SeriesId[] = ['cairn', 'etcd', 'cairn3', 'etcd3', 'redis', 'level', 'echo'];
+/** The only workloads of cairn3 and etcd3: those of the rf3 targets (a full run stays about as long as it was). */
+const RF3_WORKLOADS: ReadonlySet<string> = new Set(['put', 'batch1000']);
 
 const USAGE = `usage: node dist/bench/peers-bench.js [--tiny] [--seconds N] [--runs N] [--warmup S] [--settle S]
          [--warmup-pass S] [--preload ROWS] [--concurrency N] [--batch-concurrency N] [--scan-concurrency N]
-         [--prefix-rows N] [--systems cairn,etcd,redis,level,echo] [--workloads put,get,batch100,batch1000,scan,prefix]
+         [--prefix-rows N] [--systems cairn,etcd,cairn3,etcd3,redis,level,echo]
+         [--workloads put,get,batch100,batch1000,scan,prefix]
          [--no-transfer] [--unary] [--out FILE.json] [--chart FILE.svg]
   --tiny                smoke check: 1 run x 0.3 s, 2,000 preloaded rows, no settling; writes no
                         results unless --out/--chart are given
@@ -109,7 +126,10 @@ const USAGE = `usage: node dist/bench/peers-bench.js [--tiny] [--seconds N] [--r
   --scan-concurrency N  scan calls in flight (default 4)
   --prefix-rows N       rows in the cluster for the selective prefix scan, at least (default 200000;
                         tiny: 5000); 1 in 1,000 of them matches the prefix
-  --systems LIST        which systems to run (default all that are installed)
+  --systems LIST        which systems to run (default all that are installed): cairn (replication
+                        factor 1), etcd (1 member), cairn3 (a second Cairn cluster at replication
+                        factor 3), etcd3 (a 3-member etcd cluster), redis, level, echo; cairn3 and
+                        etcd3 run put and batch1000 only (the rf3 targets)
   --workloads LIST      which workloads to run (default all)
   --no-transfer         skip the rebalance transfer at the end
   --unary               the SDK sends each call as its own unary RPC (batch: false) instead of
@@ -133,7 +153,7 @@ function parseOptions(argv: string[]): Options {
     prefixRows: tiny ? 5000 : 200_000,
     transfer: true,
     batchStream: true,
-    systems: new Set(ALL_SYSTEMS),
+    systems: new Set(ALL_SERIES),
     workloads: null,
     out: tiny ? null : 'default',
     chart: tiny ? null : 'default',
@@ -185,8 +205,8 @@ function parseOptions(argv: string[]): Options {
         break;
       case '--systems': {
         const list = (value() ?? '').split(',').filter(Boolean);
-        for (const s of list) if (!ALL_SYSTEMS.includes(s as SystemName)) throw new Error(`--systems: unknown system ${JSON.stringify(s)} (known: ${ALL_SYSTEMS.join(', ')})`);
-        o.systems = new Set(list as SystemName[]);
+        for (const s of list) if (!ALL_SERIES.includes(s as SeriesId)) throw new Error(`--systems: unknown system ${JSON.stringify(s)} (known: ${ALL_SERIES.join(', ')})`);
+        o.systems = new Set(list as SeriesId[]);
         break;
       }
       case '--workloads':
@@ -234,9 +254,39 @@ interface Workload {
   label: string;
 }
 
-/** What one system does for each kind of call. Each returns the rows it did. */
-interface System {
+/** Who a results row is of: the system, and which cluster of it. */
+interface Series {
+  id: SeriesId;
+  /** The results row's `system`. */
   name: SystemName;
+  /** Its name in the printed tables and the chart (seriesLabel: cairn, cairn rf3, etcd, etcd 3-member, …). */
+  label: string;
+  /** Cairn's replication factor (cairn rows only). */
+  replicationFactor?: number;
+  /** etcd's cluster size (etcd rows only). */
+  members?: number;
+  /** The workloads it runs, when not all it can. */
+  workloads?: ReadonlySet<string>;
+}
+
+const series = (id: SeriesId, name: SystemName, extra: Omit<Series, 'id' | 'name' | 'label'> = {}): Series => ({
+  id,
+  name,
+  label: seriesLabel({ system: name, ...extra }),
+  ...extra,
+});
+const SERIES: Record<SeriesId, Series> = {
+  cairn: series('cairn', 'cairn', { replicationFactor: 1 }),
+  etcd: series('etcd', 'etcd', { members: 1 }),
+  cairn3: series('cairn3', 'cairn', { replicationFactor: 3, workloads: RF3_WORKLOADS }),
+  etcd3: series('etcd3', 'etcd', { members: 3, workloads: RF3_WORKLOADS }),
+  redis: series('redis', 'redis'),
+  level: series('level', 'level'),
+  echo: series('echo', 'echo'),
+};
+
+/** What one system does for each kind of call. Each returns the rows it did. */
+interface System extends Series {
   /** Server processes whose CPU counts as the system's; empty for in-process level. */
   pids: number[];
   /** Fresh keys for writes; the same sequence for every system. */
@@ -257,7 +307,7 @@ interface System {
 function levelSystem(db: ClassicLevel<string, Buffer>): System {
   const end = String.fromCharCode(KEY_PREFIX.charCodeAt(0) + 1);
   return {
-    name: 'level',
+    ...SERIES.level,
     pids: [],
     keys: new KeyGen(42),
     put: (key, value) => db.put(key, value),
@@ -277,9 +327,9 @@ function levelSystem(db: ClassicLevel<string, Buffer>): System {
 
 const GET_ONE = { columns: [COLUMN] };
 
-function cairnSystem(db: CairnClient, pids: number[]): System {
+function cairnSystem(id: 'cairn' | 'cairn3', db: CairnClient, pids: number[]): System {
   return {
-    name: 'cairn',
+    ...SERIES[id],
     pids,
     keys: new KeyGen(42),
     async put(key, value) {
@@ -306,13 +356,20 @@ function cairnSystem(db: CairnClient, pids: number[]): System {
   };
 }
 
-function etcdSystem(address: string, pid: number): System {
+/**
+ * etcd through its KV API, one member or several. The client talks to one
+ * member, `address`: with 3 members, the leader (startEtcd finds it). A
+ * follower would forward each write to the leader (one more hop, more CPU), so
+ * this is etcd's fastest setup for writes; the leader does the work either way,
+ * and `pids` (every member) is the server CPU counted.
+ */
+function etcdSystem(id: 'etcd' | 'etcd3', address: string, pids: number[]): System {
   const kv = new KVClient(address, credentials.createInsecure(), channelOptions(16 * 1024 * 1024));
   const opts = () => ({ timeoutMs: 30_000 });
   const prefixEnd = Buffer.from(String.fromCharCode(KEY_PREFIX.charCodeAt(0) + 1));
   return {
-    name: 'etcd',
-    pids: [pid],
+    ...SERIES[id],
+    pids,
     keys: new KeyGen(42),
     maxBatch: ETCD_MAX_TXN_OPS,
     async put(key, value) {
@@ -351,7 +408,7 @@ function redisSystem(conns: RespConnection[], pid: number): System {
   let rr = 0;
   const conn = () => conns[rr++ % conns.length]!;
   return {
-    name: 'redis',
+    ...SERIES.redis,
     pids: [pid],
     keys: new KeyGen(42),
     async put(key, value) {
@@ -373,7 +430,7 @@ function redisSystem(conns: RespConnection[], pid: number): System {
 function echoSystem(address: string, pid: number): System {
   const client = new EchoServiceClient(address, credentials.createInsecure(), channelOptions(16 * 1024 * 1024));
   return {
-    name: 'echo',
+    ...SERIES.echo,
     pids: [pid],
     keys: new KeyGen(42),
     // A put-sized request (key + value) with a small answer, and a get-sized exchange (key in, key + value out).
@@ -421,37 +478,82 @@ function captureLog(child: ChildProcess): string[] {
   return log;
 }
 
-async function startEtcd(dir: string, children: ChildProcess[]): Promise<{ address: string; pid: number }> {
-  const [client, peer] = [await freePort(), await freePort()];
-  const child = spawn(
-    'etcd',
-    [
-      '--name', 'bench',
-      '--data-dir', join(dir, 'etcd'),
-      '--listen-client-urls', `http://127.0.0.1:${client}`,
-      '--advertise-client-urls', `http://127.0.0.1:${client}`,
-      '--listen-peer-urls', `http://127.0.0.1:${peer}`,
-      '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`,
-      '--initial-cluster', `bench=http://127.0.0.1:${peer}`,
-      '--max-txn-ops', String(ETCD_MAX_TXN_OPS),
-      '--logger', 'zap',
-      '--log-level', 'error',
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  children.push(child);
-  const log = captureLog(child);
-  const address = `127.0.0.1:${client}`;
-  const kv = new KVClient(address, credentials.createInsecure());
-  try {
-    await Promise.race([
-      waitFor('etcd', 20_000, () => call(kv, kv.range, rangeReq(Buffer.from('probe'), Buffer.alloc(0), 0n), { timeoutMs: 1000 })),
-      exitedEarly(child, 'etcd', log),
-    ]);
-  } finally {
-    kv.close();
+/**
+ * Starts etcd: one member, or a cluster of `members` local processes on
+ * 127.0.0.1 (free ports, one `--initial-cluster`, a data dir each under `dir`,
+ * which main removes at the end), and waits until every member answers a
+ * linearizable read. Returns every member's client address and pid, and the
+ * leader's address (from the gRPC gateway's maintenance status). A member
+ * that exits at once lost a port to another process between our pick and its
+ * bind: the whole cluster is started again on new ports, once.
+ */
+async function startEtcd(dir: string, children: ChildProcess[], members = 1): Promise<{ addresses: string[]; pids: number[]; leader: string }> {
+  for (let attempt = 1; ; attempt++) {
+    const ports = await freePorts(2 * members);
+    const tag = members === 1 ? 'etcd' : `etcd${members}-${attempt}`;
+    const names = Array.from({ length: members }, (_, i) => (members === 1 ? 'bench' : `bench${i}`));
+    const peerUrl = (i: number) => `http://127.0.0.1:${ports[2 * i + 1]}`;
+    const initialCluster = names.map((n, i) => `${n}=${peerUrl(i)}`).join(',');
+    const started = names.map((name, i) => {
+      const client = ports[2 * i]!;
+      const child = spawn(
+        'etcd',
+        [
+          '--name', name,
+          '--data-dir', join(dir, members === 1 ? tag : `${tag}/${name}`),
+          '--listen-client-urls', `http://127.0.0.1:${client}`,
+          '--advertise-client-urls', `http://127.0.0.1:${client}`,
+          '--listen-peer-urls', peerUrl(i),
+          '--initial-advertise-peer-urls', peerUrl(i),
+          '--initial-cluster', initialCluster,
+          '--initial-cluster-state', 'new',
+          '--initial-cluster-token', `${tag}-${process.pid}`,
+          '--max-txn-ops', String(ETCD_MAX_TXN_OPS),
+          '--logger', 'zap',
+          '--log-level', 'error',
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      children.push(child);
+      return { child, log: captureLog(child), address: `127.0.0.1:${client}` };
+    });
+    try {
+      await Promise.all(
+        started.map(async ({ child, log, address }, i) => {
+          const kv = new KVClient(address, credentials.createInsecure());
+          try {
+            await Promise.race([
+              waitFor(`etcd member ${names[i]}`, 30_000, () => call(kv, kv.range, rangeReq(Buffer.from('probe'), Buffer.alloc(0), 0n), { timeoutMs: 1000 })),
+              exitedEarly(child, `etcd member ${names[i]}`, log),
+            ]);
+          } finally {
+            kv.close();
+          }
+        }),
+      );
+      const addresses = started.map((m) => m.address);
+      let leader = addresses[0]!;
+      if (members > 1) {
+        const status = await Promise.all(addresses.map((a) => etcdStatus(a)));
+        const i = status.findIndex((st) => st.memberId !== '' && st.memberId === st.leader);
+        if (i < 0) throw new Error(`no etcd member says it leads: ${JSON.stringify(status)}`);
+        leader = addresses[i]!;
+      }
+      return { addresses, pids: started.map((m) => m.child.pid!), leader };
+    } catch (err) {
+      for (const m of started) if (m.child.exitCode === null) m.child.kill('SIGKILL');
+      await Promise.all(started.map((m) => (m.child.exitCode === null && m.child.signalCode === null ? new Promise((r) => m.child.once('exit', r)) : undefined)));
+      if (attempt >= 2 || !/exited with/.test((err as Error).message)) throw err;
+    }
   }
-  return { address, pid: child.pid! };
+}
+
+/** A member's id and its leader's, from etcd's gRPC gateway (POST /v3/maintenance/status; 64-bit ids as decimal strings). */
+async function etcdStatus(address: string): Promise<{ memberId: string; leader: string }> {
+  const r = await fetch(`http://${address}/v3/maintenance/status`, { method: 'POST', body: '{}', signal: AbortSignal.timeout(5000) });
+  if (!r.ok) throw new Error(`etcd ${address}: maintenance status answered ${r.status}`);
+  const j = (await r.json()) as { header?: { member_id?: string }; leader?: string };
+  return { memberId: String(j.header?.member_id ?? ''), leader: String(j.leader ?? '') };
 }
 
 async function startRedis(dir: string, children: ChildProcess[]): Promise<{ conns: RespConnection[]; pid: number }> {
@@ -591,6 +693,8 @@ async function measure(sys: System, w: Workload, o: Options, readKeys: string[],
 // Results
 
 interface Line {
+  /** Whose row (also its `system` and, for cairn and etcd, `replicationFactor` or `members` in the file). */
+  series: Series;
   system: SystemName;
   op: OpName | 'transfer';
   workload: string;
@@ -608,7 +712,7 @@ interface Line {
 
 const nn = (x: number): number | null => (Number.isFinite(x) ? Math.round(x * 1000) / 1000 : null);
 
-function summarize(sys: SystemName, w: Workload, rowsPerCall: number, ss: Sample[]): Line {
+function summarize(sys: Series, w: Workload, rowsPerCall: number, ss: Sample[]): Line {
   const per = (s: Sample) => ({
     opsPerSec: s.calls / s.seconds,
     rowsPerSec: s.rows / s.seconds,
@@ -618,7 +722,8 @@ function summarize(sys: SystemName, w: Workload, rowsPerCall: number, ss: Sample
   const runs = ss.map(per);
   const med = (f: (s: Sample) => number) => median(ss.map(f));
   return {
-    system: sys,
+    series: sys,
+    system: sys.name,
     op: w.op,
     workload: w.id,
     rowsPerCall,
@@ -637,6 +742,8 @@ function summarize(sys: SystemName, w: Workload, rowsPerCall: number, ss: Sample
 function toJson(l: Line): Record<string, unknown> {
   return {
     system: l.system,
+    ...(l.series.replicationFactor !== undefined ? { replicationFactor: l.series.replicationFactor } : {}),
+    ...(l.series.members !== undefined ? { members: l.series.members } : {}),
     op: l.op,
     workload: l.workload,
     rowsPerCall: l.rowsPerCall,
@@ -659,31 +766,39 @@ interface Target {
   met: boolean | null;
 }
 
-function evaluateTargets(lines: Line[]): Target[] {
-  const get = (s: SystemName, w: string) => lines.find((l) => l.system === s && l.workload === w);
-  const out: Target[] = [];
-  const add = (target: string, value: number, goal: string, ok: (v: number) => boolean) => out.push({ target, value, goal, met: Number.isFinite(value) ? ok(value) : null });
-  for (const w of ['put', 'get']) {
-    const c = get('cairn', w);
-    const e = get('etcd', w);
-    const echo = get('echo', w);
-    add(`${w}: cairn server CPU/op ÷ etcd's`, (c?.serverCpuUsPerOp ?? NaN) / (e?.serverCpuUsPerOp ?? NaN), '≤ 1.0', (v) => v <= 1.0);
-    add(`${w}: cairn ops/s ÷ etcd's`, (c?.opsPerSec ?? NaN) / (e?.opsPerSec ?? NaN), '≥ 1.0', (v) => v >= 1.0);
-    add(`${w}: cairn server CPU/op ÷ echo's per call`, (c?.serverCpuUsPerOp ?? NaN) / (echo?.serverCpuUsPerOp ?? NaN), '≤ 1.3', (v) => v <= 1.3);
-  }
-  for (const w of ['batch100', 'batch1000']) {
-    const c = get('cairn', w);
-    add(`${w}: cairn rows/s ÷ level batch rows/s`, (c?.rowsPerSec ?? NaN) / (get('level', w)?.rowsPerSec ?? NaN), '≥ 0.40', (v) => v >= 0.4);
-    add(`${w}: cairn rows/s ÷ etcd Txn rows/s`, (c?.rowsPerSec ?? NaN) / (get('etcd', w)?.rowsPerSec ?? NaN), '≥ 3', (v) => v >= 3);
-  }
-  add('scan: cairn rows/s ÷ level nextv rows/s', (get('cairn', 'scan')?.rowsPerSec ?? NaN) / (get('level', 'scan')?.rowsPerSec ?? NaN), '≥ 0.30', (v) => v >= 0.3);
-  // Issue 15: the time of a selective prefix scan ÷ the time of a full scan of the same rows (each line's ops/s is whole scans per second).
-  add('prefix_scan_vs_full', (get('cairn', 'scan_all')?.opsPerSec ?? NaN) / (get('cairn', 'prefix_scan')?.opsPerSec ?? NaN), '≤ 0.02', (v) => v <= 0.02);
-  const t = lines.find((l) => l.op === 'transfer');
-  const levelBatch = get('level', 'batch1000');
-  add('transfer: cairn rows/s ÷ level batch1000 rows/s', (t?.rowsPerSec ?? NaN) / (levelBatch?.rowsPerSec ?? NaN), '≥ 0.50', (v) => v >= 0.5);
-  return out;
+/**
+ * Issue 15's targets, exactly the rows of its table and in its order. Each
+ * side is looked up by series (system and replication factor or members), so
+ * the factor-1 targets compare cairn (factor 1) with the 1-member etcd, and
+ * the rf3 ones cairn at factor 3 with the 3-member etcd. `met` is null when a
+ * side was not measured (skipped, or not installed).
+ */
+function evaluateTargets(lines: Line[]): Array<Target & { figure: string }> {
+  const get = (id: SeriesId, w: string): Line | undefined => lines.find((l) => l.series.id === id && l.workload === w);
+  const ratio = (a: number | undefined, b: number | undefined) => (a ?? NaN) / (b ?? NaN);
+  const atLeast = (x: number, goal: string) => ({ goal, ok: (v: number) => v >= x });
+  const atMost = (x: number, goal: string) => ({ goal, ok: (v: number) => v <= x });
+  const rows: Array<{ target: string; figure: string; value: number; goal: string; ok: (v: number) => boolean }> = [
+    { target: 'put_ops_vs_etcd', figure: 'put ops/s, cairn ÷ etcd', value: ratio(get('cairn', 'put')?.opsPerSec, get('etcd', 'put')?.opsPerSec), ...atLeast(3, '≥ 3.0') },
+    { target: 'put_cpu_vs_etcd', figure: 'put server CPU/op, cairn ÷ etcd', value: ratio(get('cairn', 'put')?.serverCpuUsPerOp, get('etcd', 'put')?.serverCpuUsPerOp), ...atMost(1, '≤ 1.0') },
+    { target: 'get_ops_vs_etcd', figure: 'point get ops/s, cairn ÷ etcd', value: ratio(get('cairn', 'get')?.opsPerSec, get('etcd', 'get')?.opsPerSec), ...atLeast(5, '≥ 5.0') },
+    { target: 'batch100_vs_level', figure: 'batch100 rows/s, cairn ÷ level batch', value: ratio(get('cairn', 'batch100')?.rowsPerSec, get('level', 'batch100')?.rowsPerSec), ...atLeast(0.4, '≥ 0.40') },
+    { target: 'batch1000_vs_level', figure: 'batch1000 rows/s, cairn ÷ level batch', value: ratio(get('cairn', 'batch1000')?.rowsPerSec, get('level', 'batch1000')?.rowsPerSec), ...atLeast(0.4, '≥ 0.40') },
+    { target: 'batch100_vs_etcd', figure: 'batch100 rows/s, cairn ÷ etcd Txn', value: ratio(get('cairn', 'batch100')?.rowsPerSec, get('etcd', 'batch100')?.rowsPerSec), ...atLeast(3, '≥ 3.0') },
+    { target: 'batch1000_vs_etcd', figure: 'batch1000 rows/s, cairn ÷ etcd Txn', value: ratio(get('cairn', 'batch1000')?.rowsPerSec, get('etcd', 'batch1000')?.rowsPerSec), ...atLeast(3, '≥ 3.0') },
+    { target: 'scan_vs_level', figure: 'scan rows/s, cairn ÷ level nextv', value: ratio(get('cairn', 'scan')?.rowsPerSec, get('level', 'scan')?.rowsPerSec), ...atLeast(0.5, '≥ 0.50') },
+    // The time of a selective prefix scan ÷ the time of a full scan of the same rows (each line's ops/s is whole scans per second).
+    { target: 'prefix_scan_vs_full', figure: 'selective prefix scan time ÷ full scan time', value: ratio(get('cairn', 'scan_all')?.opsPerSec, get('cairn', 'prefix_scan')?.opsPerSec), ...atMost(0.02, '≤ 0.02') },
+    // Raw classic-level batch ingestion: level's 1,000-row batches.
+    { target: 'transfer_vs_level', figure: 'transfer rows/s ÷ level batch1000 rows/s', value: ratio(get('cairn', 'transfer')?.rowsPerSec, get('level', 'batch1000')?.rowsPerSec), ...atLeast(0.5, '≥ 0.50') },
+    { target: 'rf3_put_vs_etcd3', figure: 'put ops/s, cairn rf3 ÷ etcd 3-member', value: ratio(get('cairn3', 'put')?.opsPerSec, get('etcd3', 'put')?.opsPerSec), ...atLeast(1, '≥ 1.0') },
+    { target: 'rf3_batch1000_vs_etcd3', figure: 'batch1000 rows/s, cairn rf3 ÷ etcd 3-member Txn', value: ratio(get('cairn3', 'batch1000')?.rowsPerSec, get('etcd3', 'batch1000')?.rowsPerSec), ...atLeast(1, '≥ 1.0') },
+  ];
+  return rows.map(({ target, figure, value, goal, ok }) => ({ target, figure, value, goal, met: Number.isFinite(value) ? ok(value) : null }));
 }
+
+/** A target's value in the file: 4 significant digits (a ratio like 0.0004 must not round to 0), null when not measured. */
+const sig = (x: number): number | null => (Number.isFinite(x) ? Number(x.toPrecision(4)) : null);
 
 // ---------------------------------------------------------------------------
 // The selective prefix scan: GRR listing one client's files among every client's
@@ -764,8 +879,8 @@ async function measurePrefixScan(db: CairnClient, pids: number[], allPids: numbe
     console.log(`prefix scan run ${run}/${o.runs}: full scan ${full.at(-1)!.seconds.toFixed(3)} s, selective prefix ${(sel.at(-1)!.seconds * 1000).toFixed(1)} ms`);
   }
   return [
-    summarize('cairn', { id: 'scan_all', op: 'scan', rows: total, inflight: 1, label: '' }, total, full),
-    summarize('cairn', { id: 'prefix_scan', op: 'scan', rows: matches, inflight: 1, label: '' }, matches, sel),
+    summarize(SERIES.cairn, { id: 'scan_all', op: 'scan', rows: total, inflight: 1, label: '' }, total, full),
+    summarize(SERIES.cairn, { id: 'prefix_scan', op: 'scan', rows: matches, inflight: 1, label: '' }, matches, sel),
   ];
 }
 
@@ -802,6 +917,7 @@ async function measureTransfer(
   const bytes = planned.reduce((n, m) => n + Number(m.bytes), 0);
   console.log(`transfer: ${planned.length} move(s), ${committed} committed, ${fmtInt(rows)} rows (${(bytes / 1e6).toFixed(1)} MB) in ${seconds.toFixed(2)} s`);
   return {
+    series: SERIES.cairn,
     system: 'cairn',
     op: 'transfer',
     workload: 'transfer',
@@ -816,6 +932,22 @@ async function measureTransfer(
     otherCores: NaN,
     runs: [{ opsPerSec: 1 / seconds, rowsPerSec: rows / seconds, serverCpuUsPerOp: cpu * 1e6, otherCores: NaN }],
   };
+}
+
+/** Waits until every range of the cluster has `factor` in-sync copies (a factor-3 cluster starts with one and adds the others). */
+async function allInSync(master: string, admin: { user: string; password: string }, factor: number, timeoutMs: number): Promise<void> {
+  const db = await CairnClient.connect({ master, user: admin.user, password: admin.password });
+  try {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const ranges = await db.getRanges();
+      if (ranges.length > 0 && ranges.every((r) => r.inSync.length >= factor)) return;
+      if (Date.now() > deadline) throw new Error(`not every range had ${factor} in-sync copies within ${timeoutMs} ms: ${ranges.map((r) => r.inSync.length).join(', ')}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  } finally {
+    db.close();
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -833,6 +965,8 @@ async function main(): Promise<void> {
   const children: ChildProcess[] = [];
   const systems: System[] = [];
   let cluster: Awaited<ReturnType<typeof startProcCluster>> | undefined;
+  /** The factor-3 cluster (cairn3). */
+  let cluster3: Awaited<ReturnType<typeof startProcCluster>> | undefined;
   let admin: CairnClient | undefined;
   let cleaning: Promise<void> | undefined;
   const cleanup = (): Promise<void> =>
@@ -840,6 +974,7 @@ async function main(): Promise<void> {
       for (const s of systems) await s.close().catch(() => undefined);
       admin?.close();
       await cluster?.cleanup().catch(() => undefined);
+      await cluster3?.cleanup().catch(() => undefined);
       for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
       for (const pid of childPids()) {
         try {
@@ -859,6 +994,8 @@ async function main(): Promise<void> {
   process.once('SIGTERM', onSignal);
 
   const started = performance.now();
+  /** The run's time, in the results file. */
+  const date = new Date().toISOString();
   try {
     const machine = `${cpus().length} cores (${cpus()[0]?.model ?? 'unknown CPU'}), Node ${process.version}`;
     console.log(`Cairn bench:peers — ${machine}, CLK_TCK ${CLK_TCK}`);
@@ -870,28 +1007,55 @@ async function main(): Promise<void> {
 
     // ---- start what is there
     const notes: string[] = [];
-    if (o.systems.has('etcd') && !installed('etcd')) {
+    if ((o.systems.has('etcd') || o.systems.has('etcd3')) && !installed('etcd')) {
       o.systems.delete('etcd');
-      notes.push('etcd is not installed: skipping it. Install it with `sudo apt-get install -y etcd-server` (Debian/Ubuntu; any etcd 3.4+ on PATH works).');
+      o.systems.delete('etcd3');
+      notes.push('etcd is not installed: skipping it (1 and 3 members). Install it with `sudo apt-get install -y etcd-server` (Debian/Ubuntu; any etcd 3.4+ on PATH works).');
     }
     if (o.systems.has('redis') && !installed('redis-server')) {
       o.systems.delete('redis');
       notes.push('redis-server is not installed: skipping it. Install it with `sudo apt-get install -y redis-server` (Debian/Ubuntu; any Redis 6+ on PATH works).');
     }
+    if (o.workloads && ![...RF3_WORKLOADS].some((w) => o.workloads!.has(w))) {
+      for (const id of ['cairn3', 'etcd3'] as const) {
+        if (o.systems.delete(id)) console.log(`${id}: not started (it runs only ${[...RF3_WORKLOADS].join(', ')}, and --workloads has neither)`);
+      }
+    }
     for (const n of notes) console.log(`NOTE: ${n}`);
 
+    const writer = USERS.find((u) => u.role === 'rw')!;
     if (o.systems.has('cairn')) {
       cluster = await startProcCluster({ shards: 3 });
-      const writer = USERS.find((u) => u.role === 'rw')!;
       const db = await CairnClient.connect({ master: cluster.masterAddress, user: writer.user, password: writer.password, batch: o.batchStream });
       const pids = [cluster.master, ...cluster.shards].map((p) => p.child.pid!);
-      systems.push(cairnSystem(db, pids));
+      systems.push(cairnSystem('cairn', db, pids));
       console.log(`cairn: master ${cluster.masterAddress}, shards ${cluster.shards.map((s) => s.address).join(', ')}`);
     }
     if (o.systems.has('etcd')) {
       const e = await startEtcd(benchDir, children);
-      systems.push(etcdSystem(e.address, e.pid));
-      console.log(`etcd: ${e.address} (${spawnSync('etcd', ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0]})`);
+      systems.push(etcdSystem('etcd', e.leader, e.pids));
+      console.log(`etcd: ${e.leader} (${spawnSync('etcd', ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0]})`);
+    }
+    if (o.systems.has('cairn3')) {
+      // The same harness cluster at replication factor 3: 3 shards, so every range has a copy on each
+      // (the shard's default lease and ack timeout, whatever this shell has set, as bench:replication does).
+      delete process.env.CAIRN_REPLICA_LEASE_MS;
+      delete process.env.CAIRN_REPLICA_ACK_TIMEOUT_MS;
+      const p0 = performance.now();
+      cluster3 = await startProcCluster({ shards: 3, masterArgs: ['--replication-factor', '3'] });
+      await allInSync(cluster3.masterAddress, USERS.find((u) => u.role === 'admin')!, 3, 60_000);
+      const db = await CairnClient.connect({ master: cluster3.masterAddress, user: writer.user, password: writer.password, batch: o.batchStream });
+      const pids = [cluster3.master, ...cluster3.shards].map((p) => p.child.pid!);
+      systems.push(cairnSystem('cairn3', db, pids));
+      console.log(
+        `cairn rf3: master ${cluster3.masterAddress}, shards ${cluster3.shards.map((s) => s.address).join(', ')}; ` +
+          `every range with 3 in-sync copies after ${((performance.now() - p0) / 1000).toFixed(1)} s`,
+      );
+    }
+    if (o.systems.has('etcd3')) {
+      const e = await startEtcd(benchDir, children, 3);
+      systems.push(etcdSystem('etcd3', e.leader, e.pids));
+      console.log(`etcd 3-member: ${e.addresses.join(', ')}; the client talks to the leader, ${e.leader}`);
     }
     if (o.systems.has('redis')) {
       const r = await startRedis(benchDir, children);
@@ -907,6 +1071,8 @@ async function main(): Promise<void> {
       const e = await startEcho(root, children);
       systems.push(echoSystem(e.address, e.pid));
     }
+    // Measured in ALL_SERIES order (rotated run by run), whatever order they started in.
+    systems.sort((a, b) => ALL_SERIES.indexOf(a.id) - ALL_SERIES.indexOf(b.id));
     const allPids = systems.flatMap((s) => s.pids);
 
     // ---- preload the rows get and scan read: same keys and values everywhere
@@ -914,7 +1080,7 @@ async function main(): Promise<void> {
     const readKeys = Array.from({ length: o.preloadRows }, () => preloadGen.next(KEY_PREFIX));
     const preloadValues = readKeys.map(() => Buffer.from(nextValue(VALUE_BYTES)));
     for (const sys of systems) {
-      if (!sys.batch) continue;
+      if (!sys.batch || (sys.workloads && !sys.workloads.has('get') && !sys.workloads.has('scan'))) continue;
       const p0 = performance.now();
       const per = Math.min(1000, sys.maxBatch ?? Infinity);
       let next = 0;
@@ -929,7 +1095,7 @@ async function main(): Promise<void> {
           }
         }),
       );
-      console.log(`preloaded ${readKeys.length.toLocaleString('en-US')} rows into ${sys.name} in ${((performance.now() - p0) / 1000).toFixed(1)} s`);
+      console.log(`preloaded ${readKeys.length.toLocaleString('en-US')} rows into ${sys.label} in ${((performance.now() - p0) / 1000).toFixed(1)} s`);
     }
 
     const workloads: Workload[] = [
@@ -944,7 +1110,7 @@ async function main(): Promise<void> {
       if (unknown.length) throw new Error(`--workloads: unknown ${unknown.join(', ')} (known: ${workloads.map((w) => w.id).join(', ')}, prefix)`);
       workloads.splice(0, workloads.length, ...workloads.filter((w) => o.workloads!.has(w.id)));
     }
-    const can = (s: System, w: Workload) => (w.op === 'put' ? !!s.put : w.op === 'get' ? !!s.get : w.op === 'batch' ? !!s.batch : !!s.scan);
+    const can = (s: System, w: Workload) => (s.workloads && !s.workloads.has(w.id) ? false : w.op === 'put' ? !!s.put : w.op === 'get' ? !!s.get : w.op === 'batch' ? !!s.batch : !!s.scan);
 
     // ---- an unmeasured pass: a process's first seconds on a code path (JIT, heap growth, page faults) cost several times its steady state
     if (o.warmupPassSeconds > 0) {
@@ -964,10 +1130,10 @@ async function main(): Promise<void> {
         const order = [...these.slice(shift), ...these.slice(0, shift)];
         for (const sys of order) {
           const s = await measure(sys, w, o, readKeys, allPids, settled);
-          if (s.misses > 0) console.log(`WARNING: ${sys.name} ${w.id}: ${s.misses} of ${s.calls} reads did not return the ${VALUE_BYTES}-byte value`);
-          const k = `${w.id}/${sys.name}`;
+          if (s.misses > 0) console.log(`WARNING: ${sys.label} ${w.id}: ${s.misses} of ${s.calls} reads did not return the ${VALUE_BYTES}-byte value`);
+          const k = `${w.id}/${sys.id}`;
           samples.set(k, [...(samples.get(k) ?? []), s]);
-          line.push(`${w.id}/${sys.name} ${fmtK(s.rows / s.seconds)}`);
+          line.push(`${w.id}/${sys.id} ${fmtK(s.rows / s.seconds)}`);
         }
       }
       console.log(`run ${run}/${o.runs} rows/s: ${line.join(', ')}`);
@@ -976,13 +1142,13 @@ async function main(): Promise<void> {
     const lines: Line[] = [];
     for (const w of workloads) {
       for (const sys of systems) {
-        const ss = samples.get(`${w.id}/${sys.name}`);
-        if (ss) lines.push(summarize(sys.name, w, w.op === 'batch' ? Math.min(w.rows, sys.maxBatch ?? Infinity) : w.rows, ss));
+        const ss = samples.get(`${w.id}/${sys.id}`);
+        if (ss) lines.push(summarize(sys, w, w.op === 'batch' ? Math.min(w.rows, sys.maxBatch ?? Infinity) : w.rows, ss));
       }
     }
 
     // ---- the selective prefix scan against a full scan (Cairn alone: the peers have no such index to compare)
-    const cairnSys = systems.find((s) => s.name === 'cairn');
+    const cairnSys = systems.find((s) => s.id === 'cairn');
     if (cairnSys && cluster && (!o.workloads || o.workloads.has('prefix'))) {
       const w = USERS.find((u) => u.role === 'rw')!;
       const db = await CairnClient.connect({ master: cluster.masterAddress, user: w.user, password: w.password });
@@ -1012,7 +1178,7 @@ async function main(): Promise<void> {
     for (const l of lines) {
       rows.push([
         l.workload === last ? '' : labelOf.get(l.workload)!,
-        l.system,
+        l.series.label,
         fmtInt(l.rowsPerCall),
         fmtInt(l.opsPerSec),
         fmtInt(l.rowsPerSec),
@@ -1030,27 +1196,53 @@ async function main(): Promise<void> {
     console.log(`Results (median of ${o.runs} run${o.runs > 1 ? 's' : ''}; latency per call; srv = server processes' CPU from /proc; level: its whole process)`);
     console.log(table(header, rows, header.map((_, i) => i > 1 && i < 11)));
 
-    // ---- ratios: cairn against each peer and floor
-    const ratioHeader = ['workload', ...ALL_SYSTEMS.filter((s) => s !== 'cairn').flatMap((s) => [`÷${s} rows/s`, `÷${s} srv/op`])];
+    // ---- ratios: cairn (factor 1) against each peer and floor (etcd: 1 member); then factor 3 against the 3-member etcd
+    const find = (id: SeriesId, w: string) => lines.find((l) => l.series.id === id && l.workload === w);
+    const peers: SeriesId[] = ['etcd', 'redis', 'level', 'echo'];
+    const ratioHeader = ['workload', ...peers.flatMap((s) => [`÷${s} rows/s`, `÷${s} srv/op`])];
     const ratioRows: string[][] = [];
     for (const w of workloads) {
-      const c = lines.find((l) => l.system === 'cairn' && l.workload === w.id);
+      const c = find('cairn', w.id);
       if (!c) continue;
       const cells = [w.id];
-      for (const s of ALL_SYSTEMS.filter((x) => x !== 'cairn')) {
-        const p = lines.find((l) => l.system === s && l.workload === w.id);
+      for (const s of peers) {
+        const p = find(s, w.id);
         cells.push(p ? fmtRatio(c.rowsPerSec / p.rowsPerSec) : '-', p ? fmtRatio(c.serverCpuUsPerRow / p.serverCpuUsPerRow) : '-');
       }
       ratioRows.push(cells);
     }
-    console.log('');
-    console.log('Cairn ÷ each peer (rows/s: above 1 is faster; srv/op: server CPU per row, below 1 is cheaper)');
-    console.log(table(ratioHeader, ratioRows, ratioHeader.map((_, i) => i > 0)));
+    if (ratioRows.length) {
+      console.log('');
+      console.log('Cairn ÷ each peer (rows/s: above 1 is faster; srv/op: server CPU per row, below 1 is cheaper)');
+      console.log(table(ratioHeader, ratioRows, ratioHeader.map((_, i) => i > 0)));
+    }
+    const rf3Header = ['workload', '÷etcd 3-member rows/s', '÷etcd 3-member srv/op', 'cairn rf3 ÷ rf1 rows/s', 'etcd 3-member ÷ 1 rows/s'];
+    const rf3Rows: string[][] = [];
+    for (const w of workloads) {
+      const [c3, e3, c1, e1] = (['cairn3', 'etcd3', 'cairn', 'etcd'] as const).map((id) => find(id, w.id));
+      if (!c3 && !e3) continue;
+      rf3Rows.push([
+        w.id,
+        c3 && e3 ? fmtRatio(c3.rowsPerSec / e3.rowsPerSec) : '-',
+        c3 && e3 ? fmtRatio(c3.serverCpuUsPerRow / e3.serverCpuUsPerRow) : '-',
+        c3 && c1 ? fmtRatio(c3.rowsPerSec / c1.rowsPerSec) : '-',
+        e3 && e1 ? fmtRatio(e3.rowsPerSec / e1.rowsPerSec) : '-',
+      ]);
+    }
+    if (rf3Rows.length) {
+      console.log('');
+      console.log('Cairn at replication factor 3 ÷ the 3-member etcd (every member\'s CPU counted), and what 3 copies cost each');
+      console.log(table(rf3Header, rf3Rows, rf3Header.map((_, i) => i > 0)));
+    }
 
     const targets = evaluateTargets(lines);
     console.log('');
-    console.log('Issue 7 and issue 15 targets (ratios from this run):');
-    for (const t of targets) console.log(`  ${t.met === null ? 'n/a ' : t.met ? 'MET ' : 'MISS'}  ${t.target} = ${fmtRatio(t.value)} (goal ${t.goal})`);
+    console.log('Issue 15 targets (ratios from this run; cairn at factor 1 against the 1-member etcd, rf3 against the 3-member one):');
+    const idWidth = Math.max(...targets.map((t) => t.target.length));
+    for (const t of targets) {
+      const goal = `(goal ${t.goal})`.padEnd(13);
+      console.log(`  ${t.met === null ? 'n/a ' : t.met ? 'MET ' : 'MISS'}  ${t.target.padEnd(idWidth)} = ${fmtRatio(t.value).padStart(6)}  ${goal}  ${t.figure}${t.met === null ? ': not measured' : ''}`);
+    }
 
     const noisiest = Math.max(0, ...lines.map((l) => l.otherCores).filter(Number.isFinite));
     console.log('');
@@ -1064,20 +1256,20 @@ async function main(): Promise<void> {
     for (const n of notes) console.log(`NOTE: ${n}`);
 
     // ---- results file and chart
-    const date = new Date().toISOString().slice(0, 10);
+    const day = date.slice(0, 10);
     const file: ResultsFile = {
       date,
       machine,
       options: { seconds: o.seconds, runs: o.runs, warmupSeconds: o.warmupSeconds, preloadRows: o.preloadRows, concurrency: o.concurrency, batchConcurrency: o.batchConcurrency, scanConcurrency: o.scanConcurrency, batchStream: o.batchStream, tiny: o.tiny },
       skipped: notes,
       results: lines.map(toJson) as unknown as ResultsFile['results'],
-      targets: targets.map((t) => ({ ...t, value: nn(t.value) })),
+      targets: targets.map((t) => ({ target: t.target, value: sig(t.value), goal: t.goal, met: t.met })),
     };
     let out = o.out;
     if (out === 'default') {
       mkdirSync(join(root, 'bench/results'), { recursive: true });
-      out = join(root, 'bench/results', `${date}.json`);
-      for (let n = 2; existsSync(out); n++) out = join(root, 'bench/results', `${date}-${n}.json`);
+      out = join(root, 'bench/results', `${day}.json`);
+      for (let n = 2; existsSync(out); n++) out = join(root, 'bench/results', `${day}-${n}.json`);
     }
     if (out) {
       writeFileSync(out, JSON.stringify(file, null, 2) + '\n');
