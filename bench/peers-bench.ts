@@ -24,7 +24,7 @@
  * the median over runs: ops/s, rows/s, p50/p99 per call, server CPU per op from
  * /proc/<pid>/stat, ratios to each peer and floor, and issue 15's targets.
  *
- *   npm run build && npm run bench:peers            # 3 runs x 4 s: about 8 minutes
+ *   npm run build && npm run bench:peers            # 3 runs x 4 s: about 10 minutes
  *   npm run bench:peers -- --tiny                  # smoke: checks it works, says nothing about speed
  *
  * Missing etcd or redis is reported with how to install it, and the run goes
@@ -1007,6 +1007,8 @@ async function main(): Promise<void> {
 
     // ---- start what is there
     const notes: string[] = [];
+    /** What makes some figures of this run suspect (printed at the end, and in the results file when any). */
+    const warnings: string[] = [];
     if ((o.systems.has('etcd') || o.systems.has('etcd3')) && !installed('etcd')) {
       o.systems.delete('etcd');
       o.systems.delete('etcd3');
@@ -1052,8 +1054,10 @@ async function main(): Promise<void> {
           `every range with 3 in-sync copies after ${((performance.now() - p0) / 1000).toFixed(1)} s`,
       );
     }
+    let etcd3Leader: string | undefined;
     if (o.systems.has('etcd3')) {
       const e = await startEtcd(benchDir, children, 3);
+      etcd3Leader = e.leader;
       systems.push(etcdSystem('etcd3', e.leader, e.pids));
       console.log(`etcd 3-member: ${e.addresses.join(', ')}; the client talks to the leader, ${e.leader}`);
     }
@@ -1137,6 +1141,14 @@ async function main(): Promise<void> {
         }
       }
       console.log(`run ${run}/${o.runs} rows/s: ${line.join(', ')}`);
+    }
+
+    if (etcd3Leader) {
+      // A new leader mid-run would have made every write one hop longer (the follower forwards it): say so.
+      const st = await etcdStatus(etcd3Leader).catch(() => undefined);
+      if (!st || st.memberId !== st.leader) {
+        warnings.push(`the 3-member etcd's leader changed during the runs (the client kept talking to ${etcd3Leader}, since then a follower): its figures include the forwarding hop.`);
+      }
     }
 
     const lines: Line[] = [];
@@ -1253,7 +1265,7 @@ async function main(): Promise<void> {
         '.',
     );
     if (noisiest >= 0.25) console.log(`NOTE: other processes kept up to ${noisiest.toFixed(2)} of ${cpus().length} cores busy: those lines are noisy; rerun on a quiet machine.`);
-    for (const n of notes) console.log(`NOTE: ${n}`);
+    for (const n of [...notes, ...warnings]) console.log(`NOTE: ${n}`);
 
     // ---- results file and chart
     const day = date.slice(0, 10);
@@ -1262,6 +1274,7 @@ async function main(): Promise<void> {
       machine,
       options: { seconds: o.seconds, runs: o.runs, warmupSeconds: o.warmupSeconds, preloadRows: o.preloadRows, concurrency: o.concurrency, batchConcurrency: o.batchConcurrency, scanConcurrency: o.scanConcurrency, batchStream: o.batchStream, tiny: o.tiny },
       skipped: notes,
+      ...(warnings.length ? { warnings } : {}),
       results: lines.map(toJson) as unknown as ResultsFile['results'],
       targets: targets.map((t) => ({ target: t.target, value: sig(t.value), goal: t.goal, met: t.met })),
     };
