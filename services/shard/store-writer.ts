@@ -166,6 +166,12 @@ export type WriteSource = { from: 'client' } | { from: 'primary'; records: Batch
  */
 export interface Sequencer {
   /**
+   * True when `refusal` would refuse nothing and `number` would number
+   * nothing now (no range is replicated): the writer then skips both. Asked
+   * in the same tick as they would be.
+   */
+  idle?(): boolean;
+  /**
    * Why a client's write cannot be numbered now: a range it touches is
    * replicated and this shard holds no group for it (it is not, or no longer,
    * or not yet its primary). Asked of each such entry just before `number`, in
@@ -279,7 +285,7 @@ export class GroupWriter {
    */
   private admitted(group: Pending[]): Pending[] {
     const sequencer = this.sequencer;
-    if (!sequencer) return group;
+    if (!sequencer || sequencer.idle?.()) return group;
     return group.filter((p) => {
       if (p.from !== 'client') return true;
       const refusal = sequencer.refusal(rawOf([p]));
@@ -333,7 +339,7 @@ export class GroupWriter {
       high = this.host.clock().high();
       if (high > this.persistedClock) batch.put(meta, META_CLOCK, encodeClockMark(high));
       // A replicated range's log positions ride in the same batch as the writes they number.
-      sequenced = this.sequencer ? this.sequence(group) : undefined;
+      sequenced = this.sequencer && !this.sequencer.idle?.() ? this.sequence(group) : undefined;
     } catch (err) {
       batch.discard();
       throw err;
