@@ -180,6 +180,33 @@ export function lookup(sub: BinSub, keys: Buffer[]): (Buffer | undefined)[] | Pr
   return out;
 }
 
+const GET_MANY_OPTIONS = Object.freeze({ valueEncoding: 'buffer', fillCache: true });
+
+/**
+ * Point reads in several sublevels at once: one async getMany of the root
+ * database for all of them (keys prefixed in one allocation each, as
+ * WriteBatch does), instead of one per sublevel through abstract-level.
+ * Values come back per part, in key order. A few keys in all are read
+ * synchronously, as `lookup` does.
+ */
+export async function lookupAcross(db: Level<Buffer, Buffer>, parts: readonly (readonly [BinSub, readonly Buffer[]])[]): Promise<(Buffer | undefined)[][]> {
+  let total = 0;
+  for (const [, keys] of parts) total += keys.length;
+  const direct = db.status === 'open' && typeof (db as unknown as { _getMany?: unknown })._getMany === 'function';
+  if (total <= SYNC_LOOKUP_MAX || !direct) return Promise.all(parts.map(([sub, keys]) => lookup(sub, keys as Buffer[])));
+  const all = new Array<Buffer>(total);
+  let n = 0;
+  for (const [sub, keys] of parts) for (const k of keys) all[n++] = storedKey(sub, k);
+  const vals = (await (db as unknown as { _getMany(keys: Buffer[], o: object): Promise<(Buffer | undefined)[]> })._getMany(all, GET_MANY_OPTIONS)) as (Buffer | undefined)[];
+  const out: (Buffer | undefined)[][] = [];
+  n = 0;
+  for (const [, keys] of parts) {
+    out.push(vals.slice(n, n + keys.length));
+    n += keys.length;
+  }
+  return out;
+}
+
 /** Entries in bounds, read in chunks with nextv; the iterator is closed even when the caller stops early. */
 export async function* entries(
   sub: BinSub,

@@ -43,6 +43,8 @@ export class RowPlan {
   readonly fresh: boolean[] = [];
   /** Set when the plan deletes every stored cell of the row (deleteRow). */
   coversRow = false;
+  /** The row's stored cell count, when the planner read it under the row's lock (else settle reads it). */
+  count: number | undefined = undefined;
   /** Column key prefixes (see keys.ts columnKeyPrefix) whose every stored cell the plan deletes. */
   cleared: Buffer[] | null = null;
   private index: Map<string, number> | null = null;
@@ -240,22 +242,28 @@ export async function settle(subs: Subs, plans: RowPlan[]): Promise<{ deltas: De
     }
     change[k] = cells;
     deltas[k] = { bucket: bucketOfKey(plan.prefix), rows: 0, bytes };
-    if (cells !== 0) (countKeys ??= []).push(rowIndexKey(plan.prefix));
+    if (cells !== 0 && plan.count === undefined) (countKeys ??= []).push(rowIndexKey(plan.prefix));
     planPointers(subs, plan, derived, pending);
   }
-  if (countKeys) {
-    const recs = await lookup(subs.rowindex, countKeys);
-    let j = 0;
-    for (let k = 0; k < plans.length; k++) {
-      if (change[k] === 0) continue;
-      const rec = recs[j++];
-      const before = rec === undefined ? 0 : decodeCount(rec);
-      const after = before + change[k]!;
-      if (after < 0) throw new Error(`cell count of a row would go negative (${before} ${change[k]}): a bug`);
-      deltas[k]!.rows = before === 0 && after > 0 ? 1 : before > 0 && after === 0 ? -1 : 0;
-      const key = countKeys[j - 1]!;
-      derived.push(after === 0 ? { type: 'del', sublevel: subs.rowindex, key } : { type: 'put', sublevel: subs.rowindex, key, value: encodeCount(after) });
+  const recs = countKeys ? await lookup(subs.rowindex, countKeys) : null;
+  let j = 0;
+  for (let k = 0; k < plans.length; k++) {
+    if (change[k] === 0) continue;
+    const plan = plans[k]!;
+    let before: number;
+    let key: Buffer;
+    if (plan.count !== undefined) {
+      before = plan.count;
+      key = rowIndexKey(plan.prefix);
+    } else {
+      const rec = recs![j];
+      key = countKeys![j++]!;
+      before = rec === undefined ? 0 : decodeCount(rec);
     }
+    const after = before + change[k]!;
+    if (after < 0) throw new Error(`cell count of a row would go negative (${before} ${change[k]}): a bug`);
+    deltas[k]!.rows = before === 0 && after > 0 ? 1 : before > 0 && after === 0 ? -1 : 0;
+    derived.push(after === 0 ? { type: 'del', sublevel: subs.rowindex, key } : { type: 'put', sublevel: subs.rowindex, key, value: encodeCount(after) });
   }
   if (pending.length > 0) {
     const ptrs = await lookup(subs.latest, pending.map((c) => c.colKey));
