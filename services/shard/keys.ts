@@ -53,8 +53,8 @@ export function rowPrefix(row: string): Buffer {
   if (n > MAX_ROW_KEY_BYTES) throw new RangeError(`row key is ${n} bytes, over the ${MAX_ROW_KEY_BYTES}-byte key format limit`);
   const out = Buffer.allocUnsafe(HEADER + n);
   out.write(row, HEADER, 'utf8');
-  // The hash of the key's UTF-8 bytes, as rowHashBytes(row) (a string is hashed as UTF-8).
-  writeRowHash(out.subarray(HEADER), out, 0);
+  // A string is hashed as its UTF-8 bytes (lone surrogates as U+FFFD, as Buffer.from writes them): the keys.test property pins it.
+  writeRowHash(row, out, 0);
   out.writeUInt16BE(n, 8);
   return out;
 }

@@ -189,11 +189,16 @@ const GET_MANY_OPTIONS = Object.freeze({ valueEncoding: 'buffer', fillCache: tru
  * Values come back per part, in key order. A few keys in all are read
  * synchronously, as `lookup` does.
  */
-export async function lookupAcross(db: Level<Buffer, Buffer>, parts: readonly (readonly [BinSub, readonly Buffer[]])[]): Promise<(Buffer | undefined)[][]> {
+export function lookupAcross(db: Level<Buffer, Buffer>, parts: readonly (readonly [BinSub, readonly Buffer[]])[]): (Buffer | undefined)[][] | Promise<(Buffer | undefined)[][]> {
   let total = 0;
   for (const [, keys] of parts) total += keys.length;
   const direct = db.status === 'open' && typeof (db as unknown as { _getMany?: unknown })._getMany === 'function';
-  if (total <= SYNC_LOOKUP_MAX || !direct) return Promise.all(parts.map(([sub, keys]) => lookup(sub, keys as Buffer[])));
+  if (!direct) return Promise.all(parts.map(([sub, keys]) => lookup(sub, keys as Buffer[])));
+  if (total <= SYNC_LOOKUP_MAX) return parts.map(([sub, keys]) => lookup(sub, keys as Buffer[]) as (Buffer | undefined)[]);
+  return lookupAcrossAsync(db, parts, total);
+}
+
+async function lookupAcrossAsync(db: Level<Buffer, Buffer>, parts: readonly (readonly [BinSub, readonly Buffer[]])[], total: number): Promise<(Buffer | undefined)[][]> {
   const all = new Array<Buffer>(total);
   let n = 0;
   for (const [sub, keys] of parts) for (const k of keys) all[n++] = storedKey(sub, k);
