@@ -355,6 +355,7 @@ export class Replicator {
    * and, for writes, minInSync members. A single copy always may.
    */
   assertServing(hash: bigint, write: boolean): void {
+    if (this.idle()) return; // nothing replicated: a single copy always may
     const g = this.groupOfHash(hash);
     if (!g) {
       const r = this.replicatedWithoutGroup(hash);
@@ -371,6 +372,7 @@ export class Replicator {
    * write may then be acknowledged, and what a read returned is committed.
    */
   async committed(hashes: Iterable<bigint>): Promise<void> {
+    if (this.idle()) return; // no group here and nothing replicated: nothing to wait for, and every hash may be served (hashes is not read)
     const seen = new Set<PrimaryGroup>();
     for (const h of hashes) {
       const g = this.groupOfHash(h);
