@@ -1,4 +1,5 @@
 import { describe, expect, test } from '@jest/globals';
+import { createHash } from 'node:crypto';
 import fc from 'fast-check';
 import { HASH_SPACE_END, hashToBytes, rowHash, rowHashBytes } from '../common/hash.js';
 import { BUCKET_COUNT, bucketOf } from '../common/ranges.js';
@@ -47,6 +48,7 @@ import {
   userMetaKey,
   type KeyBounds,
 } from './keys.js';
+import { writeDigest } from './store-reqids.js';
 
 const U64_MAX = (1n << 64n) - 1n;
 
@@ -452,5 +454,50 @@ describe('key-order resume tokens', () => {
     for (let n = 12; n < t.length; n++) if (n !== 11 + 13) expect(() => decodeKeyOrderToken(t.subarray(0, n))).toThrow(RangeError);
     expect(() => decodeKeyOrderToken(encodeKeyOrderToken({ start: 10n, parts: [{ end: 10n, afterKey: Buffer.alloc(0) }] }))).toThrow(RangeError);
     expect(() => decodeKeyOrderToken(encodeKeyOrderToken({ start: 1n, parts: [{ end: 9n, afterKey: Buffer.alloc(0) }, { end: 3n, afterKey: Buffer.alloc(0) }] }))).toThrow(RangeError);
+  });
+});
+
+describe('row prefixes and hashes written in place', () => {
+  const sha1 = (b: Uint8Array) => createHash('sha1').update(b).digest().subarray(0, 8);
+  test('rowPrefix is the SHA-1 prefix of the key\'s UTF-8 bytes, their length and the bytes, for any string (lone surrogates too)', () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.string({ minLength: 1 }), fc.string({ unit: 'binary', minLength: 1 }), fc.string({ unit: 'grapheme', minLength: 1 })), (row) => {
+        const bytes = Buffer.from(row, 'utf8');
+        expect(rowPrefix(row).equals(makeRowPrefix(sha1(bytes), bytes))).toBe(true);
+        expect(rowHashBytes(row).equals(sha1(bytes))).toBe(true);
+        expect(rowHashBytes(bytes).equals(sha1(bytes))).toBe(true);
+        expect(rowHash(row)).toBe(sha1(bytes).readBigUInt64BE(0));
+      }),
+      { numRuns: 300 },
+    );
+    expect(rowPrefix('aff4:/C.1234').subarray(0, 8).toString('hex')).toBe(createHash('sha1').update('aff4:/C.1234').digest('hex').slice(0, 16));
+  });
+});
+
+describe('request digests', () => {
+  test('a write digest is the first 16 bytes of SHA-256 of the documented canonical layout', () => {
+    const cell = fc.record({ column: fc.string(), timestampUs: fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), value: fc.uint8Array({ maxLength: 20 }) });
+    fc.assert(
+      fc.property(fc.array(fc.record({ replace: fc.boolean(), cells: fc.array(cell, { maxLength: 4 }) }), { minLength: 1, maxLength: 3 }), (segs) => {
+        const parts: Buffer[] = [];
+        for (const s of segs) {
+          const h = Buffer.alloc(5);
+          h[0] = s.replace ? 1 : 0;
+          h.writeUInt32BE(s.cells.length, 1);
+          parts.push(h);
+          for (const c of s.cells) {
+            const col = Buffer.from(c.column, 'utf8');
+            const b = Buffer.alloc(4 + col.length + 12);
+            b.writeUInt32BE(col.length, 0);
+            col.copy(b, 4);
+            b.writeBigUInt64BE(c.timestampUs, 4 + col.length);
+            b.writeUInt32BE(c.value.length, 12 + col.length);
+            parts.push(b, Buffer.from(c.value));
+          }
+        }
+        expect(writeDigest(segs).equals(createHash('sha256').update(Buffer.concat(parts)).digest().subarray(0, 16))).toBe(true);
+      }),
+      { numRuns: 200 },
+    );
   });
 });

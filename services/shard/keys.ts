@@ -19,7 +19,7 @@
  * keeps byte order equal to column order and makes "every column starting with
  * P" one contiguous range. The inverted timestamp sorts newer versions first.
  */
-import { HASH_SPACE_END, hashToBytes, rowHashBytes } from '../common/hash.js';
+import { HASH_SPACE_END, hashToBytes, writeRowHash } from '../common/hash.js';
 import { BUCKET_BITS, type HashRange } from '../common/ranges.js';
 
 /** Largest row key the u16 length field can hold (validation applies the smaller configured limit). */
@@ -47,10 +47,16 @@ export function makeRowPrefix(hash: Uint8Array, row: Uint8Array): Buffer {
   return out;
 }
 
-/** The prefix shared by every stored key of `row`. */
+/** The prefix shared by every stored key of `row` (one allocation: the hash and the key are written in place). */
 export function rowPrefix(row: string): Buffer {
-  const bytes = Buffer.from(row, 'utf8');
-  return makeRowPrefix(rowHashBytes(bytes), bytes);
+  const n = Buffer.byteLength(row, 'utf8');
+  if (n > MAX_ROW_KEY_BYTES) throw new RangeError(`row key is ${n} bytes, over the ${MAX_ROW_KEY_BYTES}-byte key format limit`);
+  const out = Buffer.allocUnsafe(HEADER + n);
+  out.write(row, HEADER, 'utf8');
+  // A string is hashed as its UTF-8 bytes (lone surrogates as U+FFFD, as Buffer.from writes them): the keys.test property pins it.
+  writeRowHash(row, out, 0);
+  out.writeUInt16BE(n, 8);
+  return out;
 }
 
 /** Length of the row prefix at the start of a per-row key; throws on a truncated key. */

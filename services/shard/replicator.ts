@@ -212,7 +212,7 @@ export class Replicator {
     private readonly host: ReplicatorHost,
     readonly timings: ReplicationTimings = DEFAULT_REPLICATION_TIMINGS,
   ) {
-    host.store.setSequencer({ refusal: (raw) => this.refusal(raw), number: (raw, sync) => this.sequence(raw, sync) });
+    host.store.setSequencer({ idle: () => this.idle(), refusal: (raw) => this.refusal(raw), number: (raw, sync) => this.sequence(raw, sync) });
     this.timer = setInterval(() => this.tick(), Math.max(50, Math.floor(timings.leaseMs / 4)));
     this.timer.unref();
   }
@@ -355,6 +355,7 @@ export class Replicator {
    * and, for writes, minInSync members. A single copy always may.
    */
   assertServing(hash: bigint, write: boolean): void {
+    if (this.idle()) return; // nothing replicated: a single copy always may
     const g = this.groupOfHash(hash);
     if (!g) {
       const r = this.replicatedWithoutGroup(hash);
@@ -371,6 +372,7 @@ export class Replicator {
    * write may then be acknowledged, and what a read returned is committed.
    */
   async committed(hashes: Iterable<bigint>): Promise<void> {
+    if (this.idle()) return; // no group here and nothing replicated: nothing to wait for, and every hash may be served (hashes is not read)
     const seen = new Set<PrimaryGroup>();
     for (const h of hashes) {
       const g = this.groupOfHash(h);
@@ -392,6 +394,25 @@ export class Replicator {
   }
 
   // ------------------------------------------------------------ numbering writes
+
+  /** The map `idle` last looked at, and whether it has a replicated range. */
+  private idleMap: ClusterMap | undefined;
+  private idleMapReplicated = false;
+
+  /**
+   * True when no write can be refused or numbered now: no group here, and no
+   * range of the map has a replica group (every range a single copy), so the
+   * writer need not build the per-row op list for `refusal` and `number`.
+   */
+  private idle(): boolean {
+    if (this.groups.size > 0) return false;
+    const map = this.host.map;
+    if (map !== this.idleMap) {
+      this.idleMapReplicated = map.ranges.some((r) => groupOf(r) !== undefined);
+      this.idleMap = map;
+    }
+    return !this.idleMapReplicated;
+  }
 
   /** A write to a replicated range is numbered by its group here, or not written at all. */
   private refusal(raw: RawOp[]): CairnError | undefined {

@@ -176,7 +176,7 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
    */
   const served = async <T>(p: Promise<T>, rows: Iterable<string>): Promise<T> => {
     const out = await node.trackLocal(p);
-    await node.replicator.committed([...rows].map(rowHash));
+    await node.replicator.committed(hashesOf(rows)); // hashed only when some range is replicated
     return out;
   };
 
@@ -387,4 +387,9 @@ export function shardServiceImpl(node: ShardNode, env: HandlerEnv): ShardService
     // The same handlers, many calls per message (batch-service.ts); scans stay unary (a page is already a batch).
     batch: batchService(env, node.opts.limits.maxMessageBytes, handlers, node.batchTraffic),
   };
+}
+
+/** The rows' hashes, computed as they are read. */
+function* hashesOf(rows: Iterable<string>): Generator<bigint> {
+  for (const row of rows) yield rowHash(row);
 }

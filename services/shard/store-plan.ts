@@ -43,6 +43,8 @@ export class RowPlan {
   readonly fresh: boolean[] = [];
   /** Set when the plan deletes every stored cell of the row (deleteRow). */
   coversRow = false;
+  /** The row's stored cell count, when the planner read it under the row's lock (else settle reads it). */
+  count: number | undefined = undefined;
   /** Column key prefixes (see keys.ts columnKeyPrefix) whose every stored cell the plan deletes. */
   cleared: Buffer[] | null = null;
   private index: Map<string, number> | null = null;
@@ -116,26 +118,61 @@ interface ColumnWork {
 /** Of two timestamp tails (inverted, so newer sorts first), the newer; null is "none". */
 const newer = (a: Buffer | null, b: Buffer | null): Buffer | null => (a === null ? b : b === null ? a : Buffer.compare(a, b) <= 0 ? a : b);
 
-/** Per-row async locks. A multi-row caller joins every row's queue in one synchronous step, so no two callers can wait on each other in a cycle. */
-export class RowLocks {
-  private readonly tails = new Map<string, Promise<void>>();
+/** One caller of RowLocks.acquire: the keys it holds or waits for, and how many it still waits for. */
+interface LockHolder {
+  keys: string[];
+  waiting: number;
+  grant: (() => void) | null;
+  released: boolean;
+}
 
-  acquire(keys: Iterable<string>): Promise<() => void> {
-    const waits: Promise<void>[] = [];
-    const releases: (() => void)[] = [];
-    for (const k of new Set(keys)) {
-      const prev = this.tails.get(k);
-      let release!: () => void;
-      const mine = new Promise<void>((r) => (release = r));
-      this.tails.set(k, mine);
-      if (prev) waits.push(prev);
-      releases.push(() => {
-        release();
-        if (this.tails.get(k) === mine) this.tails.delete(k);
-      });
+/**
+ * Per-row async locks, FIFO per row. A multi-row caller joins every row's
+ * queue in one synchronous step, so no two callers can wait on each other in
+ * a cycle. Uncontended rows cost one map entry (no promise per row): a
+ * 1,000-row write takes its locks with one promise in all.
+ */
+export class RowLocks {
+  /** The holder of each locked key. */
+  private readonly holders = new Map<string, LockHolder>();
+  /** The callers waiting for each contended key, in arrival order. */
+  private readonly queues = new Map<string, LockHolder[]>();
+
+  acquire(keys: readonly string[]): Promise<() => void> {
+    const me: LockHolder = { keys: [], waiting: 0, grant: null, released: false };
+    for (const k of keys) {
+      const h = this.holders.get(k);
+      if (h === undefined) {
+        this.holders.set(k, me);
+        me.keys.push(k);
+      } else if (h !== me) {
+        let q = this.queues.get(k);
+        if (q === undefined) this.queues.set(k, (q = []));
+        if (q[q.length - 1] === me) continue; // the same key twice in this call: queued once
+        q.push(me);
+        me.keys.push(k);
+        me.waiting++;
+      }
     }
-    const releaseAll = (): void => releases.forEach((r) => r());
-    return waits.length === 0 ? Promise.resolve(releaseAll) : Promise.all(waits).then(() => releaseAll);
+    const release = (): void => this.release(me);
+    if (me.waiting === 0) return Promise.resolve(release);
+    return new Promise((resolve) => (me.grant = () => resolve(release)));
+  }
+
+  private release(me: LockHolder): void {
+    if (me.released) return;
+    me.released = true;
+    for (const k of me.keys) {
+      const q = this.queues.get(k);
+      if (q === undefined) {
+        this.holders.delete(k);
+        continue;
+      }
+      const next = q.shift()!;
+      if (q.length === 0) this.queues.delete(k);
+      this.holders.set(k, next);
+      if (--next.waiting === 0) next.grant!();
+    }
   }
 }
 
@@ -205,22 +242,28 @@ export async function settle(subs: Subs, plans: RowPlan[]): Promise<{ deltas: De
     }
     change[k] = cells;
     deltas[k] = { bucket: bucketOfKey(plan.prefix), rows: 0, bytes };
-    if (cells !== 0) (countKeys ??= []).push(rowIndexKey(plan.prefix));
+    if (cells !== 0 && plan.count === undefined) (countKeys ??= []).push(rowIndexKey(plan.prefix));
     planPointers(subs, plan, derived, pending);
   }
-  if (countKeys) {
-    const recs = await lookup(subs.rowindex, countKeys);
-    let j = 0;
-    for (let k = 0; k < plans.length; k++) {
-      if (change[k] === 0) continue;
-      const rec = recs[j++];
-      const before = rec === undefined ? 0 : decodeCount(rec);
-      const after = before + change[k]!;
-      if (after < 0) throw new Error(`cell count of a row would go negative (${before} ${change[k]}): a bug`);
-      deltas[k]!.rows = before === 0 && after > 0 ? 1 : before > 0 && after === 0 ? -1 : 0;
-      const key = countKeys[j - 1]!;
-      derived.push(after === 0 ? { type: 'del', sublevel: subs.rowindex, key } : { type: 'put', sublevel: subs.rowindex, key, value: encodeCount(after) });
+  const recs = countKeys ? await lookup(subs.rowindex, countKeys) : null;
+  let j = 0;
+  for (let k = 0; k < plans.length; k++) {
+    if (change[k] === 0) continue;
+    const plan = plans[k]!;
+    let before: number;
+    let key: Buffer;
+    if (plan.count !== undefined) {
+      before = plan.count;
+      key = rowIndexKey(plan.prefix);
+    } else {
+      const rec = recs![j];
+      key = countKeys![j++]!;
+      before = rec === undefined ? 0 : decodeCount(rec);
     }
+    const after = before + change[k]!;
+    if (after < 0) throw new Error(`cell count of a row would go negative (${before} ${change[k]}): a bug`);
+    deltas[k]!.rows = before === 0 && after > 0 ? 1 : before > 0 && after === 0 ? -1 : 0;
+    derived.push(after === 0 ? { type: 'del', sublevel: subs.rowindex, key } : { type: 'put', sublevel: subs.rowindex, key, value: encodeCount(after) });
   }
   if (pending.length > 0) {
     const ptrs = await lookup(subs.latest, pending.map((c) => c.colKey));

@@ -5,7 +5,7 @@
  * sweep that forgets records after their TTL. The records ride in the row's
  * own plan (same batch as the write they describe) and move with the row.
  */
-import * as crypto from 'node:crypto';
+import { writeDigestBytes } from '../common/hash.js';
 import { CairnError, invalidArgument } from '../common/errors.js';
 import { requestIdKey } from './keys.js';
 import { entries, show, type BatchOp, type RawOp, type Subs } from './store-db.js';
@@ -179,9 +179,6 @@ export function parseOutcome(v: Buffer, requestId: string, kind: Outcome['k'], r
   return prior;
 }
 
-/** crypto.hash (Node >= 20.12) is the one-shot form: no Hash object per call. */
-const oneShot = (crypto as unknown as { hash?: (alg: string, data: Uint8Array, enc: 'buffer') => Buffer }).hash;
-
 /**
  * The digest of what a request asks of one row (the row is the record's key):
  * the first 16 bytes of SHA-256 of a canonical encoding of the request's
@@ -189,7 +186,9 @@ const oneShot = (crypto as unknown as { hash?: (alg: string, data: Uint8Array, e
  * the same digest however the caller regroups the rows of a WriteRows.
  */
 function requestDigest(canonical: Buffer): Buffer {
-  return (oneShot ? oneShot('sha256', canonical, 'buffer') : crypto.createHash('sha256').update(canonical).digest()).subarray(0, DIGEST_BYTES);
+  const d = Buffer.allocUnsafe(DIGEST_BYTES);
+  writeDigestBytes('sha256', canonical, d, 0, DIGEST_BYTES);
+  return d;
 }
 
 /** Cells in canonical form: per cell, column (u32 length, UTF-8), timestamp as sent (u64), value (u32 length, bytes). */

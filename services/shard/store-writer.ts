@@ -15,7 +15,7 @@ import { BUCKET_COUNT, bucketSpan, isBucketAligned, type HashRange } from '../co
 import type { HybridClock } from './clock.js';
 import { bucketOfStatsKey, bucketStatsBounds, bucketStatsKey, META_CLOCK } from './keys.js';
 import { settle, type Delta, type RowPlan } from './store-plan.js';
-import type { BatchOp, RawOp, Subs } from './store-db.js';
+import { WriteBatch, type BatchOp, type RawOp, type Subs } from './store-db.js';
 
 const MAX_GROUP_OPS = 20_000; // ops merged into one group commit (at least one entry always goes)
 
@@ -121,7 +121,6 @@ export interface Pending {
   reject: (err: unknown) => void;
 }
 
-const SYNC = Object.freeze({ sync: true });
 const NO_OPS: BatchOp[] = [];
 export const NO_RAW: RawOp[] = [];
 const NO_PLANS: RowPlan[] = [];
@@ -166,6 +165,12 @@ export type WriteSource = { from: 'client' } | { from: 'primary'; records: Batch
  * (replicator.ts).
  */
 export interface Sequencer {
+  /**
+   * True when `refusal` would refuse nothing and `number` would number
+   * nothing now (no range is replicated): the writer then skips both. Asked
+   * in the same tick as they would be.
+   */
+  idle?(): boolean;
   /**
    * Why a client's write cannot be numbered now: a range it touches is
    * replicated and this shard holds no group for it (it is not, or no longer,
@@ -280,7 +285,7 @@ export class GroupWriter {
    */
   private admitted(group: Pending[]): Pending[] {
     const sequencer = this.sequencer;
-    if (!sequencer) return group;
+    if (!sequencer || sequencer.idle?.()) return group;
     return group.filter((p) => {
       if (p.from !== 'client') return true;
       const refusal = sequencer.refusal(rawOf([p]));
@@ -293,48 +298,55 @@ export class GroupWriter {
     // No await from here to the sequencer: what `admitted` let through is what it numbers.
     const group = this.admitted(all);
     if (group.length === 0) return;
-    const ops: BatchOp[] = [];
-    const touched = new Map<number, { rows: number; bytes: number }>();
+    const batch = new WriteBatch(this.db);
+    let sequenced: ReturnType<Sequencer['number']>;
+    let touched: Map<number, { rows: number; bytes: number }>;
+    let high: bigint;
     let sync = false;
-    const cells = this.subs.cells;
-    for (const p of group) {
-      for (let k = 0; k < p.plans.length; k++) {
-        const plan = p.plans[k]!;
-        for (let i = 0; i < plan.keys.length; i++) {
-          const value = plan.values[i];
-          ops.push(value ? { type: 'put', sublevel: cells, key: plan.keys[i]!, value } : { type: 'del', sublevel: cells, key: plan.keys[i]! });
-        }
-        for (const op of plan.other) {
-          const sublevel = this.subs[op.sublevel];
-          ops.push(op.value ? { type: 'put', sublevel, key: op.key, value: op.value } : { type: 'del', sublevel, key: op.key });
-        }
-      }
-      for (const op of p.derived) ops.push(op);
-      for (const op of p.ops) ops.push(op);
-      for (const d of p.deltas) {
-        if (d.rows === 0 && d.bytes === 0) continue;
-        let t = touched.get(d.bucket);
-        if (!t) touched.set(d.bucket, (t = { rows: this.stats.rows[d.bucket]!, bytes: this.stats.bytes[d.bucket]! }));
-        t.rows += d.rows;
-        t.bytes += d.bytes;
-      }
-      sync ||= p.sync;
-    }
-    // Stats records and the clock mark ride in the same batch as the data they describe.
-    for (const [b, t] of touched) {
-      if (t.rows < 0 || t.bytes < 0) throw new Error(`stats of bucket ${b} would go negative (${t.rows} rows, ${t.bytes} bytes): a bug`);
-      if (t.rows === 0 && t.bytes === 0) ops.push({ type: 'del', sublevel: this.subs.meta, key: bucketStatsKey(b) });
-      else ops.push({ type: 'put', sublevel: this.subs.meta, key: bucketStatsKey(b), value: encodeStats(t.rows, t.bytes) });
-    }
-    const high = this.host.clock().high();
-    if (high > this.persistedClock) ops.push({ type: 'put', sublevel: this.subs.meta, key: META_CLOCK, value: encodeClockMark(high) });
-    // A replicated range's log positions ride in the same batch as the writes they number.
-    const sequenced = this.sequencer ? this.sequence(group) : undefined;
-    if (sequenced) for (const op of sequenced.ops) ops.push(op);
     try {
-      // No options object unless syncing: abstract-level spreads the options into every op, and
-      // with a plain { sync: false } that spread cost ~10 µs per op (measured; see bench/NOTES.md).
-      await (this.db.batch as (ops: BatchOp[], o?: { sync: boolean }) => Promise<void>).call(this.db, ops, sync ? SYNC : undefined);
+      touched = new Map();
+      const { cells, meta } = this.subs;
+      for (const p of group) {
+        for (let k = 0; k < p.plans.length; k++) {
+          const plan = p.plans[k]!;
+          for (let i = 0; i < plan.keys.length; i++) {
+            const value = plan.values[i];
+            if (value) batch.put(cells, plan.keys[i]!, value);
+            else batch.del(cells, plan.keys[i]!);
+          }
+          for (const op of plan.other) {
+            if (op.value) batch.put(this.subs[op.sublevel], op.key, op.value);
+            else batch.del(this.subs[op.sublevel], op.key);
+          }
+        }
+        for (const op of p.derived) batch.op(op);
+        for (const op of p.ops) batch.op(op);
+        for (const d of p.deltas) {
+          if (d.rows === 0 && d.bytes === 0) continue;
+          let t = touched.get(d.bucket);
+          if (!t) touched.set(d.bucket, (t = { rows: this.stats.rows[d.bucket]!, bytes: this.stats.bytes[d.bucket]! }));
+          t.rows += d.rows;
+          t.bytes += d.bytes;
+        }
+        sync ||= p.sync;
+      }
+      // Stats records and the clock mark ride in the same batch as the data they describe.
+      for (const [b, t] of touched) {
+        if (t.rows < 0 || t.bytes < 0) throw new Error(`stats of bucket ${b} would go negative (${t.rows} rows, ${t.bytes} bytes): a bug`);
+        if (t.rows === 0 && t.bytes === 0) batch.del(meta, bucketStatsKey(b));
+        else batch.put(meta, bucketStatsKey(b), encodeStats(t.rows, t.bytes));
+      }
+      high = this.host.clock().high();
+      if (high > this.persistedClock) batch.put(meta, META_CLOCK, encodeClockMark(high));
+      // A replicated range's log positions ride in the same batch as the writes they number.
+      sequenced = this.sequencer && !this.sequencer.idle?.() ? this.sequence(group) : undefined;
+    } catch (err) {
+      batch.discard();
+      throw err;
+    }
+    if (sequenced) for (const op of sequenced.ops) batch.op(op);
+    try {
+      await batch.write(sync);
     } catch (err) {
       sequenced?.written(false);
       throw err;

@@ -49,15 +49,16 @@ import {
   hashRangeBounds,
   requestIdKeys,
   rowBounds,
+  rowIndexKey,
   rowPrefix,
   rowPrefixOf,
   userMetaKey,
 } from './keys.js';
-import { entries, hex, lookup, metaKeysIn, PER_ROW, rangeOpts, sublevels, type BatchOp, type RawOp, type Subs } from './store-db.js';
+import { entries, hex, lookup, lookupAcross, metaKeysIn, PER_ROW, rangeOpts, sublevels, type BatchOp, type RawOp, type Subs } from './store-db.js';
 import { DiskFullGuard, diskSpaceOf, type DiskSpace, type DiskState } from './store-disk.js';
 import { checkHeld, getLease, hasLease, planDropLease, planPutLease, takeLease } from './store-leases.js';
 import { loadStore, recountStats, reopenStore, verifyDerived } from './store-open.js';
-import { mergeRowWrites, planRawOps, planWrite, RowLocks, RowPlan } from './store-plan.js';
+import { decodeCount, mergeRowWrites, planRawOps, planWrite, RowLocks, RowPlan } from './store-plan.js';
 import { freshWindowStart, PrefixMatchCounts, readCells, scanByRowKey, scanPage, scansByRowKey, walkThreshold, windowRows, type RowCellsOut } from './store-reads.js';
 import {
   casDigest,
@@ -205,7 +206,10 @@ export class ShardStore {
     return this.mutate(prefixes, async () => {
       const stamps = new Array<bigint>(names.length);
       const idKeys = o.requestId ? requestIdKeys(prefixes, o.requestId) : null;
-      const priors = idKeys ? await lookup(this.subs.reqids, idKeys) : null;
+      // The request-id records and the rows' cell counts (which settle needs), read together under the row locks.
+      const [priors, counts] = idKeys
+        ? await lookupAcross(this.db, [[this.subs.reqids, idKeys], [this.subs.rowindex, prefixes.map(rowIndexKey)]])
+        : [null, null];
       // Every recorded row is checked before any row is planned: an id reused for other cells refuses the whole call.
       const done = priors?.map((rec, k) => (rec === undefined ? undefined : BigInt(parseOutcome(rec, o.requestId, 'write', names[k]!, digests![k]).ts ?? '0')));
       const plans: RowPlan[] = [];
@@ -217,6 +221,7 @@ export class ShardStore {
           continue;
         }
         const plan = new RowPlan(prefixes[k]!);
+        if (counts) plan.count = counts[k] === undefined ? 0 : decodeCount(counts[k]!);
         const ts = await planWrite(this.subs, this.clock, plan, segsOf[k]!);
         stamps[k] = ts;
         if (idKeys) plan.other.push({ sublevel: 'reqids', key: idKeys[k]!, value: encodeWriteOutcome(ts, now, digests![k]!) });
