@@ -57,6 +57,7 @@ import { entries, hex, lookup, metaKeysIn, PER_ROW, rangeOpts, sublevels, type B
 import { DiskFullGuard, diskSpaceOf, type DiskSpace, type DiskState } from './store-disk.js';
 import { checkHeld, getLease, hasLease, planDropLease, planPutLease, takeLease } from './store-leases.js';
 import { loadStore, recountStats, reopenStore, verifyDerived } from './store-open.js';
+import { IngestSessions, SnapshotIngest } from './store-ingest.js';
 import { mergeRowWrites, planRawOps, planWrite, RowLocks, RowPlan } from './store-plan.js';
 import { freshWindowStart, PrefixMatchCounts, readCells, scanByRowKey, scanPage, scansByRowKey, walkThreshold, windowRows, type RowCellsOut } from './store-reads.js';
 import {
@@ -81,6 +82,7 @@ export { DEFAULT_REQUEST_ID_TTL_MS } from './store-reqids.js';
 export { DEFAULT_SCAN_PAGE, SCAN_EXAMINE_BUDGET, WALK_MIN_ROWS, type RowCellsOut } from './store-reads.js';
 export type { RangeStats, Sequencer } from './store-writer.js';
 export type { BatchOp } from './store-db.js';
+export type { IngestPath, SnapshotIngest } from './store-ingest.js';
 
 export interface StoreOptions {
   /** How long a request id is remembered (default 10 minutes). */
@@ -99,6 +101,8 @@ const UPKEEP: WriteSource = Object.freeze({ from: 'upkeep' });
 
 export class ShardStore {
   private readonly locks = new RowLocks();
+  /** Open snapshot ingestions (beginIngest): every mutation's rows are reported to them. */
+  private readonly ingests = new IngestSessions();
   private readonly inflight = new Set<Promise<unknown>>();
   /** How many rows recent prefix scans matched here: whether a window is walked or read by the index (see scan). */
   private readonly prefixCounts = new PrefixMatchCounts();
@@ -526,6 +530,39 @@ export class ShardStore {
     });
   }
 
+  /**
+   * Opens a bulk ingestion of a range's snapshot (a move's COPY chunks) into
+   * the range, which must hold no cell (deleteRange first): chunks as
+   * exportRange makes them are then written as raw batches with derived
+   * records and stats computed from the chunks, without reads (store-ingest.ts
+   * says why that is exact). Any other mutation of the range while the
+   * session is open, or a chunk not shaped like a snapshot's, makes the
+   * session apply every later chunk by the exact path (applyRaw). Close it
+   * when the snapshot is in (or the copy failed).
+   */
+  async beginIngest(range: HashRange): Promise<SnapshotIngest> {
+    this.assertOpen();
+    const session = new SnapshotIngest(range, {
+      subs: this.subs,
+      clock: () => this.clock,
+      lockRows: (rowKeys, fn, s) => this.mutate([], fn, { rowKeys, ingest: s }),
+      push: (p) => this.writer.push(p),
+      applyRaw: (ops, o) => this.applyRaw(ops, o),
+      closed: (s) => this.ingests.remove(s),
+    });
+    // Registered before the wait: a mutation called from now on taints it; one called before has finished after the wait.
+    this.ingests.add(session);
+    try {
+      await this.drain();
+      const held = this.writer.stats.range(range);
+      if (held.rows !== 0 || held.bytes !== 0) session.taint(`the range is not empty (${held.rows} rows, ${held.bytes} bytes)`);
+    } catch (err) {
+      session.close();
+      throw err;
+    }
+    return session;
+  }
+
   /** Deletes every per-row key in a range, batchSize keys per batch, keeping stats exact. Returns the number of keys deleted. */
   async deleteRange(range: HashRange, batchSize = 1000): Promise<number> {
     const bounds = hashRangeBounds(range);
@@ -574,15 +611,19 @@ export class ShardStore {
     return p;
   }
 
-  /** Runs fn holding the locks of the given rows; the lock queue is joined synchronously, at call time. */
-  private mutate<T>(prefixes: Buffer[], fn: () => Promise<T>): Promise<T> {
+  /**
+   * Runs fn holding the locks of the given rows; the lock queue is joined synchronously, at call time.
+   * Open snapshot ingestions learn of the rows first (a snapshot ingestion's own chunks pass `own`: their row keys, and the session).
+   */
+  private mutate<T>(prefixes: Buffer[], fn: () => Promise<T>, own?: { rowKeys: string[]; ingest: SnapshotIngest }): Promise<T> {
     try {
       this.assertOpen();
       if (this.disk.full) throw this.disk.full; // refused before any row lock or read: nothing can be written
     } catch (err) {
       return Promise.reject(err);
     }
-    const locked = this.locks.acquire(prefixes.map(hex));
+    if (this.ingests.size > 0) this.ingests.touch(prefixes, own?.ingest);
+    const locked = this.locks.acquire(own ? own.rowKeys : prefixes.map(hex));
     return this.track(
       locked.then(async (release) => {
         try {
