@@ -15,6 +15,8 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector';
 import { ClassicLevel } from 'classic-level';
 import { TransferPhase, TransferRangeResponse } from '../proto/gen/cairn/v1/control.js';
 import { ShardStore, type RawOp } from '../services/shard/store.js';
@@ -29,6 +31,8 @@ const arg = (name: string, dflt: string): string => {
 const ROWS = Number(arg('rows', '200000'));
 const RUNS = Number(arg('runs', '3'));
 const MODE = arg('mode', 'exact');
+/** --profile FILE: a CPU profile of the apply stage alone (every run's), written to FILE. */
+const PROFILE = arg('profile', '');
 const CHUNK = 1 << 20;
 const RANGE = { start: 0n, end: 1n << 62n }; // a quarter of the space
 
@@ -81,6 +85,11 @@ async function main(): Promise<void> {
         return received;
       });
       const dst = await ShardStore.open(join(dir, `dst${run}`));
+      const session = PROFILE ? new Session() : null;
+      if (session) {
+        session.connect();
+        await new Promise((r) => session.post('Profiler.enable', () => session.post('Profiler.start', r)));
+      }
       const ap = await timed(async () => {
         await dst.deleteRange(RANGE);
         if (MODE === 'ingest') {
@@ -92,6 +101,15 @@ async function main(): Promise<void> {
           for (const ops of wire.v) await dst.applyRaw(ops, { sync: false });
         }
       });
+      if (session) {
+        await new Promise<void>((r) =>
+          session.post('Profiler.stop', (err, res) => {
+            if (!err) writeFileSync(`${PROFILE}.${run}.cpuprofile`, JSON.stringify(res.profile));
+            r();
+          }),
+        );
+        session.disconnect();
+      }
       const lv = new ClassicLevel<string, Buffer>(join(dir, `level${run}`), { valueEncoding: 'buffer' });
       const lkeys = new KeyGen(7);
       const le = await timed(async () => {

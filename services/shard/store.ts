@@ -96,6 +96,8 @@ export interface StoreOptions {
 }
 
 const READ_CONCURRENCY = 32;
+/** Entries per nextv of exportRange: a 1 MiB chunk of 100-byte rows is ~10k entries. */
+const EXPORT_NEXTV = 1024;
 const CLIENT: WriteSource = Object.freeze({ from: 'client' });
 const UPKEEP: WriteSource = Object.freeze({ from: 'upkeep' });
 
@@ -499,14 +501,24 @@ export class ShardStore {
       let chunk: RawOp[] = [];
       let size = 0;
       for (const name of PER_ROW) {
-        for await (const [key, value] of entries(this.subs[name], bounds, { snapshot })) {
-          chunk.push({ sublevel: name, key, value });
-          size += key.length + value.length;
-          if (size >= chunkBytes) {
-            yield chunk;
-            chunk = [];
-            size = 0;
+        // Read in batches of entries straight from the iterator (not one await per entry through a generator).
+        const it = this.subs[name].iterator(rangeOpts(bounds, { snapshot }));
+        try {
+          for (;;) {
+            const got = (await it.nextv(EXPORT_NEXTV)) as [Buffer, Buffer][];
+            if (got.length === 0) break;
+            for (const [key, value] of got) {
+              chunk.push({ sublevel: name, key, value });
+              size += key.length + value.length;
+              if (size >= chunkBytes) {
+                yield chunk;
+                chunk = [];
+                size = 0;
+              }
+            }
           }
+        } finally {
+          await it.close();
         }
       }
       if (chunk.length > 0) yield chunk;
