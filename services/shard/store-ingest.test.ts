@@ -253,3 +253,51 @@ describe('snapshot ingestion', () => {
     await again.close();
   });
 });
+
+describe('bulk deleteRange', () => {
+  test('leaves the same database as deleting every key with applyRaw (property)', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(rowArb, { minLength: 1, maxLength: 25 }), fc.constantFrom(...RANGES), fc.integer({ min: 1, max: 20 }), async (rows, range, batchSize) => {
+        const [aDir, bDir] = [await tempDir(), await tempDir()];
+        const a = await ShardStore.open(aDir);
+        const b = await ShardStore.open(bDir);
+        try {
+          for (const d of [a, b]) await fill(d, rows, 'x', true);
+          const keys = (await exportChunks(b, range, 1 << 20)).flat();
+          expect(await a.deleteRange(range, batchSize)).toBe(keys.length);
+          await b.applyRaw(
+            keys.map((op) => ({ sublevel: op.sublevel, key: op.key })),
+            { sync: false },
+          );
+          await checkExact(a);
+          expect(a.rangeStats(range)).toEqual({ rows: 0, bytes: 0 });
+          expect(a.totalStats()).toEqual(b.totalStats());
+        } finally {
+          await a.close();
+          await b.close();
+        }
+        expect(await dump(aDir)).toEqual(await dump(bDir));
+      }),
+      { numRuns: 40 },
+    );
+  }, 120_000);
+
+  test('writes into the range while it is deleted keep everything exact', async () => {
+    const s = await ShardStore.open(await tempDir());
+    const rows: Row[] = [];
+    for (let i = 0; i < 400; i++) rows.push({ row: `r${i}`, lease: false, cells: [{ column: 'v', ts: 0, value: `v${i}` }, { column: 'w', ts: 7, value: 'w' }] });
+    await fill(s, rows, 'x');
+    const R = RANGES[0]!;
+    const inR = rows.map((r) => r.row).filter((r) => inRange(r, R));
+    const deleting = s.deleteRange(R, 10);
+    const writes = inR.slice(0, 30).map((row, i) =>
+      s.writeRows([{ row, replace: false, cells: [{ column: 'v', timestampUs: BigInt(10 + i), value: Buffer.from('late') }] }], { requestId: '', sync: false }),
+    );
+    await Promise.all([deleting, ...writes]);
+    await checkExact(s);
+    await s.deleteRange(R);
+    expect(s.rangeStats(R)).toEqual({ rows: 0, bytes: 0 });
+    await checkExact(s);
+    await s.close();
+  });
+});

@@ -1,4 +1,9 @@
 /**
+ * Bulk writes of whole ranges, kept exact without per-key reads: ingestion of
+ * a snapshot (below) and deleteRange's cells (deleteCellsBulk, at the end).
+ * Both watch their range (RangeWatch): any other mutation of it sends them
+ * back to the exact path.
+ *
  * Bulk ingestion of a range's snapshot (a move's COPY chunks) into a range
  * that holds nothing: the chunks are written as raw batches with their
  * derived records (row-key index `rk`, newest-version pointers `lv`) and the
@@ -39,8 +44,8 @@
 import type { HashRange } from '../common/ranges.js';
 import { bucketSpan } from '../common/ranges.js';
 import type { HybridClock } from './clock.js';
-import { bucketOfKey, cellKeyTimestamp, cellTimestampTail, decodeCellTail, hasCellKeyShape, rowIndexKey, rowPrefixLength, TIMESTAMP_BYTES } from './keys.js';
-import { hex, startsWith, type BatchOp, type RawOp, type Subs } from './store-db.js';
+import { bucketOfKey, cellKeyTimestamp, cellTimestampTail, decodeCellTail, hasCellKeyShape, rowBounds, rowIndexKey, rowPrefixLength, rowPrefixOf, TIMESTAMP_BYTES } from './keys.js';
+import { rangeOpts, startsWith, type BatchOp, type RawOp, type Subs } from './store-db.js';
 import { encodeCount, type Delta } from './store-plan.js';
 import type { Pending } from './store-writer.js';
 
@@ -48,14 +53,14 @@ import type { Pending } from './store-writer.js';
 export interface IngestHost {
   readonly subs: Subs;
   clock(): HybridClock;
-  /** Runs fn holding the given rows' locks (keys as `hex` of the row prefix), as ShardStore.mutate does, without tainting `session`. */
-  lockRows<T>(rowKeys: string[], fn: () => Promise<T>, session: SnapshotIngest): Promise<T>;
+  /** Runs fn holding the given rows' locks (by row prefix), as ShardStore.mutate does: other watches of the rows are tainted, not `watch`. */
+  lockRows<T>(prefixes: Buffer[], fn: () => Promise<T>, watch: RangeWatch): Promise<T>;
   /** Queues an entry for the group-commit writer. */
   push(p: Pending): void;
   /** The exact path. */
   applyRaw(ops: RawOp[], o: { sync: boolean }): Promise<void>;
-  /** Called once when the session closes. */
-  closed(session: SnapshotIngest): void;
+  /** Called once when the watch closes. */
+  closed(watch: RangeWatch): void;
 }
 
 const NO_PLANS: never[] = [];
@@ -68,7 +73,7 @@ export type IngestPath = 'bulk' | 'exact';
 interface ChunkPlan {
   ops: BatchOp[];
   deltas: Delta[];
-  rows: string[];
+  rows: Buffer[];
   maxTs: bigint;
   lastCell: Buffer | null;
   row: Buffer | null;
@@ -76,25 +81,23 @@ interface ChunkPlan {
   col: Buffer | null;
 }
 
-/** One ingestion of a snapshot into an emptied range (see the file comment). */
-export class SnapshotIngest {
-  /** Why chunks go the exact way, once they do. */
+/**
+ * A range watched for mutations: registered with the store's IngestSessions,
+ * it is tainted by any mutation of the range called from then on (other than
+ * its owner's own, which pass it to the store's lock).
+ */
+export class RangeWatch {
+  /** Why the bulk way is no longer taken, once it is not. */
   taintedBy: string | null = null;
-  /** Chunks applied each way. */
+  /** Chunks (or batches) applied each way. */
   readonly counts = { bulk: 0, exact: 0 };
-  private readonly firstBucket: number;
-  private readonly endBucket: number;
+  protected readonly firstBucket: number;
+  protected readonly endBucket: number;
   private isClosed = false;
-  /** The last cell key ingested; the row (prefix) and its cells so far; the column key of the last cell. */
-  private lastCell: Buffer | null = null;
-  private row: Buffer | null = null;
-  private rowCount = 0;
-  private col: Buffer | null = null;
-  private tail: Promise<unknown> = Promise.resolve();
 
   constructor(
     readonly range: HashRange,
-    private readonly host: IngestHost,
+    protected readonly host: IngestHost,
   ) {
     [this.firstBucket, this.endBucket] = bucketSpan(range);
   }
@@ -103,12 +106,12 @@ export class SnapshotIngest {
     return this.isClosed;
   }
 
-  /** From now on every chunk goes the exact way. */
+  /** From now on everything goes the exact way. */
   taint(why: string): void {
     this.taintedBy ??= why;
   }
 
-  /** A mutation of these rows was called (ShardStore.mutate): one in the range taints the session. */
+  /** A mutation of these rows was called (ShardStore.mutate): one in the range taints the watch. */
   touch(prefixes: readonly Buffer[]): void {
     if (this.taintedBy !== null) return;
     for (const p of prefixes) {
@@ -120,12 +123,22 @@ export class SnapshotIngest {
     }
   }
 
-  /** Ends the session: later mutations of the range no longer concern it. */
+  /** Ends the watch: later mutations of the range no longer concern it. */
   close(): void {
     if (this.isClosed) return;
     this.isClosed = true;
     this.host.closed(this);
   }
+}
+
+/** One ingestion of a snapshot into an emptied range (see the file comment). */
+export class SnapshotIngest extends RangeWatch {
+  /** The last cell key ingested; the row (prefix) and its cells so far; the column key of the last cell. */
+  private lastCell: Buffer | null = null;
+  private row: Buffer | null = null;
+  private rowCount = 0;
+  private col: Buffer | null = null;
+  private tail: Promise<unknown> = Promise.resolve();
 
   /**
    * Applies one chunk of the snapshot as one atomic batch (the bulk way while
@@ -139,7 +152,7 @@ export class SnapshotIngest {
   }
 
   private async applyNow(ops: RawOp[], o: { sync: boolean }): Promise<IngestPath> {
-    if (this.isClosed) throw new Error('snapshot ingest: the session is closed');
+    if (this.closed) throw new Error('snapshot ingest: the session is closed');
     if (ops.length === 0) return 'bulk';
     const plan = this.taintedBy === null ? this.plan(ops) : null;
     if (plan) {
@@ -182,7 +195,7 @@ export class SnapshotIngest {
     const subs = this.host.subs;
     const batch: BatchOp[] = [];
     const deltas: Delta[] = [];
-    const rows: string[] = [];
+    const rows: Buffer[] = [];
     let lastCell = this.lastCell;
     let row = this.row;
     let rowCount = this.rowCount;
@@ -225,13 +238,13 @@ export class SnapshotIngest {
         }
         if (delta === null || delta.bucket !== b) deltas.push((delta = { bucket: b, rows: 0, bytes: 0 }));
         delta.rows++;
-        rows.push(hex(row));
+        rows.push(row);
         rowInChunk = true;
       } else if (!rowInChunk) {
         // The row the previous chunk ended in goes on here.
         const b = bucketOfKey(key);
         if (delta === null || delta.bucket !== b) deltas.push((delta = { bucket: b, rows: 0, bytes: 0 }));
-        rows.push(hex(row));
+        rows.push(row);
         rowInChunk = true;
       }
       if (!hasCellKeyShape(key, row.length)) decodeCellTail(key, row.length); // throws, naming what is wrong
@@ -251,24 +264,112 @@ export class SnapshotIngest {
   }
 }
 
-/** The open sessions of a store; ShardStore.mutate reports every mutation's rows here. */
+/** The open watches (ingestions, bulk deletions) of a store; ShardStore.mutate reports every mutation's rows here. */
 export class IngestSessions {
-  private readonly open = new Set<SnapshotIngest>();
+  private readonly open = new Set<RangeWatch>();
 
   get size(): number {
     return this.open.size;
   }
 
-  add(s: SnapshotIngest): void {
+  add(s: RangeWatch): void {
     this.open.add(s);
   }
 
-  remove(s: SnapshotIngest): void {
+  remove(s: RangeWatch): void {
     this.open.delete(s);
   }
 
-  /** A mutation of these rows was called; `except` is the session that makes it. */
-  touch(prefixes: readonly Buffer[], except?: SnapshotIngest): void {
+  /** A mutation of these rows was called; `except` is the watch that makes it. */
+  touch(prefixes: readonly Buffer[], except?: RangeWatch): void {
     for (const s of this.open) if (s !== except) s.touch(prefixes);
   }
+}
+
+/**
+ * Deletes every cell of a watched range (deleteRange's cells), batchSize
+ * cells per batch extended to the end of the last row, without reading old
+ * values, counts or pointers again: each batch deletes whole rows, so each
+ * row's index entry and each column's pointer go (they exist exactly while
+ * the row or column has a cell), and the stats lose each row once and each
+ * cell's key and value bytes, as read. Exact for the same reasons as an
+ * ingestion: the watch was registered, then mutations in flight awaited,
+ * before the first read; a batch holds its rows' locks from before it looks
+ * at the taint until its batch is written; once the watch is tainted every
+ * later batch goes the exact way (`exact`: applyRaw of the deletes, which
+ * reads under the locks). Returns the number of cells deleted.
+ */
+export async function deleteCellsBulk(
+  host: IngestHost,
+  watch: RangeWatch,
+  bounds: { gte: Buffer; lt?: Buffer },
+  batchSize: number,
+): Promise<number> {
+  const subs = host.subs;
+  let from: { gte?: Buffer; gt?: Buffer } = { gte: bounds.gte };
+  let total = 0;
+  for (;;) {
+    let got = (await subs.cells.iterator(rangeOpts({ ...from, lt: bounds.lt }, { limit: batchSize })).all()) as [Buffer, Buffer][];
+    if (got.length === 0) return total;
+    // Whole rows: the rest of the last one.
+    const lastKey = got[got.length - 1]![0];
+    const rest = (await subs.cells.iterator(rangeOpts({ gt: lastKey, lt: rowBounds(rowPrefixOf(lastKey)).lt })).all()) as [Buffer, Buffer][];
+    if (rest.length > 0) got = got.concat(rest);
+    total += got.length;
+    from = { gt: got[got.length - 1]![0] };
+    if (watch.taintedBy === null) {
+      const plan = planDeletes(subs, got);
+      const applied = await host.lockRows(
+        plan.rows,
+        async () => {
+          if (watch.taintedBy !== null) return false;
+          await new Promise<void>((resolve, reject) =>
+            host.push({ plans: NO_PLANS, derived: NO_OPS, deltas: plan.deltas, ops: plan.ops, raw: plan.raw, sync: false, from: 'upkeep', resolve, reject }),
+          );
+          return true;
+        },
+        watch,
+      );
+      if (applied) {
+        watch.counts.bulk++;
+        continue;
+      }
+    }
+    await host.applyRaw(
+      got.map(([key]) => ({ sublevel: 'cells', key })),
+      { sync: false },
+    );
+    watch.counts.exact++;
+  }
+}
+
+/** The batch that deletes these cells (whole rows, in key order) and their rows' derived records, and its stats. */
+function planDeletes(subs: Subs, cells: [Buffer, Buffer][]): { ops: BatchOp[]; raw: RawOp[]; deltas: Delta[]; rows: Buffer[] } {
+  const ops: BatchOp[] = [];
+  const raw: RawOp[] = new Array(cells.length);
+  const deltas: Delta[] = [];
+  const rows: Buffer[] = [];
+  let row: Buffer | null = null;
+  let col: Buffer | null = null;
+  let delta: Delta | null = null;
+  for (let i = 0; i < cells.length; i++) {
+    const [key, value] = cells[i]!;
+    if (row === null || !startsWith(key, row)) {
+      row = key.subarray(0, rowPrefixLength(key));
+      col = null;
+      ops.push({ type: 'del', sublevel: subs.rowindex, key: rowIndexKey(row) });
+      const b = bucketOfKey(key);
+      if (delta === null || delta.bucket !== b) deltas.push((delta = { bucket: b, rows: 0, bytes: 0 }));
+      delta.rows--;
+      rows.push(row);
+    }
+    if (col === null || col.length !== key.length - TIMESTAMP_BYTES || !startsWith(key, col)) {
+      col = key.subarray(0, key.length - TIMESTAMP_BYTES);
+      ops.push({ type: 'del', sublevel: subs.latest, key: col });
+    }
+    delta!.bytes -= key.length + value.length;
+    ops.push({ type: 'del', sublevel: subs.cells, key });
+    raw[i] = { sublevel: 'cells', key };
+  }
+  return { ops, raw, deltas, rows };
 }

@@ -57,7 +57,7 @@ import { entries, hex, lookup, metaKeysIn, PER_ROW, rangeOpts, sublevels, type B
 import { DiskFullGuard, diskSpaceOf, type DiskSpace, type DiskState } from './store-disk.js';
 import { checkHeld, getLease, hasLease, planDropLease, planPutLease, takeLease } from './store-leases.js';
 import { loadStore, recountStats, reopenStore, verifyDerived } from './store-open.js';
-import { IngestSessions, SnapshotIngest } from './store-ingest.js';
+import { deleteCellsBulk, IngestSessions, RangeWatch, SnapshotIngest, type IngestHost } from './store-ingest.js';
 import { mergeRowWrites, planRawOps, planWrite, RowLocks, RowPlan } from './store-plan.js';
 import { freshWindowStart, PrefixMatchCounts, readCells, scanByRowKey, scanPage, scansByRowKey, walkThreshold, windowRows, type RowCellsOut } from './store-reads.js';
 import {
@@ -553,33 +553,53 @@ export class ShardStore {
    * when the snapshot is in (or the copy failed).
    */
   async beginIngest(range: HashRange): Promise<SnapshotIngest> {
-    this.assertOpen();
-    const session = new SnapshotIngest(range, {
-      subs: this.subs,
-      clock: () => this.clock,
-      lockRows: (rowKeys, fn, s) => this.mutate([], fn, { rowKeys, ingest: s }),
-      push: (p) => this.writer.push(p),
-      applyRaw: (ops, o) => this.applyRaw(ops, o),
-      closed: (s) => this.ingests.remove(s),
-    });
-    // Registered before the wait: a mutation called from now on taints it; one called before has finished after the wait.
-    this.ingests.add(session);
-    try {
-      await this.drain();
-      const held = this.writer.stats.range(range);
-      if (held.rows !== 0 || held.bytes !== 0) session.taint(`the range is not empty (${held.rows} rows, ${held.bytes} bytes)`);
-    } catch (err) {
-      session.close();
-      throw err;
-    }
+    const session = await this.watchRange(new SnapshotIngest(range, this.ingestHost()));
+    const held = this.writer.stats.range(range);
+    if (held.rows !== 0 || held.bytes !== 0) session.taint(`the range is not empty (${held.rows} rows, ${held.bytes} bytes)`);
     return session;
   }
 
-  /** Deletes every per-row key in a range, batchSize keys per batch, keeping stats exact. Returns the number of keys deleted. */
+  /** What store-ingest.ts's sessions need of the store. */
+  private ingestHost(): IngestHost {
+    return {
+      subs: this.subs,
+      clock: () => this.clock,
+      lockRows: (prefixes, fn, watch) => this.mutate(prefixes, fn, watch),
+      push: (p) => this.writer.push(p),
+      applyRaw: (ops, o) => this.applyRaw(ops, o),
+      closed: (watch) => this.ingests.remove(watch),
+    };
+  }
+
+  /** Registers a watch of a range, then waits for the mutations already in flight: from then on every mutation of the range taints it. */
+  private async watchRange<W extends RangeWatch>(watch: W): Promise<W> {
+    this.assertOpen();
+    this.ingests.add(watch);
+    try {
+      await this.drain();
+    } catch (err) {
+      watch.close();
+      throw err;
+    }
+    return watch;
+  }
+
+  /**
+   * Deletes every per-row key in a range, batchSize keys per batch, keeping stats exact. Returns the number of keys deleted.
+   * Cells go in whole rows with their derived records and stats computed from what is read (store-ingest.ts
+   * deleteCellsBulk), unless a mutation of the range comes meanwhile (then by applyRaw, which reads again under the locks).
+   */
   async deleteRange(range: HashRange, batchSize = 1000): Promise<number> {
     const bounds = hashRangeBounds(range);
     let total = 0;
+    const watch = await this.watchRange(new RangeWatch(range, this.ingestHost()));
+    try {
+      total += await deleteCellsBulk(this.ingestHost(), watch, bounds, batchSize);
+    } finally {
+      watch.close();
+    }
     for (const name of PER_ROW) {
+      if (name === 'cells') continue;
       let from: { gte?: Buffer; gt?: Buffer } = { gte: bounds.gte };
       for (;;) {
         const keys = (await this.subs[name].keys(rangeOpts({ ...from, lt: bounds.lt }, { limit: batchSize })).all()) as Buffer[];
@@ -625,17 +645,17 @@ export class ShardStore {
 
   /**
    * Runs fn holding the locks of the given rows; the lock queue is joined synchronously, at call time.
-   * Open snapshot ingestions learn of the rows first (a snapshot ingestion's own chunks pass `own`: their row keys, and the session).
+   * Open range watches (snapshot ingestions, bulk deletions) learn of the rows first; a watch's own batches pass it as `own`.
    */
-  private mutate<T>(prefixes: Buffer[], fn: () => Promise<T>, own?: { rowKeys: string[]; ingest: SnapshotIngest }): Promise<T> {
+  private mutate<T>(prefixes: Buffer[], fn: () => Promise<T>, own?: RangeWatch): Promise<T> {
     try {
       this.assertOpen();
       if (this.disk.full) throw this.disk.full; // refused before any row lock or read: nothing can be written
     } catch (err) {
       return Promise.reject(err);
     }
-    if (this.ingests.size > 0) this.ingests.touch(prefixes, own?.ingest);
-    const locked = this.locks.acquire(own ? own.rowKeys : prefixes.map(hex));
+    if (this.ingests.size > 0) this.ingests.touch(prefixes, own);
+    const locked = this.locks.acquire(prefixes.map(hex));
     return this.track(
       locked.then(async (release) => {
         try {
