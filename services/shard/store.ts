@@ -58,6 +58,7 @@ import { entries, hex, lookup, lookupAcross, metaKeysIn, PER_ROW, rangeOpts, sub
 import { DiskFullGuard, diskSpaceOf, type DiskSpace, type DiskState } from './store-disk.js';
 import { checkHeld, getLease, hasLease, planDropLease, planPutLease, takeLease } from './store-leases.js';
 import { loadStore, recountStats, reopenStore, verifyDerived } from './store-open.js';
+import { deleteCellsBulk, IngestSessions, RangeWatch, SnapshotIngest, type IngestHost } from './store-ingest.js';
 import { decodeCount, mergeRowWrites, planRawOps, planWrite, RowLocks, RowPlan } from './store-plan.js';
 import { freshWindowStart, PrefixMatchCounts, readCells, scanByRowKey, scanPage, scansByRowKey, walkThreshold, windowRows, type RowCellsOut } from './store-reads.js';
 import {
@@ -82,6 +83,7 @@ export { DEFAULT_REQUEST_ID_TTL_MS } from './store-reqids.js';
 export { DEFAULT_SCAN_PAGE, SCAN_EXAMINE_BUDGET, WALK_MIN_ROWS, type RowCellsOut } from './store-reads.js';
 export type { RangeStats, Sequencer } from './store-writer.js';
 export type { BatchOp } from './store-db.js';
+export type { IngestPath, SnapshotIngest } from './store-ingest.js';
 
 export interface StoreOptions {
   /** How long a request id is remembered (default 10 minutes). */
@@ -95,11 +97,15 @@ export interface StoreOptions {
 }
 
 const READ_CONCURRENCY = 32;
+/** Entries per nextv of exportRange: a 1 MiB chunk of 100-byte rows is ~10k entries. */
+const EXPORT_NEXTV = 1024;
 const CLIENT: WriteSource = Object.freeze({ from: 'client' });
 const UPKEEP: WriteSource = Object.freeze({ from: 'upkeep' });
 
 export class ShardStore {
   private readonly locks = new RowLocks();
+  /** Open snapshot ingestions (beginIngest): every mutation's rows are reported to them. */
+  private readonly ingests = new IngestSessions();
   private readonly inflight = new Set<Promise<unknown>>();
   /** How many rows recent prefix scans matched here: whether a window is walked or read by the index (see scan). */
   private readonly prefixCounts = new PrefixMatchCounts();
@@ -500,14 +506,24 @@ export class ShardStore {
       let chunk: RawOp[] = [];
       let size = 0;
       for (const name of PER_ROW) {
-        for await (const [key, value] of entries(this.subs[name], bounds, { snapshot })) {
-          chunk.push({ sublevel: name, key, value });
-          size += key.length + value.length;
-          if (size >= chunkBytes) {
-            yield chunk;
-            chunk = [];
-            size = 0;
+        // Read in batches of entries straight from the iterator (not one await per entry through a generator).
+        const it = this.subs[name].iterator(rangeOpts(bounds, { snapshot }));
+        try {
+          for (;;) {
+            const got = (await it.nextv(EXPORT_NEXTV)) as [Buffer, Buffer][];
+            if (got.length === 0) break;
+            for (const [key, value] of got) {
+              chunk.push({ sublevel: name, key, value });
+              size += key.length + value.length;
+              if (size >= chunkBytes) {
+                yield chunk;
+                chunk = [];
+                size = 0;
+              }
+            }
           }
+        } finally {
+          await it.close();
         }
       }
       if (chunk.length > 0) yield chunk;
@@ -531,11 +547,64 @@ export class ShardStore {
     });
   }
 
-  /** Deletes every per-row key in a range, batchSize keys per batch, keeping stats exact. Returns the number of keys deleted. */
+  /**
+   * Opens a bulk ingestion of a range's snapshot (a move's COPY chunks) into
+   * the range, which must hold no cell (deleteRange first): chunks as
+   * exportRange makes them are then written as raw batches with derived
+   * records and stats computed from the chunks, without reads (store-ingest.ts
+   * says why that is exact). Any other mutation of the range while the
+   * session is open, or a chunk not shaped like a snapshot's, makes the
+   * session apply every later chunk by the exact path (applyRaw). Close it
+   * when the snapshot is in (or the copy failed).
+   */
+  async beginIngest(range: HashRange): Promise<SnapshotIngest> {
+    const session = await this.watchRange(new SnapshotIngest(range, this.ingestHost()));
+    const held = this.writer.stats.range(range);
+    if (held.rows !== 0 || held.bytes !== 0) session.taint(`the range is not empty (${held.rows} rows, ${held.bytes} bytes)`);
+    return session;
+  }
+
+  /** What store-ingest.ts's sessions need of the store. */
+  private ingestHost(): IngestHost {
+    return {
+      subs: this.subs,
+      clock: () => this.clock,
+      lockRows: (prefixes, fn, watch) => this.mutate(prefixes, fn, watch),
+      push: (p) => this.writer.push(p),
+      applyRaw: (ops, o) => this.applyRaw(ops, o),
+      closed: (watch) => this.ingests.remove(watch),
+    };
+  }
+
+  /** Registers a watch of a range, then waits for the mutations already in flight: from then on every mutation of the range taints it. */
+  private async watchRange<W extends RangeWatch>(watch: W): Promise<W> {
+    this.assertOpen();
+    this.ingests.add(watch);
+    try {
+      await this.drain();
+    } catch (err) {
+      watch.close();
+      throw err;
+    }
+    return watch;
+  }
+
+  /**
+   * Deletes every per-row key in a range, batchSize keys per batch, keeping stats exact. Returns the number of keys deleted.
+   * Cells go in whole rows with their derived records and stats computed from what is read (store-ingest.ts
+   * deleteCellsBulk), unless a mutation of the range comes meanwhile (then by applyRaw, which reads again under the locks).
+   */
   async deleteRange(range: HashRange, batchSize = 1000): Promise<number> {
     const bounds = hashRangeBounds(range);
     let total = 0;
+    const watch = await this.watchRange(new RangeWatch(range, this.ingestHost()));
+    try {
+      total += await deleteCellsBulk(this.ingestHost(), watch, bounds, batchSize);
+    } finally {
+      watch.close();
+    }
     for (const name of PER_ROW) {
+      if (name === 'cells') continue;
       let from: { gte?: Buffer; gt?: Buffer } = { gte: bounds.gte };
       for (;;) {
         const keys = (await this.subs[name].keys(rangeOpts({ ...from, lt: bounds.lt }, { limit: batchSize })).all()) as Buffer[];
@@ -579,14 +648,18 @@ export class ShardStore {
     return p;
   }
 
-  /** Runs fn holding the locks of the given rows; the lock queue is joined synchronously, at call time. */
-  private mutate<T>(prefixes: Buffer[], fn: () => Promise<T>): Promise<T> {
+  /**
+   * Runs fn holding the locks of the given rows; the lock queue is joined synchronously, at call time.
+   * Open range watches (snapshot ingestions, bulk deletions) learn of the rows first; a watch's own batches pass it as `own`.
+   */
+  private mutate<T>(prefixes: Buffer[], fn: () => Promise<T>, own?: RangeWatch): Promise<T> {
     try {
       this.assertOpen();
       if (this.disk.full) throw this.disk.full; // refused before any row lock or read: nothing can be written
     } catch (err) {
       return Promise.reject(err);
     }
+    if (this.ingests.size > 0) this.ingests.touch(prefixes, own);
     const locked = this.locks.acquire(prefixes.map(hex));
     return this.track(
       locked.then(async (release) => {

@@ -4,9 +4,12 @@
  *
  * PullRange (called by the master): refuse if D owns any of R; delete any
  * leftover of R; open TransferRange on S; check sequence numbers, phases and
- * both checksums (StreamVerifier, transfer-wire.ts); apply each chunk with one
- * store.applyRaw (one atomic batch, which also moves D's clock past every
- * received timestamp) and acknowledge it; apply the fenced tail with sync,
+ * both checksums (StreamVerifier, transfer-wire.ts); apply each chunk as one
+ * atomic batch (which also moves D's clock past every received timestamp)
+ * and acknowledge it: snapshot (COPY) chunks through a bulk ingestion of the
+ * emptied range (store.beginIngest, store-ingest.ts: raw batches, derived
+ * records and stats computed from the chunks), the log's chunks with
+ * store.applyRaw (exact: they may overwrite and delete); apply the fenced tail with sync,
  * finish with a synced write, acknowledge `end`, wait for `sealed`, and only
  * then report READY (so the master can only commit a move whose source holds
  * a sealed fence). Any failure fails the call; the master then aborts the
@@ -30,7 +33,7 @@ import type { HashRange } from '../common/ranges.js';
 import { showRange } from '../common/ranges.js';
 import { subtractRanges, type RangeJanitor } from './fence.js';
 import type { MoveRegistry, MoveTask } from './move-tasks.js';
-import type { ShardStore } from './store.js';
+import type { ShardStore, SnapshotIngest } from './store.js';
 import { MAX_TRANSFER_MS, PROGRESS_INTERVAL_MS, StreamVerifier, TransferPhase, type PullParams, type TransferParams } from './transfer-wire.js';
 
 /** What the destination's side of a move needs from its shard (ShardNode implements it). */
@@ -41,7 +44,7 @@ export interface TransferSink {
   readonly nodeId: string;
   readonly map: { readonly epoch: bigint };
   readonly opts: { readonly advertise: string };
-  readonly store: Pick<ShardStore, 'deleteRange' | 'applyRaw' | 'putMeta'>;
+  readonly store: Pick<ShardStore, 'deleteRange' | 'applyRaw' | 'putMeta' | 'beginIngest'>;
   readonly janitor: Pick<RangeJanitor, 'settled' | 'forget'>;
   readonly moves: MoveRegistry;
   /** Clients of the other shards, and this shard's server token for calling them. */
@@ -136,6 +139,12 @@ export async function runPull(node: TransferSink, p: PullParams, ctx: RpcContext
     });
   };
   let stream: ClientReadableStream<TransferRangeResponse> | undefined;
+  let ingest: SnapshotIngest | undefined;
+  const endIngest = () => {
+    if (!ingest || ingest.closed) return;
+    ingest.close();
+    if (ingest.taintedBy) log.info('snapshot chunks went the exact way', { moveId: p.moveId, why: ingest.taintedBy, bulk: ingest.counts.bulk, exact: ingest.counts.exact });
+  };
   const startedAt = Date.now();
   log.info('pull started', { moveId: p.moveId, range: showRange(p.range), source: p.sourceShardId, sourceAddress: p.sourceAddress });
   try {
@@ -146,6 +155,11 @@ export async function runPull(node: TransferSink, p: PullParams, ctx: RpcContext
     await node.janitor.forget(p.range);
     task.check();
     await store.deleteRange(p.range);
+    task.check();
+    // The range is empty now: the snapshot's chunks go in as raw batches with their derived records and stats
+    // computed from the chunks (store-ingest.ts); the log (catch-up, fenced tail) may overwrite and delete, so it
+    // keeps the exact path. Closed when the snapshot is in, or in `finally`.
+    ingest = await store.beginIngest(p.range);
     task.check();
     const peer = sourceClient(node, p.sourceAddress);
     stream = peer.transfer(p, Math.min(ctx.deadline, Date.now() + MAX_TRANSFER_MS));
@@ -169,7 +183,8 @@ export async function runPull(node: TransferSink, p: PullParams, ctx: RpcContext
         sourceMaxFenceMs = ev.maxFenceMs;
       } else if (ev.kind === 'chunk') {
         // One chunk, one atomic batch; the fenced tail goes straight to disk.
-        await store.applyRaw(ev.ops, { sync: ev.phase === TransferPhase.TRANSFER_PHASE_FENCED });
+        if (ev.phase === TransferPhase.TRANSFER_PHASE_COPY && ingest && !ingest.closed) await ingest.apply(ev.ops, { sync: false });
+        else await store.applyRaw(ev.ops, { sync: ev.phase === TransferPhase.TRANSFER_PHASE_FENCED });
         if (ev.phase === TransferPhase.TRANSFER_PHASE_COPY) failpoint('dest-during-copy');
         if (ev.phase === TransferPhase.TRANSFER_PHASE_CATCH_UP) failpoint('dest-during-catch-up');
         task.check();
@@ -177,6 +192,7 @@ export async function runPull(node: TransferSink, p: PullParams, ctx: RpcContext
         task.phase = ev.phase;
         await report();
       } else if (ev.kind === 'snapshotDone') {
+        endIngest();
         task.phase = TransferPhase.TRANSFER_PHASE_CATCH_UP;
         await report();
       } else if (ev.kind === 'end') {
@@ -200,6 +216,7 @@ export async function runPull(node: TransferSink, p: PullParams, ctx: RpcContext
     log.warn('pull failed', { moveId: p.moveId, range: showRange(p.range), chunks: v.chunks, bytes: v.bytes, error: e.message });
     throw e;
   } finally {
+    endIngest();
     if (stream && !v.sealed) stream.cancel();
     moves.finish(task);
   }
