@@ -8,7 +8,8 @@ import { afterAll, describe, expect, it } from '@jest/globals';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ShardControlServiceClient } from '../../proto/gen/cairn/v1/control.js';
+import { Server, ServerCredentials, type ServerDuplexStream } from '@grpc/grpc-js';
+import { ShardControlServiceClient, ShardControlServiceService, type ReplicateRequest, type ReplicateResponse } from '../../proto/gen/cairn/v1/control.js';
 import { CairnError } from '../common/errors.js';
 import { ClientPool } from '../common/grpc.js';
 import { HASH_SPACE_END, rowHash } from '../common/hash.js';
@@ -27,19 +28,19 @@ afterAll(async () => {
 
 const ME = 's1';
 const range = (r: Partial<MapRange>): MapRange => ({ start: 0n, end: HASH_SPACE_END, shardId: ME, replicas: [ME, 's2'], inSync: [ME], version: 1n, ...r });
-const mapOf = (epoch: bigint, r: MapRange): ClusterMap => ({
+const mapOf = (epoch: bigint, r: MapRange, s2 = '127.0.0.1:1'): ClusterMap => ({
   epoch,
   clusterId: 'c-test',
   replicationFactor: 2,
   ranges: [r],
   shards: [
     { id: ME, address: '127.0.0.1:1' },
-    { id: 's2', address: '127.0.0.1:1' },
+    { id: 's2', address: s2 },
   ],
 } as unknown as ClusterMap);
 
 /** A replicator on a real store whose map the test sets; `afterNumbering` runs just after the sequencer numbers a batch. */
-async function primary(): Promise<{ store: ShardStore; replicator: Replicator; host: { map: ClusterMap; rangeLogs: RangeLogs }; afterNumbering: { run?: () => void } }> {
+async function primary(timings = { leaseMs: 50, ackTimeoutMs: 200 }): Promise<{ store: ShardStore; replicator: Replicator; host: { map: ClusterMap; rangeLogs: RangeLogs }; afterNumbering: { run?: () => void } }> {
   const dir = await mkdtemp(join(tmpdir(), 'cairn-replicator-'));
   dirs.push(dir);
   const store = await ShardStore.open(dir);
@@ -73,7 +74,7 @@ async function primary(): Promise<{ store: ShardStore; replicator: Replicator; h
         ),
     },
   };
-  const replicator = new Replicator(host as unknown as ReplicatorHost, { leaseMs: 50, ackTimeoutMs: 200 });
+  const replicator = new Replicator(host as unknown as ReplicatorHost, timings);
   closers.push(async () => {
     replicator.close();
     controlPeers.close();
@@ -197,5 +198,46 @@ describe('WorkSignal', () => {
     expect(before).toBe('asleep');
     work.signal();
     expect(await waiting).toBe('woken');
+  });
+
+  it('sends an empty append only when one is due: never right after a batch was answered, and every beat interval while idle', async () => {
+    // Defect: each batch's answer was followed at once by an empty append (the link had nothing new, so it
+    // sent a heartbeat before waiting): about a fifth of the messages under load carried nothing, while every
+    // answer had just renewed the lease.
+    const got: Array<{ at: number; entries: number }> = [];
+    const server = new Server();
+    server.addService(ShardControlServiceService, {
+      replicate: (call: ServerDuplexStream<ReplicateRequest, ReplicateResponse>) => {
+        call.on('data', (req: ReplicateRequest) => {
+          got.push({ at: Date.now(), entries: req.entries.length });
+          const last = req.entries.at(-1);
+          const lsn = last?.lsn ?? req.prevLsn;
+          const term = last?.term ?? req.prevTerm;
+          call.write({ version: req.version, outcome: 'ACCEPTED', lastLsn: lsn, lastTerm: term, message: '', logEndLsn: lsn, logEndTerm: term });
+        });
+        call.on('error', () => undefined);
+      },
+    } as never);
+    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    closers.push(() => void server.forceShutdown());
+    const { store, replicator, host } = await primary({ leaseMs: 800, ackTimeoutMs: 2000 }); // beats every 200 ms
+    await install(host, replicator, mapOf(1n, range({ inSync: [ME, 's2'] }), `127.0.0.1:${port}`));
+    for (let i = 0; i < 5; i++) {
+      await write(store, `row-${i}`);
+      await replicator.committed([rowHash(`row-${i}`)]);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const batches = got.filter((m) => m.entries > 0);
+    expect(batches.length).toBeGreaterThanOrEqual(1);
+    // An empty append comes only a beat interval (200 ms) after the message before it, never right after an answer.
+    await new Promise((r) => setTimeout(r, 100));
+    const gaps = got.slice(1).flatMap((m, i) => (m.entries === 0 ? [m.at - got[i]!.at] : []));
+    expect(gaps.filter((ms) => ms < 150)).toEqual([]);
+    // Idle, the link still beats (the lease stays renewed): about one empty append per 200 ms.
+    const before = got.length;
+    await new Promise((r) => setTimeout(r, 700));
+    const beats = got.slice(before).filter((m) => m.entries === 0).length;
+    expect(beats).toBeGreaterThanOrEqual(2);
+    expect(beats).toBeLessThanOrEqual(5);
   });
 });

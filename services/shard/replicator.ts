@@ -517,6 +517,12 @@ export class Replicator {
 /** One follower's stream from this primary. */
 class FollowerLink {
   private stopped = false;
+  /** When this link last sent appends or a heartbeat (0: never; the first message goes at once). */
+  private lastSentAt = 0;
+  /** The heartbeat interval: an idle link sends an empty append this often, so the lease stays renewed. */
+  private get beatMs(): number {
+    return Math.floor(this.r.timings.leaseMs / 4);
+  }
   /** When the follower last answered on this link. */
   private lastAnswerAt = 0;
   /**
@@ -587,8 +593,11 @@ class FollowerLink {
     const answers = stream[Symbol.asyncIterator]() as AsyncIterator<ReplicateResponse>;
     // What the last stream sent and never heard back about may be lost: send again after what the follower acknowledged.
     this.g.state.reconnected(this.follower);
+    // A new stream starts with a message at once (it probes the follower's log).
+    this.lastSentAt = 0;
     const ask = async (req: Partial<ReplicateRequest>): Promise<ReplicateResponse> => {
       const g = this.g;
+      this.lastSentAt = Date.now();
       stream.write({
         start: g.range.start,
         end: endToProto(g.range.end),
@@ -621,8 +630,20 @@ class FollowerLink {
       while (this.live) {
         const now = Date.now();
         const seen = this.g.work.seen;
-        const send = this.g.state.nextSend(this.follower, 10_000, now) ?? this.g.state.heartbeat(this.follower, now);
-        if (!send) return;
+        let send = this.g.state.nextSend(this.follower, 10_000, now);
+        if (!send) {
+          const beat = this.g.state.heartbeat(this.follower, now);
+          if (!beat) return;
+          // Nothing new: an empty message only when one is due. Every answer renews the lease, so right after
+          // one (defect: each batch's answer was followed at once by an empty message, a fifth of all messages
+          // under load) the link waits for work or for the heartbeat interval instead.
+          const idle = now - this.lastSentAt;
+          if (idle < this.beatMs) {
+            await this.g.work.wait(this.beatMs - idle, seen);
+            continue;
+          }
+          send = beat;
+        }
         let entries: LogEntry[] | undefined = [];
         if (send.toLsn >= send.fromLsn) {
           entries = this.g.log.entriesFrom(send.fromLsn, APPEND_BYTES);
@@ -646,7 +667,7 @@ class FollowerLink {
         });
         const refusal = await this.answer(res, sentAt);
         if (refusal) await this.snapshot(ask, refusal);
-        if (entries.length === 0) await this.g.work.wait(Math.floor(this.r.timings.leaseMs / 4), seen);
+        if (entries.length === 0) await this.g.work.wait(this.beatMs, seen);
       }
     } finally {
       stream.cancel();
