@@ -200,6 +200,24 @@ describe('WorkSignal', () => {
     expect(await waiting).toBe('woken');
   });
 
+  it('finds a group that started after a lookup of its range found none', async () => {
+    // groupOfHash keeps each range's group per map: a group that starts later under the same map is found at once.
+    const { replicator, host } = await primary();
+    const mid = 1n << 63n;
+    const two = (b: Partial<MapRange>): ClusterMap => ({ ...mapOf(1n, range({ end: mid })), ranges: [range({ end: mid }), range({ start: mid, ...b })] }) as ClusterMap;
+    await install(host, replicator, two({ shardId: 's2', replicas: ['s2', ME], inSync: ['s2'] }));
+    let inB = 0;
+    while (rowHash(`r${inB}`) < mid) inB++;
+    const hash = rowHash(`r${inB}`);
+    const map = two({ version: 2n });
+    host.map = map;
+    const starting = replicator.onMap(map); // takes the map at once, starts B's group after an await
+    expect(() => replicator.assertServing(hash, false)).toThrow(/not ready to serve on shard s1 yet/);
+    await starting;
+    await new Promise((r) => setTimeout(r, 60)); // past the new primary's lease wait
+    expect(() => replicator.assertServing(hash, false)).not.toThrow();
+  });
+
   it('sends an empty append only when one is due: never right after a batch was answered, and every beat interval while idle', async () => {
     // Defect: each batch's answer was followed at once by an empty append (the link had nothing new, so it
     // sent a heartbeat before waiting): about a fifth of the messages under load carried nothing, while every

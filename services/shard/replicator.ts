@@ -201,6 +201,9 @@ class PrimaryGroup {
 
 export class Replicator {
   private readonly groups = new Map<string, PrimaryGroup>();
+  /** Bumped whenever `groups` changes (groupOfHash's cache). */
+  private groupsChanged = 0;
+  private byIndex: { map: ClusterMap | undefined; groups: number; previous: ClusterMap | undefined; at: Array<PrimaryGroup | null | undefined> } = { map: undefined, groups: -1, previous: undefined, at: [] };
   private timer: NodeJS.Timeout | undefined;
   /** The map of the last onMap: who was the primary of each range before. */
   private previous: ClusterMap | undefined;
@@ -269,6 +272,7 @@ export class Replicator {
       // restart too: the map may have changed while this process was down).
       const g = new PrimaryGroup(r, log, state, wasPrimary(r) ? 0 : Date.now() + this.timings.leaseMs);
       this.groups.set(key, g);
+      this.groupsChanged++;
       this.host.log.info('primary of a replicated range', { range: showRange(r), version: String(r.version ?? 0n), followers: state.inSync, learners: state.learners, lastLsn: String(log.lastLsn) });
       this.startLinks(g, map);
     }
@@ -276,6 +280,7 @@ export class Replicator {
 
   private end(key: string, g: PrimaryGroup, why: string): void {
     this.groups.delete(key);
+    this.groupsChanged++;
     g.fail(new CairnError('NOT_READY', `${why}; retry`, { retryAfterMs: 100 }));
   }
 
@@ -284,8 +289,21 @@ export class Replicator {
     if (this.groups.size === 0) return undefined;
     const map = this.host.map;
     const i = findRangeIndex(map.ranges, hash);
-    const g = i < 0 ? undefined : this.groups.get(rangeKey(map.ranges[i]!));
-    if (g || this.previous === map) return g;
+    if (i < 0) return this.wholeGroupOf(hash, map);
+    // Called per op and per row of every write: the group of each of the map's ranges is looked up (by its
+    // key, two bigints printed) once per map and set of groups, not per call.
+    let c = this.byIndex;
+    if (c.map !== map || c.groups !== this.groupsChanged || c.previous !== this.previous) {
+      c = this.byIndex = { map, groups: this.groupsChanged, previous: this.previous, at: new Array<PrimaryGroup | null | undefined>(map.ranges.length) };
+    }
+    let g = c.at[i];
+    if (g === undefined) g = c.at[i] = this.groups.get(rangeKey(map.ranges[i]!)) ?? null;
+    return g ?? this.wholeGroupOf(hash, map);
+  }
+
+  /** The group of no range of the map: while the replicator has not seen the map yet, the group of a whole range split in it. */
+  private wholeGroupOf(hash: bigint, map: ClusterMap): PrimaryGroup | undefined {
+    if (this.previous === map) return undefined;
     // The shard took a map this replicator has not seen yet (onMap comes after some awaits): a range
     // split in it is still numbered by its whole range's group until onMap splits that group.
     for (const whole of this.groups.values()) if (whole.range.start <= hash && hash < whole.range.end) return whole;
@@ -328,6 +346,7 @@ export class Replicator {
         child.numberedLsn = whole.numberedLsn;
         this.host.rangeLogs.put(r, log);
         this.groups.set(rangeKey(r), child);
+        this.groupsChanged++;
         children.push(child);
       }
       whole.splitInto = children.map((c) => ({ group: c, inPart: inRange(c.range) }));
