@@ -17,6 +17,9 @@ import type { ClusterMap, MapRange } from '../common/map.js';
 import { quietLogger } from '../../test/harness/inproc.js';
 import { positionFromJson, RangeLogs } from './replica-log.js';
 import { Replicator, WorkSignal, type ReplicatorHost } from './replicator.js';
+import { unpackOps } from './replica-wire.js';
+import type { RawOp } from './store-db.js';
+import { fromWireOps } from './transfer-wire.js';
 import { ShardStore, type Sequencer } from './store.js';
 
 const dirs: string[] = [];
@@ -89,6 +92,27 @@ async function install(host: { map: ClusterMap }, replicator: Replicator, map: C
 }
 
 const write = (store: ShardStore, row: string) => store.writeRows([{ row, cells: [{ column: 'c', value: Buffer.from('v'), timestampUs: 0n }], replace: false }], { requestId: '', sync: false });
+
+/** A follower that takes every append and answers ACCEPTED; it records what came, and says whether it reads packed ops. */
+async function fakeFollower(readsPackedOps: boolean): Promise<{ port: number; got: Array<{ at: number; entries: number; req: ReplicateRequest }> }> {
+  const got: Array<{ at: number; entries: number; req: ReplicateRequest }> = [];
+  const server = new Server();
+  server.addService(ShardControlServiceService, {
+    replicate: (call: ServerDuplexStream<ReplicateRequest, ReplicateResponse>) => {
+      call.on('data', (req: ReplicateRequest) => {
+        got.push({ at: Date.now(), entries: req.entries.length, req });
+        const last = req.entries.at(-1);
+        const lsn = last?.lsn ?? req.prevLsn;
+        const term = last?.term ?? req.prevTerm;
+        call.write({ version: req.version, outcome: 'ACCEPTED', lastLsn: lsn, lastTerm: term, message: '', logEndLsn: lsn, logEndTerm: term, readsPackedOps });
+      });
+      call.on('error', () => undefined);
+    },
+  } as never);
+  const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+  closers.push(() => void server.forceShutdown());
+  return { port, got };
+}
 
 describe('Replicator', () => {
   it('refuses a write to a replicated range it is no longer the primary of, and never acknowledges one numbered by a group that ended', async () => {
@@ -222,22 +246,7 @@ describe('WorkSignal', () => {
     // Defect: each batch's answer was followed at once by an empty append (the link had nothing new, so it
     // sent a heartbeat before waiting): about a fifth of the messages under load carried nothing, while every
     // answer had just renewed the lease.
-    const got: Array<{ at: number; entries: number }> = [];
-    const server = new Server();
-    server.addService(ShardControlServiceService, {
-      replicate: (call: ServerDuplexStream<ReplicateRequest, ReplicateResponse>) => {
-        call.on('data', (req: ReplicateRequest) => {
-          got.push({ at: Date.now(), entries: req.entries.length });
-          const last = req.entries.at(-1);
-          const lsn = last?.lsn ?? req.prevLsn;
-          const term = last?.term ?? req.prevTerm;
-          call.write({ version: req.version, outcome: 'ACCEPTED', lastLsn: lsn, lastTerm: term, message: '', logEndLsn: lsn, logEndTerm: term });
-        });
-        call.on('error', () => undefined);
-      },
-    } as never);
-    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
-    closers.push(() => void server.forceShutdown());
+    const { got, port } = await fakeFollower(false);
     const { store, replicator, host } = await primary({ leaseMs: 800, ackTimeoutMs: 2000 }); // beats every 200 ms
     await install(host, replicator, mapOf(1n, range({ inSync: [ME, 's2'] }), `127.0.0.1:${port}`));
     for (let i = 0; i < 5; i++) {
@@ -257,5 +266,40 @@ describe('WorkSignal', () => {
     const beats = got.slice(before).filter((m) => m.entries === 0).length;
     expect(beats).toBeGreaterThanOrEqual(2);
     expect(beats).toBeLessThanOrEqual(5);
+  });
+
+  it('packs an entry\'s ops once for every follower that says it reads them, and sends TransferOps to one that does not', async () => {
+    // A follower from before packed ops would take a packed entry as one without ops: it never gets one.
+    const older = await fakeFollower(false);
+    const newer = await fakeFollower(true);
+    const { store, replicator, host } = await primary({ leaseMs: 800, ackTimeoutMs: 2000 });
+    const map = {
+      ...mapOf(1n, range({ replicas: [ME, 's2', 's3'], inSync: [ME, 's2', 's3'] }), `127.0.0.1:${older.port}`),
+      shards: [
+        { id: ME, address: '127.0.0.1:1' },
+        { id: 's2', address: `127.0.0.1:${older.port}` },
+        { id: 's3', address: `127.0.0.1:${newer.port}` },
+      ],
+    } as unknown as ClusterMap;
+    await install(host, replicator, map);
+    for (let i = 0; i < 4; i++) {
+      await write(store, `p-${i}`);
+      await replicator.committed([rowHash(`p-${i}`)]);
+    }
+    const sent = (f: typeof older) => f.got.flatMap((m) => m.req.entries);
+    expect(sent(older).length).toBeGreaterThanOrEqual(4);
+    for (const e of sent(older)) {
+      expect(e.packedOps.length).toBe(0);
+      expect(e.ops.length).toBeGreaterThan(0);
+    }
+    expect(sent(newer).length).toBeGreaterThanOrEqual(4);
+    const all = { start: 0n, end: HASH_SPACE_END };
+    const shown = (ops: RawOp[]) => ops.map((o) => [o.sublevel, Buffer.from(o.key).toString('hex'), o.value && Buffer.from(o.value).toString('hex')]);
+    for (const e of sent(newer)) {
+      // Its first answer (to the probe) said so: every entry after it is packed, and holds the ops the other follower got.
+      expect(e.ops.length).toBe(0);
+      const same = sent(older).find((o) => o.lsn === e.lsn)!;
+      expect(shown(unpackOps(e.packedOps, all))).toEqual(shown(fromWireOps(same.ops, all)));
+    }
   });
 });

@@ -30,7 +30,10 @@ import { positionKey, positionToJson, projectEntry, strictlyContains, type LogEn
 import { PrimaryReplication } from './replication.js';
 import { maxLsn } from './replication-primary.js';
 import type { BatchOp, RawOp, ShardStore } from './store.js';
+import { packOps } from './replica-wire.js';
 import { opsBytes, toWireOps } from './transfer-wire.js';
+
+const NO_BYTES = Buffer.alloc(0);
 
 /** Replication timings (shard config). */
 export interface ReplicationTimings {
@@ -614,6 +617,8 @@ class FollowerLink {
     this.g.state.reconnected(this.follower);
     // A new stream starts with a message at once (it probes the follower's log).
     this.lastSentAt = 0;
+    /** The follower said it reads packed ops (an older one would take packed entries as entries without ops). */
+    let packedOk = false;
     const ask = async (req: Partial<ReplicateRequest>): Promise<ReplicateResponse> => {
       const g = this.g;
       this.lastSentAt = Date.now();
@@ -643,6 +648,7 @@ class FollowerLink {
       const next = await Promise.race([answers.next(), late]).finally(() => clearTimeout(timer));
       if (next.done) throw new Error('the follower closed the stream');
       this.lastAnswerAt = Date.now();
+      if (next.value.readsPackedOps) packedOk = true;
       return next.value;
     };
     try {
@@ -682,7 +688,10 @@ class FollowerLink {
         const res = await ask({
           prevLsn: send.prevLsn,
           prevTerm,
-          entries: entries.map((e) => ({ lsn: e.lsn, term: e.term, ops: toWireOps(e.ops), sync: e.sync })),
+          // Packed once per entry for every follower and resend, to a follower that reads them so; else one TransferOp per op.
+          entries: entries.map((e) =>
+            packedOk ? { lsn: e.lsn, term: e.term, ops: [], sync: e.sync, packedOps: (e.packed ??= packOps(e.ops)) } : { lsn: e.lsn, term: e.term, ops: toWireOps(e.ops), sync: e.sync, packedOps: NO_BYTES },
+          ),
         });
         const refusal = await this.answer(res, sentAt);
         if (refusal) await this.snapshot(ask, refusal);
