@@ -65,20 +65,21 @@ export async function serveReplicate(host: ReplicaHost, requests: AsyncIterable<
 }
 
 /** Per range, one message at a time, whichever stream it came on (an old and a new primary may overlap). */
-const queues = new WeakMap<ReplicaHost, Map<string, Promise<unknown>>>();
+const queues = new WeakMap<ReplicaHost, Map<string, { range: HashRange; last: Promise<unknown> }>>();
 
-function serially<T>(host: ReplicaHost, key: string, fn: () => Promise<T>): Promise<T> {
+function serially<T>(host: ReplicaHost, range: HashRange, fn: () => Promise<T>): Promise<T> {
   let q = queues.get(host);
   if (!q) queues.set(host, (q = new Map()));
-  const run = (q.get(key) ?? Promise.resolve()).then(fn, fn);
-  q.set(key, run.catch(() => undefined));
+  const key = rangeKey(range);
+  const run = (q.get(key)?.last ?? Promise.resolve()).then(fn, fn);
+  q.set(key, { range, last: run.catch(() => undefined) });
   return run;
 }
 
 async function answer(host: ReplicaHost, req: ReplicateRequest): Promise<ReplicateResponse> {
   const range = rangeFromRequest(req.start, req.end);
   if (req.epoch > host.map.epoch) await host.ensureEpoch(req.epoch);
-  return serially(host, rangeKey(range), async () => {
+  return serially(host, range, async () => {
     const r = host.map.ranges.find((x) => x.start === range.start && x.end === range.end);
     const version = r?.version ?? 0n;
     const refuse = (outcome: string, message: string): ReplicateResponse => ({ version, outcome, lastLsn: 0n, lastTerm: 0n, message, logEndLsn: 0n, logEndTerm: 0n, readsPackedOps: true });
@@ -107,9 +108,9 @@ async function answer(host: ReplicaHost, req: ReplicateRequest): Promise<Replica
 async function settleWholeRange(host: ReplicaHost, range: HashRange): Promise<void> {
   const q = queues.get(host);
   if (!q) return;
-  for (const [key, running] of q) {
-    const [start, end] = key.split('-').map(BigInt) as [bigint, bigint];
-    if (start <= range.start && range.end <= end && (start !== range.start || end !== range.end)) await running;
+  // The queue's ranges as they came (defect: each message parsed every queued key back into bigints).
+  for (const { range: r, last } of q.values()) {
+    if (r.start <= range.start && range.end <= r.end && (r.start !== range.start || r.end !== range.end)) await last;
   }
 }
 
