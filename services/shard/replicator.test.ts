@@ -259,7 +259,7 @@ describe('WorkSignal', () => {
     // An empty append comes only a beat interval (200 ms) after the message before it, never right after an answer.
     await new Promise((r) => setTimeout(r, 100));
     const gaps = got.slice(1).flatMap((m, i) => (m.entries === 0 ? [m.at - got[i]!.at] : []));
-    expect(gaps.filter((ms) => ms < 150)).toEqual([]);
+    expect(gaps.filter((ms) => ms < 100)).toEqual([]); // before the change: a few ms (a busy machine may delay a receipt by some)
     // Idle, the link still beats (the lease stays renewed): about one empty append per 200 ms.
     const before = got.length;
     await new Promise((r) => setTimeout(r, 700));
