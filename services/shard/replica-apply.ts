@@ -26,6 +26,7 @@ import { inSyncOf, learnersOf, replicasOf, type ClusterMap } from '../common/map
 import { rangeKey, showRange, type HashRange } from '../common/ranges.js';
 import { positionKey, positionToJson, type RangeLog, type RangeLogs } from './replica-log.js';
 import type { RawOp, ShardStore } from './store.js';
+import { unpackOps } from './replica-wire.js';
 import { fromWireOps, opsBytes, rangeFromRequest } from './transfer-wire.js';
 
 /** What the follower's side needs from its shard (ShardNode implements it). */
@@ -40,7 +41,7 @@ export interface ReplicaHost {
   heardFromPrimary(range: HashRange, version: bigint): void;
 }
 
-type Answer = Omit<ReplicateResponse, 'version' | 'logEndLsn' | 'logEndTerm'>;
+type Answer = Omit<ReplicateResponse, 'version' | 'logEndLsn' | 'logEndTerm' | 'readsPackedOps'>;
 
 const accepted = (lsn: bigint, term: bigint): Answer => ({ outcome: 'ACCEPTED', lastLsn: lsn, lastTerm: term, message: '' });
 
@@ -64,23 +65,24 @@ export async function serveReplicate(host: ReplicaHost, requests: AsyncIterable<
 }
 
 /** Per range, one message at a time, whichever stream it came on (an old and a new primary may overlap). */
-const queues = new WeakMap<ReplicaHost, Map<string, Promise<unknown>>>();
+const queues = new WeakMap<ReplicaHost, Map<string, { range: HashRange; last: Promise<unknown> }>>();
 
-function serially<T>(host: ReplicaHost, key: string, fn: () => Promise<T>): Promise<T> {
+function serially<T>(host: ReplicaHost, range: HashRange, fn: () => Promise<T>): Promise<T> {
   let q = queues.get(host);
   if (!q) queues.set(host, (q = new Map()));
-  const run = (q.get(key) ?? Promise.resolve()).then(fn, fn);
-  q.set(key, run.catch(() => undefined));
+  const key = rangeKey(range);
+  const run = (q.get(key)?.last ?? Promise.resolve()).then(fn, fn);
+  q.set(key, { range, last: run.catch(() => undefined) });
   return run;
 }
 
 async function answer(host: ReplicaHost, req: ReplicateRequest): Promise<ReplicateResponse> {
   const range = rangeFromRequest(req.start, req.end);
   if (req.epoch > host.map.epoch) await host.ensureEpoch(req.epoch);
-  return serially(host, rangeKey(range), async () => {
+  return serially(host, range, async () => {
     const r = host.map.ranges.find((x) => x.start === range.start && x.end === range.end);
     const version = r?.version ?? 0n;
-    const refuse = (outcome: string, message: string): ReplicateResponse => ({ version, outcome, lastLsn: 0n, lastTerm: 0n, message, logEndLsn: 0n, logEndTerm: 0n });
+    const refuse = (outcome: string, message: string): ReplicateResponse => ({ version, outcome, lastLsn: 0n, lastTerm: 0n, message, logEndLsn: 0n, logEndTerm: 0n, readsPackedOps: true });
     if (!r) return refuse('STALE', `shard ${host.nodeId} has no range ${showRange(range)} in map epoch ${host.map.epoch}`);
     if (req.version < version) return refuse('STALE', `version ${req.version} of ${showRange(range)} is older than ours, ${version}`);
     if (req.version > version) throw new CairnError('NOT_READY', `shard ${host.nodeId} holds version ${version} of ${showRange(range)}, older than ${req.version}; retry`, { retryAfterMs: 100 });
@@ -92,7 +94,7 @@ async function answer(host: ReplicaHost, req: ReplicateRequest): Promise<Replica
     await settleWholeRange(host, range);
     const log = await host.rangeLogs.get(range);
     const answer = await apply(host, range, log, req);
-    return { version, ...answer, logEndLsn: log.lastLsn, logEndTerm: log.lastTerm };
+    return { version, ...answer, logEndLsn: log.lastLsn, logEndTerm: log.lastTerm, readsPackedOps: true };
   });
 }
 
@@ -106,9 +108,9 @@ async function answer(host: ReplicaHost, req: ReplicateRequest): Promise<Replica
 async function settleWholeRange(host: ReplicaHost, range: HashRange): Promise<void> {
   const q = queues.get(host);
   if (!q) return;
-  for (const [key, running] of q) {
-    const [start, end] = key.split('-').map(BigInt) as [bigint, bigint];
-    if (start <= range.start && range.end <= end && (start !== range.start || end !== range.end)) await running;
+  // The queue's ranges as they came (defect: each message parsed every queued key back into bigints).
+  for (const { range: r, last } of q.values()) {
+    if (r.start <= range.start && range.end <= r.end && (r.start !== range.start || r.end !== range.end)) await last;
   }
 }
 
@@ -146,14 +148,19 @@ async function apply(host: ReplicaHost, range: HashRange, log: RangeLog, req: Re
     else if (log.termAt(e.lsn) !== e.term) return snapshotNeeded(`entry ${e.lsn} has term ${log.termAt(e.lsn) ?? 'unknown'} here, ${e.term} on the primary`);
   }
   if (fresh.length) {
-    const applied = fresh.map((e) => ({ lsn: e.lsn, term: e.term, ops: fromWireOps(e.ops, range), sync: e.sync }));
+    // Packed ops (one buffer per entry) when the primary sent them so, else one TransferOp per op.
+    const applied = fresh.map((e) => {
+      const packed = e.packedOps.length ? e.packedOps : undefined;
+      return { lsn: e.lsn, term: e.term, ops: packed ? unpackOps(packed, range) : fromWireOps(e.ops, range), sync: e.sync, packed };
+    });
     if (applied[0]!.lsn !== log.lastLsn + 1n) return { outcome: 'MISMATCH', lastLsn: log.lastLsn, lastTerm: log.lastTerm, message: `entries start at ${applied[0]!.lsn}, after ${log.lastLsn}` };
     const after = log.position();
     for (const e of applied) if (after.terms.at(-1)?.[0] !== e.term) after.terms.push([e.term, e.lsn]);
     const last = applied.at(-1)!;
     const ops: RawOp[] = applied.flatMap((e) => e.ops);
     await host.store.applyReplicated(ops, [host.store.metaOp(key, positionToJson({ ...after, lastLsn: last.lsn, lastTerm: last.term }))], { sync: applied.some((e) => e.sync) });
-    for (const e of applied) log.append({ ...e, bytes: opsBytes(e.ops) });
+    // Kept packed as received: promoted, this shard sends them on without encoding them again.
+    for (const e of applied) log.append({ lsn: e.lsn, term: e.term, ops: e.ops, sync: e.sync, bytes: opsBytes(e.ops), ...(e.packed && { packed: e.packed }) });
     failpoint('follower-before-ack'); // `crash`: applied and durable here, the primary never told
   }
   const end = req.entries.at(-1);

@@ -34,6 +34,8 @@ export interface LogEntry {
   sync: boolean;
   /** Key and value bytes, for the memory bound. */
   bytes: number;
+  /** The ops packed for the wire (replica-wire.ts), once some follower was sent them (or as a follower received them). */
+  packed?: Buffer;
 }
 
 /** How many bytes of recent entries a range keeps in memory for followers that fall behind. */

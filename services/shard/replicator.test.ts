@@ -8,7 +8,8 @@ import { afterAll, describe, expect, it } from '@jest/globals';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ShardControlServiceClient } from '../../proto/gen/cairn/v1/control.js';
+import { Server, ServerCredentials, type ServerDuplexStream } from '@grpc/grpc-js';
+import { ShardControlServiceClient, ShardControlServiceService, type ReplicateRequest, type ReplicateResponse } from '../../proto/gen/cairn/v1/control.js';
 import { CairnError } from '../common/errors.js';
 import { ClientPool } from '../common/grpc.js';
 import { HASH_SPACE_END, rowHash } from '../common/hash.js';
@@ -16,6 +17,9 @@ import type { ClusterMap, MapRange } from '../common/map.js';
 import { quietLogger } from '../../test/harness/inproc.js';
 import { positionFromJson, RangeLogs } from './replica-log.js';
 import { Replicator, WorkSignal, type ReplicatorHost } from './replicator.js';
+import { unpackOps } from './replica-wire.js';
+import type { RawOp } from './store-db.js';
+import { fromWireOps } from './transfer-wire.js';
 import { ShardStore, type Sequencer } from './store.js';
 
 const dirs: string[] = [];
@@ -27,19 +31,19 @@ afterAll(async () => {
 
 const ME = 's1';
 const range = (r: Partial<MapRange>): MapRange => ({ start: 0n, end: HASH_SPACE_END, shardId: ME, replicas: [ME, 's2'], inSync: [ME], version: 1n, ...r });
-const mapOf = (epoch: bigint, r: MapRange): ClusterMap => ({
+const mapOf = (epoch: bigint, r: MapRange, s2 = '127.0.0.1:1'): ClusterMap => ({
   epoch,
   clusterId: 'c-test',
   replicationFactor: 2,
   ranges: [r],
   shards: [
     { id: ME, address: '127.0.0.1:1' },
-    { id: 's2', address: '127.0.0.1:1' },
+    { id: 's2', address: s2 },
   ],
 } as unknown as ClusterMap);
 
 /** A replicator on a real store whose map the test sets; `afterNumbering` runs just after the sequencer numbers a batch. */
-async function primary(): Promise<{ store: ShardStore; replicator: Replicator; host: { map: ClusterMap; rangeLogs: RangeLogs }; afterNumbering: { run?: () => void } }> {
+async function primary(timings = { leaseMs: 50, ackTimeoutMs: 200 }): Promise<{ store: ShardStore; replicator: Replicator; host: { map: ClusterMap; rangeLogs: RangeLogs }; afterNumbering: { run?: () => void } }> {
   const dir = await mkdtemp(join(tmpdir(), 'cairn-replicator-'));
   dirs.push(dir);
   const store = await ShardStore.open(dir);
@@ -73,7 +77,7 @@ async function primary(): Promise<{ store: ShardStore; replicator: Replicator; h
         ),
     },
   };
-  const replicator = new Replicator(host as unknown as ReplicatorHost, { leaseMs: 50, ackTimeoutMs: 200 });
+  const replicator = new Replicator(host as unknown as ReplicatorHost, timings);
   closers.push(async () => {
     replicator.close();
     controlPeers.close();
@@ -88,6 +92,27 @@ async function install(host: { map: ClusterMap }, replicator: Replicator, map: C
 }
 
 const write = (store: ShardStore, row: string) => store.writeRows([{ row, cells: [{ column: 'c', value: Buffer.from('v'), timestampUs: 0n }], replace: false }], { requestId: '', sync: false });
+
+/** A follower that takes every append and answers ACCEPTED; it records what came, and says whether it reads packed ops. */
+async function fakeFollower(readsPackedOps: boolean): Promise<{ port: number; got: Array<{ at: number; entries: number; req: ReplicateRequest }> }> {
+  const got: Array<{ at: number; entries: number; req: ReplicateRequest }> = [];
+  const server = new Server();
+  server.addService(ShardControlServiceService, {
+    replicate: (call: ServerDuplexStream<ReplicateRequest, ReplicateResponse>) => {
+      call.on('data', (req: ReplicateRequest) => {
+        got.push({ at: Date.now(), entries: req.entries.length, req });
+        const last = req.entries.at(-1);
+        const lsn = last?.lsn ?? req.prevLsn;
+        const term = last?.term ?? req.prevTerm;
+        call.write({ version: req.version, outcome: 'ACCEPTED', lastLsn: lsn, lastTerm: term, message: '', logEndLsn: lsn, logEndTerm: term, readsPackedOps });
+      });
+      call.on('error', () => undefined);
+    },
+  } as never);
+  const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+  closers.push(() => void server.forceShutdown());
+  return { port, got };
+}
 
 describe('Replicator', () => {
   it('refuses a write to a replicated range it is no longer the primary of, and never acknowledges one numbered by a group that ended', async () => {
@@ -197,5 +222,84 @@ describe('WorkSignal', () => {
     expect(before).toBe('asleep');
     work.signal();
     expect(await waiting).toBe('woken');
+  });
+
+  it('finds a group that started after a lookup of its range found none', async () => {
+    // groupOfHash keeps each range's group per map: a group that starts later under the same map is found at once.
+    const { replicator, host } = await primary();
+    const mid = 1n << 63n;
+    const two = (b: Partial<MapRange>): ClusterMap => ({ ...mapOf(1n, range({ end: mid })), ranges: [range({ end: mid }), range({ start: mid, ...b })] }) as ClusterMap;
+    await install(host, replicator, two({ shardId: 's2', replicas: ['s2', ME], inSync: ['s2'] }));
+    let inB = 0;
+    while (rowHash(`r${inB}`) < mid) inB++;
+    const hash = rowHash(`r${inB}`);
+    const map = two({ version: 2n });
+    host.map = map;
+    const starting = replicator.onMap(map); // takes the map at once, starts B's group after an await
+    expect(() => replicator.assertServing(hash, false)).toThrow(/not ready to serve on shard s1 yet/);
+    await starting;
+    await new Promise((r) => setTimeout(r, 60)); // past the new primary's lease wait
+    expect(() => replicator.assertServing(hash, false)).not.toThrow();
+  });
+
+  it('sends an empty append only when one is due: never right after a batch was answered, and every beat interval while idle', async () => {
+    // Defect: each batch's answer was followed at once by an empty append (the link had nothing new, so it
+    // sent a heartbeat before waiting): about a fifth of the messages under load carried nothing, while every
+    // answer had just renewed the lease.
+    const { got, port } = await fakeFollower(false);
+    const { store, replicator, host } = await primary({ leaseMs: 800, ackTimeoutMs: 2000 }); // beats every 200 ms
+    await install(host, replicator, mapOf(1n, range({ inSync: [ME, 's2'] }), `127.0.0.1:${port}`));
+    for (let i = 0; i < 5; i++) {
+      await write(store, `row-${i}`);
+      await replicator.committed([rowHash(`row-${i}`)]);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const batches = got.filter((m) => m.entries > 0);
+    expect(batches.length).toBeGreaterThanOrEqual(1);
+    // An empty append comes only a beat interval (200 ms) after the message before it, never right after an answer.
+    await new Promise((r) => setTimeout(r, 100));
+    const gaps = got.slice(1).flatMap((m, i) => (m.entries === 0 ? [m.at - got[i]!.at] : []));
+    expect(gaps.filter((ms) => ms < 100)).toEqual([]); // before the change: a few ms (a busy machine may delay a receipt by some)
+    // Idle, the link still beats (the lease stays renewed): about one empty append per 200 ms.
+    const before = got.length;
+    await new Promise((r) => setTimeout(r, 700));
+    const beats = got.slice(before).filter((m) => m.entries === 0).length;
+    expect(beats).toBeGreaterThanOrEqual(2);
+    expect(beats).toBeLessThanOrEqual(5);
+  });
+
+  it('packs an entry\'s ops once for every follower that says it reads them, and sends TransferOps to one that does not', async () => {
+    // A follower from before packed ops would take a packed entry as one without ops: it never gets one.
+    const older = await fakeFollower(false);
+    const newer = await fakeFollower(true);
+    const { store, replicator, host } = await primary({ leaseMs: 800, ackTimeoutMs: 2000 });
+    const map = {
+      ...mapOf(1n, range({ replicas: [ME, 's2', 's3'], inSync: [ME, 's2', 's3'] }), `127.0.0.1:${older.port}`),
+      shards: [
+        { id: ME, address: '127.0.0.1:1' },
+        { id: 's2', address: `127.0.0.1:${older.port}` },
+        { id: 's3', address: `127.0.0.1:${newer.port}` },
+      ],
+    } as unknown as ClusterMap;
+    await install(host, replicator, map);
+    for (let i = 0; i < 4; i++) {
+      await write(store, `p-${i}`);
+      await replicator.committed([rowHash(`p-${i}`)]);
+    }
+    const sent = (f: typeof older) => f.got.flatMap((m) => m.req.entries);
+    expect(sent(older).length).toBeGreaterThanOrEqual(4);
+    for (const e of sent(older)) {
+      expect(e.packedOps.length).toBe(0);
+      expect(e.ops.length).toBeGreaterThan(0);
+    }
+    expect(sent(newer).length).toBeGreaterThanOrEqual(4);
+    const all = { start: 0n, end: HASH_SPACE_END };
+    const shown = (ops: RawOp[]) => ops.map((o) => [o.sublevel, Buffer.from(o.key).toString('hex'), o.value && Buffer.from(o.value).toString('hex')]);
+    for (const e of sent(newer)) {
+      // Its first answer (to the probe) said so: every entry after it is packed, and holds the ops the other follower got.
+      expect(e.ops.length).toBe(0);
+      const same = sent(older).find((o) => o.lsn === e.lsn)!;
+      expect(shown(unpackOps(e.packedOps, all))).toEqual(shown(fromWireOps(same.ops, all)));
+    }
   });
 });

@@ -30,7 +30,10 @@ import { positionKey, positionToJson, projectEntry, strictlyContains, type LogEn
 import { PrimaryReplication } from './replication.js';
 import { maxLsn } from './replication-primary.js';
 import type { BatchOp, RawOp, ShardStore } from './store.js';
+import { packOps } from './replica-wire.js';
 import { opsBytes, toWireOps } from './transfer-wire.js';
+
+const NO_BYTES = Buffer.alloc(0);
 
 /** Replication timings (shard config). */
 export interface ReplicationTimings {
@@ -201,6 +204,9 @@ class PrimaryGroup {
 
 export class Replicator {
   private readonly groups = new Map<string, PrimaryGroup>();
+  /** Bumped whenever `groups` changes (groupOfHash's cache). */
+  private groupsChanged = 0;
+  private byIndex: { map: ClusterMap | undefined; groups: number; previous: ClusterMap | undefined; at: Array<PrimaryGroup | null | undefined> } = { map: undefined, groups: -1, previous: undefined, at: [] };
   private timer: NodeJS.Timeout | undefined;
   /** The map of the last onMap: who was the primary of each range before. */
   private previous: ClusterMap | undefined;
@@ -269,6 +275,7 @@ export class Replicator {
       // restart too: the map may have changed while this process was down).
       const g = new PrimaryGroup(r, log, state, wasPrimary(r) ? 0 : Date.now() + this.timings.leaseMs);
       this.groups.set(key, g);
+      this.groupsChanged++;
       this.host.log.info('primary of a replicated range', { range: showRange(r), version: String(r.version ?? 0n), followers: state.inSync, learners: state.learners, lastLsn: String(log.lastLsn) });
       this.startLinks(g, map);
     }
@@ -276,6 +283,7 @@ export class Replicator {
 
   private end(key: string, g: PrimaryGroup, why: string): void {
     this.groups.delete(key);
+    this.groupsChanged++;
     g.fail(new CairnError('NOT_READY', `${why}; retry`, { retryAfterMs: 100 }));
   }
 
@@ -284,8 +292,21 @@ export class Replicator {
     if (this.groups.size === 0) return undefined;
     const map = this.host.map;
     const i = findRangeIndex(map.ranges, hash);
-    const g = i < 0 ? undefined : this.groups.get(rangeKey(map.ranges[i]!));
-    if (g || this.previous === map) return g;
+    if (i < 0) return this.wholeGroupOf(hash, map);
+    // Called per op and per row of every write: the group of each of the map's ranges is looked up (by its
+    // key, two bigints printed) once per map and set of groups, not per call.
+    let c = this.byIndex;
+    if (c.map !== map || c.groups !== this.groupsChanged || c.previous !== this.previous) {
+      c = this.byIndex = { map, groups: this.groupsChanged, previous: this.previous, at: new Array<PrimaryGroup | null | undefined>(map.ranges.length) };
+    }
+    let g = c.at[i];
+    if (g === undefined) g = c.at[i] = this.groups.get(rangeKey(map.ranges[i]!)) ?? null;
+    return g ?? this.wholeGroupOf(hash, map);
+  }
+
+  /** The group of no range of the map: while the replicator has not seen the map yet, the group of a whole range split in it. */
+  private wholeGroupOf(hash: bigint, map: ClusterMap): PrimaryGroup | undefined {
+    if (this.previous === map) return undefined;
     // The shard took a map this replicator has not seen yet (onMap comes after some awaits): a range
     // split in it is still numbered by its whole range's group until onMap splits that group.
     for (const whole of this.groups.values()) if (whole.range.start <= hash && hash < whole.range.end) return whole;
@@ -328,6 +349,7 @@ export class Replicator {
         child.numberedLsn = whole.numberedLsn;
         this.host.rangeLogs.put(r, log);
         this.groups.set(rangeKey(r), child);
+        this.groupsChanged++;
         children.push(child);
       }
       whole.splitInto = children.map((c) => ({ group: c, inPart: inRange(c.range) }));
@@ -538,6 +560,12 @@ export class Replicator {
 /** One follower's stream from this primary. */
 class FollowerLink {
   private stopped = false;
+  /** When this link last sent appends or a heartbeat (0: never; the first message goes at once). */
+  private lastSentAt = 0;
+  /** The heartbeat interval: an idle link sends an empty append this often, so the lease stays renewed. */
+  private get beatMs(): number {
+    return Math.floor(this.r.timings.leaseMs / 4);
+  }
   /** When the follower last answered on this link. */
   private lastAnswerAt = 0;
   /**
@@ -608,8 +636,13 @@ class FollowerLink {
     const answers = stream[Symbol.asyncIterator]() as AsyncIterator<ReplicateResponse>;
     // What the last stream sent and never heard back about may be lost: send again after what the follower acknowledged.
     this.g.state.reconnected(this.follower);
+    // A new stream starts with a message at once (it probes the follower's log).
+    this.lastSentAt = 0;
+    /** The follower said it reads packed ops (an older one would take packed entries as entries without ops). */
+    let packedOk = false;
     const ask = async (req: Partial<ReplicateRequest>): Promise<ReplicateResponse> => {
       const g = this.g;
+      this.lastSentAt = Date.now();
       stream.write({
         start: g.range.start,
         end: endToProto(g.range.end),
@@ -636,14 +669,27 @@ class FollowerLink {
       const next = await Promise.race([answers.next(), late]).finally(() => clearTimeout(timer));
       if (next.done) throw new Error('the follower closed the stream');
       this.lastAnswerAt = Date.now();
+      if (next.value.readsPackedOps) packedOk = true;
       return next.value;
     };
     try {
       while (this.live) {
         const now = Date.now();
         const seen = this.g.work.seen;
-        const send = this.g.state.nextSend(this.follower, 10_000, now) ?? this.g.state.heartbeat(this.follower, now);
-        if (!send) return;
+        let send = this.g.state.nextSend(this.follower, 10_000, now);
+        if (!send) {
+          const beat = this.g.state.heartbeat(this.follower, now);
+          if (!beat) return;
+          // Nothing new: an empty message only when one is due. Every answer renews the lease, so right after
+          // one (defect: each batch's answer was followed at once by an empty message, a fifth of all messages
+          // under load) the link waits for work or for the heartbeat interval instead.
+          const idle = now - this.lastSentAt;
+          if (idle < this.beatMs) {
+            await this.g.work.wait(this.beatMs - idle, seen);
+            continue;
+          }
+          send = beat;
+        }
         let entries: LogEntry[] | undefined = [];
         if (send.toLsn >= send.fromLsn) {
           entries = this.g.log.entriesFrom(send.fromLsn, APPEND_BYTES);
@@ -663,11 +709,14 @@ class FollowerLink {
         const res = await ask({
           prevLsn: send.prevLsn,
           prevTerm,
-          entries: entries.map((e) => ({ lsn: e.lsn, term: e.term, ops: toWireOps(e.ops), sync: e.sync })),
+          // Packed once per entry for every follower and resend, to a follower that reads them so; else one TransferOp per op.
+          entries: entries.map((e) =>
+            packedOk ? { lsn: e.lsn, term: e.term, ops: [], sync: e.sync, packedOps: (e.packed ??= packOps(e.ops)) } : { lsn: e.lsn, term: e.term, ops: toWireOps(e.ops), sync: e.sync, packedOps: NO_BYTES },
+          ),
         });
         const refusal = await this.answer(res, sentAt);
         if (refusal) await this.snapshot(ask, refusal);
-        if (entries.length === 0) await this.g.work.wait(Math.floor(this.r.timings.leaseMs / 4), seen);
+        if (entries.length === 0) await this.g.work.wait(this.beatMs, seen);
       }
     } finally {
       stream.cancel();
