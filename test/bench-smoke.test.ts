@@ -151,3 +151,20 @@ describe('bench:replication --quick', () => {
     expect(out).toContain('Failover time (median of 1)');
   }, 180_000);
 });
+
+describe('bench:store and the transfer microbench', () => {
+  it('bench:store runs each workload beside raw level and prints their ratios', async () => {
+    const { code, out } = await run(['--seconds', '0.3', '--runs', '1'], 'store-bench');
+    if (code !== 0) throw new Error(`bench:store exited with ${code}:\n${out}`);
+    for (const w of ['put', 'batch100', 'batch1000']) expect(out).toContain(w);
+    expect(out).toMatch(/level/);
+  }, 120_000);
+
+  it('the transfer microbench runs both apply modes', async () => {
+    for (const mode of ['exact', 'ingest']) {
+      const { code, out } = await run(['--rows', '3000', '--runs', '1', '--mode', mode], 'transfer-microbench');
+      if (code !== 0) throw new Error(`transfer-microbench --mode ${mode} exited with ${code}:\n${out}`);
+      expect(out).toMatch(/apply/);
+    }
+  }, 120_000);
+});
