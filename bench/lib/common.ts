@@ -142,23 +142,8 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** `n` distinct TCP ports that were free a moment ago (all held open together while picked, so none repeats). */
-export async function freePorts(n: number): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from(
-      { length: n },
-      () =>
-        new Promise<ReturnType<typeof createServer>>((done, fail) => {
-          const srv = createServer();
-          srv.once('error', fail);
-          srv.listen(0, '127.0.0.1', () => done(srv));
-        }),
-    ),
-  );
-  const ports = servers.map((srv) => (srv.address() as { port: number }).port);
-  await Promise.all(servers.map((srv) => new Promise((done) => srv.close(done))));
-  return ports;
-}
+/** `n` distinct TCP ports that were free a moment ago (the harness's: each held until all are found). */
+export { freePorts } from '../../test/harness/compose.js';
 
 // ---------------------------------------------------------------------------
 // Statistics and printing
