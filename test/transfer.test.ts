@@ -433,6 +433,8 @@ describe('moves that abort', () => {
       proxy.close();
     }
     expect((await abortMove(a, 'move-corrupt')).err).toBeUndefined();
+    // Once AbortMove answers, A runs no transfer of the move: the next move of R is not refused as "already running".
+    expect(a.node.moves.find('transfer', 'move-corrupt')).toBeUndefined();
     expect((await dropRange(b, 'move-corrupt', R)).err).toBeUndefined();
     await expectAbortedCleanly(R, rows);
   });
@@ -506,6 +508,9 @@ describe('moves that abort', () => {
       );
       const aborted = await abortMove(side, moveId);
       expect(aborted.res).toMatchObject({ fenceLifted: false, cancelled: true });
+      // AbortMove answers once the aborted task has stopped: the range is free for the next move at once.
+      if (side === a) expect(a.node.moves.find('transfer', moveId)).toBeUndefined();
+      else expect(b.node.moves.find('pull', moveId)).toBeUndefined();
       const out = await running;
       expect(out.err?.code).toBe(status.ABORTED);
       expect(out.err?.details).toMatch(new RegExp(`move ${moveId} was aborted`));

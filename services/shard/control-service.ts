@@ -20,6 +20,9 @@ import { dropAbortedCopy, runPull } from './transfer-sink.js';
 import { serveTransfer } from './transfer-source.js';
 import { checkMoveId, rangeFromRequest, transferParams } from './transfer-wire.js';
 
+/** How long AbortMove waits for the move's task here to stop before it answers anyway. */
+const ABORT_WAIT_MS = 2000;
+
 export function shardControlServiceImpl(node: ShardNode, env: HandlerEnv): ShardControlServiceServer & UntypedServiceImplementation {
   const limits = node.opts.limits;
   const store = node.store;
@@ -77,7 +80,7 @@ export function shardControlServiceImpl(node: ShardNode, env: HandlerEnv): Shard
       checkMoveId(req.moveId);
       // With an older map, learn the current one first: if it gave the range away, the move committed and the fence is dropped, not lifted.
       await node.ensureEpoch(req.epoch);
-      const cancelled = node.moves.abort(req.moveId);
+      const cancelled = await node.moves.abortAndWait(req.moveId, ABORT_WAIT_MS);
       const lifted = await node.fences.lift(req.moveId);
       if (lifted || cancelled) node.log.info('move aborted', { moveId: req.moveId, fenceLifted: lifted ? showRange(lifted.range) : undefined, cancelled });
       return { header: header(), fenceLifted: !!lifted, cancelled };

@@ -129,6 +129,22 @@ export class MoveRegistry {
     return any;
   }
 
+  /**
+   * Aborts the move's transfer or pull here and waits, at most maxWaitMs, for
+   * it to stop: once AbortMove answers, the range is free for the next move
+   * (a task still winding down would refuse it as "already running").
+   */
+  async abortAndWait(moveId: string, maxWaitMs: number): Promise<boolean> {
+    const stopping = [...this.tasks].filter((t) => t.moveId === moveId && t.kind !== 'drop');
+    const any = this.abort(moveId);
+    if (stopping.length > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([Promise.all(stopping.map((t) => t.done)), new Promise((r) => (timer = setTimeout(r, maxWaitMs)))]);
+      clearTimeout(timer);
+    }
+    return any;
+  }
+
   /** Aborts transfers of ranges this shard no longer fully owns. */
   abortTransfersOutside(owned: readonly HashRange[]): void {
     for (const t of this.tasks) {

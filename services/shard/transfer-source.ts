@@ -221,6 +221,7 @@ export async function serveTransfer(
   const header = () => ({ nodeId: node.nodeId, epoch: node.map.epoch });
   const digest = new TransferDigest();
   const acks = new AckTracker(p.moveId);
+  task.whenAborted(() => acks.nudge()); // the waits below check the task when woken: an abort stops them at once
   let fenced = false;
   let fencedAt = 0;
   let endSent = false;

@@ -342,6 +342,11 @@ export class AckTracker {
     this.wake();
   }
 
+  /** Wakes whoever waits, with nothing new: they check again at once (an abort, say). */
+  nudge(): void {
+    this.wake();
+  }
+
   /** No more acknowledgements will come; the first reason sticks. */
   close(reason: CairnError): void {
     this.failure ??= reason;

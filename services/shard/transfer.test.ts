@@ -261,6 +261,10 @@ describe('ack tracker (source side)', () => {
     const woken = a.changed(10_000);
     a.accept(ack(1), 1, false);
     await woken;
+    const nudged = a.changed(10_000);
+    a.nudge(); // an abort: the waiter checks its task again at once
+    await nudged;
+    expect(a.failure).toBeUndefined();
     const failed = a.changed(10_000);
     a.close(new CairnError('CANCELLED', 'gone'));
     a.close(new CairnError('CANCELLED', 'second reason'));
@@ -401,6 +405,21 @@ describe('move registry', () => {
     expect(m.phaseOf('m3').pull).toBe(TransferPhase.TRANSFER_PHASE_READY);
     m.forgetReadyOwned([r(0, 6)]);
     expect(m.phaseOf('m3').pull).toBe(TransferPhase.TRANSFER_PHASE_UNSPECIFIED);
+  });
+
+  it('abortAndWait answers once the aborted task has stopped (so the range is free for the next move), or after the bound', async () => {
+    const m = new MoveRegistry();
+    const t = m.begin('transfer', 'm1', r(0, 10));
+    // The task stops a little after its abort, as a transfer waiting for an acknowledgement does.
+    t.whenAborted(() => void setTimeout(() => m.finish(t), 50));
+    expect(await m.abortAndWait('m1', 10_000)).toBe(true);
+    expect(m.find('transfer', 'm1')).toBeUndefined();
+    expect(() => m.begin('transfer', 'm2', r(0, 10))).not.toThrow();
+    // A task that does not stop holds the answer for the bound only.
+    const stuck = m.begin('pull', 'm3', r(20, 30));
+    expect(await m.abortAndWait('m3', 60)).toBe(true);
+    expect(m.find('pull', 'm3')).toBe(stuck);
+    expect(await m.abortAndWait('nothing', 10_000)).toBe(false);
   });
 });
 
