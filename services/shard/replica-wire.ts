@@ -9,10 +9,10 @@
  * ids; bit 2: a delete), the key's length (varint) and bytes, then, unless a
  * delete, the value's length (varint) and bytes.
  */
-import { showRange, type HashRange } from '../common/ranges.js';
+import type { HashRange } from '../common/ranges.js';
 import { CairnError } from '../common/errors.js';
-import { hashOfKey, rowPrefixLength } from './keys.js';
 import type { PerRowSublevel, RawOp } from './store-db.js';
+import { keyRefusalFor } from './transfer-wire.js';
 
 const SUBLEVELS: readonly PerRowSublevel[] = ['cells', 'leases', 'reqids'];
 const TAG_OF: Record<PerRowSublevel, number> = { cells: 0, leases: 1, reqids: 2 };
@@ -59,6 +59,7 @@ const malformed = (why: string) => new CairnError('INVALID_ARGUMENT', `replicati
 export function unpackOps(packed: Uint8Array, range: HashRange): RawOp[] {
   const buf = Buffer.isBuffer(packed) ? packed : Buffer.from(packed.buffer, packed.byteOffset, packed.byteLength);
   const ops: RawOp[] = [];
+  const refusal = keyRefusalFor(range);
   let at = 0;
   const varint = (): number => {
     let n = 0;
@@ -81,13 +82,8 @@ export function unpackOps(packed: Uint8Array, range: HashRange): RawOp[] {
     const sublevel = SUBLEVELS[tag & 3];
     if (!sublevel || tag & ~7) throw malformed(`op ${ops.length} has tag ${tag}`);
     const key = bytes(varint(), 'key');
-    try {
-      rowPrefixLength(key);
-    } catch {
-      throw malformed(`op ${ops.length} has a malformed key (${key.length} bytes)`);
-    }
-    const hash = hashOfKey(key);
-    if (hash < range.start || hash >= range.end) throw malformed(`op ${ops.length} has hash ${hash}, outside the range ${showRange(range)}`);
+    const why = refusal(key);
+    if (why) throw malformed(`op ${ops.length} ${why}`);
     if (tag & DELETE) ops.push({ sublevel, key });
     else ops.push({ sublevel, key, value: bytes(varint(), 'value') });
   }

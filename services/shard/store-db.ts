@@ -212,22 +212,36 @@ async function lookupAcrossAsync(db: Level<Buffer, Buffer>, parts: readonly (rea
   return out;
 }
 
-/** Entries in bounds, read in chunks with nextv; the iterator is closed even when the caller stops early. */
+/**
+ * Entries in bounds, `per` at a time as nextv reads them (a caller that handles
+ * many entries saves an await per entry); the iterator is closed even when the
+ * caller stops early.
+ */
+export async function* entryChunks(
+  sub: BinSub,
+  bounds: { gte?: Buffer; gt?: Buffer; lt?: Buffer; lte?: Buffer },
+  extra: { limit?: number; snapshot?: Snapshot } = {},
+  per = CHUNK,
+): AsyncGenerator<[Buffer, Buffer][]> {
+  const it = sub.iterator(rangeOpts(bounds, extra));
+  try {
+    for (;;) {
+      const chunk = (await it.nextv(per)) as [Buffer, Buffer][];
+      if (chunk.length === 0) return;
+      yield chunk;
+    }
+  } finally {
+    await it.close();
+  }
+}
+
+/** Entries in bounds, one at a time (read in chunks with nextv). */
 export async function* entries(
   sub: BinSub,
   bounds: { gte?: Buffer; gt?: Buffer; lt?: Buffer; lte?: Buffer },
   extra: { limit?: number; snapshot?: Snapshot } = {},
 ): AsyncGenerator<[Buffer, Buffer]> {
-  const it = sub.iterator(rangeOpts(bounds, extra));
-  try {
-    for (;;) {
-      const chunk = (await it.nextv(CHUNK)) as [Buffer, Buffer][];
-      if (chunk.length === 0) return;
-      yield* chunk;
-    }
-  } finally {
-    await it.close();
-  }
+  for await (const chunk of entryChunks(sub, bounds, extra)) yield* chunk;
 }
 
 /** Keys in bounds, read in chunks with nextv. */

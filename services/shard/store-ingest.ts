@@ -47,7 +47,6 @@ import type { HybridClock } from './clock.js';
 import { bucketOfKey, cellKeyTimestamp, cellTimestampTail, decodeCellTail, hasCellKeyShape, rowBounds, rowIndexKey, rowPrefixLength, rowPrefixOf, TIMESTAMP_BYTES } from './keys.js';
 import { rangeOpts, startsWith, type BatchOp, type RawOp, type Subs } from './store-db.js';
 import { encodeCount, type Delta } from './store-plan.js';
-import type { Pending } from './store-writer.js';
 
 /** What a session needs of its store (ShardStore builds it). */
 export interface IngestHost {
@@ -55,16 +54,13 @@ export interface IngestHost {
   clock(): HybridClock;
   /** Runs fn holding the given rows' locks (by row prefix), as ShardStore.mutate does: other watches of the rows are tainted, not `watch`. */
   lockRows<T>(prefixes: Buffer[], fn: () => Promise<T>, watch: RangeWatch): Promise<T>;
-  /** Queues an entry for the group-commit writer. */
-  push(p: Pending): void;
+  /** Commits a batch computed here, with its stats deltas, through the group-commit writer (as the shard's upkeep). */
+  commit(ops: BatchOp[], raw: RawOp[], deltas: Delta[], sync: boolean): Promise<void>;
   /** The exact path. */
   applyRaw(ops: RawOp[], o: { sync: boolean }): Promise<void>;
   /** Called once when the watch closes. */
   closed(watch: RangeWatch): void;
 }
-
-const NO_PLANS: never[] = [];
-const NO_OPS: BatchOp[] = [];
 
 /** How one chunk was applied, for tests and logs. */
 export type IngestPath = 'bulk' | 'exact';
@@ -82,7 +78,7 @@ interface ChunkPlan {
 }
 
 /**
- * A range watched for mutations: registered with the store's IngestSessions,
+ * A range watched for mutations: registered with the store's RangeWatches,
  * it is tainted by any mutation of the range called from then on (other than
  * its owner's own, which pass it to the store's lock).
  */
@@ -123,6 +119,24 @@ export class RangeWatch {
     }
   }
 
+  /**
+   * Commits a batch computed blind, holding its rows' locks, unless the watch
+   * is tainted by the time they are held (then false: the caller goes the
+   * exact way). A mutation of these rows called before now tainted it; one
+   * called after waits for this batch.
+   */
+  async commitIfClean(rows: Buffer[], ops: BatchOp[], raw: RawOp[], deltas: Delta[], sync: boolean): Promise<boolean> {
+    return this.host.lockRows(
+      rows,
+      async () => {
+        if (this.taintedBy !== null) return false;
+        await this.host.commit(ops, raw, deltas, sync);
+        return true;
+      },
+      this,
+    );
+  }
+
   /** Ends the watch: later mutations of the range no longer concern it. */
   close(): void {
     if (this.isClosed) return;
@@ -156,31 +170,22 @@ export class SnapshotIngest extends RangeWatch {
     if (ops.length === 0) return 'bulk';
     const plan = this.taintedBy === null ? this.plan(ops) : null;
     if (plan) {
-      const applied = await this.host.lockRows(
-        plan.rows,
-        async () => {
-          // Checked holding the locks: a mutation of these rows called before now tainted the session, one called after waits for this batch.
-          if (this.taintedBy !== null) return false;
-          const clock = this.host.clock();
-          if (plan.maxTs > 0n) clock.observe(plan.maxTs);
-          try {
-            await new Promise<void>((resolve, reject) =>
-              this.host.push({ plans: NO_PLANS, derived: NO_OPS, deltas: plan.deltas, ops: plan.ops, raw: ops, sync: o.sync, from: 'upkeep', resolve, reject }),
-            );
-          } catch (err) {
-            // Nothing of the batch was written, but what follows cannot assume this chunk's rows: exact from here on.
-            this.taint('a chunk failed to commit');
-            throw err;
-          }
-          this.lastCell = plan.lastCell;
-          this.row = plan.row;
-          this.rowCount = plan.rowCount;
-          this.col = plan.col;
-          return true;
-        },
-        this,
-      );
+      // The clock passes the chunk's timestamps before the batch is queued (as applyRaw's planning does); observing more than is written is harmless.
+      if (plan.maxTs > 0n) this.host.clock().observe(plan.maxTs);
+      let applied: boolean;
+      try {
+        applied = await this.commitIfClean(plan.rows, plan.ops, ops, plan.deltas, o.sync);
+      } catch (err) {
+        // Nothing of the batch was written, but what follows cannot assume this chunk's rows: exact from here on.
+        this.taint('a chunk failed to commit');
+        throw err;
+      }
       if (applied) {
+        // Chunks are applied one at a time (apply's tail), so the carried state is adopted before the next is planned.
+        this.lastCell = plan.lastCell;
+        this.row = plan.row;
+        this.rowCount = plan.rowCount;
+        this.col = plan.col;
         this.counts.bulk++;
         return 'bulk';
       }
@@ -265,7 +270,7 @@ export class SnapshotIngest extends RangeWatch {
 }
 
 /** The open watches (ingestions, bulk deletions) of a store; ShardStore.mutate reports every mutation's rows here. */
-export class IngestSessions {
+export class RangeWatches {
   private readonly open = new Set<RangeWatch>();
 
   get size(): number {
@@ -319,18 +324,7 @@ export async function deleteCellsBulk(
     from = { gt: got[got.length - 1]![0] };
     if (watch.taintedBy === null) {
       const plan = planDeletes(subs, got);
-      const applied = await host.lockRows(
-        plan.rows,
-        async () => {
-          if (watch.taintedBy !== null) return false;
-          await new Promise<void>((resolve, reject) =>
-            host.push({ plans: NO_PLANS, derived: NO_OPS, deltas: plan.deltas, ops: plan.ops, raw: plan.raw, sync: false, from: 'upkeep', resolve, reject }),
-          );
-          return true;
-        },
-        watch,
-      );
-      if (applied) {
+      if (await watch.commitIfClean(plan.rows, plan.ops, plan.raw, plan.deltas, false)) {
         watch.counts.bulk++;
         continue;
       }

@@ -232,8 +232,8 @@ export class GroupWriter {
   }
 
   /** Queues plain ops (meta records, request-id sweeps); `raw` is what listeners see of them. */
-  enqueue(ops: BatchOp[], raw: RawOp[], sync: boolean): Promise<void> {
-    return new Promise<void>((resolve, reject) => this.push({ plans: NO_PLANS, derived: NO_OPS, deltas: NO_DELTAS, ops, raw, sync, resolve, reject }));
+  enqueue(ops: BatchOp[], raw: RawOp[], sync: boolean, deltas: Delta[] = NO_DELTAS): Promise<void> {
+    return new Promise<void>((resolve, reject) => this.push({ plans: NO_PLANS, derived: NO_OPS, deltas, ops, raw, sync, resolve, reject }));
   }
 
   /** The group-commit writer: one batch in flight; each batch takes everything queued meanwhile. */

@@ -54,11 +54,11 @@ import {
   rowPrefixOf,
   userMetaKey,
 } from './keys.js';
-import { entries, hex, lookup, lookupAcross, metaKeysIn, PER_ROW, rangeOpts, sublevels, type BatchOp, type RawOp, type Subs } from './store-db.js';
+import { entries, entryChunks, hex, lookup, lookupAcross, metaKeysIn, PER_ROW, rangeOpts, sublevels, type BatchOp, type RawOp, type Subs } from './store-db.js';
 import { DiskFullGuard, diskSpaceOf, type DiskSpace, type DiskState } from './store-disk.js';
 import { checkHeld, getLease, hasLease, planDropLease, planPutLease, takeLease } from './store-leases.js';
 import { loadStore, recountStats, reopenStore, verifyDerived } from './store-open.js';
-import { deleteCellsBulk, IngestSessions, RangeWatch, SnapshotIngest, type IngestHost } from './store-ingest.js';
+import { deleteCellsBulk, RangeWatch, RangeWatches, SnapshotIngest, type IngestHost } from './store-ingest.js';
 import { decodeCount, mergeRowWrites, planRawOps, planWrite, RowLocks, RowPlan } from './store-plan.js';
 import { freshWindowStart, PrefixMatchCounts, readCells, scanByRowKey, scanPage, scansByRowKey, walkThreshold, windowRows, type RowCellsOut } from './store-reads.js';
 import {
@@ -104,8 +104,8 @@ const UPKEEP: WriteSource = Object.freeze({ from: 'upkeep' });
 
 export class ShardStore {
   private readonly locks = new RowLocks();
-  /** Open snapshot ingestions (beginIngest): every mutation's rows are reported to them. */
-  private readonly ingests = new IngestSessions();
+  /** Open range watches (snapshot ingestions, bulk deletions: store-ingest.ts): every mutation's rows are reported to them. */
+  private readonly watches = new RangeWatches();
   private readonly inflight = new Set<Promise<unknown>>();
   /** How many rows recent prefix scans matched here: whether a window is walked or read by the index (see scan). */
   private readonly prefixCounts = new PrefixMatchCounts();
@@ -506,24 +506,17 @@ export class ShardStore {
       let chunk: RawOp[] = [];
       let size = 0;
       for (const name of PER_ROW) {
-        // Read in batches of entries straight from the iterator (not one await per entry through a generator).
-        const it = this.subs[name].iterator(rangeOpts(bounds, { snapshot }));
-        try {
-          for (;;) {
-            const got = (await it.nextv(EXPORT_NEXTV)) as [Buffer, Buffer][];
-            if (got.length === 0) break;
-            for (const [key, value] of got) {
-              chunk.push({ sublevel: name, key, value });
-              size += key.length + value.length;
-              if (size >= chunkBytes) {
-                yield chunk;
-                chunk = [];
-                size = 0;
-              }
+        // Read a batch of entries at a time (not one await per entry).
+        for await (const got of entryChunks(this.subs[name], bounds, { snapshot }, EXPORT_NEXTV)) {
+          for (const [key, value] of got) {
+            chunk.push({ sublevel: name, key, value });
+            size += key.length + value.length;
+            if (size >= chunkBytes) {
+              yield chunk;
+              chunk = [];
+              size = 0;
             }
           }
-        } finally {
-          await it.close();
         }
       }
       if (chunk.length > 0) yield chunk;
@@ -570,16 +563,16 @@ export class ShardStore {
       subs: this.subs,
       clock: () => this.clock,
       lockRows: (prefixes, fn, watch) => this.mutate(prefixes, fn, watch),
-      push: (p) => this.writer.push(p),
+      commit: (ops, raw, deltas, sync) => this.writer.enqueue(ops, raw, sync, deltas),
       applyRaw: (ops, o) => this.applyRaw(ops, o),
-      closed: (watch) => this.ingests.remove(watch),
+      closed: (watch) => this.watches.remove(watch),
     };
   }
 
   /** Registers a watch of a range, then waits for the mutations already in flight: from then on every mutation of the range taints it. */
   private async watchRange<W extends RangeWatch>(watch: W): Promise<W> {
     this.assertOpen();
-    this.ingests.add(watch);
+    this.watches.add(watch);
     try {
       await this.drain();
     } catch (err) {
@@ -597,9 +590,10 @@ export class ShardStore {
   async deleteRange(range: HashRange, batchSize = 1000): Promise<number> {
     const bounds = hashRangeBounds(range);
     let total = 0;
-    const watch = await this.watchRange(new RangeWatch(range, this.ingestHost()));
+    const host = this.ingestHost();
+    const watch = await this.watchRange(new RangeWatch(range, host));
     try {
-      total += await deleteCellsBulk(this.ingestHost(), watch, bounds, batchSize);
+      total += await deleteCellsBulk(host, watch, bounds, batchSize);
     } finally {
       watch.close();
     }
@@ -659,7 +653,7 @@ export class ShardStore {
     } catch (err) {
       return Promise.reject(err);
     }
-    if (this.ingests.size > 0) this.ingests.touch(prefixes, own);
+    if (this.watches.size > 0) this.watches.touch(prefixes, own);
     const locked = this.locks.acquire(prefixes.map(hex));
     return this.track(
       locked.then(async (release) => {

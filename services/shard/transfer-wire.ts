@@ -20,6 +20,7 @@ import { bucketSpan, isBucketAligned, type HashRange } from '../common/ranges.js
 import { showRange } from '../common/ranges.js';
 import { bucketOfKey, hashOfKey, rowPrefixLength, rowPrefixOf } from './keys.js';
 import type { PerRowSublevel, RawOp } from './store.js';
+import { startsWith } from './store-db.js';
 
 export { TransferPhase } from '../../proto/gen/cairn/v1/control.js';
 
@@ -114,28 +115,38 @@ export function toWireOps(ops: readonly RawOp[]): TransferOp[] {
 
 /** Decodes received ops, refusing any that is malformed or outside the range being moved. */
 export function fromWireOps(ops: readonly TransferOp[], range: HashRange): RawOp[] {
-  // A bucket-aligned range (every move's) is checked by the key's bucket, a number, instead of its hash as a bigint.
-  const [first, end] = isBucketAligned(range.start) && (range.end === HASH_SPACE_END || isBucketAligned(range.end)) ? bucketSpan(range) : [-1, -1];
+  const refusal = keyRefusalFor(range);
   return ops.map((op, i) => {
     const sublevel = SUBLEVEL_OF.get(op.keySpace);
     if (!sublevel) throw protocolError(`op ${i} has unknown key space ${op.keySpace}`);
     // Views into the received message, not copies: the batch they go into copies them to LevelDB anyway.
     const key = asBuffer(op.key);
-    try {
-      rowPrefixLength(key);
-    } catch {
-      throw protocolError(`op ${i} has a malformed key (${key.length} bytes)`);
-    }
-    if (first >= 0) {
-      const b = bucketOfKey(key);
-      if (b < first || b >= end) throw protocolError(`op ${i} has hash ${hashOfKey(key)}, outside the range ${showRange(range)}`);
-    } else {
-      const hash = hashOfKey(key);
-      if (hash < range.start || hash >= range.end) throw protocolError(`op ${i} has hash ${hash}, outside the range ${showRange(range)}`);
-    }
+    const why = refusal(key);
+    if (why) throw protocolError(`op ${i} ${why}`);
     if (op.isDelete) return { sublevel, key };
     return { sublevel, key, value: asBuffer(op.value) };
   });
+}
+
+/**
+ * The check of a received op's key against the range it must be in (a move's
+ * chunk, a replicated entry): why it is refused (a malformed key, or a hash
+ * outside the range), or null. A bucket-aligned range (every move's and
+ * every replicated range's) compares the key's bucket, a number, instead of
+ * its hash as a bigint.
+ */
+export function keyRefusalFor(range: HashRange): (key: Buffer) => string | null {
+  const aligned = isBucketAligned(range.start) && (range.end === HASH_SPACE_END || isBucketAligned(range.end));
+  const [first, end] = aligned ? bucketSpan(range) : [-1, -1];
+  return (key) => {
+    try {
+      rowPrefixLength(key);
+    } catch {
+      return `has a malformed key (${key.length} bytes)`;
+    }
+    const inside = aligned ? bucketOfKey(key) >= first && bucketOfKey(key) < end : hashOfKey(key) >= range.start && hashOfKey(key) < range.end;
+    return inside ? null : `has hash ${hashOfKey(key)}, outside the range ${showRange(range)}`;
+  };
 }
 
 const asBuffer = (b: Uint8Array): Buffer => (Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength));
@@ -300,7 +311,7 @@ export class StreamVerifier {
       // A row prefix holds the row key's length, so a key that starts with the last row's whole prefix is of that row.
       const last = this.lastRow;
       const key = op.key;
-      if (last && key.length >= last.length && key.compare(last, 0, last.length, 0, last.length) === 0) continue;
+      if (last && startsWith(key, last)) continue;
       this.rows++;
       this.lastRow = rowPrefixOf(key); // a view: the received message is not reused
     }
